@@ -1,0 +1,65 @@
+import type { CommandModule } from 'yargs';
+import { JobRuntime, humanSize, runBackup, type SessionReport } from '@ferry/core';
+import { EXIT, printJson, table } from '../output.js';
+import { progressReporter } from '../progress.js';
+
+interface Args {
+  job: string;
+  json: boolean;
+}
+
+export function backupCommand(setCode: (c: number) => void): CommandModule<object, Args> {
+  return {
+    command: 'backup <job>',
+    describe: 'run a backup job: one restore point per VM',
+    builder: (y) =>
+      y
+        .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })
+        .option('json', { type: 'boolean', default: false, describe: 'print the session report as JSON on stdout' }) as never,
+    handler: async (args) => {
+      const rt = await JobRuntime.open(args.job);
+      const progress = progressReporter(!args.json);
+      let report: SessionReport;
+      try {
+        report = await runBackup(rt, { onProgress: progress.onProgress });
+      } finally {
+        progress.stop();
+        await rt.close();
+      }
+      if (args.json) printJson(report);
+      else process.stdout.write(summary(report));
+      setCode(report.status === 'success' ? EXIT.ok : EXIT.failed);
+    },
+  };
+}
+
+function summary(r: SessionReport): string {
+  const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+  let out = `Session ${r.session} of job ${r.job}: ${r.status} in ${secs(r.durationMs)}`;
+  out += r.bottleneck ? ` (bottleneck: ${r.bottleneck})\n` : '\n';
+  out += `Source ${r.source} -> repository ${r.repository}; compression ${r.compression}, block size ${humanSize(r.blockSize)}\n\n`;
+  if (r.disks.length) {
+    out += table(
+      ['VM', 'DISK', 'TRANSPORT', 'MODE', 'SIZE', 'READ', 'ZERO SKIPPED', 'SENT', 'STORED', 'TIME', 'RESTORE POINT'],
+      r.disks.map((d) => [
+        d.vm,
+        d.disk,
+        d.transport || '-',
+        d.mode,
+        humanSize(d.sizeBytes),
+        humanSize(d.bytesRead),
+        humanSize(d.zeroBytesSkipped),
+        humanSize(d.bytesTransferred),
+        humanSize(d.bytesWritten),
+        secs(d.durationMs),
+        d.restorePoint ?? (d.status === 'failed' ? 'FAILED' : '-'),
+      ]),
+    );
+  }
+  for (const d of r.disks) if (d.transportReason) out += `  ${d.vm}/${d.disk}: transport ${d.transport}: ${d.transportReason}\n`;
+  for (const d of r.disks) if (d.error) out += `  ${d.vm}/${d.disk} failed: ${d.error.message}\n`;
+  for (const v of r.vms) if (v.error && !r.disks.some((d) => d.vm === v.vm && d.error)) out += `  vm ${v.vm} failed: ${v.error.message}\n`;
+  if (r.error) out += `  session failed: ${r.error.message}\n`;
+  if (r.stages.length) out += `Stages busy: ${r.stages.map((s) => `${s.stage} ${Math.round(s.busyShare * 100)}%`).join(', ')}\n`;
+  return out;
+}

@@ -1,0 +1,13 @@
+import { DeflateCompressor } from './compression/deflate-compressor.js';
+import { NoneCompressor } from './compression/none-compressor.js';
+import { RleCompressor } from './compression/rle-compressor.js';
+import type { PluginRegistrar } from './contracts/plugin.js';
+import { ZeroBlockFilter } from './filters/zero-block-filter.js';
+
+/** Implementations the core itself provides, registered like any plugin's. */
+export function registerBuiltins(r: PluginRegistrar): void {
+  r.register('compressor', 'none', { useValue: new NoneCompressor() }, { description: 'stores blocks uncompressed' });
+  r.register('compressor', 'rle', { useValue: new RleCompressor() }, { description: 'run-length encoding (dedupe-friendly)' });
+  r.register('compressor', 'deflate', { useValue: new DeflateCompressor() }, { description: 'raw deflate via node:zlib' });
+  r.register('block-filter', 'zero', { useValue: new ZeroBlockFilter() }, { description: 'stores all-zero blocks as zero blocks' });
+}

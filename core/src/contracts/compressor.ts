@@ -1,0 +1,15 @@
+/**
+ * Compressor contract. The compressor's registered name is recorded in every stored block, so a
+ * block written at any level restores with any configuration; a name must never change meaning.
+ *
+ * Invariants:
+ * - `decompress(compress(x, level), x.length)` equals `x` for every input and level.
+ * - Output depends only on the input and level (identical input, identical output): dedup and
+ *   dedup-friendly storage rely on it.
+ * - Both methods are synchronous and free of shared state, so they can run in worker threads.
+ * - `decompress` throws when the input is damaged or does not expand to `rawLength` bytes.
+ */
+export interface Compressor {
+  compress(data: Uint8Array, level: number): Uint8Array;
+  decompress(data: Uint8Array, rawLength: number): Uint8Array;
+}

@@ -1,0 +1,31 @@
+/**
+ * Repository backend contract: the object storage under a Ferry repository (a filesystem folder, an
+ * S3 bucket). The repository format (blocks, block maps, restore points; `docs/repository-format.md`)
+ * is written by the core on top of this contract, so every backend stores the same format.
+ *
+ * Keys are `/`-separated relative names made of `[A-Za-z0-9._-]` segments.
+ *
+ * Invariants:
+ * - `put` is atomic and durable: when it resolves the object is complete under its key and survives
+ *   a crash; if the process dies during `put`, readers see the old state (no object, or the
+ *   previous one), never a partial object.
+ * - `get` of a missing key throws FerryError `REPO_OBJECT_NOT_FOUND` naming the key; any other
+ *   failure throws `REPO_IO` naming the key and the backend location.
+ * - `list(prefix)` yields every key that starts with `prefix` and was put before the call started.
+ * - `delete` of a missing key is not an error.
+ *
+ * Optional members and their defaults:
+ * - `getRange` missing: the core calls `get` and slices.
+ * - `close` missing: nothing to release.
+ */
+export interface RepositoryBackend {
+  /** Where the repository lives, for reports and errors (a path, `s3://bucket/prefix`). */
+  readonly location: string;
+  get(key: string): Promise<Uint8Array>;
+  getRange?(key: string, offset: number, length: number): Promise<Uint8Array>;
+  put(key: string, data: Uint8Array): Promise<void>;
+  has(key: string): Promise<boolean>;
+  list(prefix: string): AsyncIterable<string>;
+  delete(key: string): Promise<void>;
+  close?(): Promise<void>;
+}

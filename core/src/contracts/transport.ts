@@ -1,0 +1,44 @@
+import type { AllocationExtent, Extent } from './extent.js';
+import type { SourceDisk } from './source-host.js';
+
+/**
+ * Transport mode contract: how the backup proxy reads a snapshot's disk (hot-add: open the image on
+ * the datastore; NBD: read the host's export over the network).
+ *
+ * Required: `open`, and on the handle `size`, `read`, `close`.
+ *
+ * Invariants:
+ * - `read(offset, length)` returns exactly `length` bytes for any range inside `[0, size)`; a short
+ *   read or I/O failure is a FerryError `TRANSPORT_READ_FAILED` naming the disk and offset.
+ * - `close` releases everything `open` took and may be called once, after any failure.
+ * - A handle is used by one session; `read` may be called with several requests in flight.
+ *
+ * Optional members and their defaults:
+ * - `probe` missing: the transport is assumed able to open every disk (auto mode tries it in order).
+ * - `DiskHandle.blockStatus` missing: every byte is `data` (nothing is skipped before reading; zero
+ *   blocks are still found by the zero-block filter after reading).
+ * - `DiskHandle.changedBlocks` missing: every block counts as changed (a full read).
+ */
+export interface Transport {
+  probe?(disk: SourceDisk): Promise<ProbeResult>;
+  open(disk: SourceDisk): Promise<DiskHandle>;
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  /** One line for the session report: why this mode can or cannot read the disk. */
+  reason: string;
+}
+
+export interface DiskHandle {
+  readonly size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Allocation of `[offset, offset+length)`: extents in order, without gaps, covering at least the
+   * first byte of the range (callers ask again for the remainder).
+   */
+  blockStatus?(offset: number, length: number): Promise<AllocationExtent[]>;
+  /** Ranges changed since the disk's `changes.since` point, in order, within the asked range. */
+  changedBlocks?(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}

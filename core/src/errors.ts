@@ -1,0 +1,109 @@
+/**
+ * Every user-facing error Ferry raises carries a code from this one table and says where it happened.
+ * `docs/errors.md` lists the same table; a spec fails when the two drift apart.
+ */
+export const ERROR_CODES = {
+  // job files
+  JOB_FILE_NOT_FOUND: 'the job file does not exist or cannot be read',
+  JOB_YAML_SYNTAX: 'the job file is not well-formed YAML',
+  JOB_INVALID: 'a key of the job file is unknown, missing or of the wrong type or value',
+  JOB_PATH_NOT_FOUND: 'a file or folder the job names does not exist',
+  // plugins
+  PLUGIN_MANIFEST_INVALID: "a plugin package's `ferry` field in package.json is malformed",
+  PLUGIN_API_INCOMPATIBLE: 'a plugin targets a core API version this core does not support',
+  PLUGIN_DUPLICATE: 'two plugin packages have the same name or provide the same kind and name',
+  PLUGIN_NOT_FOUND: 'the job names a plugin implementation that no discovered package provides',
+  PLUGIN_LOAD_FAILED: "a plugin's entry module could not be imported or its register hook threw",
+  PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares',
+  PLUGIN_FAILED: 'a plugin hook threw an error while a job ran',
+  // source hosts and transports
+  SOURCE_VM_NOT_FOUND: 'the source host does not know the VM the job names',
+  SOURCE_DISK_NOT_FOUND: 'the source host does not know the disk the job names',
+  SOURCE_UNREACHABLE: 'the source host cannot be reached',
+  TRANSPORT_UNAVAILABLE: 'no transport mode can read the disk from this proxy',
+  TRANSPORT_READ_FAILED: 'reading the disk through the transport failed',
+  TRANSPORT_UNSUPPORTED_FORMAT: 'the transport cannot read this disk image format',
+  // repository
+  REPO_NOT_A_REPOSITORY: 'the repository location holds something that is not a Ferry repository',
+  REPO_FORMAT_UNSUPPORTED: 'the repository was written by an incompatible format version',
+  REPO_IO: 'the repository backend failed to read or write an object',
+  REPO_OBJECT_NOT_FOUND: 'an object the repository needs is missing',
+  REPO_CORRUPT_OBJECT: 'a stored object fails its checksum or is malformed',
+  REPO_POINT_NOT_FOUND: 'the restore point asked for does not exist',
+  // sessions
+  BACKUP_DISK_FAILED: 'a disk of the session could not be backed up',
+  RESTORE_TARGET: 'the restore target cannot be written',
+  RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
+  CLI_USAGE: 'the command line is missing an argument or has a wrong one',
+  INTERNAL: 'an unexpected internal error; please report it',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Where an error happened; every field is optional, the message names those present. */
+export interface ErrorLocation {
+  file?: string;
+  line?: number;
+  column?: number;
+  /** Path inside the YAML document, for example `source.vms[0].disks[1]`. */
+  path?: string;
+  plugin?: string;
+  hook?: string;
+  host?: string;
+  vm?: string;
+  disk?: string;
+  offset?: number;
+  object?: string;
+}
+
+export class FerryError extends Error {
+  readonly code: ErrorCode;
+  readonly where: ErrorLocation;
+  readonly detail: string;
+
+  constructor(code: ErrorCode, detail: string, where: ErrorLocation = {}, options?: { cause?: unknown }) {
+    super(formatMessage(code, detail, where), options);
+    this.name = 'FerryError';
+    this.code = code;
+    this.detail = detail;
+    this.where = where;
+  }
+
+  /** A copy with more location facts; facts already known win over the new ones. */
+  at(where: ErrorLocation): FerryError {
+    return new FerryError(this.code, this.detail, { ...where, ...this.where }, { cause: this.cause });
+  }
+
+  toJSON(): { code: ErrorCode; message: string; where: ErrorLocation } {
+    return { code: this.code, message: this.message, where: this.where };
+  }
+}
+
+function formatMessage(code: ErrorCode, detail: string, w: ErrorLocation): string {
+  const parts: string[] = [];
+  if (w.file !== undefined) {
+    let pos = w.file;
+    if (w.line !== undefined) pos += `:${w.line}`;
+    if (w.line !== undefined && w.column !== undefined) pos += `:${w.column}`;
+    parts.push(pos);
+  }
+  if (w.path) parts.push(`at ${w.path}`);
+  if (w.plugin) parts.push(`plugin ${w.plugin}${w.hook ? ` (${w.hook})` : ''}`);
+  if (w.host) parts.push(`host ${w.host}`);
+  if (w.vm) parts.push(`vm ${w.vm}`);
+  if (w.disk) parts.push(`disk ${w.disk}`);
+  if (w.offset !== undefined) parts.push(`offset ${w.offset}`);
+  if (w.object) parts.push(`object ${w.object}`);
+  return `${code}: ${detail}${parts.length ? ` [${parts.join(', ')}]` : ''}`;
+}
+
+/** Wraps anything thrown by plugin code so the message names the plugin and hook. */
+export function pluginError(err: unknown, plugin: string, hook: string, where: ErrorLocation = {}): FerryError {
+  if (err instanceof FerryError) return err.at({ ...where, plugin, hook });
+  const msg = err instanceof Error ? err.message : String(err);
+  return new FerryError('PLUGIN_FAILED', msg, { ...where, plugin, hook }, { cause: err });
+}
+
+export function isFerryError(err: unknown, code?: ErrorCode): err is FerryError {
+  return err instanceof FerryError && (code === undefined || err.code === code);
+}

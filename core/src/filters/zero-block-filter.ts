@@ -1,0 +1,9 @@
+import type { BlockFilter } from '../contracts/block-filter.js';
+import { isAllZero } from '../util/zero.js';
+
+/** Stores all-zero blocks as zero blocks (holes are skipped before reading by the data mover). */
+export class ZeroBlockFilter implements BlockFilter {
+  classify(block: Uint8Array): 'keep' | 'zero' {
+    return isAllZero(block) ? 'zero' : 'keep';
+  }
+}

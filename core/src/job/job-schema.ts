@@ -1,0 +1,83 @@
+import type { JsonSchema } from '../contracts/plugin.js';
+
+export const COMPRESSION_LEVELS = ['none', 'dedupe-friendly', 'optimal', 'high', 'extreme'] as const;
+export type CompressionLevel = (typeof COMPRESSION_LEVELS)[number];
+
+export const MIN_BLOCK_SIZE = 256 * 1024;
+export const MAX_BLOCK_SIZE = 8 * 1024 * 1024;
+export const DEFAULT_BLOCK_SIZE = 1024 * 1024;
+
+const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', maxLength: 128 };
+
+/**
+ * The job file as the core sees it. `source` and `repository` accept further keys here; the second
+ * pass (`composeJobSchema`) closes them with the chosen plugins' own schemas.
+ */
+export function coreJobSchema(open: boolean): JsonSchema {
+  return {
+    type: 'object',
+    additionalProperties: false,
+    required: ['job', 'source', 'repository'],
+    properties: {
+      job: NAME,
+      description: { type: 'string' },
+      plugins: { type: 'array', items: { type: 'string', ferryPath: 'directory' } },
+      source: {
+        type: 'object',
+        required: ['host', 'vms'],
+        additionalProperties: open,
+        properties: {
+          host: { type: 'string', minLength: 1 },
+          vms: {
+            type: 'array',
+            minItems: 1,
+            items: {
+              type: 'object',
+              required: ['name'],
+              additionalProperties: open,
+              properties: {
+                name: NAME,
+                disks: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+              },
+            },
+          },
+        },
+      },
+      transport: { type: 'string', minLength: 1 },
+      repository: {
+        type: 'object',
+        required: ['type'],
+        additionalProperties: open,
+        properties: { type: { type: 'string', minLength: 1 } },
+      },
+      storage: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          blockSize: { type: ['string', 'integer'], ferrySize: true },
+          compression: { enum: [...COMPRESSION_LEVELS] },
+        },
+      },
+      filters: { type: 'array', items: { type: 'string', minLength: 1 } },
+    },
+  };
+}
+
+/** Merges plugin schemas (object schemas: `properties`, `required`) into the core's closed sections. */
+export function composeJobSchema(source: { config?: JsonSchema; vm?: JsonSchema }, repository: JsonSchema | undefined): JsonSchema {
+  const schema = coreJobSchema(false) as { properties: Record<string, Record<string, unknown>> };
+  const src = schema.properties.source as { properties: Record<string, unknown>; required: string[] };
+  merge(src, source.config);
+  const vmItems = (src.properties.vms as { items: { properties: Record<string, unknown>; required: string[] } }).items;
+  merge(vmItems, source.vm);
+  merge(schema.properties.repository as { properties: Record<string, unknown>; required: string[] }, repository);
+  return schema;
+}
+
+function merge(target: { properties: Record<string, unknown>; required: string[] }, extra: JsonSchema | undefined): void {
+  if (!extra) return;
+  const props = (extra.properties ?? {}) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(props)) if (!(k in target.properties)) target.properties[k] = v;
+  const req = (extra.required ?? []) as string[];
+  target.required = [...new Set([...target.required, ...req])];
+}

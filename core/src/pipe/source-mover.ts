@@ -1,0 +1,156 @@
+import type { BlockFilter } from '../contracts/block-filter.js';
+import type { Compressor } from '../contracts/compressor.js';
+import type { AllocationExtent, Extent } from '../contracts/extent.js';
+import type { DiskHandle } from '../contracts/transport.js';
+import { FerryError } from '../errors.js';
+import { encodeBlock } from '../repository/block-object.js';
+import { sha256 } from '../util/checksums.js';
+import type { StageMeters } from '../session/stage-meter.js';
+import type { BlockRecord } from './block-record.js';
+
+export interface SourceMoverOptions {
+  blockSize: number;
+  compressor: { name: string; impl: Compressor; level: number };
+  filters: { name: string; impl: BlockFilter }[];
+  /** Blocks read and processed ahead of the consumer (bounds memory: readAhead x blockSize). */
+  readAhead?: number;
+}
+
+export interface SourceCounters {
+  bytesRead: number;
+  zeroBytesSkipped: number;
+  bytesTransferred: number;
+}
+
+/** A block's plan: which of its bytes hold data (the rest are holes and are never read). */
+interface BlockPlan {
+  index: number;
+  offset: number;
+  length: number;
+  data: Extent[];
+}
+
+/**
+ * The source-side data mover for one disk: reads the blocks that hold data through the transport,
+ * drops zero blocks, hashes, compresses and encodes the rest, and yields one record per block in
+ * index order. Reads run ahead of the consumer by a bounded window.
+ */
+export class SourceMover {
+  private readonly readAhead: number;
+
+  constructor(
+    private readonly opts: SourceMoverOptions,
+    private readonly meters: StageMeters,
+  ) {
+    this.readAhead = Math.max(1, opts.readAhead ?? 8);
+  }
+
+  async *blocks(handle: DiskHandle, skip: Extent[], counters: SourceCounters): AsyncGenerator<BlockRecord> {
+    const count = Math.ceil(handle.size / this.opts.blockSize);
+    const alloc = new AllocationCursor(handle);
+    const window: Promise<BlockRecord>[] = [];
+    let next = 0;
+    while (next < count || window.length > 0) {
+      while (next < count && window.length < this.readAhead) {
+        const plan = await this.plan(next++, handle.size, alloc, skip);
+        const p = this.produce(handle, plan, counters);
+        p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
+        window.push(p);
+      }
+      yield await window.shift()!;
+    }
+  }
+
+  private async plan(index: number, size: number, alloc: AllocationCursor, skip: Extent[]): Promise<BlockPlan> {
+    const offset = index * this.opts.blockSize;
+    const length = Math.min(this.opts.blockSize, size - offset);
+    if (skip.some((s) => s.offset <= offset && s.offset + s.length >= offset + length)) {
+      return { index, offset, length, data: [] };
+    }
+    return { index, offset, length, data: await alloc.dataIn(offset, offset + length) };
+  }
+
+  private async produce(handle: DiskHandle, plan: BlockPlan, counters: SourceCounters): Promise<BlockRecord> {
+    if (plan.data.length === 0) {
+      counters.zeroBytesSkipped += plan.length;
+      return { kind: 'zero', index: plan.index, length: plan.length, read: false };
+    }
+    const block = await this.meters['source read'].time(() => this.read(handle, plan));
+    counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+    return this.meters.processing.timeSync(() => this.process(plan, block, counters));
+  }
+
+  private async read(handle: DiskHandle, plan: BlockPlan): Promise<Buffer> {
+    const only = plan.data.length === 1 && plan.data[0].offset === plan.offset && plan.data[0].length === plan.length;
+    if (only) return toBuffer(await handle.read(plan.offset, plan.length));
+    const block = Buffer.alloc(plan.length);
+    await Promise.all(
+      plan.data.map(async (e) => block.set(await handle.read(e.offset, e.length), e.offset - plan.offset)),
+    );
+    return block;
+  }
+
+  private process(plan: BlockPlan, block: Buffer, counters: SourceCounters): BlockRecord {
+    for (const f of this.opts.filters) {
+      if (f.impl.classify?.(block, plan.offset) === 'zero') {
+        counters.zeroBytesSkipped += plan.length;
+        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
+      }
+    }
+    const hash = sha256(block);
+    const { name, impl, level } = this.opts.compressor;
+    let compressor = name;
+    let payload = impl.compress(block, level);
+    if (payload.length >= block.length) {
+      compressor = 'none';
+      payload = block;
+    }
+    const encoded = encodeBlock(compressor, block.length, payload);
+    counters.bytesTransferred += encoded.length;
+    return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
+  }
+}
+
+/**
+ * Walks a disk's allocation front to back, asking the transport for block status only as far as the
+ * blocks being planned need. Without `blockStatus`, everything is data.
+ */
+class AllocationCursor {
+  private extents: AllocationExtent[] = [];
+  private covered = 0;
+
+  constructor(private readonly handle: DiskHandle) {}
+
+  async dataIn(start: number, end: number): Promise<Extent[]> {
+    if (!this.handle.blockStatus) return [{ offset: start, length: end - start }];
+    while (this.covered < end) {
+      const ask = Math.min(this.handle.size - this.covered, 1024 ** 3);
+      const got = await this.handle.blockStatus(this.covered, ask);
+      const last = got.at(-1);
+      if (!last || got[0].offset !== this.covered || last.offset + last.length <= this.covered) {
+        throw new FerryError('TRANSPORT_READ_FAILED', 'block status reply does not cover the range asked for', {
+          offset: this.covered,
+          hook: 'blockStatus',
+        });
+      }
+      this.extents.push(...got);
+      this.covered = Math.min(this.handle.size, last.offset + last.length);
+    }
+    while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
+    const out: Extent[] = [];
+    for (const e of this.extents) {
+      if (e.offset >= end) break;
+      if (e.kind !== 'data') continue;
+      const s = Math.max(start, e.offset);
+      const t = Math.min(end, e.offset + e.length);
+      const prev = out.at(-1);
+      if (prev && prev.offset + prev.length === s) prev.length += t - s;
+      else out.push({ offset: s, length: t - s });
+    }
+    return out;
+  }
+}
+
+function toBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}

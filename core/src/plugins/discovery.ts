@@ -1,0 +1,207 @@
+import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { isApiCompatible, supportedApiRange, CORE_API_VERSION } from '../api-version.js';
+import { PLUGIN_KINDS, type PluginKind, type PluginManifest } from '../contracts/plugin.js';
+import { FerryError } from '../errors.js';
+
+/** Where a plugin package was found; the first source in this order wins a name clash. */
+export type PluginSource = 'job' | 'env' | 'workspace' | 'node_modules';
+
+export interface DiscoveredPlugin {
+  packageName: string;
+  version: string;
+  dir: string;
+  source: PluginSource;
+  manifest: PluginManifest;
+}
+
+export interface RefusedPlugin {
+  packageName: string;
+  version?: string;
+  dir: string;
+  source: PluginSource;
+  /** Present when the manifest itself was readable (the refusal is about version or a clash). */
+  manifest?: PluginManifest;
+  error: FerryError;
+}
+
+export interface DiscoveryResult {
+  plugins: DiscoveredPlugin[];
+  refused: RefusedPlugin[];
+}
+
+export interface DiscoveryOptions {
+  /** Folders from the job file's `plugins:` key (absolute). */
+  jobDirs?: string[];
+  /** `FERRY_PLUGIN_PATH` (colon-separated). */
+  envPath?: string;
+  /** Ferry's installation root: its `plugins/` and `node_modules/` are searched. */
+  installRoot: string;
+  /** More `node_modules` folders to search (for example the current directory's). */
+  nodeModules?: string[];
+}
+
+/**
+ * Finds plugin packages by reading package.json files only: no plugin code runs here.
+ * A folder named in `jobDirs`/`envPath` may be a plugin package itself or hold plugin packages.
+ */
+export function discoverPlugins(opts: DiscoveryOptions): DiscoveryResult {
+  const candidates: { dir: string; source: PluginSource }[] = [];
+  for (const d of opts.jobDirs ?? []) candidates.push(...packageDirsIn(d, 'job'));
+  for (const d of (opts.envPath ?? '').split(path.delimiter).filter(Boolean)) {
+    candidates.push(...packageDirsIn(path.resolve(d), 'env'));
+  }
+  candidates.push(...childPackages(path.join(opts.installRoot, 'plugins'), 'workspace'));
+  const nodeModules = [path.join(opts.installRoot, 'node_modules'), ...(opts.nodeModules ?? [])];
+  for (const nm of nodeModules) candidates.push(...nodeModulePackages(nm));
+
+  const result: DiscoveryResult = { plugins: [], refused: [] };
+  const seenDirs = new Set<string>();
+  const byName = new Map<string, DiscoveredPlugin>();
+  const byImpl = new Map<string, DiscoveredPlugin>();
+  for (const c of candidates) {
+    const real = safeRealpath(c.dir);
+    if (seenDirs.has(real)) continue;
+    seenDirs.add(real);
+    const pkg = readPackageJson(c.dir);
+    if (!pkg || pkg.ferry === undefined) continue;
+    const packageName = typeof pkg.name === 'string' ? pkg.name : path.basename(c.dir);
+    const version = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+    let manifest: PluginManifest | undefined;
+    const refuse = (error: FerryError): void => {
+      result.refused.push({ packageName, version, dir: c.dir, source: c.source, manifest, error });
+    };
+    try {
+      manifest = parseManifest(pkg.ferry, packageName, c.dir);
+    } catch (err) {
+      refuse(err as FerryError);
+      continue;
+    }
+    if (!isApiCompatible(manifest.apiVersion)) {
+      refuse(
+        new FerryError(
+          'PLUGIN_API_INCOMPATIBLE',
+          `plugin ${packageName}@${version} targets core API ${manifest.apiVersion}; this core ` +
+            `(API ${CORE_API_VERSION}) supports plugins built for ${supportedApiRange()}`,
+          { plugin: packageName, file: path.join(c.dir, 'package.json') },
+        ),
+      );
+      continue;
+    }
+    if (!manifest) continue;
+    const found: DiscoveredPlugin = { packageName, version, dir: c.dir, source: c.source, manifest };
+    const sameName = byName.get(packageName);
+    if (sameName) {
+      refuse(
+        new FerryError(
+          'PLUGIN_DUPLICATE',
+          `plugin package ${packageName} found twice: ${sameName.dir} (${sameName.source}, used) and ` +
+            `${c.dir} (${c.source}, refused)`,
+          { plugin: packageName },
+        ),
+      );
+      continue;
+    }
+    const clash = implementations(manifest).find((k) => byImpl.has(k));
+    if (clash) {
+      const other = byImpl.get(clash)!;
+      refuse(
+        new FerryError(
+          'PLUGIN_DUPLICATE',
+          `${clash.replace(':', ' ')} is provided by both ${other.packageName} (${other.dir}, used) and ` +
+            `${packageName} (${c.dir}, refused)`,
+          { plugin: packageName },
+        ),
+      );
+      continue;
+    }
+    byName.set(packageName, found);
+    for (const k of implementations(manifest)) byImpl.set(k, found);
+    result.plugins.push(found);
+  }
+  return result;
+}
+
+export function implementations(manifest: PluginManifest): string[] {
+  const out: string[] = [];
+  for (const kind of Object.keys(manifest.provides) as PluginKind[]) {
+    for (const name of manifest.provides[kind] ?? []) out.push(`${kind}:${name}`);
+  }
+  return out;
+}
+
+function parseManifest(raw: unknown, packageName: string, dir: string): PluginManifest {
+  const where = { plugin: packageName, file: path.join(dir, 'package.json'), path: 'ferry' };
+  const bad = (detail: string): FerryError =>
+    new FerryError('PLUGIN_MANIFEST_INVALID', `plugin ${packageName}: ${detail}`, where);
+  if (typeof raw !== 'object' || raw === null) throw bad('"ferry" must be an object');
+  const m = raw as Record<string, unknown>;
+  if (typeof m.apiVersion !== 'string' || !/^\d+\.\d+$/.test(m.apiVersion)) {
+    throw bad('"ferry.apiVersion" must be a string MAJOR.MINOR, for example "1.0"');
+  }
+  if (typeof m.entry !== 'string' || m.entry.length === 0) throw bad('"ferry.entry" must name a module');
+  if (typeof m.provides !== 'object' || m.provides === null) {
+    throw bad('"ferry.provides" must map kinds to lists of names');
+  }
+  const provides: Partial<Record<PluginKind, string[]>> = {};
+  for (const [kind, names] of Object.entries(m.provides as Record<string, unknown>)) {
+    if (!(PLUGIN_KINDS as readonly string[]).includes(kind)) {
+      throw bad(`unknown kind "${kind}" in "ferry.provides" (kinds: ${PLUGIN_KINDS.join(', ')})`);
+    }
+    if (!Array.isArray(names) || names.some((n) => typeof n !== 'string' || !/^[a-z0-9][a-z0-9._-]*$/.test(n))) {
+      throw bad(`"ferry.provides.${kind}" must be a list of lower-case names`);
+    }
+    provides[kind as PluginKind] = names as string[];
+  }
+  return { apiVersion: m.apiVersion, entry: m.entry, provides };
+}
+
+function readPackageJson(dir: string): Record<string, unknown> | undefined {
+  try {
+    return JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+function isDir(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function safeRealpath(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+function packageDirsIn(dir: string, source: PluginSource): { dir: string; source: PluginSource }[] {
+  if (readPackageJson(dir)?.ferry !== undefined) return [{ dir, source }];
+  return childPackages(dir, source);
+}
+
+function childPackages(dir: string, source: PluginSource): { dir: string; source: PluginSource }[] {
+  if (!isDir(dir)) return [];
+  return readdirSync(dir)
+    .sort()
+    .map((n) => path.join(dir, n))
+    .filter((p) => isDir(p))
+    .map((p) => ({ dir: p, source }));
+}
+
+function nodeModulePackages(nm: string): { dir: string; source: PluginSource }[] {
+  if (!isDir(nm)) return [];
+  const out: { dir: string; source: PluginSource }[] = [];
+  for (const n of readdirSync(nm).sort()) {
+    if (n.startsWith('.')) continue;
+    const p = path.join(nm, n);
+    if (n.startsWith('@')) out.push(...childPackages(p, 'node_modules'));
+    else if (isDir(p)) out.push({ dir: p, source: 'node_modules' });
+  }
+  return out;
+}

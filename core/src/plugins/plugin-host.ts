@@ -1,0 +1,187 @@
+import 'reflect-metadata';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { container as globalContainer, type DependencyContainer } from 'tsyringe';
+import {
+  PLUGIN_KINDS,
+  type ImplementationProvider,
+  type PluginKind,
+  type PluginKindMap,
+  type PluginModule,
+  type PluginRegistrar,
+  type RegistrationOptions,
+} from '../contracts/plugin.js';
+import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
+import { Tokens, implementationToken } from '../tokens.js';
+import { discoverPlugins, implementations, type DiscoveredPlugin, type DiscoveryOptions, type DiscoveryResult } from './discovery.js';
+
+export const BUILTIN_PACKAGE = '@ferry/core';
+
+export interface Registration {
+  kind: PluginKind;
+  name: string;
+  plugin: string;
+  options: RegistrationOptions;
+}
+
+/**
+ * Knows every discovered plugin package, imports a package the first time a job needs one of its
+ * implementations, and builds implementations in a job's DI container.
+ */
+export class PluginHost {
+  readonly container: DependencyContainer;
+  private readonly registrations = new Map<string, Registration>();
+  private readonly loading = new Map<string, Promise<void>>();
+
+  private constructor(readonly discovery: DiscoveryResult) {
+    this.container = globalContainer.createChildContainer();
+  }
+
+  static async create(
+    opts: DiscoveryOptions,
+    builtins: (r: PluginRegistrar) => void,
+  ): Promise<PluginHost> {
+    const host = new PluginHost(discoverPlugins(opts));
+    builtins(host.registrar(BUILTIN_PACKAGE));
+    return host;
+  }
+
+  /** Every implementation name of `kind` that a job may use, with the package providing it. */
+  available(kind: PluginKind): { name: string; plugin: string }[] {
+    const out = new Map<string, string>();
+    for (const r of this.registrations.values()) if (r.kind === kind) out.set(r.name, r.plugin);
+    for (const p of this.discovery.plugins) {
+      for (const n of p.manifest.provides[kind] ?? []) if (!out.has(n)) out.set(n, p.packageName);
+    }
+    return [...out].map(([name, plugin]) => ({ name, plugin })).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** The registration of `kind` `name`, importing its package if needed. */
+  async registration(kind: PluginKind, name: string, where: ErrorLocation = {}): Promise<Registration> {
+    const key = `${kind}:${name}`;
+    const known = this.registrations.get(key);
+    if (known) return known;
+    const pkg = this.discovery.plugins.find((p) => implementations(p.manifest).includes(key));
+    if (!pkg) throw this.notFound(kind, name, where);
+    await this.load(pkg);
+    const reg = this.registrations.get(key);
+    if (!reg) throw new FerryError('INTERNAL', `${key} missing after loading ${pkg.packageName}`, where);
+    return reg;
+  }
+
+  /**
+   * Builds an implementation in `jobContainer`. The instance's own child container holds its
+   * validated job section under `Tokens.PluginConfig`.
+   */
+  async create<K extends PluginKind>(
+    kind: K,
+    name: string,
+    jobContainer: DependencyContainer,
+    config: Record<string, unknown> = {},
+    where: ErrorLocation = {},
+  ): Promise<PluginKindMap[K]> {
+    const reg = await this.registration(kind, name, where);
+    const scope = jobContainer.createChildContainer();
+    scope.register(Tokens.PluginConfig, { useValue: config });
+    try {
+      return scope.resolve<PluginKindMap[K]>(implementationToken(kind, name));
+    } catch (err) {
+      throw pluginError(err, reg.plugin, `create ${kind} ${name}`, where);
+    }
+  }
+
+  /** Imports every discovered package (for `ferry plugins --load` and conformance runs). */
+  async loadAll(): Promise<void> {
+    for (const p of this.discovery.plugins) await this.load(p);
+  }
+
+  private load(pkg: DiscoveredPlugin): Promise<void> {
+    let p = this.loading.get(pkg.packageName);
+    if (!p) {
+      p = this.importAndRegister(pkg);
+      this.loading.set(pkg.packageName, p);
+    }
+    return p;
+  }
+
+  private async importAndRegister(pkg: DiscoveredPlugin): Promise<void> {
+    const entry = path.resolve(pkg.dir, pkg.manifest.entry);
+    const where = { plugin: pkg.packageName, file: entry };
+    let mod: Partial<PluginModule> & { default?: Partial<PluginModule> };
+    try {
+      mod = (await import(pathToFileURL(entry).href)) as typeof mod;
+    } catch (err) {
+      throw new FerryError('PLUGIN_LOAD_FAILED', `cannot import ${pkg.packageName}: ${(err as Error).message}`, where, {
+        cause: err,
+      });
+    }
+    const register = mod.register ?? mod.default?.register;
+    if (typeof register !== 'function') {
+      throw new FerryError('PLUGIN_LOAD_FAILED', `${pkg.packageName}'s entry module exports no register function`, where);
+    }
+    const before = new Set(this.registrations.keys());
+    try {
+      await register(this.registrar(pkg.packageName, new Set(implementations(pkg.manifest))));
+    } catch (err) {
+      if (err instanceof FerryError && err.code === 'PLUGIN_CONTRACT') throw err;
+      throw pluginError(err, pkg.packageName, 'register', { file: entry });
+    }
+    const added = [...this.registrations.keys()].filter((k) => !before.has(k));
+    const missing = implementations(pkg.manifest).filter((k) => !added.includes(k));
+    if (missing.length) {
+      throw new FerryError(
+        'PLUGIN_CONTRACT',
+        `${pkg.packageName} declares ${missing.join(', ')} in package.json but did not register ${missing.length > 1 ? 'them' : 'it'}`,
+        where,
+      );
+    }
+  }
+
+  private registrar(pluginName: string, declared?: Set<string>): PluginRegistrar {
+    return {
+      pluginName,
+      tokens: Tokens,
+      register: <K extends PluginKind>(
+        kind: K,
+        name: string,
+        provider: ImplementationProvider<PluginKindMap[K]>,
+        options: RegistrationOptions = {},
+      ): void => {
+        const key = `${kind}:${name}`;
+        if (!(PLUGIN_KINDS as readonly string[]).includes(kind)) {
+          throw new FerryError('PLUGIN_CONTRACT', `${pluginName} registered unknown kind "${kind}"`, { plugin: pluginName });
+        }
+        if (declared && !declared.has(key)) {
+          throw new FerryError(
+            'PLUGIN_CONTRACT',
+            `${pluginName} registered ${kind} "${name}" which its package.json "ferry.provides" does not declare`,
+            { plugin: pluginName, hook: 'register' },
+          );
+        }
+        const existing = this.registrations.get(key);
+        if (existing) {
+          throw new FerryError('PLUGIN_DUPLICATE', `${kind} "${name}" is registered by both ${existing.plugin} and ${pluginName}`, {
+            plugin: pluginName,
+          });
+        }
+        // tsyringe's provider union is wider than ours; the shapes are the same.
+        this.container.register(implementationToken(kind, name), provider as never);
+        this.registrations.set(key, { kind, name, plugin: pluginName, options });
+      },
+    };
+  }
+
+  private notFound(kind: PluginKind, name: string, where: ErrorLocation): FerryError {
+    const key = `${kind}:${name}`;
+    const refused = this.discovery.refused.find((r) => r.manifest && implementations(r.manifest).includes(key));
+    if (refused) {
+      return new FerryError(refused.error.code, `${kind} "${name}" cannot be used: ${refused.error.detail}`, {
+        ...where,
+        plugin: refused.packageName,
+      });
+    }
+    const names = this.available(kind).map((a) => a.name);
+    const detail = `no plugin provides ${kind} "${name}"; available: ${names.length ? names.join(', ') : '(none)'}`;
+    return new FerryError('PLUGIN_NOT_FOUND', detail, where);
+  }
+}

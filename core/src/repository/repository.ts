@@ -1,0 +1,205 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { Compressor } from '../contracts/compressor.js';
+import type { RepositoryBackend } from '../contracts/repository-backend.js';
+import { FerryError, isFerryError } from '../errors.js';
+import { sha256 } from '../util/checksums.js';
+import { BlockMap } from './block-map.js';
+import { decodeBlock } from './block-object.js';
+
+export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
+const FORMAT = 'ferry-repository';
+const FORMAT_VERSION = 1;
+
+export interface RestorePointDisk {
+  name: string;
+  sizeBytes: number;
+  blockSize: number;
+  /** Key of the disk's block map. */
+  map: string;
+  /** SHA-256 (hex) of the encoded block map. */
+  mapSha256: string;
+  blocks: number;
+  zeroBlocks: number;
+  transport: string;
+  mode: 'full' | 'incremental';
+}
+
+/** A restore point's manifest: `points/<vm>/<id>.json`. Its presence is the commit. */
+export interface RestorePoint {
+  format: 'ferry-restore-point';
+  version: 1;
+  id: string;
+  job: string;
+  vm: string;
+  session: string;
+  createdAt: string;
+  disks: RestorePointDisk[];
+}
+
+/**
+ * The repository format on top of a backend: content-addressed blocks, block maps and restore points
+ * (see `docs/repository-format.md`). Dedup is repository-wide: a block is stored once under its
+ * SHA-256 whatever disk, VM or job it came from.
+ */
+export class Repository {
+  /** Hashes known to be stored (this process wrote or checked them). */
+  private readonly known = new Set<string>();
+
+  private constructor(
+    readonly backend: RepositoryBackend,
+    readonly id: string,
+  ) {}
+
+  /** Opens the repository; creates it when `create` is set and the location holds no config yet. */
+  static async open(backend: RepositoryBackend, opts: { create: boolean }): Promise<Repository> {
+    let raw: Uint8Array | undefined;
+    try {
+      raw = await backend.get(REPOSITORY_CONFIG_KEY);
+    } catch (err) {
+      if (!isFerryError(err, 'REPO_OBJECT_NOT_FOUND')) throw err;
+    }
+    if (!raw) {
+      if (!opts.create) {
+        throw new FerryError('REPO_NOT_A_REPOSITORY', `no Ferry repository at ${backend.location} (no ${REPOSITORY_CONFIG_KEY})`, {
+          object: REPOSITORY_CONFIG_KEY,
+        });
+      }
+      const strays = [];
+      for await (const k of backend.list('')) {
+        strays.push(k);
+        if (strays.length > 3) break;
+      }
+      if (strays.length) {
+        throw new FerryError(
+          'REPO_NOT_A_REPOSITORY',
+          `${backend.location} is not empty and is not a Ferry repository (found ${strays.slice(0, 3).join(', ')}); ` +
+            'point the job at an empty folder or an existing repository',
+          {},
+        );
+      }
+      const config = { format: FORMAT, version: FORMAT_VERSION, id: randomUUID(), createdAt: new Date().toISOString() };
+      await backend.put(REPOSITORY_CONFIG_KEY, Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+      return new Repository(backend, config.id);
+    }
+    const config = parseJson(raw, REPOSITORY_CONFIG_KEY) as { format?: string; version?: number; id?: string };
+    if (config.format !== FORMAT) {
+      throw new FerryError('REPO_NOT_A_REPOSITORY', `${REPOSITORY_CONFIG_KEY} is not a Ferry repository config`, {
+        object: REPOSITORY_CONFIG_KEY,
+      });
+    }
+    if (config.version !== FORMAT_VERSION) {
+      throw new FerryError(
+        'REPO_FORMAT_UNSUPPORTED',
+        `repository format version ${config.version}; this Ferry reads version ${FORMAT_VERSION}`,
+        { object: REPOSITORY_CONFIG_KEY },
+      );
+    }
+    return new Repository(backend, String(config.id));
+  }
+
+  static blockKey(hash: Uint8Array | string): string {
+    const hex = typeof hash === 'string' ? hash : Buffer.from(hash).toString('hex');
+    return `blocks/${hex.slice(0, 2)}/${hex}`;
+  }
+
+  async hasBlock(hash: Uint8Array): Promise<boolean> {
+    const hex = Buffer.from(hash).toString('hex');
+    if (this.known.has(hex)) return true;
+    const has = await this.backend.has(Repository.blockKey(hex));
+    if (has) this.known.add(hex);
+    return has;
+  }
+
+  /** Stores an encoded block object under its content hash (atomic and durable on return). */
+  async putBlock(hash: Uint8Array, encoded: Uint8Array): Promise<void> {
+    const hex = Buffer.from(hash).toString('hex');
+    await this.backend.put(Repository.blockKey(hex), encoded);
+    this.known.add(hex);
+  }
+
+  /** Reads block `hash` and returns its raw bytes after checking CRC-32 and SHA-256. */
+  async readBlock(hash: Uint8Array, compressors: (name: string) => Compressor | undefined): Promise<Uint8Array> {
+    const key = Repository.blockKey(hash);
+    const raw = decodeBlock(await this.backend.get(key), key, compressors);
+    if (!sha256(raw).equals(hash)) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', 'block content does not match its SHA-256', { object: key });
+    }
+    return raw;
+  }
+
+  /** A new, sortable restore point id: `20261125T194405Z-3fa1c2`. */
+  static newPointId(now = new Date()): string {
+    const ts = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+    return `${ts}-${randomBytes(3).toString('hex')}`;
+  }
+
+  static pointKey(vm: string, id: string): string {
+    return `points/${encodeName(vm)}/${id}.json`;
+  }
+
+  static mapKey(vm: string, id: string, diskIndex: number): string {
+    return `points/${encodeName(vm)}/${id}/disk-${diskIndex}.map`;
+  }
+
+  /**
+   * Commits a restore point: block maps first, then the manifest, each atomic and durable. Until the
+   * manifest exists the point is invisible; a crash before it leaves only unreferenced maps.
+   */
+  async commitPoint(point: Omit<RestorePoint, 'format' | 'version'>, maps: BlockMap[]): Promise<RestorePoint> {
+    const disks: RestorePointDisk[] = [];
+    for (let i = 0; i < point.disks.length; i++) {
+      const key = Repository.mapKey(point.vm, point.id, i);
+      const bytes = maps[i].encode();
+      await this.backend.put(key, bytes);
+      disks.push({ ...point.disks[i], map: key, mapSha256: sha256(bytes).toString('hex') });
+    }
+    const full: RestorePoint = { format: 'ferry-restore-point', version: 1, ...point, disks };
+    await this.backend.put(Repository.pointKey(point.vm, point.id), Buffer.from(JSON.stringify(full, null, 2) + '\n'));
+    return full;
+  }
+
+  /** Committed restore points, oldest first; `vm` limits them to one VM. */
+  async listPoints(vm?: string): Promise<RestorePoint[]> {
+    const prefix = vm === undefined ? 'points/' : `points/${encodeName(vm)}/`;
+    const keys: string[] = [];
+    for await (const k of this.backend.list(prefix)) if (/^points\/[^/]+\/[^/]+\.json$/.test(k)) keys.push(k);
+    const points = await Promise.all(keys.map(async (k) => parseJson(await this.backend.get(k), k) as RestorePoint));
+    return points.sort((a, b) => (a.createdAt === b.createdAt ? a.id.localeCompare(b.id) : a.createdAt.localeCompare(b.createdAt)));
+  }
+
+  /** One VM's restore point by id, or its newest with `latest`. */
+  async getPoint(vm: string, id: string): Promise<RestorePoint> {
+    const points = await this.listPoints(vm);
+    const p = id === 'latest' ? points.at(-1) : points.find((x) => x.id === id);
+    if (!p) {
+      const ids = points.map((x) => x.id);
+      throw new FerryError(
+        'REPO_POINT_NOT_FOUND',
+        `no restore point "${id}" for vm ${vm}; ${ids.length ? `available: ${ids.join(', ')}` : 'the VM has no restore points'}`,
+        { vm },
+      );
+    }
+    return p;
+  }
+
+  async readMap(disk: RestorePointDisk): Promise<BlockMap> {
+    const bytes = await this.backend.get(disk.map);
+    if (sha256(bytes).toString('hex') !== disk.mapSha256) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', 'block map does not match the SHA-256 in its restore point', { object: disk.map });
+    }
+    return BlockMap.decode(bytes, disk.map);
+  }
+}
+
+/** VM names become key segments; anything outside `[A-Za-z0-9._-]` becomes `~hh`. */
+export function encodeName(name: string): string {
+  return name.replace(/[^A-Za-z0-9._-]/g, (c) => '~' + c.charCodeAt(0).toString(16).padStart(2, '0'));
+}
+
+function parseJson(raw: Uint8Array, object: string): unknown {
+  try {
+    return JSON.parse(Buffer.from(raw).toString('utf8'));
+  } catch (err) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', `not valid JSON: ${(err as Error).message}`, { object }, { cause: err });
+  }
+}

@@ -1,0 +1,280 @@
+import type { BlockFilter } from '../contracts/block-filter.js';
+import type { Extent } from '../contracts/extent.js';
+import type { SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
+import type { DiskHandle, Transport } from '../contracts/transport.js';
+import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
+import { LEVEL_CODECS } from '../compression/levels.js';
+import type { BlockRecord } from '../pipe/block-record.js';
+import { SourceMover, type SourceCounters, type SourceMoverOptions } from '../pipe/source-mover.js';
+import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
+import type { BlockMap } from '../repository/block-map.js';
+import { Repository, type RestorePointDisk } from '../repository/repository.js';
+import type { JobRuntime } from './job-runtime.js';
+import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from './session-report.js';
+import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
+
+export interface BackupOptions {
+  onProgress?: (e: ProgressEvent) => void;
+}
+
+interface SessionParts {
+  rt: JobRuntime;
+  sessionId: string;
+  host: SourceHost;
+  mover: SourceMoverOptions;
+  target: TargetMover;
+  meters: StageMeters;
+  repo: Repository;
+  onProgress: (e: ProgressEvent) => void;
+}
+
+/**
+ * Runs one backup session of a job: every VM is snapshotted (when its host can), each disk flows
+ * through the source-side mover into the target-side mover, and each VM whose disks all succeeded
+ * gets one restore point, committed atomically. The snapshot is released on every exit path.
+ */
+export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promise<SessionReport> {
+  const started = new Date();
+  const meters = newStageMeters();
+  const report: SessionReport = {
+    job: rt.spec.job,
+    session: Repository.newPointId(started),
+    status: 'success',
+    startedAt: started.toISOString(),
+    finishedAt: '',
+    durationMs: 0,
+    source: rt.spec.source.host,
+    repository: rt.spec.repository.type,
+    compression: rt.spec.storage.compression,
+    blockSize: rt.spec.storage.blockSize,
+    vms: [],
+    disks: [],
+    totals: { sizeBytes: 0, bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0, bytesWritten: 0 },
+    stages: [],
+    bottleneck: null,
+  };
+  try {
+    const host = await rt.sourceHost();
+    report.source = host.label;
+    const repo = await rt.repository({ create: true });
+    report.repository = repo.backend.location;
+    const codec = LEVEL_CODECS[rt.spec.storage.compression];
+    const parts: SessionParts = {
+      rt,
+      sessionId: report.session,
+      host,
+      repo,
+      meters,
+      target: new TargetMover(repo, meters),
+      mover: {
+        blockSize: rt.spec.storage.blockSize,
+        compressor: { name: codec.compressor, level: codec.level, impl: await rt.compressor(codec.compressor) },
+        filters: await rt.filters(),
+      },
+      onProgress: opts.onProgress ?? (() => undefined),
+    };
+    const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {
+      throw pluginError(err, rt.spec.source.host, 'inventory', { host: host.label });
+    });
+    for (const vm of inventory) {
+      const { vmReport, disks } = await backupVm(parts, vm);
+      report.vms.push(vmReport);
+      report.disks.push(...disks);
+    }
+  } catch (err) {
+    report.error = errorSummary(err);
+  }
+  const finished = new Date();
+  report.finishedAt = finished.toISOString();
+  report.durationMs = finished.getTime() - started.getTime();
+  for (const d of report.disks) {
+    for (const k of Object.keys(report.totals) as (keyof SessionReport['totals'])[]) report.totals[k] += d[k];
+  }
+  Object.assign(report, stageReport(meters, report.durationMs));
+  if (report.error || report.vms.some((v) => v.status === 'failed')) report.status = 'failed';
+  return report;
+}
+
+async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: VmReport; disks: DiskReport[] }> {
+  const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null };
+  const reports: DiskReport[] = [];
+  let snapshot: VmSnapshot | undefined;
+  try {
+    let disks = vm.disks;
+    if (s.host.snapshot) {
+      snapshot = await s.host.snapshot(vm, { job: s.rt.spec.job, sessionId: s.sessionId }).catch((err) => {
+        throw pluginError(err, s.rt.spec.source.host, 'snapshot', { host: s.host.label, vm: vm.name });
+      });
+      disks = snapshot.disks;
+    }
+    const maps: BlockMap[] = [];
+    const pointDisks: Omit<RestorePointDisk, 'map' | 'mapSha256'>[] = [];
+    for (const disk of disks) {
+      const { report, map } = await backupDisk(s, vm.name, disk);
+      reports.push(report);
+      if (map) {
+        maps.push(map);
+        pointDisks.push(pointDisk(report, map));
+      }
+    }
+    const failed = reports.find((r) => r.status === 'failed');
+    if (failed) throw new FerryError('BACKUP_DISK_FAILED', `disk ${failed.disk} failed: ${failed.error?.message}`, { vm: vm.name });
+    const point = await s.repo.commitPoint(
+      { id: s.sessionId, job: s.rt.spec.job, vm: vm.name, session: s.sessionId, createdAt: new Date().toISOString(), disks: pointDisks as RestorePointDisk[] },
+      maps,
+    );
+    vmReport.restorePoint = point.id;
+    for (const r of reports) r.restorePoint = point.id;
+  } catch (err) {
+    vmReport.status = 'failed';
+    vmReport.error = errorSummary(err);
+  } finally {
+    if (snapshot) {
+      await snapshot.release(vmReport.status).catch((err) => {
+        vmReport.status = 'failed';
+        vmReport.error ??= errorSummary(pluginError(err, s.rt.spec.source.host, 'release', { vm: vm.name }));
+      });
+    }
+  }
+  return { vmReport, disks: reports };
+}
+
+function pointDisk(r: DiskReport, map: BlockMap): Omit<RestorePointDisk, 'map' | 'mapSha256'> {
+  return {
+    name: r.disk,
+    sizeBytes: map.diskSize,
+    blockSize: map.blockSize,
+    blocks: map.blockCount,
+    zeroBlocks: r.blocks.zero,
+    transport: r.transport,
+    mode: r.mode,
+  };
+}
+
+async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk): Promise<{ report: DiskReport; map?: BlockMap }> {
+  const t0 = performance.now();
+  const src: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+  const dst: TargetCounters = { bytesWritten: 0, blocksNew: 0, blocksDeduped: 0, blocksZero: 0 };
+  const report: DiskReport = {
+    vm,
+    disk: disk.name,
+    status: 'success',
+    transport: '',
+    transportReason: '',
+    mode: 'full',
+    modeReason: 'no changed-block tracking for this disk: every allocated block is read',
+    sizeBytes: disk.size ?? 0,
+    blockSize: s.mover.blockSize,
+    bytesRead: 0,
+    zeroBytesSkipped: 0,
+    bytesTransferred: 0,
+    bytesWritten: 0,
+    blocks: { total: 0, zero: 0, new: 0, deduped: 0 },
+    durationMs: 0,
+    restorePoint: null,
+  };
+  const where: ErrorLocation = { vm, disk: disk.name };
+  let handle: DiskHandle | undefined;
+  let map: BlockMap | undefined;
+  try {
+    const chosen = await pickTransport(s.rt, disk, where);
+    report.transport = chosen.name;
+    report.transportReason = chosen.reason;
+    handle = guardHandle(
+      await chosen.transport.open(disk).catch((err) => {
+        throw pluginError(err, chosen.name, 'open', where);
+      }),
+      chosen.name,
+      where,
+    );
+    report.sizeBytes = handle.size;
+    report.blocks.total = Math.ceil(handle.size / s.mover.blockSize);
+    s.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: handle.size, transport: chosen.name });
+    const skip = await skipExtents(s.mover.filters, disk, where);
+    const records = withProgress(new SourceMover(s.mover, s.meters).blocks(handle, skip, src), s, vm, disk.name, handle.size);
+    map = await s.target.receiveDisk({ vm, disk: disk.name, sizeBytes: handle.size, blockSize: s.mover.blockSize }, records, dst);
+  } catch (err) {
+    report.status = 'failed';
+    report.error = errorSummary(err instanceof FerryError ? err.at(where) : err);
+    map = undefined;
+  } finally {
+    await handle?.close().catch(() => undefined);
+  }
+  Object.assign(report, src, { bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
+  report.blocks = { total: report.blocks.total, zero: dst.blocksZero, new: dst.blocksNew, deduped: dst.blocksDeduped };
+  s.onProgress({ type: 'disk-end', report });
+  return { report, map };
+}
+
+/** `transport: auto` takes the first transport whose probe says yes; a named one must say yes. */
+async function pickTransport(rt: JobRuntime, disk: SourceDisk, where: ErrorLocation): Promise<{ name: string; transport: Transport; reason: string }> {
+  const wanted = rt.spec.transport;
+  const names = wanted === 'auto' ? rt.autoTransports() : [wanted];
+  const refusals: string[] = [];
+  for (const name of names) {
+    const transport = await rt.transport(name);
+    const probe = transport.probe
+      ? await transport.probe(disk).catch((err) => {
+          throw pluginError(err, name, 'probe', where);
+        })
+      : { ok: true, reason: `${name} has no probe; assumed able to read the disk` };
+    if (probe.ok) {
+      return { name, transport, reason: wanted === 'auto' ? `auto: ${probe.reason}` : `job asks for ${name}: ${probe.reason}` };
+    }
+    refusals.push(`${name}: ${probe.reason}`);
+  }
+  throw new FerryError(
+    'TRANSPORT_UNAVAILABLE',
+    `no transport mode can read the disk (${wanted === 'auto' ? 'auto tried ' : ''}${refusals.join('; ') || 'no transport plugins found'})`,
+    where,
+  );
+}
+
+async function skipExtents(filters: { name: string; impl: BlockFilter }[], disk: SourceDisk, where: ErrorLocation): Promise<Extent[]> {
+  const out: Extent[] = [];
+  for (const f of filters) {
+    if (!f.impl.skipExtents) continue;
+    out.push(...(await f.impl.skipExtents(disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)))));
+  }
+  return out.sort((a, b) => a.offset - b.offset);
+}
+
+/** Stamps plugin name, hook, VM and disk on anything a transport handle throws. */
+function guardHandle(h: DiskHandle, plugin: string, where: ErrorLocation): DiskHandle {
+  const wrap = <A extends unknown[], R>(hook: string, fn: (...a: A) => Promise<R>) => async (...a: A): Promise<R> => {
+    try {
+      return await fn(...a);
+    } catch (err) {
+      if (err instanceof FerryError) throw err.at({ ...where, plugin, hook });
+      const offset = typeof a[0] === 'number' ? a[0] : undefined;
+      throw new FerryError('TRANSPORT_READ_FAILED', (err as Error)?.message ?? String(err), { ...where, plugin, hook, offset }, { cause: err });
+    }
+  };
+  return {
+    size: h.size,
+    read: wrap('read', h.read.bind(h)),
+    blockStatus: h.blockStatus && wrap('blockStatus', h.blockStatus.bind(h)),
+    changedBlocks: h.changedBlocks && wrap('changedBlocks', h.changedBlocks.bind(h)),
+    close: () => h.close(),
+  };
+}
+
+async function* withProgress(
+  records: AsyncIterable<BlockRecord>,
+  s: SessionParts,
+  vm: string,
+  disk: string,
+  sizeBytes: number,
+): AsyncGenerator<BlockRecord> {
+  let done = 0;
+  for await (const r of records) {
+    done += r.length;
+    s.onProgress({ type: 'disk-progress', vm, disk, doneBytes: done, sizeBytes });
+    yield r;
+  }
+}
+
+function errorSummary(err: unknown): ReportedError {
+  if (err instanceof FerryError) return { code: err.code, message: err.message, where: err.where };
+  return { code: 'INTERNAL', message: err instanceof Error ? (err.stack ?? err.message) : String(err), where: {} };
+}

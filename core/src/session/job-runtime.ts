@@ -1,0 +1,155 @@
+import { existsSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { DependencyContainer } from 'tsyringe';
+import { registerBuiltins } from '../builtin.js';
+import { LEVEL_CODECS } from '../compression/levels.js';
+import type { BlockFilter } from '../contracts/block-filter.js';
+import type { Compressor } from '../contracts/compressor.js';
+import type { PluginKind, PluginKindMap } from '../contracts/plugin.js';
+import type { RepositoryBackend } from '../contracts/repository-backend.js';
+import type { SourceHost } from '../contracts/source-host.js';
+import type { Transport } from '../contracts/transport.js';
+import type { JobContext } from '../job/job-context.js';
+import { JobFile, type JobSpec } from '../job/job-loader.js';
+import { PluginHost } from '../plugins/plugin-host.js';
+import { Repository } from '../repository/repository.js';
+import { Tokens } from '../tokens.js';
+
+/** Transports `transport: auto` tries first, in this order; any others follow by name. */
+const AUTO_ORDER = ['hotadd', 'nbd'];
+
+export interface RuntimeOptions {
+  /** Defaults to `process.env.FERRY_PLUGIN_PATH`. */
+  pluginPath?: string;
+  /** Ferry's installation root (its `plugins/` and `node_modules/`); found from the core's location. */
+  installRoot?: string;
+}
+
+/** Builds the plugin host for a Ferry installation (also used by `ferry plugins`). */
+export async function createPluginHost(opts: RuntimeOptions & { jobDirs?: string[] } = {}): Promise<PluginHost> {
+  return PluginHost.create(
+    {
+      installRoot: opts.installRoot ?? findInstallRoot(),
+      envPath: opts.pluginPath ?? process.env.FERRY_PLUGIN_PATH,
+      jobDirs: opts.jobDirs,
+      nodeModules: [path.join(process.cwd(), 'node_modules')],
+    },
+    registerBuiltins,
+  );
+}
+
+/**
+ * One job's world: its validated job file, the plugins it uses, and its own child DI container
+ * (disposed by `close`). Implementations are built on first use and shared within the job.
+ */
+export class JobRuntime {
+  private readonly cache = new Map<string, Promise<unknown>>();
+
+  private constructor(
+    readonly spec: JobSpec,
+    readonly jobFile: JobFile,
+    readonly plugins: PluginHost,
+    readonly container: DependencyContainer,
+  ) {}
+
+  static async open(file: string, opts: RuntimeOptions = {}): Promise<JobRuntime> {
+    const jobFile = JobFile.load(file);
+    const raw = jobFile.raw as { source: { host: string }; repository: { type: string }; plugins?: string[] };
+    const plugins = await createPluginHost({ ...opts, jobDirs: raw.plugins });
+    const src = await plugins.registration('source-host', raw.source.host, jobFile.where(['source', 'host']));
+    const repo = await plugins.registration('repository-backend', raw.repository.type, jobFile.where(['repository', 'type']));
+    const spec = jobFile.complete({
+      sourceConfig: src.options.configSchema,
+      sourceVm: src.options.vmSchema,
+      repository: repo.options.configSchema,
+    });
+    const container = plugins.container.createChildContainer();
+    const ctx: JobContext = { name: spec.job, file: spec.file, dir: spec.dir, where: (p) => jobFile.where(p) };
+    container.register(Tokens.JobContext, { useValue: ctx });
+    const rt = new JobRuntime(spec, jobFile, plugins, container);
+    await rt.checkNames();
+    return rt;
+  }
+
+  /** Fails early, with the key's location, on an unknown transport, filter or compressor. */
+  private async checkNames(): Promise<void> {
+    if (this.spec.transport !== 'auto') {
+      await this.plugins.registration('transport', this.spec.transport, this.jobFile.where(['transport']));
+    }
+    for (const [i, f] of this.spec.filters.entries()) {
+      await this.plugins.registration('block-filter', f, this.jobFile.where(['filters', i]));
+    }
+    const codec = LEVEL_CODECS[this.spec.storage.compression];
+    await this.plugins.registration('compressor', codec.compressor, this.jobFile.where(['storage', 'compression']));
+  }
+
+  sourceHost(): Promise<SourceHost> {
+    return this.instance('source-host', this.spec.source.host, this.spec.source.config, ['source', 'host']);
+  }
+
+  backend(): Promise<RepositoryBackend> {
+    return this.instance('repository-backend', this.spec.repository.type, this.spec.repository.config, ['repository', 'type']);
+  }
+
+  async repository(opts: { create: boolean }): Promise<Repository> {
+    return Repository.open(await this.backend(), opts);
+  }
+
+  transport(name: string): Promise<Transport> {
+    return this.instance('transport', name, {}, ['transport']);
+  }
+
+  /** Transport names to try for `transport: auto`, in order. */
+  autoTransports(): string[] {
+    const names = this.plugins.available('transport').map((t) => t.name);
+    return [...AUTO_ORDER.filter((n) => names.includes(n)), ...names.filter((n) => !AUTO_ORDER.includes(n))];
+  }
+
+  async filters(): Promise<{ name: string; impl: BlockFilter }[]> {
+    return Promise.all(
+      this.spec.filters.map(async (name, i) => ({ name, impl: await this.instance('block-filter', name, {}, ['filters', i]) })),
+    );
+  }
+
+  compressor(name: string): Promise<Compressor> {
+    return this.instance('compressor', name, {}, ['storage', 'compression']);
+  }
+
+  /** Every compressor a restore may meet, loaded up front so block decoding stays synchronous. */
+  async compressorLookup(): Promise<(name: string) => Compressor | undefined> {
+    const all = new Map<string, Compressor>();
+    for (const { name } of this.plugins.available('compressor')) all.set(name, await this.compressor(name));
+    return (name) => all.get(name);
+  }
+
+  async close(): Promise<void> {
+    const backend = this.cache.get(`repository-backend:${this.spec.repository.type}`) as Promise<RepositoryBackend> | undefined;
+    const b = await backend?.catch(() => undefined);
+    await b?.close?.().catch(() => undefined);
+    await this.container.dispose();
+  }
+
+  private instance<K extends PluginKind>(kind: K, name: string, config: Record<string, unknown>, at: (string | number)[]): Promise<PluginKindMap[K]> {
+    const key = `${kind}:${name}`;
+    let p = this.cache.get(key) as Promise<PluginKindMap[K]> | undefined;
+    if (!p) {
+      p = this.plugins.create(kind, name, this.container, config, this.jobFile.where(at));
+      this.cache.set(key, p);
+    }
+    return p;
+  }
+}
+
+/**
+ * The folder whose `plugins/` and `node_modules/` hold Ferry's plugins: the nearest ancestor of the
+ * core package that has a `node_modules` folder (the workspace root, or the project that installed
+ * Ferry).
+ */
+export function findInstallRoot(): string {
+  const coreDir = realpathSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..'));
+  for (let d = path.dirname(coreDir); ; d = path.dirname(d)) {
+    if (existsSync(path.join(d, 'node_modules'))) return d;
+    if (path.dirname(d) === d) return path.dirname(coreDir);
+  }
+}

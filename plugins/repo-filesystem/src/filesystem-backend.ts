@@ -1,0 +1,149 @@
+import { randomBytes } from 'node:crypto';
+import { constants as fsc, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { FerryError, type RepositoryBackend } from '@ferry/core';
+
+const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+/** Temporary files live here until renamed into place; never listed as keys. */
+export const TMP_DIR = 'tmp';
+
+/**
+ * A repository in a folder. Every object is one file named by its key. `put` writes a temporary file
+ * in `tmp/`, fsyncs it, renames it into place and fsyncs the folder, so a crash leaves either the
+ * whole object or none (only stray temporary files, which nothing references).
+ */
+export class FilesystemBackend implements RepositoryBackend {
+  private readonly syncedDirs = new Set<string>();
+
+  constructor(readonly root: string) {}
+
+  get location(): string {
+    return this.root;
+  }
+
+  async get(key: string): Promise<Uint8Array> {
+    try {
+      return await fs.readFile(this.file(key));
+    } catch (err) {
+      throw this.ioError(err, key, 'read');
+    }
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
+    let fh: fs.FileHandle | undefined;
+    try {
+      fh = await fs.open(this.file(key), 'r');
+      const buf = Buffer.allocUnsafe(length);
+      const { bytesRead } = await fh.read(buf, 0, length, offset);
+      if (bytesRead !== length) {
+        throw new FerryError('REPO_CORRUPT_OBJECT', `object is shorter than ${offset + length} bytes`, { object: key });
+      }
+      return buf;
+    } catch (err) {
+      throw this.ioError(err, key, 'read');
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  async put(key: string, data: Uint8Array): Promise<void> {
+    const target = this.file(key);
+    const tmpDir = path.join(this.root, TMP_DIR);
+    const tmp = path.join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
+    try {
+      await this.ensureDir(tmpDir);
+      const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await this.ensureDir(path.dirname(target));
+      await fs.rename(tmp, target);
+      await syncDir(path.dirname(target));
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      throw this.ioError(err, key, 'write');
+    }
+  }
+
+  async has(key: string): Promise<boolean> {
+    try {
+      await fs.access(this.file(key));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw this.ioError(err, key, 'check');
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    // Walk from the deepest folder the prefix names completely, then filter by the full prefix.
+    const slash = prefix.lastIndexOf('/');
+    const base = slash < 0 ? '' : prefix.slice(0, slash);
+    for await (const key of this.walk(base)) if (key.startsWith(prefix)) yield key;
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await fs.rm(this.file(key), { force: true });
+    } catch (err) {
+      throw this.ioError(err, key, 'delete');
+    }
+  }
+
+  private async *walk(rel: string): AsyncIterable<string> {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await fs.readdir(path.join(this.root, rel), { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return;
+      throw this.ioError(err, rel || '.', 'list');
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : 1));
+    for (const e of entries) {
+      const key = rel ? `${rel}/${e.name}` : e.name;
+      if (key === TMP_DIR) continue;
+      if (e.isDirectory()) yield* this.walk(key);
+      else if (e.isFile()) yield key;
+    }
+  }
+
+  private file(key: string): string {
+    if (!KEY.test(key) || key.split('/').some((s) => s === '.' || s === '..')) {
+      throw new FerryError('INTERNAL', `invalid repository key "${key}"`, { object: key });
+    }
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  /** mkdir -p, and fsync the parent of every folder created so the new entries survive a crash. */
+  private async ensureDir(dir: string): Promise<void> {
+    if (this.syncedDirs.has(dir)) return;
+    const created = await fs.mkdir(dir, { recursive: true });
+    if (created !== undefined) {
+      for (let d = dir; d.length >= created.length; d = path.dirname(d)) await syncDir(path.dirname(d));
+    }
+    this.syncedDirs.add(dir);
+  }
+
+  private ioError(err: unknown, key: string, op: string): FerryError {
+    if (err instanceof FerryError) return err;
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOENT' && op !== 'write') {
+      return new FerryError('REPO_OBJECT_NOT_FOUND', `object ${key} not found in ${this.root}`, { object: key });
+    }
+    const hint = e.code === 'ENOSPC' ? ' (the repository disk is full)' : e.code === 'EROFS' ? ' (read-only filesystem)' : '';
+    return new FerryError('REPO_IO', `cannot ${op} ${key} in ${this.root}: ${e.code ?? e.message}${hint}`, { object: key }, { cause: err });
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,17 @@
+'use strict';
+// Mocha reporter: the spec reporter's output, then one line of our own that CI reads:
+//   tests: N passed, N failed[, N skipped]
+const Mocha = require('mocha');
+
+class SummaryReporter extends Mocha.reporters.Spec {
+  constructor(runner, options) {
+    super(runner, options);
+    runner.once('end', () => {
+      const s = this.stats;
+      const skipped = s.pending ? `, ${s.pending} skipped` : '';
+      process.stdout.write(`tests: ${s.passes} passed, ${s.failures} failed${skipped}\n`);
+    });
+  }
+}
+
+module.exports = SummaryReporter;
