@@ -144,7 +144,7 @@ export class JobFile {
   }
 
   private validate(schema: JsonSchema): void {
-    const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false });
+    const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false, verbose: true });
     const pathErrors: { docPath: DocPath; message: string }[] = [];
     const baseDir = this.dir;
     ajv.addKeyword({

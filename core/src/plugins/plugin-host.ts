@@ -56,6 +56,11 @@ export class PluginHost {
     return [...out].map(([name, plugin]) => ({ name, plugin })).sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /** The package that provides `kind` `name` (for error messages); the name itself if unknown. */
+  providerOf(kind: PluginKind, name: string): string {
+    return this.registrations.get(`${kind}:${name}`)?.plugin ?? name;
+  }
+
   /** The registration of `kind` `name`, importing its package if needed. */
   async registration(kind: PluginKind, name: string, where: ErrorLocation = {}): Promise<Registration> {
     const key = `${kind}:${name}`;

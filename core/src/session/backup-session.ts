@@ -74,7 +74,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       onProgress: opts.onProgress ?? (() => undefined),
     };
     const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {
-      throw pluginError(err, rt.spec.source.host, 'inventory', { host: host.label });
+      throw pluginError(err, rt.plugins.providerOf('source-host', rt.spec.source.host), 'inventory', { host: host.label });
     });
     for (const vm of inventory) {
       const { vmReport, disks } = await backupVm(parts, vm);
@@ -103,7 +103,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     let disks = vm.disks;
     if (s.host.snapshot) {
       snapshot = await s.host.snapshot(vm, { job: s.rt.spec.job, sessionId: s.sessionId }).catch((err) => {
-        throw pluginError(err, s.rt.spec.source.host, 'snapshot', { host: s.host.label, vm: vm.name });
+        throw pluginError(err, s.rt.plugins.providerOf('source-host', s.rt.spec.source.host), 'snapshot', { host: s.host.label, vm: vm.name });
       });
       disks = snapshot.disks;
     }
@@ -132,7 +132,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     if (snapshot) {
       await snapshot.release(vmReport.status).catch((err) => {
         vmReport.status = 'failed';
-        vmReport.error ??= errorSummary(pluginError(err, s.rt.spec.source.host, 'release', { vm: vm.name }));
+        vmReport.error ??= errorSummary(pluginError(err, s.rt.plugins.providerOf('source-host', s.rt.spec.source.host), 'release', { vm: vm.name }));
       });
     }
   }
@@ -182,9 +182,9 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk): Promis
     report.transportReason = chosen.reason;
     handle = guardHandle(
       await chosen.transport.open(disk).catch((err) => {
-        throw pluginError(err, chosen.name, 'open', where);
+        throw pluginError(err, s.rt.plugins.providerOf('transport', chosen.name), 'open', where);
       }),
-      chosen.name,
+      s.rt.plugins.providerOf('transport', chosen.name),
       where,
     );
     report.sizeBytes = handle.size;
@@ -215,7 +215,7 @@ async function pickTransport(rt: JobRuntime, disk: SourceDisk, where: ErrorLocat
     const transport = await rt.transport(name);
     const probe = transport.probe
       ? await transport.probe(disk).catch((err) => {
-          throw pluginError(err, name, 'probe', where);
+          throw pluginError(err, rt.plugins.providerOf('transport', name), 'probe', where);
         })
       : { ok: true, reason: `${name} has no probe; assumed able to read the disk` };
     if (probe.ok) {

@@ -1,1 +1,3 @@
 export * from './vm-image.js';
+export * from './repository-conformance.js';
+export * from './transport-conformance.js';

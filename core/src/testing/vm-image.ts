@@ -64,7 +64,7 @@ export async function makeVmImage(file: string, opts: VmImageOptions): Promise<V
   const rng = new Prng(opts.seed ?? 1);
   const unit = opts.unit ?? 64 * 1024;
   const holes = opts.holes ?? 0.3;
-  const fh = await fs.open(file, 'w');
+  const fh = await fs.open(file, 'w+');
   const written: { offset: number; length: number }[] = [];
   let dataBytes = 0;
   try {

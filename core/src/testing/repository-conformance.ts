@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import type { RepositoryBackend } from '../contracts/repository-backend.js';
+import { FerryError } from '../errors.js';
+
+export interface BackendUnderTest {
+  backend: RepositoryBackend;
+  /** Removes everything the backend stored (called after each test). */
+  cleanup(): Promise<void>;
+}
+
+/**
+ * The conformance suite every repository backend runs (in-tree and third-party): call it at the top
+ * level of a mocha spec file with a factory that returns an empty backend.
+ */
+export function runRepositoryConformance(name: string, create: () => Promise<BackendUnderTest>): void {
+  describe(`repository backend conformance: ${name}`, function () {
+    let b: BackendUnderTest;
+    beforeEach(async () => {
+      b = await create();
+    });
+    afterEach(async () => {
+      await b.backend.close?.();
+      await b.cleanup();
+    });
+
+    it('put then get returns the same bytes; put replaces', async function () {
+      const data = Buffer.from('hello ferry');
+      await b.backend.put('blocks/ab/abcdef', data);
+      assert.deepEqual(Buffer.from(await b.backend.get('blocks/ab/abcdef')), data);
+      await b.backend.put('blocks/ab/abcdef', Buffer.from('second'));
+      assert.equal(Buffer.from(await b.backend.get('blocks/ab/abcdef')).toString(), 'second');
+    });
+
+    it('stores empty and large objects', async function () {
+      await b.backend.put('empty', Buffer.alloc(0));
+      assert.equal((await b.backend.get('empty')).length, 0);
+      const big = Buffer.alloc(9 * 1024 * 1024, 7);
+      await b.backend.put('big', big);
+      assert.ok(Buffer.from(await b.backend.get('big')).equals(big));
+    });
+
+    it('get of a missing key is REPO_OBJECT_NOT_FOUND naming the key', async function () {
+      await assert.rejects(b.backend.get('points/none.json'), (err: unknown) => {
+        assert.ok(err instanceof FerryError, String(err));
+        assert.equal(err.code, 'REPO_OBJECT_NOT_FOUND');
+        assert.match(err.message, /points\/none\.json/);
+        return true;
+      });
+    });
+
+    it('has tells present from missing', async function () {
+      assert.equal(await b.backend.has('a/b'), false);
+      await b.backend.put('a/b', Buffer.from('x'));
+      assert.equal(await b.backend.has('a/b'), true);
+    });
+
+    it('list yields exactly the keys under a prefix', async function () {
+      for (const k of ['points/vm1/p1.json', 'points/vm1/p1/disk-0.map', 'points/vm10/p2.json', 'blocks/00/00aa', 'config']) {
+        await b.backend.put(k, Buffer.from(k));
+      }
+      const list = async (prefix: string): Promise<string[]> => {
+        const out: string[] = [];
+        for await (const k of b.backend.list(prefix)) out.push(k);
+        return out.sort();
+      };
+      assert.deepEqual(await list('points/vm1/'), ['points/vm1/p1.json', 'points/vm1/p1/disk-0.map']);
+      assert.deepEqual(await list('points/vm1'), ['points/vm1/p1.json', 'points/vm1/p1/disk-0.map', 'points/vm10/p2.json']);
+      assert.deepEqual(await list('blocks/'), ['blocks/00/00aa']);
+      assert.equal((await list('')).length, 5);
+      assert.deepEqual(await list('nothing/'), []);
+    });
+
+    it('delete removes a key and ignores a missing one', async function () {
+      await b.backend.put('x/y', Buffer.from('1'));
+      await b.backend.delete('x/y');
+      assert.equal(await b.backend.has('x/y'), false);
+      await b.backend.delete('x/y');
+    });
+
+    it('getRange, when offered, returns the slice', async function () {
+      if (!b.backend.getRange) this.skip();
+      await b.backend.put('r', Buffer.from('0123456789'));
+      assert.equal(Buffer.from(await b.backend.getRange!('r', 3, 4)).toString(), '3456');
+    });
+
+    it('concurrent puts of different keys all land', async function () {
+      await Promise.all(Array.from({ length: 32 }, (_, i) => b.backend.put(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`, Buffer.from([i]))));
+      for (let i = 0; i < 32; i++) assert.equal((await b.backend.get(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`))[0], i);
+    });
+  });
+}

@@ -1,0 +1,111 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { SourceDisk } from '../contracts/source-host.js';
+import type { Transport } from '../contracts/transport.js';
+import { FerryError } from '../errors.js';
+import { makeVmImage, Prng } from './vm-image.js';
+
+export interface TransportUnderTest {
+  transport: Transport;
+  /** The disk as a source host would describe it (path, NBD export, ...). */
+  disk: SourceDisk;
+  /** Stops whatever serves the disk. */
+  cleanup(): Promise<void>;
+}
+
+/**
+ * The conformance suite every transport runs: `expose` makes the raw image at `file` readable
+ * through the transport (open the file itself, or serve it over NBD, ...).
+ */
+export function runTransportConformance(name: string, expose: (file: string) => Promise<TransportUnderTest>): void {
+  describe(`transport conformance: ${name}`, function () {
+    let dir: string;
+    let file: string;
+    let content: Buffer;
+    let t: TransportUnderTest;
+    const size = 6 * 1024 * 1024 + 4096;
+
+    before(async function () {
+      dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-transport-'));
+      file = path.join(dir, 'disk.raw');
+      await makeVmImage(file, { sizeBytes: size, seed: 5, holes: 0.4, unit: 64 * 1024 });
+      content = readFileSync(file);
+      t = await expose(file);
+    });
+    after(async function () {
+      await t?.cleanup();
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it('probe, when offered, says yes with a reason', async function () {
+      if (!t.transport.probe) this.skip();
+      const p = await t.transport.probe!(t.disk);
+      assert.equal(p.ok, true, p.reason);
+      assert.ok(p.reason.length > 0);
+    });
+
+    it('open reports the size and reads return exactly the bytes', async function () {
+      const h = await t.transport.open(t.disk);
+      try {
+        assert.equal(h.size, size);
+        const rng = new Prng(9);
+        for (let i = 0; i < 50; i++) {
+          const off = rng.int(size - 1);
+          const len = 1 + rng.int(Math.min(300_000, size - off));
+          assert.ok(Buffer.from(await h.read(off, len)).equals(content.subarray(off, off + len)), `read ${off}+${len}`);
+        }
+        assert.ok(Buffer.from(await h.read(size - 10, 10)).equals(content.subarray(size - 10)));
+      } finally {
+        await h.close();
+      }
+    });
+
+    it('serves several reads in flight', async function () {
+      const h = await t.transport.open(t.disk);
+      try {
+        const offs = Array.from({ length: 16 }, (_, i) => i * 256 * 1024);
+        const got = await Promise.all(offs.map((o) => h.read(o, 256 * 1024)));
+        got.forEach((g, i) => assert.ok(Buffer.from(g).equals(content.subarray(offs[i], offs[i] + 256 * 1024))));
+      } finally {
+        await h.close();
+      }
+    });
+
+    it('a read past the end is TRANSPORT_READ_FAILED', async function () {
+      const h = await t.transport.open(t.disk);
+      try {
+        await assert.rejects(h.read(size - 10, 20), (err: unknown) => err instanceof FerryError && err.code === 'TRANSPORT_READ_FAILED');
+      } finally {
+        await h.close();
+      }
+    });
+
+    it('blockStatus, when offered, covers the range in order and calls zero only what reads as zero', async function () {
+      const h = await t.transport.open(t.disk);
+      try {
+        if (!h.blockStatus) this.skip();
+        let pos = 0;
+        let zeroBytes = 0;
+        while (pos < size) {
+          const ext = await h.blockStatus!(pos, size - pos);
+          assert.ok(ext.length > 0);
+          for (const e of ext) {
+            assert.equal(e.offset, pos, 'extents are in order without gaps');
+            assert.ok(e.length > 0 && e.offset + e.length <= size);
+            if (e.kind === 'zero') {
+              assert.ok(content.subarray(e.offset, e.offset + e.length).every((b) => b === 0), `zero extent ${e.offset}+${e.length} holds data`);
+              zeroBytes += e.length;
+            }
+            pos += e.length;
+          }
+        }
+        assert.ok(zeroBytes > 0, 'the test image has holes; blockStatus found none');
+      } finally {
+        await h.close();
+      }
+    });
+  });
+}

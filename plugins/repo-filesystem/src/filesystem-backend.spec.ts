@@ -1,0 +1,57 @@
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { expect } from 'chai';
+import { FerryError } from '@ferry/core';
+import { runRepositoryConformance } from '@ferry/core/testing';
+import { FilesystemBackend, TMP_DIR } from './filesystem-backend.js';
+
+runRepositoryConformance('filesystem', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-fsrepo-'));
+  return { backend: new FilesystemBackend(dir), cleanup: () => rm(dir, { recursive: true, force: true }) };
+});
+
+describe('filesystem backend specifics', function () {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-fsrepo-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  it('leaves no temporary file behind after a put, and never lists tmp/', async function () {
+    const b = new FilesystemBackend(dir);
+    await b.put('a/b', Buffer.from('x'));
+    expect(await readdir(path.join(dir, TMP_DIR))).to.deep.equal([]);
+    await writeFile(path.join(dir, TMP_DIR, 'stray'), 'half-written');
+    const keys: string[] = [];
+    for await (const k of b.list('')) keys.push(k);
+    expect(keys).to.deep.equal(['a/b']);
+  });
+
+  it('refuses keys that would escape the repository', async function () {
+    const b = new FilesystemBackend(dir);
+    for (const key of ['../x', 'a/../../x', '/abs', 'a//b']) {
+      await b.put(key, Buffer.from('x')).then(
+        () => expect.fail(`accepted ${key}`),
+        (err: FerryError) => expect(err.code).to.equal('INTERNAL'),
+      );
+    }
+  });
+
+  it('a write that fails is REPO_IO naming the key and leaves the old object', async function () {
+    const b = new FilesystemBackend(dir);
+    await b.put('points/p.json', Buffer.from('old'));
+    // A folder where the object's file must go makes the rename fail (as root too, unlike chmod).
+    await mkdir(path.join(dir, 'points', 'q.json'), { recursive: true });
+    await writeFile(path.join(dir, 'points', 'q.json', 'keep'), 'x');
+    await b.put('points/q.json', Buffer.from('new')).then(
+      () => expect.fail('write succeeded'),
+      (err: FerryError) => {
+        expect(err.code).to.equal('REPO_IO');
+        expect(err.message).to.include('points/q.json').and.include(dir);
+      },
+    );
+    expect(Buffer.from(await b.get('points/p.json')).toString()).to.equal('old');
+    expect(await readdir(path.join(dir, TMP_DIR))).to.deep.equal([]);
+  });
+});

@@ -1,0 +1,110 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { expect } from 'chai';
+import { createPluginHost, discoverPlugins, JobRuntime, runBackup, restoreDisk, FerryError } from '@ferry/core';
+import { firstDifference, makeVmImage } from '@ferry/core/testing';
+import { basicJob, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
+
+const EXAMPLES = path.join(ROOT, 'test', 'fixtures', 'plugins');
+
+function fakePlugin(dir: string, name: string, ferry: unknown, entry = 'export function register() {}'): string {
+  const pkg = path.join(dir, name);
+  mkdirSync(pkg, { recursive: true });
+  writeFileSync(path.join(pkg, 'package.json'), JSON.stringify({ name, version: '0.0.1', type: 'module', ferry }));
+  writeFileSync(path.join(pkg, 'index.js'), entry);
+  return pkg;
+}
+
+describe('plugin discovery and loading', function () {
+  const t = tempDir();
+  after(() => t.cleanup());
+
+  it('finds the workspace plugins and the built-ins without importing anything', async function () {
+    const host = await createPluginHost({ pluginPath: '' });
+    const names = host.discovery.plugins.map((p) => p.packageName);
+    expect(names).to.include.members(['@ferry/source-file', '@ferry/repo-filesystem', '@ferry/transport-hotadd']);
+    expect(host.available('compressor').map((c) => c.name)).to.include.members(['none', 'rle', 'deflate']);
+    // a workspace plugin is linked into node_modules too: it must be found once, not refused as a duplicate
+    expect(host.discovery.refused).to.deep.equal([]);
+  });
+
+  it('refuses a wrong API version and a duplicate name with coded errors naming package and range', function () {
+    const dir = path.join(t.dir, 'refusals');
+    fakePlugin(dir, 'a-too-new', { apiVersion: '2.0', entry: './index.js', provides: { transport: ['x'] } });
+    fakePlugin(dir, 'b-first', { apiVersion: '1.0', entry: './index.js', provides: { transport: ['twin'] } });
+    fakePlugin(dir, 'c-second', { apiVersion: '1.0', entry: './index.js', provides: { transport: ['twin'] } });
+    fakePlugin(dir, 'd-bad-kind', { apiVersion: '1.0', entry: './index.js', provides: { teleporter: ['x'] } });
+    const r = discoverPlugins({ installRoot: path.join(t.dir, 'nowhere'), envPath: dir });
+    expect(r.plugins.map((p) => p.packageName)).to.deep.equal(['b-first']);
+    const byName = Object.fromEntries(r.refused.map((x) => [x.packageName, x.error]));
+    expect(byName['a-too-new'].code).to.equal('PLUGIN_API_INCOMPATIBLE');
+    expect(byName['a-too-new'].message).to.include('a-too-new').and.include('>=1.0 <=1.0');
+    expect(byName['c-second'].code).to.equal('PLUGIN_DUPLICATE');
+    expect(byName['c-second'].message).to.include('b-first');
+    expect(byName['d-bad-kind'].code).to.equal('PLUGIN_MANIFEST_INVALID');
+  });
+
+  it('refuses a plugin that registers something it did not declare', async function () {
+    const dir = path.join(t.dir, 'liar');
+    fakePlugin(
+      dir,
+      'liar',
+      { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['honest'] } },
+      "export function register(r) { r.register('block-filter', 'sneaky', { useValue: {} }); }",
+    );
+    const host = await createPluginHost({ pluginPath: dir });
+    try {
+      await host.registration('block-filter', 'honest');
+      expect.fail('expected PLUGIN_CONTRACT');
+    } catch (err) {
+      expect((err as FerryError).code).to.equal('PLUGIN_CONTRACT');
+      expect((err as FerryError).message).to.include('liar').and.include('sneaky');
+    }
+  });
+
+  it('stamps errors thrown by a plugin at load with the plugin and hook', async function () {
+    const dir = path.join(t.dir, 'thrower');
+    fakePlugin(dir, 'thrower', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['boom'] } }, "export function register() { throw new Error('kaput'); }");
+    const host = await createPluginHost({ pluginPath: dir });
+    const err = await host.registration('block-filter', 'boom').catch((e: FerryError) => e);
+    expect((err as FerryError).code).to.equal('PLUGIN_FAILED');
+    expect((err as FerryError).where).to.include({ plugin: 'thrower', hook: 'register' });
+  });
+
+  it('`ferry plugins --json` lists plugins from FERRY_PLUGIN_PATH and the refused ones with reasons', async function () {
+    const dir = path.join(t.dir, 'cli');
+    fakePlugin(dir, 'old-plugin', { apiVersion: '0.9', entry: './index.js', provides: { transport: ['old'] } });
+    const r = await runFerry(['plugins', '--json'], { env: { FERRY_PLUGIN_PATH: `${EXAMPLES}:${dir}` } });
+    expect(r.code, r.stderr).to.equal(0);
+    const out = json<{ plugins: { name: string; source: string; provides: { kind: string; name: string }[] }[]; refused: { name: string; error: { code: string } }[] }>(r);
+    const example = out.plugins.find((p) => p.name === 'ferry-example-filter');
+    expect(example?.source).to.equal('env');
+    expect(example?.provides).to.deep.equal([{ kind: 'block-filter', name: 'scratch-marker' }]);
+    expect(out.refused.map((x) => [x.name, x.error.code])).to.deep.include(['old-plugin', 'PLUGIN_API_INCOMPATIBLE']);
+  });
+
+  it("a third-party block filter from the job's plugins: folder runs in the data pipe", async function () {
+    const images = path.join(t.dir, 'images');
+    mkdirSync(images, { recursive: true });
+    const image = path.join(images, 'vm.raw');
+    await makeVmImage(image, { sizeBytes: 8 * 1024 * 1024, seed: 11, holes: 0 });
+    // mark two 256 KiB blocks as scratch
+    const { openSync, writeSync, closeSync } = await import('node:fs');
+    const fd = openSync(image, 'r+');
+    for (const block of [3, 9]) writeSync(fd, Buffer.from('FERRY-SCRATCH'), 0, 13, block * 256 * 1024);
+    closeSync(fd);
+    const job = writeJob(t.dir, basicJob({ disks: ['vm.raw'], extra: `filters: [zero, scratch-marker]\nplugins: [${EXAMPLES}]` }), 'filter-job.yaml');
+    const rt = await JobRuntime.open(job);
+    try {
+      const report = await runBackup(rt);
+      expect(report.status, JSON.stringify(report.vms)).to.equal('success');
+      expect(report.disks[0].blocks.zero).to.be.at.least(2);
+      const out = path.join(t.dir, 'vm.restored');
+      await restoreDisk(rt, { vm: 'web01', disk: 'vm.raw', point: 'latest', to: out });
+      const diff = await firstDifference(image, out);
+      expect(Math.floor(diff / (256 * 1024))).to.equal(3); // the first scratch block came back as zeros
+    } finally {
+      await rt.close();
+    }
+  });
+});
