@@ -1,0 +1,13 @@
+import type { PluginRegistrar } from '@ferry/core';
+import { HotaddTransport } from './hotadd-transport.js';
+
+export { HotaddTransport, type HotaddOptions } from './hotadd-transport.js';
+
+export function register(r: PluginRegistrar): void {
+  r.register(
+    'transport',
+    'hotadd',
+    { useValue: new HotaddTransport() },
+    { description: "hot-add: opens the snapshot's raw image or block device on the datastore, skipping holes" },
+  );
+}
