@@ -7,5 +7,6 @@ module.exports = {
   spec: process.env.FERRY_TEST_FAST ? fast : [...fast, ...slow],
   reporter: './test/support/summary-reporter.cjs',
   timeout: 120000,
+  color: !process.env.CI,
   'forbid-only': Boolean(process.env.CI),
 };

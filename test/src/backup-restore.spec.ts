@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, renameSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
@@ -104,5 +104,22 @@ describe('backup and restore end to end (file source, hot-add, filesystem reposi
     expect(json<{ error: { code: string } }>(noPoint).error.code).to.equal('REPO_POINT_NOT_FOUND');
     const noDisk = await runFerry(['restore', job, '--vm', 'web01', '--disk', 'sdb', '--to', path.join(t.dir, 'x'), '--json']);
     expect(json<{ error: { code: string } }>(noDisk).error.code).to.equal('RESTORE_NOT_FOUND');
+  });
+
+  it('lists and restores when the source datastore is gone', async function () {
+    renameSync(images, `${images}.gone`);
+    try {
+      const list = await runFerry(['list', job, '--json']);
+      expect(list.code, list.stderr).to.equal(0);
+      const out = path.join(t.dir, 'restored-without-source');
+      const r = await runFerry(['restore', job, '--vm', 'web01', '--disk', 'web01-data.raw', '--to', out]);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(await firstDifference(path.join(t.dir, 'web01-data.v1'), out)).to.equal(-1);
+      const backup = await runFerry(['backup', job, '--json']);
+      expect(backup.code).to.equal(2);
+      expect(json<{ error: { code: string } }>(backup).error.code).to.equal('JOB_PATH_NOT_FOUND');
+    } finally {
+      renameSync(`${images}.gone`, images);
+    }
   });
 });

@@ -18,7 +18,7 @@ export function listCommand(setCode: (c: number) => void): CommandModule<object,
         .option('vm', { type: 'string', describe: 'only this VM' })
         .option('json', { type: 'boolean', default: false, describe: 'print JSON on stdout' }) as never,
     handler: async (args) => {
-      const rt = await JobRuntime.open(args.job);
+      const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       try {
         const repo = await rt.repository({ create: false });
         const points = await repo.listPoints(args.vm);

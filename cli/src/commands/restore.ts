@@ -25,7 +25,7 @@ export function restoreCommand(setCode: (c: number) => void): CommandModule<obje
         .option('to', { type: 'string', demandOption: true, describe: 'target file or block device' })
         .option('json', { type: 'boolean', default: false, describe: 'print the restore report as JSON on stdout' }) as never,
     handler: async (args) => {
-      const rt = await JobRuntime.open(args.job);
+      const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       try {
         const report = await restoreDisk(rt, { vm: args.vm, disk: args.disk, point: args.point, to: path.resolve(args.to) });
         if (args.json) printJson(report);

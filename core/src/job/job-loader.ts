@@ -10,6 +10,14 @@ import { formatSize, parseSize } from './size.js';
 
 export type DocPath = (string | number)[];
 
+export interface JobLoadOptions {
+  /**
+   * Commands that only read the repository (list, restore) must work when the source is gone (the
+   * host lost, the datastore unmounted): paths under `source:` are then resolved but not checked.
+   */
+  sourceMayBeGone?: boolean;
+}
+
 /** A job file that passed the core's checks; plugin sections are validated by `JobFile.complete`. */
 export interface JobSpec {
   file: string;
@@ -33,10 +41,11 @@ export class JobFile {
     private readonly doc: Document,
     private readonly lines: LineCounter,
     private data: Record<string, unknown>,
+    private readonly opts: JobLoadOptions,
   ) {}
 
   /** Reads and parses the file and checks the core's keys. */
-  static load(file: string): JobFile {
+  static load(file: string, opts: JobLoadOptions = {}): JobFile {
     const abs = path.resolve(file);
     let text: string;
     try {
@@ -46,10 +55,10 @@ export class JobFile {
         file: abs,
       });
     }
-    return JobFile.parse(text, abs);
+    return JobFile.parse(text, abs, opts);
   }
 
-  static parse(text: string, file: string): JobFile {
+  static parse(text: string, file: string, opts: JobLoadOptions = {}): JobFile {
     const lines = new LineCounter();
     const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
     if (doc.errors.length) {
@@ -59,7 +68,7 @@ export class JobFile {
       throw new FerryError('JOB_YAML_SYNTAX', msg, { file, line: pos.line, column: pos.col });
     }
     const data = doc.toJS() as unknown;
-    const job = new JobFile(file, doc, lines, (data ?? {}) as Record<string, unknown>);
+    const job = new JobFile(file, doc, lines, (data ?? {}) as Record<string, unknown>, opts);
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
       throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
     }
@@ -155,7 +164,9 @@ export class JobFile {
         if (typeof value !== 'string' || !ctx) return true;
         const resolved = path.resolve(baseDir, value);
         (ctx.parentData as Record<string | number, unknown>)[ctx.parentDataProperty] = resolved;
-        if (kind === 'directory' || kind === 'file') {
+        const docPath = pointerToPath(ctx.instancePath);
+        const skip = this.opts.sourceMayBeGone && docPath[0] === 'source';
+        if (!skip && (kind === 'directory' || kind === 'file')) {
           let ok = false;
           try {
             const st = statSync(resolved);
@@ -163,7 +174,7 @@ export class JobFile {
           } catch {
             ok = false;
           }
-          if (!ok) pathErrors.push({ docPath: pointerToPath(ctx.instancePath), message: `${kind} not found: ${resolved}` });
+          if (!ok) pathErrors.push({ docPath, message: `${kind} not found: ${resolved}` });
         }
         return true;
       },

@@ -24,6 +24,8 @@ export interface RuntimeOptions {
   pluginPath?: string;
   /** Ferry's installation root (its `plugins/` and `node_modules/`); found from the core's location. */
   installRoot?: string;
+  /** For commands that only read the repository: see `JobLoadOptions.sourceMayBeGone`. */
+  sourceMayBeGone?: boolean;
 }
 
 /** Builds the plugin host for a Ferry installation (also used by `ferry plugins`). */
@@ -54,7 +56,7 @@ export class JobRuntime {
   ) {}
 
   static async open(file: string, opts: RuntimeOptions = {}): Promise<JobRuntime> {
-    const jobFile = JobFile.load(file);
+    const jobFile = JobFile.load(file, { sourceMayBeGone: opts.sourceMayBeGone });
     const raw = jobFile.raw as { source: { host: string }; repository: { type: string }; plugins?: string[] };
     const plugins = await createPluginHost({ ...opts, jobDirs: raw.plugins });
     const src = await plugins.registration('source-host', raw.source.host, jobFile.where(['source', 'host']));

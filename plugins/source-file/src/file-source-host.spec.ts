@@ -1,0 +1,54 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { expect } from 'chai';
+import { FerryError, type JobContext } from '@ferry/core';
+import { FileSourceHost } from './file-source-host.js';
+
+describe('file source host', function () {
+  let ds: string;
+  const job: JobContext = {
+    name: 'j',
+    file: '/jobs/j.yaml',
+    dir: '/jobs',
+    where: (p) => ({ file: '/jobs/j.yaml', line: 7, column: 3, path: p.join('.') }),
+  };
+  before(() => {
+    ds = mkdtempSync(path.join(os.tmpdir(), 'ferry-ds-'));
+    writeFileSync(path.join(ds, 'a.raw'), Buffer.alloc(8192, 1));
+    writeFileSync(path.join(ds, 'b.qcow2'), Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb]), Buffer.alloc(508)]));
+    mkdirSync(path.join(ds, 'vm2'));
+    writeFileSync(path.join(ds, 'vm2', 'disk1.img'), Buffer.alloc(4096));
+    writeFileSync(path.join(ds, 'vm2', 'disk0.img'), Buffer.alloc(4096));
+  });
+  after(() => rmSync(ds, { recursive: true, force: true }));
+
+  it('describes the listed disks with path, size and detected format', async function () {
+    const host = new FileSourceHost({ datastore: ds }, job);
+    const [vm] = await host.inventory([{ name: 'vm1', disks: ['a.raw', 'b.qcow2'], options: {} }]);
+    expect(vm.disks).to.deep.equal([
+      { name: 'a.raw', path: path.join(ds, 'a.raw'), format: 'raw', size: 8192 },
+      { name: 'b.qcow2', path: path.join(ds, 'b.qcow2'), format: 'qcow2', size: 512 },
+    ]);
+    expect(host.label).to.equal(`file:${ds}`);
+  });
+
+  it('without disks: takes every image in <datastore>/<vm>/, sorted', async function () {
+    const [vm] = await new FileSourceHost({ datastore: ds }, job).inventory([{ name: 'vm2', options: {} }]);
+    expect(vm.disks.map((d) => d.name)).to.deep.equal(['vm2/disk0.img', 'vm2/disk1.img']);
+  });
+
+  it('a missing disk is SOURCE_DISK_NOT_FOUND at its line in the job file', async function () {
+    const err = await new FileSourceHost({ datastore: ds }, job)
+      .inventory([{ name: 'vm1', disks: ['a.raw', 'nope.raw'], options: {} }])
+      .catch((e: FerryError) => e);
+    expect(err).to.be.instanceOf(FerryError);
+    expect((err as FerryError).code).to.equal('SOURCE_DISK_NOT_FOUND');
+    expect((err as FerryError).where).to.include({ path: 'source.vms.0.disks.1', line: 7, disk: 'nope.raw' });
+  });
+
+  it('a VM without disks and without a folder is SOURCE_VM_NOT_FOUND', async function () {
+    const err = await new FileSourceHost({ datastore: ds }, job).inventory([{ name: 'ghost', options: {} }]).catch((e: FerryError) => e);
+    expect((err as FerryError).code).to.equal('SOURCE_VM_NOT_FOUND');
+  });
+});
