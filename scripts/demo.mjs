@@ -12,9 +12,10 @@ const ferry = path.join(root, 'bin', 'ferry.js');
 const MiB = 1024 * 1024;
 
 function run(...args) {
-  console.log(`\n$ ferry ${args.map((a) => path.relative(root, a) || a).join(' ')}`);
+  const quiet = args.includes('--json');
+  if (!quiet) console.log(`\n$ ferry ${args.map((a) => path.relative(root, a) || a).join(' ')}`);
   const r = spawnSync(process.execPath, [ferry, ...args], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
-  process.stdout.write(r.stdout);
+  if (!quiet) process.stdout.write(r.stdout);
   if (r.status !== 0) throw new Error(`ferry ${args[0]} exited with ${r.status}`);
   return r.stdout;
 }
