@@ -12,7 +12,11 @@ import type { Extent } from './extent.js';
  *   `SOURCE_DISK_NOT_FOUND`; an unreachable host with `SOURCE_UNREACHABLE`, naming the host.
  * - The disks of a snapshot do not change while the session reads them.
  * - `VmSnapshot.release` is called exactly once for every snapshot taken, on every exit path (success,
- *   failure, interruption), and must not throw for a snapshot that is already gone.
+ *   failure, interruption), and must not throw for a snapshot that is already gone. `success` means
+ *   the restore point was committed: only then may the host retire the change tracking of
+ *   `SessionInfo.previous`; on `failed` it must keep every write since that point trackable.
+ * - A disk with `changes` must report through its transport every byte written since
+ *   `changes.since`; when in doubt, leave `changes` out and say why in `fullReason`.
  *
  * Optional members and their defaults:
  * - `snapshot` missing: the disks are at rest (powered-off VM, image files); the session reads the
@@ -54,15 +58,37 @@ export interface SourceDisk {
   /** NBD export of the disk, for network transports. */
   nbd?: { address: string; exportName: string; bitmap?: string; tls?: boolean };
   /**
-   * Changed-block tracking: ranges written since the restore point identified by `since`.
-   * Absent when the host cannot tell; the session then reads the whole disk and says why.
+   * What this session's snapshot started for the next incremental run (for QEMU: the persistent
+   * dirty bitmap that records writes from now on). The core stores it with the disk in the new
+   * restore point and hands it back in `SessionInfo.previous` next time. Opaque to the core.
    */
-  changes?: { since: string; extents?: Extent[]; reason?: string };
+  changeTracking?: ChangeTracking;
+  /**
+   * Present when the host vouches for the writes since restore point `since`: the transport's
+   * `changedBlocks` (or `extents`, when the host knows them itself) covers every byte written since.
+   * Absent: the session reads the whole disk, and `fullReason` says why.
+   */
+  changes?: { since: string; extents?: Extent[] };
+  /** Why changed-block tracking cannot be used this time (missing or foreign bitmap, ...). */
+  fullReason?: string;
+}
+
+/** Host-specific facts that identify a change-tracking state, e.g. `{ id: bitmap, node: 'disk0' }`. */
+export interface ChangeTracking {
+  id: string;
+  [key: string]: string;
 }
 
 export interface SessionInfo {
   job: string;
   sessionId: string;
+  /** The VM's newest committed restore point of this job, if any: what an incremental builds on. */
+  previous?: PreviousPoint;
+}
+
+export interface PreviousPoint {
+  id: string;
+  disks: { name: string; sizeBytes: number; changeTracking?: ChangeTracking }[];
 }
 
 export interface VmSnapshot {

@@ -9,7 +9,7 @@ export interface DiskHeader {
   blockSize: number;
 }
 
-export type BlockRecord = ZeroBlockRecord | DataBlockRecord;
+export type BlockRecord = ZeroBlockRecord | DataBlockRecord | UnchangedBlockRecord;
 
 /** A block stored as zeros: a hole, an all-zero block, or a range a filter dropped. */
 export interface ZeroBlockRecord {
@@ -28,4 +28,11 @@ export interface DataBlockRecord {
   hash: Buffer;
   /** The block object as stored (`docs/repository-format.md`): header with CRC-32, compressed payload. */
   encoded: Buffer;
+}
+
+/** Incremental runs: a block changed-block tracking says was not written since the base point. */
+export interface UnchangedBlockRecord {
+  kind: 'unchanged';
+  index: number;
+  length: number;
 }

@@ -16,6 +16,12 @@ export interface SourceMoverOptions {
   readAhead?: number;
 }
 
+/**
+ * Incremental runs: where the changed ranges come from. Blocks that no changed range touches are
+ * not read; they become `unchanged` records.
+ */
+export type ChangedRanges = { extents: Extent[] } | { query: (offset: number, length: number) => Promise<Extent[]> };
+
 export interface SourceCounters {
   bytesRead: number;
   zeroBytesSkipped: number;
@@ -28,6 +34,7 @@ interface BlockPlan {
   offset: number;
   length: number;
   data: Extent[];
+  unchanged?: boolean;
 }
 
 /**
@@ -45,14 +52,15 @@ export class SourceMover {
     this.readAhead = Math.max(1, opts.readAhead ?? 8);
   }
 
-  async *blocks(handle: DiskHandle, skip: Extent[], counters: SourceCounters): AsyncGenerator<BlockRecord> {
+  async *blocks(handle: DiskHandle, skip: Extent[], counters: SourceCounters, changed?: ChangedRanges): AsyncGenerator<BlockRecord> {
     const count = Math.ceil(handle.size / this.opts.blockSize);
     const alloc = new AllocationCursor(handle);
+    const changes = changed && new ChangeCursor(changed, handle.size);
     const window: Promise<BlockRecord>[] = [];
     let next = 0;
     while (next < count || window.length > 0) {
       while (next < count && window.length < this.readAhead) {
-        const plan = await this.plan(next++, handle.size, alloc, skip);
+        const plan = await this.plan(next++, handle.size, alloc, skip, changes);
         const p = this.produce(handle, plan, counters);
         p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
         window.push(p);
@@ -61,9 +69,10 @@ export class SourceMover {
     }
   }
 
-  private async plan(index: number, size: number, alloc: AllocationCursor, skip: Extent[]): Promise<BlockPlan> {
+  private async plan(index: number, size: number, alloc: AllocationCursor, skip: Extent[], changes?: ChangeCursor): Promise<BlockPlan> {
     const offset = index * this.opts.blockSize;
     const length = Math.min(this.opts.blockSize, size - offset);
+    if (changes && !(await changes.touches(offset, offset + length))) return { index, offset, length, data: [], unchanged: true };
     if (skip.some((s) => s.offset <= offset && s.offset + s.length >= offset + length)) {
       return { index, offset, length, data: [] };
     }
@@ -71,6 +80,7 @@ export class SourceMover {
   }
 
   private async produce(handle: DiskHandle, plan: BlockPlan, counters: SourceCounters): Promise<BlockRecord> {
+    if (plan.unchanged) return { kind: 'unchanged', index: plan.index, length: plan.length };
     if (plan.data.length === 0) {
       counters.zeroBytesSkipped += plan.length;
       return { kind: 'zero', index: plan.index, length: plan.length, read: false };
@@ -148,6 +158,44 @@ class AllocationCursor {
       else out.push({ offset: s, length: t - s });
     }
     return out;
+  }
+}
+
+/**
+ * Walks the changed ranges front to back. A query covers `[covered, covered + window)`; gaps in its
+ * answer are unchanged bytes.
+ */
+class ChangeCursor {
+  private extents: Extent[] = [];
+  private covered = 0;
+
+  constructor(
+    private readonly source: ChangedRanges,
+    private readonly size: number,
+  ) {
+    if ('extents' in source) {
+      this.extents = [...source.extents].sort((a, b) => a.offset - b.offset);
+      this.covered = size;
+    }
+  }
+
+  async touches(start: number, end: number): Promise<boolean> {
+    while (this.covered < end && 'query' in this.source) {
+      const ask = Math.min(this.size - this.covered, 1024 ** 3);
+      const got = await this.source.query(this.covered, ask);
+      for (const e of got) {
+        if (e.offset < this.covered || e.offset + e.length > this.covered + ask || e.length <= 0) {
+          throw new FerryError('TRANSPORT_READ_FAILED', `changed range ${e.offset}+${e.length} lies outside the range asked for`, {
+            offset: this.covered,
+            hook: 'changedBlocks',
+          });
+        }
+      }
+      this.extents.push(...got);
+      this.covered += ask;
+    }
+    while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
+    return this.extents.some((e) => e.offset < end && e.offset + e.length > start);
   }
 }
 

@@ -10,6 +10,7 @@ export interface TargetCounters {
   blocksNew: number;
   blocksDeduped: number;
   blocksZero: number;
+  blocksUnchanged: number;
 }
 
 /**
@@ -27,7 +28,8 @@ export class TargetMover {
     private readonly writeConcurrency = 4,
   ) {}
 
-  async receiveDisk(header: DiskHeader, records: AsyncIterable<BlockRecord>, counters: TargetCounters): Promise<BlockMap> {
+  /** `base`: the previous point's map of this disk, for `unchanged` records of an incremental run. */
+  async receiveDisk(header: DiskHeader, records: AsyncIterable<BlockRecord>, counters: TargetCounters, base?: BlockMap): Promise<BlockMap> {
     const map = new BlockMap(header.sizeBytes, header.blockSize);
     const inflight = new Set<Promise<void>>();
     let failure: unknown;
@@ -39,6 +41,14 @@ export class TargetMover {
       if (rec.kind === 'zero') {
         map.setZero(rec.index);
         counters.blocksZero++;
+        continue;
+      }
+      if (rec.kind === 'unchanged') {
+        if (!base || base.blockSize !== map.blockSize || base.diskSize !== map.diskSize) {
+          throw new FerryError('INTERNAL', `block ${rec.index} is unchanged but there is no matching base map`, { vm: header.vm, disk: header.disk });
+        }
+        map.copyEntry(base, rec.index);
+        counters.blocksUnchanged++;
         continue;
       }
       this.check(header, rec.index, rec.encoded, rec.length);

@@ -48,6 +48,11 @@ export class BlockMap {
     this.entries.fill(0, i * HASH_SIZE, (i + 1) * HASH_SIZE);
   }
 
+  /** Takes block `i`'s entry from another map of the same disk geometry (incremental runs). */
+  copyEntry(from: BlockMap, i: number): void {
+    this.entries.set(from.entries.subarray(i * HASH_SIZE, (i + 1) * HASH_SIZE), i * HASH_SIZE);
+  }
+
   /** The block's SHA-256, or undefined for a zero block. */
   get(i: number): Buffer | undefined {
     const h = this.entries.subarray(i * HASH_SIZE, (i + 1) * HASH_SIZE);

@@ -1,5 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Compressor } from '../contracts/compressor.js';
+import type { ChangeTracking } from '../contracts/source-host.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { sha256 } from '../util/checksums.js';
@@ -22,6 +23,8 @@ export interface RestorePointDisk {
   zeroBlocks: number;
   transport: string;
   mode: 'full' | 'incremental';
+  /** What the source host started for the next incremental run (opaque; `SourceDisk.changeTracking`). */
+  changeTracking?: ChangeTracking;
 }
 
 /** A restore point's manifest: `points/<vm>/<id>.json`. Its presence is the commit. */

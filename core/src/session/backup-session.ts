@@ -1,14 +1,14 @@
 import type { BlockFilter } from '../contracts/block-filter.js';
 import type { Extent } from '../contracts/extent.js';
-import type { SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
+import type { PreviousPoint, SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { LEVEL_CODECS } from '../compression/levels.js';
 import type { BlockRecord } from '../pipe/block-record.js';
-import { SourceMover, type SourceCounters, type SourceMoverOptions } from '../pipe/source-mover.js';
+import { SourceMover, type ChangedRanges, type SourceCounters, type SourceMoverOptions } from '../pipe/source-mover.js';
 import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
 import type { BlockMap } from '../repository/block-map.js';
-import { Repository, type RestorePointDisk } from '../repository/repository.js';
+import { Repository, type RestorePoint, type RestorePointDisk } from '../repository/repository.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from './session-report.js';
 import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
@@ -101,8 +101,10 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
   let snapshot: VmSnapshot | undefined;
   try {
     let disks = vm.disks;
+    const previous = (await s.repo.listPoints(vm.name)).filter((p) => p.job === s.rt.spec.job).at(-1);
     if (s.host.snapshot) {
-      snapshot = await s.host.snapshot(vm, { job: s.rt.spec.job, sessionId: s.sessionId }).catch((err) => {
+      const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.sessionId, previous: previous && previousPoint(previous) };
+      snapshot = await s.host.snapshot(vm, info).catch((err) => {
         throw pluginError(err, s.rt.plugins.providerOf('source-host', s.rt.spec.source.host), 'snapshot', { host: s.host.label, vm: vm.name });
       });
       disks = snapshot.disks;
@@ -110,11 +112,11 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     const maps: BlockMap[] = [];
     const pointDisks: Omit<RestorePointDisk, 'map' | 'mapSha256'>[] = [];
     for (const disk of disks) {
-      const { report, map } = await backupDisk(s, vm.name, disk);
+      const { report, map } = await backupDisk(s, vm.name, disk, previous);
       reports.push(report);
       if (map) {
         maps.push(map);
-        pointDisks.push(pointDisk(report, map));
+        pointDisks.push({ ...pointDisk(report, map), ...(disk.changeTracking && { changeTracking: disk.changeTracking }) });
       }
     }
     const failed = reports.find((r) => r.status === 'failed');
@@ -151,10 +153,14 @@ function pointDisk(r: DiskReport, map: BlockMap): Omit<RestorePointDisk, 'map' |
   };
 }
 
-async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk): Promise<{ report: DiskReport; map?: BlockMap }> {
+function previousPoint(p: RestorePoint): PreviousPoint {
+  return { id: p.id, disks: p.disks.map((d) => ({ name: d.name, sizeBytes: d.sizeBytes, changeTracking: d.changeTracking })) };
+}
+
+async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previous?: RestorePoint): Promise<{ report: DiskReport; map?: BlockMap }> {
   const t0 = performance.now();
   const src: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
-  const dst: TargetCounters = { bytesWritten: 0, blocksNew: 0, blocksDeduped: 0, blocksZero: 0 };
+  const dst: TargetCounters = { bytesWritten: 0, blocksNew: 0, blocksDeduped: 0, blocksZero: 0, blocksUnchanged: 0 };
   const report: DiskReport = {
     vm,
     disk: disk.name,
@@ -162,14 +168,14 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk): Promis
     transport: '',
     transportReason: '',
     mode: 'full',
-    modeReason: 'no changed-block tracking for this disk: every allocated block is read',
+    modeReason: '',
     sizeBytes: disk.size ?? 0,
     blockSize: s.mover.blockSize,
     bytesRead: 0,
     zeroBytesSkipped: 0,
     bytesTransferred: 0,
     bytesWritten: 0,
-    blocks: { total: 0, zero: 0, new: 0, deduped: 0 },
+    blocks: { total: 0, zero: 0, new: 0, deduped: 0, unchanged: 0 },
     durationMs: 0,
     restorePoint: null,
   };
@@ -191,8 +197,13 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk): Promis
     report.blocks.total = Math.ceil(handle.size / s.mover.blockSize);
     s.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: handle.size, transport: chosen.name });
     const skip = await skipExtents(s.mover.filters, disk, where);
-    const records = withProgress(new SourceMover(s.mover, s.meters).blocks(handle, skip, src), s, vm, disk.name, handle.size);
-    map = await s.target.receiveDisk({ vm, disk: disk.name, sizeBytes: handle.size, blockSize: s.mover.blockSize }, records, dst);
+    const plan = await chooseMode(s, disk, handle, previous);
+    report.mode = plan.base ? 'incremental' : 'full';
+    report.modeReason = plan.reason;
+    const mover = new SourceMover(s.mover, s.meters);
+    const records = withProgress(mover.blocks(handle, skip, src, plan.changed), s, vm, disk.name, handle.size);
+    const header = { vm, disk: disk.name, sizeBytes: handle.size, blockSize: s.mover.blockSize };
+    map = await s.target.receiveDisk(header, records, dst, plan.base);
   } catch (err) {
     report.status = 'failed';
     report.error = errorSummary(err instanceof FerryError ? err.at(where) : err);
@@ -201,9 +212,42 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk): Promis
     await handle?.close().catch(() => undefined);
   }
   Object.assign(report, src, { bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
-  report.blocks = { total: report.blocks.total, zero: dst.blocksZero, new: dst.blocksNew, deduped: dst.blocksDeduped };
+  report.blocks = { total: report.blocks.total, zero: dst.blocksZero, new: dst.blocksNew, deduped: dst.blocksDeduped, unchanged: dst.blocksUnchanged };
   s.onProgress({ type: 'disk-end', report });
   return { report, map };
+}
+
+/**
+ * Incremental when the host vouches for the changes since this job's previous point of the VM, the
+ * transport (or the host) can list them, and the disk's geometry is unchanged; otherwise a full read,
+ * with the reason in the report. Never an incremental that could miss a write.
+ */
+async function chooseMode(
+  s: SessionParts,
+  disk: SourceDisk,
+  handle: DiskHandle,
+  previous: RestorePoint | undefined,
+): Promise<{ reason: string; base?: BlockMap; changed?: ChangedRanges }> {
+  const full = (reason: string): { reason: string } => ({ reason: `full read: ${reason}` });
+  const prev = previous?.disks.find((d) => d.name === disk.name);
+  if (!previous || !prev) return full('no earlier restore point of this disk by this job');
+  if (!disk.changes) return full(disk.fullReason ?? 'the source host tracks no changed blocks for this disk');
+  if (disk.changes.since !== previous.id) {
+    return full(`changes are tracked since ${disk.changes.since}, but the newest restore point is ${previous.id}`);
+  }
+  if (prev.sizeBytes !== handle.size) return full(`the disk was resized from ${prev.sizeBytes} to ${handle.size} bytes`);
+  if (prev.blockSize !== s.mover.blockSize) return full(`the block size changed from ${prev.blockSize} to ${s.mover.blockSize}`);
+  const changed: ChangedRanges | undefined = disk.changes.extents
+    ? { extents: disk.changes.extents }
+    : handle.changedBlocks && { query: handle.changedBlocks.bind(handle) };
+  if (!changed) return full('the transport cannot list changed blocks');
+  let base: BlockMap;
+  try {
+    base = await s.repo.readMap(prev);
+  } catch (err) {
+    return full(`the block map of ${previous.id} cannot be read (${(err as Error).message})`);
+  }
+  return { reason: `changed blocks since restore point ${previous.id}${disk.changeTracking ? ` (tracking ${disk.changeTracking.id})` : ''}`, base, changed };
 }
 
 /** `transport: auto` takes the first transport whose probe says yes; a named one must say yes. */

@@ -21,7 +21,8 @@ export interface DiskReport {
   bytesTransferred: number;
   /** New block bytes the repository stored (the rest deduplicated). */
   bytesWritten: number;
-  blocks: { total: number; zero: number; new: number; deduped: number };
+  /** Block counts: zero, newly stored, deduplicated, and (incremental) carried over unread. */
+  blocks: { total: number; zero: number; new: number; deduped: number; unchanged: number };
   durationMs: number;
   /** Restore point id; null when the VM's point was not committed. */
   restorePoint: string | null;
