@@ -1,16 +1,16 @@
 import type { BlockFilter } from '../contracts/block-filter.js';
-import type { Compressor } from '../contracts/compressor.js';
 import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
-import { encodeBlock } from '../repository/block-object.js';
-import { sha256 } from '../util/checksums.js';
 import type { StageMeters } from '../session/stage-meter.js';
+import type { BlockCodec } from './block-codec.js';
 import type { BlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {
   blockSize: number;
-  compressor: { name: string; impl: Compressor; level: number };
+  compressor: { name: string; level: number };
+  /** Hashing and compression (on worker threads in a session). */
+  codec: BlockCodec;
   filters: { name: string; impl: BlockFilter }[];
   /** Blocks read and processed ahead of the consumer (bounds memory: readAhead x blockSize). */
   readAhead?: number;
@@ -87,7 +87,7 @@ export class SourceMover {
     }
     const block = await this.meters['source read'].time(() => this.read(handle, plan));
     counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
-    return this.meters.processing.timeSync(() => this.process(plan, block, counters));
+    return this.process(plan, block, counters);
   }
 
   private async read(handle: DiskHandle, plan: BlockPlan): Promise<Buffer> {
@@ -100,22 +100,16 @@ export class SourceMover {
     return block;
   }
 
-  private process(plan: BlockPlan, block: Buffer, counters: SourceCounters): BlockRecord {
+  private async process(plan: BlockPlan, block: Buffer, counters: SourceCounters): Promise<BlockRecord> {
     for (const f of this.opts.filters) {
       if (f.impl.classify?.(block, plan.offset) === 'zero') {
         counters.zeroBytesSkipped += plan.length;
         return { kind: 'zero', index: plan.index, length: plan.length, read: true };
       }
     }
-    const hash = sha256(block);
-    const { name, impl, level } = this.opts.compressor;
-    let compressor = name;
-    let payload = impl.compress(block, level);
-    if (payload.length >= block.length) {
-      compressor = 'none';
-      payload = block;
-    }
-    const encoded = encodeBlock(compressor, block.length, payload);
+    const { name, level } = this.opts.compressor;
+    // The codec may take the block's memory (moved to a worker thread): it is not used after this.
+    const { hash, encoded } = await this.meters.processing.time(() => this.opts.codec.encode(block, name, level));
     counters.bytesTransferred += encoded.length;
     return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
   }

@@ -33,7 +33,11 @@ export class PluginHost {
   private readonly registrations = new Map<string, Registration>();
   private readonly loading = new Map<string, Promise<void>>();
 
-  private constructor(readonly discovery: DiscoveryResult) {
+  private constructor(
+    readonly discovery: DiscoveryResult,
+    /** How the plugins were found (worker threads repeat the discovery with it). */
+    readonly options: DiscoveryOptions,
+  ) {
     this.container = globalContainer.createChildContainer();
   }
 
@@ -41,7 +45,7 @@ export class PluginHost {
     opts: DiscoveryOptions,
     builtins: (r: PluginRegistrar) => void,
   ): Promise<PluginHost> {
-    const host = new PluginHost(discoverPlugins(opts));
+    const host = new PluginHost(discoverPlugins(opts), opts);
     builtins(host.registrar(BUILTIN_PACKAGE));
     return host;
   }

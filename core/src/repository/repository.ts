@@ -1,11 +1,10 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import type { Compressor } from '../contracts/compressor.js';
 import type { ChangeTracking } from '../contracts/source-host.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { sha256 } from '../util/checksums.js';
+import type { BlockCodec } from '../pipe/block-codec.js';
 import { BlockMap } from './block-map.js';
-import { decodeBlock } from './block-object.js';
 
 export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
 const FORMAT = 'ferry-repository';
@@ -120,14 +119,10 @@ export class Repository {
     this.known.add(hex);
   }
 
-  /** Reads block `hash` and returns its raw bytes after checking CRC-32 and SHA-256. */
-  async readBlock(hash: Uint8Array, compressors: (name: string) => Compressor | undefined): Promise<Uint8Array> {
+  /** Reads block `hash` and returns its raw bytes after the codec checked CRC-32 and SHA-256. */
+  async readBlock(hash: Uint8Array, codec: BlockCodec): Promise<Buffer> {
     const key = Repository.blockKey(hash);
-    const raw = decodeBlock(await this.backend.get(key), key, compressors);
-    if (!sha256(raw).equals(hash)) {
-      throw new FerryError('REPO_CORRUPT_OBJECT', 'block content does not match its SHA-256', { object: key });
-    }
-    return raw;
+    return codec.decode(await this.backend.get(key), hash, key);
   }
 
   /** A new, sortable restore point id: `20261125T194405Z-3fa1c2`. */

@@ -68,7 +68,8 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       target: new TargetMover(repo, meters),
       mover: {
         blockSize: rt.spec.storage.blockSize,
-        compressor: { name: codec.compressor, level: codec.level, impl: await rt.compressor(codec.compressor) },
+        compressor: { name: codec.compressor, level: codec.level },
+        codec: await rt.codec(),
         filters: await rt.filters(),
       },
       onProgress: opts.onProgress ?? (() => undefined),

@@ -5,7 +5,6 @@ import type { DependencyContainer } from 'tsyringe';
 import { registerBuiltins } from '../builtin.js';
 import { LEVEL_CODECS } from '../compression/levels.js';
 import type { BlockFilter } from '../contracts/block-filter.js';
-import type { Compressor } from '../contracts/compressor.js';
 import type { PluginKind, PluginKindMap } from '../contracts/plugin.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
@@ -15,6 +14,8 @@ import { JobFile, type JobSpec } from '../job/job-loader.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { Repository } from '../repository/repository.js';
 import { Tokens } from '../tokens.js';
+import type { BlockCodec } from '../pipe/block-codec.js';
+import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 
 /** Transports `transport: auto` tries first, in this order; any others follow by name. */
 const AUTO_ORDER = ['hotadd', 'nbd'];
@@ -47,6 +48,7 @@ export async function createPluginHost(opts: RuntimeOptions & { jobDirs?: string
  */
 export class JobRuntime {
   private readonly cache = new Map<string, Promise<unknown>>();
+  private codecPromise?: Promise<BlockCodec>;
 
   private constructor(
     readonly spec: JobSpec,
@@ -114,18 +116,14 @@ export class JobRuntime {
     );
   }
 
-  compressor(name: string): Promise<Compressor> {
-    return this.instance('compressor', name, {}, ['storage', 'compression']);
-  }
-
-  /** Every compressor a restore may meet, loaded up front so block decoding stays synchronous. */
-  async compressorLookup(): Promise<(name: string) => Compressor | undefined> {
-    const all = new Map<string, Compressor>();
-    for (const { name } of this.plugins.available('compressor')) all.set(name, await this.compressor(name));
-    return (name) => all.get(name);
+  /** Hashing and (de)compression on worker threads, one per core; created on first use. */
+  codec(): Promise<BlockCodec> {
+    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options));
+    return this.codecPromise;
   }
 
   async close(): Promise<void> {
+    await (await this.codecPromise)?.close();
     const backend = this.cache.get(`repository-backend:${this.spec.repository.type}`) as Promise<RepositoryBackend> | undefined;
     const b = await backend?.catch(() => undefined);
     await b?.close?.().catch(() => undefined);

@@ -45,7 +45,7 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
     );
   }
   const map = await repo.readMap(disk);
-  const compressors = await rt.compressorLookup();
+  const codec = await rt.codec();
   const device = await isBlockDevice(opts.to);
   let fh: fs.FileHandle;
   try {
@@ -78,7 +78,7 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
         const hash = map.get(i);
         let data: Uint8Array | undefined;
         if (hash) {
-          data = await repo.readBlock(hash, compressors).catch((err) => {
+          data = await repo.readBlock(hash, codec).catch((err) => {
             throw err instanceof FerryError ? err.at({ vm: opts.vm, disk: opts.disk, offset }) : err;
           });
           if (data.length !== length) {

@@ -1,0 +1,72 @@
+import type { Compressor } from '../contracts/compressor.js';
+import { FerryError } from '../errors.js';
+import { decodeBlock, encodeBlock } from '../repository/block-object.js';
+import { sha256 } from '../util/checksums.js';
+
+/**
+ * The CPU-heavy per-block work of both data movers: hashing and compressing on the source side,
+ * decompressing and verifying on restore. `WorkerBlockCodec` runs it on every core; the functions
+ * below are the one implementation both it and the inline codec use.
+ */
+export interface BlockCodec {
+  /** SHA-256 of the raw block and the encoded block object. May take ownership of `block`'s memory. */
+  encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }>;
+  /** Raw bytes of an encoded block object after CRC-32 and SHA-256 checks (errors name `object`). */
+  decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+export type CompressorLookup = (name: string) => Compressor | undefined | Promise<Compressor | undefined>;
+
+/** Hash, compress (falling back to `none` when that does not shrink the block) and encode. */
+export function encodeRawBlock(block: Uint8Array, name: string, impl: Compressor, level: number): { hash: Buffer; encoded: Buffer } {
+  const hash = sha256(block);
+  let compressor = name;
+  let payload = impl.compress(block, level);
+  if (payload.length >= block.length) {
+    compressor = 'none';
+    payload = block;
+  }
+  return { hash, encoded: encodeBlock(compressor, block.length, payload) };
+}
+
+/** Decode and check a block object against the SHA-256 its block map names. */
+export function decodeAndVerify(encoded: Uint8Array, hash: Uint8Array, object: string, compressor: Compressor | undefined, name: string): Buffer {
+  const raw = decodeBlock(encoded, object, (n) => (n === name ? compressor : undefined));
+  const buf = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (!sha256(buf).equals(Buffer.from(hash))) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', 'block content does not match its SHA-256', { object });
+  }
+  return buf;
+}
+
+/** The codec on the calling thread: for tests and for hosts without worker threads. */
+export class InlineBlockCodec implements BlockCodec {
+  constructor(private readonly lookup: CompressorLookup) {}
+
+  async encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }> {
+    return encodeRawBlock(block, compressor, await this.require(compressor, 'block'), level);
+  }
+
+  async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
+    const name = compressorOf(encoded, object);
+    return decodeAndVerify(encoded, hash, object, await this.lookup(name), name);
+  }
+
+  async close(): Promise<void> {}
+
+  private async require(name: string, object: string): Promise<Compressor> {
+    const c = await this.lookup(name);
+    if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `no compressor "${name}" is available`, { object });
+    return c;
+  }
+}
+
+/** The compressor name recorded in a block object's header (validated later by the decode). */
+export function compressorOf(encoded: Uint8Array, object: string): string {
+  const n = encoded[9];
+  if (encoded.length < 15 || n < 1 || n > 32 || 10 + n > encoded.length) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', 'block object has a malformed header', { object });
+  }
+  return Buffer.from(encoded.buffer, encoded.byteOffset + 10, n).toString('ascii');
+}

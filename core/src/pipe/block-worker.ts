@@ -1,0 +1,53 @@
+/**
+ * Worker-thread side of `WorkerBlockCodec`: each worker discovers plugins the way the job did and
+ * builds compressors by name on first use, so plugin compressors run off the main thread too.
+ */
+import 'reflect-metadata';
+import { parentPort, workerData } from 'node:worker_threads';
+import { registerBuiltins } from '../builtin.js';
+import type { Compressor } from '../contracts/compressor.js';
+import { FerryError } from '../errors.js';
+import { PluginHost } from '../plugins/plugin-host.js';
+import type { DiscoveryOptions } from '../plugins/discovery.js';
+import { compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
+import { toWorkerError } from './worker-pool.js';
+
+export type BlockTask =
+  | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
+  | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
+
+const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuiltins);
+const compressors = new Map<string, Promise<Compressor>>();
+
+function compressor(name: string): Promise<Compressor> {
+  let c = compressors.get(name);
+  if (!c) {
+    c = hostReady.then((host) => host.create('compressor', name, host.container));
+    compressors.set(name, c);
+  }
+  return c;
+}
+
+async function handle(task: BlockTask): Promise<{ result: unknown; transfer: ArrayBuffer[] }> {
+  if (task.op === 'encode') {
+    const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level);
+    return { result: { hash, encoded }, transfer: owned(encoded) };
+  }
+  const name = compressorOf(task.encoded, task.object);
+  const c = await compressor(name).catch(() => undefined);
+  if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object: task.object });
+  const raw = decodeAndVerify(task.encoded, task.hash, task.object, c, name);
+  return { result: { raw }, transfer: owned(raw) };
+}
+
+/** A buffer's memory can move back to the main thread only when it owns all of it. */
+function owned(b: Uint8Array): ArrayBuffer[] {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : [];
+}
+
+parentPort!.on('message', ({ id, task }: { id: number; task: BlockTask }) => {
+  handle(task).then(
+    ({ result, transfer }) => parentPort!.postMessage({ id, result }, transfer),
+    (err) => parentPort!.postMessage({ id, error: toWorkerError(err) }),
+  );
+});

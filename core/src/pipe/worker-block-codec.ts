@@ -1,0 +1,50 @@
+import type { DiscoveryOptions } from '../plugins/discovery.js';
+import type { BlockCodec } from './block-codec.js';
+import type { BlockTask } from './block-worker.js';
+import { WorkerPool } from './worker-pool.js';
+
+/**
+ * Runs hashing, compression, decompression and verification on a pool of worker threads (one per
+ * core by default). Block memory moves to the worker and back without copies when the buffer owns
+ * its memory; otherwise it is copied once.
+ */
+export class WorkerBlockCodec implements BlockCodec {
+  private readonly pool: WorkerPool<BlockTask, unknown>;
+
+  constructor(discovery: DiscoveryOptions, threads?: number) {
+    this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), discovery, threads);
+  }
+
+  get threads(): number {
+    return this.pool.size;
+  }
+
+  async encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }> {
+    const data = movable(block);
+    const r = (await this.pool.run({ op: 'encode', block: data, compressor, level }, [data.buffer as ArrayBuffer])) as {
+      hash: Uint8Array;
+      encoded: Uint8Array;
+    };
+    return { hash: asBuffer(r.hash), encoded: asBuffer(r.encoded) };
+  }
+
+  async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
+    const data = movable(encoded);
+    const r = (await this.pool.run({ op: 'decode', encoded: data, hash, object }, [data.buffer as ArrayBuffer])) as { raw: Uint8Array };
+    return asBuffer(r.raw);
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/** A view that owns its whole ArrayBuffer (so it can be transferred), copying only when needed. */
+function movable(b: Uint8Array): Uint8Array {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b;
+  return new Uint8Array(b);
+}
+
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
