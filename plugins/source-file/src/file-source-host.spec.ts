@@ -16,19 +16,25 @@ describe('file source host', function () {
   before(() => {
     ds = mkdtempSync(path.join(os.tmpdir(), 'ferry-ds-'));
     writeFileSync(path.join(ds, 'a.raw'), Buffer.alloc(8192, 1));
-    writeFileSync(path.join(ds, 'b.qcow2'), Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb]), Buffer.alloc(508)]));
+    const qcow2Header = Buffer.alloc(512);
+    qcow2Header.set([0x51, 0x46, 0x49, 0xfb]);
+    qcow2Header.writeBigUInt64BE(10n * 1024n * 1024n, 24); // virtual size
+    writeFileSync(path.join(ds, 'b.qcow2'), qcow2Header);
+    writeFileSync(path.join(ds, 'c.disk'), qcow2Header);
     mkdirSync(path.join(ds, 'vm2'));
     writeFileSync(path.join(ds, 'vm2', 'disk1.img'), Buffer.alloc(4096));
     writeFileSync(path.join(ds, 'vm2', 'disk0.img'), Buffer.alloc(4096));
   });
   after(() => rmSync(ds, { recursive: true, force: true }));
 
-  it('describes the listed disks with path, size and detected format', async function () {
+  it('describes the listed disks with path, virtual size and the format their names declare', async function () {
     const host = new FileSourceHost({ datastore: ds }, job);
-    const [vm] = await host.inventory([{ name: 'vm1', disks: ['a.raw', 'b.qcow2'], options: {} }]);
+    const [vm] = await host.inventory([{ name: 'vm1', disks: ['a.raw', 'b.qcow2', 'c.disk'], options: {} }]);
     expect(vm.disks).to.deep.equal([
       { name: 'a.raw', path: path.join(ds, 'a.raw'), format: 'raw', size: 8192 },
-      { name: 'b.qcow2', path: path.join(ds, 'b.qcow2'), format: 'qcow2', size: 512 },
+      { name: 'b.qcow2', path: path.join(ds, 'b.qcow2'), format: 'qcow2', size: 10 * 1024 * 1024 },
+      // no telling extension: the transport decides by the magic; the size is the virtual size
+      { name: 'c.disk', path: path.join(ds, 'c.disk'), size: 10 * 1024 * 1024 },
     ]);
     expect(host.label).to.equal(`file:${ds}`);
   });

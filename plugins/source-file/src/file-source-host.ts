@@ -73,16 +73,31 @@ export class FileSourceHost implements SourceHost {
         disk: name,
       });
     }
-    return { name, path: file, format: await detectFormat(file), size: st.isFile() ? st.size : undefined };
+    const format = formatFromName(name);
+    return { name, path: file, ...(format && { format }), size: st.isFile() ? await virtualSize(file, st.size, format) : undefined };
   }
 }
 
-async function detectFormat(file: string): Promise<string> {
+/**
+ * The format from the file name only: a raw disk's first bytes belong to the guest, so content
+ * never turns a `.raw` into a qcow2 (a guest could point the backup at host files through a forged
+ * backing-file name). Other names are left to the transport, which checks the magic.
+ */
+function formatFromName(name: string): 'raw' | 'qcow2' | undefined {
+  if (/\.qcow2?$/i.test(name)) return 'qcow2';
+  if (/\.(raw|img)$/i.test(name)) return 'raw';
+  return undefined;
+}
+
+/** Guest-visible size: the file size for raw images, the header's virtual size for qcow2. */
+async function virtualSize(file: string, fileSize: number, format: string | undefined): Promise<number> {
+  if (format === 'raw') return fileSize;
   const fh = await fs.open(file, 'r');
   try {
-    const head = Buffer.alloc(4);
-    const { bytesRead } = await fh.read(head, 0, 4, 0);
-    return bytesRead === 4 && head.equals(QCOW2_MAGIC) ? 'qcow2' : 'raw';
+    const head = Buffer.alloc(32);
+    const { bytesRead } = await fh.read(head, 0, 32, 0);
+    if (bytesRead === 32 && head.subarray(0, 4).equals(QCOW2_MAGIC)) return Number(head.readBigUInt64BE(24));
+    return fileSize;
   } finally {
     await fh.close();
   }

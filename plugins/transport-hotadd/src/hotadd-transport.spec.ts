@@ -301,20 +301,27 @@ describe('HotaddTransport', () => {
       expect(probe.reason).to.contain('neither an image file nor a block device');
     });
 
-    it('refuses a qcow2 image found by its magic, naming the disk', async () => {
+    it('refuses a file with the qcow2 magic but a garbage header, naming the disk and the image', async () => {
       const file = sparseFile(dir, 'q.img', MiB, [[0, Buffer.from('QFI\xfb\x00\x00\x00\x03', 'latin1')]]);
       const probe = await new HotaddTransport().probe(disk(file));
       expect(probe.ok).to.equal(false);
-      expect(probe.reason).to.contain('qcow2');
+      expect(probe.reason).to.contain('qcow2').and.to.contain(file);
+      const err = await rejection(new HotaddTransport().open(disk(file)));
+      expect(err.code).to.equal('TRANSPORT_READ_FAILED');
+      expect(err.where).to.include({ disk: 'vm1/disk0', file });
+    });
+
+    it('refuses a disk declared raw that starts with the qcow2 magic', async () => {
+      const file = sparseFile(dir, 'q.img', MiB, [[0, Buffer.from('QFI\xfb\x00\x00\x00\x03', 'latin1')]]);
       const err = await rejection(new HotaddTransport().open(disk(file, { format: 'raw' })));
       expect(err.code).to.equal('TRANSPORT_UNSUPPORTED_FORMAT');
       expect(err.where.disk).to.equal('vm1/disk0');
     });
 
-    it('refuses a disk declared qcow2 without opening it', async () => {
-      const err = await rejection(new HotaddTransport().open(disk(path.join(dir, 'nope.qcow2'), { format: 'qcow2' })));
+    it('refuses formats other than raw and qcow2 without opening them', async () => {
+      const err = await rejection(new HotaddTransport().open(disk(path.join(dir, 'nope.vmdk'), { format: 'vmdk' })));
       expect(err.code).to.equal('TRANSPORT_UNSUPPORTED_FORMAT');
-      expect(err.detail).to.contain('use raw');
+      expect(err.detail).to.contain('raw and qcow2');
     });
   });
 });

@@ -4,9 +4,10 @@ import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Tr
 import { detectQcow2 } from './detect-qcow2.js';
 import { diskSize } from './disk-size.js';
 import { HotaddDiskHandle, readAtFile, type ReadAt } from './hotadd-disk-handle.js';
+import { ImageFile } from './qcow2/image-file.js';
+import { openImageChain } from './qcow2/open-image-chain.js';
+import { Qcow2DiskHandle } from './qcow2/qcow2-disk-handle.js';
 import { loadSeekAddon, type SeekAddon } from './seek-addon.js';
-
-const QCOW2_LATER = 'qcow2 images are read by hot-add once qcow2 support lands; use raw';
 
 /** Seams for specs; production code passes nothing. */
 export interface HotaddOptions {
@@ -17,8 +18,9 @@ export interface HotaddOptions {
 }
 
 /**
- * Hot-add transport: the backup proxy opens the snapshot's raw image or block device directly on the
- * datastore and skips holes found with SEEK_DATA / SEEK_HOLE.
+ * Hot-add transport: the backup proxy opens the snapshot's disk directly on the datastore: a raw
+ * image or block device (holes found with SEEK_DATA / SEEK_HOLE), or a qcow2 image with its backing
+ * chain, read from the format's own metadata.
  */
 export class HotaddTransport implements Transport {
   private readonly seek: SeekAddon | undefined;
@@ -31,11 +33,16 @@ export class HotaddTransport implements Transport {
 
   /** Opens and closes the disk: whatever would make `open` fail is the reason it cannot read it. */
   async probe(disk: SourceDisk): Promise<ProbeResult> {
+    let handle: DiskHandle;
     try {
-      await (await this.open(disk)).close();
+      handle = await this.open(disk);
     } catch (err) {
       if (err instanceof FerryError) return { ok: false, reason: err.detail };
       throw err;
+    }
+    await handle.close();
+    if (handle instanceof Qcow2DiskHandle) {
+      return { ok: true, reason: `datastore path ${disk.path} (${handle.describe()}) is readable from this proxy` };
     }
     const holes = this.seek ? '' : '; hole detection is unavailable (ferry_seek addon not loaded), every byte is read';
     return { ok: true, reason: `datastore path ${disk.path} is readable from this proxy${holes}` };
@@ -46,14 +53,30 @@ export class HotaddTransport implements Transport {
     const fh = await openReadOnly(path, disk);
     try {
       const size = await diskSize(fh, disk);
-      if (await detectQcow2(fh)) {
-        throw new FerryError('TRANSPORT_UNSUPPORTED_FORMAT', `${path} is a qcow2 image; ${QCOW2_LATER}`, { disk: disk.name });
-      }
+      const magic = await detectQcow2(fh);
+      if (magic || disk.format === 'qcow2') return await this.openQcow2(new ImageFile(path, fh, size, this.readAt, disk.name), disk, magic);
       return new HotaddDiskHandle(fh, size, disk.name, { seek: this.seek, readAt: this.readAt });
     } catch (err) {
       await fh.close().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * A disk declared raw whose first bytes are the qcow2 magic is refused, not read as qcow2: on a raw
+   * disk those bytes belong to the guest, and following a guest-written header would let the guest
+   * choose which host files (backing files) end up in the backup.
+   */
+  private async openQcow2(file: ImageFile, disk: SourceDisk, magic: boolean): Promise<DiskHandle> {
+    if (!magic) throw file.error('TRANSPORT_UNSUPPORTED_FORMAT', `${file.path} is declared qcow2 but does not start with the qcow2 magic`);
+    if (disk.format === 'raw') {
+      throw file.error(
+        'TRANSPORT_UNSUPPORTED_FORMAT',
+        `${file.path} is declared raw but starts with the qcow2 magic; declare format: qcow2 if it is a qcow2 image`,
+      );
+    }
+    const { layer, files } = await openImageChain(file, { diskName: disk.name, readAt: this.readAt, seek: this.seek });
+    return new Qcow2DiskHandle(layer, files, disk.name);
   }
 }
 
@@ -62,11 +85,8 @@ function checkedPath(disk: SourceDisk): string {
   if (!disk.path) {
     throw new FerryError('TRANSPORT_UNAVAILABLE', 'the disk has no datastore path this proxy could open', { disk: disk.name });
   }
-  if (disk.format === 'qcow2') {
-    throw new FerryError('TRANSPORT_UNSUPPORTED_FORMAT', `${disk.path} is a qcow2 image; ${QCOW2_LATER}`, { disk: disk.name });
-  }
-  if (disk.format !== undefined && disk.format !== 'raw') {
-    throw new FerryError('TRANSPORT_UNSUPPORTED_FORMAT', `${disk.path} is a ${disk.format} image; hot-add reads raw images`, {
+  if (disk.format !== undefined && disk.format !== 'raw' && disk.format !== 'qcow2') {
+    throw new FerryError('TRANSPORT_UNSUPPORTED_FORMAT', `${disk.path} is a ${disk.format} image; hot-add reads raw and qcow2 images`, {
       disk: disk.name,
     });
   }

@@ -8,6 +8,6 @@ export function register(r: PluginRegistrar): void {
     'transport',
     'hotadd',
     { useValue: new HotaddTransport() },
-    { description: "hot-add: opens the snapshot's raw image or block device on the datastore, skipping holes" },
+    { description: "hot-add: opens the snapshot's raw image, block device or qcow2 image (with its backing chain) on the datastore, skipping holes" },
   );
 }
