@@ -3,8 +3,8 @@ import type { ChangeTracking } from '../contracts/source-host.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { sha256 } from '../util/checksums.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
 import { BlockMap } from './block-map.js';
+import { BlockStore, type WriteMeter } from './block-store.js';
 
 export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
 const FORMAT = 'ferry-repository';
@@ -44,16 +44,19 @@ export interface RestorePoint {
  * SHA-256 whatever disk, VM or job it came from.
  */
 export class Repository {
-  /** Hashes known to be stored (this process wrote or checked them). */
-  private readonly known = new Set<string>();
+  /** The repository's blocks: index, dedup, packing, reads. */
+  readonly blocks: BlockStore;
 
   private constructor(
     readonly backend: RepositoryBackend,
     readonly id: string,
-  ) {}
+    meter?: WriteMeter,
+  ) {
+    this.blocks = new BlockStore(backend, meter);
+  }
 
   /** Opens the repository; creates it when `create` is set and the location holds no config yet. */
-  static async open(backend: RepositoryBackend, opts: { create: boolean }): Promise<Repository> {
+  static async open(backend: RepositoryBackend, opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository> {
     let raw: Uint8Array | undefined;
     try {
       raw = await backend.get(REPOSITORY_CONFIG_KEY);
@@ -81,7 +84,7 @@ export class Repository {
       }
       const config = { format: FORMAT, version: FORMAT_VERSION, id: randomUUID(), createdAt: new Date().toISOString() };
       await backend.put(REPOSITORY_CONFIG_KEY, Buffer.from(JSON.stringify(config, null, 2) + '\n'));
-      return new Repository(backend, config.id);
+      return new Repository(backend, config.id, opts.writeMeter);
     }
     const config = parseJson(raw, REPOSITORY_CONFIG_KEY) as { format?: string; version?: number; id?: string };
     if (config.format !== FORMAT) {
@@ -96,33 +99,7 @@ export class Repository {
         { object: REPOSITORY_CONFIG_KEY },
       );
     }
-    return new Repository(backend, String(config.id));
-  }
-
-  static blockKey(hash: Uint8Array | string): string {
-    const hex = typeof hash === 'string' ? hash : Buffer.from(hash).toString('hex');
-    return `blocks/${hex.slice(0, 2)}/${hex}`;
-  }
-
-  async hasBlock(hash: Uint8Array): Promise<boolean> {
-    const hex = Buffer.from(hash).toString('hex');
-    if (this.known.has(hex)) return true;
-    const has = await this.backend.has(Repository.blockKey(hex));
-    if (has) this.known.add(hex);
-    return has;
-  }
-
-  /** Stores an encoded block object under its content hash (atomic and durable on return). */
-  async putBlock(hash: Uint8Array, encoded: Uint8Array): Promise<void> {
-    const hex = Buffer.from(hash).toString('hex');
-    await this.backend.put(Repository.blockKey(hex), encoded);
-    this.known.add(hex);
-  }
-
-  /** Reads block `hash` and returns its raw bytes after the codec checked CRC-32 and SHA-256. */
-  async readBlock(hash: Uint8Array, codec: BlockCodec): Promise<Buffer> {
-    const key = Repository.blockKey(hash);
-    return codec.decode(await this.backend.get(key), hash, key);
+    return new Repository(backend, String(config.id), opts.writeMeter);
   }
 
   /** A new, sortable restore point id: `20261125T194405Z-3fa1c2`. */
@@ -140,10 +117,12 @@ export class Repository {
   }
 
   /**
-   * Commits a restore point: block maps first, then the manifest, each atomic and durable. Until the
-   * manifest exists the point is invisible; a crash before it leaves only unreferenced maps.
+   * Commits a restore point: the packs still being filled, then block maps, then the manifest, each
+   * atomic and durable. Until the manifest exists the point is invisible; a crash before it leaves
+   * only unreferenced packs and maps.
    */
   async commitPoint(point: Omit<RestorePoint, 'format' | 'version'>, maps: BlockMap[]): Promise<RestorePoint> {
+    await this.blocks.flush();
     const disks: RestorePointDisk[] = [];
     for (let i = 0; i < point.disks.length; i++) {
       const key = Repository.mapKey(point.vm, point.id, i);

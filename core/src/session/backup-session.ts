@@ -56,7 +56,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
   try {
     const host = await rt.sourceHost();
     report.source = host.label;
-    const repo = await rt.repository({ create: true });
+    const repo = await rt.repository({ create: true, writeMeter: meters['target write'] });
     report.repository = repo.backend.location;
     const codec = LEVEL_CODECS[rt.spec.storage.compression];
     const parts: SessionParts = {
@@ -65,7 +65,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       host,
       repo,
       meters,
-      target: new TargetMover(repo, meters),
+      target: new TargetMover(repo),
       mover: {
         blockSize: rt.spec.storage.blockSize,
         compressor: { name: codec.compressor, level: codec.level },

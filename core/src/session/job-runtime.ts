@@ -13,6 +13,7 @@ import type { JobContext } from '../job/job-context.js';
 import { JobFile, type JobSpec } from '../job/job-loader.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { Repository } from '../repository/repository.js';
+import type { WriteMeter } from '../repository/block-store.js';
 import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../pipe/block-codec.js';
 import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
@@ -96,7 +97,7 @@ export class JobRuntime {
     return this.instance('repository-backend', this.spec.repository.type, this.spec.repository.config, ['repository', 'type']);
   }
 
-  async repository(opts: { create: boolean }): Promise<Repository> {
+  async repository(opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository> {
     return Repository.open(await this.backend(), opts);
   }
 

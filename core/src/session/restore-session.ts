@@ -78,7 +78,7 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
         const hash = map.get(i);
         let data: Uint8Array | undefined;
         if (hash) {
-          data = await repo.readBlock(hash, codec).catch((err) => {
+          data = await repo.blocks.read(hash, codec).catch((err) => {
             throw err instanceof FerryError ? err.at({ vm: opts.vm, disk: opts.disk, offset }) : err;
           });
           if (data.length !== length) {

@@ -1,3 +1,4 @@
 export * from './vm-image.js';
 export * from './repository-conformance.js';
 export * from './transport-conformance.js';
+export * from './memory-backend.js';

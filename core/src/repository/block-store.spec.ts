@@ -1,0 +1,80 @@
+import { expect } from 'chai';
+import { FerryError } from '../errors.js';
+import { InlineBlockCodec, encodeRawBlock } from '../pipe/block-codec.js';
+import { NoneCompressor } from '../compression/none-compressor.js';
+import { MemoryBackend } from '../testing/memory-backend.js';
+import { Prng } from '../testing/vm-image.js';
+import { BlockStore } from './block-store.js';
+import { PackWriter } from './pack-writer.js';
+
+describe('block store (packs, index, dedup)', function () {
+  const none = new NoneCompressor();
+  const codec = new InlineBlockCodec((n) => (n === 'none' ? none : undefined));
+  const rng = new Prng(3);
+  const block = (): { raw: Buffer; hash: Buffer; encoded: Buffer } => {
+    const raw = rng.fill(Buffer.alloc(300 * 1024));
+    return { raw, ...encodeRawBlock(raw, 'none', none, 0) };
+  };
+
+  it('stores blocks in ~16 MiB packs with one index each, and reads every one back after reopening', async function () {
+    const backend = new MemoryBackend();
+    const store = new BlockStore(backend);
+    await store.load();
+    const blocks = Array.from({ length: 120 }, block);
+    for (const b of blocks) {
+      expect(store.reserve(b.hash)).to.equal(true);
+      await store.add(b.hash, b.encoded);
+    }
+    await store.flush();
+    const packs = [...backend.objects.keys()].filter((k) => k.startsWith('packs/'));
+    const indexes = [...backend.objects.keys()].filter((k) => k.startsWith('index/'));
+    expect(packs.length).to.equal(3); // 120 x 300 KiB = 35 MiB
+    expect(indexes.length).to.equal(3);
+    for (const k of packs) expect(backend.objects.get(k)!.length).to.be.at.most(16 * 1024 * 1024 + 64 * 1024);
+    const reopened = new BlockStore(backend);
+    for (const b of [blocks[0], blocks[57], blocks[119]]) {
+      expect(await reopened.has(b.hash)).to.equal(true);
+      expect((await reopened.read(b.hash, codec)).equals(b.raw)).to.equal(true);
+    }
+  });
+
+  it('reserves a hash once, whether stored or still buffered', async function () {
+    const store = new BlockStore(new MemoryBackend());
+    await store.load();
+    const b = block();
+    expect(store.reserve(b.hash)).to.equal(true);
+    expect(store.reserve(b.hash)).to.equal(false);
+    await store.add(b.hash, b.encoded);
+    await store.flush();
+    expect(store.reserve(b.hash)).to.equal(false);
+  });
+
+  it('a block damaged inside its pack fails its read with the pack and offset named', async function () {
+    const backend = new MemoryBackend();
+    const store = new BlockStore(backend);
+    await store.load();
+    const b = block();
+    store.reserve(b.hash);
+    await store.add(b.hash, b.encoded);
+    await store.flush();
+    const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
+    backend.objects.get(key)![5000] ^= 0xff;
+    const err = await new BlockStore(backend).read(b.hash, codec).catch((e: FerryError) => e);
+    expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+    expect((err as FerryError).message).to.include(key);
+  });
+
+  it('the pack writer keeps at most two uploads in flight (bounded memory with a slow backend)', async function () {
+    let inflight = 0;
+    let most = 0;
+    const put = async (): Promise<void> => {
+      most = Math.max(most, ++inflight);
+      await new Promise((r) => setTimeout(r, 20));
+      inflight--;
+    };
+    const w = new PackWriter(put, () => undefined, 1024 * 1024, 2);
+    for (let i = 0; i < 40; i++) await w.add(Buffer.alloc(32, i), Buffer.alloc(512 * 1024));
+    await w.flush();
+    expect(most).to.equal(2); // each slot puts its pack, then its index object
+  });
+});

@@ -1,0 +1,101 @@
+import { FerryError } from '../errors.js';
+import { crc32, sha256 } from '../util/checksums.js';
+
+/**
+ * Pack files and their index objects (`docs/repository-format.md`, "Pack files", "Index objects").
+ * A pack: `FPK1`, 4 reserved bytes, block objects back to back, a trailer of entries, the entry count
+ * and a CRC-32 of the trailer. Its id is the SHA-256 of the whole pack.
+ */
+const PACK_MAGIC = Buffer.from('FPK1', 'ascii');
+const INDEX_MAGIC = Buffer.from('FIDX', 'ascii');
+const ENTRY = 44;
+export const PACK_HEADER = 8;
+
+export interface PackEntry {
+  hash: Buffer;
+  offset: number;
+  length: number;
+}
+
+export interface SealedPack {
+  id: string;
+  bytes: Buffer;
+  entries: PackEntry[];
+}
+
+/** Builds a pack from encoded block objects (in the order given). */
+export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[]): SealedPack {
+  const entries: PackEntry[] = [];
+  let offset = PACK_HEADER;
+  for (const b of blocks) {
+    entries.push({ hash: b.hash, offset, length: b.encoded.length });
+    offset += b.encoded.length;
+  }
+  const trailer = encodeEntries(entries);
+  const bytes = Buffer.allocUnsafe(offset + trailer.length + 8);
+  PACK_MAGIC.copy(bytes, 0);
+  bytes.writeUInt32LE(0, 4);
+  for (const [i, b] of blocks.entries()) bytes.set(b.encoded, entries[i].offset);
+  trailer.copy(bytes, offset);
+  bytes.writeUInt32LE(entries.length, offset + trailer.length);
+  bytes.writeUInt32LE(crc32(bytes.subarray(offset, offset + trailer.length + 4)), offset + trailer.length + 4);
+  return { id: sha256(bytes).toString('hex'), bytes, entries };
+}
+
+/** The entries of a pack from its trailer (for index rebuilds and verification). */
+export function readPackTrailer(pack: Uint8Array, object: string): PackEntry[] {
+  const buf = Buffer.from(pack.buffer, pack.byteOffset, pack.byteLength);
+  const bad = (why: string): FerryError => new FerryError('REPO_CORRUPT_OBJECT', `pack ${why}`, { object });
+  if (buf.length < PACK_HEADER + 8 || !buf.subarray(0, 4).equals(PACK_MAGIC)) throw bad('has no FPK1 header');
+  const n = buf.readUInt32LE(buf.length - 8);
+  const start = buf.length - 8 - n * ENTRY;
+  if (start < PACK_HEADER) throw bad('has an impossible entry count');
+  if (crc32(buf.subarray(start, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) throw bad('trailer fails its CRC-32 check');
+  return decodeEntries(buf.subarray(start, start + n * ENTRY), start, object);
+}
+
+export function encodeIndex(packId: string, entries: PackEntry[]): Buffer {
+  const body = encodeEntries(entries);
+  const out = Buffer.allocUnsafe(44 + body.length + 4);
+  INDEX_MAGIC.copy(out, 0);
+  out.writeUInt32LE(1, 4);
+  Buffer.from(packId, 'hex').copy(out, 8);
+  out.writeUInt32LE(entries.length, 40);
+  body.copy(out, 44);
+  out.writeUInt32LE(crc32(out.subarray(0, out.length - 4)), out.length - 4);
+  return out;
+}
+
+export function decodeIndex(data: Uint8Array, object: string): { packId: string; entries: PackEntry[] } {
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const bad = (why: string): FerryError => new FerryError('REPO_CORRUPT_OBJECT', `index object ${why}`, { object });
+  if (buf.length < 48 || !buf.subarray(0, 4).equals(INDEX_MAGIC)) throw bad('has no FIDX header');
+  if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) throw bad('fails its CRC-32 check');
+  if (buf.readUInt32LE(4) !== 1) throw bad(`has unsupported version ${buf.readUInt32LE(4)}`);
+  const n = buf.readUInt32LE(40);
+  if (buf.length !== 48 + n * ENTRY) throw bad('has an inconsistent entry count');
+  return { packId: buf.subarray(8, 40).toString('hex'), entries: decodeEntries(buf.subarray(44, 44 + n * ENTRY), Infinity, object) };
+}
+
+function encodeEntries(entries: PackEntry[]): Buffer {
+  const out = Buffer.allocUnsafe(entries.length * ENTRY);
+  entries.forEach((e, i) => {
+    e.hash.copy(out, i * ENTRY);
+    out.writeBigUInt64LE(BigInt(e.offset), i * ENTRY + 32);
+    out.writeUInt32LE(e.length, i * ENTRY + 40);
+  });
+  return out;
+}
+
+/** Entries must lie inside the block area (before `limit`, the trailer's start). */
+function decodeEntries(buf: Buffer, limit: number, object: string): PackEntry[] {
+  const out: PackEntry[] = [];
+  for (let at = 0; at < buf.length; at += ENTRY) {
+    const e = { hash: Buffer.from(buf.subarray(at, at + 32)), offset: Number(buf.readBigUInt64LE(at + 32)), length: buf.readUInt32LE(at + 40) };
+    if (e.offset < PACK_HEADER || e.offset + e.length > limit) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', `entry ${at / ENTRY} points outside the pack's blocks`, { object });
+    }
+    out.push(e);
+  }
+  return out;
+}
