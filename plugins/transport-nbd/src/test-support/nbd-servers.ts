@@ -1,0 +1,117 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+/**
+ * Real NBD servers for specs (qemu-nbd, nbdkit, qemu-storage-daemon), started on a unix socket or
+ * loopback TCP and stopped by the spec in every exit path. Only specs import this folder.
+ */
+
+/** True when `tool` is on PATH. Specs skip, saying which Debian package is missing, when it is not. */
+export function hasTool(tool: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
+}
+
+/** Skips the current mocha test or hook when a tool is missing. */
+export function requireTools(ctx: Mocha.Context, tools: Record<string, string>): void {
+  const missing = Object.entries(tools).filter(([tool]) => !hasTool(tool));
+  if (missing.length) {
+    console.warn(`      skipped: ${missing.map(([t, pkg]) => `${t} (Debian package ${pkg})`).join(', ')} not installed`);
+    ctx.skip();
+  }
+}
+
+export function tempDir(prefix = 'ferry-nbd-'): { dir: string; remove(): void } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Runs a command to completion; throws with its stderr when it fails. */
+export function run(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 20_000 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr || r.error?.message}`);
+  return r.stdout;
+}
+
+export interface RunningServer {
+  /** `unix:/path` or `tcp:127.0.0.1:port`. */
+  address: string;
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+export type Listen = { socket: string } | { port: number };
+
+/**
+ * Starts a server process and resolves once it accepts connections (at most `readyMs`), or rejects
+ * with its stderr when it exits first. The process is killed if the wait fails.
+ */
+export async function startServer(cmd: string, args: string[], listen: Listen, readyMs = 8000): Promise<RunningServer> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.on('error', (err) => (stderr += String(err)));
+  const address = 'socket' in listen ? `unix:${listen.socket}` : `tcp:127.0.0.1:${listen.port}`;
+  const server: RunningServer = { address, stderr: () => stderr, stop: () => stopChild(child) };
+  try {
+    await waitReady(child, listen, readyMs, () => stderr);
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+  return server;
+}
+
+async function waitReady(child: ChildProcess, listen: Listen, readyMs: number, stderr: () => string): Promise<void> {
+  const deadline = Date.now() + readyMs;
+  for (let attempt = 0; attempt < 1000 && Date.now() < deadline; attempt++) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`server exited early (${child.exitCode ?? child.signalCode}): ${stderr()}`);
+    if (await canConnect(listen)) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`server did not listen within ${readyMs} ms: ${stderr()}`);
+}
+
+function canConnect(listen: Listen): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = 'socket' in listen ? net.connect({ path: listen.socket }) : net.connect({ host: '127.0.0.1', port: listen.port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve, reject) => srv.listen(0, '127.0.0.1', resolve).once('error', reject));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+/** qemu-nbd serving `file` on a unix socket, several clients at once, until stopped. */
+export function startQemuNbd(socket: string, file: string, opts: { format?: string; readOnly?: boolean; bitmap?: string; extra?: string[] } = {}): Promise<RunningServer> {
+  const args = ['--persistent', '--shared=8', '-f', opts.format ?? 'raw', '-k', socket];
+  if (opts.readOnly) args.push('--read-only');
+  if (opts.bitmap) args.push('-B', opts.bitmap);
+  return startServer('qemu-nbd', [...args, ...(opts.extra ?? []), file], { socket });
+}
+
+/** nbdkit in the foreground on a unix socket; `args` are the plugin (and filters) with their parameters. */
+export function startNbdkit(socket: string, args: string[], flags: string[] = []): Promise<RunningServer> {
+  return startServer('nbdkit', ['--foreground', '--exit-with-parent', '--unix', socket, ...flags, ...args], { socket });
+}
