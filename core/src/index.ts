@@ -36,3 +36,4 @@ export type * from './session/session-report.js';
 export * from './session/job-runtime.js';
 export * from './session/backup-session.js';
 export * from './session/restore-session.js';
+export * from './session/restore-sink.js';

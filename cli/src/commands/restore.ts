@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { JobRuntime, humanSize, restoreDisk } from '@ferry/core';
+import { JobRuntime, humanSize, isTargetAddress, restoreDisk } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 
 interface Args {
@@ -22,12 +22,12 @@ export function restoreCommand(setCode: (c: number) => void): CommandModule<obje
         .option('vm', { type: 'string', demandOption: true, describe: 'VM name' })
         .option('disk', { type: 'string', demandOption: true, describe: 'disk name as in the job (e.g. web01.raw)' })
         .option('point', { type: 'string', default: 'latest', describe: 'restore point id, or latest' })
-        .option('to', { type: 'string', demandOption: true, describe: 'target file or block device' })
+        .option('to', { type: 'string', demandOption: true, describe: 'target file, block device, or NBD export (nbd://host/export, nbd+unix:///export?socket=PATH)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the restore report as JSON on stdout' }) as never,
     handler: async (args) => {
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       try {
-        const report = await restoreDisk(rt, { vm: args.vm, disk: args.disk, point: args.point, to: path.resolve(args.to) });
+        const report = await restoreDisk(rt, { vm: args.vm, disk: args.disk, point: args.point, to: isTargetAddress(args.to) ? args.to : path.resolve(args.to) });
         if (args.json) printJson(report);
         else {
           process.stdout.write(

@@ -18,10 +18,29 @@ import type { SourceDisk } from './source-host.js';
  * - `DiskHandle.blockStatus` missing: every byte is `data` (nothing is skipped before reading; zero
  *   blocks are still found by the zero-block filter after reading).
  * - `DiskHandle.changedBlocks` missing: every block counts as changed (a full read).
+ * - `openTarget` missing: the transport cannot be a restore target. When present, it returns
+ *   undefined for addresses it does not understand, so the core can ask every transport in turn.
  */
 export interface Transport {
   probe?(disk: SourceDisk): Promise<ProbeResult>;
   open(disk: SourceDisk): Promise<DiskHandle>;
+  /** A restore target at `address` (for NBD: `nbd://host/export`, `nbd+unix:///export?socket=...`). */
+  openTarget?(address: string): Promise<WritableDisk | undefined>;
+}
+
+/**
+ * A disk a restore writes to. Errors are FerryError `RESTORE_TARGET` naming the target and offset.
+ * `writeZeroes` missing: the core writes buffers of zeros.
+ */
+export interface WritableDisk {
+  readonly size: number;
+  /** Where it is, for reports. */
+  readonly label: string;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  writeZeroes?(offset: number, length: number): Promise<void>;
+  /** Makes everything written durable on the target. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
 }
 
 export interface ProbeResult {
@@ -38,7 +57,10 @@ export interface DiskHandle {
    * first byte of the range (callers ask again for the remainder).
    */
   blockStatus?(offset: number, length: number): Promise<AllocationExtent[]>;
-  /** Ranges changed since the disk's `changes.since` point, in order, within the asked range. */
+  /**
+   * Ranges changed since the disk's `changes.since` point, in order, within the asked range. One
+   * answer covers the whole asked range: a byte not in the answer has not changed.
+   */
   changedBlocks?(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
 }

@@ -1,13 +1,13 @@
-import { promises as fs } from 'node:fs';
 import { FerryError } from '../errors.js';
 import type { JobRuntime } from './job-runtime.js';
+import { fileSink, isTargetAddress, targetSink, type RestoreSink } from './restore-sink.js';
 
 export interface RestoreOptions {
   vm: string;
   disk: string;
   /** Restore point id, or `latest`. */
   point: string;
-  /** Target file or block device. */
+  /** Target file or block device, or a network target a transport can write (`nbd://...`). */
   to: string;
   /** Blocks fetched and written at once. */
   concurrency?: number;
@@ -27,10 +27,11 @@ export interface RestoreReport {
 }
 
 /**
- * Writes one disk of a restore point to a file or block device. Every block is checked (CRC-32 of
- * the stored object, SHA-256 of the content against the block map) before it is written; a damaged
- * block stops the restore with its object, disk and offset named. Zero blocks become holes in a
- * regular file and are written as zeros to a device.
+ * Writes one disk of a restore point to a file, a block device or a transport's target (an NBD
+ * export). Every block is checked (CRC-32 of the stored object, SHA-256 of the content against the
+ * block map) before it is written; a damaged block stops the restore with its object, disk and
+ * offset named. Zero blocks become holes in a regular file, WRITE_ZEROES on a target that has it,
+ * and written zeros elsewhere.
  */
 export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
   const t0 = performance.now();
@@ -46,28 +47,20 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
   }
   const map = await repo.readMap(disk);
   const codec = await rt.codec();
-  const device = await isBlockDevice(opts.to);
-  let fh: fs.FileHandle;
-  try {
-    fh = await fs.open(opts.to, device ? 'r+' : 'w');
-  } catch (err) {
-    throw new FerryError('RESTORE_TARGET', `cannot open ${opts.to} for writing: ${(err as NodeJS.ErrnoException).code}`, { disk: opts.disk });
-  }
+  const sink = await openSink(rt, opts.to, map.diskSize, opts.disk);
   const report: RestoreReport = {
     vm: opts.vm,
     disk: opts.disk,
     restorePoint: point.id,
-    to: opts.to,
+    to: sink.label,
     sizeBytes: map.diskSize,
     bytesWritten: 0,
     zeroBytes: 0,
-    sparse: !device,
+    sparse: sink.sparse,
     durationMs: 0,
   };
   let ok = false;
   try {
-    if (!device) await fh.truncate(map.diskSize);
-    const zero = device ? Buffer.alloc(map.blockSize) : undefined;
     let next = 0;
     let done = 0;
     const worker = async (): Promise<void> => {
@@ -76,9 +69,8 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
         const offset = i * map.blockSize;
         const length = map.lengthOf(i);
         const hash = map.get(i);
-        let data: Uint8Array | undefined;
         if (hash) {
-          data = await repo.blocks.read(hash, codec).catch((err) => {
+          const data = await repo.blocks.read(hash, codec).catch((err) => {
             throw err instanceof FerryError ? err.at({ vm: opts.vm, disk: opts.disk, offset }) : err;
           });
           if (data.length !== length) {
@@ -88,45 +80,32 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
               offset,
             });
           }
+          await sink.write(offset, data);
           report.bytesWritten += length;
         } else {
+          await sink.zero(offset, length);
           report.zeroBytes += length;
-          data = zero?.subarray(0, length);
         }
-        if (data) await writeAll(fh, data, offset, opts);
         done += length;
         opts.onProgress?.(done, map.diskSize);
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, worker));
-    await fh.sync();
     ok = true;
   } finally {
-    await fh.close();
-    if (!ok && !device) await fs.rm(opts.to, { force: true }).catch(() => undefined);
+    await sink.finish(ok);
   }
   report.durationMs = Math.round(performance.now() - t0);
   return report;
 }
 
-async function writeAll(fh: fs.FileHandle, data: Uint8Array, offset: number, opts: RestoreOptions): Promise<void> {
-  let pos = 0;
-  while (pos < data.length) {
-    try {
-      const { bytesWritten } = await fh.write(data, pos, data.length - pos, offset + pos);
-      pos += bytesWritten;
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      const hint = e.code === 'ENOSPC' ? ' (the target disk is full)' : '';
-      throw new FerryError('RESTORE_TARGET', `cannot write ${opts.to}: ${e.code}${hint}`, { disk: opts.disk, offset: offset + pos });
-    }
+/** A local file or device, or a network target one of the transports can write (e.g. NBD). */
+async function openSink(rt: JobRuntime, to: string, size: number, disk: string): Promise<RestoreSink> {
+  if (!isTargetAddress(to)) return fileSink(to, size, disk);
+  for (const name of rt.autoTransports()) {
+    const transport = await rt.transport(name);
+    const target = await transport.openTarget?.(to);
+    if (target) return targetSink(target, size, disk);
   }
-}
-
-async function isBlockDevice(p: string): Promise<boolean> {
-  try {
-    return (await fs.stat(p)).isBlockDevice();
-  } catch {
-    return false;
-  }
+  throw new FerryError('RESTORE_TARGET', `no transport can write to ${to}`, { disk });
 }

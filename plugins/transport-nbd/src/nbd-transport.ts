@@ -1,6 +1,8 @@
-import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Transport } from '@ferry/core';
+import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Transport, type WritableDisk } from '@ferry/core';
+import { parseNbdAddress } from './nbd-address.js';
 import { NbdClient, type NbdClientOptions } from './nbd-client.js';
 import { NbdDiskHandle } from './nbd-disk-handle.js';
+import { NbdRestoreTarget } from './nbd-restore-target.js';
 import { exportLabel } from './nbd-errors.js';
 import { BASE_ALLOCATION, QEMU_DIRTY_BITMAP_PREFIX } from './nbd-protocol.js';
 import { loadTlsCredsDir, type NbdTlsOptions } from './nbd-tls.js';
@@ -80,6 +82,35 @@ export class NbdTransport implements Transport {
     }
     const readers = await this.extraReaders(client, options, nbd.connections ?? this.options.connections ?? 1);
     return new NbdDiskHandle(client, disk.name, bitmapContext, readers);
+  }
+
+  /**
+   * A restore target: any NBD address form (`nbd://`, `nbds://`, `nbd+unix://`, `unix:`, `tcp:`).
+   * TLS credentials come from FERRY_NBD_TLS_CREDS (or the transport's options) for `nbds` addresses.
+   */
+  async openTarget(address: string): Promise<WritableDisk | undefined> {
+    let access: NbdDiskAccess;
+    try {
+      const endpoint = parseNbdAddress(address);
+      access = { address, exportName: endpoint.exportName ?? '', tls: endpoint.tls };
+    } catch {
+      return undefined;
+    }
+    const tls = access.tls;
+    const client = await NbdClient.connect({
+      address,
+      tls: tls ? this.tlsFor({ name: address }, access) : undefined,
+      handshakeTimeoutMs: this.options.handshakeTimeoutMs,
+      replyTimeoutMs: this.options.replyTimeoutMs,
+      maxInFlight: this.options.maxInFlight,
+    }).catch((err: unknown) => {
+      throw err instanceof FerryError ? new FerryError('RESTORE_TARGET', err.detail, err.where, { cause: err }) : err;
+    });
+    if (client.readOnly) {
+      await client.close().catch(() => undefined);
+      throw new FerryError('RESTORE_TARGET', `NBD ${exportLabel(client.exportName)} at ${address} is read-only`, { host: address });
+    }
+    return new NbdRestoreTarget(client);
   }
 
   /** Read-only connections beyond the first, when asked for and the server shares one view among them. */
