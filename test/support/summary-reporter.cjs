@@ -3,6 +3,9 @@
 //   tests: N passed, N failed[, N skipped]
 const Mocha = require('mocha');
 
+// Plain text in CI logs and when NO_COLOR is set (supports-color turns colors on for CI=true).
+if (process.env.CI || process.env.NO_COLOR) Mocha.reporters.Base.useColors = false;
+
 class SummaryReporter extends Mocha.reporters.Spec {
   constructor(runner, options) {
     super(runner, options);
