@@ -11,6 +11,13 @@ import { sha256 } from '../util/checksums.js';
 export interface BlockCodec {
   /** SHA-256 of the raw block and the encoded block object. May take ownership of `block`'s memory. */
   encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }>;
+  /**
+   * SHA-256 only, for "already stored?" checks before paying for compression. Returns the block
+   * (possibly a new Buffer over the same memory, moved back from a worker); `block` is not used after.
+   */
+  hash(block: Buffer): Promise<{ hash: Buffer; block: Buffer }>;
+  /** The encoded block object of a block whose hash is known. May take ownership of `block`'s memory. */
+  compress(block: Buffer, compressor: string, level: number): Promise<Buffer>;
   /** Raw bytes of an encoded block object after CRC-32 and SHA-256 checks (errors name `object`). */
   decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer>;
   close(): Promise<void>;
@@ -20,14 +27,13 @@ export type CompressorLookup = (name: string) => Compressor | undefined | Promis
 
 /** Hash, compress (falling back to `none` when that does not shrink the block) and encode. */
 export function encodeRawBlock(block: Uint8Array, name: string, impl: Compressor, level: number): { hash: Buffer; encoded: Buffer } {
-  const hash = sha256(block);
-  let compressor = name;
-  let payload = impl.compress(block, level);
-  if (payload.length >= block.length) {
-    compressor = 'none';
-    payload = block;
-  }
-  return { hash, encoded: encodeBlock(compressor, block.length, payload) };
+  return { hash: sha256(block), encoded: compressRawBlock(block, name, impl, level) };
+}
+
+/** Compress (falling back to `none` when that does not shrink the block) and encode. */
+export function compressRawBlock(block: Uint8Array, name: string, impl: Compressor, level: number): Buffer {
+  const payload = impl.compress(block, level);
+  return payload.length >= block.length ? encodeBlock('none', block.length, block) : encodeBlock(name, block.length, payload);
 }
 
 /** Decode and check a block object against the SHA-256 its block map names. */
@@ -46,6 +52,14 @@ export class InlineBlockCodec implements BlockCodec {
 
   async encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }> {
     return encodeRawBlock(block, compressor, await this.require(compressor, 'block'), level);
+  }
+
+  async hash(block: Buffer): Promise<{ hash: Buffer; block: Buffer }> {
+    return { hash: sha256(block), block };
+  }
+
+  async compress(block: Buffer, compressor: string, level: number): Promise<Buffer> {
+    return compressRawBlock(block, compressor, await this.require(compressor, 'block'), level);
   }
 
   async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {

@@ -9,7 +9,7 @@ export interface DiskHeader {
   blockSize: number;
 }
 
-export type BlockRecord = ZeroBlockRecord | DataBlockRecord | UnchangedBlockRecord;
+export type BlockRecord = ZeroBlockRecord | DataBlockRecord | KnownBlockRecord | UnchangedBlockRecord;
 
 /** A block stored as zeros: a hole, an all-zero block, or a range a filter dropped. */
 export interface ZeroBlockRecord {
@@ -28,6 +28,17 @@ export interface DataBlockRecord {
   hash: Buffer;
   /** The block object as stored (`docs/repository-format.md`): header with CRC-32, compressed payload. */
   encoded: Buffer;
+}
+
+/**
+ * A block the target already holds (the source asked before compressing it): only the hash
+ * crosses the pipe. The target checks again and fails the disk if the block is gone.
+ */
+export interface KnownBlockRecord {
+  kind: 'known';
+  index: number;
+  length: number;
+  hash: Buffer;
 }
 
 /** Incremental runs: a block changed-block tracking says was not written since the base point. */

@@ -9,11 +9,14 @@ import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import { compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
+import { sha256 } from '../util/checksums.js';
+import { compressRawBlock, compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
 import { toWorkerError } from './worker-pool.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
+  | { op: 'hash'; block: Uint8Array }
+  | { op: 'compress'; block: Uint8Array; compressor: string; level: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
 
 const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuiltins);
@@ -32,6 +35,11 @@ async function handle(task: BlockTask): Promise<{ result: unknown; transfer: Arr
   if (task.op === 'encode') {
     const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level);
     return { result: { hash, encoded }, transfer: owned(encoded) };
+  }
+  if (task.op === 'hash') return { result: { hash: sha256(task.block), block: task.block }, transfer: owned(task.block) };
+  if (task.op === 'compress') {
+    const encoded = compressRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level);
+    return { result: { encoded }, transfer: owned(encoded) };
   }
   const name = compressorOf(task.encoded, task.object);
   const c = await compressor(name).catch(() => undefined);

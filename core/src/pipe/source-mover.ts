@@ -14,6 +14,11 @@ export interface SourceMoverOptions {
   filters: { name: string; impl: BlockFilter }[];
   /** Blocks read and processed ahead of the consumer (bounds memory: readAhead x blockSize). */
   readAhead?: number;
+  /**
+   * Source-side dedup: asked with each block's hash before it is compressed; a block the target
+   * already holds is neither compressed nor sent. Missing: every block is compressed and sent.
+   */
+  isKnown?: (hash: Buffer) => boolean | Promise<boolean>;
 }
 
 /**
@@ -108,10 +113,19 @@ export class SourceMover {
       }
     }
     const { name, level } = this.opts.compressor;
-    // The codec may take the block's memory (moved to a worker thread): it is not used after this.
-    const { hash, encoded } = await this.meters.processing.time(() => this.opts.codec.encode(block, name, level));
+    const { codec, isKnown } = this.opts;
+    const work = this.meters.processing;
+    // The codec may take the block's memory (moved to a worker thread): `block` is not used after.
+    if (!isKnown) {
+      const { hash, encoded } = await work.time(() => codec.encode(block, name, level));
+      counters.bytesTransferred += encoded.length;
+      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
+    }
+    const hashed = await work.time(() => codec.hash(block));
+    if (await isKnown(hashed.hash)) return { kind: 'known', index: plan.index, length: plan.length, hash: hashed.hash };
+    const encoded = await work.time(() => codec.compress(hashed.block, name, level));
     counters.bytesTransferred += encoded.length;
-    return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
+    return { kind: 'data', index: plan.index, length: plan.length, hash: hashed.hash, encoded };
   }
 }
 

@@ -38,6 +38,16 @@ export class TargetMover {
         }
         map.copyEntry(base, rec.index);
         counters.blocksUnchanged++;
+      } else if (rec.kind === 'known') {
+        if (!(await this.repo.blocks.has(rec.hash))) {
+          throw new FerryError('REPO_OBJECT_NOT_FOUND', `block ${rec.hash.toString('hex')} was reported stored but is not`, {
+            vm: header.vm,
+            disk: header.disk,
+            offset: rec.index * header.blockSize,
+          });
+        }
+        map.set(rec.index, rec.hash);
+        counters.blocksDeduped++;
       } else {
         this.check(header, rec.index, rec.encoded, rec.length);
         map.set(rec.index, rec.hash);

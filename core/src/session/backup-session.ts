@@ -70,6 +70,8 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
         blockSize: rt.spec.storage.blockSize,
         compressor: { name: codec.compressor, level: codec.level },
         codec: await rt.codec(),
+        // embedded pipe: the source asks the repository directly before compressing a block
+        isKnown: (hash) => repo.blocks.has(hash),
         filters: await rt.filters(),
       },
       onProgress: opts.onProgress ?? (() => undefined),
