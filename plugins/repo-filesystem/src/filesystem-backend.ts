@@ -4,6 +4,8 @@ import path from 'node:path';
 import { FerryError, type RepositoryBackend } from '@ferry/core';
 
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+/** Files `getRange` keeps open at most. */
+const MAX_OPEN = 32;
 /** Temporary files live here until renamed into place; never listed as keys. */
 export const TMP_DIR = 'tmp';
 
@@ -14,6 +16,8 @@ export const TMP_DIR = 'tmp';
  */
 export class FilesystemBackend implements RepositoryBackend {
   private readonly syncedDirs = new Set<string>();
+  /** Open files for `getRange`, least recently used first. */
+  private readonly open = new Map<string, Promise<fs.FileHandle>>();
 
   constructor(readonly root: string) {}
 
@@ -29,10 +33,13 @@ export class FilesystemBackend implements RepositoryBackend {
     }
   }
 
+  /**
+   * Reads a slice through a small cache of open files: a restore reads thousands of blocks out of a
+   * few packs. Safe because objects read by range (packs) are immutable and named by their content.
+   */
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
-    let fh: fs.FileHandle | undefined;
     try {
-      fh = await fs.open(this.file(key), 'r');
+      const fh = await this.openCached(key);
       const buf = Buffer.allocUnsafe(length);
       const { bytesRead } = await fh.read(buf, 0, length, offset);
       if (bytesRead !== length) {
@@ -41,9 +48,31 @@ export class FilesystemBackend implements RepositoryBackend {
       return buf;
     } catch (err) {
       throw this.ioError(err, key, 'read');
-    } finally {
-      await fh?.close();
     }
+  }
+
+  async close(): Promise<void> {
+    const handles = [...this.open.values()];
+    this.open.clear();
+    await Promise.all(handles.map(async (h) => (await h.catch(() => undefined))?.close()));
+  }
+
+  private openCached(key: string): Promise<fs.FileHandle> {
+    let h = this.open.get(key);
+    if (h) {
+      this.open.delete(key); // re-insert: most recently used last
+      this.open.set(key, h);
+      return h;
+    }
+    h = fs.open(this.file(key), 'r');
+    h.catch(() => this.open.delete(key));
+    this.open.set(key, h);
+    if (this.open.size > MAX_OPEN) {
+      const [oldest, p] = this.open.entries().next().value as [string, Promise<fs.FileHandle>];
+      this.open.delete(oldest);
+      void p.then((x) => x.close()).catch(() => undefined);
+    }
+    return h;
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
