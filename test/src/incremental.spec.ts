@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, openSync, closeSync, writeSync, writeFileSync, ftruncateSync } from 'node:fs';
+import { copyFileSync, mkdirSync, openSync, closeSync, rmSync, writeSync, writeFileSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { firstDifference, makeVmImage, Prng } from '@ferry/core/testing';
@@ -105,6 +105,21 @@ describe('incremental backups with changed-block tracking (core rules, simulated
     expect(d.mode).to.equal('full');
     expect(d.modeReason).to.include('block size changed');
     writeJob(t.dir, jobYaml());
+  });
+
+  it("a snapshot whose view did not hold fails the VM before its point is committed", async function () {
+    writeFileSync(path.join(images, 'view-broken'), '');
+    try {
+      const before = json<{ restorePoints: unknown[] }>(await runFerry(['list', job, '--json'])).restorePoints.length;
+      const r = await runFerry(['backup', job, '--json']);
+      expect(r.code).to.equal(1);
+      const report = json<{ vms: { status: string; error: { message: string } }[] }>(r);
+      expect(report.vms[0].status).to.equal('failed');
+      expect(report.vms[0].error.message).to.include('did not hold').and.include('(check)');
+      expect(json<{ restorePoints: unknown[] }>(await runFerry(['list', job, '--json'])).restorePoints).to.have.length(before);
+    } finally {
+      rmSync(path.join(images, 'view-broken'));
+    }
   });
 
   it('every restore point restores byte-identical on its own', async function () {

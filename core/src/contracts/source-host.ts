@@ -93,5 +93,11 @@ export interface PreviousPoint {
 
 export interface VmSnapshot {
   disks: SourceDisk[];
+  /**
+   * Called after every disk was read and before the restore point is committed: throw when the
+   * point-in-time view may not have held (for QEMU: the fleecing job died), and the VM's point is
+   * not committed. Missing: the view is assumed to have held.
+   */
+  check?(): Promise<void>;
   release(outcome: 'success' | 'failed'): Promise<void>;
 }

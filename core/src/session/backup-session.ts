@@ -124,6 +124,9 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     }
     const failed = reports.find((r) => r.status === 'failed');
     if (failed) throw new FerryError('BACKUP_DISK_FAILED', `disk ${failed.disk} failed: ${failed.error?.message}`, { vm: vm.name });
+    await snapshot?.check?.().catch((err) => {
+      throw pluginError(err, s.rt.plugins.providerOf('source-host', s.rt.spec.source.host), 'check', { host: s.host.label, vm: vm.name });
+    });
     const point = await s.repo.commitPoint(
       { id: s.sessionId, job: s.rt.spec.job, vm: vm.name, session: s.sessionId, createdAt: new Date().toISOString(), disks: pointDisks as RestorePointDisk[] },
       maps,
