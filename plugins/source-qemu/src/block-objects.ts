@@ -136,12 +136,15 @@ export async function addNbdExport(qmp: QmpClient, id: string, node: string, bit
 export class CleanupLog {
   readonly failures: string[] = [];
 
-  async step(what: string, fn: () => Promise<unknown>): Promise<void> {
+  /** Resolves true when the step succeeded or found nothing to do, false when it failed. */
+  async step(what: string, fn: () => Promise<unknown>): Promise<boolean> {
     try {
       await fn();
+      return true;
     } catch (err) {
-      if (isNotFound(err)) return;
+      if (isNotFound(err)) return true;
       this.failures.push(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+      return false;
     }
   }
 

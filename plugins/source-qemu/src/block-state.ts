@@ -1,4 +1,4 @@
-import { FLEECE_PREFIX } from './ferry-names.js';
+import { ferryNodeKind } from './ferry-names.js';
 import { isNotFound, type QmpClient } from './qmp-client.js';
 
 /** A dirty bitmap as `query-named-block-nodes` reports it (QEMU names the flags this way). */
@@ -18,6 +18,8 @@ export interface BlockNode {
   ro: boolean;
   virtualSize: number;
   filename: string;
+  /** The backing file name QEMU reports (from the image header or the attached backing node). */
+  backingFile?: string;
   bitmaps: DirtyBitmap[];
 }
 
@@ -66,6 +68,17 @@ export class BlockState {
     return undefined;
   }
 
+  /**
+   * The node `node` backs onto: from the block graph, or, on a QEMU without it, the format node whose
+   * image is the backing file QEMU reports.
+   */
+  backingOf(node: string): string | undefined {
+    if (this.parents) return this.childOf(node, 'backing');
+    const file = this.node(node)?.backingFile;
+    if (!file) return undefined;
+    return [...this.nodes.values()].find((n) => n.filename === file && !PROTOCOL_DRIVERS.has(n.drv))?.nodeName;
+  }
+
   /** True when no other block node holds `node` as a child (devices, exports and jobs don't count). */
   isRoot(node: string): boolean {
     return !(this.parents?.get(node) ?? []).some((p) => p.parent !== '');
@@ -98,6 +111,7 @@ function toNode(n: RawNode): BlockNode {
     ro: n.ro,
     virtualSize: n.image?.['virtual-size'] ?? 0,
     filename: n.image?.filename ?? n.file ?? '',
+    backingFile: n.backing_file,
     bitmaps: n['dirty-bitmaps'] ?? [],
   };
 }
@@ -140,24 +154,28 @@ const PROTOCOL_DRIVERS = new Set(['file', 'host_device', 'host_cdrom', 'nbd', 'i
  * write), then a drive id or qdev id of a guest device. Undefined when the VM has no such disk.
  */
 export function resolveDisk(state: BlockState, name: string): ResolvedDisk | undefined {
+  if (isFerryNode(name)) return undefined;
   let root = state.node(name) ? name : undefined;
   root ??= state.devices.find((d) => d.device === name || d.qdev === name || qdevId(d.qdev) === name)?.rootNode;
-  if (!root || isFerryNode(root)) return undefined;
-  const node = state.node(formatNodeOf(state, root));
-  if (!node) return undefined;
+  if (!root) return undefined;
+  const node = state.node(formatNodeOf(state, root).name);
+  if (!node || isFerryNode(node.nodeName)) return undefined;
   return { name, node: node.nodeName, size: node.virtualSize, drv: node.drv };
 }
 
 /**
  * Without `disks:` in the job, the VM's disks are the writable drives of its guest devices; a
  * qemu-storage-daemon has no devices, so there they are the writable nodes no other node uses (what
- * an export or a device would attach to). Ferry's own fleecing nodes are never disks.
+ * an export or a device would attach to). Ferry's own overlay nodes are never disks; a disk under an
+ * external snapshot is found below its overlay.
  */
 export function discoverDisks(state: BlockState): ResolvedDisk[] {
   const out = new Map<string, ResolvedDisk>();
   const add = (name: string, root: string): void => {
-    const node = state.node(formatNodeOf(state, root));
-    if (!node || node.ro || isFerryNode(node.nodeName) || node.nodeName.startsWith('#')) return;
+    const found = formatNodeOf(state, root);
+    const node = state.node(found.name);
+    // Under an external snapshot the disk's node is read-only for a while; it is still the disk.
+    if (!node || (node.ro && !found.underSnapshot) || isFerryNode(node.nodeName) || node.nodeName.startsWith('#')) return;
     if ([...out.values()].some((d) => d.node === node.nodeName)) return;
     out.set(name, { name, node: node.nodeName, size: node.virtualSize, drv: node.drv });
   };
@@ -167,23 +185,30 @@ export function discoverDisks(state: BlockState): ResolvedDisk[] {
     for (const n of state.nodes.values()) {
       const rootLike = state.parents ? state.isRoot(n.nodeName) : !PROTOCOL_DRIVERS.has(n.drv) && !FILTER_DRIVERS.has(n.drv);
       // Named after the format node: a root may be a filter, even an unnamed one (a running backup's).
-      if (rootLike) add(formatNodeOf(state, n.nodeName), n.nodeName);
+      if (rootLike) add(formatNodeOf(state, n.nodeName).name, n.nodeName);
     }
   }
   return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
 }
 
-/** Walks down through filters (a throttle group, or a copy-before-write filter of a running backup). */
-function formatNodeOf(state: BlockState, root: string): string {
+/**
+ * Walks down through filters (a throttle group, or a copy-before-write filter of a running backup)
+ * and through the overlays of Ferry's external snapshots (of any job), which stand in for the disk
+ * while a backup reads it.
+ */
+function formatNodeOf(state: BlockState, root: string): { name: string; underSnapshot: boolean } {
   let name = root;
+  let underSnapshot = false;
   for (let depth = 0; depth < 8; depth++) {
     const node = state.node(name);
-    if (!node || !FILTER_DRIVERS.has(node.drv)) return name;
-    const child = state.childOf(name, 'file');
-    if (!child) return name;
+    const snapshot = ferryNodeKind(name) === 'external';
+    if (!node || (!FILTER_DRIVERS.has(node.drv) && !snapshot)) break;
+    const child = snapshot ? state.backingOf(name) : state.childOf(name, 'file');
+    if (!child) break;
+    underSnapshot ||= snapshot;
     name = child;
   }
-  return name;
+  return { name, underSnapshot };
 }
 
 /** `/machine/peripheral/virtio-disk0/virtio-backend` → `virtio-disk0` (the id the user gave the device). */
@@ -192,7 +217,7 @@ function qdevId(qdev: string | undefined): string | undefined {
 }
 
 function isFerryNode(name: string): boolean {
-  return name.startsWith(FLEECE_PREFIX);
+  return ferryNodeKind(name) !== undefined;
 }
 
 interface RawNode {
@@ -200,6 +225,7 @@ interface RawNode {
   drv: string;
   ro: boolean;
   file?: string;
+  backing_file?: string;
   image?: { 'virtual-size'?: number; filename?: string };
   'dirty-bitmaps'?: DirtyBitmap[];
 }

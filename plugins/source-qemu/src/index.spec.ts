@@ -57,6 +57,18 @@ describe('source-qemu plugin registration', function () {
     expect(err.where.line).to.equal(6);
   });
 
+  it('snapshot: takes fleecing or auto, anything else is JOB_INVALID at its line', async function () {
+    const rt = await JobRuntime.open(job('qmp: unix:/run/vm1.qmp\nsnapshot: auto'));
+    try {
+      expect(rt.spec.source.vms[0].options).to.deep.equal({ qmp: 'unix:/run/vm1.qmp', snapshot: 'auto' });
+    } finally {
+      await rt.close();
+    }
+    const err = (await JobRuntime.open(job('qmp: unix:/run/vm1.qmp\nsnapshot: external')).catch((e: unknown) => e)) as FerryError;
+    expect(err.code).to.equal('JOB_INVALID');
+    expect(err.where.line).to.equal(8);
+  });
+
   it('an unknown VM key is JOB_INVALID at its line', async function () {
     const err = (await JobRuntime.open(job('qmp: unix:/run/vm1.qmp\nqmpp: oops')).catch((e: unknown) => e)) as FerryError;
     expect(err.code).to.equal('JOB_INVALID');

@@ -2,9 +2,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { PreviousPoint } from '@ferry/core';
 import { CleanupLog, removeOverlay } from './block-objects.js';
-import type { BlockNode, BlockState } from './block-state.js';
+import { readBlockState, type BlockNode, type BlockState } from './block-state.js';
 import { previousTracking } from './change-tracking.js';
-import { isJobBitmap, isJobFleeceNode, isJobOverlayFile, jobFleecePrefix } from './ferry-names.js';
+import { removeSnapshotOverlay } from './external-snapshot.js';
+import { isJobBitmap, isJobOverlayFile, isJobOverlayNode, jobOverlayPrefix, type SnapshotKind } from './ferry-names.js';
 import type { QmpClient } from './qmp-client.js';
 
 export interface LeftoverReport {
@@ -18,8 +19,9 @@ export interface LeftoverReport {
 /**
  * Cleans what an interrupted session of this job left in QEMU (a job runs one session at a time,
  * so every object with the job's tag is a leftover when a snapshot starts): exports, the fleecing
- * job, overlay nodes and files, and bitmaps the previous restore point does not name. Other jobs'
- * objects carry other tags and are never touched.
+ * job, overlay nodes and files, external snapshots (committed back into their disks first, then
+ * removed), and bitmaps the previous restore point does not name. Other jobs' objects carry other
+ * tags and are never touched.
  */
 export async function cleanLeftovers(
   qmp: QmpClient,
@@ -28,32 +30,50 @@ export async function cleanLeftovers(
 ): Promise<LeftoverReport> {
   const report: LeftoverReport = { notes: [], diskNotes: new Map(), log: new CleanupLog() };
   // Image-creation jobs are not dismissed automatically; a session that died mid-creation leaves one.
-  for (const j of state.jobs.filter((x) => x.type === 'create' && x.id.startsWith(jobFleecePrefix(s.job)))) {
+  const ours = (id: string): boolean => id.startsWith(jobOverlayPrefix('fleecing', s.job)) || id.startsWith(jobOverlayPrefix('external', s.job));
+  for (const j of state.jobs.filter((x) => x.type === 'create' && ours(x.id))) {
     const verb = j.status === 'concluded' ? 'job-dismiss' : 'job-cancel';
     await report.log.step(`image creation job ${j.id}`, () => qmp.execute(verb, { id: j.id }));
   }
-  await removeOverlays(qmp, state, s.job, report);
+  await removeOverlays(qmp, state, s.job, 'fleecing', report);
+  const committed = await removeOverlays(qmp, state, s.job, 'external', report);
   await sweepOverlayFiles(s.job, s.folder, state, report);
+  // An overlay that could not be committed keeps its disk's node read-only, and the bitmaps there
+  // hold writes: touch none of them until a later session has committed it.
+  if (report.log.failures.length) return report;
+  // A commit made the disk's node writable again and changed its bitmaps: decide on a fresh reading.
+  const now = committed ? await readBlockState(qmp) : state;
   for (const d of s.disks) {
-    const node = state.node(d.node);
+    const node = now.node(d.node);
     if (node) await cleanBitmaps(qmp, node, { ...s, disk: d.name }, report);
   }
   return report;
 }
 
 /**
- * Overlay nodes of this job with their exports and backup jobs. A file node whose overlay node is
- * gone (a session interrupted while building) counts as an overlay of its own.
+ * Overlay nodes of one kind of this job with their exports and block jobs. A file node whose overlay
+ * node is gone (a session interrupted while building) counts as an overlay of its own. An external
+ * snapshot's overlay holds guest writes: it is committed into the disk, never just dropped (if the
+ * commit fails, it stays, and the clean-up fails). Resolves whether any overlay was handled.
  */
-async function removeOverlays(qmp: QmpClient, state: BlockState, job: string, report: LeftoverReport): Promise<void> {
-  const bases = new Set([...state.nodes.keys()].filter((n) => isJobFleeceNode(job, n)).map((n) => n.replace(/\.f$/, '')));
+async function removeOverlays(qmp: QmpClient, state: BlockState, job: string, kind: SnapshotKind, report: LeftoverReport): Promise<boolean> {
+  const bases = new Set([...state.nodes.keys()].filter((n) => isJobOverlayNode(kind, job, n)).map((n) => n.replace(/\.f$/, '')));
+  // A crash during release can leave the commit job alone, its overlay already gone.
+  for (const j of state.jobs) if (j.type === 'commit' && isJobOverlayNode(kind, job, j.id)) bases.add(j.id);
   for (const node of bases) {
     const fileNode = state.node(`${node}.f`);
     const file = fileNode && isJobOverlayFile(job, path.basename(fileNode.filename)) ? fileNode.filename : undefined;
-    const exports = state.exports.filter((e) => e.nodeName === node).map((e) => e.id);
-    await removeOverlay(qmp, state, { node, fileNode: `${node}.f`, file, exports }, report.log);
-    report.notes.push(`removed fleecing overlay ${node}${exports.length ? ` and export ${exports.join(', ')}` : ''} of an interrupted session`);
+    // An external snapshot exports the disk's node under the overlay's name; exports that now read
+    // the overlay are the guest's own (everything that used the disk moved onto it) and stay.
+    const ours = (e: { id: string; nodeName: string }): boolean => (kind === 'fleecing' ? e.nodeName === node : e.id === node);
+    const exports = state.exports.filter(ours).map((e) => e.id);
+    const o = { node, fileNode: `${node}.f`, file, exports };
+    if (kind === 'fleecing') await removeOverlay(qmp, state, o, report.log);
+    else if (!(await removeSnapshotOverlay(qmp, state, o, report.log))) continue;
+    const what = kind === 'fleecing' ? 'removed fleecing overlay' : 'committed and removed the external snapshot overlay';
+    report.notes.push(`${what} ${node}${exports.length ? ` and export ${exports.join(', ')}` : ''} of an interrupted session`);
   }
+  return bases.size > 0;
 }
 
 /** Overlay files of this job that no QEMU node uses any more (the QEMU that had them open is gone). */

@@ -2,7 +2,8 @@ import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
 import { QemuSourceHost } from './qemu-source-host.js';
 import { probeNbd } from './socket-address.js';
-import { KiB, MiB, jobContext, openHost, overlayFiles, qemuObjects, readDisk, take } from './testing/session-helpers.js';
+import { fleeceNames } from './ferry-names.js';
+import { KiB, MiB, jobContext, openHost, overlayFiles, qemuObjects, qmpCommand, readDisk, take } from './testing/session-helpers.js';
 import { listExports, missingTool, nbdUri, readExport, StorageDaemon } from './testing/storage-daemon.js';
 
 describe('qemu source host', function () {
@@ -94,6 +95,19 @@ describe('qemu source host', function () {
       expect(after.bitmaps).to.deep.equal([{ name: `ferry.j.${t.id}`, recording: true }]);
       expect(overlayFiles(qsd)).to.deep.equal([]);
       await t.snap.release('success'); // a second release finds nothing to do
+    });
+
+    it('check() fails once the fleecing job has ended', async function () {
+      qsd = await StorageDaemon.start({ writableExports: true });
+      const t = await take(await openHost(qsd), qsd, 'j');
+      await t.snap.check!();
+      await qmpCommand(qsd, 'block-job-cancel', { device: fleeceNames('j', t.id, 0, qsd.dir).node, force: true });
+      await new Promise((r) => setTimeout(r, 200));
+      const err = (await t.snap.check!().catch((e: unknown) => e)) as FerryError;
+      expect(err).to.be.instanceOf(FerryError);
+      expect(err.message).to.match(/fleecing job ferry-fleece-\S+ of disk disk0 has ended/);
+      await t.snap.release('failed').catch(() => undefined); // names the ended job; removes the rest
+      expect(overlayFiles(qsd)).to.deep.equal([]);
     });
 
     it('snapshots every disk in one go, starts the NBD server when none runs, and stops it in release', async function () {

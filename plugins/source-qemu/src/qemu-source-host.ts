@@ -10,22 +10,26 @@ import {
 import { CleanupLog } from './block-objects.js';
 import { discoverDisks, readBlockState, resolveDisk, type BlockState, type ResolvedDisk } from './block-state.js';
 import { planTracking } from './change-tracking.js';
-import { fleeceNames } from './ferry-names.js';
+import { overlayNames } from './ferry-names.js';
 import { cleanLeftovers } from './leftovers.js';
 import type { QmpClient } from './qmp-client.js';
 import { connectVm, QemuVmSnapshot, type DiskPlan, type QemuVm } from './qemu-vm-snapshot.js';
+import { chooseKind, SNAPSHOT_MODES, type SnapshotMode } from './snapshot-kind.js';
 import { defaultNbdAddress, formatAddress, overlayFolder, parseAddress } from './socket-address.js';
 
 /** The VM keys this host reads from `source.vms[i]` (validated by the registered `vmSchema`). */
 export interface QemuVmOptions {
   qmp: string;
   nbd?: string;
+  /** `fleecing` (default) or `auto`: external snapshots for hot-add where this proxy can read the image. */
+  snapshot?: SnapshotMode;
 }
 
 /**
  * Source host for running QEMU VMs (or a qemu-storage-daemon) reached over QMP. A snapshot is
- * copy-before-write fleecing of every disk, started in one transaction together with the rotation
- * of the job's persistent dirty bitmaps, and served as read-only NBD exports.
+ * copy-before-write fleecing of every disk, or, with `snapshot: auto`, an external snapshot of each
+ * disk whose image this proxy can open (for hot-add), started in one transaction together with the
+ * rotation of the job's persistent dirty bitmaps, and served as read-only NBD exports.
  *
  * The QMP connection is opened per operation and closed again: a monitor serves one client at a
  * time, and another job on the same VM must be able to take its own snapshot meanwhile.
@@ -74,7 +78,10 @@ export class QemuSourceHost implements SourceHost {
     }
   }
 
-  /** Cleans leftovers of interrupted sessions, then decides per disk what the snapshot tracks. */
+  /**
+   * Cleans leftovers of interrupted sessions, then decides per disk how it is snapshotted and what
+   * the snapshot tracks.
+   */
   private async prepare(qmp: QmpClient, vm: QemuVm, session: SessionInfo): Promise<DiskPlan[]> {
     const before = await readBlockState(qmp);
     const disks = this.currentDisks(before, vm, qmp.label);
@@ -82,23 +89,34 @@ export class QemuSourceHost implements SourceHost {
     const left = await cleanLeftovers(qmp, before, { job: session.job, folder, previous: session.previous, disks });
     left.log.throwIfFailed('leftovers of an interrupted session are in the way', { vm: vm.name, host: qmp.label });
     const state = await readBlockState(qmp);
-    return disks.map((disk, n) => ({
-      disk,
-      plan: planTracking({ job: session.job, sessionId: session.sessionId, disk: disk.name, node: state.node(disk.node)!, previous: session.previous }),
-      names: fleeceNames(session.job, session.sessionId, n, folder),
-      notes: [...(left.diskNotes.get(disk.name) ?? []), ...left.notes],
-    }));
+    const plans: DiskPlan[] = [];
+    for (const [n, disk] of disks.entries()) {
+      const choice = await chooseKind(vm.snapshotMode, state, disk, { ...vm.where(), vm: vm.name, host: qmp.label });
+      const node = state.node(disk.node)!;
+      plans.push({
+        disk,
+        plan: planTracking({ job: session.job, sessionId: session.sessionId, disk: disk.name, node, previous: session.previous }),
+        names: overlayNames(choice.kind, session.job, session.sessionId, n, folder),
+        ...(choice.kind === 'external' && { image: node.filename }),
+        notes: [...(left.diskNotes.get(disk.name) ?? []), ...left.notes, ...(choice.whyNotExternal ? [choice.whyNotExternal] : [])],
+      });
+    }
+    return plans;
   }
 
   private describeVm(sel: VmSelection, i: number): QemuVm {
     const opts = sel.options as Partial<QemuVmOptions>;
-    const where = (key?: 'qmp' | 'nbd'): ReturnType<JobContext['where']> => this.job.where(['source', 'vms', i, ...(key ? [key] : [])]);
+    const where = (key?: 'qmp' | 'nbd' | 'snapshot'): ReturnType<JobContext['where']> => this.job.where(['source', 'vms', i, ...(key ? [key] : [])]);
     if (typeof opts.qmp !== 'string') {
       throw new FerryError('JOB_INVALID', `vm ${sel.name} needs "qmp:" (unix:/path/to/monitor.sock or tcp:host:port)`, { ...where(), vm: sel.name });
     }
     const qmp = parseAddress(opts.qmp, where('qmp'));
     const nbd = typeof opts.nbd === 'string' ? parseAddress(opts.nbd, where('nbd')) : defaultNbdAddress(qmp, sel.name);
-    return { name: sel.name, qmp, nbd, disks: [], where };
+    const snapshotMode = opts.snapshot ?? 'fleecing';
+    if (!SNAPSHOT_MODES.includes(snapshotMode)) {
+      throw new FerryError('JOB_INVALID', `vm ${sel.name}: "snapshot:" is fleecing or auto, not ${String(snapshotMode)}`, { ...where('snapshot'), vm: sel.name });
+    }
+    return { name: sel.name, qmp, nbd, snapshotMode, disks: [], where };
   }
 
   private findDisks(state: BlockState, sel: VmSelection, i: number, host: string): ResolvedDisk[] {

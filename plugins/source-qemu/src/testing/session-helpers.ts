@@ -16,10 +16,13 @@ export function jobContext(name: string): JobContext {
   };
 }
 
+/** VM keys besides `qmp` (e.g. `snapshot: 'auto'`). */
+export type VmKeys = Record<string, unknown>;
+
 /** A host for job `job` that has taken the inventory of the daemon's VM. */
-export async function openHost(qsd: StorageDaemon, job = 'j', disks?: string[]): Promise<QemuSourceHost> {
+export async function openHost(qsd: StorageDaemon, job = 'j', disks?: string[], keys: VmKeys = {}): Promise<QemuSourceHost> {
   const host = new QemuSourceHost(jobContext(job));
-  await host.inventory([{ name: qsd.vm, disks, options: { qmp: qsd.qmp } }]);
+  await host.inventory([{ name: qsd.vm, disks, options: { qmp: qsd.qmp, ...keys } }]);
   return host;
 }
 
@@ -30,9 +33,9 @@ export interface Taken {
 }
 
 /** Takes a snapshot of the daemon's VM as session `id` would, building on `previous`. */
-export async function take(host: QemuSourceHost, qsd: StorageDaemon, job: string, previous?: Taken): Promise<Taken> {
+export async function take(host: QemuSourceHost, qsd: StorageDaemon, job: string, previous?: Taken, keys: VmKeys = {}): Promise<Taken> {
   const id = Repository.newPointId();
-  const inv = await host.inventory([{ name: qsd.vm, options: { qmp: qsd.qmp } }]);
+  const inv = await host.inventory([{ name: qsd.vm, options: { qmp: qsd.qmp, ...keys } }]);
   const snap = await host.snapshot(inv[0], { job, sessionId: id, previous: previous && pointOf(previous) });
   return { id, snap, disk: snap.disks[0] };
 }
@@ -88,7 +91,7 @@ export async function qmpCommand(qsd: StorageDaemon, command: string, args?: Rec
   }
 }
 
-/** Ferry's overlay files in the daemon's folder. */
+/** Ferry's overlay files (fleecing and external snapshots) in the daemon's folder. */
 export function overlayFiles(qsd: StorageDaemon): string[] {
-  return readdirSync(qsd.dir).filter((f) => f.startsWith('ferry-fleece-'));
+  return readdirSync(qsd.dir).filter((f) => f.startsWith('ferry-fleece-') || f.startsWith('ferry-snap-'));
 }

@@ -160,6 +160,20 @@ export async function readExport(uri: string): Promise<Buffer> {
   return stdout;
 }
 
+/**
+ * The guest content of a qcow2 image file (with its backing chain) as `qemu-img convert` reads it:
+ * the oracle for what hot-add would read. `-U` because the daemon still holds the image (read-only).
+ */
+export async function readImage(file: string): Promise<Buffer> {
+  const out = path.join(path.dirname(file), `oracle-${process.pid}-${Date.now()}.raw`);
+  try {
+    await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, out]);
+    return readFileSync(out);
+  } finally {
+    rmSync(out, { force: true });
+  }
+}
+
 /** The dirty extents of `qemu:dirty-bitmap:<bitmap>` on an export, as nbdinfo reports them. */
 export async function dirtyExtents(uri: string, bitmap: string): Promise<{ offset: number; length: number }[]> {
   const { stdout } = await run('nbdinfo', ['--json', `--map=qemu:dirty-bitmap:${bitmap}`, uri]);
