@@ -5,6 +5,10 @@ import { listCommand } from './commands/list.js';
 import { pluginsCommand } from './commands/plugins.js';
 import { restoreCommand } from './commands/restore.js';
 import { validateCommand } from './commands/validate.js';
+import { verifyCommand } from './commands/verify.js';
+import { pruneCommand } from './commands/prune.js';
+import { gcCommand } from './commands/gc.js';
+import { unlockCommand } from './commands/unlock.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -19,7 +23,11 @@ export async function main(argv: string[]): Promise<number> {
     .command(restoreCommand((c) => (code = c)))
     .command(pluginsCommand((c) => (code = c)))
     .command(validateCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, plugins, validate')
+    .command(verifyCommand((c) => (code = c)))
+    .command(pruneCommand((c) => (code = c)))
+    .command(gcCommand((c) => (code = c)))
+    .command(unlockCommand((c) => (code = c)))
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, plugins, validate')
     .strict()
     .help()
     .alias('h', 'help')

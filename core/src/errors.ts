@@ -30,6 +30,11 @@ export const ERROR_CODES = {
   REPO_OBJECT_NOT_FOUND: 'an object the repository needs is missing',
   REPO_CORRUPT_OBJECT: 'a stored object fails its checksum or is malformed',
   REPO_POINT_NOT_FOUND: 'the restore point asked for does not exist',
+  REPO_LOCKED: 'another live process holds a conflicting lock on the repository',
+  REPO_LOCK_LOST: "this process's repository lock was removed or went stale, so it stopped before committing",
+  // repository maintenance
+  VERIFY_DAMAGED: 'the health check found damaged or missing blocks, block maps or manifests',
+  GC_UNSAFE: 'garbage collection stopped because it cannot tell for certain which blocks are needed',
   // sessions
   BACKUP_DISK_FAILED: 'a disk of the session could not be backed up',
   RESTORE_TARGET: 'the restore target cannot be written',

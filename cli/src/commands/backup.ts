@@ -59,6 +59,12 @@ function summary(r: SessionReport): string {
   for (const d of r.disks) if (d.transportReason) out += `  ${d.vm}/${d.disk}: transport ${d.transport}: ${d.transportReason}\n`;
   for (const d of r.disks) if (d.error) out += `  ${d.vm}/${d.disk} failed: ${d.error.message}\n`;
   for (const v of r.vms) if (v.error && !r.disks.some((d) => d.vm === v.vm && d.error)) out += `  vm ${v.vm} failed: ${v.error.message}\n`;
+  if (r.healedBlocks) out += `Healed ${r.healedBlocks} damaged block(s): read from the source again and stored anew\n`;
+  if (r.retention) {
+    out += `Retention removed ${r.retention.removed.length} restore point(s)${r.retention.removed.map((p) => ` ${p.vm}/${p.restorePoint}`).join(',')}\n`;
+    if (r.retention.error) out += `  retention failed: ${r.retention.error.message}\n`;
+  }
+  if (r.verify) out += `Health check of the new restore points: ${r.verify.status} (${r.verify.blocksChecked} block(s) read, sample ${r.verify.samplePercent}%)\n`;
   if (r.error) out += `  session failed: ${r.error.message}\n`;
   if (r.stages.length) out += `Stages busy: ${r.stages.map((s) => `${s.stage} ${Math.round(s.busyShare * 100)}%`).join(', ')}\n`;
   return out;

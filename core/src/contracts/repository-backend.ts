@@ -11,12 +11,16 @@
  *   previous one), never a partial object.
  * - `get` of a missing key throws FerryError `REPO_OBJECT_NOT_FOUND` naming the key; any other
  *   failure throws `REPO_IO` naming the key and the backend location.
- * - `list(prefix)` yields every key that starts with `prefix` and was put before the call started.
+ * - `list(prefix)` yields every key that starts with `prefix` and was put before the call started,
+ *   and no key that was deleted before the call started (garbage collection relies on it: a session
+ *   that lists `index/` after gc removed a pack's index object must not see it).
  * - `delete` of a missing key is not an error.
  *
  * Optional members and their defaults:
  * - `getRange` missing: the core calls `get` and slices.
  * - `close` missing: nothing to release.
+ * - `removeStaleTemporaries` missing: the backend leaves nothing behind when a put is interrupted
+ *   (S3 multipart uploads expire by bucket policy), so garbage collection has nothing to clean.
  */
 export interface RepositoryBackend {
   /** Where the repository lives, for reports and errors (a path, `s3://bucket/prefix`). */
@@ -28,4 +32,9 @@ export interface RepositoryBackend {
   list(prefix: string): AsyncIterable<string>;
   delete(key: string): Promise<void>;
   close?(): Promise<void>;
+  /**
+   * Removes what interrupted puts left behind (a filesystem backend's temporary files) that is older
+   * than `olderThanMs`; returns how many were removed. Never touches keys.
+   */
+  removeStaleTemporaries?(olderThanMs: number): Promise<number>;
 }

@@ -6,7 +6,8 @@ import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
 import { composeJobSchema, coreJobSchema, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionLevel } from './job-schema.js';
-import { formatSize, parseSize } from './size.js';
+import type { RetentionPolicy } from '../maintenance/retention-policy.js';
+import { formatSize, parsePercent, parseSize } from './size.js';
 
 export type DocPath = (string | number)[];
 
@@ -29,6 +30,10 @@ export interface JobSpec {
   repository: { type: string; config: Record<string, unknown> };
   storage: { blockSize: number; compression: CompressionLevel };
   filters: string[];
+  /** Restore points to keep per VM (`retention:`); absent: keep every point. */
+  retention?: RetentionPolicy;
+  /** Health check after each successful session (`verify:`), on a sample of the blocks. */
+  verify: { afterBackup: boolean; samplePercent: number };
 }
 
 /**
@@ -149,6 +154,8 @@ export class JobFile {
       repository: { type, config: repoConfig },
       storage: { blockSize, compression: storage.compression ?? 'optimal' },
       filters: (d.filters as unknown as string[] | undefined) ?? ['zero'],
+      ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
+      verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
     };
   }
 
@@ -178,6 +185,11 @@ export class JobFile {
         }
         return true;
       },
+    });
+    ajv.addKeyword({
+      keyword: 'ferryPercent',
+      validate: (_k: boolean, value: unknown) => parsePercent(value) !== undefined,
+      error: { message: 'must be a share of the blocks such as 5%, 25% or 100%' },
     });
     ajv.addKeyword({
       keyword: 'ferrySize',

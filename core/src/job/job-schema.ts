@@ -59,6 +59,25 @@ export function coreJobSchema(open: boolean): JsonSchema {
         },
       },
       filters: { type: 'array', items: { type: 'string', minLength: 1 } },
+      retention: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['restorePoints'],
+        properties: {
+          restorePoints: { type: 'integer', minimum: 1 },
+          weekly: { type: 'integer', minimum: 0 },
+          monthly: { type: 'integer', minimum: 0 },
+          yearly: { type: 'integer', minimum: 0 },
+        },
+      },
+      verify: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          afterBackup: { type: 'boolean' },
+          sample: { type: ['string', 'number'], ferryPercent: true },
+        },
+      },
     },
   };
 }

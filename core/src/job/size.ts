@@ -46,3 +46,18 @@ export function humanSize(bytes: number): string {
   }
   return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
 }
+
+/** Parses `10%`, `10`, `0.5%` or a number into a percentage in (0, 100]; undefined if malformed or out of range. */
+export function parsePercent(value: unknown): number | undefined {
+  const n = typeof value === 'number' ? value : typeof value === 'string' ? Number(/^\s*(\d+(?:\.\d+)?)\s*%?\s*$/.exec(value)?.[1]) : NaN;
+  return Number.isFinite(n) && n > 0 && n <= 100 ? n : undefined;
+}
+
+/** Parses a duration: `90` (seconds), `90s`, `30m`, `6h`, `2d`; undefined if malformed. */
+export function parseDuration(value: unknown): number | undefined {
+  const m = typeof value === 'number' ? [String(value), String(value), 's'] : typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/.exec(value) : null;
+  if (!m) return undefined;
+  const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
+  const ms = Number(m[1]) * unit;
+  return Number.isFinite(ms) && ms >= 0 ? ms : undefined;
+}

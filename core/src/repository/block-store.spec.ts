@@ -5,6 +5,7 @@ import { NoneCompressor } from '../compression/none-compressor.js';
 import { MemoryBackend } from '../testing/memory-backend.js';
 import { Prng } from '../testing/vm-image.js';
 import { BlockStore } from './block-store.js';
+import { writeDamagedBlocks } from './damaged-blocks.js';
 import { PackWriter } from './pack-writer.js';
 
 describe('block store (packs, index, dedup)', function () {
@@ -62,6 +63,48 @@ describe('block store (packs, index, dedup)', function () {
     const err = await new BlockStore(backend).read(b.hash, codec).catch((e: FerryError) => e);
     expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
     expect((err as FerryError).message).to.include(key);
+  });
+
+  it('self-heal: a hash whose only copy is listed damaged is stored again, counted, and read from the new copy', async function () {
+    const backend = new MemoryBackend();
+    const first = new BlockStore(backend);
+    await first.load();
+    const b = block();
+    first.reserve(b.hash);
+    await first.add(b.hash, b.encoded);
+    await first.flush();
+    const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
+    const pack = key.slice(key.lastIndexOf('/') + 1);
+    backend.objects.get(key)![5000] ^= 0xff;
+    const hex = b.hash.toString('hex');
+    await writeDamagedBlocks(backend, [{ hash: hex, pack, offset: 8, reason: 'crc', detail: 'test', foundAt: new Date().toISOString() }]);
+    const healing = new BlockStore(backend);
+    await healing.load();
+    expect(healing.needsHeal(b.hash)).to.equal(true);
+    expect(healing.reserve(b.hash), 'a damaged copy does not count as stored').to.equal(true);
+    expect(healing.healed).to.equal(1);
+    await healing.add(b.hash, b.encoded);
+    await healing.flush();
+    const later = new BlockStore(backend);
+    await later.load();
+    expect(later.reserve(b.hash)).to.equal(false);
+    expect(later.locate(b.hash)?.pack).to.not.equal(pack);
+    expect((await later.read(b.hash, codec)).equals(b.raw)).to.equal(true);
+  });
+
+  it('never deduplicates against an index object whose pack file is gone', async function () {
+    const backend = new MemoryBackend();
+    const first = new BlockStore(backend);
+    await first.load();
+    const b = block();
+    first.reserve(b.hash);
+    await first.add(b.hash, b.encoded);
+    await first.flush();
+    backend.objects.delete([...backend.objects.keys()].find((k) => k.startsWith('packs/'))!);
+    const next = new BlockStore(backend);
+    await next.load();
+    expect(next.reserve(b.hash)).to.equal(true);
+    expect(next.healed).to.equal(1);
   });
 
   it('the pack writer keeps at most two uploads in flight (bounded memory with a slow backend)', async function () {

@@ -1,10 +1,12 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
 import type { BlockCodec } from '../pipe/block-codec.js';
-import { decodeIndex, type PackEntry } from './pack.js';
-import { PackWriter, packKey } from './pack-writer.js';
+import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
+import { sha256 } from '../util/checksums.js';
+import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
+import { PackWriter, packIdOf, packKey } from './pack-writer.js';
 
-interface Location {
+export interface BlockLocation {
   pack: string;
   offset: number;
   length: number;
@@ -15,17 +17,39 @@ export interface WriteMeter {
   time<T>(op: () => Promise<T>): Promise<T>;
 }
 
+interface IndexState {
+  /** From `index/`: what sessions deduplicate against. An undamaged copy wins over a damaged one. */
+  live: Map<string, BlockLocation>;
+  /** From `gc/condemned/`: packs gc is about to delete; read from only when no live copy exists. */
+  condemned: Map<string, BlockLocation>;
+  damaged: DamageIndex;
+}
+
 /**
  * The repository's blocks: where each stored block lives (loaded from the index objects on first
  * use), new blocks packed by a `PackWriter`, and reads of single blocks out of their packs.
  * Dedup is repository-wide: a hash that is stored, or reserved by this session, is not stored again.
+ *
+ * Self-heal: a hash whose every indexed copy is on the damaged-blocks list counts as not stored, so
+ * `reserve` lets the session store a fresh copy (`healed` counts them), and reads prefer that copy.
+ * Packs condemned by garbage collection are never deduplicated against (that is what makes gc safe
+ * while backups run), but reads fall back to them, so a point committed by a session that started
+ * before gc condemned a pack restores until gc puts the pack's index back.
  */
 export class BlockStore {
-  private index?: Map<string, Location>;
-  private loading?: Promise<Map<string, Location>>;
+  private state?: IndexState;
+  private loading?: Promise<IndexState>;
   /** Reserved by this session and not yet in a stored pack. */
   private readonly pending = new Set<string>();
   private readonly writer: PackWriter;
+  /** Blocks stored again because every stored copy was known damaged. */
+  healed = 0;
+  /**
+   * Index objects that failed their checks. When the pack's own trailer is intact (the pack still
+   * hashes to its id) the index was rebuilt from it in memory: `rebuilt` holds the entries, so a
+   * health check can put a repaired index object back.
+   */
+  readonly badIndexes: { key: string; packId: string; detail: string; rebuilt?: PackEntry[] }[] = [];
 
   constructor(
     private readonly backend: RepositoryBackend,
@@ -35,18 +59,18 @@ export class BlockStore {
     this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries));
   }
 
-  /** Loads every index object (once). */
+  /** Loads every index object, the condemned ones and the damaged-blocks list (once). */
   async load(): Promise<void> {
-    if (this.index) return;
-    this.loading ??= this.readIndex();
-    this.index = await this.loading;
+    if (this.state) return;
+    this.loading ??= this.readState();
+    this.state = await this.loading;
   }
 
-  /** True when the block is stored or already reserved by this session. */
+  /** True when an undamaged copy is stored or the block is already reserved by this session. */
   async has(hash: Uint8Array): Promise<boolean> {
     await this.load();
     const hex = Buffer.from(hash).toString('hex');
-    return this.index!.has(hex) || this.pending.has(hex);
+    return this.hasGoodCopy(hex) || this.pending.has(hex);
   }
 
   /**
@@ -54,11 +78,33 @@ export class BlockStore {
    * Synchronous after `load`, so two sightings of one hash never both store it.
    */
   reserve(hash: Uint8Array): boolean {
-    if (!this.index) throw new FerryError('INTERNAL', 'BlockStore.reserve before load');
+    if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.reserve before load');
     const hex = Buffer.from(hash).toString('hex');
-    if (this.index.has(hex) || this.pending.has(hex)) return false;
+    if (this.hasGoodCopy(hex) || this.pending.has(hex)) return false;
+    // Counted as healed only when a listed copy is what the repository would otherwise use.
+    const listed = this.state.damaged.get(hex);
+    if (listed && (this.state.live.has(hex) || listed.has(''))) this.healed++;
     this.pending.add(hex);
     return true;
+  }
+
+  /** True when no undamaged indexed copy exists: a backup must read this block again (self-heal). */
+  needsHeal(hash: Uint8Array): boolean {
+    if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.needsHeal before load');
+    const hex = Buffer.from(hash).toString('hex');
+    return !this.hasGoodCopy(hex) && !this.pending.has(hex);
+  }
+
+  /** Where a read of `hash` goes: the preferred live copy, else a condemned pack's copy. */
+  locate(hash: Uint8Array | string): BlockLocation | undefined {
+    if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.locate before load');
+    const hex = typeof hash === 'string' ? hash : Buffer.from(hash).toString('hex');
+    return this.state.live.get(hex) ?? this.state.condemned.get(hex);
+  }
+
+  /** Whether the damaged-blocks list names this copy of the block. */
+  isKnownDamaged(hex: string, pack: string | null): boolean {
+    return this.state?.damaged.get(hex)?.has(pack ?? '') ?? false;
   }
 
   /** Adds a reserved block; it is durable once `flush` resolves. Waits when uploads are saturated. */
@@ -74,33 +120,88 @@ export class BlockStore {
   async read(hash: Uint8Array, codec: BlockCodec): Promise<Buffer> {
     await this.load();
     const hex = Buffer.from(hash).toString('hex');
-    const at = this.index!.get(hex);
+    const at = this.locate(hex);
     if (!at) throw new FerryError('REPO_OBJECT_NOT_FOUND', `block ${hex} is in no pack of the repository`, { object: `block ${hex}` });
     const key = packKey(at.pack);
     const object = `${key}@${at.offset} (block ${hex})`;
-    const encoded = this.backend.getRange
-      ? await this.backend.getRange(key, at.offset, at.length)
-      : (await this.backend.get(key)).subarray(at.offset, at.offset + at.length);
+    const encoded = await (this.backend.getRange
+      ? this.backend.getRange(key, at.offset, at.length)
+      : this.backend.get(key).then((all) => all.subarray(at.offset, at.offset + at.length))
+    ).catch((err) => {
+      // Name the block, not only its pack: that is what verify and the self-heal talk about.
+      throw err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
+    });
     if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
     return codec.decode(encoded, hash, object);
+  }
+
+  private hasGoodCopy(hex: string): boolean {
+    const at = this.state!.live.get(hex);
+    return at !== undefined && !this.state!.damaged.get(hex)?.has(at.pack);
   }
 
   private stored(packId: string, entries: PackEntry[]): void {
     for (const e of entries) {
       const hex = e.hash.toString('hex');
-      this.index!.set(hex, { pack: packId, offset: e.offset, length: e.length });
+      this.state!.live.set(hex, { pack: packId, offset: e.offset, length: e.length });
       this.pending.delete(hex);
     }
   }
 
-  private async readIndex(): Promise<Map<string, Location>> {
-    const index = new Map<string, Location>();
-    const keys: string[] = [];
-    for await (const k of this.backend.list('index/')) keys.push(k);
+  /**
+   * Index objects are listed before pack files: a session puts a pack before its index object, so
+   * every pack whose index we list is in the later pack listing unless it is really gone. A copy in a
+   * pack that is gone counts as damaged (a dangling index object must never be deduplicated against).
+   */
+  private async readState(): Promise<IndexState> {
+    const damaged = damageIndex(await readDamagedBlocks(this.backend));
+    const liveKeys = await this.keys('index/');
+    const condemnedKeys = await this.keys('gc/condemned/');
+    const files = new Set((await this.keys('packs/')).map(packIdOf));
+    const live = await this.readIndexes(liveKeys, damaged, files);
+    const condemned = await this.readIndexes(condemnedKeys, damaged, files);
+    return { live, condemned, damaged };
+  }
+
+  /** One index object; a damaged one is rebuilt from its pack when the pack is intact, else skipped. */
+  private async readIndex(key: string): Promise<{ packId: string; entries: PackEntry[] }> {
+    try {
+      return decodeIndex(await this.backend.get(key), key);
+    } catch (err) {
+      if (!(err instanceof FerryError) || err.code !== 'REPO_CORRUPT_OBJECT') throw err;
+      const packId = packIdOf(key);
+      const bad: BlockStore['badIndexes'][number] = { key, packId, detail: err.message };
+      this.badIndexes.push(bad);
+      try {
+        const pack = await this.backend.get(packKey(packId));
+        if (sha256(pack).toString('hex') === packId) bad.rebuilt = readPackTrailer(pack, packKey(packId));
+      } catch {
+        // the pack is damaged or gone too: its blocks count as not stored
+      }
+      return { packId, entries: bad.rebuilt ?? [] };
+    }
+  }
+
+  private async keys(prefix: string): Promise<string[]> {
+    const out: string[] = [];
+    for await (const k of this.backend.list(prefix)) out.push(k);
+    return out;
+  }
+
+  private async readIndexes(keys: string[], damaged: DamageIndex, files: Set<string>): Promise<Map<string, BlockLocation>> {
+    const index = new Map<string, BlockLocation>();
     for (let i = 0; i < keys.length; i += 16) {
-      const batch = await Promise.all(keys.slice(i, i + 16).map(async (k) => decodeIndex(await this.backend.get(k), k)));
+      const batch = await Promise.all(keys.slice(i, i + 16).map((k) => this.readIndex(k)));
       for (const { packId, entries } of batch) {
-        for (const e of entries) index.set(e.hash.toString('hex'), { pack: packId, offset: e.offset, length: e.length });
+        const gone = !files.has(packId);
+        for (const e of entries) {
+          const hex = e.hash.toString('hex');
+          if (gone) damaged.set(hex, (damaged.get(hex) ?? new Set()).add(packId));
+          const known = index.get(hex);
+          // A second copy replaces the first only when the first is known damaged and it is not.
+          if (known && !(damaged.get(hex)?.has(known.pack) && !damaged.get(hex)?.has(packId))) continue;
+          index.set(hex, { pack: packId, offset: e.offset, length: e.length });
+        }
       }
     }
     return index;

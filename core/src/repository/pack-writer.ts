@@ -11,6 +11,20 @@ export function indexKey(packId: string): string {
 }
 
 /**
+ * Where garbage collection keeps the index object of a pack it condemned: out of `index/`, so no
+ * session deduplicates against the pack any more, but still readable, so reads can fall back to it
+ * and gc can restore it (`docs/repository-format.md`, "Garbage collection").
+ */
+export function condemnedIndexKey(packId: string): string {
+  return `gc/condemned/${packId.slice(0, 2)}/${packId}`;
+}
+
+/** The pack id at the end of a `packs/`, `index/` or `gc/condemned/` key. */
+export function packIdOf(key: string): string {
+  return key.slice(key.lastIndexOf('/') + 1);
+}
+
+/**
  * Collects new blocks into packs of about `targetSize` bytes. A full pack is stored, then its index
  * object, while the next one fills; at most `maxUploads` packs are in flight, so memory stays within
  * (maxUploads + 1) × targetSize. `flush` stores the partial pack and waits for everything.

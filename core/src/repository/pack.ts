@@ -1,10 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import { crc32, sha256 } from '../util/checksums.js';
 
 /**
  * Pack files and their index objects (`docs/repository-format.md`, "Pack files", "Index objects").
- * A pack: `FPK1`, 4 reserved bytes, block objects back to back, a trailer of entries, the entry count
- * and a CRC-32 of the trailer. Its id is the SHA-256 of the whole pack.
+ * A pack: `FPK1`, a 4-byte random nonce, block objects back to back, a trailer of entries, the entry
+ * count and a CRC-32 of the trailer. Its id is the SHA-256 of the whole pack. The nonce makes every
+ * write of a pack a new id, even of the same blocks in the same order: garbage collection deletes a
+ * condemned pack by id and must never hit a pack a later session wrote again (see "Garbage collection").
  */
 const PACK_MAGIC = Buffer.from('FPK1', 'ascii');
 const INDEX_MAGIC = Buffer.from('FIDX', 'ascii');
@@ -23,6 +26,11 @@ export interface SealedPack {
   entries: PackEntry[];
 }
 
+/** Size of the pack file that holds exactly these entries (header and trailer sizes are fixed). */
+export function packFileSize(entries: readonly PackEntry[]): number {
+  return PACK_HEADER + entries.reduce((n, e) => n + e.length, 0) + ENTRY * entries.length + 8;
+}
+
 /** Builds a pack from encoded block objects (in the order given). */
 export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[]): SealedPack {
   const entries: PackEntry[] = [];
@@ -34,7 +42,7 @@ export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[]): Seale
   const trailer = encodeEntries(entries);
   const bytes = Buffer.allocUnsafe(offset + trailer.length + 8);
   PACK_MAGIC.copy(bytes, 0);
-  bytes.writeUInt32LE(0, 4);
+  randomBytes(4).copy(bytes, 4);
   for (const [i, b] of blocks.entries()) bytes.set(b.encoded, entries[i].offset);
   trailer.copy(bytes, offset);
   bytes.writeUInt32LE(entries.length, offset + trailer.length);

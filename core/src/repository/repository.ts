@@ -137,11 +137,37 @@ export class Repository {
 
   /** Committed restore points, oldest first; `vm` limits them to one VM. */
   async listPoints(vm?: string): Promise<RestorePoint[]> {
+    const keys = await this.listPointKeys(vm);
+    return sortPoints(await Promise.all(keys.map((k) => this.readPoint(k))));
+  }
+
+  /** Keys of the committed restore points' manifests (`points/<vm>/<id>.json`). */
+  async listPointKeys(vm?: string): Promise<string[]> {
     const prefix = vm === undefined ? 'points/' : `points/${encodeName(vm)}/`;
     const keys: string[] = [];
-    for await (const k of this.backend.list(prefix)) if (/^points\/[^/]+\/[^/]+\.json$/.test(k)) keys.push(k);
-    const points = await Promise.all(keys.map(async (k) => parseJson(await this.backend.get(k), k) as RestorePoint));
-    return points.sort((a, b) => (a.createdAt === b.createdAt ? a.id.localeCompare(b.id) : a.createdAt.localeCompare(b.createdAt)));
+    for await (const k of this.backend.list(prefix)) if (MANIFEST_KEY.test(k)) keys.push(k);
+    return keys;
+  }
+
+  /** One manifest, checked enough that its disks can be walked; REPO_CORRUPT_OBJECT otherwise. */
+  async readPoint(key: string): Promise<RestorePoint> {
+    const p = parseJson(await this.backend.get(key), key) as RestorePoint;
+    if (p?.format !== 'ferry-restore-point' || typeof p.id !== 'string' || typeof p.vm !== 'string' || !Array.isArray(p.disks)) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', 'is not a restore point manifest', { object: key });
+    }
+    return p;
+  }
+
+  /**
+   * Deletes a restore point: the manifest first, so the point disappears in one step (the commit in
+   * reverse), then its block maps. A crash in between leaves maps of an uncommitted point, which
+   * garbage collection removes. Its blocks stay until garbage collection finds nothing needs them.
+   */
+  async deletePoint(point: RestorePoint): Promise<void> {
+    await this.backend.delete(Repository.pointKey(point.vm, point.id));
+    // Only keys under the point's own folder: a damaged manifest must not delete another point's map.
+    const own = `points/${encodeName(point.vm)}/${point.id}/`;
+    for (const d of point.disks) if (typeof d.map === 'string' && d.map.startsWith(own)) await this.backend.delete(d.map);
   }
 
   /** One VM's restore point by id, or its newest with `latest`. */
@@ -166,6 +192,13 @@ export class Repository {
     }
     return BlockMap.decode(bytes, disk.map);
   }
+}
+
+const MANIFEST_KEY = /^points\/[^/]+\/[^/]+\.json$/;
+
+/** Oldest first (by creation time, then id). */
+export function sortPoints(points: RestorePoint[]): RestorePoint[] {
+  return points.sort((a, b) => (a.createdAt === b.createdAt ? a.id.localeCompare(b.id) : a.createdAt.localeCompare(b.createdAt)));
 }
 
 /** VM names become key segments; anything outside `[A-Za-z0-9._-]` becomes `~hh`. */

@@ -9,8 +9,10 @@ import { SourceMover, type ChangedRanges, type SourceCounters, type SourceMoverO
 import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
 import type { BlockMap } from '../repository/block-map.js';
 import { Repository, type RestorePoint, type RestorePointDisk } from '../repository/repository.js';
+import type { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from './session-report.js';
+import { healingRanges, lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
 
 export interface BackupOptions {
@@ -25,6 +27,8 @@ interface SessionParts {
   target: TargetMover;
   meters: StageMeters;
   repo: Repository;
+  /** Held on the job's VM chains for the whole session; checked before each commit. */
+  lock: RepositoryLock;
   onProgress: (e: ProgressEvent) => void;
 }
 
@@ -52,12 +56,16 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
     totals: { sizeBytes: 0, bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0, bytesWritten: 0 },
     stages: [],
     bottleneck: null,
+    healedBlocks: 0,
   };
+  let lock: RepositoryLock | undefined;
+  let verifyAfter: (() => Promise<VerifyOutcome | undefined>) | undefined;
   try {
     const host = await rt.sourceHost();
     report.source = host.label;
     const repo = await rt.repository({ create: true, writeMeter: meters['target write'] });
     report.repository = repo.backend.location;
+    lock = await lockSession(repo, rt, report.session);
     const codec = LEVEL_CODECS[rt.spec.storage.compression];
     const parts: SessionParts = {
       rt,
@@ -65,6 +73,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       host,
       repo,
       meters,
+      lock,
       target: new TargetMover(repo),
       mover: {
         blockSize: rt.spec.storage.blockSize,
@@ -84,9 +93,15 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       report.vms.push(vmReport);
       report.disks.push(...disks);
     }
+    report.retention = await retentionAfterSession(rt, repo, lock, report);
+    verifyAfter = () => verifyAfterSession(rt, repo, parts.mover.codec, report);
   } catch (err) {
     report.error = errorSummary(err);
   }
+  await lock?.release();
+  // After the release: the health check takes its own lock and must not hold up the next backup.
+  const verified = await verifyAfter?.();
+  if (verified) report.verify = verified;
   const finished = new Date();
   report.finishedAt = finished.toISOString();
   report.durationMs = finished.getTime() - started.getTime();
@@ -94,6 +109,8 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
     for (const k of Object.keys(report.totals) as (keyof SessionReport['totals'])[]) report.totals[k] += d[k];
   }
   Object.assign(report, stageReport(meters, report.durationMs));
+  report.healedBlocks = report.disks.reduce((n, d) => n + d.blocks.healed, 0);
+  if (report.verify?.status === 'damaged') report.error ??= report.verify.error;
   if (report.error || report.vms.some((v) => v.status === 'failed')) report.status = 'failed';
   return report;
 }
@@ -127,6 +144,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     await snapshot?.check?.().catch((err) => {
       throw pluginError(err, s.rt.plugins.providerOf('source-host', s.rt.spec.source.host), 'check', { host: s.host.label, vm: vm.name });
     });
+    await s.lock.assertHeld();
     const point = await s.repo.commitPoint(
       { id: s.sessionId, job: s.rt.spec.job, vm: vm.name, session: s.sessionId, createdAt: new Date().toISOString(), disks: pointDisks as RestorePointDisk[] },
       maps,
@@ -181,13 +199,14 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
     zeroBytesSkipped: 0,
     bytesTransferred: 0,
     bytesWritten: 0,
-    blocks: { total: 0, zero: 0, new: 0, deduped: 0, unchanged: 0 },
+    blocks: { total: 0, zero: 0, new: 0, deduped: 0, unchanged: 0, healed: 0 },
     durationMs: 0,
     restorePoint: null,
   };
   const where: ErrorLocation = { vm, disk: disk.name };
   let handle: DiskHandle | undefined;
   let map: BlockMap | undefined;
+  const healedBefore = s.repo.blocks.healed;
   try {
     const chosen = await pickTransport(s.rt, disk, where);
     report.transport = chosen.name;
@@ -218,7 +237,14 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
     await handle?.close().catch(() => undefined);
   }
   Object.assign(report, src, { bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
-  report.blocks = { total: report.blocks.total, zero: dst.blocksZero, new: dst.blocksNew, deduped: dst.blocksDeduped, unchanged: dst.blocksUnchanged };
+  report.blocks = {
+    total: report.blocks.total,
+    zero: dst.blocksZero,
+    new: dst.blocksNew,
+    deduped: dst.blocksDeduped,
+    unchanged: dst.blocksUnchanged,
+    healed: s.repo.blocks.healed - healedBefore,
+  };
   s.onProgress({ type: 'disk-end', report });
   return { report, map };
 }
@@ -253,7 +279,10 @@ async function chooseMode(
   } catch (err) {
     return full(`the block map of ${previous.id} cannot be read (${(err as Error).message})`);
   }
-  return { reason: `changed blocks since restore point ${previous.id}${disk.changeTracking ? ` (tracking ${disk.changeTracking.id})` : ''}`, base, changed };
+  const healing = await healingRanges(s.repo.blocks, base, changed);
+  const heal = healing.count ? `; reading ${healing.count} block(s) again whose stored copy is damaged (self-heal)` : '';
+  const tracking = disk.changeTracking ? ` (tracking ${disk.changeTracking.id})` : '';
+  return { reason: `changed blocks since restore point ${previous.id}${tracking}${heal}`, base, changed: healing.changed };
 }
 
 /** `transport: auto` takes the first transport whose probe says yes; a named one must say yes. */

@@ -1,4 +1,6 @@
 import { FerryError } from '../errors.js';
+import type { Repository } from '../repository/repository.js';
+import { lockForReading } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
 import { fileSink, isTargetAddress, targetSink, type RestoreSink } from './restore-sink.js';
 
@@ -34,8 +36,18 @@ export interface RestoreReport {
  * and written zeros elsewhere.
  */
 export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
-  const t0 = performance.now();
   const repo = await rt.repository({ create: false });
+  // A `restore` lock keeps garbage collection from sweeping packs this restore may still read.
+  const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [opts.vm], job: rt.spec.job });
+  try {
+    return await restoreFrom(rt, repo, opts);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOptions): Promise<RestoreReport> {
+  const t0 = performance.now();
   const point = await repo.getPoint(opts.vm, opts.point);
   const disk = point.disks.find((d) => d.name === opts.disk);
   if (!disk) {

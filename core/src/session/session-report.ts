@@ -1,4 +1,5 @@
 import type { ErrorCode, ErrorLocation } from '../errors.js';
+import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
 import type { Stage, StageReport } from './stage-meter.js';
 
 /** One disk's figures in a session report (`ferry backup --json` prints them under `disks`). */
@@ -21,8 +22,11 @@ export interface DiskReport {
   bytesTransferred: number;
   /** New block bytes the repository stored (the rest deduplicated). */
   bytesWritten: number;
-  /** Block counts: zero, newly stored, deduplicated, and (incremental) carried over unread. */
-  blocks: { total: number; zero: number; new: number; deduped: number; unchanged: number };
+  /**
+   * Block counts: zero, newly stored, deduplicated, (incremental) carried over unread, and healed:
+   * stored again because every stored copy was known damaged (self-heal; also counted in `new`).
+   */
+  blocks: { total: number; zero: number; new: number; deduped: number; unchanged: number; healed: number };
   durationMs: number;
   /** Restore point id; null when the VM's point was not committed. */
   restorePoint: string | null;
@@ -52,6 +56,12 @@ export interface SessionReport {
   totals: { sizeBytes: number; bytesRead: number; zeroBytesSkipped: number; bytesTransferred: number; bytesWritten: number };
   stages: StageReport[];
   bottleneck: Stage | null;
+  /** Damaged blocks this session stored again (self-heal), over all disks. */
+  healedBlocks: number;
+  /** Restore points retention removed after the session (present when the job has `retention:`). */
+  retention?: RetentionOutcome;
+  /** The health check after the session (present with `verify: { afterBackup: true }`). */
+  verify?: VerifyOutcome;
   /** A session-level failure (before or after the disks), if any. */
   error?: ReportedError;
 }

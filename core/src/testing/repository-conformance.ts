@@ -70,10 +70,14 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
       assert.deepEqual(await list('nothing/'), []);
     });
 
-    it('delete removes a key and ignores a missing one', async function () {
+    it('delete removes a key (has and list no longer see it) and ignores a missing one', async function () {
       await b.backend.put('x/y', Buffer.from('1'));
+      await b.backend.put('x/z', Buffer.from('2'));
       await b.backend.delete('x/y');
       assert.equal(await b.backend.has('x/y'), false);
+      const listed: string[] = [];
+      for await (const k of b.backend.list('x/')) listed.push(k);
+      assert.deepEqual(listed, ['x/z']); // garbage collection relies on this
       await b.backend.delete('x/y');
     });
 

@@ -1,0 +1,45 @@
+import type { CommandModule } from 'yargs';
+import { runPrune, type PruneReport } from '@ferry/core';
+import { EXIT, printJson } from '../output.js';
+import { openTarget } from './repository-target.js';
+
+interface Args {
+  job: string;
+  dryRun: boolean;
+  json: boolean;
+}
+
+export function pruneCommand(setCode: (c: number) => void): CommandModule<object, Args> {
+  return {
+    command: 'prune <job>',
+    describe: "apply the job's retention policy: list (and delete) the restore points it does not keep, and why",
+    builder: (y) =>
+      y
+        .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })
+        .option('dry-run', { type: 'boolean', default: false, describe: 'only list what would go and what stays' })
+        .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON on stdout' }) as never,
+    handler: async (args) => {
+      const target = await openTarget({ job: args.job });
+      let report: PruneReport;
+      try {
+        const spec = target.spec!;
+        report = await runPrune(target.repo, { job: spec.job, vms: spec.source.vms.map((v) => v.name), policy: spec.retention, dryRun: args.dryRun });
+      } finally {
+        await target.close();
+      }
+      if (args.json) printJson(report);
+      else process.stdout.write(summary(report));
+      setCode(EXIT.ok);
+    },
+  };
+}
+
+function summary(r: PruneReport): string {
+  const p = r.policy;
+  const policy = p ? `restorePoints ${p.restorePoints}, weekly ${p.weekly ?? 0}, monthly ${p.monthly ?? 0}, yearly ${p.yearly ?? 0}` : 'none: every point stays';
+  let out = `Retention of job ${r.job} in ${r.repository} (${policy})${r.dryRun ? ' - dry run, nothing deleted' : ''}\n`;
+  for (const x of r.removed) out += `  ${r.dryRun ? 'would remove' : 'removed'} ${x.vm} ${x.restorePoint} (${x.createdAt}): ${x.reasons.join('; ')}\n`;
+  for (const x of r.kept) out += `  keep ${x.vm} ${x.restorePoint} (${x.createdAt}): ${x.reasons.join('; ')}\n`;
+  out += `${r.removed.length} restore point(s) ${r.dryRun ? 'would go' : 'removed'}, ${r.kept.length} kept. Run \`ferry gc\` to reclaim their space.\n`;
+  return out;
+}

@@ -1,0 +1,35 @@
+import { FerryError, JobRuntime, RepositoryRuntime, type JobSpec, type Repository } from '@ferry/core';
+
+export interface TargetArgs {
+  job?: string;
+  repository?: string;
+}
+
+/** The repository a maintenance command works on, from a job file or a bare folder. */
+export interface RepositoryTarget {
+  repo: Repository;
+  /** The job, when one was given (its VMs, retention policy). */
+  spec?: JobSpec;
+  runtime: JobRuntime | RepositoryRuntime;
+  close(): Promise<void>;
+}
+
+/** Opens the job's repository, or a filesystem repository folder (`--repository PATH`). */
+export async function openTarget(args: TargetArgs): Promise<RepositoryTarget> {
+  if (Boolean(args.job) === Boolean(args.repository)) {
+    throw new FerryError('CLI_USAGE', 'name either a job file or --repository PATH (a filesystem repository), not both or neither');
+  }
+  const runtime = args.job ? await JobRuntime.open(args.job, { sourceMayBeGone: true }) : await RepositoryRuntime.openFilesystem(args.repository!);
+  try {
+    const repo = await runtime.repository({ create: false });
+    return { repo, spec: runtime instanceof JobRuntime ? runtime.spec : undefined, runtime, close: () => runtime.close() };
+  } catch (err) {
+    await runtime.close();
+    throw err;
+  }
+}
+
+/** yargs positional + option for commands that take `JOB.yaml` or `--repository PATH`. */
+export const TARGET_OPTIONS = {
+  repository: { type: 'string', describe: 'a filesystem repository folder, instead of a job file' },
+} as const;
