@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -26,6 +26,17 @@ describe('filesystem backend specifics', function () {
     const keys: string[] = [];
     for await (const k of b.list('')) keys.push(k);
     expect(keys).to.deep.equal(['a/b']);
+  });
+
+  it('removes temporary files older than asked, and keeps younger ones', async function () {
+    const b = new FilesystemBackend(dir);
+    await b.put('a/b', Buffer.from('x'));
+    const old = path.join(dir, TMP_DIR, 'old');
+    await writeFile(old, 'stale');
+    await utimes(old, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
+    await writeFile(path.join(dir, TMP_DIR, 'young'), 'in flight');
+    expect(await b.removeStaleTemporaries(60_000)).to.equal(1);
+    expect(await readdir(path.join(dir, TMP_DIR))).to.deep.equal(['young']);
   });
 
   it('refuses keys that would escape the repository', async function () {

@@ -122,6 +122,23 @@ export class FilesystemBackend implements RepositoryBackend {
     }
   }
 
+  /**
+   * Removes files in `tmp/` older than `olderThanMs`: puts a killed process never finished. Younger
+   * ones may belong to a put in flight and stay.
+   */
+  async removeStaleTemporaries(olderThanMs: number): Promise<number> {
+    const dir = path.join(this.root, TMP_DIR);
+    let removed = 0;
+    for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+      const file = path.join(dir, name);
+      const st = await fs.stat(file).catch(() => undefined);
+      if (!st?.isFile() || Date.now() - st.mtimeMs < olderThanMs) continue;
+      await fs.rm(file, { force: true });
+      removed++;
+    }
+    return removed;
+  }
+
   private async *walk(rel: string): AsyncIterable<string> {
     let entries: import('node:fs').Dirent[];
     try {
