@@ -1,7 +1,10 @@
 import { FerryError } from '@ferry/core';
 
-/** Exit codes: 0 success, 1 a session or disk failed, 2 bad input (job file, plugins, command line). */
-export const EXIT = { ok: 0, failed: 1, badInput: 2 } as const;
+/**
+ * Exit codes: 0 success, 1 a session or disk failed, 2 bad input (job file, plugins, command line),
+ * 130 stopped by Ctrl-C/SIGTERM (after cleaning up).
+ */
+export const EXIT = { ok: 0, failed: 1, badInput: 2, interrupted: 130 } as const;
 
 const BAD_INPUT = new Set<string>([
   'JOB_FILE_NOT_FOUND',

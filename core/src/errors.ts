@@ -37,6 +37,7 @@ export const ERROR_CODES = {
   GC_UNSAFE: 'garbage collection stopped because it cannot tell for certain which blocks are needed',
   // sessions
   BACKUP_DISK_FAILED: 'a disk of the session could not be backed up',
+  SESSION_INTERRUPTED: 'the session was stopped (Ctrl-C, SIGTERM) and cleaned up; nothing unfinished was committed',
   RESTORE_TARGET: 'the restore target cannot be written',
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',

@@ -147,6 +147,34 @@ describe('QEMU/KVM source over QMP with NBD and dirty bitmaps, end to end', func
     expect((await listExports(qsd.nbdPath)).filter((e) => e.startsWith('ferry-'))).to.deep.equal([]);
   });
 
+  it('Ctrl-C during a backup releases the snapshot and commits nothing; the next run succeeds', async function () {
+    const before = json<{ restorePoints: unknown[] }>(await runFerry(['list', job, '--json'])).restorePoints.length;
+    await qsd.write('disk0', 60 * MiB, 8 * MiB, 0x99);
+    const child = spawn(process.execPath, [FERRY_BIN, 'backup', job, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b) => (out += b));
+    const done = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && child.exitCode === null) {
+      if ((await listExports(qsd.nbdPath)).some((e) => e.startsWith('ferry-'))) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    child.kill('SIGINT');
+    const code = await done;
+    if (code === 130) {
+      const report = JSON.parse(out) as { vms: { status: string; error: { code: string } }[] };
+      expect(report.vms[0].error.code).to.equal('SESSION_INTERRUPTED');
+      expect(json<{ restorePoints: unknown[] }>(await runFerry(['list', job, '--json'])).restorePoints).to.have.length(before);
+    } else {
+      expect(code, 'the backup finished before the signal arrived').to.equal(0);
+    }
+    expect((await listExports(qsd.nbdPath)).filter((e) => e.startsWith('ferry-')), 'snapshot released').to.deep.equal([]);
+    const copy = await guestCopy('v7.raw');
+    const d = await backup();
+    expect(d.mode, d.modeReason).to.equal('incremental');
+    points.push({ id: d.restorePoint, copy });
+  });
+
   it('every restore point restores to the guest content at its snapshot', async function () {
     for (const p of points) {
       const out = path.join(t.dir, `restored-${p.id}.raw`);

@@ -19,16 +19,40 @@ export function backupCommand(setCode: (c: number) => void): CommandModule<objec
     handler: async (args) => {
       const rt = await JobRuntime.open(args.job);
       const progress = progressReporter(!args.json);
+      const stop = interruptible();
       let report: SessionReport;
       try {
-        report = await runBackup(rt, { onProgress: progress.onProgress });
+        report = await runBackup(rt, { onProgress: progress.onProgress, signal: stop.signal });
       } finally {
+        stop.dispose();
         progress.stop();
         await rt.close();
       }
       if (args.json) printJson(report);
       else process.stdout.write(summary(report));
-      setCode(report.status === 'success' ? EXIT.ok : EXIT.failed);
+      setCode(stop.signal.aborted ? EXIT.interrupted : report.status === 'success' ? EXIT.ok : EXIT.failed);
+    },
+  };
+}
+
+/**
+ * The first Ctrl-C (or SIGTERM) stops the session cleanly: snapshots are released and nothing
+ * unfinished is committed. A second one exits at once.
+ */
+function interruptible(): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (controller.signal.aborted) process.exit(EXIT.interrupted);
+    process.stderr.write(`\nferry: ${sig}: stopping the session and cleaning up (again to quit at once)\n`);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
     },
   };
 }

@@ -17,6 +17,8 @@ import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js'
 
 export interface BackupOptions {
   onProgress?: (e: ProgressEvent) => void;
+  /** Aborting stops reading at the next block; snapshots are released and nothing unfinished is committed. */
+  signal?: AbortSignal;
 }
 
 interface SessionParts {
@@ -30,6 +32,7 @@ interface SessionParts {
   /** Held on the job's VM chains for the whole session; checked before each commit. */
   lock: RepositoryLock;
   onProgress: (e: ProgressEvent) => void;
+  signal?: AbortSignal;
 }
 
 /**
@@ -84,11 +87,16 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
         filters: await rt.filters(),
       },
       onProgress: opts.onProgress ?? (() => undefined),
+      signal: opts.signal,
     };
     const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {
       throw pluginError(err, rt.plugins.providerOf('source-host', rt.spec.source.host), 'inventory', { host: host.label });
     });
     for (const vm of inventory) {
+      if (opts.signal?.aborted) {
+        report.vms.push({ vm: vm.name, status: 'failed', restorePoint: null, error: errorSummary(interrupted({ vm: vm.name })) });
+        continue;
+      }
       const { vmReport, disks } = await backupVm(parts, vm);
       report.vms.push(vmReport);
       report.disks.push(...disks);
@@ -132,6 +140,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     const maps: BlockMap[] = [];
     const pointDisks: Omit<RestorePointDisk, 'map' | 'mapSha256'>[] = [];
     for (const disk of disks) {
+      if (s.signal?.aborted) throw interrupted({ vm: vm.name, disk: disk.name });
       const { report, map } = await backupDisk(s, vm.name, disk, previous);
       reports.push(report);
       if (map) {
@@ -140,6 +149,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
       }
     }
     const failed = reports.find((r) => r.status === 'failed');
+    if (failed?.error?.code === 'SESSION_INTERRUPTED') throw interrupted({ vm: vm.name, disk: failed.disk });
     if (failed) throw new FerryError('BACKUP_DISK_FAILED', `disk ${failed.disk} failed: ${failed.error?.message}`, { vm: vm.name });
     await snapshot?.check?.().catch((err) => {
       throw pluginError(err, s.rt.plugins.providerOf('source-host', s.rt.spec.source.host), 'check', { host: s.host.label, vm: vm.name });
@@ -347,10 +357,15 @@ async function* withProgress(
 ): AsyncGenerator<BlockRecord> {
   let done = 0;
   for await (const r of records) {
+    if (s.signal?.aborted) throw interrupted({ vm, disk, offset: r.index * s.mover.blockSize });
     done += r.length;
     s.onProgress({ type: 'disk-progress', vm, disk, doneBytes: done, sizeBytes });
     yield r;
   }
+}
+
+function interrupted(where: ErrorLocation): FerryError {
+  return new FerryError('SESSION_INTERRUPTED', 'the session was interrupted; this VM gets no restore point', where);
 }
 
 function errorSummary(err: unknown): ReportedError {
