@@ -1,118 +1,178 @@
 /**
  * npm run bench — measures, in one run on this machine:
- *  1. the hot-path primitives against the card's packages (SHA-256: node:crypto vs sha256-uint8array;
- *     deflate: node:zlib vs pako; CRC-32: crc-32), printing the ratio between each pair;
- *  2. Ferry end to end on a generated VM-like image: full backup, a second run after 1% changed,
- *     restore, at each compression level, with wall time, CPU time, peak RSS and repository size.
- * Results go to stdout as tables and to bench/results/<timestamp>.json.
+ *  1. the hot-path primitives against the design card's packages (SHA-256: node:crypto vs
+ *     sha256-uint8array; deflate: node:zlib vs pako; CRC-32), and each compression level's codec
+ *     on one core over the benchmark image's data;
+ *  2. on the same deterministic VM-like images: Ferry at every compression level, restic and borg
+ *     (full backup, second run after 1% of the blocks changed, restore), Ferry's incremental run
+ *     with change tracking (QEMU source on qemu-storage-daemon), the same data in a 64 GiB sparse
+ *     image, and the NBD read path against nbdcopy on one qemu-nbd export;
+ *  3. the issue's targets, met or missed.
+ * Peers and QEMU tools that are not installed are left out with a note. Tables go to stdout
+ * (markdown), everything to bench/results/<timestamp>.json.
+ *
+ * Knobs (environment): FERRY_BENCH_IMAGE_MIB (2048), FERRY_BENCH_SPARSE_GIB (64),
+ * FERRY_BENCH_RUNS (1; the median run is kept), FERRY_BENCH_LEVELS (all),
+ * FERRY_BENCH_ONLY (comma list of ferry,restic,borg,cbt,sparse,nbd; default all),
+ * FERRY_BENCH_NBD_CONNECTIONS (1), FERRY_BENCH_BORG_ENCRYPTION (none), FERRY_BENCH_KEEP=1 keeps the
+ * work folder, TMPDIR picks its disk.
  */
-import { createHash } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deflateRawSync } from 'node:zlib';
-import CRC32 from 'crc-32';
-import * as pako from 'pako';
-import { createHash as jsSha256 } from 'sha256-uint8array';
 import { COMPRESSION_LEVELS } from '@ferry/core';
-import { changeVmImage, makeVmImage, Prng } from '@ferry/core/testing';
-import { runCase, type CaseResult } from './ferry-case.js';
+import { Prng } from '@ferry/core/testing';
+import { hasGnuTime, machine } from './measure.js';
+import { borg, restic, type PeerTool } from './peers.js';
+import { codecs, primitives, sampleBlocks } from './primitives.js';
+import { CBT_TOOLS, changeTrackingRuns, missing, NBD_TOOLS, nbdReadRuns, type NbdVariant } from './qemu-scenarios.js';
+import { mainTable, medians, printTable, stageTable, targets, targetTable, withRatios } from './report.js';
+import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images, type PassContext, type Row } from './scenarios.js';
+import { changeSet, derivedImage, generateImage, randomBytes, textBytes } from './vm-image.js';
 
 const MiB = 1024 * 1024;
 const here = path.dirname(fileURLToPath(import.meta.url));
-const SIZE_MIB = Number(process.env.FERRY_BENCH_IMAGE_MIB ?? 1024);
+const env = process.env;
+const SIZE_MIB = Number(env.FERRY_BENCH_IMAGE_MIB ?? 2048);
+const SPARSE_GIB = Number(env.FERRY_BENCH_SPARSE_GIB ?? 64);
+const RUNS = Math.max(1, Number(env.FERRY_BENCH_RUNS ?? 1));
+const LEVELS = (env.FERRY_BENCH_LEVELS ?? COMPRESSION_LEVELS.join(',')).split(',').map((s) => s.trim());
+const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd').split(',').map((s) => s.trim()));
+const NBD_CONNECTIONS = (env.FERRY_BENCH_NBD_CONNECTIONS ?? '1').split(',').map(Number);
+// A diagnostic variant of the NBD read path with the repository in RAM: what the pipe does when the
+// repository disk's write speed is out of the picture. Off with FERRY_BENCH_TMPFS=none.
+const TMPFS = env.FERRY_BENCH_TMPFS ?? (existsSync('/dev/shm') ? '/dev/shm' : 'none');
+const BLOCK = MiB; // Ferry's default block size; the change set rewrites 1% of these blocks
+const fmt = (n: number, d = 1): string => n.toFixed(d);
 
-interface PrimitiveResult {
-  name: string;
-  mibPerSec: number;
+function log(line: string): void {
+  console.log(`  · ${line}`);
 }
 
-function measure(name: string, data: Buffer, fn: (b: Buffer) => unknown, minMs = 700): PrimitiveResult {
-  fn(data); // warm up
-  let bytes = 0;
+async function makeImages(work: string): Promise<Images> {
   const t0 = performance.now();
-  while (performance.now() - t0 < minMs) {
-    fn(data);
-    bytes += data.length;
-  }
-  return { name, mibPerSec: bytes / MiB / ((performance.now() - t0) / 1000) };
+  const base = await generateImage(path.join(work, 'base.raw'), { sizeBytes: SIZE_MIB * MiB, seed: 2026 });
+  const changes = changeSet(base.sizeBytes, BLOCK, 0.01, 7);
+  const changed = await derivedImage(base, path.join(work, 'changed.raw'), { changes });
+  mkdirSync(path.join(work, 'sparse-ds'), { recursive: true });
+  const sparse = ONLY.has('sparse')
+    ? await derivedImage(base, path.join(work, 'sparse-ds', `vm${SPARSE_GIB}g.raw`), { sizeBytes: SPARSE_GIB * 1024 * MiB, pieceBytes: Math.min(64 * MiB, base.sizeBytes) })
+    : base;
+  const images = await withShas({ base, changed, changes, sparse });
+  log(`images made in ${fmt((performance.now() - t0) / 1000)} s`);
+  return images;
 }
 
-function primitives(): { results: PrimitiveResult[]; ratios: { pair: string; ratio: number }[] } {
-  const rng = new Prng(1);
-  const block = Buffer.alloc(MiB);
-  // VM-like block: half text-ish, half random
-  block.write('the kernel wrote a journal block to the ext4 inode cache '.repeat(9000).slice(0, MiB / 2));
-  rng.fill(block.subarray(MiB / 2));
-  const results = [
-    measure('sha256 node:crypto (hot path)', block, (b) => createHash('sha256').update(b).digest()),
-    measure('sha256 sha256-uint8array', block, (b) => jsSha256().update(b).digest()),
-    measure('deflate-1 node:zlib (hot path)', block, (b) => deflateRawSync(b, { level: 1 })),
-    measure('deflate-1 pako', block, (b) => pako.deflateRaw(b, { level: 1 })),
-    measure('crc-32 (hot path)', block, (b) => CRC32.buf(b)),
-  ];
-  const by = Object.fromEntries(results.map((r) => [r.name, r.mibPerSec]));
-  return {
-    results,
-    ratios: [
-      { pair: 'node:crypto / sha256-uint8array', ratio: by['sha256 node:crypto (hot path)'] / by['sha256 sha256-uint8array'] },
-      { pair: 'node:zlib / pako (deflate-1)', ratio: by['deflate-1 node:zlib (hot path)'] / by['deflate-1 pako'] },
-    ],
-  };
+function nbdVariants(): NbdVariant[] {
+  const out: NbdVariant[] = NBD_CONNECTIONS.map((n) => ({ connections: n, label: n === 1 ? 'none' : `none, ${n} connections` }));
+  if (TMPFS !== 'none') out.push({ connections: NBD_CONNECTIONS[0], repoDir: TMPFS, label: `none, repository in ${TMPFS} (tmpfs)` });
+  return out;
 }
 
-function fmt(n: number, d = 1): string {
-  return n.toFixed(d);
-}
-
-function printTable(head: string[], rows: (string | number)[][]): void {
-  const cells = rows.map((r) => r.map(String));
-  const w = head.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i].length)));
-  const line = (r: string[]): string => r.map((c, i) => c.padEnd(w[i])).join('  ');
-  console.log(line(head));
-  console.log(line(w.map((x) => '-'.repeat(x))));
-  for (const r of cells) console.log(line(r));
-  console.log();
+async function pass(ctx: PassContext, peers: PeerTool[], skipped: string[], n: number): Promise<Row[]> {
+  console.log(`Pass ${n + 1} of ${RUNS} (load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}):`);
+  const rows: Row[] = [];
+  if (ONLY.has('ferry')) rows.push(await fixedCostRun(ctx), ...(await ferryLevels(ctx)));
+  for (const p of peers) rows.push(...(await peerRuns(ctx, p)));
+  if (ONLY.has('cbt') && !skipped.some((s) => s.startsWith('change tracking'))) rows.push(...(await changeTrackingRuns(ctx)));
+  if (ONLY.has('sparse')) rows.push(...(await sparseRuns(ctx)));
+  if (ONLY.has('nbd') && !skipped.some((s) => s.startsWith('NBD read'))) rows.push(...(await nbdReadRuns(ctx, nbdVariants())));
+  return rows;
 }
 
 async function main(): Promise<void> {
-  console.log(`Ferry benchmark on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}\n`);
-  const prim = primitives();
-  console.log('Hot-path primitives, one core, 1 MiB VM-like blocks:');
-  printTable(['primitive', 'MiB/s'], prim.results.map((r) => [r.name, fmt(r.mibPerSec)]));
-  printTable(['ratio', 'x'], prim.ratios.map((r) => [r.pair, fmt(r.ratio, 2)]));
+  const started = new Date();
+  const m = machine();
+  console.log(`Ferry benchmark: ${m.cpus} cores (${m.cpuModel}), ${m.memGiB} GiB RAM, Node ${m.node}, Linux ${m.kernel}, work disk ${m.disk}`);
+  console.log(`Load average before the run: ${m.loadavg.join(' ')}; peak RSS and CPU via ${hasGnuTime ? '/usr/bin/time -v and /proc polling' : '/proc polling'}\n`);
 
   const work = path.join(os.tmpdir(), `ferry-bench-${process.pid}`);
-  mkdirSync(path.join(work, 'images'), { recursive: true });
-  const image = path.join(work, 'images', 'vm.raw');
-  const cases: CaseResult[] = [];
-  try {
-    const stats = await makeVmImage(image, { sizeBytes: SIZE_MIB * MiB, seed: 2026, holes: 0.45, unit: 256 * 1024 });
-    console.log(`Image: ${SIZE_MIB} MiB, ${fmt(stats.dataBytes / MiB, 0)} MiB allocated, page cache warm.\n`);
-    for (const level of COMPRESSION_LEVELS) {
-      const repo = path.join(work, `repo-${level}`);
-      const base = { work, image, repo, level };
-      const snapshot = path.join(work, 'vm.base');
-      await import('node:fs/promises').then((f) => f.copyFile(image, snapshot));
-      cases.push(await runCase({ ...base, scenario: 'full backup' }));
-      await changeVmImage(image, { count: Math.round((SIZE_MIB * MiB) / (64 * 1024) / 100), length: 64 * 1024, seed: 3 });
-      cases.push(await runCase({ ...base, scenario: 'second run, 1% changed' }));
-      cases.push(await runCase({ ...base, scenario: 'restore' }));
-      await import('node:fs/promises').then((f) => f.copyFile(snapshot, image));
-      rmSync(repo, { recursive: true, force: true });
-    }
-  } finally {
-    rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  const peers: PeerTool[] = [];
+  const skipped: string[] = [];
+  const versions: Record<string, string> = {};
+  for (const p of [restic(work), borg(work)]) {
+    if (!ONLY.has(p.name)) continue;
+    if (p.available()) {
+      peers.push(p);
+      versions[p.name] = await p.version();
+    } else skipped.push(`${p.name}: not installed (Debian package ${p.debianPackage})`);
   }
-  console.log('Ferry end to end (embedded pipe, file source, hot-add, filesystem repository):');
-  printTable(
-    ['level', 'scenario', 'wall s', 'cpu s', 'peak RSS MiB', 'MiB/s of disk', 'repo MiB'],
-    cases.map((c) => [c.level, c.scenario, fmt(c.wallMs / 1000, 2), fmt(c.cpuMs / 1000, 2), fmt(c.peakRssMiB, 0), fmt(c.diskMiBPerSec, 0), fmt(c.repoMiB, 1)]),
-  );
-  const out = path.resolve(here, '..', 'results', `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  const cbtMissing = missing(CBT_TOOLS);
+  if (ONLY.has('cbt') && cbtMissing) skipped.push(`change tracking: ${cbtMissing}`);
+  const nbdMissing = missing(NBD_TOOLS);
+  if (ONLY.has('nbd') && nbdMissing) skipped.push(`NBD read: ${nbdMissing}`);
+  for (const s of skipped) console.log(`Skipped ${s}`);
+
+  let result: object;
+  try {
+    const images = await makeImages(work);
+    const changedBytes = images.changes.reduce((n, c) => n + c.data.length, 0);
+    console.log(
+      `Image: ${SIZE_MIB} MiB, ${fmt(images.base.dataBytes / MiB, 0)} MiB allocated (${fmt((100 * images.base.dataBytes) / images.base.sizeBytes, 0)}%); ` +
+        `change set: ${images.changes.length} blocks of 1 MiB (${fmt(changedBytes / MiB, 0)} MiB); sparse image: ${SPARSE_GIB} GiB, same data\n`,
+    );
+
+    const sample = await sampleBlocks(images.base, 256 * MiB);
+    // One VM-like block for the primitives: half text-like, half random, as the generator makes them.
+    const block = Buffer.concat([textBytes(new Prng(1), MiB / 2), randomBytes(1, 0, MiB / 2)]);
+    const prim = primitives(block);
+    console.log('Hot-path primitives, one core, one 1 MiB block (half text-like, half random):');
+    printTable(['primitive', 'MiB/s'], prim.results.map((r) => [r.name, fmt(r.mibPerSec)]));
+    printTable(['ratio', 'x'], prim.ratios.map((r) => [r.pair, fmt(r.ratio, 2)]));
+    const codecResults = await codecs(sample);
+    console.log(`Compression levels, one core, ${sample.length} MiB of the image's allocated data in 1 MiB blocks:`);
+    printTable(
+      ['level', 'codec', 'compress MiB/s', 'decompress MiB/s', 'stored/raw'],
+      codecResults.map((c) => [c.level, c.codec, c.codec === 'none' ? '(no work)' : fmt(c.compressMiBPerSec, 0), c.codec === 'none' ? '(no work)' : fmt(c.decompressMiBPerSec, 0), fmt(c.ratio, 3)]),
+    );
+
+    const ctx: PassContext = { work, images, levels: LEVELS, log };
+    const passes: Row[][] = [];
+    const passLoads: number[][] = [];
+    for (let i = 0; i < RUNS; i++) {
+      passLoads.push(os.loadavg().map((x) => Math.round(x * 100) / 100));
+      passes.push(await pass(ctx, peers, skipped, i));
+    }
+    const rows = withRatios(medians(passes));
+    const loadAfter = os.loadavg().map((x) => Math.round(x * 100) / 100);
+
+    console.log(`\nResults${RUNS > 1 ? ` (median of ${RUNS} runs)` : ''}; ratios are Ferry's wall time / the peer's (lower is better):\n`);
+    mainTable(rows);
+    console.log('Ferry stage busy shares (session report):\n');
+    stageTable(rows);
+    const ts = targets(rows, changedBytes);
+    console.log('Targets (issue 7):\n');
+    targetTable(ts);
+    console.log(`Load average after the run: ${loadAfter.join(' ')}`);
+    result = {
+      startedAt: started.toISOString(),
+      machine: { ...m, loadAfter, passLoads },
+      config: { imageMiB: SIZE_MIB, sparseGiB: SPARSE_GIB, runs: RUNS, levels: LEVELS, only: [...ONLY], blockSize: BLOCK, nbdConnections: NBD_CONNECTIONS },
+      versions,
+      skipped,
+      images: {
+        sizeBytes: images.base.sizeBytes,
+        dataBytes: images.base.dataBytes,
+        changedDataBytes: images.changed.dataBytes,
+        changedBlocks: images.changes.length,
+        changedBytes,
+        sparseSizeBytes: images.sparse.sizeBytes,
+      },
+      primitives: prim,
+      codecs: codecResults,
+      rows,
+      passes,
+      targets: ts,
+    };
+  } finally {
+    if (env.FERRY_BENCH_KEEP === '1') console.log(`Kept ${work}`);
+    else rmSync(work, { recursive: true, force: true });
+  }
+  const out = path.resolve(here, '..', 'results', `${started.toISOString().replace(/[:.]/g, '-')}.json`);
   mkdirSync(path.dirname(out), { recursive: true });
-  writeFileSync(out, JSON.stringify({ machine: { cpus: os.cpus().length, node: process.version }, imageMiB: SIZE_MIB, primitives: prim, cases }, null, 2));
+  writeFileSync(out, JSON.stringify(result, null, 2));
   console.log(`Written ${path.relative(process.cwd(), out)}`);
 }
 

@@ -1,94 +1,84 @@
-import { spawn } from 'node:child_process';
-import { promises as fs, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { measure, type Usage } from './measure.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const FERRY = path.join(ROOT, 'bin', 'ferry.js');
 
-export interface CaseInput {
-  work: string;
-  image: string;
+/** The parts of `ferry backup --json` (the session report) the benchmark reads. */
+export interface SessionJson {
+  status: string;
+  durationMs: number;
+  totals: { sizeBytes: number; bytesRead: number; zeroBytesSkipped: number; bytesTransferred: number; bytesWritten: number };
+  stages: { stage: string; busyMs: number; busyShare: number }[];
+  bottleneck: string | null;
+  disks: { transport: string; mode: string; modeReason: string; bytesRead: number; blocks: Record<string, number>; durationMs: number }[];
+}
+
+/** The parts of `ferry restore --json` the benchmark reads. */
+export interface RestoreJson {
+  sizeBytes: number;
+  bytesWritten: number;
+  zeroBytes: number;
+  sparse: boolean;
+  durationMs: number;
+}
+
+/** Where a job's VM comes from. */
+export type JobSource =
+  | { kind: 'file'; datastore: string; disk: string }
+  | { kind: 'qemu'; qmp: string; nbd: string; disk: string }
+  | { kind: 'nbd'; pluginDir: string; address: string; connections?: number };
+
+export interface JobSpec {
+  name: string;
+  source: JobSource;
   repo: string;
   level: string;
-  scenario: 'full backup' | 'second run, 1% changed' | 'restore';
+  blockSize?: string;
 }
 
-export interface CaseResult {
-  level: string;
-  scenario: string;
-  wallMs: number;
-  cpuMs: number;
-  peakRssMiB: number;
-  diskMiBPerSec: number;
-  repoMiB: number;
+/** Writes a job file into `dir` and returns its path. */
+export function writeJob(dir: string, spec: JobSpec): string {
+  const s = spec.source;
+  const lines = [`job: ${spec.name}`];
+  if (s.kind === 'nbd') lines.push(`plugins: [${JSON.stringify(s.pluginDir)}]`);
+  lines.push('source:');
+  if (s.kind === 'file') {
+    lines.push('  host: file', `  datastore: ${JSON.stringify(s.datastore)}`, `  vms: [ { name: vm, disks: [${s.disk}] } ]`, 'transport: hotadd');
+  } else if (s.kind === 'qemu') {
+    lines.push('  host: qemu', `  vms: [ { name: vm, qmp: ${JSON.stringify(s.qmp)}, nbd: ${JSON.stringify(s.nbd)}, disks: [${s.disk}] } ]`, 'transport: nbd');
+  } else {
+    const conn = s.connections ? `, connections: ${s.connections}` : '';
+    lines.push('  host: bench-nbd', `  vms: [ { name: vm, nbd: ${JSON.stringify(s.address)}${conn}, disks: [disk] } ]`, 'transport: nbd');
+  }
+  lines.push(`repository: { type: filesystem, path: ${JSON.stringify(spec.repo)} }`);
+  lines.push(`storage: { blockSize: ${spec.blockSize ?? '1MiB'}, compression: ${spec.level} }`);
+  const file = path.join(dir, `${spec.name}.yaml`);
+  writeFileSync(file, lines.join('\n') + '\n');
+  return file;
 }
 
-/**
- * Runs one scenario as a separate `ferry` process (so CPU time and peak RSS are the process's own,
- * read from /proc when it exits via GNU time's equivalent: `/usr/bin/time` is not assumed).
- */
-export async function runCase(c: CaseInput): Promise<CaseResult> {
-  const job = path.join(c.work, `job-${c.level}.yaml`);
-  writeFileSync(
-    job,
-    [
-      'job: bench',
-      'source: { host: file, datastore: ./images, vms: [ { name: vm, disks: [vm.raw] } ] }',
-      'transport: hotadd',
-      `repository: { type: filesystem, path: ${c.repo} }`,
-      `storage: { blockSize: 1MiB, compression: ${c.level} }`,
-    ].join('\n'),
-  );
-  const args =
-    c.scenario === 'restore'
-      ? ['restore', job, '--vm', 'vm', '--disk', 'vm.raw', '--to', path.join(c.work, 'restored.raw'), '--json']
-      : ['backup', job, '--json'];
-  const t0 = performance.now();
-  const usage = await runMeasured(args);
-  const wallMs = performance.now() - t0;
-  if (c.scenario === 'restore') await fs.rm(path.join(c.work, 'restored.raw'), { force: true });
-  const size = (await fs.stat(c.image)).size;
-  return {
-    level: c.level,
-    scenario: c.scenario,
-    wallMs,
-    cpuMs: usage.cpuMs,
-    peakRssMiB: usage.maxRssKiB / 1024,
-    diskMiBPerSec: size / 1024 / 1024 / (wallMs / 1000),
-    repoMiB: (await duBytes(c.repo)) / 1024 / 1024,
-  };
+/** `ferry backup JOB --json` as its own process, measured; fails unless the session succeeded. */
+export async function ferryBackup(job: string): Promise<{ usage: Usage; report: SessionJson }> {
+  const r = await measure(process.execPath, [FERRY, 'backup', job, '--json'], { allowFailure: true });
+  const report = parse<SessionJson>(r.stdout, 'backup', r.stderr);
+  if (r.code !== 0 || report.status !== 'success') throw new Error(`ferry backup ${job} failed (${r.code}): ${r.stdout.slice(0, 3000)}${r.stderr.slice(-2000)}`);
+  return { usage: r, report };
 }
 
-/** Runs ferry in a child and returns its CPU time and peak RSS (from the child's resource usage). */
-function runMeasured(args: string[]): Promise<{ cpuMs: number; maxRssKiB: number }> {
-  // A tiny wrapper process reports its child's rusage: Node exposes only its own, so the wrapper
-  // runs ferry in-process and prints process.resourceUsage() at exit.
-  const wrapper = `process.on('exit', () => { const u = process.resourceUsage(); process.stderr.write('\\nRUSAGE ' + JSON.stringify({ cpuMs: (u.userCPUTime + u.systemCPUTime) / 1000, maxRssKiB: u.maxRSS }) + '\\n'); }); await import(${JSON.stringify(FERRY)});`;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', wrapper, 'ferry', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let err = '';
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const m = /RUSAGE (\{.*\})/.exec(err);
-      if (code !== 0 || !m) reject(new Error(`ferry ${args[0]} failed (${code}): ${err}\n${out}`));
-      else resolve(JSON.parse(m[1]) as { cpuMs: number; maxRssKiB: number });
-    });
-  });
+/** `ferry restore JOB --vm vm --disk DISK --to FILE --json`, measured. */
+export async function ferryRestore(job: string, disk: string, to: string): Promise<{ usage: Usage; report: RestoreJson }> {
+  const r = await measure(process.execPath, [FERRY, 'restore', job, '--vm', 'vm', '--disk', disk, '--to', to, '--json'], { allowFailure: true });
+  if (r.code !== 0) throw new Error(`ferry restore ${job} failed (${r.code}): ${r.stdout.slice(0, 3000)}${r.stderr.slice(-2000)}`);
+  return { usage: r, report: parse<RestoreJson>(r.stdout, 'restore', r.stderr) };
 }
 
-async function duBytes(dir: string): Promise<number> {
-  let total = 0;
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await walk(p);
-      else total += (await fs.stat(p)).blocks * 512;
-    }
-  };
-  await walk(dir);
-  return total;
+function parse<T>(stdout: string, what: string, stderr: string): T {
+  try {
+    return JSON.parse(stdout) as T;
+  } catch {
+    throw new Error(`ferry ${what} printed no JSON report: ${stdout.slice(0, 2000)}${stderr.slice(-2000)}`);
+  }
 }
