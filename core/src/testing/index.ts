@@ -2,3 +2,4 @@ export * from './vm-image.js';
 export * from './repository-conformance.js';
 export * from './transport-conformance.js';
 export * from './memory-backend.js';
+export * from './compressor-conformance.js';

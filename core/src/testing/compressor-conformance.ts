@@ -1,0 +1,34 @@
+import assert from 'node:assert/strict';
+import type { Compressor } from '../contracts/compressor.js';
+import { Prng } from './vm-image.js';
+
+/**
+ * The conformance suite every compressor runs (in-tree and third-party): round trips, determinism,
+ * a real shrink on text, and refusal of a wrong length or damaged input (the contract's invariants).
+ */
+export function runCompressorConformance(name: string, compressor: Compressor, level = 3): void {
+  describe(`compressor conformance: ${name}`, function () {
+    const rng = new Prng(12);
+    const inputs: Record<string, Buffer> = {
+      empty: Buffer.alloc(0),
+      zeros: Buffer.alloc(1 << 20),
+      random: rng.fill(Buffer.alloc(256 * 1024)),
+      text: Buffer.from('ferry moves blocks between data movers\n'.repeat(20000)),
+    };
+    for (const [what, input] of Object.entries(inputs)) {
+      it(`round-trips ${what} input deterministically`, function () {
+        const a = compressor.compress(input, level);
+        assert.ok(Buffer.from(compressor.compress(input, level)).equals(Buffer.from(a)));
+        assert.ok(Buffer.from(compressor.decompress(a, input.length)).equals(input));
+      });
+    }
+    it('shrinks text and refuses a wrong length or damaged input', function () {
+      const a = compressor.compress(inputs.text, level);
+      assert.ok(a.length < inputs.text.length / 10, `text compressed to ${a.length} bytes`);
+      assert.throws(() => compressor.decompress(a, inputs.text.length - 1));
+      const bad = Buffer.from(a);
+      bad.fill(0xff, 4, 40);
+      assert.throws(() => compressor.decompress(bad, inputs.text.length));
+    });
+  });
+}
