@@ -25,7 +25,7 @@ import { COMPRESSION_LEVELS } from '@ferry/core';
 import { Prng } from '@ferry/core/testing';
 import { hasGnuTime, machine } from './measure.js';
 import { borg, restic, type PeerTool } from './peers.js';
-import { codecs, primitives, sampleBlocks } from './primitives.js';
+import { codecs, primitives, sampleBlocks, type CodecResult, type Primitives } from './primitives.js';
 import { CBT_TOOLS, changeTrackingRuns, missing, NBD_TOOLS, nbdReadRuns, type NbdVariant } from './qemu-scenarios.js';
 import { mainTable, medians, printTable, stageTable, targets, targetTable, withRatios } from './report.js';
 import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images, type PassContext, type Row } from './scenarios.js';
@@ -81,14 +81,8 @@ async function pass(ctx: PassContext, peers: PeerTool[], skipped: string[], n: n
   return rows;
 }
 
-async function main(): Promise<void> {
-  const started = new Date();
-  const m = machine();
-  console.log(`Ferry benchmark: ${m.cpus} cores (${m.cpuModel}), ${m.memGiB} GiB RAM, Node ${m.node}, Linux ${m.kernel}, work disk ${m.disk}`);
-  console.log(`Load average before the run: ${m.loadavg.join(' ')}; peak RSS and CPU via ${hasGnuTime ? '/usr/bin/time -v and /proc polling' : '/proc polling'}\n`);
-
-  const work = path.join(os.tmpdir(), `ferry-bench-${process.pid}`);
-  mkdirSync(work, { recursive: true });
+/** Which peers run, and what is left out because it is not installed. */
+async function findPeers(work: string): Promise<{ peers: PeerTool[]; skipped: string[]; versions: Record<string, string> }> {
   const peers: PeerTool[] = [];
   const skipped: string[] = [];
   const versions: Record<string, string> = {};
@@ -104,40 +98,58 @@ async function main(): Promise<void> {
   const nbdMissing = missing(NBD_TOOLS);
   if (ONLY.has('nbd') && nbdMissing) skipped.push(`NBD read: ${nbdMissing}`);
   for (const s of skipped) console.log(`Skipped ${s}`);
+  return { peers, skipped, versions };
+}
 
+/** The one-core measurements: hot-path primitives against the card's packages, and the codecs. */
+async function oneCore(images: Images): Promise<{ prim: Primitives; codecResults: CodecResult[] }> {
+  // One VM-like block for the primitives: half text-like, half random, as the generator makes them.
+  const block = Buffer.concat([textBytes(new Prng(1), MiB / 2), randomBytes(1, 0, MiB / 2)]);
+  const prim = primitives(block);
+  console.log('Hot-path primitives, one core, one 1 MiB block (half text-like, half random):');
+  printTable(['primitive', 'MiB/s'], prim.results.map((r) => [r.name, fmt(r.mibPerSec)]));
+  printTable(['ratio', 'x'], prim.ratios.map((r) => [r.pair, fmt(r.ratio, 2)]));
+  const sample = await sampleBlocks(images.base, 256 * MiB);
+  const codecResults = await codecs(sample);
+  const rate = (c: CodecResult, v: number): string => (c.codec === 'none' ? '(no work)' : fmt(v, 0));
+  console.log(`Compression levels, one core, ${sample.length} MiB of the image's allocated data in 1 MiB blocks:`);
+  printTable(
+    ['level', 'codec', 'compress MiB/s', 'decompress MiB/s', 'stored/raw'],
+    codecResults.map((c) => [c.level, c.codec, rate(c, c.compressMiBPerSec), rate(c, c.decompressMiBPerSec), fmt(c.ratio, 3)]),
+  );
+  return { prim, codecResults };
+}
+
+function loadNow(): number[] {
+  return os.loadavg().map((x) => Math.round(x * 100) / 100);
+}
+
+async function main(): Promise<void> {
+  const started = new Date();
+  const m = machine();
+  console.log(`Ferry benchmark: ${m.cpus} cores (${m.cpuModel}), ${m.memGiB} GiB RAM, Node ${m.node}, Linux ${m.kernel}, work disk ${m.disk}`);
+  console.log(`Load average before the run: ${m.loadavg.join(' ')}; peak RSS and CPU via ${hasGnuTime ? '/usr/bin/time -v and /proc polling' : '/proc polling'}\n`);
+  const work = path.join(os.tmpdir(), `ferry-bench-${process.pid}`);
+  mkdirSync(work, { recursive: true });
   let result: object;
   try {
+    const { peers, skipped, versions } = await findPeers(work);
     const images = await makeImages(work);
     const changedBytes = images.changes.reduce((n, c) => n + c.data.length, 0);
     console.log(
       `Image: ${SIZE_MIB} MiB, ${fmt(images.base.dataBytes / MiB, 0)} MiB allocated (${fmt((100 * images.base.dataBytes) / images.base.sizeBytes, 0)}%); ` +
-        `change set: ${images.changes.length} blocks of 1 MiB (${fmt(changedBytes / MiB, 0)} MiB); sparse image: ${SPARSE_GIB} GiB, same data\n`,
+        `change set: ${images.changes.length} blocks of 1 MiB (${fmt(changedBytes / MiB, 0)} MiB)${ONLY.has('sparse') ? `; sparse image: ${SPARSE_GIB} GiB, same data` : ''}\n`,
     );
-
-    const sample = await sampleBlocks(images.base, 256 * MiB);
-    // One VM-like block for the primitives: half text-like, half random, as the generator makes them.
-    const block = Buffer.concat([textBytes(new Prng(1), MiB / 2), randomBytes(1, 0, MiB / 2)]);
-    const prim = primitives(block);
-    console.log('Hot-path primitives, one core, one 1 MiB block (half text-like, half random):');
-    printTable(['primitive', 'MiB/s'], prim.results.map((r) => [r.name, fmt(r.mibPerSec)]));
-    printTable(['ratio', 'x'], prim.ratios.map((r) => [r.pair, fmt(r.ratio, 2)]));
-    const codecResults = await codecs(sample);
-    console.log(`Compression levels, one core, ${sample.length} MiB of the image's allocated data in 1 MiB blocks:`);
-    printTable(
-      ['level', 'codec', 'compress MiB/s', 'decompress MiB/s', 'stored/raw'],
-      codecResults.map((c) => [c.level, c.codec, c.codec === 'none' ? '(no work)' : fmt(c.compressMiBPerSec, 0), c.codec === 'none' ? '(no work)' : fmt(c.decompressMiBPerSec, 0), fmt(c.ratio, 3)]),
-    );
-
+    const { prim, codecResults } = await oneCore(images);
     const ctx: PassContext = { work, images, levels: LEVELS, log };
     const passes: Row[][] = [];
     const passLoads: number[][] = [];
     for (let i = 0; i < RUNS; i++) {
-      passLoads.push(os.loadavg().map((x) => Math.round(x * 100) / 100));
+      passLoads.push(loadNow());
       passes.push(await pass(ctx, peers, skipped, i));
     }
     const rows = withRatios(medians(passes));
-    const loadAfter = os.loadavg().map((x) => Math.round(x * 100) / 100);
-
+    const loadAfter = loadNow();
     console.log(`\nResults${RUNS > 1 ? ` (median of ${RUNS} runs)` : ''}; ratios are Ferry's wall time / the peer's (lower is better):\n`);
     mainTable(rows);
     console.log('Ferry stage busy shares (session report):\n');

@@ -1,7 +1,7 @@
 import { promises as fs, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { COMPRESSION_LEVELS } from '@ferry/core';
-import { ferryBackup, ferryRestore, writeJob, type JobSource, type SessionJson } from './ferry-case.js';
+import { ferryBackup, ferryRestore, writeJob, type SessionJson } from './ferry-case.js';
 import { diskUsage, type Usage } from './measure.js';
 import type { PeerTool } from './peers.js';
 import { fileSha256, imageSha256, randomBytes, type BenchImage, type Change } from './vm-image.js';
@@ -194,7 +194,7 @@ export async function sparseRuns(ctx: PassContext): Promise<Row[]> {
   return rows;
 }
 
-export { ferryRow, pick, present };
+export { ferryRow, pick };
 
 export function secs(u: Usage): string {
   return `${(u.wallMs / 1000).toFixed(2)} s wall, ${(u.cpuMs / 1000).toFixed(2)} s cpu, ${u.peakRssMiB.toFixed(0)} MiB peak`;
@@ -205,4 +205,3 @@ export async function withShas(i: Omit<Images, 'changedSha256'>): Promise<Images
   return { ...i, changedSha256: await imageSha256(i.changed) };
 }
 
-export type { JobSource };
