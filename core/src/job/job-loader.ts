@@ -5,7 +5,7 @@ import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document, typ
 import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
-import { composeJobSchema, coreJobSchema, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionLevel } from './job-schema.js';
+import { composeJobSchema, coreJobSchema, DEFAULT_BLOCK_SIZE, DEFAULT_PARALLEL_DISKS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionLevel } from './job-schema.js';
 import type { RetentionPolicy } from '../maintenance/retention-policy.js';
 import { formatSize, parsePercent, parseSize } from './size.js';
 
@@ -29,6 +29,8 @@ export interface JobSpec {
   transport: string;
   repository: { type: string; config: Record<string, unknown> };
   storage: { blockSize: number; compression: CompressionLevel };
+  /** Disks backed up at once across the job's VMs (`parallelDisks:`, also `storage.parallelDisks`). */
+  parallelDisks: number;
   filters: string[];
   /** Restore points to keep per VM (`retention:`); absent: keep every point. */
   retention?: RetentionPolicy;
@@ -153,10 +155,25 @@ export class JobFile {
       transport: d.transport ?? 'auto',
       repository: { type, config: repoConfig },
       storage: { blockSize, compression: storage.compression ?? 'optimal' },
+      parallelDisks: this.parallelDisks(),
       filters: (d.filters as unknown as string[] | undefined) ?? ['zero'],
       ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
       verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
     };
+  }
+
+  /** `parallelDisks` at the top level, or under `storage:` (the same key); both must agree. */
+  private parallelDisks(): number {
+    const top = this.data.parallelDisks as number | undefined;
+    const inStorage = (this.data.storage as { parallelDisks?: number } | undefined)?.parallelDisks;
+    if (top !== undefined && inStorage !== undefined && top !== inStorage) {
+      throw new FerryError(
+        'JOB_INVALID',
+        `parallelDisks is ${top} here but storage.parallelDisks is ${inStorage}: set it once (top level)`,
+        this.where(['storage', 'parallelDisks']),
+      );
+    }
+    return top ?? inStorage ?? DEFAULT_PARALLEL_DISKS;
   }
 
   private validate(schema: JsonSchema): void {

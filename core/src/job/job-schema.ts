@@ -6,6 +6,14 @@ export type CompressionLevel = (typeof COMPRESSION_LEVELS)[number];
 export const MIN_BLOCK_SIZE = 256 * 1024;
 export const MAX_BLOCK_SIZE = 8 * 1024 * 1024;
 export const DEFAULT_BLOCK_SIZE = 1024 * 1024;
+/**
+ * Disks of a job (across its VMs) backed up at once. Two: the worker pool already uses every core
+ * for one disk's hashing and compression, so more disks add no CPU; a second disk overlaps one
+ * disk's latency-bound parts (opening, block status, a slow or remote source, the commit) with the
+ * other's data, and each disk in flight costs its own read-ahead window (readAhead x blockSize).
+ */
+export const DEFAULT_PARALLEL_DISKS = 2;
+export const MAX_PARALLEL_DISKS = 64;
 
 const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', maxLength: 128 };
 
@@ -56,8 +64,10 @@ export function coreJobSchema(open: boolean): JsonSchema {
         properties: {
           blockSize: { type: ['string', 'integer'], ferrySize: true },
           compression: { enum: [...COMPRESSION_LEVELS] },
+          parallelDisks: { type: 'integer', minimum: 1, maximum: MAX_PARALLEL_DISKS },
         },
       },
+      parallelDisks: { type: 'integer', minimum: 1, maximum: MAX_PARALLEL_DISKS },
       filters: { type: 'array', items: { type: 'string', minLength: 1 } },
       retention: {
         type: 'object',

@@ -112,8 +112,21 @@ export class BlockStore {
     return this.writer.add(hash, encoded);
   }
 
-  flush(): Promise<void> {
-    return this.writer.flush();
+  /**
+   * Makes every block reserved so far durable. With several disks in flight (`parallelDisks`) a
+   * block another disk reserved may still be on its way into the writer (its `add` waiting for an
+   * upload slot) when one VM commits, and that VM's map may already name it (dedup against the
+   * session's reservations): so flush again until every block reserved before this call is stored.
+   * Each round stores what was queued, so the rounds end (bounded as a guard).
+   */
+  async flush(): Promise<void> {
+    const reserved = [...this.pending];
+    for (let round = 0; ; round++) {
+      await this.writer.flush();
+      if (!reserved.some((hex) => this.pending.has(hex))) return;
+      if (round >= 1000) throw new FerryError('INTERNAL', `${reserved.filter((h) => this.pending.has(h)).length} reserved block(s) never reached a pack`);
+      await new Promise((r) => setImmediate(r));
+    }
   }
 
   /** The encoded block object of `hash`, read out of its pack; `object` names it for errors. */

@@ -14,6 +14,7 @@ import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from './session-report.js';
 import { healingRanges, lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
+import { DiskSlots, mapInOrder } from './disk-slots.js';
 
 export interface BackupOptions {
   onProgress?: (e: ProgressEvent) => void;
@@ -31,6 +32,8 @@ interface SessionParts {
   repo: Repository;
   /** Held on the job's VM chains for the whole session; checked before each commit. */
   lock: RepositoryLock;
+  /** `parallelDisks`: shared by all VMs of the session. */
+  slots: DiskSlots;
   onProgress: (e: ProgressEvent) => void;
   signal?: AbortSignal;
 }
@@ -77,6 +80,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       repo,
       meters,
       lock,
+      slots: new DiskSlots(rt.spec.parallelDisks),
       target: new TargetMover(repo),
       mover: {
         blockSize: rt.spec.storage.blockSize,
@@ -92,12 +96,15 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
     const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {
       throw pluginError(err, rt.plugins.providerOf('source-host', rt.spec.source.host), 'inventory', { host: host.label });
     });
-    for (const vm of inventory) {
+    // Up to parallelDisks VMs at once (each holds a snapshot); their disks share the disk slots.
+    // Reports keep inventory order whatever finishes first.
+    const results = await mapInOrder(inventory, rt.spec.parallelDisks, async (vm) => {
       if (opts.signal?.aborted) {
-        report.vms.push({ vm: vm.name, status: 'failed', restorePoint: null, error: errorSummary(interrupted({ vm: vm.name })) });
-        continue;
+        return { vmReport: { vm: vm.name, status: 'failed', restorePoint: null, error: errorSummary(interrupted({ vm: vm.name })) } as VmReport, disks: [] };
       }
-      const { vmReport, disks } = await backupVm(parts, vm);
+      return backupVm(parts, vm);
+    });
+    for (const { vmReport, disks } of results) {
       report.vms.push(vmReport);
       report.disks.push(...disks);
     }
@@ -139,15 +146,23 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
     }
     const maps: BlockMap[] = [];
     const pointDisks: Omit<RestorePointDisk, 'map' | 'mapSha256'>[] = [];
-    for (const disk of disks) {
-      if (s.signal?.aborted) throw interrupted({ vm: vm.name, disk: disk.name });
-      const { report, map } = await backupDisk(s, vm.name, disk, previous);
+    // Each disk waits for one of the session's parallelDisks slots; a disk not started when the
+    // session is interrupted leaves no report and fails the VM.
+    const done = await mapInOrder(disks, disks.length, (disk) =>
+      s.slots.run(async (): Promise<{ disk: SourceDisk; report?: DiskReport; map?: BlockMap }> =>
+        s.signal?.aborted ? { disk } : { disk, ...(await backupDisk(s, vm.name, disk, previous)) },
+      ),
+    );
+    const notStarted = done.find((d) => !d.report);
+    for (const { disk, report, map } of done) {
+      if (!report) continue;
       reports.push(report);
       if (map) {
         maps.push(map);
         pointDisks.push({ ...pointDisk(report, map), ...(disk.changeTracking && { changeTracking: disk.changeTracking }) });
       }
     }
+    if (notStarted) throw interrupted({ vm: vm.name, disk: notStarted.disk.name });
     const failed = reports.find((r) => r.status === 'failed');
     if (failed?.error?.code === 'SESSION_INTERRUPTED') throw interrupted({ vm: vm.name, disk: failed.disk });
     if (failed) throw new FerryError('BACKUP_DISK_FAILED', `disk ${failed.disk} failed: ${failed.error?.message}`, { vm: vm.name });
