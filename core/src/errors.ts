@@ -40,6 +40,14 @@ export const ERROR_CODES = {
   SESSION_INTERRUPTED: 'the session was stopped (Ctrl-C, SIGTERM) and cleaned up; nothing unfinished was committed',
   RESTORE_TARGET: 'the restore target cannot be written',
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
+  // data pipe between the data movers
+  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, truncated or oversize frame, out of order)',
+  PIPE_VERSION: 'a data-pipe peer speaks no frame format or protocol version this side supports',
+  PIPE_AUTH: 'a data-pipe peer was not authenticated (no TLS, unknown CA, bad certificate or pre-shared key) or has a role it is not allowed',
+  PIPE_TIMEOUT: 'a data-pipe peer did not answer in time (TLS handshake, HELLO, or three missed heartbeats)',
+  PIPE_CLOSED: 'the data-pipe connection ended while it was in use (peer left without goodbye, or closed locally)',
+  PIPE_UNREACHABLE: 'the data-pipe peer cannot be reached at its address',
+  CERTS_FAILED: 'a certificate folder cannot be written or read (files already there without --force, files missing, openssl missing or failed)',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
 } as const;

@@ -47,3 +47,5 @@ export type * from './maintenance/verify-results.js';
 export * from './maintenance/gc.js';
 export type * from './session/session-upkeep.js';
 export * from './session/repository-runtime.js';
+/** The data pipe's wire layer as a namespace (`wire.connect`, ...); also `@ferry/core/remote/wire`. */
+export * as wire from './remote/wire/index.js';

@@ -1,0 +1,153 @@
+import { randomBytes } from 'node:crypto';
+import { expect } from 'chai';
+import { FerryError } from '../../errors.js';
+import { connectionPair } from './memory-pair.js';
+import { connect, listen } from './transport.js';
+import { assertServes, certs, echoListener, makeCertDirs, type CertDirs } from './testing/wire-fixtures.js';
+import type { Connection } from './types.js';
+
+async function rejection(p: Promise<unknown>): Promise<FerryError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).to.be.instanceOf(FerryError);
+    return err as FerryError;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Lets timers and I/O run for a while; used only to give a wrongly unbounded sender the chance to run ahead. */
+const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('data pipe connections (in memory)', function () {
+  it('carries type, header and body both ways and ends with undefined after an orderly close', async function () {
+    const [a, b] = connectionPair();
+    expect(a.peer.role).to.equal('proxy');
+    expect(b.peer.role).to.equal('repository');
+    const body = randomBytes(100_000);
+    await a.send({ type: 'block', header: { index: 3, hash: 'ab' }, body });
+    await a.send({ type: 'done' });
+    const got: Array<{ type: string; header?: unknown; size: number }> = [];
+    const reader = (async () => {
+      for await (const m of b) got.push({ type: m.type, header: m.header, size: m.body?.byteLength ?? 0 });
+    })();
+    await b.send({ type: 'ack' });
+    expect((await a.receive())?.type).to.equal('ack');
+    await a.close('finished');
+    await reader;
+    expect(got).to.deep.equal([{ type: 'block', header: { index: 3, hash: 'ab' }, size: 100_000 }, { type: 'done', header: undefined, size: 0 }]);
+    expect(await a.closed).to.equal(undefined);
+    expect(await b.closed).to.equal(undefined);
+    expect(await b.receive()).to.equal(undefined);
+    expect((await rejection(b.send({ type: 'late' }))).code).to.equal('PIPE_CLOSED');
+  });
+
+  it('slows the sender while the receiver does not read (backpressure), then delivers everything in order', async function () {
+    const [a, b] = connectionPair();
+    const total = 64;
+    let sent = 0;
+    const sender = (async () => {
+      for (let i = 0; i < total; i++) {
+        await a.send({ type: 'block', header: { i }, body: Buffer.alloc(256 * 1024, i) });
+        sent++;
+      }
+    })();
+    await pause(200);
+    expect(sent, 'sends resolved without a reader').to.be.lessThan(total / 2);
+    for (let i = 0; i < total; i++) {
+      const m = await b.receive();
+      expect(m?.header).to.deep.equal({ i });
+      expect(m?.body?.[0]).to.equal(i & 0xff);
+    }
+    await sender;
+    expect(sent).to.equal(total);
+    await a.close();
+  });
+
+  it('stays up while idle (pings answered) and fails with PIPE_CLOSED when the other end vanishes', async function () {
+    const [a, b] = connectionPair({ heartbeatMs: 20 });
+    await pause(200);
+    await a.send({ type: 'still-there' });
+    expect((await b.receive())?.type).to.equal('still-there');
+    const pending = b.receive();
+    (a as unknown as { stream: { destroy(): void } }).stream.destroy();
+    expect((await rejection(pending)).code).to.equal('PIPE_CLOSED');
+    expect(((await b.closed) as FerryError).code).to.equal('PIPE_CLOSED');
+  });
+
+  it('refuses a message without a type', async function () {
+    const [a] = connectionPair();
+    expect((await rejection(a.send({ type: '' }))).code).to.equal('PIPE_PROTOCOL');
+    await a.close();
+  });
+});
+
+describe('data pipe connections (mutual TLS on 127.0.0.1)', function () {
+  let dirs: CertDirs;
+  before(async function () {
+    dirs = await makeCertDirs();
+  });
+  after(async function () {
+    await dirs?.cleanup();
+  });
+
+  it('authenticates both sides by certificate and takes the roles from the certificates', async function () {
+    const l = await echoListener({ auth: certs(dirs.good, 'proxy'), allow: { roles: ['repository'] } });
+    try {
+      const c = await connect({ address: l.address, auth: certs(dirs.good, 'repository'), expectRole: 'proxy' });
+      expect(c.peer).to.deep.equal({ role: 'proxy', name: 'proxy', address: l.address });
+      expect(c.version).to.equal(1);
+      const body = randomBytes(4 * 1024 * 1024);
+      await c.send({ type: 'blocks', header: { n: 1 }, body });
+      const back = await c.receive();
+      expect(back?.header).to.deep.equal({ n: 1 });
+      expect(Buffer.from(back!.body!).equals(body)).to.equal(true);
+      expect(l.accepted[0].peer.role).to.equal('repository');
+      await c.close();
+      expect(await c.closed).to.equal(undefined);
+      expect(await l.nextEnding()).to.equal(undefined);
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a client refuses a listener of the wrong role (expectRole) with PIPE_AUTH', async function () {
+    const l = await echoListener({ auth: certs(dirs.good, 'repository') });
+    try {
+      const err = await rejection(connect({ address: l.address, auth: certs(dirs.good, 'server'), expectRole: 'proxy' }));
+      expect(err.code).to.equal('PIPE_AUTH');
+      expect(err.message).to.contain(l.address).and.contain('role repository');
+      expect(((await l.nextEnding()) as FerryError).code).to.equal('PIPE_AUTH');
+      await assertServes(l, certs(dirs.good, 'server'));
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('PIPE_UNREACHABLE for a port nobody listens on', async function () {
+    const l = await listen({ listen: '127.0.0.1:0', auth: certs(dirs.good, 'proxy'), onConnection: () => undefined });
+    const address = `127.0.0.1:${l.port}`;
+    await l.close();
+    const err = await rejection(connect({ address, auth: certs(dirs.good, 'repository') }));
+    expect(err.code).to.equal('PIPE_UNREACHABLE');
+    expect(err.message).to.contain(address);
+  });
+
+  it('listens on ::1 too and closes accepted connections when the listener closes', async function () {
+    const l = await echoListener({ listen: '[::1]:0', auth: certs(dirs.good, 'repository') });
+    const c: Connection = await connect({ address: `[::1]:${l.port}`, auth: certs(dirs.good, 'server') });
+    expect(c.peer.address).to.equal(`[::1]:${l.port}`);
+    await l.close();
+    expect(await c.receive()).to.equal(undefined);
+    expect(await c.closed).to.equal(undefined);
+  });
+
+  it('CERTS_FAILED before connecting when a key does not belong to its certificate', async function () {
+    const { cp } = await import('node:fs/promises');
+    const mixed = `${dirs.root}/mixed`;
+    await cp(dirs.good, mixed, { recursive: true });
+    await cp(`${dirs.foreign}/server.key`, `${mixed}/server.key`);
+    const err = await rejection(connect({ address: '127.0.0.1:1', auth: certs(mixed, 'server') }));
+    expect(err.code).to.equal('CERTS_FAILED');
+  });
+});

@@ -1,0 +1,110 @@
+import { expect } from 'chai';
+import { FerryError } from '../../errors.js';
+import { crc32 } from '../../util/checksums.js';
+import { parseAddress, formatAddress } from './address.js';
+import { encodeFrame, FRAME_PREFIX_BYTES, FrameDecoder, FrameKind, MAX_HEADER_BYTES } from './frame.js';
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).to.be.instanceOf(FerryError);
+    return (err as FerryError).code;
+  }
+  return undefined;
+}
+
+describe('data pipe frames', function () {
+  it('round-trip header and body, also when the bytes arrive one at a time or several frames at once', function () {
+    const body = Buffer.from(Array.from({ length: 3000 }, (_, i) => i & 0xff));
+    const a = encodeFrame(FrameKind.MESSAGE, { type: 'block', header: { index: 7 } }, body);
+    const b = encodeFrame(FrameKind.PING, { seq: 1 });
+    const together = new FrameDecoder().push(Buffer.concat([a, b]));
+    expect(together.map((f) => f.kind)).to.deep.equal([FrameKind.MESSAGE, FrameKind.PING]);
+    expect(together[0].header).to.deep.equal({ type: 'block', header: { index: 7 } });
+    expect(together[0].body.equals(body)).to.equal(true);
+    expect(together[1].body.length).to.equal(0);
+
+    const d = new FrameDecoder();
+    const bytes = Buffer.concat([a, b]);
+    const seen = [];
+    for (let i = 0; i < bytes.length; i++) seen.push(...d.push(bytes.subarray(i, i + 1)));
+    expect(seen.map((f) => f.kind)).to.deep.equal([FrameKind.MESSAGE, FrameKind.PING]);
+    expect(seen[0].body.equals(body)).to.equal(true);
+    expect(d.pending).to.equal(0);
+  });
+
+  it('keeps an unfinished frame as pending bytes', function () {
+    const f = encodeFrame(FrameKind.MESSAGE, { type: 'x' }, Buffer.alloc(100));
+    const d = new FrameDecoder();
+    expect(d.push(f.subarray(0, 50))).to.deep.equal([]);
+    expect(d.pending).to.equal(50);
+  });
+
+  it('refuses a bad CRC-32, garbage, a wrong format version, reserved bits and unknown kinds', function () {
+    const f = encodeFrame(FrameKind.MESSAGE, { type: 'x' }, Buffer.from('payload'));
+    const flipped = Buffer.from(f);
+    flipped[FRAME_PREFIX_BYTES + 3] ^= 0x01;
+    expect(codeOf(() => new FrameDecoder().push(flipped))).to.equal('PIPE_PROTOCOL');
+    expect(codeOf(() => new FrameDecoder().push(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')))).to.equal('PIPE_PROTOCOL');
+    const v2 = Buffer.from(f);
+    v2[3] = 2;
+    expect(codeOf(() => new FrameDecoder().push(v2))).to.equal('PIPE_VERSION');
+    const reserved = Buffer.from(f);
+    reserved[6] = 1;
+    expect(codeOf(() => new FrameDecoder().push(reserved))).to.equal('PIPE_PROTOCOL');
+    const kind = Buffer.from(f);
+    kind[4] = 99;
+    expect(codeOf(() => new FrameDecoder().push(kind))).to.equal('PIPE_PROTOCOL');
+  });
+
+  it('refuses a header that is not a JSON object, even with a correct CRC', function () {
+    for (const text of ['[1,2]', '{"type":', 'null']) {
+      const json = Buffer.from(text);
+      const g = Buffer.concat([encodeFrame(FrameKind.MESSAGE, {}).subarray(0, FRAME_PREFIX_BYTES), json, Buffer.alloc(4)]);
+      g.writeUInt32BE(json.length, 8);
+      g.writeUInt32BE(crc32(g.subarray(0, g.length - 4)), g.length - 4);
+      expect(codeOf(() => new FrameDecoder().push(g)), text).to.equal('PIPE_PROTOCOL');
+    }
+  });
+
+  it('refuses an oversize frame from its 16-byte prefix alone, without allocating it', function () {
+    const prefix = encodeFrame(FrameKind.MESSAGE, {}).subarray(0, FRAME_PREFIX_BYTES);
+    prefix.writeUInt32BE(0xffffffff, 12);
+    const big: number[] = [];
+    const { allocUnsafe, alloc } = Buffer;
+    Buffer.allocUnsafe = (n: number) => (n > 1 << 20 && big.push(n), allocUnsafe.call(Buffer, n));
+    Buffer.alloc = ((n: number, ...rest: never[]) => (n > 1 << 20 && big.push(n), alloc.call(Buffer, n, ...rest))) as typeof Buffer.alloc;
+    try {
+      expect(codeOf(() => new FrameDecoder(1 << 20).push(prefix))).to.equal('PIPE_PROTOCOL');
+      const header = Buffer.from(prefix);
+      header.writeUInt32BE(0, 12);
+      header.writeUInt32BE(MAX_HEADER_BYTES + 1, 8);
+      expect(codeOf(() => new FrameDecoder().push(header))).to.equal('PIPE_PROTOCOL');
+    } finally {
+      Buffer.allocUnsafe = allocUnsafe;
+      Buffer.alloc = alloc;
+    }
+    expect(big).to.deep.equal([]);
+  });
+
+  it('refuses to send a frame over the limit', function () {
+    expect(codeOf(() => encodeFrame(FrameKind.MESSAGE, { type: 'x' }, Buffer.alloc(2048), 1024))).to.equal('PIPE_PROTOCOL');
+  });
+});
+
+describe('data pipe addresses', function () {
+  it('parses host:port and [v6]:port, and formats them back', function () {
+    expect(parseAddress('127.0.0.1:0')).to.deep.equal({ host: '127.0.0.1', port: 0 });
+    expect(parseAddress('backup-proxy.example:7401')).to.deep.equal({ host: 'backup-proxy.example', port: 7401 });
+    expect(parseAddress('[::1]:65535')).to.deep.equal({ host: '::1', port: 65535 });
+    expect(formatAddress('::1', 9)).to.equal('[::1]:9');
+    expect(formatAddress('10.0.0.1', 9)).to.equal('10.0.0.1:9');
+  });
+
+  it('refuses malformed addresses with CLI_USAGE', function () {
+    for (const bad of ['', 'host', ':80', 'host:', 'host:65536', '::1:80', '[host]:80', 'a b:1', 'host:-1']) {
+      expect(codeOf(() => parseAddress(bad)), bad).to.equal('CLI_USAGE');
+    }
+  });
+});

@@ -1,0 +1,179 @@
+import { FerryError } from '../../errors.js';
+import { crc32 } from '../../util/checksums.js';
+
+/**
+ * One frame of the data pipe (all integers big-endian; `docs/data-pipe.md` has the table):
+ *
+ *   0  magic "FRP" + frame format version (1)   4 bytes
+ *   4  kind                                     u8
+ *   5  flags, reserved, 0                       u8 + u16
+ *   8  header length H                          u32
+ *  12  body length B                            u32
+ *  16  header: UTF-8 JSON object                H bytes
+ *  ..  body: opaque bytes                       B bytes
+ *  ..  CRC-32 (IEEE) of everything before it    u32
+ *
+ * The lengths are checked against the limits before any buffer for the frame is allocated, so a
+ * peer cannot make this side reserve memory by claiming a huge frame.
+ */
+export const FRAME_MAGIC = Buffer.from('FRP', 'latin1');
+export const FRAME_FORMAT_VERSION = 1;
+export const FRAME_PREFIX_BYTES = 16;
+export const FRAME_TRAILER_BYTES = 4;
+/** Blocks are at most 8 MiB (MAX_BLOCK_SIZE); batches of hashes and compressed blocks fit well below. */
+export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024;
+/** A JSON header is routing and small facts, never bulk data. */
+export const MAX_HEADER_BYTES = 1024 * 1024;
+
+export const FrameKind = { HELLO: 1, MESSAGE: 2, PING: 3, PONG: 4, BYE: 5 } as const;
+export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+const KINDS = new Set<number>(Object.values(FrameKind));
+
+export interface Frame {
+  kind: FrameKind;
+  header: Record<string, unknown>;
+  body: Buffer;
+}
+
+/**
+ * The frame as buffers to write in one go: prefix+header, the body as it is (no copy of block data),
+ * and the CRC trailer.
+ */
+export function encodeFrameParts(kind: FrameKind, header: Record<string, unknown>, body?: Uint8Array, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer[] {
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const bodyLength = body?.byteLength ?? 0;
+  const total = FRAME_PREFIX_BYTES + json.length + bodyLength + FRAME_TRAILER_BYTES;
+  if (json.length > MAX_HEADER_BYTES || total > maxFrameBytes) {
+    throw new FerryError('PIPE_PROTOCOL', `refusing to send a frame of ${total} bytes (header ${json.length}); the limit is ${maxFrameBytes} bytes (header ${MAX_HEADER_BYTES})`);
+  }
+  const head = Buffer.allocUnsafe(FRAME_PREFIX_BYTES + json.length);
+  FRAME_MAGIC.copy(head, 0);
+  head.writeUInt8(FRAME_FORMAT_VERSION, 3);
+  head.writeUInt8(kind, 4);
+  head.writeUInt8(0, 5);
+  head.writeUInt16BE(0, 6);
+  head.writeUInt32BE(json.length, 8);
+  head.writeUInt32BE(bodyLength, 12);
+  json.copy(head, FRAME_PREFIX_BYTES);
+  const bodyBuf = body ? Buffer.from(body.buffer, body.byteOffset, body.byteLength) : Buffer.alloc(0);
+  const trailer = Buffer.allocUnsafe(FRAME_TRAILER_BYTES);
+  trailer.writeUInt32BE(crc32(bodyBuf, crc32(head)), 0);
+  return bodyLength ? [head, bodyBuf, trailer] : [head, trailer];
+}
+
+export function encodeFrame(kind: FrameKind, header: Record<string, unknown>, body?: Uint8Array, maxFrameBytes?: number): Buffer {
+  return Buffer.concat(encodeFrameParts(kind, header, body, maxFrameBytes));
+}
+
+/**
+ * Turns a byte stream into frames. Chunks are kept as they came until a whole frame is there, then
+ * copied once into a buffer of exactly the frame's size: no quadratic concatenation for big blocks.
+ */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  /** Total size of the frame being collected, once its prefix was read and checked. */
+  private need = 0;
+
+  constructor(private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
+
+  /** Bytes received that do not yet form a whole frame (non-zero at EOF = truncated frame). */
+  get pending(): number {
+    return this.buffered;
+  }
+
+  /** Adds received bytes and returns the frames they complete; throws PIPE_PROTOCOL/PIPE_VERSION. */
+  push(chunk: Buffer): Frame[] {
+    if (chunk.length) {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+    }
+    const out: Frame[] = [];
+    for (;;) {
+      if (!this.need) {
+        if (this.buffered < FRAME_PREFIX_BYTES) return out;
+        this.need = checkPrefix(this.peek(FRAME_PREFIX_BYTES), this.maxFrameBytes);
+      }
+      if (this.buffered < this.need) return out;
+      out.push(parseFrame(this.take(this.need)));
+      this.need = 0;
+    }
+  }
+
+  private peek(n: number): Buffer {
+    // Merge only the leading chunks the prefix spans; the caller made sure `n` bytes are buffered.
+    while (this.chunks[0].length < n) this.chunks.splice(0, 2, Buffer.concat([this.chunks[0], this.chunks[1]]));
+    return this.chunks[0].subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      for (let copied = 0; copied < n; ) {
+        const c = this.chunks[0];
+        const k = Math.min(c.length, n - copied);
+        c.copy(out, copied, 0, k);
+        copied += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+}
+
+/** Checks magic, version, reserved bits, kind and lengths; returns the whole frame's size. */
+function checkPrefix(p: Buffer, maxFrameBytes: number): number {
+  if (!p.subarray(0, 3).equals(FRAME_MAGIC)) {
+    throw new FerryError('PIPE_PROTOCOL', `not a Ferry pipe frame: it starts with 0x${p.subarray(0, 8).toString('hex')}`);
+  }
+  const version = p.readUInt8(3);
+  if (version !== FRAME_FORMAT_VERSION) {
+    throw new FerryError('PIPE_VERSION', `frame format version ${version}; this side reads version ${FRAME_FORMAT_VERSION}`);
+  }
+  const kind = p.readUInt8(4);
+  if (!KINDS.has(kind)) throw new FerryError('PIPE_PROTOCOL', `unknown frame kind ${kind}`);
+  if (p.readUInt8(5) !== 0 || p.readUInt16BE(6) !== 0) {
+    throw new FerryError('PIPE_PROTOCOL', `reserved frame bits set (0x${p.subarray(5, 8).toString('hex')})`);
+  }
+  const headerLength = p.readUInt32BE(8);
+  const bodyLength = p.readUInt32BE(12);
+  const total = FRAME_PREFIX_BYTES + headerLength + bodyLength + FRAME_TRAILER_BYTES;
+  if (headerLength > MAX_HEADER_BYTES || total > maxFrameBytes) {
+    throw new FerryError('PIPE_PROTOCOL', `frame of ${total} bytes announced (header ${headerLength}, body ${bodyLength}); the limit is ${maxFrameBytes} bytes (header ${MAX_HEADER_BYTES})`);
+  }
+  return total;
+}
+
+/** Checks the CRC and parses the header of a whole frame whose prefix passed `checkPrefix`. */
+function parseFrame(f: Buffer): Frame {
+  const crcAt = f.length - FRAME_TRAILER_BYTES;
+  const want = f.readUInt32BE(crcAt);
+  const got = crc32(f.subarray(0, crcAt));
+  if (want !== got) {
+    throw new FerryError('PIPE_PROTOCOL', `frame CRC-32 mismatch: frame says ${hex32(want)}, content gives ${hex32(got)}`);
+  }
+  const headerLength = f.readUInt32BE(8);
+  const jsonEnd = FRAME_PREFIX_BYTES + headerLength;
+  let header: unknown;
+  try {
+    header = headerLength ? JSON.parse(f.toString('utf8', FRAME_PREFIX_BYTES, jsonEnd)) : {};
+  } catch (err) {
+    throw new FerryError('PIPE_PROTOCOL', `frame header is not JSON: ${(err as Error).message}`);
+  }
+  if (header === null || typeof header !== 'object' || Array.isArray(header)) {
+    throw new FerryError('PIPE_PROTOCOL', 'frame header is not a JSON object');
+  }
+  return { kind: f.readUInt8(4) as FrameKind, header: header as Record<string, unknown>, body: f.subarray(jsonEnd, crcAt) };
+}
+
+function hex32(n: number): string {
+  return `0x${n.toString(16).padStart(8, '0')}`;
+}

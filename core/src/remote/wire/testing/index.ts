@@ -1,0 +1,2 @@
+/** Test helpers of the wire layer (`@ferry/core/remote/wire/testing`), for its specs and the services'. */
+export * from './wire-fixtures.js';
