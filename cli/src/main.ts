@@ -9,6 +9,7 @@ import { verifyCommand } from './commands/verify.js';
 import { pruneCommand } from './commands/prune.js';
 import { gcCommand } from './commands/gc.js';
 import { unlockCommand } from './commands/unlock.js';
+import { keyCommand } from './commands/key.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -27,7 +28,8 @@ export async function main(argv: string[]): Promise<number> {
     .command(pruneCommand((c) => (code = c)))
     .command(gcCommand((c) => (code = c)))
     .command(unlockCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, plugins, validate')
+    .command(keyCommand((c) => (code = c)))
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, key, plugins, validate')
     .strict()
     .help()
     .alias('h', 'help')

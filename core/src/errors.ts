@@ -32,6 +32,10 @@ export const ERROR_CODES = {
   REPO_POINT_NOT_FOUND: 'the restore point asked for does not exist',
   REPO_LOCKED: 'another live process holds a conflicting lock on the repository',
   REPO_LOCK_LOST: "this process's repository lock was removed or went stale, so it stopped before committing",
+  REPO_PASSPHRASE_REQUIRED: 'the repository is encrypted and no passphrase was given (or it is empty)',
+  REPO_WRONG_PASSPHRASE: "the passphrase opens none of the encrypted repository's key objects",
+  REPO_SETTINGS_MISMATCH: "the job's encryption or immutability settings differ from what the repository was created with",
+  REPO_IMMUTABLE: 'the restore point is inside its immutability period and cannot be deleted or replaced',
   // repository maintenance
   VERIFY_DAMAGED: 'the health check found damaged or missing blocks, block maps or manifests',
   GC_UNSAFE: 'garbage collection stopped because it cannot tell for certain which blocks are needed',

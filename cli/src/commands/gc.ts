@@ -6,6 +6,7 @@ import { openTarget, TARGET_OPTIONS } from './repository-target.js';
 interface Args {
   job?: string;
   repository?: string;
+  passphraseFile?: string;
   dryRun: boolean;
   grace: string;
   rewriteThreshold: string;
@@ -20,6 +21,7 @@ export function gcCommand(setCode: (c: number) => void): CommandModule<object, A
       y
         .positional('job', { type: 'string', describe: 'job file (YAML); its repository is collected' })
         .option('repository', TARGET_OPTIONS.repository)
+        .option('passphrase-file', TARGET_OPTIONS['passphrase-file'])
         .option('dry-run', { type: 'boolean', default: false, describe: 'only report what would be removed' })
         .option('grace', { type: 'string', default: '1h', describe: 'keep temporary files and uncommitted maps younger than this (s, m, h, d)' })
         .option('rewrite-threshold', { type: 'string', default: '20%', describe: 'rewrite a partly used pack when this share of it is unused' })

@@ -1,8 +1,12 @@
-import { FerryError, JobRuntime, RepositoryRuntime, type JobSpec, type Repository } from '@ferry/core';
+import { FerryError, JobRuntime, passphraseFile, RepositoryRuntime, type JobSpec, type Repository } from '@ferry/core';
 
 export interface TargetArgs {
   job?: string;
   repository?: string;
+  /** `--passphrase-file` for an encrypted bare repository (default: FERRY_PASSPHRASE). */
+  passphraseFile?: string;
+  /** Open an encrypted repository without its passphrase (lock objects only: `ferry unlock`). */
+  keyless?: boolean;
 }
 
 /** The repository a maintenance command works on, from a job file or a bare folder. */
@@ -19,9 +23,15 @@ export async function openTarget(args: TargetArgs): Promise<RepositoryTarget> {
   if (Boolean(args.job) === Boolean(args.repository)) {
     throw new FerryError('CLI_USAGE', 'name either a job file or --repository PATH (a filesystem repository), not both or neither');
   }
-  const runtime = args.job ? await JobRuntime.open(args.job, { sourceMayBeGone: true }) : await RepositoryRuntime.openFilesystem(args.repository!);
+  if (args.job && args.passphraseFile) {
+    throw new FerryError('CLI_USAGE', "--passphrase-file is for --repository PATH; a job names its passphrase in repository.encryption");
+  }
+  const passphrase = args.passphraseFile ? passphraseFile(args.passphraseFile, `--passphrase-file ${args.passphraseFile}`) : undefined;
+  const runtime = args.job
+    ? await JobRuntime.open(args.job, { sourceMayBeGone: true })
+    : await RepositoryRuntime.openFilesystem(args.repository!, { passphrase, keyless: args.keyless });
   try {
-    const repo = await runtime.repository({ create: false });
+    const repo = args.keyless && runtime instanceof JobRuntime ? await runtime.repository({ create: false, keyless: true }) : await runtime.repository({ create: false });
     return { repo, spec: runtime instanceof JobRuntime ? runtime.spec : undefined, runtime, close: () => runtime.close() };
   } catch (err) {
     await runtime.close();
@@ -32,4 +42,5 @@ export async function openTarget(args: TargetArgs): Promise<RepositoryTarget> {
 /** yargs positional + option for commands that take `JOB.yaml` or `--repository PATH`. */
 export const TARGET_OPTIONS = {
   repository: { type: 'string', describe: 'a filesystem repository folder, instead of a job file' },
+  'passphrase-file': { type: 'string', describe: 'with --repository: file holding the passphrase of an encrypted repository (default: env FERRY_PASSPHRASE)' },
 } as const;

@@ -6,6 +6,7 @@ import { openTarget, TARGET_OPTIONS } from './repository-target.js';
 interface Args {
   job?: string;
   repository?: string;
+  passphraseFile?: string;
   force?: string;
   json: boolean;
 }
@@ -34,10 +35,12 @@ export function unlockCommand(setCode: (c: number) => void): CommandModule<objec
       y
         .positional('job', { type: 'string', describe: 'job file (YAML)' })
         .option('repository', TARGET_OPTIONS.repository)
+        .option('passphrase-file', TARGET_OPTIONS['passphrase-file'])
         .option('force', { type: 'string', describe: 'also remove this live lock (its holder then stops before committing anything)' })
         .option('json', { type: 'boolean', default: false, describe: 'print JSON on stdout' }) as never,
     handler: async (args) => {
-      const target = await openTarget(args);
+      // Lock objects are plaintext: unlocking needs no passphrase, even on an encrypted repository.
+      const target = await openTarget({ ...args, keyless: true });
       try {
         const rows = await unlock(target.repo.backend, args.force);
         if (args.json) printJson({ repository: target.repo.backend.location, locks: rows });

@@ -6,6 +6,7 @@ import { openTarget, TARGET_OPTIONS } from './repository-target.js';
 interface Args {
   job?: string;
   repository?: string;
+  passphraseFile?: string;
   sample: string;
   json: boolean;
 }
@@ -18,6 +19,7 @@ export function verifyCommand(setCode: (c: number) => void): CommandModule<objec
       y
         .positional('job', { type: 'string', describe: 'job file (YAML); its repository is checked' })
         .option('repository', TARGET_OPTIONS.repository)
+        .option('passphrase-file', TARGET_OPTIONS['passphrase-file'])
         .option('sample', { type: 'string', default: '100%', describe: 'share of the blocks to read, e.g. 5%' })
         .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON on stdout' }) as never,
     handler: async (args) => {

@@ -21,6 +21,8 @@
  * - `close` missing: nothing to release.
  * - `removeStaleTemporaries` missing: the backend leaves nothing behind when a put is interrupted
  *   (S3 multipart uploads expire by bucket policy), so garbage collection has nothing to clean.
+ * - `protect`/`unprotect` missing: the storage offers no protection of its own; immutability
+ *   (`docs/repository-format.md`, "Immutability") is then enforced by the core's code alone.
  */
 export interface RepositoryBackend {
   /** Where the repository lives, for reports and errors (a path, `s3://bucket/prefix`). */
@@ -37,4 +39,22 @@ export interface RepositoryBackend {
    * than `olderThanMs`; returns how many were removed. Never touches keys.
    */
   removeStaleTemporaries?(olderThanMs: number): Promise<number>;
+  /**
+   * Immutability: asks the storage to refuse changes to and deletion of these committed objects
+   * (filesystem: read-only mode and the immutable attribute). Best effort: never throws for lack of
+   * support or privileges; says what it could do. Idempotent.
+   */
+  protect?(keys: string[]): Promise<StorageProtection>;
+  /** Lifts `protect` before the core deletes or replaces an object it is allowed to. Idempotent. */
+  unprotect?(keys: string[]): Promise<void>;
+}
+
+/** What `RepositoryBackend.protect` achieved. */
+export interface StorageProtection {
+  /** Objects were made read-only (mode bits, or the storage's equivalent). */
+  readOnly: boolean;
+  /** The storage itself refuses deletes and rewrites (an immutable attribute, an object lock). */
+  immutable: boolean;
+  /** Why `immutable` (or `readOnly`) is false, when it is. */
+  note?: string;
 }

@@ -27,7 +27,14 @@ export interface JobSpec {
   pluginDirs: string[];
   source: { host: string; config: Record<string, unknown>; vms: VmSelection[] };
   transport: string;
-  repository: { type: string; config: Record<string, unknown> };
+  repository: {
+    type: string;
+    config: Record<string, unknown>;
+    /** Where the passphrase of an encrypted repository comes from (`repository.encryption`). */
+    encryption?: { passphraseFile?: string; passphraseEnv?: string };
+    /** `repository.immutability`: restore points cannot be deleted for this many days. */
+    immutability?: { days: number };
+  };
   storage: { blockSize: number; compression: CompressionLevel };
   /** Disks backed up at once across the job's VMs (`parallelDisks:`, also `storage.parallelDisks`). */
   parallelDisks: number;
@@ -138,7 +145,7 @@ export class JobFile {
       );
     }
     const { host, vms, ...sourceConfig } = d.source as { host: string; vms: Record<string, unknown>[] };
-    const { type, ...repoConfig } = d.repository as { type: string };
+    const { type, encryption, immutability, ...repoConfig } = d.repository as { type: string } & Pick<JobSpec['repository'], 'encryption' | 'immutability'>;
     return {
       file: this.file,
       dir: this.dir,
@@ -153,7 +160,7 @@ export class JobFile {
         }),
       },
       transport: d.transport ?? 'auto',
-      repository: { type, config: repoConfig },
+      repository: { type, config: repoConfig, ...(encryption && { encryption }), ...(immutability && { immutability }) },
       storage: { blockSize, compression: storage.compression ?? 'optimal' },
       parallelDisks: this.parallelDisks(),
       filters: (d.filters as unknown as string[] | undefined) ?? ['zero'],

@@ -56,7 +56,26 @@ export function coreJobSchema(open: boolean): JsonSchema {
         type: 'object',
         required: ['type'],
         additionalProperties: open,
-        properties: { type: { type: 'string', minLength: 1 } },
+        properties: {
+          type: { type: 'string', minLength: 1 },
+          // Core keys of every repository (chosen when it is created; docs/repository-format.md).
+          encryption: {
+            type: 'object',
+            additionalProperties: false,
+            minProperties: 1,
+            maxProperties: 1,
+            properties: {
+              passphraseFile: { type: 'string', minLength: 1, ferryPath: 'file' },
+              passphraseEnv: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+            },
+          },
+          immutability: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['days'],
+            properties: { days: { type: 'integer', minimum: 1, maximum: 36500 } },
+          },
+        },
       },
       storage: {
         type: 'object',

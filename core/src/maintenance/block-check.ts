@@ -4,6 +4,7 @@ import type { BlockCodec } from '../pipe/block-codec.js';
 import type { BlockLocation } from '../repository/block-store.js';
 import type { DamageReason } from '../repository/damaged-blocks.js';
 import { packKey } from '../repository/pack-writer.js';
+import type { RepositoryCipher } from '../repository/repository-cipher.js';
 
 /** One stored copy that failed its check, or a needed hash with no copy at all (`pack: null`). */
 export interface BlockFinding {
@@ -34,6 +35,8 @@ export interface CheckOptions {
   /** Blocks decoded at once per pack; the codec spreads them over its worker threads. */
   decodesInFlight?: number;
   onProgress?: (counters: CheckCounters) => void;
+  /** Encrypted repositories: each record is opened (AES-256-GCM tag checked) before decoding. */
+  cipher?: RepositoryCipher;
 }
 
 /**
@@ -57,7 +60,7 @@ export async function checkBlocks(
     while (next < packs.length) {
       const [pack, blocks] = packs[next++];
       blocks.sort((a, b) => a.at.offset - b.at.offset);
-      await checkPack(backend, codec, pack, blocks, { findings, counters }, opts.decodesInFlight ?? 16);
+      await checkPack(backend, codec, pack, blocks, { findings, counters, cipher: opts.cipher }, opts.decodesInFlight ?? 16);
       opts.onProgress?.(counters);
     }
   };
@@ -68,6 +71,7 @@ export async function checkBlocks(
 interface Sink {
   findings: BlockFinding[];
   counters: CheckCounters;
+  cipher?: RepositoryCipher;
 }
 
 async function checkPack(backend: RepositoryBackend, codec: BlockCodec, pack: string, blocks: BlockToCheck[], sink: Sink, width: number): Promise<void> {
@@ -104,7 +108,8 @@ async function checkOne(backend: RepositoryBackend, codec: BlockCodec, key: stri
     const encoded = have ?? (await readRange(backend, key, b.at.offset, b.at.length));
     sink.counters.bytesRead += encoded.length;
     if (encoded.length !== b.at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
-    const raw = await codec.decode(encoded, Buffer.from(b.hash, 'hex'), object);
+    const id = Buffer.from(b.hash, 'hex');
+    const raw = await codec.decode(sink.cipher ? sink.cipher.openBlock(id, encoded, object) : encoded, id, object);
     sink.counters.ok++;
     sink.counters.rawBytes += raw.length;
   } catch (err) {
@@ -130,6 +135,7 @@ export function classify(err: unknown): DamageReason {
   const d = err.detail;
   if (/shorter/.test(d)) return 'truncated';
   if (/CRC-32/.test(d)) return 'crc';
+  if (/AES-256-GCM/.test(d)) return 'auth';
   if (/SHA-256/.test(d)) return 'sha256';
   return 'malformed';
 }

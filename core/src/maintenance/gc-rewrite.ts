@@ -1,7 +1,8 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { parseBlock } from '../repository/block-object.js';
 import { PackWriter, packKey } from '../repository/pack-writer.js';
-import { packFileSize, type PackEntry } from '../repository/pack.js';
+import type { PackEntry } from '../repository/pack.js';
+import { checkSealedBlock, type RepositoryCipher } from '../repository/repository-cipher.js';
 import type { PackInfo } from './gc-plan.js';
 
 export interface RewriteResult {
@@ -19,14 +20,21 @@ export interface RewriteResult {
  * under a new, unlisted location. Returns once the new packs and their index objects are durable,
  * so the old packs may then be condemned.
  */
-export async function rewritePacks(backend: RepositoryBackend, items: { pack: PackInfo; keep: PackEntry[] }[]): Promise<RewriteResult> {
+export async function rewritePacks(
+  backend: RepositoryBackend,
+  items: { pack: PackInfo; keep: PackEntry[] }[],
+  cipher?: RepositoryCipher,
+): Promise<RewriteResult> {
   const result: RewriteResult = { done: [], skipped: [], bytesWritten: 0 };
   const writer = new PackWriter(
     (k, d) => backend.put(k, d),
-    (_id, entries) => (result.bytesWritten += packFileSize(entries)),
+    (_id, _entries, bytes) => (result.bytesWritten += bytes),
+    undefined,
+    undefined,
+    cipher,
   );
   for (const { pack, keep } of items) {
-    const blocks = await readUsed(backend, pack, keep).catch((err: Error) => err);
+    const blocks = await readUsed(backend, pack, keep, Boolean(cipher)).catch((err: Error) => err);
     if (blocks instanceof Error) {
       result.skipped.push({ pack: pack.id, why: blocks.message });
       continue;
@@ -38,14 +46,16 @@ export async function rewritePacks(backend: RepositoryBackend, items: { pack: Pa
   return result;
 }
 
-async function readUsed(backend: RepositoryBackend, pack: PackInfo, keep: PackEntry[]): Promise<{ hash: Buffer; encoded: Buffer }[]> {
+/** Sealed records (encrypted repositories) are copied as they are: their CRC-32 covers the ciphertext. */
+async function readUsed(backend: RepositoryBackend, pack: PackInfo, keep: PackEntry[], sealed: boolean): Promise<{ hash: Buffer; encoded: Buffer }[]> {
   const key = packKey(pack.id);
   const bytes = Buffer.from(await backend.get(key));
   return keep.map((e) => {
     const object = `${key}@${e.offset}`;
     const encoded = bytes.subarray(e.offset, e.offset + e.length);
     if (encoded.length !== e.length) throw new Error(`${object} is cut short`);
-    parseBlock(encoded, object); // throws REPO_CORRUPT_OBJECT naming the object
+    if (sealed) checkSealedBlock(encoded, object);
+    else parseBlock(encoded, object); // throws REPO_CORRUPT_OBJECT naming the object
     return { hash: e.hash, encoded: Buffer.from(encoded) };
   });
 }

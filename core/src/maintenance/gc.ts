@@ -87,7 +87,7 @@ interface GcRun {
 async function collect(run: GcRun, report: GcReport): Promise<void> {
   const { repo, lock, state, plan } = run;
   const backend = repo.backend;
-  const rewritten = await rewritePacks(backend, plan.rewrite);
+  const rewritten = await rewritePacks(backend, plan.rewrite, repo.cipher);
   report.rewriteSkipped = rewritten.skipped;
   report.packs.rewritten = rewritten.done.length;
   report.bytesRewritten = rewritten.bytesWritten;

@@ -6,6 +6,8 @@ export interface PrunedPoint {
   vm: string;
   restorePoint: string;
   createdAt: string;
+  /** Set when retention would remove the point but it is inside its immutability period. */
+  immutableUntil?: string;
   /** Why it stays (every rule that keeps it) or goes (why no rule keeps it). */
   reasons: string[];
 }
@@ -31,7 +33,8 @@ export interface PruneOptions {
 
 /**
  * Applies the job's retention to each of its VMs' chains (the points this job made of that VM;
- * points of other jobs are not touched). Each removed point goes manifest first, then its maps, so
+ * points of other jobs are not touched). A point inside the repository's immutability period is
+ * kept whatever the policy says, with "immutable until ..." among its reasons. Each removed point goes manifest first, then its maps, so
  * it disappears atomically; its blocks stay until garbage collection. The caller holds a lock that
  * covers the VMs (a `prune` lock, or the backup's own lock after a session).
  */
@@ -45,9 +48,15 @@ export async function prunePoints(repo: Repository, opts: PruneOptions): Promise
       ? applyRetention(chain, opts.policy)
       : chain.map((p) => ({ ...p, keep: true, reasons: ['the job has no retention policy'] }));
     for (const d of decisions) {
-      const entry = { vm, restorePoint: d.id, createdAt: d.createdAt, reasons: d.reasons };
+      const entry: PrunedPoint = { vm, restorePoint: d.id, createdAt: d.createdAt, reasons: d.reasons };
       if (d.keep) {
         kept.push(entry);
+        continue;
+      }
+      // Immutability outranks retention: such a point stays until its period has passed.
+      const until = repo.immutableUntil(d);
+      if (until) {
+        kept.push({ ...entry, immutableUntil: until.toISOString(), reasons: [`immutable until ${until.toISOString()}`, ...d.reasons] });
         continue;
       }
       if (!opts.dryRun) await repo.deletePoint(byId.get(d.id) as RestorePoint);

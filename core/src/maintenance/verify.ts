@@ -97,7 +97,7 @@ async function scan(
     list.push({ hash, at });
   }
   const t = performance.now();
-  const r = await checkBlocks(repo.backend, codec, byPack, { onProgress: (c) => opts.onProgress?.(c, sample.length) });
+  const r = await checkBlocks(repo.backend, codec, byPack, { onProgress: (c) => opts.onProgress?.(c, sample.length), cipher: repo.cipher });
   r.counters.checked += findings.length;
   return { findings: [...findings, ...r.findings], counters: r.counters, scanMs: performance.now() - t };
 }

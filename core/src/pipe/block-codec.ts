@@ -1,6 +1,7 @@
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { decodeBlock, encodeBlock } from '../repository/block-object.js';
+import { keyedBlockId } from '../repository/repository-cipher.js';
 import { sha256 } from '../util/checksums.js';
 
 /**
@@ -25,9 +26,17 @@ export interface BlockCodec {
 
 export type CompressorLookup = (name: string) => Compressor | undefined | Promise<Compressor | undefined>;
 
+/**
+ * A block's id: the SHA-256 of its content, or HMAC-SHA256 under the repository's id key when the
+ * repository is encrypted (stored ids then reveal nothing about content; dedup still works).
+ */
+export function blockId(block: Uint8Array, idKey?: Uint8Array): Buffer {
+  return idKey ? keyedBlockId(idKey, block) : sha256(block);
+}
+
 /** Hash, compress (falling back to `none` when that does not shrink the block) and encode. */
-export function encodeRawBlock(block: Uint8Array, name: string, impl: Compressor, level: number): { hash: Buffer; encoded: Buffer } {
-  return { hash: sha256(block), encoded: compressRawBlock(block, name, impl, level) };
+export function encodeRawBlock(block: Uint8Array, name: string, impl: Compressor, level: number, idKey?: Uint8Array): { hash: Buffer; encoded: Buffer } {
+  return { hash: blockId(block, idKey), encoded: compressRawBlock(block, name, impl, level) };
 }
 
 /** Compress (falling back to `none` when that does not shrink the block) and encode. */
@@ -37,25 +46,29 @@ export function compressRawBlock(block: Uint8Array, name: string, impl: Compress
 }
 
 /** Decode and check a block object against the SHA-256 its block map names. */
-export function decodeAndVerify(encoded: Uint8Array, hash: Uint8Array, object: string, compressor: Compressor | undefined, name: string): Buffer {
+export function decodeAndVerify(encoded: Uint8Array, hash: Uint8Array, object: string, compressor: Compressor | undefined, name: string, idKey?: Uint8Array): Buffer {
   const raw = decodeBlock(encoded, object, (n) => (n === name ? compressor : undefined));
   const buf = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
-  if (!sha256(buf).equals(Buffer.from(hash))) {
-    throw new FerryError('REPO_CORRUPT_OBJECT', 'block content does not match its SHA-256', { object });
+  if (!blockId(buf, idKey).equals(Buffer.from(hash))) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', `block content does not match its ${idKey ? 'keyed id (HMAC-SHA-256)' : 'SHA-256'}`, { object });
   }
   return buf;
 }
 
 /** The codec on the calling thread: for tests and for hosts without worker threads. */
 export class InlineBlockCodec implements BlockCodec {
-  constructor(private readonly lookup: CompressorLookup) {}
+  /** `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). */
+  constructor(
+    private readonly lookup: CompressorLookup,
+    private readonly idKey?: Uint8Array,
+  ) {}
 
   async encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }> {
-    return encodeRawBlock(block, compressor, await this.require(compressor, 'block'), level);
+    return encodeRawBlock(block, compressor, await this.require(compressor, 'block'), level, this.idKey);
   }
 
   async hash(block: Buffer): Promise<{ hash: Buffer; block: Buffer }> {
-    return { hash: sha256(block), block };
+    return { hash: blockId(block, this.idKey), block };
   }
 
   async compress(block: Buffer, compressor: string, level: number): Promise<Buffer> {
@@ -64,7 +77,7 @@ export class InlineBlockCodec implements BlockCodec {
 
   async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
     const name = compressorOf(encoded, object);
-    return decodeAndVerify(encoded, hash, object, await this.lookup(name), name);
+    return decodeAndVerify(encoded, hash, object, await this.lookup(name), name, this.idKey);
   }
 
   async close(): Promise<void> {}

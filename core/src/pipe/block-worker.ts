@@ -9,8 +9,7 @@ import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import { sha256 } from '../util/checksums.js';
-import { compressRawBlock, compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
+import { blockId, compressRawBlock, compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
 import { toWorkerError } from './worker-pool.js';
 
 export type BlockTask =
@@ -20,6 +19,8 @@ export type BlockTask =
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
 
 const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuiltins);
+/** Encrypted repositories: block ids are HMAC-SHA256 under this key (`WorkerBlockCodec`'s `idKey`). */
+const idKey = (workerData as { idKey?: Uint8Array }).idKey;
 const compressors = new Map<string, Promise<Compressor>>();
 
 function compressor(name: string): Promise<Compressor> {
@@ -33,10 +34,10 @@ function compressor(name: string): Promise<Compressor> {
 
 async function handle(task: BlockTask): Promise<{ result: unknown; transfer: ArrayBuffer[] }> {
   if (task.op === 'encode') {
-    const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level);
+    const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level, idKey);
     return { result: { hash, encoded }, transfer: owned(encoded) };
   }
-  if (task.op === 'hash') return { result: { hash: sha256(task.block), block: task.block }, transfer: owned(task.block) };
+  if (task.op === 'hash') return { result: { hash: blockId(task.block, idKey), block: task.block }, transfer: owned(task.block) };
   if (task.op === 'compress') {
     const encoded = compressRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level);
     return { result: { encoded }, transfer: owned(encoded) };
@@ -44,7 +45,7 @@ async function handle(task: BlockTask): Promise<{ result: unknown; transfer: Arr
   const name = compressorOf(task.encoded, task.object);
   const c = await compressor(name).catch(() => undefined);
   if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object: task.object });
-  const raw = decodeAndVerify(task.encoded, task.hash, task.object, c, name);
+  const raw = decodeAndVerify(task.encoded, task.hash, task.object, c, name, idKey);
   return { result: { raw }, transfer: owned(raw) };
 }
 

@@ -11,8 +11,9 @@ import { WorkerPool } from './worker-pool.js';
 export class WorkerBlockCodec implements BlockCodec {
   private readonly pool: WorkerPool<BlockTask, unknown>;
 
-  constructor(discovery: DiscoveryOptions, threads?: number) {
-    this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), discovery, threads);
+  /** `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). */
+  constructor(discovery: DiscoveryOptions, threads?: number, idKey?: Uint8Array) {
+    this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), idKey ? { ...discovery, idKey } : discovery, threads);
   }
 
   get threads(): number {

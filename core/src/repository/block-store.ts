@@ -5,6 +5,7 @@ import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-bloc
 import { sha256 } from '../util/checksums.js';
 import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
 import { PackWriter, packIdOf, packKey } from './pack-writer.js';
+import type { RepositoryCipher } from './repository-cipher.js';
 
 export interface BlockLocation {
   pack: string;
@@ -54,9 +55,11 @@ export class BlockStore {
   constructor(
     private readonly backend: RepositoryBackend,
     meter?: WriteMeter,
+    /** Encrypted repositories: block records are sealed on `add` and opened on `read`. */
+    readonly cipher?: RepositoryCipher,
   ) {
     const put = (k: string, d: Uint8Array): Promise<void> => (meter ? meter.time(() => backend.put(k, d)) : backend.put(k, d));
-    this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries));
+    this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries), undefined, undefined, cipher);
   }
 
   /** Loads every index object, the condemned ones and the damaged-blocks list (once). */
@@ -107,9 +110,12 @@ export class BlockStore {
     return this.state?.damaged.get(hex)?.has(pack ?? '') ?? false;
   }
 
-  /** Adds a reserved block; it is durable once `flush` resolves. Waits when uploads are saturated. */
+  /**
+   * Adds a reserved block; it is durable once `flush` resolves. Waits when uploads are saturated.
+   * In an encrypted repository the block object is sealed here, bound to its id.
+   */
   add(hash: Buffer, encoded: Uint8Array): Promise<void> {
-    return this.writer.add(hash, encoded);
+    return this.writer.add(hash, this.cipher ? this.cipher.sealBlock(hash, encoded) : encoded);
   }
 
   /**
@@ -145,7 +151,7 @@ export class BlockStore {
       throw err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
     });
     if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
-    return codec.decode(encoded, hash, object);
+    return codec.decode(this.cipher ? this.cipher.openBlock(hash, encoded, object) : encoded, hash, object);
   }
 
   private hasGoodCopy(hex: string): boolean {
@@ -187,7 +193,7 @@ export class BlockStore {
       this.badIndexes.push(bad);
       try {
         const pack = await this.backend.get(packKey(packId));
-        if (sha256(pack).toString('hex') === packId) bad.rebuilt = readPackTrailer(pack, packKey(packId));
+        if (sha256(pack).toString('hex') === packId) bad.rebuilt = readPackTrailer(pack, packKey(packId), this.cipher);
       } catch {
         // the pack is damaged or gone too: its blocks count as not stored
       }

@@ -13,7 +13,7 @@ import { isFerryError } from '../errors.js';
  */
 export const DAMAGED_BLOCKS_KEY = 'health/damaged-blocks.json';
 
-export type DamageReason = 'crc' | 'sha256' | 'malformed' | 'truncated' | 'pack-missing' | 'not-indexed' | 'unreadable';
+export type DamageReason = 'crc' | 'auth' | 'sha256' | 'malformed' | 'truncated' | 'pack-missing' | 'not-indexed' | 'unreadable';
 
 export interface DamagedBlock {
   /** SHA-256 (hex) of the block's content. */

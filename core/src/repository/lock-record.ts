@@ -11,7 +11,7 @@ import { whyGone, type ProcessIdentity } from '../util/process-identity.js';
  */
 export const LOCKS_PREFIX = 'locks/';
 
-export type LockOperation = 'backup' | 'prune' | 'gc' | 'verify' | 'restore';
+export type LockOperation = 'backup' | 'prune' | 'gc' | 'verify' | 'restore' | 'key';
 
 export interface LockRecord {
   format: 'ferry-lock';
@@ -53,11 +53,12 @@ export function newLockId(now = new Date()): string {
 /**
  * Whether two operations may not run at once. Writers of one VM's chain (backup, prune) exclude each
  * other for that VM; gc excludes gc and prune; two health checks would race on the damaged-blocks
- * list. gc tolerates backups, restores and health checks through its condemn-then-sweep protocol.
+ * list; two passphrase changes would each delete the other's new key object. gc tolerates backups,
+ * restores and health checks through its condemn-then-sweep protocol.
  */
 export function conflicts(a: Pick<LockRecord, 'operation' | 'vms'>, b: Pick<LockRecord, 'operation' | 'vms'>): boolean {
   const pair = [a.operation, b.operation].sort().join('+');
-  if (pair === 'gc+gc' || pair === 'gc+prune' || pair === 'verify+verify') return true;
+  if (pair === 'gc+gc' || pair === 'gc+prune' || pair === 'verify+verify' || pair === 'key+key') return true;
   const chain = (op: LockOperation): boolean => op === 'backup' || op === 'prune';
   return chain(a.operation) && chain(b.operation) && a.vms.some((v) => b.vms.includes(v));
 }

@@ -1,4 +1,5 @@
 import { encodeIndex, sealPack, type PackEntry } from './pack.js';
+import type { RepositoryCipher } from './repository-cipher.js';
 
 export const PACK_TARGET_SIZE = 16 * 1024 * 1024;
 
@@ -38,9 +39,12 @@ export class PackWriter {
   constructor(
     /** The backend's atomic, durable put. */
     private readonly put: (key: string, data: Uint8Array) => Promise<void>,
-    private readonly onStored: (packId: string, entries: PackEntry[]) => void,
+    /** `bytes`: the size of the pack file. */
+    private readonly onStored: (packId: string, entries: PackEntry[], bytes: number) => void,
     private readonly targetSize = PACK_TARGET_SIZE,
     private readonly maxUploads = 2,
+    /** Encrypted repositories: the records added are sealed already; the trailer is sealed here. */
+    private readonly cipher?: RepositoryCipher,
   ) {}
 
   /** Queues a block; resolves when it is buffered (it is durable only after the next `flush`). */
@@ -71,9 +75,9 @@ export class PackWriter {
   }
 
   private async store(blocks: { hash: Buffer; encoded: Uint8Array }[]): Promise<void> {
-    const pack = sealPack(blocks);
+    const pack = sealPack(blocks, this.cipher);
     await this.put(packKey(pack.id), pack.bytes);
     await this.put(indexKey(pack.id), encodeIndex(pack.id, pack.entries));
-    this.onStored(pack.id, pack.entries);
+    this.onStored(pack.id, pack.entries, pack.bytes.length);
   }
 }

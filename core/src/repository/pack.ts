@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import { crc32, sha256 } from '../util/checksums.js';
+import { SEALED_OBJECT_OVERHEAD, type RepositoryCipher } from './repository-cipher.js';
 
 /**
  * Pack files and their index objects (`docs/repository-format.md`, "Pack files", "Index objects").
@@ -10,6 +11,9 @@ import { crc32, sha256 } from '../util/checksums.js';
  * condemned pack by id and must never hit a pack a later session wrote again (see "Garbage collection").
  */
 const PACK_MAGIC = Buffer.from('FPK1', 'ascii');
+/** A pack of an encrypted repository: sealed block records and a sealed trailer. */
+const SEALED_PACK_MAGIC = Buffer.from('FPE1', 'ascii');
+const TRAILER_NAME = 'pack-trailer';
 const INDEX_MAGIC = Buffer.from('FIDX', 'ascii');
 const ENTRY = 44;
 export const PACK_HEADER = 8;
@@ -26,22 +30,30 @@ export interface SealedPack {
   entries: PackEntry[];
 }
 
-/** Size of the pack file that holds exactly these entries (header and trailer sizes are fixed). */
-export function packFileSize(entries: readonly PackEntry[]): number {
-  return PACK_HEADER + entries.reduce((n, e) => n + e.length, 0) + ENTRY * entries.length + 8;
+/**
+ * Size of the pack file that holds exactly these entries (header and trailer sizes are fixed; a
+ * sealed trailer, `encrypted`, is larger by the envelope's overhead).
+ */
+export function packFileSize(entries: readonly PackEntry[], encrypted = false): number {
+  return PACK_HEADER + entries.reduce((n, e) => n + e.length, 0) + ENTRY * entries.length + 8 + (encrypted ? SEALED_OBJECT_OVERHEAD : 0);
 }
 
-/** Builds a pack from encoded block objects (in the order given). */
-export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[]): SealedPack {
+/**
+ * Builds a pack from stored block records (in the order given). With `cipher` (an encrypted
+ * repository) the records are already sealed and the trailer is sealed here: block ids and their
+ * places are then as secret as the index objects.
+ */
+export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[], cipher?: RepositoryCipher): SealedPack {
   const entries: PackEntry[] = [];
   let offset = PACK_HEADER;
   for (const b of blocks) {
     entries.push({ hash: b.hash, offset, length: b.encoded.length });
     offset += b.encoded.length;
   }
-  const trailer = encodeEntries(entries);
+  const plainTrailer = encodeEntries(entries);
+  const trailer = cipher ? cipher.sealObject(TRAILER_NAME, plainTrailer) : plainTrailer;
   const bytes = Buffer.allocUnsafe(offset + trailer.length + 8);
-  PACK_MAGIC.copy(bytes, 0);
+  (cipher ? SEALED_PACK_MAGIC : PACK_MAGIC).copy(bytes, 0);
   randomBytes(4).copy(bytes, 4);
   for (const [i, b] of blocks.entries()) bytes.set(b.encoded, entries[i].offset);
   trailer.copy(bytes, offset);
@@ -51,15 +63,18 @@ export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[]): Seale
 }
 
 /** The entries of a pack from its trailer (for index rebuilds and verification). */
-export function readPackTrailer(pack: Uint8Array, object: string): PackEntry[] {
+export function readPackTrailer(pack: Uint8Array, object: string, cipher?: RepositoryCipher): PackEntry[] {
   const buf = Buffer.from(pack.buffer, pack.byteOffset, pack.byteLength);
   const bad = (why: string): FerryError => new FerryError('REPO_CORRUPT_OBJECT', `pack ${why}`, { object });
-  if (buf.length < PACK_HEADER + 8 || !buf.subarray(0, 4).equals(PACK_MAGIC)) throw bad('has no FPK1 header');
+  const sealed = buf.length >= 4 && buf.subarray(0, 4).equals(SEALED_PACK_MAGIC);
+  if (buf.length < PACK_HEADER + 8 || !(sealed || buf.subarray(0, 4).equals(PACK_MAGIC))) throw bad('has no FPK1 or FPE1 header');
+  if (sealed !== Boolean(cipher)) throw bad(sealed ? 'is encrypted but no key was given' : 'is not encrypted in an encrypted repository');
   const n = buf.readUInt32LE(buf.length - 8);
-  const start = buf.length - 8 - n * ENTRY;
+  const start = buf.length - 8 - n * ENTRY - (sealed ? SEALED_OBJECT_OVERHEAD : 0);
   if (start < PACK_HEADER) throw bad('has an impossible entry count');
   if (crc32(buf.subarray(start, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) throw bad('trailer fails its CRC-32 check');
-  return decodeEntries(buf.subarray(start, start + n * ENTRY), start, object);
+  const trailer = cipher ? cipher.openObject(TRAILER_NAME, buf.subarray(start, buf.length - 8), object) : buf.subarray(start, start + n * ENTRY);
+  return decodeEntries(trailer, start, object);
 }
 
 export function encodeIndex(packId: string, entries: PackEntry[]): Buffer {

@@ -11,8 +11,10 @@ import type { SourceHost } from '../contracts/source-host.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
 import { JobFile, type JobSpec } from '../job/job-loader.js';
+import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { Repository } from '../repository/repository.js';
+import { jobPassphrase } from '../repository/passphrase.js';
 import type { WriteMeter } from '../repository/block-store.js';
 import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../pipe/block-codec.js';
@@ -50,6 +52,8 @@ export async function createPluginHost(opts: RuntimeOptions & { jobDirs?: string
 export class JobRuntime {
   private readonly cache = new Map<string, Promise<unknown>>();
   private codecPromise?: Promise<BlockCodec>;
+  /** The opened repository's block-id key (encrypted repositories): the codec hashes with it. */
+  private idKey?: Buffer;
 
   private constructor(
     readonly spec: JobSpec,
@@ -97,8 +101,17 @@ export class JobRuntime {
     return this.instance('repository-backend', this.spec.repository.type, this.spec.repository.config, ['repository', 'type']);
   }
 
-  async repository(opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository> {
-    return Repository.open(await this.backend(), opts);
+  /** Opens (or creates) the job's repository with the job's encryption and immutability settings. */
+  async repository(opts: { create: boolean; writeMeter?: WriteMeter; keyless?: boolean }): Promise<Repository> {
+    const r = this.spec.repository;
+    const repo = await Repository.open(await this.backend(), {
+      ...opts,
+      passphrase: jobPassphrase(r.encryption, this.spec.file),
+      settings: { encrypted: r.encryption ? true : undefined, immutabilityDays: r.immutability?.days },
+    });
+    if (this.codecPromise && repo.idKey && !this.idKey) throw new FerryError('INTERNAL', 'the block codec was created before the encrypted repository was opened');
+    this.idKey = repo.idKey;
+    return repo;
   }
 
   transport(name: string): Promise<Transport> {
@@ -119,7 +132,7 @@ export class JobRuntime {
 
   /** Hashing and (de)compression on worker threads, one per core; created on first use. */
   codec(): Promise<BlockCodec> {
-    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options));
+    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey));
     return this.codecPromise;
   }
 

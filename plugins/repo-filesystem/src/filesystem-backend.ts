@@ -1,13 +1,16 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError, type RepositoryBackend } from '@ferry/core';
+import { FerryError, type RepositoryBackend, type StorageProtection } from '@ferry/core';
 
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 /** Files `getRange` keeps open at most. */
 const MAX_OPEN = 32;
 /** Temporary files live here until renamed into place; never listed as keys. */
 export const TMP_DIR = 'tmp';
+/** Files per `chattr` run. */
+const CHATTR_BATCH = 256;
 
 /**
  * A repository in a folder. Every object is one file named by its key. `put` writes a temporary file
@@ -18,6 +21,8 @@ export class FilesystemBackend implements RepositoryBackend {
   private readonly syncedDirs = new Set<string>();
   /** Open files for `getRange`, least recently used first. */
   private readonly open = new Map<string, Promise<fs.FileHandle>>();
+  /** Whether `chattr +i` works here: unknown until tried; once it fails, not tried again. */
+  private immutableAttr: { ok: boolean; note?: string } | undefined;
 
   constructor(readonly root: string) {}
 
@@ -139,6 +144,43 @@ export class FilesystemBackend implements RepositoryBackend {
     return removed;
   }
 
+  /**
+   * Immutability: read-only mode (0444), then the immutable attribute (`chattr +i`, the
+   * FS_IOC_SETFLAGS ioctl), which needs CAP_LINUX_IMMUTABLE and a filesystem that has it (ext2/3/4,
+   * xfs, btrfs; not tmpfs or most network filesystems). Mode bits alone do not stop deletion (that
+   * is the folder's permission) and do not stop root; the attribute stops everyone, root included,
+   * until it is lifted. Missing support or privileges are reported, never an error.
+   */
+  async protect(keys: string[]): Promise<StorageProtection> {
+    const files = keys.map((k) => this.file(k));
+    let readOnly = true;
+    for (const f of files) await fs.chmod(f, 0o444).catch(() => (readOnly = false));
+    if (this.immutableAttr?.ok !== false) {
+      for (let i = 0; i < files.length; i += CHATTR_BATCH) {
+        const err = await chattr('+i', files.slice(i, i + CHATTR_BATCH));
+        this.immutableAttr = err ? { ok: false, note: `cannot set the immutable attribute (chattr +i) in ${this.root}: ${err}` } : { ok: true };
+        if (err) break;
+      }
+    }
+    const immutable = this.immutableAttr?.ok === true;
+    return { readOnly, immutable, ...(!immutable && { note: this.immutableAttr?.note ?? 'the immutable attribute was not tried' }) };
+  }
+
+  /** Lifts the immutable attribute (when it may have been set) and the read-only mode. */
+  async unprotect(keys: string[]): Promise<void> {
+    const files: string[] = [];
+    for (const k of keys) {
+      const f = this.file(k);
+      if (await fs.access(f).then(() => true, () => false)) files.push(f);
+    }
+    if (files.length === 0) return;
+    // Another process may have set the attribute even when this one cannot: try unless chattr is absent.
+    if (this.immutableAttr?.note?.includes('ENOENT') !== true) {
+      for (let i = 0; i < files.length; i += CHATTR_BATCH) await chattr('-i', files.slice(i, i + CHATTR_BATCH));
+    }
+    for (const f of files) await fs.chmod(f, 0o644).catch(() => undefined);
+  }
+
   private async *walk(rel: string): AsyncIterable<string> {
     let entries: import('node:fs').Dirent[];
     try {
@@ -183,6 +225,17 @@ export class FilesystemBackend implements RepositoryBackend {
     const hint = e.code === 'ENOSPC' ? ' (the repository disk is full)' : e.code === 'EROFS' ? ' (read-only filesystem)' : '';
     return new FerryError('REPO_IO', `cannot ${op} ${key} in ${this.root}: ${e.code ?? e.message}${hint}`, { object: key }, { cause: err });
   }
+}
+
+/** Runs chattr on files; resolves to why it failed, or undefined. Bounded by a timeout. */
+function chattr(flag: '+i' | '-i', files: string[]): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    execFile('chattr', [flag, '--', ...files], { timeout: 30_000 }, (err, _out, stderr) => {
+      if (!err) return resolve(undefined);
+      const code = (err as NodeJS.ErrnoException).code;
+      resolve(code === 'ENOENT' ? 'chattr is not installed (ENOENT)' : (String(stderr).trim().split('\n')[0] || err.message));
+    });
+  });
 }
 
 async function syncDir(dir: string): Promise<void> {

@@ -1,0 +1,145 @@
+import type { RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
+import { FerryError } from '../errors.js';
+import type { RepositoryCipher } from './repository-cipher.js';
+
+/**
+ * The backend as the rest of the core sees it: a wrapper (restic style: cross-cutting behaviour
+ * wraps a backend instead of living in it) that
+ *
+ * - seals every metadata object on put and opens it on get when the repository is encrypted, bound
+ *   to its name, so callers read and write plaintext (see `objectName` for what stays plaintext);
+ * - with immutability, asks the storage to protect committed objects (config, packs, index objects,
+ *   block maps, manifests) right after their put, lifts that before the core deletes one, refuses
+ *   to replace a manifest or block map, and refuses to delete the manifest of a point whose id (its
+ *   session's start) is younger than the period. The rule on points is enforced first in
+ *   `Repository.deletePoint` and retention; this is the last guard below them.
+ *
+ * Pack files pass through: their block records are sealed one by one by the block store (range
+ * reads), and their trailer by `sealPack`.
+ */
+export class RepositoryStorage implements RepositoryBackend {
+  /** What the storage said the first time it was asked to protect something (reported once). */
+  protection?: StorageProtection;
+  private warned = false;
+
+  /**
+   * `sealed` without `cipher`: an encrypted repository opened without its key (`ferry unlock` needs
+   * only the plaintext lock objects); any sealed object is then REPO_PASSPHRASE_REQUIRED.
+   */
+  constructor(
+    readonly raw: RepositoryBackend,
+    readonly cipher: RepositoryCipher | undefined,
+    readonly immutabilityDays: number | undefined,
+    private readonly sealed = Boolean(cipher),
+    private readonly warn: (line: string) => void = (l) => process.stderr.write(`ferry: ${l}\n`),
+  ) {}
+
+  get location(): string {
+    return this.raw.location;
+  }
+
+  async get(key: string): Promise<Uint8Array> {
+    const name = this.nameOf(key);
+    const data = await this.raw.get(key);
+    return name ? this.cipher!.openObject(name, data, key) : data;
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
+    if (this.nameOf(key)) throw new FerryError('INTERNAL', 'range read of a sealed object', { object: key });
+    if (this.raw.getRange) return this.raw.getRange(key, offset, length);
+    const all = await this.raw.get(key);
+    return all.subarray(offset, offset + length);
+  }
+
+  async put(key: string, data: Uint8Array): Promise<void> {
+    const name = this.nameOf(key);
+    const protect = this.immutabilityDays !== undefined && isProtected(key);
+    if (protect && (await this.raw.has(key))) {
+      if (key.startsWith('points/')) {
+        throw new FerryError('REPO_IMMUTABLE', 'the repository is immutable: a committed manifest or block map is never replaced', { object: key });
+      }
+      await this.raw.unprotect?.([key]);
+    }
+    await this.raw.put(key, name ? this.cipher!.sealObject(name, data) : data);
+    if (protect) await this.protectObjects([key]);
+  }
+
+  has(key: string): Promise<boolean> {
+    return this.raw.has(key);
+  }
+
+  list(prefix: string): AsyncIterable<string> {
+    return this.raw.list(prefix);
+  }
+
+  async delete(key: string): Promise<void> {
+    if (this.immutabilityDays !== undefined && isProtected(key)) {
+      const until = manifestImmutableUntil(key, this.immutabilityDays);
+      if (until && until.getTime() > Date.now()) {
+        throw new FerryError('REPO_IMMUTABLE', `restore point is immutable until ${until.toISOString()}`, { object: key });
+      }
+      await this.raw.unprotect?.([key]);
+    }
+    await this.raw.delete(key);
+  }
+
+  close(): Promise<void> {
+    return this.raw.close?.() ?? Promise.resolve();
+  }
+
+  removeStaleTemporaries(olderThanMs: number): Promise<number> {
+    return this.raw.removeStaleTemporaries?.(olderThanMs) ?? Promise.resolve(0);
+  }
+
+  /** The name a sealed object is bound to; undefined for plaintext objects or repositories. */
+  private nameOf(key: string): string | undefined {
+    if (!this.sealed) return undefined;
+    const name = objectName(key);
+    if (name && !this.cipher) {
+      throw new FerryError('REPO_PASSPHRASE_REQUIRED', `the repository at ${this.raw.location} is encrypted and was opened without its passphrase`, { object: key });
+    }
+    return name;
+  }
+
+  /** Protects committed objects (immutability); says once when the storage cannot do all of it. */
+  async protectObjects(keys: string[]): Promise<void> {
+    if (!this.raw.protect) {
+      this.protection ??= { readOnly: false, immutable: false, note: `the ${this.raw.location} backend offers no storage-level protection` };
+    } else {
+      const got = await this.raw.protect(keys);
+      if (!this.protection || (this.protection.immutable && !got.immutable)) this.protection = got;
+    }
+    if (!this.protection.immutable && !this.warned) {
+      this.warned = true;
+      this.warn(
+        `immutability at ${this.raw.location}: ${this.protection.note ?? 'the storage cannot make objects immutable'}; ` +
+          'Ferry itself still refuses to delete or replace restore points inside the period',
+      );
+    }
+  }
+}
+
+/**
+ * What a sealed object is bound to (its associated data), or undefined for objects that stay
+ * plaintext: the config (it says whether the repository is encrypted), key objects (they carry their
+ * own wrapping), lock objects (`ferry unlock` must show holders without a passphrase; they hold no
+ * data and no block ids) and pack files (sealed record by record). Index objects are bound to their
+ * pack id, not their key, so garbage collection can move one to `gc/condemned/` and back.
+ */
+export function objectName(key: string): string | undefined {
+  if (key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('locks/') || key.startsWith('packs/')) return undefined;
+  const index = /^(?:index|gc\/condemned)\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(key);
+  if (index) return `pack-index:${index[1]}`;
+  return key;
+}
+
+/** Objects immutability protects: everything a committed restore point needs, and the config. */
+function isProtected(key: string): boolean {
+  return key === 'ferry-repository.json' || key.startsWith('packs/') || key.startsWith('index/') || key.startsWith('points/');
+}
+
+/** For a manifest key `points/<vm>/<id>.json`: the session start its id encodes plus the period. */
+function manifestImmutableUntil(key: string, days: number): Date | undefined {
+  const m = /^points\/[^/]+\/(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z-[^/]*\.json$/.exec(key);
+  return m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) + days * 86_400_000) : undefined;
+}
