@@ -52,6 +52,9 @@ export const ERROR_CODES = {
   PIPE_CLOSED: 'the data-pipe connection ended while it was in use (peer left without goodbye, or closed locally)',
   PIPE_UNREACHABLE: 'the data-pipe peer cannot be reached at its address',
   CERTS_FAILED: 'a certificate folder cannot be written or read (files already there without --force, files missing, openssl missing or failed)',
+  // data-mover services
+  REMOTE_RESUME_FAILED: 'the data pipe to a proxy dropped (or never came up) and could not be resumed within the retry window',
+  REMOTE_SESSION_LOST: 'the repository service went away during the session; nothing unfinished was committed',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
 } as const;

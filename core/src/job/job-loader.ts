@@ -43,6 +43,11 @@ export interface JobSpec {
   retention?: RetentionPolicy;
   /** Health check after each successful session (`verify:`), on a sample of the blocks. */
   verify: { afterBackup: boolean; samplePercent: number };
+  /**
+   * Remote data movers (`repository: { server }`, `proxies`, `certs`): the session runs through a
+   * repository service and proxies, and `repository.type` is empty. Absent: everything embedded.
+   */
+  remote?: { server: string; proxies: string[]; certs: string };
 }
 
 /**
@@ -87,6 +92,7 @@ export class JobFile {
       throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
     }
     job.validate(coreJobSchema(true));
+    job.checkRemote();
     return job;
   }
 
@@ -166,7 +172,42 @@ export class JobFile {
       filters: (d.filters as unknown as string[] | undefined) ?? ['zero'],
       ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
       verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
+      ...this.remote(),
     };
+  }
+
+  /** `repository.type` or `repository.server` (with `certs`); `proxies` only with a repository service. */
+  private checkRemote(): void {
+    const repo = this.data.repository as { type?: string; server?: string };
+    if (repo.type === undefined && repo.server === undefined) {
+      throw new FerryError('JOB_INVALID', 'missing key "type" (or "server", the host:port of a repository service)', {
+        ...this.where(['repository']),
+        path: 'repository.type',
+      });
+    }
+    if (repo.type !== undefined && repo.server !== undefined) {
+      throw new FerryError(
+        'JOB_INVALID',
+        'name either repository.type (a repository this process writes) or repository.server (a repository service), not both',
+        this.whereKey(['repository'], 'server'),
+      );
+    }
+    if (repo.server !== undefined && this.data.certs === undefined) {
+      throw new FerryError('JOB_INVALID', 'missing key "certs": a repository service is reached over mutual TLS (ferry certs init DIR)', {
+        ...this.where([]),
+        path: 'certs',
+      });
+    }
+    if (this.data.proxies !== undefined && repo.server === undefined) {
+      throw new FerryError('JOB_INVALID', 'proxies need a repository service (repository: { server: host:port }) that connects to them', this.whereKey([], 'proxies'));
+    }
+  }
+
+  private remote(): Pick<JobSpec, 'remote'> {
+    const server = (this.data.repository as { server?: string }).server;
+    if (server === undefined) return {};
+    const proxies = ((this.data.proxies as { address: string }[] | undefined) ?? []).map((p) => p.address);
+    return { remote: { server, proxies, certs: this.data.certs as string } };
   }
 
   /** `parallelDisks` at the top level, or under `storage:` (the same key); both must agree. */

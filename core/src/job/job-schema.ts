@@ -16,6 +16,8 @@ export const DEFAULT_PARALLEL_DISKS = 2;
 export const MAX_PARALLEL_DISKS = 64;
 
 const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', maxLength: 128 };
+/** `host:port` or `[v6]:port` of a data-mover service. */
+const ADDRESS = { type: 'string', pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$' };
 
 /**
  * The job file as the core sees it. `source` and `repository` accept further keys here; the second
@@ -52,12 +54,19 @@ export function coreJobSchema(open: boolean): JsonSchema {
         },
       },
       transport: { type: 'string', minLength: 1 },
+      proxies: {
+        type: 'array',
+        minItems: 1,
+        items: { type: 'object', additionalProperties: false, required: ['address'], properties: { address: ADDRESS } },
+      },
+      certs: { type: 'string', ferryPath: 'directory' },
+      // `type` (a repository this process writes) or `server` (a repository service): the loader checks one is there
       repository: {
         type: 'object',
-        required: ['type'],
         additionalProperties: open,
         properties: {
           type: { type: 'string', minLength: 1 },
+          server: ADDRESS,
           // Core keys of every repository (chosen when it is created; docs/repository-format.md).
           encryption: {
             type: 'object',
@@ -127,5 +136,5 @@ function merge(target: { properties: Record<string, unknown>; required: string[]
   const props = (extra.properties ?? {}) as Record<string, unknown>;
   for (const [k, v] of Object.entries(props)) if (!(k in target.properties)) target.properties[k] = v;
   const req = (extra.required ?? []) as string[];
-  target.required = [...new Set([...target.required, ...req])];
+  target.required = [...new Set([...(target.required ?? []), ...req])];
 }

@@ -57,12 +57,13 @@ export class SourceMover {
     this.readAhead = Math.max(1, opts.readAhead ?? 8);
   }
 
-  async *blocks(handle: DiskHandle, skip: Extent[], counters: SourceCounters, changed?: ChangedRanges): AsyncGenerator<BlockRecord> {
+  /** `from`: the first block to yield (a resumed data pipe starts after the last block the target kept). */
+  async *blocks(handle: DiskHandle, skip: Extent[], counters: SourceCounters, changed?: ChangedRanges, from = 0): AsyncGenerator<BlockRecord> {
     const count = Math.ceil(handle.size / this.opts.blockSize);
     const alloc = new AllocationCursor(handle);
     const changes = changed && new ChangeCursor(changed, handle.size);
     const window: Promise<BlockRecord>[] = [];
-    let next = 0;
+    let next = Math.max(0, from);
     while (next < count || window.length > 0) {
       while (next < count && window.length < this.readAhead) {
         const plan = await this.plan(next++, handle.size, alloc, skip, changes);

@@ -14,6 +14,7 @@ import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from './session-report.js';
 import { healingRanges, lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
+import { runRemoteBackup } from '../remote/services/remote-backup.js';
 import { DiskSlots, mapInOrder } from './disk-slots.js';
 
 export interface BackupOptions {
@@ -44,6 +45,8 @@ interface SessionParts {
  * gets one restore point, committed atomically. The snapshot is released on every exit path.
  */
 export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promise<SessionReport> {
+  // Remote data movers: the proxies read, the repository service writes (core/src/remote/services/).
+  if (rt.spec.remote) return runRemoteBackup(rt, rt.spec.remote, opts);
   const started = new Date();
   const meters = newStageMeters();
   const report: SessionReport = {

@@ -19,6 +19,7 @@ import type { WriteMeter } from '../repository/block-store.js';
 import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../pipe/block-codec.js';
 import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import { notHere } from '../remote/services/remote-backup.js';
 
 /** Transports `transport: auto` tries first, in this order; any others follow by name. */
 const AUTO_ORDER = ['hotadd', 'nbd'];
@@ -67,11 +68,14 @@ export class JobRuntime {
     const raw = jobFile.raw as { source: { host: string }; repository: { type: string }; plugins?: string[] };
     const plugins = await createPluginHost({ ...opts, jobDirs: raw.plugins });
     const src = await plugins.registration('source-host', raw.source.host, jobFile.where(['source', 'host']));
-    const repo = await plugins.registration('repository-backend', raw.repository.type, jobFile.where(['repository', 'type']));
+    // A repository service (`repository.server`) needs no backend plugin here.
+    const repo = (raw.repository as { server?: string }).server
+      ? undefined
+      : await plugins.registration('repository-backend', raw.repository.type, jobFile.where(['repository', 'type']));
     const spec = jobFile.complete({
       sourceConfig: src.options.configSchema,
       sourceVm: src.options.vmSchema,
-      repository: repo.options.configSchema,
+      repository: repo?.options.configSchema,
     });
     const container = plugins.container.createChildContainer();
     const ctx: JobContext = { name: spec.job, file: spec.file, dir: spec.dir, where: (p) => jobFile.where(p) };
@@ -98,6 +102,7 @@ export class JobRuntime {
   }
 
   backend(): Promise<RepositoryBackend> {
+    if (this.spec.remote) return Promise.reject(notHere(this.spec.remote.server, this.jobFile.where(['repository', 'server'])));
     return this.instance('repository-backend', this.spec.repository.type, this.spec.repository.config, ['repository', 'type']);
   }
 

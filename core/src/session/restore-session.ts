@@ -3,6 +3,7 @@ import type { Repository } from '../repository/repository.js';
 import { lockForReading } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
 import { fileSink, isTargetAddress, targetSink, type RestoreSink } from './restore-sink.js';
+import { restoreRemote } from '../remote/services/remote-restore.js';
 
 export interface RestoreOptions {
   vm: string;
@@ -36,6 +37,8 @@ export interface RestoreReport {
  * and written zeros elsewhere.
  */
 export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
+  // A repository service streams the blocks; this process checks and writes them.
+  if (rt.spec.remote) return restoreRemote(rt, rt.spec.remote, opts);
   const repo = await rt.repository({ create: false });
   // A `restore` lock keeps garbage collection from sweeping packs this restore may still read.
   const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [opts.vm], job: rt.spec.job });

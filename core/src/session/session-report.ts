@@ -31,6 +31,15 @@ export interface DiskReport {
   /** Restore point id; null when the VM's point was not committed. */
   restorePoint: string | null;
   error?: ReportedError;
+  /** Remote data movers: the proxy that read the disk (`host:port`). */
+  proxy?: string;
+  /** Remote data movers: times the data pipe dropped and was resumed for this disk. */
+  reconnects?: number;
+  /** Remote data movers: data blocks the proxy sent a second time after a resume (at most the in-flight window per reconnect). */
+  resentBlocks?: number;
+  /** Remote data movers: this disk's busy time per stage and its busiest stage. */
+  stages?: StageReport[];
+  bottleneck?: Stage | null;
 }
 
 export interface VmReport {
@@ -58,6 +67,8 @@ export interface SessionReport {
   bottleneck: Stage | null;
   /** Damaged blocks this session stored again (self-heal), over all disks. */
   healedBlocks: number;
+  /** Remote data movers: data-pipe reconnects over all disks. */
+  reconnects?: number;
   /** Restore points retention removed after the session (present when the job has `retention:`). */
   retention?: RetentionOutcome;
   /** The health check after the session (present with `verify: { afterBackup: true }`). */

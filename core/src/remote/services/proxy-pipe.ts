@@ -1,0 +1,204 @@
+import { FerryError, type ErrorLocation } from '../../errors.js';
+import type { BlockRecord } from '../../pipe/block-record.js';
+import type { BlockStore } from '../../repository/block-store.js';
+import { BusyMeter } from '../../session/stage-meter.js';
+import { connect, type ConnectOptions, type Connection, type PeerAuth, type WireMessage } from '../wire/index.js';
+import { errorFromWire, fromHex, receiveOrFail, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+
+export interface ProxyPipeOptions {
+  /** Proxy address `host:port`. */
+  address: string;
+  auth: PeerAuth;
+  task: Omit<ReadTask, 'resumeFrom'>;
+  /** Answers the proxy's `known?` questions (the session's repository). */
+  blocks: BlockStore;
+  /** How long to keep trying to reach the proxy again after the pipe dropped. */
+  retryWindowMs: number;
+  heartbeatMs?: number;
+  signal?: AbortSignal;
+  onProgress?: (doneBytes: number) => void;
+  /** Opens the connection (default: the wire layer's `connect`; tests pass in-memory pairs). */
+  dial?: Dial;
+}
+
+export type Dial = (opts: ConnectOptions) => Promise<Connection>;
+
+/** Wire errors after which trying again cannot help (a wrong peer, another protocol version). */
+const PERMANENT = new Set(['PIPE_AUTH', 'PIPE_VERSION']);
+
+/**
+ * The repository service's end of one disk's data pipe: connects to the proxy, sends the read task
+ * and turns the proxy's messages back into the `BlockRecord`s the `TargetMover` consumes. When the
+ * connection drops it connects again (within `retryWindowMs`) and resumes from the first record it
+ * has not kept; the target mover does not notice.
+ */
+export class ProxyPipe {
+  info?: TaskInfo;
+  summary?: TaskSummary;
+  reconnects = 0;
+  /** Time the target side spent on records (checks, dedup, storing, waiting for pack uploads). */
+  readonly targetBusy = new BusyMeter();
+  private conn?: Connection;
+  /** The next record the repository has not kept. */
+  private next = 0;
+  private readonly where: ErrorLocation;
+
+  constructor(private readonly opts: ProxyPipeOptions) {
+    this.where = { vm: opts.task.vm, disk: opts.task.disk.name };
+  }
+
+  /** Connects, sends the task and waits for the proxy's answer (transport, size, mode). */
+  async start(): Promise<TaskInfo> {
+    await this.open(false);
+    return this.info!;
+  }
+
+  async *records(): AsyncGenerator<BlockRecord> {
+    const { blockSize } = this.opts.task;
+    const size = this.info!.sizeBytes;
+    const count = Math.ceil(size / blockSize);
+    const lengthOf = (i: number): number => Math.min(blockSize, size - i * blockSize);
+    const ackEvery = Math.max(1, Math.floor(this.opts.task.window / 4));
+    let lastAck = 0;
+    let done = 0;
+    try {
+      for (;;) {
+        let m: WireMessage;
+        try {
+          this.checkAbort();
+          m = await receiveOrFail(this.conn!, 'the next record', this.where);
+        } catch (err) {
+          if (!this.transient(err)) throw err;
+          await this.open(true, err as Error);
+          lastAck = this.next;
+          continue;
+        }
+        const out: BlockRecord[] = [];
+        switch (m.type) {
+          case 'known?': {
+            const hashes = (m.header?.hashes as string[] | undefined) ?? [];
+            const have = await Promise.all(hashes.map((h) => this.opts.blocks.has(fromHex(h, 'a queried hash'))));
+            await this.conn!.send({ type: 'known!', header: { q: m.header?.q, have } }).catch(() => undefined);
+            continue;
+          }
+          case 'block':
+            out.push({ kind: 'data', index: Number(m.header?.i), length: 0, hash: fromHex(m.header?.h, 'a block hash'), encoded: asBuffer(m.body) });
+            break;
+          case 'known':
+            out.push({ kind: 'known', index: Number(m.header?.i), length: 0, hash: fromHex(m.header?.h, 'a block hash') });
+            break;
+          case 'run': {
+            const i = Number(m.header?.i);
+            const n = Number(m.header?.n);
+            if (!Number.isInteger(n) || n < 1 || i + n > count) throw unexpected(m, 'a run inside the disk', this.where);
+            for (let k = 0; k < n; k++) {
+              out.push(m.header?.k === 'unchanged' ? { kind: 'unchanged', index: i + k, length: 0 } : { kind: 'zero', index: i + k, length: 0, read: m.header?.read === true });
+            }
+            break;
+          }
+          case 'end':
+            if (this.next !== count) throw new FerryError('PIPE_PROTOCOL', `the proxy ended the disk after ${this.next} of ${count} blocks`, this.where);
+            this.summary = m.header as unknown as TaskSummary;
+            await this.conn!.send({ type: 'done' }).catch(() => undefined);
+            return;
+          case 'error':
+            throw errorFromWire(m.header?.error as never, this.where);
+          default:
+            throw unexpected(m, 'a block record', this.where);
+        }
+        for (const rec of out) {
+          if (rec.index !== this.next) {
+            throw new FerryError('PIPE_PROTOCOL', `the proxy sent block ${rec.index} where block ${this.next} was due`, this.where);
+          }
+          rec.length = lengthOf(rec.index);
+          this.targetBusy.start();
+          try {
+            yield rec;
+          } finally {
+            this.targetBusy.end();
+          }
+          this.next++;
+          done += rec.length;
+        }
+        this.opts.onProgress?.(done);
+        if (this.next - lastAck >= ackEvery) {
+          lastAck = this.next;
+          await this.conn!.send({ type: 'ack', header: { upTo: this.next } }).catch(() => undefined);
+        }
+      }
+    } finally {
+      await this.conn?.close().catch(() => undefined);
+    }
+  }
+
+  /** Connects (again) within the retry window and sends the task from the next record not kept. */
+  private async open(resume: boolean, cause?: Error): Promise<void> {
+    await this.conn?.close().catch(() => undefined);
+    this.conn = undefined;
+    const deadline = Date.now() + this.opts.retryWindowMs;
+    let delay = 100;
+    let last: Error | undefined = cause;
+    for (let attempt = 0; ; attempt++) {
+      this.checkAbort();
+      try {
+        const conn = await (this.opts.dial ?? connect)({
+          address: this.opts.address,
+          auth: this.opts.auth,
+          expectRole: 'proxy',
+          timeoutMs: Math.max(1000, Math.min(10_000, deadline - Date.now())),
+          heartbeatMs: this.opts.heartbeatMs,
+          signal: this.opts.signal,
+        });
+        try {
+          await conn.send({ type: 'task', header: { ...this.opts.task, resumeFrom: this.next } });
+          const m = await receiveOrFail(conn, 'the answer to the read task', this.where);
+          if (m.type === 'error') throw errorFromWire(m.header?.error as never, this.where);
+          if (m.type !== 'task.ok') throw unexpected(m, 'task.ok', this.where);
+          const info = m.header as unknown as TaskInfo;
+          if (this.info && (info.sizeBytes !== this.info.sizeBytes || info.mode !== this.info.mode)) {
+            throw new FerryError('REMOTE_RESUME_FAILED', `the disk looks different after reconnecting (${info.sizeBytes} bytes, ${info.mode})`, this.where);
+          }
+          this.info ??= info;
+        } catch (err) {
+          await conn.close().catch(() => undefined);
+          throw err;
+        }
+        this.conn = conn;
+        if (resume) this.reconnects++;
+        return;
+      } catch (err) {
+        if (!this.transient(err)) throw err;
+        last = err as Error;
+      }
+      if (Date.now() + delay > deadline) break;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(2000, delay * 2);
+    }
+    const what = resume ? `the data pipe dropped at block ${this.next} and` : 'the proxy';
+    throw new FerryError(
+      'REMOTE_RESUME_FAILED',
+      `${what} could not be reached at ${this.opts.address} within ${Math.round(this.opts.retryWindowMs / 1000)} s (${last?.message ?? 'no answer'})`,
+      { ...this.where, host: this.opts.address },
+      { cause: last },
+    );
+  }
+
+  private transient(err: unknown): boolean {
+    if (this.opts.signal?.aborted) return false;
+    const code = (err as { code?: string })?.code ?? '';
+    if (err instanceof FerryError) return code.startsWith('PIPE_') && !PERMANENT.has(code);
+    // socket errors that the wire layer did not wrap (ECONNRESET, ECONNREFUSED, EPIPE, ...)
+    return typeof code === 'string' && /^E[A-Z]+$/.test(code);
+  }
+
+  private checkAbort(): void {
+    if (this.opts.signal?.aborted) {
+      throw new FerryError('SESSION_INTERRUPTED', 'the backup server ended the session; this disk gets no restore point', this.where);
+    }
+  }
+}
+
+function asBuffer(b: Uint8Array | undefined): Buffer {
+  if (!b) return Buffer.alloc(0);
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}

@@ -1,0 +1,399 @@
+import type { DependencyContainer } from 'tsyringe';
+import type { BlockFilter } from '../../contracts/block-filter.js';
+import type { Extent } from '../../contracts/extent.js';
+import type { SourceDisk } from '../../contracts/source-host.js';
+import type { DiskHandle, Transport } from '../../contracts/transport.js';
+import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
+import type { JobContext } from '../../job/job-context.js';
+import type { BlockCodec } from '../../pipe/block-codec.js';
+import type { BlockRecord } from '../../pipe/block-record.js';
+import { SourceMover, type ChangedRanges, type SourceCounters } from '../../pipe/source-mover.js';
+import type { PluginHost } from '../../plugins/plugin-host.js';
+import { newStageMeters, type StageMeters } from '../../session/stage-meter.js';
+import { Tokens } from '../../tokens.js';
+import type { Connection, WireMessage } from '../wire/index.js';
+import { DATA_PIPE_VERSION, errorToWire, hex, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { Slots } from './slots.js';
+
+/** Transports `transport: auto` tries first (the same order as an embedded session). */
+const AUTO_ORDER = ['hotadd', 'nbd'];
+/** How long a finished or broken task's figures are kept for a resume. */
+const TASK_TTL_MS = 10 * 60_000;
+/** Records without data sent as one `run` message, at most. */
+const MAX_RUN = 4096;
+/** Hashes asked in one `known?` message, at most. */
+const MAX_QUERY = 64;
+
+export interface ProxyServiceOptions {
+  plugins: PluginHost;
+  codec: BlockCodec;
+  /** Disks read at the same time (`taskSlots`); further tasks wait for a slot. */
+  taskSlots: number;
+  log?: (line: string) => void;
+}
+
+/** Figures of one task, kept across the connections that serve it (resumes). */
+interface TaskState {
+  counters: SourceCounters;
+  meters: StageMeters;
+  /** Highest record index sent on any connection so far (-1: none). */
+  highestSent: number;
+  resentBlocks: number;
+  expires: number;
+}
+
+/**
+ * The source-side data mover as a service (`ferry proxy serve`): a repository service connects,
+ * sends a read task, and the proxy reads the disk through its own transports, filters and worker
+ * threads with the same `SourceMover` an embedded session uses, asks which hashes the repository
+ * already holds, and sends the records in index order within the in-flight window.
+ */
+export class ProxyService {
+  readonly slots: Slots;
+  private readonly tasks = new Map<string, TaskState>();
+  private readonly open = new Set<Connection>();
+
+  constructor(private readonly opts: ProxyServiceOptions) {
+    this.slots = new Slots(opts.taskSlots);
+  }
+
+  /** Serves one data-pipe connection until the peer closes it. */
+  async serve(conn: Connection): Promise<void> {
+    this.open.add(conn);
+    try {
+      // One task per connection: the repository service opens a data pipe per disk (and per resume).
+      const m = await conn.receive();
+      if (!m) return;
+      if (m.type !== 'task') throw unexpected(m, 'a read task');
+      await this.runTask(conn, m.header as unknown as ReadTask);
+    } catch (err) {
+      this.opts.log?.(`data pipe from ${conn.peer.name} (${conn.peer.address}): ${(err as Error).message}`);
+    } finally {
+      this.open.delete(conn);
+      await conn.close().catch(() => undefined);
+    }
+  }
+
+  /** Closes every data pipe (service shutdown). */
+  async close(): Promise<void> {
+    await Promise.all([...this.open].map((c) => c.close('the proxy is shutting down').catch(() => undefined)));
+  }
+
+  private async runTask(conn: Connection, task: ReadTask): Promise<void> {
+    const where: ErrorLocation = { vm: task.vm, disk: task.disk?.name };
+    if (task.version !== DATA_PIPE_VERSION) {
+      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task.version}; this proxy speaks ${DATA_PIPE_VERSION}`, where)) } });
+      return;
+    }
+    const state = this.taskState(task.taskId);
+    const release = await this.slots.acquire();
+    const container = this.opts.plugins.container.createChildContainer();
+    const ctx: JobContext = { name: task.vm, file: '', dir: '', where: () => ({}) };
+    container.register(Tokens.JobContext, { useValue: ctx });
+    let handle: DiskHandle | undefined;
+    const pipe = new PipeReader(conn);
+    try {
+      const opened = await this.openDisk(container, task, where);
+      handle = opened.handle;
+      const skip = await this.skipExtents(container, task, where);
+      const { info, changed } = this.plan(task, handle, opened);
+      await conn.send({ type: 'task.ok', header: { ...info } });
+      const mover = new SourceMover(
+        {
+          blockSize: task.blockSize,
+          compressor: task.compressor,
+          codec: this.opts.codec,
+          filters: await this.filters(container, task, where),
+          readAhead: task.readAhead,
+          isKnown: (hash) => pipe.isKnown(hash, state.meters.network),
+        },
+        state.meters,
+      );
+      await this.send(conn, pipe, task, state, mover.blocks(handle, skip, state.counters, changed, task.resumeFrom));
+      const summary: TaskSummary = {
+        bytesRead: state.counters.bytesRead,
+        zeroBytesSkipped: state.counters.zeroBytesSkipped,
+        bytesTransferred: state.counters.bytesTransferred,
+        resentBlocks: state.resentBlocks,
+        busy: {
+          'source read': Math.round(state.meters['source read'].busyMs),
+          processing: Math.round(state.meters.processing.busyMs),
+          network: Math.round(state.meters.network.busyMs),
+        },
+      };
+      await conn.send({ type: 'end', header: { ...summary } });
+      const done = await pipe.next();
+      if (done?.type === 'done') this.tasks.delete(task.taskId);
+    } catch (err) {
+      if (pipe.broken) throw pipe.broken;
+      // A read or plugin failure: the repository side fails the disk (a resume would not help).
+      await conn.send({ type: 'error', header: { error: errorToWire(err instanceof FerryError ? err.at(where) : err) } }).catch(() => undefined);
+    } finally {
+      pipe.stop();
+      await handle?.close().catch(() => undefined);
+      release();
+      await container.dispose();
+    }
+  }
+
+  /** Sends the records; data blocks wait while `window` of them are unacknowledged. */
+  private async send(conn: Connection, pipe: PipeReader, task: ReadTask, state: TaskState, records: AsyncIterable<BlockRecord>): Promise<void> {
+    const net = state.meters.network;
+    let run: { i: number; n: number; k: 'zero' | 'unchanged'; read: boolean } | undefined;
+    const flush = async (): Promise<void> => {
+      if (!run) return;
+      const r = run;
+      run = undefined;
+      await net.time(() => conn.send({ type: 'run', header: { ...r } }));
+    };
+    for await (const rec of records) {
+      pipe.check();
+      if (rec.kind === 'zero' || rec.kind === 'unchanged') {
+        const read = rec.kind === 'zero' && rec.read;
+        if (run && run.k === rec.kind && run.read === read && run.i + run.n === rec.index && run.n < MAX_RUN) run.n++;
+        else {
+          await flush();
+          run = { i: rec.index, n: 1, k: rec.kind, read };
+        }
+        continue;
+      }
+      await flush();
+      if (rec.kind === 'known') {
+        await net.time(() => conn.send({ type: 'known', header: { i: rec.index, h: hex(rec.hash) } }));
+        continue;
+      }
+      await pipe.windowOpen(task.window);
+      if (rec.index <= state.highestSent) state.resentBlocks++;
+      state.highestSent = Math.max(state.highestSent, rec.index);
+      pipe.sent(rec.index);
+      await net.time(() => conn.send({ type: 'block', header: { i: rec.index, h: hex(rec.hash) }, body: rec.encoded }));
+    }
+    await flush();
+  }
+
+  private taskState(id: string): TaskState {
+    const now = Date.now();
+    for (const [k, t] of this.tasks) if (t.expires < now) this.tasks.delete(k);
+    let t = this.tasks.get(id);
+    if (!t) {
+      t = { counters: { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 }, meters: newStageMeters(), highestSent: -1, resentBlocks: 0, expires: 0 };
+      this.tasks.set(id, t);
+    }
+    t.expires = now + TASK_TTL_MS;
+    return t;
+  }
+
+  /** Full or incremental: what needs the open disk (its size, the transport's change list). */
+  private plan(task: ReadTask, handle: DiskHandle, opened: { name: string; reason: string }): { info: TaskInfo; changed?: ChangedRanges } {
+    const info: TaskInfo = { sizeBytes: handle.size, transport: opened.name, transportReason: opened.reason, mode: 'full', modeReason: '' };
+    const inc = task.incremental;
+    if (!inc) return { info };
+    const full = (reason: string): { info: TaskInfo } => ({ info: { ...info, modeReason: `full read: ${reason}` } });
+    if (inc.baseSize !== handle.size) return full(`the disk was resized from ${inc.baseSize} to ${handle.size} bytes`);
+    const changed: ChangedRanges | undefined = inc.extents ? { extents: inc.extents } : handle.changedBlocks && { query: handle.changedBlocks.bind(handle) };
+    if (!changed) return full('the transport cannot list changed blocks');
+    const heal = inc.heal.length ? `; reading ${inc.heal.length} block(s) again whose stored copy is damaged (self-heal)` : '';
+    return { info: { ...info, mode: 'incremental', modeReason: `${inc.reason}${heal}` }, changed: withRanges(changed, inc.heal) };
+  }
+
+  /** `transport: auto` takes the first transport whose probe says yes; a named one must say yes. */
+  private async openDisk(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<{ handle: DiskHandle; name: string; reason: string }> {
+    const plugins = this.opts.plugins;
+    const names =
+      task.transport === 'auto'
+        ? (() => {
+            const all = plugins.available('transport').map((t) => t.name);
+            return [...AUTO_ORDER.filter((n) => all.includes(n)), ...all.filter((n) => !AUTO_ORDER.includes(n))];
+          })()
+        : [task.transport];
+    const refusals: string[] = [];
+    for (const name of names) {
+      const transport = await plugins.create('transport', name, container, {}, where);
+      const plugin = plugins.providerOf('transport', name);
+      const probe = transport.probe
+        ? await transport.probe(task.disk).catch((err) => Promise.reject(pluginError(err, plugin, 'probe', where)))
+        : { ok: true, reason: `${name} has no probe; assumed able to read the disk` };
+      if (!probe.ok) {
+        refusals.push(`${name}: ${probe.reason}`);
+        continue;
+      }
+      const handle = await openGuarded(transport, task.disk, plugin, where);
+      const reason = `${task.transport === 'auto' ? 'auto' : `job asks for ${name}`}: ${probe.reason}`;
+      return { handle, name, reason };
+    }
+    throw new FerryError(
+      'TRANSPORT_UNAVAILABLE',
+      `no transport mode of this proxy can read the disk (${task.transport === 'auto' ? 'auto tried ' : ''}${refusals.join('; ') || 'no transport plugins found'})`,
+      where,
+    );
+  }
+
+  private async filters(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<{ name: string; impl: BlockFilter }[]> {
+    return Promise.all(task.filters.map(async (name) => ({ name, impl: await this.opts.plugins.create('block-filter', name, container, {}, where) })));
+  }
+
+  private async skipExtents(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<Extent[]> {
+    const out: Extent[] = [];
+    for (const f of await this.filters(container, task, where)) {
+      if (!f.impl.skipExtents) continue;
+      out.push(...(await f.impl.skipExtents(task.disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)))));
+    }
+    return out.sort((a, b) => a.offset - b.offset);
+  }
+}
+
+/**
+ * Reads what the repository side sends while the proxy sends records: answers to `known?`, acks.
+ * A broken connection is remembered and stops the sender at its next block.
+ */
+class PipeReader {
+  broken?: Error;
+  private acked = 0;
+  private readonly inFlight: number[] = [];
+  private ackWaiter?: () => void;
+  private readonly queries = new Map<number, { resolve: (have: boolean[]) => void; reject: (e: Error) => void }>();
+  private batch: { hash: Buffer; resolve: (b: boolean) => void; reject: (e: Error) => void }[] = [];
+  private nextQuery = 1;
+  private final?: (m: WireMessage | undefined) => void;
+  private stopped = false;
+  private readonly loop: Promise<void>;
+
+  constructor(private readonly conn: Connection) {
+    this.loop = this.read();
+  }
+
+  /** Source-side dedup: hashes are asked in batches (one message per turn of the event loop). */
+  isKnown(hash: Buffer, net: { start(): void; end(): void }): Promise<boolean> {
+    this.check();
+    return new Promise<boolean>((resolve, reject) => {
+      if (this.batch.length === 0) setImmediate(() => this.flushQueries(net));
+      this.batch.push({ hash, resolve, reject });
+      if (this.batch.length >= MAX_QUERY) this.flushQueries(net);
+    });
+  }
+
+  sent(index: number): void {
+    this.inFlight.push(index);
+  }
+
+  async windowOpen(window: number): Promise<void> {
+    while (this.inFlight.filter((i) => i >= this.acked).length >= Math.max(1, window)) {
+      this.check();
+      await new Promise<void>((r) => (this.ackWaiter = r));
+    }
+    this.check();
+  }
+
+  check(): void {
+    if (this.broken) throw this.broken;
+  }
+
+  /** The next message that is neither an answer nor an ack (`done` after `end`). */
+  next(): Promise<WireMessage | undefined> {
+    return new Promise((r) => (this.final = r));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.final?.(undefined);
+  }
+
+  private flushQueries(net: { start(): void; end(): void }): void {
+    const batch = this.batch;
+    this.batch = [];
+    if (batch.length === 0) return;
+    const q = this.nextQuery++;
+    net.start();
+    const settle = (): void => net.end();
+    this.queries.set(q, {
+      resolve: (have) => {
+        settle();
+        batch.forEach((b, i) => b.resolve(have[i] === true));
+      },
+      reject: (e) => {
+        settle();
+        batch.forEach((b) => b.reject(e));
+      },
+    });
+    this.conn.send({ type: 'known?', header: { q, hashes: batch.map((b) => hex(b.hash)) } }).catch((err) => this.breakWith(err as Error));
+  }
+
+  private async read(): Promise<void> {
+    try {
+      while (!this.stopped) {
+        const m = await this.conn.receive();
+        if (!m) throw new FerryError('PIPE_CLOSED', 'the repository service closed the data pipe');
+        if (m.type === 'known!') {
+          const q = this.queries.get(Number(m.header?.q));
+          this.queries.delete(Number(m.header?.q));
+          q?.resolve((m.header?.have as boolean[]) ?? []);
+        } else if (m.type === 'ack') {
+          this.acked = Math.max(this.acked, Number(m.header?.upTo) || 0);
+          while (this.inFlight.length && this.inFlight[0] < this.acked) this.inFlight.shift();
+          this.wake();
+        } else {
+          const f = this.final;
+          this.final = undefined;
+          f?.(m);
+          return;
+        }
+      }
+    } catch (err) {
+      this.breakWith(err as Error);
+    }
+  }
+
+  private breakWith(err: Error): void {
+    this.broken ??= err;
+    for (const q of this.queries.values()) q.reject(this.broken);
+    this.queries.clear();
+    for (const b of this.batch) b.reject(this.broken);
+    this.batch = [];
+    this.wake();
+    this.final?.(undefined);
+  }
+
+  private wake(): void {
+    const w = this.ackWaiter;
+    this.ackWaiter = undefined;
+    w?.();
+  }
+}
+
+async function openGuarded(transport: Transport, disk: SourceDisk, plugin: string, where: ErrorLocation): Promise<DiskHandle> {
+  const h = await transport.open(disk).catch((err) => Promise.reject(pluginError(err, plugin, 'open', where)));
+  const wrap =
+    <A extends unknown[], R>(hook: string, fn: (...a: A) => Promise<R>) =>
+    async (...a: A): Promise<R> => {
+      try {
+        return await fn(...a);
+      } catch (err) {
+        if (err instanceof FerryError) throw err.at({ ...where, plugin, hook });
+        const offset = typeof a[0] === 'number' ? a[0] : undefined;
+        throw new FerryError('TRANSPORT_READ_FAILED', (err as Error)?.message ?? String(err), { ...where, plugin, hook, offset }, { cause: err });
+      }
+    };
+  return {
+    size: h.size,
+    read: wrap('read', h.read.bind(h)),
+    blockStatus: h.blockStatus && wrap('blockStatus', h.blockStatus.bind(h)),
+    changedBlocks: h.changedBlocks && wrap('changedBlocks', h.changedBlocks.bind(h)),
+    close: () => h.close(),
+  };
+}
+
+/** Changed ranges plus blocks to read again (self-heal). */
+export function withRanges(changed: ChangedRanges, extra: Extent[]): ChangedRanges {
+  if (extra.length === 0) return changed;
+  if ('extents' in changed) return { extents: [...changed.extents, ...extra].sort((a, b) => a.offset - b.offset) };
+  const query = async (offset: number, length: number): Promise<Extent[]> => {
+    const clipped = extra
+      .filter((e) => e.offset < offset + length && e.offset + e.length > offset)
+      .map((e) => {
+        const start = Math.max(offset, e.offset);
+        return { offset: start, length: Math.min(offset + length, e.offset + e.length) - start };
+      });
+    return [...(await changed.query(offset, length)), ...clipped].sort((a, b) => a.offset - b.offset);
+  };
+  return { query };
+}

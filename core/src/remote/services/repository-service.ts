@@ -1,0 +1,385 @@
+import { randomBytes } from 'node:crypto';
+import type { Extent } from '../../contracts/extent.js';
+import { FerryError, type ErrorLocation } from '../../errors.js';
+import type { RetentionPolicy } from '../../maintenance/retention-policy.js';
+import { prunePoints } from '../../maintenance/prune.js';
+import { runVerify } from '../../maintenance/verify.js';
+import type { BlockCodec } from '../../pipe/block-codec.js';
+import { TargetMover, type TargetCounters } from '../../pipe/target-mover.js';
+import type { BlockMap } from '../../repository/block-map.js';
+import type { WriteMeter } from '../../repository/block-store.js';
+import { Repository, type RestorePoint, type RestorePointDisk } from '../../repository/repository.js';
+import { lockForReading, RepositoryLock } from '../../repository/repository-lock.js';
+import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upkeep.js';
+import { BusyMeter } from '../../session/stage-meter.js';
+import type { Connection, PeerAuth, WireMessage } from '../wire/index.js';
+import { errorToWire, hex, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome, type ReadTask } from './protocol.js';
+import { ProxyPipe, type Dial } from './proxy-pipe.js';
+
+export interface RepositoryServiceOptions {
+  /** A new `Repository` over the service's backend (one per control connection). */
+  openRepository(opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository>;
+  /** Block codec for the health check after a session. */
+  codec: BlockCodec;
+  /** How this service authenticates to proxies (role `repository`). */
+  auth: PeerAuth;
+  /** How long a dropped data pipe may take to come back (default 30 s). */
+  retryWindowMs?: number;
+  /** Data blocks sent and not yet kept, per disk (default 32). */
+  window?: number;
+  heartbeatMs?: number;
+  log?: (line: string) => void;
+  /** Opens data pipes to proxies (default: the wire layer's `connect`). */
+  dial?: Dial;
+}
+
+const DEFAULT_WINDOW = 32;
+const READ_AHEAD = 8;
+
+/**
+ * The target-side data mover as a service (`ferry repository serve`). A backup server opens a
+ * control connection, takes the session's lock through it, and hands over one disk at a time: the
+ * service connects to the disk's proxy, receives the blocks with the same `TargetMover` an embedded
+ * session uses, keeps the block map, and commits the restore point when the server says so. A
+ * control connection that ends without `session.end` leaves nothing committed and frees the lock.
+ */
+export class RepositoryService {
+  private readonly open = new Set<ControlSession>();
+
+  constructor(readonly opts: RepositoryServiceOptions) {}
+
+  async serve(conn: Connection): Promise<void> {
+    const s = new ControlSession(this.opts, conn);
+    this.open.add(s);
+    try {
+      await s.run();
+    } finally {
+      this.open.delete(s);
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.open].map((s) => s.stop('the repository service is shutting down')));
+  }
+}
+
+interface KeptDisk {
+  map: BlockMap;
+  vm: string;
+}
+
+class ControlSession {
+  private repo?: Promise<Repository>;
+  private lock?: RepositoryLock;
+  private readonly kept = new Map<string, KeptDisk>();
+  private readonly abort = new AbortController();
+  private readonly writeMeter = new BusyMeter();
+  private readonly running = new Set<Promise<void>>();
+  private job = '';
+  /** Running restores: a client's ack (blocks written) by request id. */
+  private readonly restoreAcks = new Map<number, (done: number) => void>();
+
+  constructor(
+    private readonly opts: RepositoryServiceOptions,
+    private readonly conn: Connection,
+  ) {}
+
+  async run(): Promise<void> {
+    try {
+      for (;;) {
+        const m = await this.conn.receive();
+        if (!m) break;
+        if (m.type === 'restore.ack') {
+          this.restoreAcks.get(Number(m.header?.id))?.(Number(m.header?.done) || 0);
+          continue;
+        }
+        if (m.type !== 'req') continue;
+        const p = this.answer(m).finally(() => this.running.delete(p));
+        this.running.add(p);
+      }
+    } catch (err) {
+      this.opts.log?.(`control connection from ${this.conn.peer.name} (${this.conn.peer.address}): ${(err as Error).message}`);
+    } finally {
+      await this.stop('the control connection ended');
+    }
+  }
+
+  /** Ends the session: running disks stop, kept maps are dropped (never committed), the lock goes. */
+  async stop(reason: string): Promise<void> {
+    this.abort.abort(new Error(reason));
+    await this.conn.close(reason).catch(() => undefined);
+    await Promise.allSettled([...this.running]);
+    this.kept.clear();
+    await this.lock?.release().catch(() => undefined);
+    this.lock = undefined;
+  }
+
+  private async answer(m: WireMessage): Promise<void> {
+    const h = (m.header ?? {}) as Record<string, unknown>;
+    const id = h.id;
+    try {
+      const result = await this.dispatch(String(h.op), h, Number(id));
+      await this.conn.send({ type: 'res', header: { id, ok: true, result } });
+    } catch (err) {
+      await this.conn.send({ type: 'res', header: { id, ok: false, error: errorToWire(err) } }).catch(() => undefined);
+    }
+  }
+
+  private dispatch(op: string, h: Record<string, unknown>, id: number): Promise<unknown> {
+    switch (op) {
+      case 'session.open':
+        return this.openSession(h as { job: string; session: string; vms: string[] });
+      case 'points.list':
+        return this.repository(false).then((r) => r.listPoints(typeof h.vm === 'string' ? h.vm : undefined)).then((points) => ({ points }));
+      case 'disk.receive':
+        return this.receiveDisk(h.order as DiskOrder, id);
+      case 'point.commit':
+        return this.commit(h as { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] });
+      case 'point.discard':
+        for (const d of (h.diskIds as string[]) ?? []) this.kept.delete(d);
+        return Promise.resolve({});
+      case 'session.end':
+        return this.endSession(h as { vms: string[]; retention?: RetentionPolicy; verify?: { samplePercent: number }; points?: { vm: string; id: string }[] });
+      case 'restore.open':
+        return this.restore(h as { vm: string; disk: string; point: string }, id);
+      default:
+        return Promise.reject(new FerryError('PIPE_PROTOCOL', `unknown request "${op}"`));
+    }
+  }
+
+  private repository(create: boolean): Promise<Repository> {
+    this.repo ??= this.opts.openRepository({ create, writeMeter: this.writeMeter });
+    return this.repo;
+  }
+
+  private async openSession(h: { job: string; session: string; vms: string[] }): Promise<{ location: string }> {
+    if (this.lock) throw new FerryError('PIPE_PROTOCOL', 'a session is already open on this connection');
+    const repo = await this.repository(true);
+    this.job = h.job;
+    this.lock = await RepositoryLock.acquire(repo.backend, { operation: 'backup', vms: h.vms, job: h.job, session: h.session });
+    return { location: repo.backend.location };
+  }
+
+  private async receiveDisk(order: DiskOrder, reqId: number): Promise<DiskOutcome> {
+    if (!this.lock) throw new FerryError('PIPE_PROTOCOL', 'disk.receive before session.open');
+    const where: ErrorLocation = { vm: order.vm, disk: order.disk.name };
+    const repo = await this.repository(true);
+    await repo.blocks.load();
+    const healedBefore = repo.blocks.healed;
+    const { incremental, base, fullReason } = await this.incremental(repo, order);
+    const task: Omit<ReadTask, 'resumeFrom'> = {
+      version: 1,
+      taskId: `${order.session}/${order.vm}/${order.disk.name}/${randomBytes(4).toString('hex')}`,
+      vm: order.vm,
+      disk: order.disk,
+      transport: order.transport,
+      filters: order.filters,
+      compressor: order.compressor,
+      blockSize: order.blockSize,
+      readAhead: READ_AHEAD,
+      window: this.opts.window ?? DEFAULT_WINDOW,
+      ...(incremental && { incremental }),
+    };
+    let lastEvent = 0;
+    const pipe = new ProxyPipe({
+      address: order.proxy,
+      auth: this.opts.auth,
+      task,
+      blocks: repo.blocks,
+      retryWindowMs: this.opts.retryWindowMs ?? 30_000,
+      heartbeatMs: this.opts.heartbeatMs,
+      dial: this.opts.dial,
+      signal: this.abort.signal,
+      onProgress: (doneBytes) => {
+        const now = performance.now();
+        if (now - lastEvent < 250) return;
+        lastEvent = now;
+        void this.conn.send({ type: 'event', header: { id: reqId, doneBytes } }).catch(() => undefined);
+      },
+    });
+    const t0 = performance.now();
+    const info = await pipe.start();
+    if (info.mode === 'full' && !info.modeReason) info.modeReason = `full read: ${fullReason}`;
+    const counters: TargetCounters = { bytesWritten: 0, blocksNew: 0, blocksDeduped: 0, blocksZero: 0, blocksUnchanged: 0 };
+    const header = { vm: order.vm, disk: order.disk.name, sizeBytes: info.sizeBytes, blockSize: order.blockSize };
+    let map: BlockMap;
+    try {
+      map = await new TargetMover(repo).receiveDisk(header, pipe.records(), counters, info.mode === 'incremental' ? base : undefined);
+    } catch (err) {
+      throw err instanceof FerryError ? err.at(where) : err;
+    }
+    const diskId = randomBytes(8).toString('hex');
+    this.kept.set(diskId, { map, vm: order.vm });
+    const summary = pipe.summary!;
+    const stages = stagesFromBusy({ ...summary.busy, 'target write': pipe.targetBusy.busyMs }, performance.now() - t0);
+    return {
+      diskId,
+      info,
+      summary,
+      target: { ...counters, healed: repo.blocks.healed - healedBefore },
+      blocks: map.blockCount,
+      reconnects: pipe.reconnects,
+      ...stages,
+    };
+  }
+
+  /** The base map and the blocks to heal, when the server found an incremental run possible. */
+  private async incremental(
+    repo: Repository,
+    order: DiskOrder,
+  ): Promise<{ incremental?: ReadTask['incremental']; base?: BlockMap; fullReason: string }> {
+    if (!order.base) return { fullReason: order.fullReason ?? 'no earlier restore point of this disk by this job' };
+    let base: BlockMap;
+    try {
+      base = await repo.readMap(order.base.disk);
+    } catch (err) {
+      return { fullReason: `the block map of ${order.base.point} cannot be read (${(err as Error).message})` };
+    }
+    const heal: Extent[] = [];
+    for (let i = 0; i < base.blockCount; i++) {
+      const hash = base.get(i);
+      if (hash && repo.blocks.needsHeal(hash)) heal.push({ offset: i * base.blockSize, length: base.lengthOf(i) });
+    }
+    return {
+      base,
+      fullReason: '',
+      incremental: { baseSize: order.base.disk.sizeBytes, reason: order.base.reason, heal, ...(order.base.extents && { extents: order.base.extents }) },
+    };
+  }
+
+  private async commit(h: { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] }): Promise<{ point: RestorePoint }> {
+    if (!this.lock) throw new FerryError('PIPE_PROTOCOL', 'point.commit before session.open');
+    const maps: BlockMap[] = [];
+    const disks: Omit<RestorePointDisk, 'map' | 'mapSha256'>[] = [];
+    for (const d of h.disks) {
+      const kept = this.kept.get(d.diskId);
+      if (!kept || kept.vm !== h.vm) throw new FerryError('PIPE_PROTOCOL', `no received disk ${d.name} (${d.diskId}) of vm ${h.vm} to commit`, { vm: h.vm, disk: d.name });
+      maps.push(kept.map);
+      disks.push({
+        name: d.name,
+        sizeBytes: kept.map.diskSize,
+        blockSize: kept.map.blockSize,
+        blocks: kept.map.blockCount,
+        zeroBlocks: d.zeroBlocks,
+        transport: d.transport,
+        mode: d.mode,
+        ...(d.changeTracking && { changeTracking: d.changeTracking }),
+      });
+    }
+    await this.lock.assertHeld();
+    const repo = await this.repository(true);
+    const point = await repo.commitPoint({ ...h.point, vm: h.vm, job: this.job, disks: disks as RestorePointDisk[] }, maps);
+    for (const d of h.disks) this.kept.delete(d.diskId);
+    return { point };
+  }
+
+  private async endSession(h: {
+    vms: string[];
+    retention?: RetentionPolicy;
+    verify?: { samplePercent: number };
+    points?: { vm: string; id: string }[];
+  }): Promise<{ retention?: RetentionOutcome; verify?: VerifyOutcome }> {
+    const out: { retention?: RetentionOutcome; verify?: VerifyOutcome } = {};
+    const repo = await this.repository(true);
+    if (h.retention && this.lock) {
+      try {
+        await this.lock.assertHeld();
+        out.retention = { removed: (await prunePoints(repo, { job: this.job, vms: h.vms, policy: h.retention })).removed };
+      } catch (err) {
+        out.retention = { removed: [], error: errorToWire(err) };
+      }
+    }
+    await this.lock?.release();
+    this.lock = undefined;
+    this.kept.clear();
+    if (h.verify) out.verify = await this.verify(repo, h.verify.samplePercent, h.points ?? []);
+    return out;
+  }
+
+  private async verify(repo: Repository, samplePercent: number, points: { vm: string; id: string }[]): Promise<VerifyOutcome> {
+    if (points.length === 0) return { status: 'not run', samplePercent, blocksChecked: 0, damagedBlocks: 0, throughputMiBps: 0 };
+    try {
+      const v = await runVerify(repo, this.opts.codec, { points, samplePercent });
+      return {
+        status: v.status,
+        samplePercent,
+        blocksChecked: v.blocks.checked,
+        damagedBlocks: v.damagedBlocks.length,
+        throughputMiBps: v.throughputMiBps,
+        ...(v.error && { error: v.error }),
+      };
+    } catch (err) {
+      return { status: 'not run', samplePercent, blocksChecked: 0, damagedBlocks: 0, throughputMiBps: 0, error: errorToWire(err) };
+    }
+  }
+
+  /**
+   * Streams one disk of a restore point: the block map, then every non-zero block as stored (the
+   * client checks CRC-32 and SHA-256 against the map, so the check covers the network too).
+   */
+  private async restore(h: { vm: string; disk: string; point: string }, id: number): Promise<{ blocks: number }> {
+    const repo = await this.repository(false);
+    const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [h.vm] });
+    let unlisten = (): void => undefined;
+    try {
+      const point = await repo.getPoint(h.vm, h.point);
+      const disk = point.disks.find((d) => d.name === h.disk);
+      if (!disk) {
+        throw new FerryError(
+          'RESTORE_NOT_FOUND',
+          `restore point ${point.id} of vm ${h.vm} has no disk "${h.disk}"; its disks: ${point.disks.map((d) => d.name).join(', ')}`,
+          { vm: h.vm, disk: h.disk },
+        );
+      }
+      const map = await repo.readMap(disk);
+      await repo.blocks.load();
+      const idKey = (repo as { idKey?: Uint8Array }).idKey;
+      const header = { id, point: point.id, sizeBytes: map.diskSize, blockSize: map.blockSize, ...(idKey && { idKey: hex(idKey) }) };
+      await this.conn.send({ type: 'restore.map', header, body: map.encode() });
+      const stored = asIsCodec();
+      let sent = 0;
+      let acked = 0;
+      let wake: (() => void) | undefined;
+      this.restoreAcks.set(id, (done) => {
+        acked = Math.max(acked, done);
+        wake?.();
+      });
+      const window = this.opts.window ?? DEFAULT_WINDOW;
+      const onAbort = (): void => wake?.();
+      this.abort.signal.addEventListener('abort', onAbort, { once: true });
+      unlisten = () => this.abort.signal.removeEventListener('abort', onAbort);
+      for (let i = 0; i < map.blockCount; i++) {
+        const hash = map.get(i);
+        if (!hash) continue;
+        while (sent - acked >= window && !this.abort.signal.aborted) {
+          await new Promise<void>((r) => (wake = r));
+        }
+        if (this.abort.signal.aborted) throw new FerryError('PIPE_CLOSED', 'the client went away during the restore', { vm: h.vm, disk: h.disk });
+        const encoded = await repo.blocks.read(hash, stored).catch((err) => {
+          throw err instanceof FerryError ? err.at({ vm: h.vm, disk: h.disk, offset: i * map.blockSize }) : err;
+        });
+        await this.conn.send({ type: 'restore.block', header: { id, i, h: hex(hash) }, body: encoded });
+        sent++;
+      }
+      return { blocks: sent };
+    } finally {
+      this.restoreAcks.delete(id);
+      unlisten();
+      await lock?.release();
+    }
+  }
+}
+
+/** Hands out block objects as stored; the restoring client decodes and checks them. */
+function asIsCodec(): BlockCodec {
+  const fail = (): never => {
+    throw new FerryError('INTERNAL', 'the pass-through codec only reads stored objects');
+  };
+  return {
+    decode: async (encoded) => Buffer.from(encoded.buffer, encoded.byteOffset, encoded.byteLength),
+    encode: fail,
+    hash: fail,
+    compress: fail,
+    close: async () => undefined,
+  };
+}
