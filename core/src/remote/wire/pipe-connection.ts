@@ -273,6 +273,11 @@ export class PipeConnection implements Connection {
   }
 
   private closedError(): FerryError {
+    if (this.state === 'hello') {
+      // Under TLS 1.3 a client finishes its handshake before the listener checks the client's
+      // certificate; a listener that refuses it just closes, so this is how the refusal looks here.
+      return new FerryError('PIPE_AUTH', 'the peer closed the connection before HELLO: it refused our certificate or key, or is not a Ferry pipe', { host: this.opts.address });
+    }
     return new FerryError('PIPE_CLOSED', 'the peer closed the connection without a goodbye', { host: this.opts.address });
   }
 

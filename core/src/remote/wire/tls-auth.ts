@@ -90,7 +90,13 @@ function pskAuth(auth: Extract<PeerAuth, { kind: 'psk' }>): AuthMaterial {
     },
     client: { ...common, checkServerIdentity: () => undefined, pskCallback: () => ({ psk: auth.key, identity: auth.identity }) },
     localName: auth.identity,
-    proven: (socket) => ({ name: identities.get(socket) }),
+    proven: (socket) => {
+      // A PSK client would also accept a certificate a public CA signed; only the key counts here.
+      if (Object.keys(socket.getPeerCertificate() ?? {}).length) {
+        throw new FerryError('PIPE_AUTH', 'the peer authenticated with a certificate, not with the pre-shared key');
+      }
+      return { name: identities.get(socket) };
+    },
   };
 }
 
@@ -115,13 +121,23 @@ const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENO
  * during TLS, resets and OpenSSL errors mean the peer's credentials or ours were refused (or the
  * peer does not speak TLS); afterwards a reset is a closed connection.
  */
-export function mapSocketError(err: Error & { code?: string }, address: string, phase: 'tcp' | 'tls' | 'open'): FerryError {
+export function mapSocketError(err: Error & { code?: string }, address: string, phase: 'tcp' | 'tls' | 'open', socket?: TLSSocket): FerryError {
   if (err instanceof FerryError) return err.at({ host: address });
   const code = err.code ?? '';
   const where = { host: address };
-  const msg = `${err.message.split('\n')[0].replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:/, '')}${code ? ` (${code})` : ''}`;
+  // OpenSSL errors carry a short `reason` ("http request", "bad certificate"); the message is a dump.
+  const reason = (err as { reason?: string }).reason ?? err.message.split('\n')[0];
+  const msg = `${reason}${code ? ` (${code})` : ''}`;
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return new FerryError('PIPE_TIMEOUT', `TLS handshake not finished in time: ${msg}`, where, { cause: err });
   if (phase === 'tcp' || UNREACHABLE.has(code)) return new FerryError('PIPE_UNREACHABLE', `cannot connect: ${msg}`, where, { cause: err });
+  if (socket?.authorizationError) {
+    // Node's listener drops a client whose certificate failed verification without a TLS error of
+    // its own ("socket hang up"); the verification result is the real reason.
+    return new FerryError('PIPE_AUTH', `the client's certificate was refused: ${String(socket.authorizationError)}`, where, { cause: err });
+  }
+  if (phase === 'tls' && (code === 'ECONNRESET' || code === 'EPIPE')) {
+    return new FerryError('PIPE_AUTH', `the peer broke off the TLS handshake (${code}): it does not trust this side's certificate or key, or does not speak TLS`, where, { cause: err });
+  }
   if (isTlsError(code) || phase === 'tls') {
     return new FerryError('PIPE_AUTH', `TLS authentication failed: ${msg}`, where, { cause: err });
   }

@@ -71,6 +71,8 @@ export async function listen(opts: ListenOptions): Promise<Listener> {
   const material = await loadAuth(opts.auth);
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const sockets = new Set<Socket>();
+  // Read at TCP accept: after a TLS failure has reset the socket its address is no longer known.
+  const remotes = new WeakMap<Socket, string>();
   const conns = new Set<PipeConnection>();
   const refuse = (err: Error, remote: string): void => opts.onRefused?.(err, remote);
 
@@ -105,12 +107,14 @@ export async function listen(opts: ListenOptions): Promise<Listener> {
   const server = tls.createServer({ ...material.server, handshakeTimeout: timeoutMs }, accept);
   server.on('connection', (s: Socket) => {
     sockets.add(s);
+    remotes.set(s, remoteOf(s));
     s.once('close', () => sockets.delete(s));
   });
   server.on('tlsClientError', (err, socket) => {
-    const remote = remoteOf(socket);
+    // `_parent` is the TCP socket the TLS socket wraps (Node's own field, stable since Node 0.x).
+    const remote = remotes.get((socket as unknown as { _parent?: Socket })._parent ?? socket) ?? remoteOf(socket);
     socket.destroy();
-    refuse(mapSocketError(err, remote, 'tls'), remote);
+    refuse(mapSocketError(err, remote, 'tls', socket), remote);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new FerryError('PIPE_UNREACHABLE', `cannot listen: ${err.message}`, { host: opts.listen }, { cause: err })));

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tls, { type TLSSocket } from 'node:tls';
@@ -20,6 +20,8 @@ export interface CertDirs {
   good: string;
   /** A second, unrelated CA with the same subject names: a forger's certificates. */
   foreign: string;
+  /** The good CA to check the listener with, but the forger's role certificates to present. */
+  forged: string;
   cleanup(): Promise<void>;
 }
 
@@ -27,8 +29,11 @@ export async function makeCertDirs(): Promise<CertDirs> {
   const root = await mkdtemp(path.join(os.tmpdir(), 'ferry-wire-'));
   const good = path.join(root, 'good');
   const foreign = path.join(root, 'foreign');
+  const forged = path.join(root, 'forged');
   await Promise.all([initCerts(good), initCerts(foreign)]);
-  return { root, good, foreign, cleanup: () => rm(root, { recursive: true, force: true }) };
+  await cp(foreign, forged, { recursive: true });
+  await cp(path.join(good, 'ca.crt'), path.join(forged, 'ca.crt'));
+  return { root, good, foreign, forged, cleanup: () => rm(root, { recursive: true, force: true }) };
 }
 
 export function certs(dir: string, role: PeerRole): PeerAuth {

@@ -1,0 +1,101 @@
+import { randomBytes } from 'node:crypto';
+import { expect } from 'chai';
+import { FerryError } from '../../errors.js';
+import { connect } from './transport.js';
+import { assertServes, certs, echoListener, makeCertDirs, type CertDirs } from './testing/wire-fixtures.js';
+import type { PeerAuth, PeerRole } from './types.js';
+
+async function refusal(p: Promise<unknown>): Promise<FerryError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).to.be.instanceOf(FerryError);
+    return err as FerryError;
+  }
+  throw new Error('expected a refusal');
+}
+
+describe('data pipe with a pre-shared key (TLS 1.3 PSK)', function () {
+  const key = randomBytes(32);
+  const psk = (role: PeerRole, identity: string, k: Buffer = key): PeerAuth => ({ kind: 'psk', key: k, identity, role });
+
+  it('the right key connects; role and name come from HELLO and the TLS identity', async function () {
+    const l = await echoListener({ auth: psk('proxy', 'proxy-a'), allow: { roles: ['repository'], names: ['repo-1'] } });
+    try {
+      const c = await connect({ address: l.address, auth: psk('repository', 'repo-1'), expectRole: 'proxy' });
+      expect(c.peer).to.deep.equal({ role: 'proxy', name: 'proxy-a', address: l.address });
+      expect(l.accepted[0].peer).to.include({ role: 'repository', name: 'repo-1' });
+      await c.send({ type: 'x', body: Buffer.from('psk') });
+      expect(Buffer.from((await c.receive())!.body!).toString()).to.equal('psk');
+      await c.close();
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a wrong key is refused with PIPE_AUTH on both ends, and the listener keeps serving', async function () {
+    const l = await echoListener({ auth: psk('proxy', 'proxy-a') });
+    try {
+      const err = await refusal(connect({ address: l.address, auth: psk('repository', 'intruder', randomBytes(32)), timeoutMs: 3_000 }));
+      expect(err.code).to.equal('PIPE_AUTH');
+      expect(err.message).to.contain(l.address);
+      expect(((await l.nextRefusal()) as FerryError).code).to.equal('PIPE_AUTH');
+      expect(l.accepted).to.have.length(0);
+      await assertServes(l, psk('repository', 'repo-1'));
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a name outside `allow.names` is refused with PIPE_AUTH', async function () {
+    const l = await echoListener({ auth: psk('proxy', 'proxy-a'), allow: { names: ['repo-1'] } });
+    try {
+      const err = await refusal(connect({ address: l.address, auth: psk('repository', 'repo-2') }));
+      expect(err.code).to.equal('PIPE_AUTH');
+      expect(err.message).to.contain('repo-2');
+      await assertServes(l, psk('repository', 'repo-1'));
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a key shorter than 16 bytes is refused before connecting', async function () {
+    const err = await refusal(connect({ address: '127.0.0.1:1', auth: psk('server', 's', Buffer.alloc(8, 1)) }));
+    expect(err.code).to.equal('PIPE_AUTH');
+    expect(err.message).to.contain('at least 16 bytes');
+  });
+
+  describe('mixed with certificates', function () {
+    let dirs: CertDirs;
+    before(async function () {
+      dirs = await makeCertDirs();
+    });
+    after(async function () {
+      await dirs?.cleanup();
+    });
+
+    it('a PSK client at a certificate listener is refused with PIPE_AUTH on both ends', async function () {
+      const l = await echoListener({ auth: certs(dirs.good, 'proxy') });
+      try {
+        const err = await refusal(connect({ address: l.address, auth: psk('repository', 'repo-1'), timeoutMs: 3_000 }));
+        expect(err.code).to.equal('PIPE_AUTH');
+        expect(((await l.nextRefusal()) as FerryError).code).to.equal('PIPE_AUTH');
+        await assertServes(l, certs(dirs.good, 'repository'));
+      } finally {
+        await l.close();
+      }
+    });
+
+    it('a certificate client at a PSK listener is refused with PIPE_AUTH', async function () {
+      const l = await echoListener({ auth: psk('proxy', 'proxy-a') });
+      try {
+        const err = await refusal(connect({ address: l.address, auth: certs(dirs.good, 'repository'), timeoutMs: 3_000 }));
+        expect(err.code).to.equal('PIPE_AUTH');
+        expect(((await l.nextRefusal()) as FerryError).code).to.equal('PIPE_AUTH');
+        await assertServes(l, psk('repository', 'repo-1'));
+      } finally {
+        await l.close();
+      }
+    });
+  });
+});
