@@ -10,6 +10,8 @@ import { pruneCommand } from './commands/prune.js';
 import { gcCommand } from './commands/gc.js';
 import { unlockCommand } from './commands/unlock.js';
 import { keyCommand } from './commands/key.js';
+import { proxyCommand } from './commands/proxy.js';
+import { repositoryServeCommand } from './commands/repository-serve.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -28,8 +30,10 @@ export async function main(argv: string[]): Promise<number> {
     .command(pruneCommand((c) => (code = c)))
     .command(gcCommand((c) => (code = c)))
     .command(unlockCommand((c) => (code = c)))
+    .command(proxyCommand((c) => (code = c)))
+    .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, key, plugins, validate')
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, key, plugins, validate, proxy serve, repository serve')
     .strict()
     .help()
     .alias('h', 'help')

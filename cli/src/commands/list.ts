@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { JobRuntime, humanSize } from '@ferry/core';
+import { listRemotePoints } from '@ferry/core/remote/services';
 import { EXIT, printJson, table } from '../output.js';
 
 interface Args {
@@ -20,8 +21,10 @@ export function listCommand(setCode: (c: number) => void): CommandModule<object,
     handler: async (args) => {
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       try {
-        const repo = await rt.repository({ create: false });
-        const points = await repo.listPoints(args.vm);
+        // A job with a repository service asks the service; otherwise the repository is read here.
+        const { location, points } = rt.spec.remote
+          ? await listRemotePoints(rt.spec.remote, args.vm)
+          : await rt.repository({ create: false }).then(async (repo) => ({ location: repo.backend.location, points: await repo.listPoints(args.vm) }));
         const rows = points.map((p) => ({
           id: p.id,
           vm: p.vm,
@@ -30,9 +33,9 @@ export function listCommand(setCode: (c: number) => void): CommandModule<object,
           disks: p.disks.map((d) => ({ name: d.name, sizeBytes: d.sizeBytes, blockSize: d.blockSize, transport: d.transport, mode: d.mode })),
           sizeBytes: p.disks.reduce((n, d) => n + d.sizeBytes, 0),
         }));
-        if (args.json) printJson({ repository: repo.backend.location, restorePoints: rows });
+        if (args.json) printJson({ repository: location, restorePoints: rows });
         else {
-          process.stdout.write(`Repository ${repo.backend.location}: ${rows.length} restore point(s)\n\n`);
+          process.stdout.write(`Repository ${location}: ${rows.length} restore point(s)\n\n`);
           process.stdout.write(
             table(
               ['RESTORE POINT', 'TIME', 'VM', 'JOB', 'DISKS', 'SIZE'],

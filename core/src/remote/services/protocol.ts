@@ -51,6 +51,8 @@ export interface ReadTask {
   resumeFrom: number;
   /** Present when the run may be incremental; the proxy still checks what needs the open disk. */
   incremental?: IncrementalPlan;
+  /** Encrypted repositories: the block-id key (hex; ids are HMAC-SHA256 under it). Sent only inside the authenticated pipe. */
+  idKey?: string;
 }
 
 export interface IncrementalPlan {

@@ -26,7 +26,8 @@ const MAX_QUERY = 64;
 
 export interface ProxyServiceOptions {
   plugins: PluginHost;
-  codec: BlockCodec;
+  /** The block codec (worker threads) for a block-id key: none for plain SHA-256 ids. */
+  codec: (idKey?: Buffer) => BlockCodec;
   /** Disks read at the same time (`taskSlots`); further tasks wait for a slot. */
   taskSlots: number;
   log?: (line: string) => void;
@@ -102,7 +103,7 @@ export class ProxyService {
         {
           blockSize: task.blockSize,
           compressor: task.compressor,
-          codec: this.opts.codec,
+          codec: this.opts.codec(task.idKey ? Buffer.from(task.idKey, 'hex') : undefined),
           filters: await this.filters(container, task, where),
           readAhead: task.readAhead,
           isKnown: (hash) => pipe.isKnown(hash, state.meters.network),

@@ -19,8 +19,8 @@ import { ProxyPipe, type Dial } from './proxy-pipe.js';
 export interface RepositoryServiceOptions {
   /** A new `Repository` over the service's backend (one per control connection). */
   openRepository(opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository>;
-  /** Block codec for the health check after a session. */
-  codec: BlockCodec;
+  /** Block codec for the health check after a session (keyed with an encrypted repository's id key). */
+  codec: (idKey?: Buffer) => BlockCodec;
   /** How this service authenticates to proxies (role `repository`). */
   auth: PeerAuth;
   /** How long a dropped data pipe may take to come back (default 30 s). */
@@ -179,6 +179,7 @@ class ControlSession {
       readAhead: READ_AHEAD,
       window: this.opts.window ?? DEFAULT_WINDOW,
       ...(incremental && { incremental }),
+      ...(repo.idKey && { idKey: hex(repo.idKey) }),
     };
     let lastEvent = 0;
     const pipe = new ProxyPipe({
@@ -299,7 +300,7 @@ class ControlSession {
   private async verify(repo: Repository, samplePercent: number, points: { vm: string; id: string }[]): Promise<VerifyOutcome> {
     if (points.length === 0) return { status: 'not run', samplePercent, blocksChecked: 0, damagedBlocks: 0, throughputMiBps: 0 };
     try {
-      const v = await runVerify(repo, this.opts.codec, { points, samplePercent });
+      const v = await runVerify(repo, this.opts.codec(repo.idKey), { points, samplePercent });
       return {
         status: v.status,
         samplePercent,
@@ -333,7 +334,7 @@ class ControlSession {
       }
       const map = await repo.readMap(disk);
       await repo.blocks.load();
-      const idKey = (repo as { idKey?: Uint8Array }).idKey;
+      const idKey = repo.idKey;
       const header = { id, point: point.id, sizeBytes: map.diskSize, blockSize: map.blockSize, ...(idKey && { idKey: hex(idKey) }) };
       await this.conn.send({ type: 'restore.map', header, body: map.encode() });
       const stored = asIsCodec();

@@ -46,7 +46,7 @@ describe('data-mover services (in memory)', function () {
   function service(retryWindowMs = 5000): RepositoryService {
     return new RepositoryService({
       openRepository: (o) => Repository.open(backend, o),
-      codec,
+      codec: () => codec,
       auth: { kind: 'psk', key: Buffer.alloc(32, 1), identity: 'test', role: 'repository' },
       retryWindowMs,
       window: WINDOW,
@@ -127,7 +127,7 @@ describe('data-mover services (in memory)', function () {
     await makeVmImage(image, { sizeBytes: 24 * 1024 * 1024, seed: 4 });
     const plugins = await createPluginHost();
     codec = new WorkerBlockCodec(plugins.options, 2);
-    proxy = new ProxyService({ plugins, codec, taskSlots: 2 });
+    proxy = new ProxyService({ plugins, codec: () => codec, taskSlots: 2 });
   });
 
   after(async function () {

@@ -1,0 +1,219 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { FerryError } from '../../errors.js';
+import type { BlockCodec } from '../../pipe/block-codec.js';
+import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
+import type { PluginHost } from '../../plugins/plugin-host.js';
+import { jobPassphrase } from '../../repository/passphrase.js';
+import { Repository } from '../../repository/repository.js';
+import { createPluginHost } from '../../session/job-runtime.js';
+import { listen, type PeerAuth, type PeerRole } from '../wire/index.js';
+import { ProxyService } from './proxy-service.js';
+import { RepositoryService } from './repository-service.js';
+
+/**
+ * What `ferry proxy serve` and `ferry repository serve` start: the listener, the service behind it,
+ * and its configuration from the command line and an optional YAML file (`--config FILE`).
+ *
+ * Config file keys (all optional; the command line wins):
+ *   listen: 127.0.0.1:9000      certs: DIR (relative to the file)
+ *   psk: { identity: NAME, keyFile: FILE }  (pre-shared key instead of certificates, >= 16 bytes)
+ *   allow: { names: [ NAME, ... ] }         (certificate CNs or PSK identities allowed to connect)
+ *   taskSlots: 4                            (proxy: disks read at the same time)
+ *   repository: PATH | FILE.yaml            (repository service: a filesystem folder, or a YAML
+ *                                            file { type, ...backend config, encryption? })
+ *   resumeWindowSeconds: 30, window: 32     (repository service: retry window, in-flight blocks)
+ */
+export interface ServiceConfig {
+  listen?: string;
+  certs?: string;
+  psk?: { identity: string; key: Buffer };
+  allow?: { names?: string[] };
+  taskSlots?: number;
+  repository?: string;
+  resumeWindowSeconds?: number;
+  window?: number;
+  heartbeatMs?: number;
+}
+
+export interface RunningService {
+  host: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+const KEYS = ['listen', 'certs', 'psk', 'allow', 'taskSlots', 'repository', 'resumeWindowSeconds', 'window', 'heartbeatMs'];
+
+/** Reads a service config file; paths in it are relative to the file. Errors name the file and key. */
+export function loadServiceConfig(file: string): ServiceConfig {
+  const abs = path.resolve(file);
+  const bad = (key: string, msg: string): FerryError => new FerryError('CLI_USAGE', `${key}: ${msg}`, { file: abs, path: key });
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(abs, 'utf8'));
+  } catch (err) {
+    throw new FerryError('CLI_USAGE', `cannot read the service config: ${(err as Error).message}`, { file: abs });
+  }
+  if (raw === null || raw === undefined) return {};
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new FerryError('CLI_USAGE', 'the service config must be a mapping of keys', { file: abs });
+  const c = raw as Record<string, unknown>;
+  for (const k of Object.keys(c)) if (!KEYS.includes(k)) throw bad(k, `unknown key; allowed: ${KEYS.join(', ')}`);
+  const dir = path.dirname(abs);
+  const out: ServiceConfig = {};
+  const str = (k: string): string | undefined => {
+    if (c[k] === undefined) return undefined;
+    if (typeof c[k] !== 'string' || !c[k]) throw bad(k, 'must be a non-empty string');
+    return c[k] as string;
+  };
+  const int = (k: string, min: number): number | undefined => {
+    if (c[k] === undefined) return undefined;
+    if (!Number.isInteger(c[k]) || (c[k] as number) < min) throw bad(k, `must be an integer >= ${min}`);
+    return c[k] as number;
+  };
+  out.listen = str('listen');
+  const certs = str('certs');
+  if (certs) out.certs = path.resolve(dir, certs);
+  const repo = str('repository');
+  if (repo) out.repository = path.resolve(dir, repo);
+  out.taskSlots = int('taskSlots', 1);
+  out.resumeWindowSeconds = int('resumeWindowSeconds', 1);
+  out.window = int('window', 1);
+  out.heartbeatMs = int('heartbeatMs', 100);
+  if (c.allow !== undefined) {
+    const names = (c.allow as { names?: unknown })?.names;
+    if (!Array.isArray(names) || !names.every((n) => typeof n === 'string')) throw bad('allow', 'must be { names: [ NAME, ... ] }');
+    out.allow = { names };
+  }
+  if (c.psk !== undefined) {
+    const p = c.psk as { identity?: unknown; keyFile?: unknown };
+    if (typeof p?.identity !== 'string' || typeof p.keyFile !== 'string') throw bad('psk', 'must be { identity: NAME, keyFile: FILE }');
+    const keyFile = path.resolve(dir, p.keyFile);
+    let key: Buffer;
+    try {
+      key = Buffer.from(readFileSync(keyFile, 'utf8').trim(), 'hex');
+    } catch (err) {
+      throw bad('psk.keyFile', `cannot read ${keyFile}: ${(err as NodeJS.ErrnoException).code}`);
+    }
+    if (key.length < 16) throw bad('psk.keyFile', `${keyFile} must hold at least 16 bytes as hex`);
+    out.psk = { identity: p.identity, key };
+  }
+  for (const k of Object.keys(out) as (keyof ServiceConfig)[]) if (out[k] === undefined) delete out[k];
+  return out;
+}
+
+function auth(c: ServiceConfig, role: PeerRole): PeerAuth {
+  if (c.psk) return { kind: 'psk', key: c.psk.key, identity: c.psk.identity, role };
+  if (!c.certs) throw new FerryError('CLI_USAGE', 'name --certs DIR (made by `ferry certs init DIR`) or a psk in --config FILE');
+  return { kind: 'certs', dir: path.resolve(c.certs), role };
+}
+
+function need<T>(v: T | undefined, what: string): T {
+  if (v === undefined) throw new FerryError('CLI_USAGE', `missing ${what}`);
+  return v;
+}
+
+/** Codecs by block-id key, created on first use, all closed with the service. */
+function codecs(plugins: PluginHost): { codec: (idKey?: Buffer) => BlockCodec; close: () => Promise<void> } {
+  const byKey = new Map<string, WorkerBlockCodec>();
+  return {
+    codec: (idKey) => {
+      const k = idKey ? idKey.toString('hex') : '';
+      let c = byKey.get(k);
+      if (!c) byKey.set(k, (c = new WorkerBlockCodec(plugins.options, undefined, idKey)));
+      return c;
+    },
+    close: async () => {
+      await Promise.all([...byKey.values()].map((c) => c.close()));
+    },
+  };
+}
+
+/** `ferry proxy serve`: accepts data pipes from repository services (role `repository`). */
+export async function startProxyService(c: ServiceConfig, log: (line: string) => void = () => undefined): Promise<RunningService> {
+  const plugins = await createPluginHost();
+  const pool = codecs(plugins);
+  const service = new ProxyService({ plugins, codec: pool.codec, taskSlots: c.taskSlots ?? 4, log });
+  const listener = await listen({
+    listen: need(c.listen, '--listen HOST:PORT'),
+    auth: auth(c, 'proxy'),
+    allow: { roles: ['repository'], ...(c.allow?.names && { names: c.allow.names }) },
+    heartbeatMs: c.heartbeatMs,
+    onConnection: (conn) => void service.serve(conn),
+    onRefused: (err, remote) => log(`refused ${remote}: ${err.message}`),
+  });
+  return {
+    host: listener.host,
+    port: listener.port,
+    close: async () => {
+      await listener.close();
+      await service.close();
+      await pool.close();
+    },
+  };
+}
+
+/** `ferry repository serve`: accepts control connections from backup servers (role `server`). */
+export async function startRepositoryService(c: ServiceConfig, log: (line: string) => void = () => undefined): Promise<RunningService> {
+  const plugins = await createPluginHost();
+  const pool = codecs(plugins);
+  const openRepository = await repositoryOpener(plugins, need(c.repository, '--repository PATH|YAML'));
+  const service = new RepositoryService({
+    openRepository,
+    codec: pool.codec,
+    auth: auth(c, 'repository'),
+    retryWindowMs: (c.resumeWindowSeconds ?? 30) * 1000,
+    window: c.window,
+    heartbeatMs: c.heartbeatMs,
+    log,
+  });
+  const listener = await listen({
+    listen: need(c.listen, '--listen HOST:PORT'),
+    auth: auth(c, 'repository'),
+    allow: { roles: ['server'], ...(c.allow?.names && { names: c.allow.names }) },
+    heartbeatMs: c.heartbeatMs,
+    onConnection: (conn) => void service.serve(conn),
+    onRefused: (err, remote) => log(`refused ${remote}: ${err.message}`),
+  });
+  return {
+    host: listener.host,
+    port: listener.port,
+    close: async () => {
+      await listener.close();
+      await service.close();
+      await pool.close();
+    },
+  };
+}
+
+/**
+ * `--repository PATH` is a filesystem repository folder; `--repository FILE.yaml` names a backend
+ * `{ type, ...config }` (with `encryption: { passphraseFile | passphraseEnv }` and
+ * `immutability: { days }` as in a job's repository section; paths relative to the file).
+ */
+async function repositoryOpener(plugins: PluginHost, spec: string): Promise<RepositoryService['opts']['openRepository']> {
+  const abs = path.resolve(spec);
+  let type = 'filesystem';
+  let config: Record<string, unknown> = { path: abs };
+  let encryption: { passphraseFile?: string; passphraseEnv?: string } | undefined;
+  let immutability: { days: number } | undefined;
+  if (/\.ya?ml$/i.test(abs)) {
+    let raw: Record<string, unknown>;
+    try {
+      raw = parseYaml(readFileSync(abs, 'utf8')) as Record<string, unknown>;
+    } catch (err) {
+      throw new FerryError('CLI_USAGE', `cannot read the repository file: ${(err as Error).message}`, { file: abs });
+    }
+    if (typeof raw?.type !== 'string') throw new FerryError('CLI_USAGE', 'missing key "type" (the repository backend, e.g. filesystem)', { file: abs, path: 'type' });
+    ({ type, encryption, immutability, ...config } = raw as { type: string; encryption?: typeof encryption; immutability?: typeof immutability });
+    if (typeof config.path === 'string') config.path = path.resolve(path.dirname(abs), config.path);
+    if (encryption?.passphraseFile) encryption = { passphraseFile: path.resolve(path.dirname(abs), encryption.passphraseFile) };
+  }
+  const backend = await plugins.create('repository-backend', type, plugins.container, config, { file: abs });
+  return (opts) =>
+    Repository.open(backend, {
+      ...opts,
+      passphrase: jobPassphrase(encryption, abs),
+      settings: { encrypted: encryption ? true : undefined, immutabilityDays: immutability?.days },
+    });
+}
