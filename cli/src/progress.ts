@@ -7,6 +7,8 @@ import { humanSize, type ProgressEvent } from '@ferry/core';
 export function progressReporter(enabled: boolean): { onProgress: (e: ProgressEvent) => void; stop: () => void } {
   if (!enabled || !process.stderr.isTTY) return { onProgress: () => undefined, stop: () => undefined };
   let bar: cliProgress.SingleBar | undefined;
+  // With parallelDisks several disks run at once: the bar follows the disk that started last.
+  let shown = '';
   let lastUpdate = 0;
   let t0 = 0;
   const stop = (): void => {
@@ -16,6 +18,7 @@ export function progressReporter(enabled: boolean): { onProgress: (e: ProgressEv
   const onProgress = (e: ProgressEvent): void => {
     if (e.type === 'disk-start') {
       stop();
+      shown = `${e.vm}/${e.disk}`;
       bar = new cliProgress.SingleBar(
         {
           stream: process.stderr,
@@ -26,13 +29,13 @@ export function progressReporter(enabled: boolean): { onProgress: (e: ProgressEv
       );
       bar.start(e.sizeBytes, 0, { done: humanSize(0), size: humanSize(e.sizeBytes), speed: '-' });
       t0 = performance.now();
-    } else if (e.type === 'disk-progress' && bar) {
+    } else if (e.type === 'disk-progress' && bar && `${e.vm}/${e.disk}` === shown) {
       const now = performance.now();
       if (now - lastUpdate < 100 && e.doneBytes < e.sizeBytes) return;
       lastUpdate = now;
       const secs = (now - t0) / 1000;
       bar.update(e.doneBytes, { done: humanSize(e.doneBytes), speed: secs > 0 ? humanSize(e.doneBytes / secs) : '-' });
-    } else if (e.type === 'disk-end') {
+    } else if (e.type === 'disk-end' && `${e.report.vm}/${e.report.disk}` === shown) {
       stop();
     }
   };

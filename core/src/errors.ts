@@ -42,6 +42,7 @@ export const ERROR_CODES = {
   // sessions
   BACKUP_DISK_FAILED: 'a disk of the session could not be backed up',
   SESSION_INTERRUPTED: 'the session was stopped (Ctrl-C, SIGTERM) and cleaned up; nothing unfinished was committed',
+  WORKER_FAILED: 'a worker thread of the data pipe died (exited, or threw outside a task); its blocks and every later one fail instead of waiting',
   RESTORE_TARGET: 'the restore target cannot be written',
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
   // data pipe between the data movers

@@ -11,6 +11,7 @@ import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
 import { blockId, compressRawBlock, compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
 import { toWorkerError } from './worker-pool.js';
+import { guardCompressor } from './guard-compressor.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
@@ -26,7 +27,7 @@ const compressors = new Map<string, Promise<Compressor>>();
 function compressor(name: string): Promise<Compressor> {
   let c = compressors.get(name);
   if (!c) {
-    c = hostReady.then((host) => host.create('compressor', name, host.container));
+    c = hostReady.then(async (host) => guardCompressor(await host.create('compressor', name, host.container), host.providerOf('compressor', name)));
     compressors.set(name, c);
   }
   return c;

@@ -113,6 +113,16 @@ export class SourceMover {
         return { kind: 'zero', index: plan.index, length: plan.length, read: true };
       }
     }
+    try {
+      return await this.encode(plan, block, counters);
+    } catch (err) {
+      // Name the block: a compressor that fails on one block, or a worker thread that died with it.
+      if (!(err instanceof FerryError)) throw new FerryError('INTERNAL', `block ${plan.index}: ${(err as Error)?.message ?? String(err)}`, { offset: plan.offset }, { cause: err });
+      throw new FerryError(err.code, `block ${plan.index}: ${err.detail}`, { offset: plan.offset, ...err.where }, { cause: err });
+    }
+  }
+
+  private async encode(plan: BlockPlan, block: Buffer, counters: SourceCounters): Promise<BlockRecord> {
     const { name, level } = this.opts.compressor;
     const { codec, isKnown } = this.opts;
     const work = this.meters.processing;

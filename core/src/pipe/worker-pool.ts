@@ -10,6 +10,8 @@ interface Pending {
 interface Slot {
   worker: Worker;
   busy: number;
+  /** Why the thread died (its uncaught error), reported when it exits. */
+  error?: Error;
 }
 
 /**
@@ -42,9 +44,17 @@ export class WorkerPool<T, R> {
         if (msg.error) p.reject(reviveError(msg.error));
         else p.resolve(msg.result);
       });
-      worker.on('error', (err) => this.fail(err));
+      // A thread that dies takes its queued tasks with it: fail them and every later one with a
+      // coded error instead of waiting for answers that never come. Not restarted: whatever killed
+      // it (a plugin calling process.exit, a native crash) would likely kill the next one too.
+      worker.on('error', (err) => {
+        slot.error ??= err;
+        this.fail(new FerryError('WORKER_FAILED', `worker thread ${i + 1} of ${size} died: uncaught ${err.name}: ${err.message}`, {}, { cause: err }));
+      });
       worker.on('exit', (code) => {
-        if (!this.closed) this.fail(new Error(`a worker thread exited unexpectedly (code ${code})`));
+        if (this.closed) return;
+        const why = slot.error ? `after an uncaught ${slot.error.name}: ${slot.error.message}` : `with exit code ${code}`;
+        this.fail(new FerryError('WORKER_FAILED', `worker thread ${i + 1} of ${size} exited ${why}`));
       });
       this.slots.push(slot);
     }
@@ -73,7 +83,7 @@ export class WorkerPool<T, R> {
   }
 
   private fail(err: Error): void {
-    this.failure ??= err instanceof FerryError ? err : new FerryError('INTERNAL', `worker thread failed: ${err.message}`, {}, { cause: err });
+    this.failure ??= err instanceof FerryError ? err : new FerryError('WORKER_FAILED', `worker thread failed: ${err.message}`, {}, { cause: err });
     for (const p of this.pending.values()) p.reject(this.failure);
     this.pending.clear();
   }
