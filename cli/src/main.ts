@@ -9,6 +9,7 @@ import { verifyCommand } from './commands/verify.js';
 import { pruneCommand } from './commands/prune.js';
 import { gcCommand } from './commands/gc.js';
 import { unlockCommand } from './commands/unlock.js';
+import { certsCommand } from './commands/certs.js';
 import { keyCommand } from './commands/key.js';
 import { proxyCommand } from './commands/proxy.js';
 import { repositoryServeCommand } from './commands/repository-serve.js';
@@ -30,6 +31,7 @@ export async function main(argv: string[]): Promise<number> {
     .command(pruneCommand((c) => (code = c)))
     .command(gcCommand((c) => (code = c)))
     .command(unlockCommand((c) => (code = c)))
+    .command(certsCommand((c) => (code = c)))
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))

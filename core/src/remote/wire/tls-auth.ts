@@ -114,12 +114,11 @@ function first(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
-const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL', 'ETIMEDOUT']);
-
 /**
  * A coded error for a socket error, by phase: before TCP connected everything is "unreachable";
- * during TLS, resets and OpenSSL errors mean the peer's credentials or ours were refused (or the
- * peer does not speak TLS); afterwards a reset is a closed connection.
+ * during TLS and HELLO, resets and OpenSSL errors mean credentials were refused (or the peer does
+ * not speak TLS); once the connection is open, any break (reset, truncated TLS record) is a closed
+ * connection, which the services above may resume.
  */
 export function mapSocketError(err: Error & { code?: string }, address: string, phase: 'tcp' | 'tls' | 'open', socket?: TLSSocket): FerryError {
   if (err instanceof FerryError) return err.at({ host: address });
@@ -129,21 +128,15 @@ export function mapSocketError(err: Error & { code?: string }, address: string, 
   const reason = (err as { reason?: string }).reason ?? err.message.split('\n')[0];
   const msg = `${reason}${code ? ` (${code})` : ''}`;
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return new FerryError('PIPE_TIMEOUT', `TLS handshake not finished in time: ${msg}`, where, { cause: err });
-  if (phase === 'tcp' || UNREACHABLE.has(code)) return new FerryError('PIPE_UNREACHABLE', `cannot connect: ${msg}`, where, { cause: err });
+  if (phase === 'tcp') return new FerryError('PIPE_UNREACHABLE', `cannot connect: ${msg}`, where, { cause: err });
+  if (phase === 'open') return new FerryError('PIPE_CLOSED', `the connection broke: ${msg}`, where, { cause: err });
   if (socket?.authorizationError) {
     // Node's listener drops a client whose certificate failed verification without a TLS error of
     // its own ("socket hang up"); the verification result is the real reason.
     return new FerryError('PIPE_AUTH', `the client's certificate was refused: ${String(socket.authorizationError)}`, where, { cause: err });
   }
-  if (phase === 'tls' && (code === 'ECONNRESET' || code === 'EPIPE')) {
+  if (code === 'ECONNRESET' || code === 'EPIPE') {
     return new FerryError('PIPE_AUTH', `the peer broke off the TLS handshake (${code}): it does not trust this side's certificate or key, or does not speak TLS`, where, { cause: err });
   }
-  if (isTlsError(code) || phase === 'tls') {
-    return new FerryError('PIPE_AUTH', `TLS authentication failed: ${msg}`, where, { cause: err });
-  }
-  return new FerryError('PIPE_CLOSED', `connection failed: ${msg}`, where, { cause: err });
-}
-
-function isTlsError(code: string): boolean {
-  return code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || /CERT|SIGNATURE|ISSUER/.test(code);
+  return new FerryError('PIPE_AUTH', `TLS authentication failed: ${msg}`, where, { cause: err });
 }
