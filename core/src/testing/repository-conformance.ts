@@ -87,6 +87,22 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
       assert.equal(Buffer.from(await b.backend.getRange!('r', 3, 4)).toString(), '3456');
     });
 
+    it('protect, when offered, keeps objects readable and never throws; unprotect then lets them be replaced and deleted', async function () {
+      if (!b.backend.protect || !b.backend.unprotect) this.skip();
+      await b.backend.put('points/vm/p.json', Buffer.from('manifest'));
+      const got = await b.backend.protect!(['points/vm/p.json']);
+      assert.equal(typeof got.readOnly, 'boolean');
+      assert.equal(typeof got.immutable, 'boolean');
+      if (!got.immutable) assert.equal(typeof got.note, 'string', 'a backend that cannot make objects immutable says why');
+      await b.backend.protect!(['points/vm/p.json']); // idempotent
+      assert.equal(Buffer.from(await b.backend.get('points/vm/p.json')).toString(), 'manifest');
+      await b.backend.unprotect!(['points/vm/p.json', 'points/vm/missing.json']);
+      await b.backend.put('points/vm/p.json', Buffer.from('replaced'));
+      assert.equal(Buffer.from(await b.backend.get('points/vm/p.json')).toString(), 'replaced');
+      await b.backend.delete('points/vm/p.json');
+      assert.equal(await b.backend.has('points/vm/p.json'), false);
+    });
+
     it('concurrent puts of different keys all land', async function () {
       await Promise.all(Array.from({ length: 32 }, (_, i) => b.backend.put(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`, Buffer.from([i]))));
       for (let i = 0; i < 32; i++) assert.equal((await b.backend.get(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`))[0], i);

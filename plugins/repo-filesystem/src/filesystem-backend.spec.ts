@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -64,5 +64,31 @@ describe('filesystem backend specifics', function () {
     );
     expect(Buffer.from(await b.get('points/p.json')).toString()).to.equal('old');
     expect(await readdir(path.join(dir, TMP_DIR))).to.deep.equal([]);
+  });
+
+  it('protect makes objects read-only and, where the filesystem and privileges allow, immutable; unprotect lifts it', async function () {
+    const b = new FilesystemBackend(dir);
+    await b.put('points/vm/p.json', Buffer.from('m'));
+    const file = path.join(dir, 'points', 'vm', 'p.json');
+    const got = await b.protect(['points/vm/p.json']);
+    expect(got.readOnly).to.equal(true);
+    expect((await stat(file)).mode & 0o777).to.equal(0o444);
+    if (got.immutable) {
+      // The attribute stops root as well: neither a delete nor a replace gets through.
+      await b.delete('points/vm/p.json').then(
+        () => expect.fail('delete succeeded'),
+        (err: FerryError) => expect(err.code).to.equal('REPO_IO'),
+      );
+      await b.put('points/vm/p.json', Buffer.from('x')).then(
+        () => expect.fail('replace succeeded'),
+        (err: FerryError) => expect(err.code).to.equal('REPO_IO'),
+      );
+    } else {
+      expect(got.note).to.be.a('string').and.match(/immutable attribute/);
+    }
+    await b.unprotect(['points/vm/p.json']);
+    expect((await stat(file)).mode & 0o777).to.equal(0o644);
+    await b.delete('points/vm/p.json');
+    expect(await b.has('points/vm/p.json')).to.equal(false);
   });
 });
