@@ -1,0 +1,118 @@
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { expect } from 'chai';
+import { initCerts } from '@ferry/core/remote/wire';
+import { startTcpRelay, type TcpRelay } from '@ferry/core/remote/wire/testing';
+import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
+import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { remoteJob, startService, type ServiceProcess } from './support/remote-services.js';
+
+interface ReportJson {
+  status: string;
+  reconnects: number;
+  disks: { disk: string; status: string; reconnects: number; resentBlocks: number; restorePoint: string | null; error?: { code: string } }[];
+  vms: { status: string; restorePoint: string | null; error?: { code: string; message: string } }[];
+  error?: { code: string; message: string };
+}
+
+/** The repository service's in-flight window (data blocks sent and not yet kept), its default. */
+const WINDOW = 32;
+const MiB = 1024 * 1024;
+
+/**
+ * Faults between the data movers, with real processes on loopback: a TCP relay between the
+ * repository service and the proxy that cuts the data pipe mid-disk, and a repository service that
+ * is killed in the middle of a session.
+ */
+describe('remote data movers: dropped data pipe and a lost repository service', function () {
+  this.timeout(180_000);
+  const t = tempDir('ferry-remote-faults-');
+  const images = path.join(t.dir, 'images');
+  const certs = path.join(t.dir, 'certs');
+  const repoDir = path.join(t.dir, 'repo');
+  let proxy: ServiceProcess;
+  let repo: ServiceProcess | undefined;
+  let relay: TcpRelay | undefined;
+
+  const startRepository = (): Promise<ServiceProcess> => startService(['repository', 'serve', '--listen', '127.0.0.1:0', '--certs', certs, '--repository', repoDir]);
+
+  before(async function () {
+    mkdirSync(images);
+    await initCerts(certs);
+    // large enough that the cuts (every 4 MiB relayed) land mid-disk
+    await makeVmImage(path.join(images, 'big.raw'), { sizeBytes: 48 * MiB, seed: 21, holes: 0.05 });
+    proxy = await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs]);
+    repo = await startRepository();
+  });
+
+  after(async function () {
+    await relay?.close();
+    await Promise.all([proxy?.stop(), repo?.stop()]);
+    t.cleanup();
+  });
+
+  it('resumes a data pipe cut three times mid-disk: the session completes, reconnects are counted, at most the window is resent, the restore is byte-identical', async function () {
+    relay = await startTcpRelay({ target: proxy.address });
+    relay.cutAfter(4 * MiB, 3);
+    const job = writeJob(t.dir, remoteJob({ server: repo!.address, proxies: [relay.address], certs, disks: ['big.raw'] }), 'relay.yaml');
+    const r = await runFerry(['backup', job, '--json']);
+    const report = json<ReportJson>(r);
+    expect(report.status, r.stderr + JSON.stringify(report.error ?? report.disks[0].error)).to.equal('success');
+    expect(relay.cuts).to.equal(3);
+    expect(report.disks[0].reconnects).to.equal(3);
+    expect(report.reconnects).to.equal(3);
+    expect(report.disks[0].resentBlocks).to.be.at.most(WINDOW * 3);
+    const to = path.join(t.dir, 'big.restored.raw');
+    const rr = await runFerry(['restore', job, '--vm', 'web01', '--disk', 'big.raw', '--to', to]);
+    expect(rr.code, rr.stderr).to.equal(0);
+    expect(await firstDifference(to, path.join(images, 'big.raw'))).to.equal(-1);
+  });
+
+  it('fails cleanly when the repository service is killed mid-session: a coded error, no half point, a rerun succeeds and every earlier point restores', async function () {
+    const jobFor = (server: string): string => writeJob(t.dir, remoteJob({ server, proxies: [proxy.address], certs, disks: ['big.raw'] }), 'kill.yaml');
+    const before = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', jobFor(repo!.address), '--json'])).restorePoints;
+    expect(before).to.have.length(1);
+    await changeVmImage(path.join(images, 'big.raw'), { count: 40, seed: 3 });
+    // kill -9 the repository service as soon as this session has stored its first pack
+    const packsBefore = countPacks(repoDir);
+    const running = runFerry(['backup', jobFor(repo!.address), '--json']);
+    const deadline = Date.now() + 60_000;
+    while (countPacks(repoDir) === packsBefore && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    await repo!.kill();
+    const r = await running;
+    const report = json<ReportJson>(r);
+    expect(r.code).to.equal(1);
+    expect(report.status).to.equal('failed');
+    const code = report.error?.code ?? report.vms[0].error?.code;
+    expect(code, JSON.stringify(report)).to.equal('REMOTE_SESSION_LOST');
+    expect(report.vms[0].restorePoint).to.equal(null);
+
+    repo = await startRepository();
+    const job = jobFor(repo.address);
+    const afterKill = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json'])).restorePoints;
+    expect(afterKill.map((p) => p.id)).to.deep.equal(before.map((p) => p.id), 'no half restore point');
+    const rerun = json<ReportJson>(await runFerry(['backup', job, '--json']));
+    expect(rerun.status, JSON.stringify(rerun.error ?? rerun.vms[0].error)).to.equal('success');
+    const to = path.join(t.dir, 'rerun.restored.raw');
+    expect((await runFerry(['restore', job, '--vm', 'web01', '--disk', 'big.raw', '--to', to])).code).to.equal(0);
+    expect(await firstDifference(to, path.join(images, 'big.raw'))).to.equal(-1);
+    const earlier = path.join(t.dir, 'earlier.restored.raw');
+    const er = await runFerry(['restore', job, '--vm', 'web01', '--disk', 'big.raw', '--point', before[0].id, '--to', earlier]);
+    expect(er.code, er.stderr).to.equal(0);
+    expect(await firstDifference(earlier, path.join(t.dir, 'big.restored.raw'))).to.equal(-1, 'the earlier point still restores the data it was taken from');
+  });
+});
+
+function countPacks(repoDir: string): number {
+  const dir = path.join(repoDir, 'packs');
+  if (!existsSync(dir)) return 0;
+  let n = 0;
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(d, e.name));
+      else n++;
+    }
+  };
+  walk(dir);
+  return n;
+}
