@@ -9,6 +9,7 @@ import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport 
 import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upkeep.js';
 import type { Stage } from '../../session/stage-meter.js';
 import { connect, type PeerAuth } from '../wire/index.js';
+import { mapInOrder } from '../../session/disk-slots.js';
 import { ControlChannel, errorToWire, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome } from './protocol.js';
 
 /** The job's remote parts (`repository: { server }`, `proxies`, `certs`). */
@@ -75,6 +76,10 @@ export async function runRemoteBackup(rt: JobRuntime, remote: RemoteSpec, opts: 
     healedBlocks: 0,
   };
   let control: ControlChannel | undefined;
+  // Ctrl-C/SIGTERM: closing the control connection makes the service stop reading and drop what it
+  // received; nothing unfinished is committed.
+  const onAbort = (): void => void control?.conn.close('the backup server was interrupted').catch(() => undefined);
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     if (remote.proxies.length === 0) {
       throw new FerryError('JOB_INVALID', 'a job with repository.server needs at least one proxy (proxies: [ { address: host:port } ])', rt.jobFile.where(['proxies']));
@@ -110,8 +115,9 @@ export async function runRemoteBackup(rt: JobRuntime, remote: RemoteSpec, opts: 
     if (ended.retention) report.retention = ended.retention;
     if (ended.verify) report.verify = ended.verify;
   } catch (err) {
-    report.error = summary(err);
+    report.error = summary(opts.signal?.aborted ? interrupted({}) : err);
   } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
     await control?.close();
   }
   const finished = new Date();
@@ -147,9 +153,13 @@ async function backupVm(s: Parts, vm: VmInventory): Promise<{ vmReport: VmReport
       });
       disks = snapshot.disks;
     }
-    for (const disk of disks) {
-      if (s.signal?.aborted) throw interrupted({ vm: vm.name, disk: disk.name });
-      const { report, outcome } = await backupDisk(s, vm.name, disk, previous);
+    // `parallelDisks` of a VM's disks at once (spread over the proxies); reports in disk order.
+    const results = await mapInOrder(disks, s.rt.spec.parallelDisks, async (disk) => {
+      if (s.signal?.aborted) return { report: failedReport(s, vm.name, disk, interrupted({ vm: vm.name, disk: disk.name })) };
+      return backupDisk(s, vm.name, disk, previous);
+    });
+    for (const [i, { report, outcome }] of results.entries()) {
+      const disk = disks[i];
       reports.push(report);
       if (outcome) {
         received.push({
@@ -191,11 +201,12 @@ async function backupVm(s: Parts, vm: VmInventory): Promise<{ vmReport: VmReport
   return { vmReport, disks: reports };
 }
 
-async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: RestorePoint): Promise<{ report: DiskReport; outcome?: DiskOutcome }> {
-  const t0 = performance.now();
-  const proxy = s.remote.proxies[s.nextProxy++ % s.remote.proxies.length];
-  const blockSize = s.rt.spec.storage.blockSize;
-  const report: DiskReport = {
+function failedReport(s: Parts, vm: string, disk: SourceDisk, err: FerryError): DiskReport {
+  return { ...newReport(s, vm, disk, ''), status: 'failed', error: summary(err) };
+}
+
+function newReport(s: Parts, vm: string, disk: SourceDisk, proxy: string): DiskReport {
+  return {
     vm,
     disk: disk.name,
     status: 'success',
@@ -204,7 +215,7 @@ async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: Res
     mode: 'full',
     modeReason: '',
     sizeBytes: disk.size ?? 0,
-    blockSize,
+    blockSize: s.rt.spec.storage.blockSize,
     bytesRead: 0,
     zeroBytesSkipped: 0,
     bytesTransferred: 0,
@@ -215,6 +226,13 @@ async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: Res
     proxy,
     reconnects: 0,
   };
+}
+
+async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: RestorePoint): Promise<{ report: DiskReport; outcome?: DiskOutcome }> {
+  const t0 = performance.now();
+  const proxy = s.remote.proxies[s.nextProxy++ % s.remote.proxies.length];
+  const blockSize = s.rt.spec.storage.blockSize;
+  const report = newReport(s, vm, disk, proxy);
   const where: ErrorLocation = { vm, disk: disk.name };
   let outcome: DiskOutcome | undefined;
   try {
@@ -264,7 +282,7 @@ async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: Res
     };
   } catch (err) {
     report.status = 'failed';
-    report.error = summary(err instanceof FerryError ? err.at(where) : err);
+    report.error = summary(s.signal?.aborted ? interrupted(where) : err instanceof FerryError ? err.at(where) : err);
     outcome = undefined;
   }
   report.durationMs = Math.round(performance.now() - t0);

@@ -8,7 +8,7 @@ import { Repository, type RestorePoint } from '../../repository/repository.js';
 import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
 import { createPluginHost } from '../../session/job-runtime.js';
 import { MemoryBackend } from '../../testing/memory-backend.js';
-import { makeVmImage } from '../../testing/vm-image.js';
+import { changeVmImage, makeVmImage } from '../../testing/vm-image.js';
 import { connectionPair, type Connection, type WireMessage } from '../wire/index.js';
 import { ControlChannel, type DiskOrder, type DiskOutcome } from './protocol.js';
 import { ProxyService } from './proxy-service.js';
@@ -60,25 +60,26 @@ describe('data-mover services (in memory)', function () {
     return new ControlChannel(a);
   }
 
-  function order(session: string): DiskOrder {
+  function order(session: string, extra: Partial<DiskOrder> = {}, file = image): DiskOrder {
     return {
       session,
       vm: 'vm1',
-      disk: { name: 'disk0.raw', path: image, format: 'raw' },
+      disk: { name: 'disk0.raw', path: file, format: 'raw' },
       proxy: 'proxy-1:9000',
       transport: 'auto',
       filters: ['zero'],
       compressor: { name: 'deflate', level: 6 },
       blockSize: BLOCK,
       fullReason: 'test',
+      ...extra,
     };
   }
 
-  async function backup(svc: RepositoryService, session: string): Promise<{ outcome: DiskOutcome; point: RestorePoint }> {
+  async function backup(svc: RepositoryService, session: string, o = order(session)): Promise<{ outcome: DiskOutcome; point: RestorePoint }> {
     const c = control(svc);
     try {
       await c.request('session.open', { job: 'j', session, vms: ['vm1'] });
-      const outcome = await c.request<DiskOutcome>('disk.receive', { order: order(session) });
+      const outcome = await c.request<DiskOutcome>('disk.receive', { order: o });
       const { point } = await c.request<{ point: RestorePoint }>('point.commit', {
         vm: 'vm1',
         point: { id: session, job: 'j', session, createdAt: new Date().toISOString() },
@@ -153,6 +154,24 @@ describe('data-mover services (in memory)', function () {
     const second = await backup(svc, 's2');
     expect(second.outcome.target.blocksNew).to.equal(0);
     expect(second.outcome.summary.bytesTransferred).to.equal(0, 'known blocks cross the pipe as hashes only');
+    expect((await restore(svc, 's1')).equals(await fs.readFile(image))).to.equal(true);
+  });
+
+  it('runs incremental from the changed ranges: unchanged blocks come from the base map, both points restore', async function () {
+    const copy = path.join(dir, 'disk0.incremental.raw');
+    await fs.copyFile(image, copy);
+    const svc = service();
+    const first = await backup(svc, 's1', order('s1', {}, copy));
+    const offsets = await changeVmImage(copy, { count: 3, length: 4096, seed: 9 });
+    const extents = offsets.map((offset) => ({ offset, length: 4096 }));
+    const base = { point: 's1', disk: first.point.disks[0], reason: 'changed blocks since s1 (test)', extents };
+    const second = await backup(svc, 's2', order('s2', { base, fullReason: undefined }, copy));
+    expect(second.outcome.info.mode).to.equal('incremental');
+    expect(second.outcome.info.modeReason).to.equal('changed blocks since s1 (test)');
+    const touched = new Set(offsets.map((o) => Math.floor(o / BLOCK))).size;
+    expect(second.outcome.target.blocksUnchanged).to.equal(second.outcome.blocks - touched);
+    expect(second.outcome.summary.bytesRead).to.be.at.most(touched * BLOCK);
+    expect((await restore(svc, 's2')).equals(await fs.readFile(copy))).to.equal(true);
     expect((await restore(svc, 's1')).equals(await fs.readFile(image))).to.equal(true);
   });
 
