@@ -1,7 +1,11 @@
 import { randomBytes } from 'node:crypto';
+import tls from 'node:tls';
 import { expect } from 'chai';
 import { FerryError } from '../../errors.js';
+import { encodeFrame, FrameKind } from './frame.js';
+import { makeHello } from './handshake.js';
 import { connectionPair } from './memory-pair.js';
+import { loadAuth } from './tls-auth.js';
 import { connect, listen } from './transport.js';
 import { assertServes, certs, echoListener, makeCertDirs, type CertDirs } from './testing/wire-fixtures.js';
 import type { Connection } from './types.js';
@@ -119,6 +123,50 @@ describe('data pipe connections (mutual TLS on 127.0.0.1)', function () {
       expect(err.message).to.contain(l.address).and.contain('role repository');
       expect(((await l.nextEnding()) as FerryError).code).to.equal('PIPE_AUTH');
       await assertServes(l, certs(dirs.good, 'server'));
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a message right behind the listener\'s HELLO, in the same TLS record, is delivered', async function () {
+    const m = await loadAuth(certs(dirs.good, 'proxy'));
+    const server = tls.createServer(m.server, (socket) => {
+      socket.once('data', () => {
+        socket.write(Buffer.concat([
+          encodeFrame(FrameKind.HELLO, { ...makeHello('proxy', 'eager') }),
+          encodeFrame(FrameKind.MESSAGE, { type: 'first', header: { n: 1 } }),
+        ]));
+      });
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const c = await connect({ address: `127.0.0.1:${(server.address() as { port: number }).port}`, auth: certs(dirs.good, 'repository') });
+      expect(await c.receive()).to.deep.equal({ type: 'first', header: { n: 1 } });
+      await c.close();
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('over TLS too, a receiver that does not read holds the sender back (send waits for drain)', async function () {
+    let server: Connection | undefined;
+    const l = await listen({ listen: '127.0.0.1:0', auth: certs(dirs.good, 'repository'), onConnection: (c) => (server = c) });
+    try {
+      const c = await connect({ address: `127.0.0.1:${l.port}`, auth: certs(dirs.good, 'proxy') });
+      const total = 96;
+      let sent = 0;
+      const sender = (async () => {
+        for (let i = 0; i < total; i++) {
+          await c.send({ type: 'block', header: { i }, body: Buffer.alloc(1024 * 1024, i) });
+          sent++;
+        }
+      })();
+      await pause(500);
+      expect(sent, 'MiB accepted while nobody reads').to.be.lessThan(total / 2);
+      for (let i = 0; i < total; i++) expect((await server!.receive())?.header).to.deep.equal({ i });
+      await sender;
+      await c.close();
     } finally {
       await l.close();
     }

@@ -34,6 +34,15 @@ describe('data pipe frames', function () {
     expect(d.pending).to.equal(0);
   });
 
+  it('returns the good frames in front of a bad one, then reports the bad one', function () {
+    const good = encodeFrame(FrameKind.MESSAGE, { type: 'kept' });
+    const d = new FrameDecoder();
+    const frames = d.push(Buffer.concat([good, Buffer.from('garbage garbage garbage')]));
+    expect(frames.map((f) => f.header.type)).to.deep.equal(['kept']);
+    expect(d.error?.code).to.equal('PIPE_PROTOCOL');
+    expect(codeOf(() => d.push(good))).to.equal('PIPE_PROTOCOL');
+  });
+
   it('keeps an unfinished frame as pending bytes', function () {
     const f = encodeFrame(FrameKind.MESSAGE, { type: 'x' }, Buffer.alloc(100));
     const d = new FrameDecoder();

@@ -82,21 +82,34 @@ export class FrameDecoder {
     return this.buffered;
   }
 
+  /**
+   * The fault found behind frames that were still good: `push` returned those, the caller should
+   * use them and then end the connection with this error. Later pushes throw it.
+   */
+  error?: FerryError;
+
   /** Adds received bytes and returns the frames they complete; throws PIPE_PROTOCOL/PIPE_VERSION. */
   push(chunk: Buffer): Frame[] {
+    if (this.error) throw this.error;
     if (chunk.length) {
       this.chunks.push(chunk);
       this.buffered += chunk.length;
     }
     const out: Frame[] = [];
-    for (;;) {
-      if (!this.need) {
-        if (this.buffered < FRAME_PREFIX_BYTES) return out;
-        this.need = checkPrefix(this.peek(FRAME_PREFIX_BYTES), this.maxFrameBytes);
+    try {
+      for (;;) {
+        if (!this.need) {
+          if (this.buffered < FRAME_PREFIX_BYTES) return out;
+          this.need = checkPrefix(this.peek(FRAME_PREFIX_BYTES), this.maxFrameBytes);
+        }
+        if (this.buffered < this.need) return out;
+        out.push(parseFrame(this.take(this.need)));
+        this.need = 0;
       }
-      if (this.buffered < this.need) return out;
-      out.push(parseFrame(this.take(this.need)));
-      this.need = 0;
+    } catch (err) {
+      if (!out.length) throw err;
+      this.error = err as FerryError;
+      return out;
     }
   }
 

@@ -127,28 +127,37 @@ export class PipeConnection implements Connection {
     }
   }
 
-  private async handshake(opts: HandshakeOptions): Promise<void> {
+  /**
+   * HELLO is judged inside the frame loop, before the frames that follow it in the same chunk: a
+   * listener may send its first message right behind its HELLO, and that is no protocol error.
+   */
+  private handshake(opts: HandshakeOptions): Promise<void> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const hello = makeHello(opts.local.role, opts.local.name);
     if (opts.initiator) this.write(encodeFrameParts(FrameKind.HELLO, { ...hello }));
-    const frame = await new Promise<Frame>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new FerryError('PIPE_TIMEOUT', `no HELLO from the peer within ${timeoutMs} ms`, { host: opts.address }), true), timeoutMs);
-      this.onHello = (f) => { clearTimeout(timer); resolve(f); };
-      void this.closed.then((e) => { clearTimeout(timer); reject(e ?? this.closedError()); });
+      void this.closed.then((e) => {
+        clearTimeout(timer);
+        reject(e ?? this.closedError());
+      });
+      this.onHello = (f) => {
+        clearTimeout(timer);
+        try {
+          const { peer, version } = acceptHello(f.header, opts.proven, opts.address);
+          const refusal = opts.check(peer);
+          if (refusal) throw refusal;
+          this.peer = peer;
+          this.version = version;
+        } catch (err) {
+          return this.fail(err as FerryError, true);
+        }
+        if (!opts.initiator) this.write(encodeFrameParts(FrameKind.HELLO, { ...hello }));
+        this.state = 'open';
+        this.startHeartbeat();
+        resolve();
+      };
     });
-    try {
-      const { peer, version } = acceptHello(frame.header, opts.proven, opts.address);
-      const refusal = opts.check(peer);
-      if (refusal) throw refusal;
-      this.peer = peer;
-      this.version = version;
-    } catch (err) {
-      this.fail(err as FerryError, true);
-      throw err;
-    }
-    if (!opts.initiator) this.write(encodeFrameParts(FrameKind.HELLO, { ...hello }));
-    this.state = 'open';
-    this.startHeartbeat();
   }
 
   private onData(chunk: Buffer): void {
@@ -166,6 +175,8 @@ export class PipeConnection implements Connection {
       if (this.failure || (this.state as State) === 'ended') return;
       this.onFrame(f);
     }
+    // Good frames in front of a bad one were delivered above; now the bad one ends the connection.
+    if (this.decoder.error) this.fail(this.decoder.error.at({ host: this.opts.address }), true);
   }
 
   private onFrame(f: Frame): void {

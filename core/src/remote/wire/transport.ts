@@ -21,6 +21,9 @@ export async function connect(opts: ConnectOptions): Promise<Connection> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   if (opts.signal?.aborted) throw aborted(address, opts.signal);
   const socket = tls.connect({ ...material.client, host, port, ...(isIP(host) ? {} : { servername: host }) });
+  // The pipe's small request/answer messages ("known?", acks) must not wait for Nagle's timer;
+  // frames are corked whole, so this adds no tiny packets.
+  socket.setNoDelay(true);
   let tcpUp = false;
   socket.once('connect', () => (tcpUp = true));
   const timer = setTimeout(() => {
@@ -108,6 +111,7 @@ export async function listen(opts: ListenOptions): Promise<Listener> {
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     remotes.set(s, remoteOf(s));
+    s.setNoDelay(true);
     s.once('close', () => sockets.delete(s));
   });
   server.on('tlsClientError', (err, socket) => {
