@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import tls from 'node:tls';
 import { expect } from 'chai';
 import { FerryError } from '../../errors.js';
@@ -167,6 +168,48 @@ describe('data pipe connections (mutual TLS on 127.0.0.1)', function () {
       for (let i = 0; i < total; i++) expect((await server!.receive())?.header).to.deep.equal({ i });
       await sender;
       await c.close();
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a peer that accepts TCP but never answers: PIPE_TIMEOUT after timeoutMs; an abort signal ends the wait too', async function () {
+    const silent = net.createServer((s) => s.on('error', () => undefined));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const address = `127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    try {
+      const slow = await rejection(connect({ address, auth: certs(dirs.good, 'server'), timeoutMs: 300 }));
+      expect(slow.code).to.equal('PIPE_TIMEOUT');
+      expect(slow.message).to.contain(address);
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(new Error('session stopped')), 100);
+      const aborted = await rejection(connect({ address, auth: certs(dirs.good, 'server'), signal: ac.signal }));
+      expect(aborted.code).to.equal('PIPE_CLOSED');
+      expect(aborted.message).to.contain('session stopped');
+    } finally {
+      silent.close();
+    }
+  });
+
+  it('a listener whose handler throws drops that client and keeps serving', async function () {
+    let calls = 0;
+    const l = await listen({
+      listen: '127.0.0.1:0',
+      auth: certs(dirs.good, 'proxy'),
+      onConnection: (c) => {
+        if (++calls === 1) throw new Error('handler broke');
+        void (async () => {
+          for await (const m of c) await c.send(m);
+        })().catch(() => undefined);
+      },
+    });
+    try {
+      const first = await connect({ address: `127.0.0.1:${l.port}`, auth: certs(dirs.good, 'repository') });
+      expect(await first.receive()).to.equal(undefined);
+      const second = await connect({ address: `127.0.0.1:${l.port}`, auth: certs(dirs.good, 'repository') });
+      await second.send({ type: 'ping-app' });
+      expect((await second.receive())?.type).to.equal('ping-app');
+      await second.close();
     } finally {
       await l.close();
     }

@@ -77,7 +77,13 @@ export async function listen(opts: ListenOptions): Promise<Listener> {
   // Read at TCP accept: after a TLS failure has reset the socket its address is no longer known.
   const remotes = new WeakMap<Socket, string>();
   const conns = new Set<PipeConnection>();
-  const refuse = (err: Error, remote: string): void => opts.onRefused?.(err, remote);
+  const refuse = (err: Error, remote: string): void => {
+    try {
+      opts.onRefused?.(err, remote);
+    } catch {
+      // Reporting a refusal is best effort; serving the next client matters more.
+    }
+  };
 
   const accept = (socket: TLSSocket): void => {
     const remote = remoteOf(socket);
@@ -103,7 +109,12 @@ export async function listen(opts: ListenOptions): Promise<Listener> {
     }).then((c) => {
       conns.add(c);
       void c.closed.then(() => conns.delete(c));
-      opts.onConnection(c);
+      try {
+        opts.onConnection(c);
+      } catch (err) {
+        // A throwing handler must not take the listener down; the client learns it was dropped.
+        void c.close(`the service failed to take the connection: ${(err as Error)?.message ?? String(err)}`);
+      }
     }, (err: Error) => refuse(err, remote));
   };
 
