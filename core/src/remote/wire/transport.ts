@@ -1,10 +1,9 @@
-import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
-import tls, { type TLSSocket } from 'node:tls';
+import tls from 'node:tls';
 import { FerryError } from '../../errors.js';
 import { formatAddress, parseAddress } from './address.js';
-import { encodeFrame, FrameKind } from './frame.js';
-import { checkAllowed, checkExpectedRole } from './handshake.js';
+import { checkExpectedRole } from './handshake.js';
+import { PipeListener } from './listener.js';
 import { PipeConnection } from './pipe-connection.js';
 import { loadAuth, mapSocketError } from './tls-auth.js';
 import { DEFAULT_TIMEOUT_MS, type ConnectOptions, type Connection, type Listener, type ListenOptions } from './types.js';
@@ -70,86 +69,6 @@ function aborted(address: string, signal: AbortSignal): FerryError {
  * never stops the listener.
  */
 export async function listen(opts: ListenOptions): Promise<Listener> {
-  const bind = parseAddress(opts.listen);
-  const material = await loadAuth(opts.auth);
-  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const sockets = new Set<Socket>();
-  // Read at TCP accept: after a TLS failure has reset the socket its address is no longer known.
-  const remotes = new WeakMap<Socket, string>();
-  const conns = new Set<PipeConnection>();
-  const refuse = (err: Error, remote: string): void => {
-    try {
-      opts.onRefused?.(err, remote);
-    } catch {
-      // Reporting a refusal is best effort; serving the next client matters more.
-    }
-  };
-
-  const accept = (socket: TLSSocket): void => {
-    const remote = remoteOf(socket);
-    let proven;
-    try {
-      proven = material.proven(socket);
-    } catch (err) {
-      const e = (err as FerryError).at({ host: remote });
-      socket.end(encodeFrame(FrameKind.BYE, { error: { code: e.code, detail: e.detail } }));
-      socket.on('error', () => undefined);
-      return refuse(e, remote);
-    }
-    PipeConnection.open(socket, {
-      initiator: false,
-      local: { role: opts.auth.role, name: opts.name ?? material.localName },
-      address: remote,
-      proven,
-      check: (peer) => checkAllowed(peer, opts.allow),
-      heartbeatMs: opts.heartbeatMs,
-      timeoutMs,
-      maxFrameBytes: opts.maxFrameBytes,
-      mapError: (err, inHello) => mapSocketError(err, remote, inHello ? 'tls' : 'open'),
-    }).then((c) => {
-      conns.add(c);
-      void c.closed.then(() => conns.delete(c));
-      try {
-        opts.onConnection(c);
-      } catch (err) {
-        // A throwing handler must not take the listener down; the client learns it was dropped.
-        void c.close(`the service failed to take the connection: ${(err as Error)?.message ?? String(err)}`);
-      }
-    }, (err: Error) => refuse(err, remote));
-  };
-
-  const server = tls.createServer({ ...material.server, handshakeTimeout: timeoutMs }, accept);
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    remotes.set(s, remoteOf(s));
-    s.setNoDelay(true);
-    s.once('close', () => sockets.delete(s));
-  });
-  server.on('tlsClientError', (err, socket) => {
-    // `_parent` is the TCP socket the TLS socket wraps (Node's own field, stable since Node 0.x).
-    const remote = remotes.get((socket as unknown as { _parent?: Socket })._parent ?? socket) ?? remoteOf(socket);
-    socket.destroy();
-    refuse(mapSocketError(err, remote, 'tls', socket), remote);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err) => reject(new FerryError('PIPE_UNREACHABLE', `cannot listen: ${err.message}`, { host: opts.listen }, { cause: err })));
-    server.listen(bind.port, bind.host, () => resolve());
-  });
-  server.on('error', () => undefined);
-  const bound = server.address();
-  const port = typeof bound === 'object' && bound ? bound.port : bind.port;
-  return {
-    host: bind.host,
-    port,
-    close: async () => {
-      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      await Promise.all([...conns].map((c) => c.close('the listener is shutting down')));
-      for (const s of sockets) s.destroy();
-      await stopped;
-    },
-  };
-}
-
-function remoteOf(socket: Socket): string {
-  return socket.remoteAddress ? formatAddress(socket.remoteAddress.replace(/^::ffff:/, ''), socket.remotePort ?? 0) : 'unknown';
+  const l = new PipeListener(opts, await loadAuth(opts.auth));
+  return l.start();
 }

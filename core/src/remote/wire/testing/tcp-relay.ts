@@ -41,100 +41,119 @@ interface Pair {
 }
 
 export async function startTcpRelay(opts: { target: string; listen?: string }): Promise<TcpRelay> {
-  const target = parseAddress(opts.target);
-  const bind = parseAddress(opts.listen ?? '127.0.0.1:0');
-  const pairs = new Set<Pair>();
-  const bytes = { toTarget: 0, fromTarget: 0 };
-  let count = 0;
-  let cuts = 0;
-  /** Remaining bytes before the next armed cut, and how many cuts are still armed. */
-  let budget = Infinity;
-  let armed = 0;
-  let every = 0;
+  const relay = new Relay(opts.target);
+  await relay.listen(opts.listen ?? '127.0.0.1:0');
+  return relay;
+}
 
-  const cut = (): void => {
-    cuts++;
-    for (const p of pairs) {
+class Relay implements TcpRelay {
+  host = '';
+  port = 0;
+  address = '';
+  readonly target: string;
+  count = 0;
+  cuts = 0;
+  readonly bytes = { toTarget: 0, fromTarget: 0 };
+  refuseNew = false;
+  private readonly to: { host: string; port: number };
+  private readonly server = net.createServer((client) => this.onClient(client));
+  private readonly pairs = new Set<Pair>();
+  /** Bytes still allowed before the next armed cut, cuts still armed, and the budget per round. */
+  private budget = Infinity;
+  private armed = 0;
+  private every = 0;
+
+  constructor(target: string) {
+    this.to = parseAddress(target);
+    this.target = formatAddress(this.to.host, this.to.port);
+  }
+
+  get open(): number {
+    return this.pairs.size;
+  }
+
+  get bytesRelayed(): number {
+    return this.bytes.toTarget + this.bytes.fromTarget;
+  }
+
+  async listen(listen: string): Promise<void> {
+    const bind = parseAddress(listen);
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(bind.port, bind.host, () => resolve());
+    });
+    this.host = bind.host;
+    this.port = (this.server.address() as net.AddressInfo).port;
+    this.address = formatAddress(this.host, this.port);
+  }
+
+  cut(): void {
+    this.cuts++;
+    for (const p of this.pairs) {
       p.client.destroy();
       p.upstream.destroy();
     }
-    pairs.clear();
-  };
+    this.pairs.clear();
+  }
 
-  /** Copies one chunk from `from` to `to`, or the part of it an armed cut lets through. */
-  const relay = (chunk: Buffer, from: Socket, to: Socket, dir: keyof typeof bytes): void => {
-    if (armed > 0 && chunk.length >= budget) {
-      const part = chunk.subarray(0, budget);
-      if (part.length) to.write(part);
-      bytes[dir] += part.length;
-      armed--;
-      budget = armed > 0 ? every : Infinity;
-      cut();
-      return;
+  cutAfter(bytes: number, times = 1): void {
+    if (!Number.isInteger(bytes) || bytes < 0 || !Number.isInteger(times) || times < 1) {
+      throw new RangeError(`cutAfter(${bytes}, ${times}): need whole numbers, times >= 1`);
     }
-    if (armed > 0) budget -= chunk.length;
-    bytes[dir] += chunk.length;
-    // Backpressure: a slow reader on one side slows the other, as a real network path would.
-    if (!to.write(chunk)) {
-      from.pause();
-      to.once('drain', () => from.resume());
-    }
-  };
+    this.every = bytes;
+    this.budget = bytes;
+    this.armed = times;
+  }
 
-  const server = net.createServer((client) => {
-    count++;
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const p of this.pairs) {
+      p.client.destroy();
+      p.upstream.destroy();
+    }
+    this.pairs.clear();
+    await closed;
+  }
+
+  private onClient(client: Socket): void {
+    this.count++;
     client.on('error', () => undefined);
-    if (relayState.refuseNew) return void client.destroy();
-    const upstream = net.connect({ host: target.host, port: target.port });
+    if (this.refuseNew) return void client.destroy();
+    const upstream = net.connect({ host: this.to.host, port: this.to.port });
     upstream.on('error', () => undefined);
     const p: Pair = { client, upstream };
-    pairs.add(p);
-    client.on('data', (d: Buffer) => relay(d, client, upstream, 'toTarget'));
-    upstream.on('data', (d: Buffer) => relay(d, upstream, client, 'fromTarget'));
+    this.pairs.add(p);
+    client.on('data', (d: Buffer) => this.relay(d, client, upstream, 'toTarget'));
+    upstream.on('data', (d: Buffer) => this.relay(d, upstream, client, 'fromTarget'));
     // A half that ends or breaks takes the other with it, so each side sees what the other saw.
     client.on('end', () => upstream.end());
     upstream.on('end', () => client.end());
     const drop = (): void => {
-      pairs.delete(p);
+      this.pairs.delete(p);
       client.destroy();
       upstream.destroy();
     };
     client.on('close', drop);
     upstream.on('close', drop);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(bind.port, bind.host, () => resolve());
-  });
-  const port = (server.address() as net.AddressInfo).port;
+  }
 
-  const relayState: TcpRelay = {
-    host: bind.host,
-    port,
-    address: formatAddress(bind.host, port),
-    target: formatAddress(target.host, target.port),
-    get count() { return count; },
-    get open() { return pairs.size; },
-    bytes,
-    get bytesRelayed() { return bytes.toTarget + bytes.fromTarget; },
-    get cuts() { return cuts; },
-    refuseNew: false,
-    cut,
-    cutAfter: (n: number, times = 1) => {
-      if (!Number.isInteger(n) || n < 0 || !Number.isInteger(times) || times < 1) throw new RangeError(`cutAfter(${n}, ${times}): need whole numbers, times >= 1`);
-      every = n;
-      budget = n;
-      armed = times;
-    },
-    close: async () => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const p of pairs) {
-        p.client.destroy();
-        p.upstream.destroy();
-      }
-      pairs.clear();
-      await closed;
-    },
-  };
-  return relayState;
+  /** Copies one chunk from `from` to `to`, or the part of it an armed cut lets through. */
+  private relay(chunk: Buffer, from: Socket, to: Socket, dir: keyof Relay['bytes']): void {
+    if (this.armed > 0 && chunk.length >= this.budget) {
+      const part = chunk.subarray(0, this.budget);
+      if (part.length) to.write(part);
+      this.bytes[dir] += part.length;
+      this.armed--;
+      this.budget = this.armed > 0 ? this.every : Infinity;
+      this.cut();
+      return;
+    }
+    if (this.armed > 0) this.budget -= chunk.length;
+    this.bytes[dir] += chunk.length;
+    // Backpressure: a slow reader on one side slows the other, as a real network path would.
+    if (!to.write(chunk)) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  }
 }
