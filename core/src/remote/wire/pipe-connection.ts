@@ -224,7 +224,10 @@ export class PipeConnection implements Connection {
       this.fail(new FerryError(code, `refused by the peer: ${String(e.detail ?? e.code)}`, { host: this.opts.address }), false);
       return;
     }
-    if (this.state === 'hello') return this.protocolError('a goodbye instead of HELLO');
+    if (this.state === 'hello') {
+      this.fail(new FerryError('PIPE_CLOSED', `the peer closed before HELLO: ${String(h.reason ?? 'no reason given')}`, { host: this.opts.address }), false);
+      return;
+    }
     this.state = 'ended';
     this.stopHeartbeat();
     this.flushWaiters();
@@ -250,9 +253,9 @@ export class PipeConnection implements Connection {
       this.settleClosed(undefined);
       return;
     }
-    this.fail(this.decoder.pending
-      ? new FerryError('PIPE_PROTOCOL', `the connection broke inside a frame (${this.decoder.pending} bytes of an unfinished frame)`, { host: this.opts.address })
-      : this.closedError(), false);
+    // Torn down without an orderly end (reset, cut): a network fault, even in the middle of a frame.
+    // A peer that ends its stream cleanly inside a frame is caught in onEnd as PIPE_PROTOCOL.
+    this.fail(this.closedError(), false);
   }
 
   /**
