@@ -13,7 +13,7 @@
  *
  * Knobs (environment): FERRY_BENCH_IMAGE_MIB (2048), FERRY_BENCH_SPARSE_GIB (64),
  * FERRY_BENCH_RUNS (1; the median run is kept), FERRY_BENCH_LEVELS (all),
- * FERRY_BENCH_ONLY (comma list of ferry,restic,borg,cbt,sparse,nbd; default all),
+ * FERRY_BENCH_ONLY (comma list of ferry,restic,borg,cbt,sparse,nbd,remote; default all),
  * FERRY_BENCH_NBD_CONNECTIONS (1), FERRY_BENCH_BORG_ENCRYPTION (none), FERRY_BENCH_KEEP=1 keeps the
  * work folder, TMPDIR picks its disk.
  */
@@ -29,6 +29,7 @@ import { codecs, primitives, sampleBlocks, type CodecResult, type Primitives } f
 import { CBT_TOOLS, changeTrackingRuns, missing, NBD_TOOLS, nbdReadRuns, type NbdVariant } from './qemu-scenarios.js';
 import { mainTable, medians, printTable, stageTable, targets, targetTable, withRatios } from './report.js';
 import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images, type PassContext, type Row } from './scenarios.js';
+import { remoteRuns } from './remote-scenario.js';
 import { changeSet, derivedImage, generateImage, randomBytes, textBytes } from './vm-image.js';
 
 const MiB = 1024 * 1024;
@@ -38,7 +39,7 @@ const SIZE_MIB = Number(env.FERRY_BENCH_IMAGE_MIB ?? 2048);
 const SPARSE_GIB = Number(env.FERRY_BENCH_SPARSE_GIB ?? 64);
 const RUNS = Math.max(1, Number(env.FERRY_BENCH_RUNS ?? 1));
 const LEVELS = (env.FERRY_BENCH_LEVELS ?? COMPRESSION_LEVELS.join(',')).split(',').map((s) => s.trim());
-const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd').split(',').map((s) => s.trim()));
+const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd,remote').split(',').map((s) => s.trim()));
 const NBD_CONNECTIONS = (env.FERRY_BENCH_NBD_CONNECTIONS ?? '1').split(',').map(Number);
 // A diagnostic variant of the NBD read path with the repository in RAM: what the pipe does when the
 // repository disk's write speed is out of the picture. Off with FERRY_BENCH_TMPFS=none.
@@ -78,6 +79,7 @@ async function pass(ctx: PassContext, peers: PeerTool[], skipped: string[], n: n
   if (ONLY.has('cbt') && !skipped.some((s) => s.startsWith('change tracking'))) rows.push(...(await changeTrackingRuns(ctx)));
   if (ONLY.has('sparse')) rows.push(...(await sparseRuns(ctx)));
   if (ONLY.has('nbd') && !skipped.some((s) => s.startsWith('NBD read'))) rows.push(...(await nbdReadRuns(ctx, nbdVariants())));
+  if (ONLY.has('remote')) rows.push(...(await remoteRuns(ctx)));
   return rows;
 }
 

@@ -16,6 +16,8 @@ export const SCENARIOS = {
   sparseFull: 'full backup, 64 GiB sparse',
   sparseRestore: 'restore, 64 GiB sparse',
   nbd: 'NBD read, none',
+  remoteEmbedded: 'full backup, embedded pipe (remote pair)',
+  remote: 'full backup, proxy + repository services',
 } as const;
 export type Scenario = (typeof SCENARIOS)[keyof typeof SCENARIOS];
 

@@ -35,7 +35,7 @@ export async function main(argv: string[]): Promise<number> {
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, key, plugins, validate, proxy serve, repository serve')
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
     .strict()
     .help()
     .alias('h', 'help')

@@ -39,6 +39,7 @@ export class ProxyPipe {
   /** Time the target side spent on records (checks, dedup, storing, waiting for pack uploads). */
   readonly targetBusy = new BusyMeter();
   private conn?: Connection;
+  private inbox?: Inbox;
   /** The next record the repository has not kept. */
   private next = 0;
   private readonly where: ErrorLocation;
@@ -66,7 +67,7 @@ export class ProxyPipe {
         let m: WireMessage;
         try {
           this.checkAbort();
-          m = await receiveOrFail(this.conn!, 'the next record', this.where);
+          m = await this.inbox!.next();
         } catch (err) {
           if (!this.transient(err)) throw err;
           await this.open(true, err as Error);
@@ -75,12 +76,6 @@ export class ProxyPipe {
         }
         const out: BlockRecord[] = [];
         switch (m.type) {
-          case 'known?': {
-            const hashes = (m.header?.hashes as string[] | undefined) ?? [];
-            const have = await Promise.all(hashes.map((h) => this.opts.blocks.has(fromHex(h, 'a queried hash'))));
-            await this.conn!.send({ type: 'known!', header: { q: m.header?.q, have } }).catch(() => undefined);
-            continue;
-          }
           case 'block':
             out.push({ kind: 'data', index: Number(m.header?.i), length: 0, hash: fromHex(m.header?.h, 'a block hash'), encoded: asBuffer(m.body) });
             break;
@@ -164,6 +159,7 @@ export class ProxyPipe {
           throw err;
         }
         this.conn = conn;
+        this.inbox = new Inbox(conn, this.opts.blocks, this.where);
         if (resume) this.reconnects++;
         return;
       } catch (err) {
@@ -194,6 +190,64 @@ export class ProxyPipe {
   private checkAbort(): void {
     if (this.opts.signal?.aborted) {
       throw new FerryError('SESSION_INTERRUPTED', 'the backup server ended the session; this disk gets no restore point', this.where);
+    }
+  }
+}
+
+/**
+ * Reads one connection ahead of the target mover: the proxy's `known?` questions are answered at
+ * once (so the proxy keeps compressing while the target stores), records wait in order. The queue
+ * is bounded by the proxy's in-flight window (data blocks are acknowledged only once kept).
+ */
+class Inbox {
+  private readonly queue: (WireMessage | Error)[] = [];
+  private waiter?: () => void;
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly blocks: BlockStore,
+    private readonly where: ErrorLocation,
+  ) {
+    void this.read();
+  }
+
+  async next(): Promise<WireMessage> {
+    while (this.queue.length === 0) await new Promise<void>((r) => (this.waiter = r));
+    const m = this.queue.shift()!;
+    if (m instanceof Error) throw m;
+    return m;
+  }
+
+  private push(m: WireMessage | Error): void {
+    this.queue.push(m);
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+
+  private async read(): Promise<void> {
+    try {
+      for (;;) {
+        const m = await receiveOrFail(this.conn, 'the next record', this.where);
+        if (m.type === 'known?') {
+          void this.answer(m);
+          continue;
+        }
+        this.push(m);
+        if (m.type === 'end' || m.type === 'error') return;
+      }
+    } catch (err) {
+      this.push(err as Error);
+    }
+  }
+
+  private async answer(m: WireMessage): Promise<void> {
+    try {
+      const hashes = (m.header?.hashes as string[] | undefined) ?? [];
+      const have = await Promise.all(hashes.map((h) => this.blocks.has(fromHex(h, 'a queried hash'))));
+      await this.conn.send({ type: 'known!', header: { q: m.header?.q, have } });
+    } catch {
+      // the connection broke: the reader reports it
     }
   }
 }
