@@ -1,4 +1,5 @@
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
@@ -109,6 +110,35 @@ describe('remote data movers: proxy and repository services as processes', funct
     const list = await runFerry(['list', job, '--json']);
     expect(list.code, list.stderr).to.equal(0);
     expect(json<{ restorePoints: unknown[] }>(list).restorePoints).to.have.length(2);
+  });
+
+  it('reads its settings from --config files: a pre-shared key on the data pipe, one task slot, an encrypted repository from a YAML file', async function () {
+    const dir = path.join(t.dir, 'configured');
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'psk.hex'), randomBytes(32).toString('hex') + '\n');
+    writeFileSync(path.join(dir, 'pass'), 'a passphrase for the test\n');
+    writeFileSync(path.join(dir, 'proxy.yaml'), 'listen: 127.0.0.1:0\npsk: { identity: site-a, keyFile: ./psk.hex }\ntaskSlots: 1\n');
+    writeFileSync(path.join(dir, 'repo.yaml'), 'type: filesystem\npath: ./repo\nencryption: { passphraseFile: ./pass }\n');
+    writeFileSync(
+      path.join(dir, 'service.yaml'),
+      `listen: 127.0.0.1:0\ncerts: ${JSON.stringify(certs)}\npsk: { identity: site-a, keyFile: ./psk.hex }\nrepository: ./repo.yaml\n`,
+    );
+    const proxy = await startService(['proxy', 'serve', '--config', path.join(dir, 'proxy.yaml')]);
+    services.push(proxy);
+    const repo = await startService(['repository', 'serve', '--config', path.join(dir, 'service.yaml')]);
+    services.push(repo);
+    const j = writeJob(t.dir, remoteJob({ server: repo.address, proxies: [proxy.address], certs, disks: ['web01.raw', 'web01-data.raw'] }), 'configured.yaml');
+    const r = await runFerry(['backup', j, '--json']);
+    const report = json<ReportJson>(r);
+    expect(report.status, r.stderr + JSON.stringify(report.error ?? report.disks.map((d) => d.status))).to.equal('success');
+    expect(report.disks.map((d) => d.proxy)).to.deep.equal([proxy.address, proxy.address], 'two disks queue for the one slot');
+    expect(readFileSync(path.join(dir, 'repo', 'ferry-repository.json'), 'utf8')).to.include('AES-256-GCM');
+    const to = path.join(dir, 'restored.raw');
+    const rr = await runFerry(['restore', j, '--vm', 'web01', '--disk', 'web01-data.raw', '--to', to]);
+    expect(rr.code, rr.stderr).to.equal(0);
+    expect(await firstDifference(to, path.join(images, 'web01-data.raw'))).to.equal(-1);
+    const v = await runFerry(['verify', '--repository', path.join(dir, 'repo'), '--passphrase-file', path.join(dir, 'pass'), '--json']);
+    expect(v.code, v.stdout + v.stderr).to.equal(0, 'the proxy hashed with the repository\'s block-id key');
   });
 
   it('sends commands that need the repository itself to the repository host (CLI_USAGE)', async function () {

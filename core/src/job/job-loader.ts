@@ -257,6 +257,11 @@ export class JobFile {
       error: { message: 'must be a share of the blocks such as 5%, 25% or 100%' },
     });
     ajv.addKeyword({
+      keyword: 'ferryAddress',
+      validate: (_k: boolean, value: unknown) => typeof value === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$/.test(value),
+      error: { message: 'must be an address host:port (or [v6 address]:port)' },
+    });
+    ajv.addKeyword({
       keyword: 'ferrySize',
       validate: (_k: boolean, value: unknown) => parseSize(value) !== undefined,
       error: { message: 'must be a size such as 256KiB, 1MiB or 4MiB' },

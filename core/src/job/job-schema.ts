@@ -17,7 +17,7 @@ export const MAX_PARALLEL_DISKS = 64;
 
 const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', maxLength: 128 };
 /** `host:port` or `[v6]:port` of a data-mover service. */
-const ADDRESS = { type: 'string', pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$' };
+const ADDRESS = { type: 'string', ferryAddress: true };
 
 /**
  * The job file as the core sees it. `source` and `repository` accept further keys here; the second

@@ -18,7 +18,9 @@ import { RepositoryService } from './repository-service.js';
  *
  * Config file keys (all optional; the command line wins):
  *   listen: 127.0.0.1:9000      certs: DIR (relative to the file)
- *   psk: { identity: NAME, keyFile: FILE }  (pre-shared key instead of certificates, >= 16 bytes)
+ *   psk: { identity: NAME, keyFile: FILE }  (the data pipe between repository service and proxies
+ *                                            with a pre-shared key instead of certificates, >= 16
+ *                                            bytes as hex; backup servers always use certificates)
  *   allow: { names: [ NAME, ... ] }         (certificate CNs or PSK identities allowed to connect)
  *   taskSlots: 4                            (proxy: disks read at the same time)
  *   repository: PATH | FILE.yaml            (repository service: a filesystem folder, or a YAML
@@ -102,9 +104,15 @@ export function loadServiceConfig(file: string): ServiceConfig {
   return out;
 }
 
-function auth(c: ServiceConfig, role: PeerRole): PeerAuth {
+/** The data pipe (repository service ↔ proxy): the pre-shared key when one is configured, else certificates. */
+function pipeAuth(c: ServiceConfig, role: PeerRole): PeerAuth {
   if (c.psk) return { kind: 'psk', key: c.psk.key, identity: c.psk.identity, role };
-  if (!c.certs) throw new FerryError('CLI_USAGE', 'name --certs DIR (made by `ferry certs init DIR`) or a psk in --config FILE');
+  return certAuth(c, role, 'or a psk in --config FILE');
+}
+
+/** Control connections from backup servers: always certificates (a job names `certs:`). */
+function certAuth(c: ServiceConfig, role: PeerRole, alternative = ''): PeerAuth {
+  if (!c.certs) throw new FerryError('CLI_USAGE', `name --certs DIR (made by \`ferry certs init DIR\`)${alternative ? ` ${alternative}` : ''}`);
   return { kind: 'certs', dir: path.resolve(c.certs), role };
 }
 
@@ -136,7 +144,7 @@ export async function startProxyService(c: ServiceConfig, log: (line: string) =>
   const service = new ProxyService({ plugins, codec: pool.codec, taskSlots: c.taskSlots ?? 4, log });
   const listener = await listen({
     listen: need(c.listen, '--listen HOST:PORT'),
-    auth: auth(c, 'proxy'),
+    auth: pipeAuth(c, 'proxy'),
     allow: { roles: ['repository'], ...(c.allow?.names && { names: c.allow.names }) },
     heartbeatMs: c.heartbeatMs,
     onConnection: (conn) => void service.serve(conn),
@@ -161,7 +169,7 @@ export async function startRepositoryService(c: ServiceConfig, log: (line: strin
   const service = new RepositoryService({
     openRepository,
     codec: pool.codec,
-    auth: auth(c, 'repository'),
+    auth: pipeAuth(c, 'repository'),
     retryWindowMs: (c.resumeWindowSeconds ?? 30) * 1000,
     window: c.window,
     heartbeatMs: c.heartbeatMs,
@@ -169,7 +177,7 @@ export async function startRepositoryService(c: ServiceConfig, log: (line: strin
   });
   const listener = await listen({
     listen: need(c.listen, '--listen HOST:PORT'),
-    auth: auth(c, 'repository'),
+    auth: certAuth(c, 'repository'),
     allow: { roles: ['server'], ...(c.allow?.names && { names: c.allow.names }) },
     heartbeatMs: c.heartbeatMs,
     onConnection: (conn) => void service.serve(conn),
