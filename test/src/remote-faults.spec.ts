@@ -1,10 +1,11 @@
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
 import { startTcpRelay, type TcpRelay } from '@ferry/core/remote/wire/testing';
 import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
-import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { FERRY_BIN, ROOT, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { remoteJob, startService, type ServiceProcess } from './support/remote-services.js';
 
 interface ReportJson {
@@ -100,6 +101,28 @@ describe('remote data movers: dropped data pipe and a lost repository service', 
     const er = await runFerry(['restore', job, '--vm', 'web01', '--disk', 'big.raw', '--point', before[0].id, '--to', earlier]);
     expect(er.code, er.stderr).to.equal(0);
     expect(await firstDifference(earlier, path.join(t.dir, 'big.restored.raw'))).to.equal(-1, 'the earlier point still restores the data it was taken from');
+  });
+
+  it('stops cleanly on Ctrl-C of the backup server: exit 130, nothing committed, the services keep serving', async function () {
+    const job = writeJob(t.dir, remoteJob({ server: repo!.address, proxies: [proxy.address], certs, disks: ['big.raw'] }), 'interrupt.yaml');
+    const before = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json'])).restorePoints;
+    await changeVmImage(path.join(images, 'big.raw'), { count: 120, length: 256 * 1024, seed: 8 });
+    const packsBefore = countPacks(repoDir);
+    const child = spawn(process.execPath, [FERRY_BIN, 'backup', job, '--json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const deadline = Date.now() + 60_000;
+    while (countPacks(repoDir) === packsBefore && child.exitCode === null && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    child.kill('SIGINT');
+    expect(await exited).to.equal(130);
+    const report = JSON.parse(stdout) as ReportJson;
+    expect(report.status).to.equal('failed');
+    expect(report.vms[0].restorePoint).to.equal(null);
+    const after = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json'])).restorePoints;
+    expect(after.map((p) => p.id)).to.deep.equal(before.map((p) => p.id));
+    const rerun = json<ReportJson>(await runFerry(['backup', job, '--json']));
+    expect(rerun.status, JSON.stringify(rerun.error ?? rerun.vms[0].error)).to.equal('success');
   });
 });
 

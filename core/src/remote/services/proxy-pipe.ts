@@ -46,6 +46,8 @@ export class ProxyPipe {
 
   constructor(private readonly opts: ProxyPipeOptions) {
     this.where = { vm: opts.task.vm, disk: opts.task.disk.name };
+    // The session ended (control connection gone, service stopping): stop the proxy reading at once.
+    opts.signal?.addEventListener('abort', () => void this.conn?.close('the session ended').catch(() => undefined), { once: true });
   }
 
   /** Connects, sends the task and waits for the proxy's answer (transport, size, mode). */
@@ -69,6 +71,7 @@ export class ProxyPipe {
           this.checkAbort();
           m = await this.inbox!.next();
         } catch (err) {
+          this.checkAbort();
           if (!this.transient(err)) throw err;
           await this.open(true, err as Error);
           lastAck = this.next;

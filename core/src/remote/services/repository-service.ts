@@ -209,6 +209,7 @@ class ControlSession {
     } catch (err) {
       throw err instanceof FerryError ? err.at(where) : err;
     }
+    if (this.abort.signal.aborted) throw new FerryError('SESSION_INTERRUPTED', 'the backup server ended the session', where);
     const diskId = randomBytes(8).toString('hex');
     this.kept.set(diskId, { map, vm: order.vm });
     const summary = pipe.summary!;
