@@ -81,6 +81,11 @@ function summary(r: SessionReport): string {
     );
   }
   for (const d of r.disks) if (d.transportReason) out += `  ${d.vm}/${d.disk}: transport ${d.transport}: ${d.transportReason}\n`;
+  for (const d of r.disks) {
+    if (!d.proxy) continue;
+    const stages = (d.stages ?? []).map((s) => `${s.stage} ${Math.round(s.busyShare * 100)}%`).join(', ');
+    out += `  ${d.vm}/${d.disk}: via proxy ${d.proxy}; ${d.reconnects ?? 0} reconnect(s)${d.resentBlocks ? `, ${d.resentBlocks} block(s) sent again` : ''}; busy ${stages}${d.bottleneck ? ` (bottleneck: ${d.bottleneck})` : ''}\n`;
+  }
   for (const d of r.disks) if (d.error) out += `  ${d.vm}/${d.disk} failed: ${d.error.message}\n`;
   for (const v of r.vms) if (v.error && !r.disks.some((d) => d.vm === v.vm && d.error)) out += `  vm ${v.vm} failed: ${v.error.message}\n`;
   if (r.healedBlocks) out += `Healed ${r.healedBlocks} damaged block(s): read from the source again and stored anew\n`;
