@@ -221,7 +221,7 @@ export class PipeConnection implements Connection {
     const e = h.error as { code?: unknown; detail?: unknown } | undefined;
     if (e && typeof e === 'object') {
       const code = typeof e.code === 'string' && e.code.startsWith('PIPE_') && e.code in ERROR_CODES ? (e.code as ErrorCode) : 'PIPE_PROTOCOL';
-      this.fail(new FerryError(code, `refused by the peer: ${String(e.detail ?? e.code)}`, { host: this.opts.address }), false);
+      this.fail(new FerryError(code, `the peer ended the connection: ${String(e.detail ?? e.code)}`, { host: this.opts.address }), false);
       return;
     }
     if (this.state === 'hello') {
