@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
+import tls from 'node:tls';
 import { expect } from 'chai';
 import { FerryError } from '../../errors.js';
+import { loadAuth } from './tls-auth.js';
 import { connect } from './transport.js';
 import { assertServes, certs, echoListener, makeCertDirs, type CertDirs } from './testing/wire-fixtures.js';
 import type { PeerAuth, PeerRole } from './types.js';
@@ -56,6 +58,27 @@ describe('data pipe with a pre-shared key (TLS 1.3 PSK)', function () {
       await assertServes(l, psk('repository', 'repo-1'));
     } finally {
       await l.close();
+    }
+  });
+
+  it('runs an ECDHE exchange besides the key (psk_dhe_ke), on TLS 1.3 with a SHA-256 suite', async function () {
+    const server = await loadAuth(psk('proxy', 'p'));
+    const client = await loadAuth(psk('repository', 'r'));
+    const srv = tls.createServer(server.server, (s) => s.end());
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    try {
+      const info = await new Promise<{ protocol: string | null; cipher: string; kx: string | undefined }>((resolve, reject) => {
+        const c = tls.connect({ ...client.client, host: '127.0.0.1', port: (srv.address() as { port: number }).port }, () => {
+          resolve({ protocol: c.getProtocol(), cipher: c.getCipher().name, kx: (c.getEphemeralKeyInfo() as { type?: string }).type });
+          c.end();
+        });
+        c.on('error', reject);
+      });
+      expect(info.protocol).to.equal('TLSv1.3');
+      expect(info.cipher).to.match(/_SHA256$/);
+      expect(info.kx).to.equal('ECDH');
+    } finally {
+      srv.close();
     }
   });
 
