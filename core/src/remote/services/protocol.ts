@@ -2,6 +2,7 @@ import type { Extent } from '../../contracts/extent.js';
 import type { ChangeTracking, SourceDisk } from '../../contracts/source-host.js';
 import { FerryError, type ErrorCode, type ErrorLocation } from '../../errors.js';
 import type { ReportedError } from '../../session/session-report.js';
+import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../../job/job-schema.js';
 import { STAGES, type Stage, type StageReport } from '../../session/stage-meter.js';
 import type { Connection, WireMessage } from '../wire/index.js';
 
@@ -53,6 +54,32 @@ export interface ReadTask {
   incremental?: IncrementalPlan;
   /** Encrypted repositories: the block-id key (hex; ids are HMAC-SHA256 under it). Sent only inside the authenticated pipe. */
   idKey?: string;
+}
+
+/**
+ * What a proxy checks before it acts on a read task (an authenticated peer may still send nonsense):
+ * the limits bound the memory a task can make the proxy use. Returns the problem, or undefined.
+ */
+export function readTaskProblem(t: ReadTask): string | undefined {
+  const int = (v: unknown, lo: number, hi: number): boolean => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+  if (typeof t !== 'object' || t === null) return 'the read task is not an object';
+  if (typeof t.taskId !== 'string' || !t.taskId) return 'taskId must be a string';
+  if (typeof t.vm !== 'string' || typeof t.disk?.name !== 'string') return 'vm and disk.name must be strings';
+  if (typeof t.transport !== 'string' || !Array.isArray(t.filters) || !t.filters.every((f) => typeof f === 'string')) return 'transport and filters must be names';
+  if (typeof t.compressor?.name !== 'string' || typeof t.compressor.level !== 'number') return 'compressor must be { name, level }';
+  if (!int(t.blockSize, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE) || (t.blockSize & (t.blockSize - 1)) !== 0) return `blockSize ${t.blockSize} is not a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
+  if (!int(t.readAhead, 1, 64)) return 'readAhead must be 1..64';
+  if (!int(t.window, 1, 1024)) return 'window must be 1..1024';
+  if (!int(t.resumeFrom, 0, Number.MAX_SAFE_INTEGER)) return 'resumeFrom must be a block index';
+  if (t.idKey !== undefined && (typeof t.idKey !== 'string' || !/^[0-9a-f]{64}$/.test(t.idKey))) return 'idKey must be 32 bytes in hex';
+  const inc = t.incremental;
+  if (inc !== undefined) {
+    const extents = (e: unknown): boolean => Array.isArray(e) && e.every((x) => int(x?.offset, 0, Number.MAX_SAFE_INTEGER) && int(x?.length, 1, Number.MAX_SAFE_INTEGER));
+    if (!int(inc.baseSize, 0, Number.MAX_SAFE_INTEGER) || typeof inc.reason !== 'string' || !extents(inc.heal) || (inc.extents !== undefined && !extents(inc.extents))) {
+      return 'incremental must be { baseSize, reason, heal: extents, extents? }';
+    }
+  }
+  return undefined;
 }
 
 export interface IncrementalPlan {

@@ -25,6 +25,13 @@ export type Dial = (opts: ConnectOptions) => Promise<Connection>;
 
 /** Wire errors after which trying again cannot help (a wrong peer, another protocol version). */
 const PERMANENT = new Set(['PIPE_AUTH', 'PIPE_VERSION']);
+/** Errors the proxy reported itself (a refused task, a read failure): never retried. */
+const REPORTED = new WeakSet<Error>();
+
+function reported(err: FerryError): FerryError {
+  REPORTED.add(err);
+  return err;
+}
 
 /**
  * The repository service's end of one disk's data pipe: connects to the proxy, sends the read task
@@ -150,7 +157,7 @@ export class ProxyPipe {
         try {
           await conn.send({ type: 'task', header: { ...this.opts.task, resumeFrom: this.next } });
           const m = await receiveOrFail(conn, 'the answer to the read task', this.where);
-          if (m.type === 'error') throw errorFromWire(m.header?.error as never, this.where);
+          if (m.type === 'error') throw reported(errorFromWire(m.header?.error as never, this.where));
           if (m.type !== 'task.ok') throw unexpected(m, 'task.ok', this.where);
           const info = m.header as unknown as TaskInfo;
           if (this.info && (info.sizeBytes !== this.info.sizeBytes || info.mode !== this.info.mode)) {
@@ -183,7 +190,7 @@ export class ProxyPipe {
   }
 
   private transient(err: unknown): boolean {
-    if (this.opts.signal?.aborted) return false;
+    if (this.opts.signal?.aborted || REPORTED.has(err as Error)) return false;
     const code = (err as { code?: string })?.code ?? '';
     if (err instanceof FerryError) return code.startsWith('PIPE_') && !PERMANENT.has(code);
     // socket errors that the wire layer did not wrap (ECONNRESET, ECONNREFUSED, EPIPE, ...)

@@ -12,7 +12,7 @@ import type { PluginHost } from '../../plugins/plugin-host.js';
 import { newStageMeters, type StageMeters } from '../../session/stage-meter.js';
 import { Tokens } from '../../tokens.js';
 import type { Connection, WireMessage } from '../wire/index.js';
-import { DATA_PIPE_VERSION, errorToWire, hex, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { DATA_PIPE_VERSION, errorToWire, hex, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 import { Slots } from './slots.js';
 
 /** Transports `transport: auto` tries first (the same order as an embedded session). */
@@ -81,9 +81,14 @@ export class ProxyService {
   }
 
   private async runTask(conn: Connection, task: ReadTask): Promise<void> {
-    const where: ErrorLocation = { vm: task.vm, disk: task.disk?.name };
-    if (task.version !== DATA_PIPE_VERSION) {
-      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task.version}; this proxy speaks ${DATA_PIPE_VERSION}`, where)) } });
+    const where: ErrorLocation = { vm: String(task?.vm), disk: String(task?.disk?.name) };
+    if (task?.version !== DATA_PIPE_VERSION) {
+      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task?.version}; this proxy speaks ${DATA_PIPE_VERSION}`, where)) } });
+      return;
+    }
+    const problem = readTaskProblem(task);
+    if (problem) {
+      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_PROTOCOL', `refused read task from ${conn.peer.name}: ${problem}`, where)) } });
       return;
     }
     const state = this.taskState(task.taskId);

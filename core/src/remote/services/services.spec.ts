@@ -175,6 +175,20 @@ describe('data-mover services (in memory)', function () {
     expect((await restore(svc, 's1')).equals(await fs.readFile(image))).to.equal(true);
   });
 
+  it('refuses a read task outside the limits with PIPE_PROTOCOL, before opening anything', async function () {
+    for (const bad of [{ blockSize: 3 }, { readAhead: 1_000_000 }, { window: 0 }, { idKey: 'zz' }]) {
+      const [a, b] = connectionPair({ roles: ['repository', 'proxy'] });
+      void proxy.serve(b);
+      const o = order('s1');
+      const task = { version: 1, taskId: 't', vm: o.vm, disk: o.disk, transport: 'auto', filters: [], compressor: o.compressor, blockSize: BLOCK, readAhead: 8, window: 4, resumeFrom: 0, ...bad };
+      await a.send({ type: 'task', header: task });
+      const m = await a.receive();
+      expect(m?.type).to.equal('error');
+      expect((m?.header?.error as { code: string }).code, JSON.stringify(bad)).to.equal('PIPE_PROTOCOL');
+      await a.close();
+    }
+  });
+
   it('resumes after the data pipe breaks, sends at most the in-flight window again, and restores byte-identical', async function () {
     plan = (n) => (n < 3 ? 'cut' : 'pass');
     const svc = service();
