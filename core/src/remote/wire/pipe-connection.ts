@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { ERROR_CODES, FerryError, type ErrorCode } from '../../errors.js';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrameParts, FrameDecoder, FrameKind, type Frame } from './frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, FrameKind, type Frame } from './frame.js';
 import { acceptHello, makeHello, type ProvenPeer } from './handshake.js';
 import {
   DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, MISSED_HEARTBEATS,
@@ -91,7 +91,7 @@ export class PipeConnection implements Connection {
     this.assertWritable();
     const header: Record<string, unknown> = { type: msg.type };
     if (msg.header !== undefined) header.header = msg.header;
-    this.write(encodeFrameParts(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes));
+    this.write(encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes));
     if (this.stream.writableNeedDrain) await this.drain();
   }
 
@@ -134,7 +134,7 @@ export class PipeConnection implements Connection {
   private handshake(opts: HandshakeOptions): Promise<void> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const hello = makeHello(opts.local.role, opts.local.name);
-    if (opts.initiator) this.write(encodeFrameParts(FrameKind.HELLO, { ...hello }));
+    if (opts.initiator) this.write(encodeFrame(FrameKind.HELLO, { ...hello }));
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new FerryError('PIPE_TIMEOUT', `no HELLO from the peer within ${timeoutMs} ms`, { host: opts.address }), true), timeoutMs);
       void this.closed.then((e) => {
@@ -152,7 +152,7 @@ export class PipeConnection implements Connection {
         } catch (err) {
           return this.fail(err as FerryError, true);
         }
-        if (!opts.initiator) this.write(encodeFrameParts(FrameKind.HELLO, { ...hello }));
+        if (!opts.initiator) this.write(encodeFrame(FrameKind.HELLO, { ...hello }));
         this.state = 'open';
         this.startHeartbeat();
         resolve();
@@ -190,7 +190,7 @@ export class PipeConnection implements Connection {
         if (this.state === 'hello') return this.protocolError('a message before the HELLO handshake completed');
         return this.deliver(f);
       case FrameKind.PING:
-        if (this.state === 'open') this.write(encodeFrameParts(FrameKind.PONG, { seq: f.header.seq ?? null }));
+        if (this.state === 'open') this.write(encodeFrame(FrameKind.PONG, { seq: f.header.seq ?? null }));
         return;
       case FrameKind.PONG:
         return;
@@ -307,16 +307,14 @@ export class PipeConnection implements Connection {
     }
   }
 
-  private write(parts: Buffer[]): void {
+  private write(frame: Buffer): void {
     if (!this.stream.writable) return;
-    this.stream.cork();
-    for (const p of parts) this.stream.write(p);
-    this.stream.uncork();
+    this.stream.write(frame);
     this.txSinceTick = true;
   }
 
   private endWith(kind: FrameKind, header: Record<string, unknown>): void {
-    this.write(encodeFrameParts(kind, header));
+    this.write(encodeFrame(kind, header));
     this.stream.end();
     this.lingerThenDestroy();
   }
@@ -354,7 +352,7 @@ export class PipeConnection implements Connection {
         this.fail(new FerryError('PIPE_TIMEOUT', `no frame from the peer for ${MISSED_HEARTBEATS} heartbeats of ${ms} ms`, { host: this.opts.address }), true);
         return;
       }
-      if (!this.txSinceTick && !this.stream.writableNeedDrain) this.write(encodeFrameParts(FrameKind.PING, { seq: ++this.pingSeq }));
+      if (!this.txSinceTick && !this.stream.writableNeedDrain) this.write(encodeFrame(FrameKind.PING, { seq: ++this.pingSeq }));
       this.txSinceTick = false;
     }, ms);
     this.heartbeat.unref();

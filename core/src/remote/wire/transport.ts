@@ -21,7 +21,7 @@ export async function connect(opts: ConnectOptions): Promise<Connection> {
   if (opts.signal?.aborted) throw aborted(address, opts.signal);
   const socket = tls.connect({ ...material.client, host, port, ...(isIP(host) ? {} : { servername: host }) });
   // The pipe's small request/answer messages ("known?", acks) must not wait for Nagle's timer;
-  // frames are corked whole, so this adds no tiny packets.
+  // each frame is written as one buffer, so this adds no tiny packets.
   socket.setNoDelay(true);
   let tcpUp = false;
   socket.once('connect', () => (tcpUp = true));
