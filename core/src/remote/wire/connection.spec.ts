@@ -80,6 +80,23 @@ describe('data pipe connections (in memory)', function () {
     expect(((await b.closed) as FerryError).code).to.equal('PIPE_CLOSED');
   });
 
+  it('a body changed or transferred after send resolved still arrives as it was sent', async function () {
+    const [a, b] = connectionPair();
+    const body = new Uint8Array(64 * 1024).fill(7);
+    await a.send({ type: 'block', body });
+    body.fill(9);
+    const moved = new Uint8Array(1024).fill(5);
+    await a.send({ type: 'block', body: moved });
+    structuredClone(moved.buffer, { transfer: [moved.buffer] });
+    expect(moved.byteLength, 'the buffer was transferred').to.equal(0);
+    const first = await b.receive();
+    const second = await b.receive();
+    expect(first?.body?.every((x) => x === 7)).to.equal(true);
+    expect(second?.body?.byteLength).to.equal(1024);
+    expect(second?.body?.every((x) => x === 5)).to.equal(true);
+    await a.close();
+  });
+
   it('refuses a message without a type', async function () {
     const [a] = connectionPair();
     expect((await rejection(a.send({ type: '' }))).code).to.equal('PIPE_PROTOCOL');
