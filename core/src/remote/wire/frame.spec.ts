@@ -97,6 +97,41 @@ describe('data pipe frames', function () {
     expect(big).to.deep.equal([]);
   });
 
+  it('mutated frame streams (seeded, 2000 cases) yield good frames or a coded error, never anything else', function () {
+    let seed = 0x5eed;
+    const rand = (n: number): number => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return seed % n;
+    };
+    const stream = Buffer.concat([
+      encodeFrame(FrameKind.HELLO, { protocol: 'ferry-pipe', versions: [1], role: 'proxy', name: 'p' }),
+      encodeFrame(FrameKind.MESSAGE, { type: 'block', header: { i: 1 } }, Buffer.alloc(300, 1)),
+      encodeFrame(FrameKind.PING, { seq: 1 }),
+    ]);
+    const codes = new Set<string>();
+    for (let i = 0; i < 2000; i++) {
+      const bytes = Buffer.from(stream);
+      for (let k = 1 + rand(3); k > 0; k--) bytes[rand(bytes.length)] = rand(256);
+      const d = new FrameDecoder(4096);
+      let got = 0;
+      try {
+        for (let at = 0; at < bytes.length; ) {
+          const step = 1 + rand(64);
+          got += d.push(bytes.subarray(at, at + step)).length;
+          at += step;
+        }
+      } catch (err) {
+        expect(err, `case ${i}`).to.be.instanceOf(FerryError);
+        codes.add((err as FerryError).code);
+        continue;
+      }
+      if (d.error) codes.add(d.error.code);
+      expect(got, `case ${i}`).to.be.at.most(3);
+    }
+    expect([...codes].every((c) => c === 'PIPE_PROTOCOL' || c === 'PIPE_VERSION'), [...codes].join()).to.equal(true);
+    expect(codes.has('PIPE_PROTOCOL')).to.equal(true);
+  });
+
   it('refuses to send a frame over the limit', function () {
     expect(codeOf(() => encodeFrame(FrameKind.MESSAGE, { type: 'x' }, Buffer.alloc(2048), 1024))).to.equal('PIPE_PROTOCOL');
   });
