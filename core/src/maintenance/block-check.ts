@@ -109,7 +109,7 @@ async function checkOne(backend: RepositoryBackend, codec: BlockCodec, key: stri
     sink.counters.bytesRead += encoded.length;
     if (encoded.length !== b.at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
     const id = Buffer.from(b.hash, 'hex');
-    const raw = await codec.decode(sink.cipher ? sink.cipher.openBlock(id, encoded, object) : encoded, id, object);
+    const raw = await codec.decode(sink.cipher ? await sink.cipher.openBlockAsync(id, encoded, object) : encoded, id, object);
     sink.counters.ok++;
     sink.counters.rawBytes += raw.length;
   } catch (err) {

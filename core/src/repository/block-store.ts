@@ -43,6 +43,8 @@ export class BlockStore {
   /** Reserved by this session and not yet in a stored pack. */
   private readonly pending = new Set<string>();
   private readonly writer: PackWriter;
+  /** Records being sealed (thread pool) on their way into the writer: `flush` waits for them. */
+  private readonly sealing = new Set<Promise<Buffer>>();
   /** Blocks stored again because every stored copy was known damaged. */
   healed = 0;
   /**
@@ -114,8 +116,16 @@ export class BlockStore {
    * Adds a reserved block; it is durable once `flush` resolves. Waits when uploads are saturated.
    * In an encrypted repository the block object is sealed here, bound to its id.
    */
-  add(hash: Buffer, encoded: Uint8Array): Promise<void> {
-    return this.writer.add(hash, this.cipher ? this.cipher.sealBlock(hash, encoded) : encoded);
+  async add(hash: Buffer, encoded: Uint8Array): Promise<void> {
+    if (!this.cipher) return this.writer.add(hash, encoded);
+    const sealed = this.cipher.sealBlockAsync(hash, encoded);
+    this.sealing.add(sealed);
+    try {
+      await sealed;
+    } finally {
+      this.sealing.delete(sealed);
+    }
+    return this.writer.add(hash, await sealed);
   }
 
   /**
@@ -128,6 +138,7 @@ export class BlockStore {
   async flush(): Promise<void> {
     const reserved = [...this.pending];
     for (let round = 0; ; round++) {
+      await Promise.allSettled([...this.sealing]);
       await this.writer.flush();
       if (!reserved.some((hex) => this.pending.has(hex))) return;
       if (round >= 1000) throw new FerryError('INTERNAL', `${reserved.filter((h) => this.pending.has(h)).length} reserved block(s) never reached a pack`);
@@ -151,7 +162,7 @@ export class BlockStore {
       throw err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
     });
     if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
-    return codec.decode(this.cipher ? this.cipher.openBlock(hash, encoded, object) : encoded, hash, object);
+    return codec.decode(this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded, hash, object);
   }
 
   private hasGoodCopy(hex: string): boolean {

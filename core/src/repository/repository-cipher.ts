@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, webcrypto } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import { crc32 } from '../util/checksums.js';
 
@@ -35,8 +35,57 @@ const BLOCK_AAD = Buffer.from('ferry-block\0', 'ascii');
 const OBJECT_AAD = 'ferry-object\0';
 
 export class RepositoryCipher {
+  private subtleKey?: Promise<webcrypto.CryptoKey>;
+
   constructor(readonly keys: MasterKeys) {
     if (keys.dataKey.length !== KEY_BYTES || keys.idKey.length !== KEY_BYTES) throw new FerryError('INTERNAL', 'master keys must be 32 bytes each');
+  }
+
+  /**
+   * `sealBlock` on libuv's thread pool (WebCrypto): the same record, but the AES work leaves the main
+   * thread, which a backup needs for everything else (measured here: sealing 1 MiB records on the main
+   * thread runs at ~540 MiB/s and slowed a 512 MiB backup by more than the sealing itself).
+   */
+  async sealBlockAsync(id: Uint8Array, record: Uint8Array): Promise<Buffer> {
+    const nonce = randomBytes(NONCE);
+    const sealed = await webcrypto.subtle.encrypt(
+      { name: 'AES-GCM', iv: nonce, additionalData: Buffer.concat([BLOCK_AAD, id]), tagLength: TAG * 8 },
+      await this.cryptoKey(),
+      record,
+    );
+    const out = Buffer.allocUnsafe(BLOCK_HEAD + sealed.byteLength);
+    SEALED_BLOCK_MAGIC.copy(out, 0);
+    out[8] = 1;
+    nonce.copy(out, 9);
+    out.set(new Uint8Array(sealed), BLOCK_HEAD); // ciphertext, then the tag: the record's layout
+    out.writeUInt32LE(crc32(out.subarray(8)), 4);
+    return out;
+  }
+
+  /** `openBlock` on libuv's thread pool. */
+  async openBlockAsync(id: Uint8Array, stored: Uint8Array, object: string): Promise<Buffer> {
+    const buf = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
+    checkSealedBlock(buf, object);
+    try {
+      const plain = await webcrypto.subtle.decrypt(
+        { name: 'AES-GCM', iv: buf.subarray(9, 9 + NONCE), additionalData: Buffer.concat([BLOCK_AAD, id]), tagLength: TAG * 8 },
+        await this.cryptoKey(),
+        buf.subarray(BLOCK_HEAD),
+      );
+      return Buffer.from(plain);
+    } catch (err) {
+      throw new FerryError(
+        'REPO_CORRUPT_OBJECT',
+        "block record fails its AES-256-GCM authentication check (damaged, moved from another place, or not written with this repository's key)",
+        { object },
+        { cause: err },
+      );
+    }
+  }
+
+  private cryptoKey(): Promise<webcrypto.CryptoKey> {
+    this.subtleKey ??= webcrypto.subtle.importKey('raw', this.keys.dataKey, 'AES-GCM', false, ['encrypt', 'decrypt']);
+    return this.subtleKey;
   }
 
   /** The key block ids are made with (handed to the block codec's worker threads). */
