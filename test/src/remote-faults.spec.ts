@@ -73,16 +73,18 @@ describe('remote data movers: dropped data pipe and a lost repository service', 
     const jobFor = (server: string): string => writeJob(t.dir, remoteJob({ server, proxies: [proxy.address], certs, disks: ['big.raw'] }), 'kill.yaml');
     const before = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', jobFor(repo!.address), '--json'])).restorePoints;
     expect(before).to.have.length(1);
-    await changeVmImage(path.join(images, 'big.raw'), { count: 40, seed: 3 });
+    // 30 MiB of new random data: the session fills and stores a pack (16 MiB) well before its end
+    await changeVmImage(path.join(images, 'big.raw'), { count: 120, length: 256 * 1024, seed: 3 });
     // kill -9 the repository service as soon as this session has stored its first pack
     const packsBefore = countPacks(repoDir);
-    const running = runFerry(['backup', jobFor(repo!.address), '--json']);
+    let ended = false;
+    const running = runFerry(['backup', jobFor(repo!.address), '--json']).finally(() => (ended = true));
     const deadline = Date.now() + 60_000;
-    while (countPacks(repoDir) === packsBefore && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    while (countPacks(repoDir) === packsBefore && !ended && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
     await repo!.kill();
     const r = await running;
     const report = json<ReportJson>(r);
-    expect(r.code).to.equal(1);
+    expect(r.code, 'the backup ended before the kill').to.equal(1);
     expect(report.status).to.equal('failed');
     const code = report.error?.code ?? report.vms[0].error?.code;
     expect(code, JSON.stringify(report)).to.equal('REMOTE_SESSION_LOST');
