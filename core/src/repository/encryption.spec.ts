@@ -172,6 +172,18 @@ describe('encryption at rest (repository layer)', function () {
     expect((await again.blocks.read(map.get(0)!, codec)).equals(blocks[0])).to.equal(true);
   });
 
+  it('a creation killed between its key object and its config leaves a location the next creation accepts', async function () {
+    const backend = new MemoryBackend();
+    await encrypted(backend);
+    backend.objects.delete('ferry-repository.json'); // as if the process died before the config's put
+    const { repo } = await encrypted(backend);
+    expect([...backend.objects.keys()].filter((k) => k.startsWith('keys/'))).to.have.length(2);
+    await backup(repo, blocks.slice(0, 2));
+    const again = await Repository.open(backend, { create: false, passphrase: pass('correct horse') });
+    expect(again.keyObject).to.equal(repo.keyObject); // the stray object (another repository id) never opens
+    expect(await again.listPoints()).to.have.length(1);
+  });
+
   it('a lock object stays readable without the passphrase (keyless open), sealed objects do not', async function () {
     const { backend, repo } = await encrypted();
     await backup(repo, blocks);
