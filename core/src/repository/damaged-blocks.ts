@@ -45,7 +45,8 @@ export async function readDamagedBlocks(backend: RepositoryBackend): Promise<Dam
   try {
     raw = await backend.get(DAMAGED_BLOCKS_KEY);
   } catch (err) {
-    if (isFerryError(err, 'REPO_OBJECT_NOT_FOUND')) return [];
+    // Missing, or sealed and failing its tag (encrypted repositories): treated like a list that is not JSON.
+    if (isFerryError(err, 'REPO_OBJECT_NOT_FOUND') || isFerryError(err, 'REPO_CORRUPT_OBJECT')) return [];
     throw err;
   }
   try {

@@ -184,6 +184,20 @@ describe('encryption at rest (repository layer)', function () {
     expect(await again.listPoints()).to.have.length(1);
   });
 
+  it('a damaged sealed damaged-blocks list or gc batch counts as unreadable advice, not as a stop', async function () {
+    const { backend, repo } = await encrypted();
+    await backup(repo, blocks.slice(0, 3));
+    backend.objects.set('health/damaged-blocks.json', Buffer.from('FENC-but-not-really'));
+    backend.objects.set('gc/pending/20260101T000000Z-00000000.json', Buffer.from('garbage'));
+    const again = await Repository.open(backend, { create: false, passphrase: pass('correct horse') });
+    const { runGc } = await import('../maintenance/gc.js');
+    const report = await runGc(again);
+    expect(report.restorePoints).to.equal(1);
+    expect(backend.objects.has('gc/pending/20260101T000000Z-00000000.json')).to.equal(false);
+    const codec = new InlineBlockCodec((n) => (n === 'none' ? none : undefined), again.idKey);
+    expect((await runVerify(again, codec)).status).to.equal('ok');
+  });
+
   it('a lock object stays readable without the passphrase (keyless open), sealed objects do not', async function () {
     const { backend, repo } = await encrypted();
     await backup(repo, blocks);
