@@ -90,6 +90,8 @@ describe('encryption at rest end to end (filesystem repository)', function () {
       points.push({ id: report.disks[0].restorePoint, copy });
       if (run === 1) expect(report.disks[0].blocks.new).to.be.at.least(1).and.at.most(6); // dedup works on keyed ids
     }
+    const listed = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json']));
+    expect(listed.restorePoints.map((p) => p.id)).to.deep.equal(points.map((p) => p.id));
     const config = JSON.parse(readFileSync(path.join(repo, 'ferry-repository.json'), 'utf8'));
     expect(config.encryption).to.include({ algorithm: 'AES-256-GCM', blockIds: 'HMAC-SHA256', kdf: 'scrypt' });
     for (const p of points) {
