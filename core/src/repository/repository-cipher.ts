@@ -53,7 +53,7 @@ export class RepositoryCipher {
       await this.cryptoKey(),
       record,
     );
-    const out = Buffer.allocUnsafe(BLOCK_HEAD + sealed.byteLength);
+    const out = Buffer.allocUnsafeSlow(BLOCK_HEAD + sealed.byteLength); // owns its memory: may move to another thread
     SEALED_BLOCK_MAGIC.copy(out, 0);
     out[8] = 1;
     nonce.copy(out, 9);
@@ -100,7 +100,7 @@ export class RepositoryCipher {
 
   /** Encrypts a block object (FBK1) stored under block id `id`. */
   sealBlock(id: Uint8Array, record: Uint8Array): Buffer {
-    const out = Buffer.allocUnsafe(BLOCK_HEAD + record.length + TAG);
+    const out = Buffer.allocUnsafeSlow(BLOCK_HEAD + record.length + TAG); // owns its memory: may move to another thread
     SEALED_BLOCK_MAGIC.copy(out, 0);
     out[8] = 1;
     const nonce = randomBytes(NONCE);
