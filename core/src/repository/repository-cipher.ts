@@ -123,7 +123,7 @@ export class RepositoryCipher {
 
   /** Encrypts a metadata object; `name` is what it is (bound into the tag). */
   sealObject(name: string, plain: Uint8Array): Buffer {
-    const out = Buffer.allocUnsafe(OBJECT_HEAD + plain.length + TAG);
+    const out = Buffer.allocUnsafeSlow(OBJECT_HEAD + plain.length + TAG);
     SEALED_OBJECT_MAGIC.copy(out, 0);
     out[4] = 1;
     const nonce = randomBytes(NONCE);
