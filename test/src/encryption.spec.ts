@@ -84,7 +84,8 @@ describe('encryption at rest end to end (filesystem repository)', function () {
       if (run === 1) await changeVmImage(image, { count: 6, length: 8192, seed: 5 });
       const r = await runFerry(['backup', job, '--json']);
       expect(r.code, r.stderr + r.stdout).to.equal(0);
-      const report = json<{ disks: { restorePoint: string; blocks: { new: number; deduped: number } }[] }>(r);
+      const report = json<{ disks: { restorePoint: string; blocks: { new: number; deduped: number } }[]; protection: object }>(r);
+      expect(report.protection).to.deep.equal({ encrypted: true });
       const copy = path.join(t.dir, `web01.v${run}`);
       cpSync(image, copy);
       points.push({ id: report.disks[0].restorePoint, copy });

@@ -41,9 +41,17 @@ describe('immutability end to end (filesystem repository)', function () {
     for (let i = 0; i < 2; i++) {
       const r = await runFerry(['backup', job, '--json']);
       expect(r.code, r.stderr + r.stdout).to.equal(0);
-      const rep = json<{ disks: { restorePoint: string }[]; retention?: { removed: unknown[] } }>(r);
+      const rep = json<{
+        disks: { restorePoint: string }[];
+        retention?: { removed: unknown[] };
+        protection: { encrypted: boolean; immutabilityDays?: number; storage?: { readOnly: boolean; immutable: boolean; note?: string } };
+      }>(r);
       ids.push(rep.disks[0].restorePoint);
       expect(rep.retention?.removed ?? []).to.deep.equal([]);
+      // The report says what protects the points, and what the storage could not do.
+      expect(rep.protection).to.include({ encrypted: false, immutabilityDays: 30 });
+      expect(rep.protection.storage?.readOnly).to.equal(true);
+      if (!rep.protection.storage?.immutable) expect(rep.protection.storage?.note).to.be.a('string');
     }
     const list = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json']));
     expect(list.restorePoints.map((p) => p.id)).to.deep.equal(ids);

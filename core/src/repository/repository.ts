@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { ChangeTracking } from '../contracts/source-host.js';
-import type { RepositoryBackend } from '../contracts/repository-backend.js';
+import type { RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { sha256 } from '../util/checksums.js';
 import { BlockMap } from './block-map.js';
@@ -24,6 +24,15 @@ export interface RepositoryConfig {
   encryption?: { algorithm: 'AES-256-GCM'; blockIds: 'HMAC-SHA256'; kdf: 'scrypt'; keyCheck: string };
   /** Present when restore points are immutable for a number of days (chosen at creation). */
   immutability?: { days: number };
+}
+
+/** `Repository.protection()`: what a session report says about the repository's protection. */
+export interface RepositoryProtection {
+  encrypted: boolean;
+  /** Restore points cannot be deleted for this many days. */
+  immutabilityDays?: number;
+  /** What the storage itself enforces (`RepositoryBackend.protect`), with the reason when not all. */
+  storage?: StorageProtection;
 }
 
 /** Where an encrypted repository's passphrase comes from; read only when the repository is encrypted. */
@@ -206,6 +215,19 @@ export class Repository {
     }
     checkPassphrase(newPassphrase, 'the new passphrase', this.storage.location);
     return rewrapKeys(this.storage, this.id, this.cipher.keys, newPassphrase, scrypt);
+  }
+
+  /**
+   * What protects this repository, for reports: encryption, the immutability period, and what the
+   * storage could do (known once something was protected; absent without immutability).
+   */
+  protection(): RepositoryProtection {
+    const days = this.config.immutability?.days;
+    return {
+      encrypted: Boolean(this.config.encryption),
+      ...(days !== undefined && { immutabilityDays: days }),
+      ...(days !== undefined && this.backend.protection && { storage: this.backend.protection }),
+    };
   }
 
   /** When a restore point stops being immutable; undefined when it is not (any more) at `now`. */

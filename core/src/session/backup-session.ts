@@ -112,6 +112,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       report.disks.push(...disks);
     }
     report.retention = await retentionAfterSession(rt, repo, lock, report);
+    report.protection = repo.protection();
     verifyAfter = () => verifyAfterSession(rt, repo, parts.mover.codec, report);
   } catch (err) {
     report.error = errorSummary(err);

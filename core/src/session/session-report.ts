@@ -1,5 +1,6 @@
 import type { ErrorCode, ErrorLocation } from '../errors.js';
 import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
+import type { RepositoryProtection } from '../repository/repository.js';
 import type { Stage, StageReport } from './stage-meter.js';
 
 /** One disk's figures in a session report (`ferry backup --json` prints them under `disks`). */
@@ -71,6 +72,8 @@ export interface SessionReport {
   reconnects?: number;
   /** Restore points retention removed after the session (present when the job has `retention:`). */
   retention?: RetentionOutcome;
+  /** Encryption and immutability of the repository, and what its storage enforces. */
+  protection?: RepositoryProtection;
   /** The health check after the session (present with `verify: { afterBackup: true }`). */
   verify?: VerifyOutcome;
   /** A session-level failure (before or after the disks), if any. */
