@@ -2,8 +2,13 @@ import { mkdirSync, openSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { firstDifference, makeVmImage } from '@ferry/core/testing';
-import { FIXTURE_PLUGINS } from './support/gated-backup.js';
-import { json, runFerry, tempDir, writeJob, type CliResult } from './support/helpers.js';
+import { json, ROOT, runFerry, tempDir, writeJob, type CliResult } from './support/helpers.js';
+
+/**
+ * Outside test/fixtures/plugins on purpose: jobs that name that folder would otherwise find this
+ * stand-in before the real lz4 plugin.
+ */
+const CRASHING_COMPRESSOR = path.join(ROOT, 'test', 'fixtures', 'override-plugins', 'crashing-compressor');
 
 interface Report {
   status: string;
@@ -44,7 +49,7 @@ describe('worker crash: a compressor that fails on one block, a worker thread th
       t.dir,
       [
         `job: ${name}`,
-        `plugins: [${path.join(FIXTURE_PLUGINS, 'crashing-compressor')}]`,
+        `plugins: [${CRASHING_COMPRESSOR}]`,
         'source:',
         '  host: file',
         '  datastore: ./images',
