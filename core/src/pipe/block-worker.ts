@@ -56,8 +56,10 @@ function owned(b: Uint8Array): ArrayBuffer[] {
 }
 
 parentPort!.on('message', ({ id, task }: { id: number; task: BlockTask }) => {
+  // `busyMs`: time this thread spent on the task, queueing excluded (the session's `processing` stage).
+  const t0 = performance.now();
   handle(task).then(
-    ({ result, transfer }) => parentPort!.postMessage({ id, result }, transfer),
-    (err) => parentPort!.postMessage({ id, error: toWorkerError(err) }),
+    ({ result, transfer }) => parentPort!.postMessage({ id, result, busyMs: performance.now() - t0 }, transfer),
+    (err) => parentPort!.postMessage({ id, error: toWorkerError(err), busyMs: performance.now() - t0 }),
   );
 });

@@ -49,6 +49,12 @@ interface BlockPlan {
  */
 export class SourceMover {
   private readonly readAhead: number;
+  /**
+   * Moving share of recent blocks that were stored already. It picks, per block, between one worker
+   * round trip (hash and compress together: cheap when blocks are new) and hash first (compress
+   * only what is new: cheap when most blocks are known). Starts at "new".
+   */
+  private knownRate = 0;
 
   constructor(
     private readonly opts: SourceMoverOptions,
@@ -132,11 +138,26 @@ export class SourceMover {
       counters.bytesTransferred += encoded.length;
       return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
     }
+    if (this.knownRate < 0.5) {
+      // Most recent blocks were new (a first backup): hash and compress in one worker round trip and
+      // drop the compressed copy when the block turns out to be stored already.
+      const { hash, encoded } = await work.time(() => codec.encode(block, name, level));
+      if (this.sawKnown(await isKnown(hash))) return { kind: 'known', index: plan.index, length: plan.length, hash };
+      counters.bytesTransferred += encoded.length;
+      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
+    }
+    // Most recent blocks were stored already (a second run): hash first, compress only new blocks.
     const hashed = await work.time(() => codec.hash(block));
-    if (await isKnown(hashed.hash)) return { kind: 'known', index: plan.index, length: plan.length, hash: hashed.hash };
+    if (this.sawKnown(await isKnown(hashed.hash))) return { kind: 'known', index: plan.index, length: plan.length, hash: hashed.hash };
     const encoded = await work.time(() => codec.compress(hashed.block, name, level));
     counters.bytesTransferred += encoded.length;
     return { kind: 'data', index: plan.index, length: plan.length, hash: hashed.hash, encoded };
+  }
+
+  /** Updates the moving share of blocks the repository already held (weight 1/8 for the newest). */
+  private sawKnown(known: boolean): boolean {
+    this.knownRate += ((known ? 1 : 0) - this.knownRate) / 8;
+    return known;
   }
 }
 

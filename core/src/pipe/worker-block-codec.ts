@@ -20,6 +20,11 @@ export class WorkerBlockCodec implements BlockCodec {
     return this.pool.size;
   }
 
+  /** Thread time spent on blocks so far, summed over the threads. */
+  get busyMs(): number {
+    return this.pool.busyMs;
+  }
+
   async encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }> {
     const data = movable(block);
     const r = (await this.pool.run({ op: 'encode', block: data, compressor, level }, [data.buffer as ArrayBuffer])) as {

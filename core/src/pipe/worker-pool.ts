@@ -26,6 +26,8 @@ export class WorkerPool<T, R> {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private failure?: Error;
+  /** Time the threads spent on tasks, as they measured it (queueing and messaging excluded). */
+  busyMs = 0;
   private closed = false;
 
   constructor(
@@ -36,8 +38,9 @@ export class WorkerPool<T, R> {
     for (let i = 0; i < size; i++) {
       const worker = new Worker(moduleUrl, { workerData });
       const slot: Slot = { worker, busy: 0 };
-      worker.on('message', (msg: { id: number; result?: unknown; error?: WorkerError }) => {
+      worker.on('message', (msg: { id: number; result?: unknown; error?: WorkerError; busyMs?: number }) => {
         slot.busy--;
+        this.busyMs += msg.busyMs ?? 0;
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
         if (!p) return;

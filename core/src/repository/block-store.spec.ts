@@ -70,6 +70,7 @@ describe('block store (packs, index, dedup)', function () {
     const first = new BlockStore(backend);
     await first.load();
     const b = block();
+    const again = Buffer.from(b.encoded); // `add` takes the record's memory
     first.reserve(b.hash);
     await first.add(b.hash, b.encoded);
     await first.flush();
@@ -83,7 +84,7 @@ describe('block store (packs, index, dedup)', function () {
     expect(healing.needsHeal(b.hash)).to.equal(true);
     expect(healing.reserve(b.hash), 'a damaged copy does not count as stored').to.equal(true);
     expect(healing.healed).to.equal(1);
-    await healing.add(b.hash, b.encoded);
+    await healing.add(b.hash, again);
     await healing.flush();
     const later = new BlockStore(backend);
     await later.load();

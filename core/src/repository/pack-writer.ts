@@ -1,4 +1,5 @@
-import { encodeIndex, sealPack, type PackEntry } from './pack.js';
+import { encodeIndex, packParts, type PackEntry } from './pack.js';
+import { joinAndHash } from './pack-hasher.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 
 export const PACK_TARGET_SIZE = 16 * 1024 * 1024;
@@ -75,7 +76,10 @@ export class PackWriter {
   }
 
   private async store(blocks: { hash: Buffer; encoded: Uint8Array }[]): Promise<void> {
-    const pack = sealPack(blocks, this.cipher);
+    // The records move to the pack hashing thread: `blocks` is not used after this.
+    const { parts, entries } = packParts(blocks, this.cipher);
+    const { bytes, id } = await joinAndHash(parts);
+    const pack = { id, bytes, entries };
     await this.put(packKey(pack.id), pack.bytes);
     await this.put(indexKey(pack.id), encodeIndex(pack.id, pack.entries));
     this.onStored(pack.id, pack.entries, pack.bytes.length);

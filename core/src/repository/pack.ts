@@ -44,6 +44,22 @@ export function packFileSize(entries: readonly PackEntry[], encrypted = false): 
  * places are then as secret as the index objects.
  */
 export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[], cipher?: RepositoryCipher): SealedPack {
+  const { parts, size, entries } = packParts(blocks, cipher);
+  const bytes = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  return { id: sha256(bytes).toString('hex'), bytes, entries };
+}
+
+/**
+ * A pack's pieces in file order: the header, the block records as given, and the trailer with its
+ * entry count and CRC-32. `sealPack` joins them; the pack writer has them joined and hashed off the
+ * main thread (`pack-hasher.ts`).
+ */
+export function packParts(blocks: { hash: Buffer; encoded: Uint8Array }[], cipher?: RepositoryCipher): { parts: Uint8Array[]; size: number; entries: PackEntry[] } {
   const entries: PackEntry[] = [];
   let offset = PACK_HEADER;
   for (const b of blocks) {
@@ -52,14 +68,14 @@ export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[], cipher
   }
   const plainTrailer = encodeEntries(entries);
   const trailer = cipher ? cipher.sealObject(TRAILER_NAME, plainTrailer) : plainTrailer;
-  const bytes = Buffer.allocUnsafe(offset + trailer.length + 8);
-  (cipher ? SEALED_PACK_MAGIC : PACK_MAGIC).copy(bytes, 0);
-  randomBytes(4).copy(bytes, 4);
-  for (const [i, b] of blocks.entries()) bytes.set(b.encoded, entries[i].offset);
-  trailer.copy(bytes, offset);
-  bytes.writeUInt32LE(entries.length, offset + trailer.length);
-  bytes.writeUInt32LE(crc32(bytes.subarray(offset, offset + trailer.length + 4)), offset + trailer.length + 4);
-  return { id: sha256(bytes).toString('hex'), bytes, entries };
+  const head = Buffer.alloc(PACK_HEADER);
+  (cipher ? SEALED_PACK_MAGIC : PACK_MAGIC).copy(head, 0);
+  randomBytes(4).copy(head, 4);
+  const tail = Buffer.alloc(trailer.length + 8);
+  trailer.copy(tail, 0);
+  tail.writeUInt32LE(entries.length, trailer.length);
+  tail.writeUInt32LE(crc32(tail.subarray(0, trailer.length + 4)), trailer.length + 4);
+  return { parts: [head, ...blocks.map((b) => b.encoded), tail], size: offset + tail.length, entries };
 }
 
 /** The entries of a pack from its trailer (for index rebuilds and verification). */

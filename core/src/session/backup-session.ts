@@ -84,7 +84,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       meters,
       lock,
       slots: new DiskSlots(rt.spec.parallelDisks),
-      target: new TargetMover(repo),
+      target: new TargetMover(repo, { trustedSource: true }),
       mover: {
         blockSize: rt.spec.storage.blockSize,
         compressor: { name: codec.compressor, level: codec.level },
@@ -96,6 +96,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       onProgress: opts.onProgress ?? (() => undefined),
       signal: opts.signal,
     };
+    const poolBusyBefore = (parts.mover.codec as { busyMs?: number }).busyMs ?? 0;
     const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {
       throw pluginError(err, rt.plugins.providerOf('source-host', rt.spec.source.host), 'inventory', { host: host.label });
     });
@@ -111,6 +112,8 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       report.vms.push(vmReport);
       report.disks.push(...disks);
     }
+    const pool = parts.mover.codec as { busyMs?: number; threads?: number };
+    if (pool.busyMs !== undefined && pool.threads) meters.processing.setMeasured((pool.busyMs - poolBusyBefore) / pool.threads);
     report.retention = await retentionAfterSession(rt, repo, lock, report);
     report.protection = repo.protection();
     verifyAfter = () => verifyAfterSession(rt, repo, parts.mover.codec, report);

@@ -22,6 +22,9 @@ export function isTargetAddress(to: string): boolean {
   return /^(nbds?(\+unix)?:\/\/|unix:|tcp:)/.test(to);
 }
 
+/** Bytes written to a file or device between two background datasyncs. */
+const WRITE_BACK_BYTES = 64 * 1024 * 1024;
+
 export async function fileSink(to: string, size: number, disk: string): Promise<RestoreSink> {
   const device = await fs.stat(to).then((st) => st.isBlockDevice(), () => false);
   let fh: fs.FileHandle;
@@ -32,6 +35,18 @@ export async function fileSink(to: string, size: number, disk: string): Promise<
     throw new FerryError('RESTORE_TARGET', `cannot open ${to} for writing: ${(err as NodeJS.ErrnoException).code}`, { disk });
   }
   const zeros = device ? Buffer.alloc(1024 * 1024) : undefined;
+  // Write-back while restoring: without it the kernel keeps a whole disk's worth of dirty pages (well
+  // under its background threshold on a large machine) and the final fsync writes all of it at the
+  // end, serially (3.3 s of a 15 s restore of 1.2 GiB here). One datasync at a time, never awaited
+  // by the writes; the last one is awaited before the final fsync.
+  let unsynced = 0;
+  let syncing: Promise<void> | undefined;
+  const writeBack = (n: number): void => {
+    unsynced += n;
+    if (unsynced < WRITE_BACK_BYTES || syncing) return;
+    unsynced = 0;
+    syncing = fh.datasync().catch(() => undefined).finally(() => (syncing = undefined)); // errors surface in the final fsync
+  };
   const write = async (offset: number, data: Uint8Array): Promise<void> => {
     for (let pos = 0; pos < data.length; ) {
       try {
@@ -42,6 +57,7 @@ export async function fileSink(to: string, size: number, disk: string): Promise<
         throw new FerryError('RESTORE_TARGET', `cannot write ${to}: ${e.code}${hint}`, { disk, offset: offset + pos });
       }
     }
+    writeBack(data.length);
   };
   return {
     label: to,
@@ -52,6 +68,7 @@ export async function fileSink(to: string, size: number, disk: string): Promise<
     },
     finish: async (ok) => {
       try {
+        await syncing;
         if (ok) await fh.sync();
       } finally {
         await fh.close();

@@ -40,7 +40,19 @@ export class BusyMeter {
   }
 
   get busyMs(): number {
-    return this.total + (this.active > 0 ? performance.now() - this.since : 0);
+    return this.measured ?? this.total + (this.active > 0 ? performance.now() - this.since : 0);
+  }
+
+  private measured?: number;
+
+  /**
+   * Replaces the in-flight time with a busy time measured where the work ran: for `processing`, the
+   * worker threads' own time on blocks divided by their number (their mean utilisation), so a block
+   * waiting in a queue no longer counts as processing.
+   */
+  setMeasured(ms: number): void {
+    this.used = true;
+    this.measured = ms;
   }
 }
 
