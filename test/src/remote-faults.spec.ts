@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
@@ -106,9 +107,11 @@ describe('remote data movers: dropped data pipe and a lost repository service', 
   });
 
   it('stops cleanly on Ctrl-C of the backup server: exit 130, nothing committed, the services keep serving', async function () {
-    const job = writeJob(t.dir, remoteJob({ server: repo!.address, proxies: [proxy.address], certs, disks: ['big.raw'] }), 'interrupt.yaml');
+    // 128 MiB of random data: the first pack (16 MiB) is stored early, so the signal lands mid-disk
+    const random = path.join(images, 'random.raw');
+    for (let i = 0; i < 32; i++) appendFileSync(random, randomBytes(4 * MiB));
+    const job = writeJob(t.dir, remoteJob({ server: repo!.address, proxies: [proxy.address], certs, disks: ['random.raw'] }), 'interrupt.yaml');
     const before = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json'])).restorePoints;
-    await changeVmImage(path.join(images, 'big.raw'), { count: 120, length: 256 * 1024, seed: 8 });
     const packsBefore = countPacks(repoDir);
     const child = spawn(process.execPath, [FERRY_BIN, 'backup', job, '--json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';

@@ -76,9 +76,9 @@ export async function runRemoteBackup(rt: JobRuntime, remote: RemoteSpec, opts: 
     healedBlocks: 0,
   };
   let control: ControlChannel | undefined;
-  // Ctrl-C/SIGTERM: closing the control connection makes the service stop reading and drop what it
-  // received; nothing unfinished is committed.
-  const onAbort = (): void => void control?.conn.close('the backup server was interrupted').catch(() => undefined);
+  // Ctrl-C/SIGTERM: the service stops its data pipes and refuses later commits; the connection stays
+  // open so a commit already under way is answered and reported truthfully.
+  const onAbort = (): void => void control?.request('session.abort').catch(() => undefined);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     if (remote.proxies.length === 0) {
@@ -178,6 +178,7 @@ async function backupVm(s: Parts, vm: VmInventory): Promise<{ vmReport: VmReport
     await snapshot?.check?.().catch((err) => {
       throw pluginError(err, provider, 'check', { host: s.host.label, vm: vm.name });
     });
+    if (s.signal?.aborted) throw interrupted({ vm: vm.name });
     const createdAt = new Date().toISOString();
     const { point } = await s.control.request<{ point: RestorePoint }>('point.commit', {
       vm: vm.name,

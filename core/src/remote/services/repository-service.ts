@@ -76,6 +76,8 @@ class ControlSession {
   private readonly writeMeter = new BusyMeter();
   private readonly running = new Set<Promise<void>>();
   private job = '';
+  /** Set by `session.abort`: no commit after it. */
+  private aborted = false;
   /** Running restores: a client's ack (blocks written) by request id. */
   private readonly restoreAcks = new Map<number, (done: number) => void>();
 
@@ -135,6 +137,11 @@ class ControlSession {
         return this.receiveDisk(h.order as DiskOrder, id);
       case 'point.commit':
         return this.commit(h as { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] });
+      case 'session.abort':
+        // The backup server was interrupted: running disks stop, nothing more is committed.
+        this.aborted = true;
+        this.abort.abort(new Error('the backup server was interrupted'));
+        return Promise.resolve({});
       case 'point.discard':
         for (const d of (h.diskIds as string[]) ?? []) this.kept.delete(d);
         return Promise.resolve({});
@@ -251,6 +258,7 @@ class ControlSession {
 
   private async commit(h: { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] }): Promise<{ point: RestorePoint }> {
     if (!this.lock) throw new FerryError('PIPE_PROTOCOL', 'point.commit before session.open');
+    if (this.aborted) throw new FerryError('SESSION_INTERRUPTED', 'the backup server interrupted the session; nothing more is committed', { vm: h.vm });
     const maps: BlockMap[] = [];
     const disks: Omit<RestorePointDisk, 'map' | 'mapSha256'>[] = [];
     for (const d of h.disks) {
