@@ -16,6 +16,7 @@ import type { Connection, WireMessage } from '../wire/index.js';
  *   disk.receive {DiskOrder} → DiskOutcome; meanwhile `event` {id, doneBytes, sizeBytes}
  *   point.commit {vm, point, disks: [{diskId, ...}]} → {point}; point.discard {diskIds}
  *   session.end {retention?, verify?} → {retention?, verify?}: releases the lock
+ *   session.abort → {}: (Ctrl-C on the server) running disks stop, no commit is accepted after it
  *   restore.open {vm, disk, point} → `restore.map` (block map in the body), then `restore.block`
  *     {i, h} with the stored block object in the body for every non-zero block, then `res`
  *
