@@ -20,6 +20,10 @@ const BAD_INPUT = new Set<string>([
   'CLI_USAGE',
   'REPO_POINT_NOT_FOUND',
   'RESTORE_NOT_FOUND',
+  // what the admin typed or configured, not a failed session: a passphrase, or settings the repository was made with
+  'REPO_PASSPHRASE_REQUIRED',
+  'REPO_WRONG_PASSPHRASE',
+  'REPO_SETTINGS_MISMATCH',
 ]);
 
 /** Prints an error (JSON on stdout with --json, a line on stderr otherwise) and returns the exit code. */

@@ -119,12 +119,13 @@ describe('encryption at rest end to end (filesystem repository)', function () {
 
   it('refuses a wrong or missing passphrase with a code naming the repository', async function () {
     const wrong = await runFerry(['list', path.join(t.dir, 'wrong.yaml'), '--json']);
-    expect(wrong.code).to.equal(1);
+    expect(wrong.code, 'a wrong passphrase is bad input').to.equal(2);
     const e = json<{ error: { code: string; message: string } }>(wrong).error;
     expect(e.code).to.equal('REPO_WRONG_PASSPHRASE');
     expect(e.message).to.include(repo);
     const none = await runFerry(['verify', '--repository', repo, '--json'], { env: { FERRY_PASSPHRASE: '' } });
     expect(json<{ error: { code: string } }>(none).error.code).to.equal('REPO_PASSPHRASE_REQUIRED');
+    expect(none.code).to.equal(2);
     const viaEnv = await runFerry(['verify', '--repository', repo, '--sample', '10%', '--json'], { env: { FERRY_PASSPHRASE: 'correct horse' } });
     expect(viaEnv.code, viaEnv.stdout).to.equal(0);
     const viaFile = await runFerry(['verify', '--repository', repo, '--passphrase-file', path.join(t.dir, 'pass-wrong'), '--json']);
