@@ -7,6 +7,7 @@ import CRC32 from 'crc-32';
 import * as pako from 'pako';
 import { createHash as jsSha256 } from 'sha256-uint8array';
 import { COMPRESSION_LEVELS, LEVEL_CODECS, PluginHost, registerBuiltins, type Compressor } from '@ferry/core';
+import { Lz4Compressor, loadLz4Addon } from '@ferry/compress-lz4';
 import type { BenchImage } from './vm-image.js';
 
 const MiB = 1024 * 1024;
@@ -60,16 +61,54 @@ export function primitives(block: Buffer): Primitives {
     measure('deflate-1 pako', block, (b) => pako.deflateRaw(b, { level: 1 })),
     measure('crc32 node:zlib (hot path)', block, (b) => zlibCrc32(b)),
     measure('crc32 crc-32', block, (b) => CRC32.buf(b)),
+    ...lz4Primitives(block),
   ];
   const by = Object.fromEntries(results.map((r) => [r.name, r.mibPerSec]));
+  const lz4Ratios = LZ4_LIBLZ4
+    ? [
+        { pair: 'liblz4 / lz4-napi (lz4 compress)', ratio: by[`lz4 compress ${LZ4_LIBLZ4}`] / by['lz4 compress lz4-napi'] },
+        { pair: 'liblz4 / lz4-napi (lz4 decompress)', ratio: by[`lz4 decompress ${LZ4_LIBLZ4}`] / by['lz4 decompress lz4-napi'] },
+      ]
+    : [];
   return {
     results,
     ratios: [
       { pair: 'node:crypto / sha256-uint8array', ratio: by['sha256 node:crypto (hot path)'] / by['sha256 sha256-uint8array'] },
       { pair: 'node:zlib / pako (deflate-1)', ratio: by['deflate-1 node:zlib'] / by['deflate-1 pako'] },
       { pair: 'node:zlib / crc-32 (CRC-32)', ratio: by['crc32 node:zlib (hot path)'] / by['crc32 crc-32'] },
+      ...lz4Ratios,
     ],
   };
+}
+
+/** The liblz4 addon's label when it loaded (it is then the hot path), else undefined. */
+const LZ4_LIBLZ4 = ((v) => (v ? `liblz4 ${v} (hot path)` : undefined))(loadLz4Addon()?.version);
+
+/** The two implementations of the `lz4` compressor (same format): the liblz4 addon and lz4-napi. */
+export function lz4Implementations(): { label: string; c: Lz4Compressor }[] {
+  const addon = loadLz4Addon();
+  return [
+    ...(addon && LZ4_LIBLZ4 ? [{ label: LZ4_LIBLZ4, c: new Lz4Compressor(addon) }] : []),
+    { label: addon ? 'lz4-napi' : 'lz4-napi (hot path: the liblz4 addon is not built)', c: new Lz4Compressor(null) },
+  ];
+}
+
+function lz4Primitives(block: Buffer): PrimitiveResult[] {
+  const out: PrimitiveResult[] = [];
+  for (const { label, c } of lz4Implementations()) {
+    const packed = c.compress(block, 0);
+    out.push(measure(`lz4 compress ${label}`, block, (b) => c.compress(b, 0)));
+    // Rate in raw (decompressed) bytes per second, like the codec table.
+    let bytes = 0;
+    c.decompress(packed, block.length);
+    const t0 = performance.now();
+    while (performance.now() - t0 < 700) {
+      c.decompress(packed, block.length);
+      bytes += block.length;
+    }
+    out.push({ name: `lz4 decompress ${label}`, mibPerSec: rate(bytes, performance.now() - t0) });
+  }
+  return out;
 }
 
 /** Up to `maxBytes` of the image's allocated data as whole 1 MiB blocks, in image order. */
@@ -104,15 +143,25 @@ export async function codecs(blocks: Buffer[]): Promise<CodecResult[]> {
     { level: '(not a level)', compressor: 'deflate', n: 1 },
     { level: '(not a level)', compressor: 'deflate', n: 6 },
   ];
-  for (const { level, compressor, n } of candidates) {
-    const c = (await host.create('compressor', compressor, host.container)) as Compressor;
+  const rows: { level: string; codec: string; n: number; make: () => Promise<Compressor> }[] = [
+    ...candidates.map(({ level, compressor, n }) => ({
+      level,
+      codec: n ? `${compressor} ${n}` : compressor,
+      n,
+      make: async () => (await host.create('compressor', compressor, host.container)) as Compressor,
+    })),
+    // Both implementations of lz4 on the same blocks (the `optimal` row above is whichever loaded).
+    ...lz4Implementations().map(({ label, c }) => ({ level: '(lz4 impl)', codec: `lz4 ${label}`, n: 0, make: async () => c })),
+  ];
+  for (const { level, codec, n, make } of rows) {
+    const c = await make();
     const t0 = performance.now();
     const packed = blocks.map((b) => c.compress(b, n));
     const t1 = performance.now();
     for (const [i, p] of packed.entries()) if (p.length < MiB) c.decompress(p, blocks[i].length);
     const t2 = performance.now();
     const stored = packed.reduce((s, p) => s + Math.min(p.length, MiB), 0);
-    out.push({ level, codec: n ? `${compressor} ${n}` : compressor, compressMiBPerSec: rate(raw, t1 - t0), decompressMiBPerSec: rate(raw, t2 - t1), ratio: stored / raw });
+    out.push({ level, codec, compressMiBPerSec: rate(raw, t1 - t0), decompressMiBPerSec: rate(raw, t2 - t1), ratio: stored / raw });
   }
   return out;
 }

@@ -2,6 +2,8 @@ import { createRequire } from 'node:module';
 import { MAX_BLOCK_SIZE, type Compressor, type PluginRegistrar } from '@ferry/core';
 import { loadLz4Addon, type Lz4Addon } from './lz4-addon.js';
 
+export { loadLz4Addon, type Lz4Addon } from './lz4-addon.js';
+
 /** lz4-napi (CommonJS, a prebuilt Rust lz4_flex binary per platform): the fallback and the format reference. */
 export interface Lz4Napi {
   compressSync(data: Uint8Array): Buffer;
@@ -31,15 +33,19 @@ export class Lz4Compressor implements Compressor {
   readonly implementation: Lz4Implementation;
   private readonly addon: Lz4Addon | undefined;
 
-  /** `addon`: `null` forces lz4-napi; default: the addon built at install, if it loads. */
-  constructor(addon: Lz4Addon | null = loadLz4Addon() ?? null) {
+  /**
+   * `addon`: `null` forces lz4-napi; default: the addon built at install, if it loads, unless the
+   * environment says FERRY_LZ4=lz4-napi (for before/after measurements and as an escape hatch).
+   */
+  constructor(addon: Lz4Addon | null = process.env.FERRY_LZ4 === 'lz4-napi' ? null : (loadLz4Addon() ?? null)) {
     this.addon = addon ?? undefined;
     this.implementation = addon ? 'liblz4' : 'lz4-napi';
   }
 
   /** e.g. "liblz4 1.9.4 (ferry_lz4 addon)" or "lz4-napi (ferry_lz4 addon not loaded)". */
   describe(): string {
-    return this.addon ? `liblz4 ${this.addon.version} (ferry_lz4 addon)` : 'lz4-napi (ferry_lz4 addon not loaded)';
+    if (this.addon) return `liblz4 ${this.addon.version} (ferry_lz4 addon)`;
+    return process.env.FERRY_LZ4 === 'lz4-napi' ? 'lz4-napi (FERRY_LZ4=lz4-napi)' : 'lz4-napi (ferry_lz4 addon not loaded)';
   }
 
   compress(data: Uint8Array, _level?: number): Uint8Array {

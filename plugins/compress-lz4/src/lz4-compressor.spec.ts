@@ -58,6 +58,18 @@ describe('lz4 compressor implementations', () => {
     expect(c.describe()).to.equal(`liblz4 ${addon!.version} (ferry_lz4 addon)`);
   });
 
+  it('uses lz4-napi when the environment says FERRY_LZ4=lz4-napi', () => {
+    const before = process.env.FERRY_LZ4;
+    process.env.FERRY_LZ4 = 'lz4-napi';
+    try {
+      const c = new Lz4Compressor();
+      expect([c.implementation, c.describe()]).to.deep.equal(['lz4-napi', 'lz4-napi (FERRY_LZ4=lz4-napi)']);
+    } finally {
+      if (before === undefined) delete process.env.FERRY_LZ4;
+      else process.env.FERRY_LZ4 = before;
+    }
+  });
+
   it('falls back to lz4-napi and says so', () => {
     const c = new Lz4Compressor(null);
     expect(c.implementation).to.equal('lz4-napi');
