@@ -64,10 +64,11 @@ export function primitives(block: Buffer): Primitives {
     ...lz4Primitives(block),
   ];
   const by = Object.fromEntries(results.map((r) => [r.name, r.mibPerSec]));
+  const napiRate = (op: string): number => results.find((r) => r.name.startsWith(`lz4 ${op} lz4-napi`))!.mibPerSec;
   const lz4Ratios = LZ4_LIBLZ4
     ? [
-        { pair: 'liblz4 / lz4-napi (lz4 compress)', ratio: by[`lz4 compress ${LZ4_LIBLZ4}`] / by['lz4 compress lz4-napi'] },
-        { pair: 'liblz4 / lz4-napi (lz4 decompress)', ratio: by[`lz4 decompress ${LZ4_LIBLZ4}`] / by['lz4 decompress lz4-napi'] },
+        { pair: 'liblz4 / lz4-napi (lz4 compress)', ratio: by[`lz4 compress ${LZ4_LIBLZ4}`] / napiRate('compress') },
+        { pair: 'liblz4 / lz4-napi (lz4 decompress)', ratio: by[`lz4 decompress ${LZ4_LIBLZ4}`] / napiRate('decompress') },
       ]
     : [];
   return {
@@ -81,15 +82,17 @@ export function primitives(block: Buffer): Primitives {
   };
 }
 
-/** The liblz4 addon's label when it loaded (it is then the hot path), else undefined. */
-const LZ4_LIBLZ4 = ((v) => (v ? `liblz4 ${v} (hot path)` : undefined))(loadLz4Addon()?.version);
+/** FERRY_LZ4=lz4-napi makes the plugin use lz4-napi even where the addon loads (before/after runs). */
+const LZ4_FORCED_NAPI = process.env.FERRY_LZ4 === 'lz4-napi';
+/** The liblz4 addon's label when it loaded, else undefined. */
+const LZ4_LIBLZ4 = ((v) => (v ? `liblz4 ${v}${LZ4_FORCED_NAPI ? '' : ' (hot path)'}` : undefined))(loadLz4Addon()?.version);
 
 /** The two implementations of the `lz4` compressor (same format): the liblz4 addon and lz4-napi. */
 export function lz4Implementations(): { label: string; c: Lz4Compressor }[] {
   const addon = loadLz4Addon();
   return [
     ...(addon && LZ4_LIBLZ4 ? [{ label: LZ4_LIBLZ4, c: new Lz4Compressor(addon) }] : []),
-    { label: addon ? 'lz4-napi' : 'lz4-napi (hot path: the liblz4 addon is not built)', c: new Lz4Compressor(null) },
+    { label: !addon ? 'lz4-napi (hot path: the liblz4 addon is not built)' : LZ4_FORCED_NAPI ? 'lz4-napi (hot path: FERRY_LZ4)' : 'lz4-napi', c: new Lz4Compressor(null) },
   ];
 }
 
