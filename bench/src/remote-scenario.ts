@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { initCerts } from '@ferry/core/remote/wire';
 import { ferryBackup, writeJob } from './ferry-case.js';
 import { diskUsage } from './measure.js';
-import { SCENARIOS, secs, type PassContext, type Row } from './scenarios.js';
+import { ferryRow, SCENARIOS, secs, type PassContext, type Row } from './scenarios.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const FERRY = path.join(ROOT, 'bin', 'ferry.js');
@@ -33,7 +33,7 @@ export async function remoteRuns(ctx: PassContext): Promise<Row[]> {
   await fs.rm(embeddedRepo, { recursive: true, force: true });
   const embeddedJob = writeJob(dir, { name: 'bench-embedded', source: { kind: 'file', datastore: ds, disk: 'vm.raw' }, repo: embeddedRepo, level: LEVEL });
   const embedded = await ferryBackup(embeddedJob);
-  const embeddedRow = row(SCENARIOS.remoteEmbedded, embedded, await diskUsage(embeddedRepo));
+  const embeddedRow = ferryRow(SCENARIOS.remoteEmbedded, LEVEL, embedded.usage, embedded.report, await diskUsage(embeddedRepo));
   ctx.log(`ferry ${LEVEL}: ${SCENARIOS.remoteEmbedded} ${secs(embedded.usage)}`);
   await fs.rm(embeddedRepo, { recursive: true, force: true });
 
@@ -63,7 +63,7 @@ export async function remoteRuns(ctx: PassContext): Promise<Row[]> {
       ].join('\n') + '\n',
     );
     const remote = await ferryBackup(job);
-    remoteRow = row(SCENARIOS.remote, remote, await diskUsage(remoteRepo));
+    remoteRow = ferryRow(SCENARIOS.remote, LEVEL, remote.usage, remote.report, await diskUsage(remoteRepo));
     ctx.log(`ferry ${LEVEL}: ${SCENARIOS.remote} ${secs(remote.usage)}`);
   } finally {
     await Promise.all([proxy.stop(), repository.stop()]);
@@ -78,25 +78,6 @@ export async function remoteRuns(ctx: PassContext): Promise<Row[]> {
       `embedded ${rate(embeddedRow).toFixed(0)} MiB/s (session time), ratio services/embedded ${ratio.toFixed(2)}`,
   );
   return [embeddedRow, remoteRow];
-}
-
-function row(scenario: Row['scenario'], run: Awaited<ReturnType<typeof ferryBackup>>, repoBytes: number): Row {
-  const { usage, report } = run;
-  return {
-    tool: 'ferry',
-    variant: LEVEL,
-    scenario,
-    wallMs: usage.wallMs,
-    cpuMs: usage.cpuMs,
-    peakRssMiB: usage.peakRssMiB,
-    method: usage.method,
-    repoBytes,
-    sessionMs: report.durationMs,
-    bytesRead: report.totals.bytesRead,
-    stages: report.stages,
-    bottleneck: report.bottleneck,
-    note: report.disks.map((d) => `${d.transport} ${d.mode}`).join(', '),
-  };
 }
 
 /** A serve verb as a child process; resolves with the address from its `listening on` line. */

@@ -332,6 +332,20 @@ export class Repository {
     return p;
   }
 
+  /** A disk of a restore point (`latest` allowed), or RESTORE_NOT_FOUND listing the point's disks. */
+  async getPointDisk(vm: string, id: string, diskName: string): Promise<{ point: RestorePoint; disk: RestorePointDisk }> {
+    const point = await this.getPoint(vm, id);
+    const disk = point.disks.find((d) => d.name === diskName);
+    if (!disk) {
+      throw new FerryError(
+        'RESTORE_NOT_FOUND',
+        `restore point ${point.id} of vm ${vm} has no disk "${diskName}"; its disks: ${point.disks.map((d) => d.name).join(', ')}`,
+        { vm, disk: diskName },
+      );
+    }
+    return { point, disk };
+  }
+
   async readMap(disk: RestorePointDisk): Promise<BlockMap> {
     const bytes = await this.backend.get(disk.map);
     if (sha256(bytes).toString('hex') !== disk.mapSha256) {

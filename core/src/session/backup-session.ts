@@ -1,6 +1,6 @@
 import type { BlockFilter } from '../contracts/block-filter.js';
 import type { Extent } from '../contracts/extent.js';
-import type { PreviousPoint, SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
+import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { LEVEL_CODECS } from '../compression/levels.js';
@@ -11,10 +11,12 @@ import type { BlockMap } from '../repository/block-map.js';
 import { Repository, type RestorePoint, type RestorePointDisk } from '../repository/repository.js';
 import type { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
-import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from './session-report.js';
+import type { DiskReport, ProgressEvent, SessionReport, VmReport } from './session-report.js';
 import { healingRanges, lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
 import { runRemoteBackup } from '../remote/services/remote-backup.js';
+import { guardHandle } from '../pipe/guarded-handle.js';
+import { errorSummary, interrupted, newSessionReport, previousPoint } from './session-common.js';
 import { DiskSlots, mapInOrder } from './disk-slots.js';
 
 export interface BackupOptions {
@@ -49,24 +51,8 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
   if (rt.spec.remote) return runRemoteBackup(rt, rt.spec.remote, opts);
   const started = new Date();
   const meters = newStageMeters();
-  const report: SessionReport = {
-    job: rt.spec.job,
-    session: Repository.newPointId(started),
-    status: 'success',
-    startedAt: started.toISOString(),
-    finishedAt: '',
-    durationMs: 0,
-    source: rt.spec.source.host,
-    repository: rt.spec.repository.type,
-    compression: rt.spec.storage.compression,
-    blockSize: rt.spec.storage.blockSize,
-    vms: [],
-    disks: [],
-    totals: { sizeBytes: 0, bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0, bytesWritten: 0 },
-    stages: [],
-    bottleneck: null,
-    healedBlocks: 0,
-  };
+  const report = newSessionReport(rt, started, rt.spec.repository.type);
+
   let lock: RepositoryLock | undefined;
   let verifyAfter: (() => Promise<VerifyOutcome | undefined>) | undefined;
   try {
@@ -209,10 +195,6 @@ function pointDisk(r: DiskReport, map: BlockMap): Omit<RestorePointDisk, 'map' |
   };
 }
 
-function previousPoint(p: RestorePoint): PreviousPoint {
-  return { id: p.id, disks: p.disks.map((d) => ({ name: d.name, sizeBytes: d.sizeBytes, changeTracking: d.changeTracking })) };
-}
-
 async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previous?: RestorePoint): Promise<{ report: DiskReport; map?: BlockMap }> {
   const t0 = performance.now();
   const src: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
@@ -350,26 +332,6 @@ async function skipExtents(filters: { name: string; impl: BlockFilter }[], disk:
   return out.sort((a, b) => a.offset - b.offset);
 }
 
-/** Stamps plugin name, hook, VM and disk on anything a transport handle throws. */
-function guardHandle(h: DiskHandle, plugin: string, where: ErrorLocation): DiskHandle {
-  const wrap = <A extends unknown[], R>(hook: string, fn: (...a: A) => Promise<R>) => async (...a: A): Promise<R> => {
-    try {
-      return await fn(...a);
-    } catch (err) {
-      if (err instanceof FerryError) throw err.at({ ...where, plugin, hook });
-      const offset = typeof a[0] === 'number' ? a[0] : undefined;
-      throw new FerryError('TRANSPORT_READ_FAILED', (err as Error)?.message ?? String(err), { ...where, plugin, hook, offset }, { cause: err });
-    }
-  };
-  return {
-    size: h.size,
-    read: wrap('read', h.read.bind(h)),
-    blockStatus: h.blockStatus && wrap('blockStatus', h.blockStatus.bind(h)),
-    changedBlocks: h.changedBlocks && wrap('changedBlocks', h.changedBlocks.bind(h)),
-    close: () => h.close(),
-  };
-}
-
 async function* withProgress(
   records: AsyncIterable<BlockRecord>,
   s: SessionParts,
@@ -384,13 +346,4 @@ async function* withProgress(
     s.onProgress({ type: 'disk-progress', vm, disk, doneBytes: done, sizeBytes });
     yield r;
   }
-}
-
-function interrupted(where: ErrorLocation): FerryError {
-  return new FerryError('SESSION_INTERRUPTED', 'the session was interrupted; this VM gets no restore point', where);
-}
-
-function errorSummary(err: unknown): ReportedError {
-  if (err instanceof FerryError) return { code: err.code, message: err.message, where: err.where };
-  return { code: 'INTERNAL', message: err instanceof Error ? (err.stack ?? err.message) : String(err), where: {} };
 }

@@ -2,7 +2,7 @@ import { FerryError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
 import { lockForReading } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
-import { fileSink, isTargetAddress, targetSink, type RestoreSink } from './restore-sink.js';
+import { openRestoreSink } from './restore-sink.js';
 import { restoreRemote } from '../remote/services/remote-restore.js';
 
 export interface RestoreOptions {
@@ -57,18 +57,10 @@ export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise
 
 async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOptions): Promise<RestoreReport> {
   const t0 = performance.now();
-  const point = await repo.getPoint(opts.vm, opts.point);
-  const disk = point.disks.find((d) => d.name === opts.disk);
-  if (!disk) {
-    throw new FerryError(
-      'RESTORE_NOT_FOUND',
-      `restore point ${point.id} of vm ${opts.vm} has no disk "${opts.disk}"; its disks: ${point.disks.map((d) => d.name).join(', ')}`,
-      { vm: opts.vm, disk: opts.disk },
-    );
-  }
+  const { point, disk } = await repo.getPointDisk(opts.vm, opts.point, opts.disk);
   const map = await repo.readMap(disk);
   const codec = await rt.codec();
-  const sink = await openSink(rt, opts.to, map.diskSize, opts.disk);
+  const sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk);
   const report: RestoreReport = {
     vm: opts.vm,
     disk: opts.disk,
@@ -118,15 +110,4 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
   }
   report.durationMs = Math.round(performance.now() - t0);
   return report;
-}
-
-/** A local file or device, or a network target one of the transports can write (e.g. NBD). */
-async function openSink(rt: JobRuntime, to: string, size: number, disk: string): Promise<RestoreSink> {
-  if (!isTargetAddress(to)) return fileSink(to, size, disk);
-  for (const name of rt.autoTransports()) {
-    const transport = await rt.transport(name);
-    const target = await transport.openTarget?.(to);
-    if (target) return targetSink(target, size, disk);
-  }
-  throw new FerryError('RESTORE_TARGET', `no transport can write to ${to}`, { disk });
 }

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import type { WritableDisk } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
+import type { JobRuntime } from './job-runtime.js';
 
 /**
  * Where a restore writes: a regular file (zero blocks become holes), a block device (zeros are
@@ -100,4 +101,15 @@ export function targetSink(target: WritableDisk, size: number, disk: string): Re
       }
     },
   };
+}
+
+/** A local file or device, or a network target one of the job's transports can write (e.g. NBD). */
+export async function openRestoreSink(rt: JobRuntime, to: string, size: number, disk: string): Promise<RestoreSink> {
+  if (!isTargetAddress(to)) return fileSink(to, size, disk);
+  for (const name of rt.autoTransports()) {
+    const transport = await rt.transport(name);
+    const target = await transport.openTarget?.(to);
+    if (target) return targetSink(target, size, disk);
+  }
+  throw new FerryError('RESTORE_TARGET', `no transport can write to ${to}`, { disk });
 }

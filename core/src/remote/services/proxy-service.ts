@@ -7,6 +7,7 @@ import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
 import type { JobContext } from '../../job/job-context.js';
 import type { BlockCodec } from '../../pipe/block-codec.js';
 import type { BlockRecord } from '../../pipe/block-record.js';
+import { guardHandle } from '../../pipe/guarded-handle.js';
 import { SourceMover, type ChangedRanges, type SourceCounters } from '../../pipe/source-mover.js';
 import type { PluginHost } from '../../plugins/plugin-host.js';
 import { newStageMeters, type StageMeters } from '../../session/stage-meter.js';
@@ -368,24 +369,7 @@ class PipeReader {
 
 async function openGuarded(transport: Transport, disk: SourceDisk, plugin: string, where: ErrorLocation): Promise<DiskHandle> {
   const h = await transport.open(disk).catch((err) => Promise.reject(pluginError(err, plugin, 'open', where)));
-  const wrap =
-    <A extends unknown[], R>(hook: string, fn: (...a: A) => Promise<R>) =>
-    async (...a: A): Promise<R> => {
-      try {
-        return await fn(...a);
-      } catch (err) {
-        if (err instanceof FerryError) throw err.at({ ...where, plugin, hook });
-        const offset = typeof a[0] === 'number' ? a[0] : undefined;
-        throw new FerryError('TRANSPORT_READ_FAILED', (err as Error)?.message ?? String(err), { ...where, plugin, hook, offset }, { cause: err });
-      }
-    };
-  return {
-    size: h.size,
-    read: wrap('read', h.read.bind(h)),
-    blockStatus: h.blockStatus && wrap('blockStatus', h.blockStatus.bind(h)),
-    changedBlocks: h.changedBlocks && wrap('changedBlocks', h.changedBlocks.bind(h)),
-    close: () => h.close(),
-  };
+  return guardHandle(h, plugin, where);
 }
 
 /** Changed ranges plus blocks to read again (self-heal). */

@@ -1,8 +1,7 @@
 import { LEVEL_CODECS } from '../../compression/levels.js';
-import type { PreviousPoint, SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../../contracts/source-host.js';
+import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../../contracts/source-host.js';
 import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
 import type { RestorePoint } from '../../repository/repository.js';
-import { Repository } from '../../repository/repository.js';
 import type { BackupOptions } from '../../session/backup-session.js';
 import type { JobRuntime } from '../../session/job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from '../../session/session-report.js';
@@ -10,6 +9,7 @@ import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upke
 import type { Stage } from '../../session/stage-meter.js';
 import { connect, type PeerAuth } from '../wire/index.js';
 import { mapInOrder } from '../../session/disk-slots.js';
+import { interrupted, newSessionReport, previousPoint } from '../../session/session-common.js';
 import { ControlChannel, errorToWire, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome } from './protocol.js';
 
 /** The job's remote parts (`repository: { server }`, `proxies`, `certs`). */
@@ -57,24 +57,8 @@ export async function connectRepositoryService(remote: RemoteSpec, signal?: Abor
  */
 export async function runRemoteBackup(rt: JobRuntime, remote: RemoteSpec, opts: BackupOptions = {}): Promise<SessionReport> {
   const started = new Date();
-  const report: SessionReport = {
-    job: rt.spec.job,
-    session: Repository.newPointId(started),
-    status: 'success',
-    startedAt: started.toISOString(),
-    finishedAt: '',
-    durationMs: 0,
-    source: rt.spec.source.host,
-    repository: `ferry://${remote.server}`,
-    compression: rt.spec.storage.compression,
-    blockSize: rt.spec.storage.blockSize,
-    vms: [],
-    disks: [],
-    totals: { sizeBytes: 0, bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0, bytesWritten: 0 },
-    stages: [],
-    bottleneck: null,
-    healedBlocks: 0,
-  };
+  const report = newSessionReport(rt, started, `ferry://${remote.server}`);
+
   let control: ControlChannel | undefined;
   // Ctrl-C/SIGTERM: the service stops its data pipes and refuses later commits; the connection stays
   // open so a commit already under way is answered and reported truthfully.
@@ -310,14 +294,6 @@ function baseOf(disk: SourceDisk, previous: RestorePoint | undefined, blockSize:
       ...(disk.changes.extents && { extents: disk.changes.extents }),
     },
   };
-}
-
-function previousPoint(p: RestorePoint): PreviousPoint {
-  return { id: p.id, disks: p.disks.map((d) => ({ name: d.name, sizeBytes: d.sizeBytes, changeTracking: d.changeTracking })) };
-}
-
-function interrupted(where: ErrorLocation): FerryError {
-  return new FerryError('SESSION_INTERRUPTED', 'the session was interrupted; this VM gets no restore point', where);
 }
 
 /** Errors from the services keep their code; a lost repository service is named as such. */

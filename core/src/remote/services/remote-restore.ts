@@ -4,7 +4,7 @@ import type { RestorePoint } from '../../repository/repository.js';
 import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
 import type { JobRuntime } from '../../session/job-runtime.js';
 import type { RestoreOptions, RestoreReport } from '../../session/restore-session.js';
-import { fileSink, isTargetAddress, targetSink, type RestoreSink } from '../../session/restore-sink.js';
+import { openRestoreSink, type RestoreSink } from '../../session/restore-sink.js';
 import type { WireMessage } from '../wire/index.js';
 import { fromHex } from './protocol.js';
 import { connectRepositoryService, type RemoteSpec } from './remote-backup.js';
@@ -59,7 +59,7 @@ export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: Re
           report.sizeBytes = map.diskSize;
           const idKey = typeof m.header?.idKey === 'string' ? Buffer.from(m.header.idKey, 'hex') : undefined;
           codec = new WorkerBlockCodec(rt.plugins.options, undefined, idKey);
-          sink = await openSink(rt, opts.to, map.diskSize, opts.disk);
+          sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk);
           report.to = sink.label;
           report.sparse = sink.sparse;
         })();
@@ -106,14 +106,4 @@ export async function listRemotePoints(remote: RemoteSpec, vm?: string): Promise
   } finally {
     await control.close();
   }
-}
-
-async function openSink(rt: JobRuntime, to: string, size: number, disk: string): Promise<RestoreSink> {
-  if (!isTargetAddress(to)) return fileSink(to, size, disk);
-  for (const name of rt.autoTransports()) {
-    const transport = await rt.transport(name);
-    const target = await transport.openTarget?.(to);
-    if (target) return targetSink(target, size, disk);
-  }
-  throw new FerryError('RESTORE_TARGET', `no transport can write to ${to}`, { disk });
 }

@@ -332,15 +332,7 @@ class ControlSession {
     const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [h.vm] });
     let unlisten = (): void => undefined;
     try {
-      const point = await repo.getPoint(h.vm, h.point);
-      const disk = point.disks.find((d) => d.name === h.disk);
-      if (!disk) {
-        throw new FerryError(
-          'RESTORE_NOT_FOUND',
-          `restore point ${point.id} of vm ${h.vm} has no disk "${h.disk}"; its disks: ${point.disks.map((d) => d.name).join(', ')}`,
-          { vm: h.vm, disk: h.disk },
-        );
-      }
+      const { point, disk } = await repo.getPointDisk(h.vm, h.point, h.disk);
       const map = await repo.readMap(disk);
       await repo.blocks.load();
       const idKey = repo.idKey;

@@ -8,7 +8,7 @@ import type { PluginHost } from '../../plugins/plugin-host.js';
 import { jobPassphrase } from '../../repository/passphrase.js';
 import { Repository } from '../../repository/repository.js';
 import { createPluginHost } from '../../session/job-runtime.js';
-import { listen, type PeerAuth, type PeerRole } from '../wire/index.js';
+import { listen, type Connection, type PeerAuth, type PeerRole } from '../wire/index.js';
 import { ProxyService } from './proxy-service.js';
 import { RepositoryService } from './repository-service.js';
 
@@ -142,23 +142,7 @@ export async function startProxyService(c: ServiceConfig, log: (line: string) =>
   const plugins = await createPluginHost();
   const pool = codecs(plugins);
   const service = new ProxyService({ plugins, codec: pool.codec, taskSlots: c.taskSlots ?? 4, log });
-  const listener = await listen({
-    listen: need(c.listen, '--listen HOST:PORT'),
-    auth: pipeAuth(c, 'proxy'),
-    allow: { roles: ['repository'], ...(c.allow?.names && { names: c.allow.names }) },
-    heartbeatMs: c.heartbeatMs,
-    onConnection: (conn) => void service.serve(conn),
-    onRefused: (err, remote) => log(`refused ${remote}: ${err.message}`),
-  });
-  return {
-    host: listener.host,
-    port: listener.port,
-    close: async () => {
-      await listener.close();
-      await service.close();
-      await pool.close();
-    },
-  };
+  return serveOn(c, { auth: pipeAuth(c, 'proxy'), accept: 'repository', service, pool, log });
 }
 
 /** `ferry repository serve`: accepts control connections from backup servers (role `server`). */
@@ -175,10 +159,19 @@ export async function startRepositoryService(c: ServiceConfig, log: (line: strin
     heartbeatMs: c.heartbeatMs,
     log,
   });
+  return serveOn(c, { auth: certAuth(c, 'repository'), accept: 'server', service, pool, log });
+}
+
+/** Listens for the one peer role a service accepts; closing stops listening, then the service, then its workers. */
+async function serveOn(
+  c: ServiceConfig,
+  parts: { auth: PeerAuth; accept: PeerRole; service: { serve(conn: Connection): Promise<void>; close(): Promise<void> }; pool: { close(): Promise<void> }; log: (line: string) => void },
+): Promise<RunningService> {
+  const { service, pool, log } = parts;
   const listener = await listen({
     listen: need(c.listen, '--listen HOST:PORT'),
-    auth: certAuth(c, 'repository'),
-    allow: { roles: ['server'], ...(c.allow?.names && { names: c.allow.names }) },
+    auth: parts.auth,
+    allow: { roles: [parts.accept], ...(c.allow?.names && { names: c.allow.names }) },
     heartbeatMs: c.heartbeatMs,
     onConnection: (conn) => void service.serve(conn),
     onRefused: (err, remote) => log(`refused ${remote}: ${err.message}`),
