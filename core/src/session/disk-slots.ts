@@ -1,7 +1,8 @@
 /**
  * The job's `parallelDisks` limit: a counting semaphore shared by every VM of a session, so at most
- * `limit` disks move data at once whichever VMs they belong to. Waiters are served in arrival order,
- * which keeps disks starting in inventory order.
+ * `limit` disks move data at once whichever VMs they belong to. Waiters are served in arrival order:
+ * a VM's disks ask in disk order, but VMs prepare concurrently (points listed, snapshot taken), so a
+ * later VM's disk may take a free slot before an earlier VM's second disk asks. Slots never idle.
  */
 export class DiskSlots {
   private free: number;
