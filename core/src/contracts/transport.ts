@@ -18,6 +18,8 @@ import type { SourceDisk } from './source-host.js';
  * - `DiskHandle.blockStatus` missing: every byte is `data` (nothing is skipped before reading; zero
  *   blocks are still found by the zero-block filter after reading).
  * - `DiskHandle.changedBlocks` missing: every block counts as changed (a full read).
+ * - `DiskHandle.readInto` missing: the core calls `read` and uses the buffer it returns (a fresh
+ *   allocation per block; `readInto` lets the core reuse its block buffers).
  * - `openTarget` missing: the transport cannot be a restore target. When present, it returns
  *   undefined for addresses it does not understand, so the core can ask every transport in turn.
  */
@@ -52,6 +54,11 @@ export interface ProbeResult {
 export interface DiskHandle {
   readonly size: number;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Fills `into` with the `into.length` bytes at `offset`, under the same rules as `read`. The
+   * buffer is the caller's (reused for later blocks): keep no reference to it after resolving.
+   */
+  readInto?(offset: number, into: Uint8Array): Promise<void>;
   /**
    * Allocation of `[offset, offset+length)`: extents in order, without gaps, covering at least the
    * first byte of the range (callers ask again for the remainder).

@@ -1,6 +1,6 @@
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
-import { decodeBlock, encodeBlock } from '../repository/block-object.js';
+import { blockHeaderLength, decodeBlock, encodeBlock, finishBlock, writeBlockHeader } from '../repository/block-object.js';
 import { keyedBlockId } from '../repository/repository-cipher.js';
 import { sha256 } from '../util/checksums.js';
 
@@ -22,6 +22,33 @@ export interface BlockCodec {
   /** Raw bytes of an encoded block object after CRC-32 and SHA-256 checks (errors name `object`). */
   decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer>;
   close(): Promise<void>;
+  /**
+   * Optional: block buffers shared with the codec's threads, so a block is read, hashed, compressed
+   * and encoded without allocating or moving memory per block. Undefined when the codec has none
+   * (the inline codec) or no slot takes `length` bytes. The caller owns the slot until `giveSlot`.
+   */
+  takeSlot?(length: number): BlockSlot | undefined;
+  giveSlot?(slot: BlockSlot): void;
+  /**
+   * The work of `encode` (`hash` and `compress` too) on the first `length` bytes of `slot.raw`; the
+   * encoded block object is written to the start of `slot.out` and its length returned.
+   */
+  encodeSlot?(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
+}
+
+/** What `encodeSlot` does: both, the hash only, or the encoded block only. */
+export type SlotWork = 'encode' | 'hash' | 'compress';
+
+/** A reusable pair of buffers: the raw block goes into `raw`, its encoded block object comes out in `out`. */
+export interface BlockSlot {
+  readonly id: number;
+  readonly raw: Buffer;
+  readonly out: Buffer;
+}
+
+/** The largest block object a raw block of `length` bytes encodes to (stored as `none` at worst). */
+export function maxEncodedLength(length: number): number {
+  return length + 14 + 32;
 }
 
 export type CompressorLookup = (name: string) => Compressor | undefined | Promise<Compressor | undefined>;
@@ -43,6 +70,36 @@ export function encodeRawBlock(block: Uint8Array, name: string, impl: Compressor
 export function compressRawBlock(block: Uint8Array, name: string, impl: Compressor, level: number): Buffer {
   const payload = impl.compress(block, level);
   return payload.length >= block.length ? encodeBlock('none', block.length, block) : encodeBlock(name, block.length, payload);
+}
+
+/**
+ * `compressRawBlock` written into `out` (at least `maxEncodedLength(block.length)` bytes) instead of
+ * a new buffer; returns the encoded length. The same bytes: compressed when that shrinks the block,
+ * else stored as `none`. Compressors with `compressInto` write their payload in place.
+ */
+export function compressRawBlockInto(block: Uint8Array, name: string, impl: Compressor, level: number, out: Buffer): number {
+  if (out.length < maxEncodedLength(block.length)) throw new FerryError('INTERNAL', `an output of ${out.length} bytes is too small for a ${block.length}-byte block`);
+  let head = blockHeaderLength(name);
+  let n = 0;
+  if (impl.compressInto) {
+    n = impl.compressInto(block, level, out.subarray(head, head + block.length));
+    if (!(n > 0 && n < block.length)) n = 0;
+  } else {
+    const payload = impl.compress(block, level);
+    if (payload.length < block.length) {
+      out.set(payload, head);
+      n = payload.length;
+    }
+  }
+  if (n > 0) {
+    writeBlockHeader(out, name, block.length);
+  } else {
+    head = writeBlockHeader(out, 'none', block.length);
+    out.set(block, head);
+    n = block.length;
+  }
+  finishBlock(out, head + n);
+  return head + n;
 }
 
 /** Decode and check a block object against the SHA-256 its block map names. */

@@ -9,12 +9,14 @@ import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import { blockId, compressRawBlock, compressorOf, decodeAndVerify, encodeRawBlock } from './block-codec.js';
+import { blockId, compressRawBlock, compressRawBlockInto, compressorOf, decodeAndVerify, encodeRawBlock, type SlotWork } from './block-codec.js';
 import { toWorkerError } from './worker-pool.js';
 import { guardCompressor } from './guard-compressor.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
+  | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
+  | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
   | { op: 'hash'; block: Uint8Array }
   | { op: 'compress'; block: Uint8Array; compressor: string; level: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
@@ -23,6 +25,8 @@ const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuil
 /** Encrypted repositories: block ids are HMAC-SHA256 under this key (`WorkerBlockCodec`'s `idKey`). */
 const idKey = (workerData as { idKey?: Uint8Array }).idKey;
 const compressors = new Map<string, Promise<Compressor>>();
+/** Block buffers shared with the main thread (`WorkerBlockCodec.takeSlot`), by slot id. */
+const slots = new Map<number, { raw: Buffer; out: Buffer }>();
 
 function compressor(name: string): Promise<Compressor> {
   let c = compressors.get(name);
@@ -34,6 +38,17 @@ function compressor(name: string): Promise<Compressor> {
 }
 
 async function handle(task: BlockTask): Promise<{ result: unknown; transfer: ArrayBuffer[] }> {
+  if (task.op === 'slot-encode') {
+    const s = slots.get(task.slot);
+    if (!s || task.length > s.raw.length) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread or too small`);
+    const block = s.raw.subarray(0, task.length);
+    // A fresh 32-byte copy: a digest may be a view of a larger pooled buffer, which would be cloned whole.
+    const hash = task.work === 'compress' ? undefined : new Uint8Array(blockId(block, idKey));
+    if (task.work === 'hash') return { result: { hash }, transfer: [] };
+    const encodedLength = compressRawBlockInto(block, task.compressor, await compressor(task.compressor), task.level, s.out);
+    return { result: { hash, encodedLength }, transfer: [] };
+  }
+  if (task.op === 'slot') throw new FerryError('INTERNAL', 'a slot announcement was sent as a task');
   if (task.op === 'encode') {
     const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level, idKey);
     return { result: { hash, encoded }, transfer: owned(encoded) };
@@ -56,6 +71,11 @@ function owned(b: Uint8Array): ArrayBuffer[] {
 }
 
 parentPort!.on('message', ({ id, task }: { id: number; task: BlockTask }) => {
+  if (task.op === 'slot') {
+    // Announced to every thread (no answer): the memory a later `slot-encode` names.
+    slots.set(task.slot, { raw: Buffer.from(task.raw), out: Buffer.from(task.out) });
+    return;
+  }
   // `busyMs`: time this thread spent on the task, queueing excluded (the session's `processing` stage).
   const t0 = performance.now();
   handle(task).then(

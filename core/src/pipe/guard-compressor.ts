@@ -7,6 +7,7 @@ import { pluginError } from '../errors.js';
  * the block), not with an anonymous error from a worker thread.
  */
 export function guardCompressor(impl: Compressor, plugin: string): Compressor {
+  const into = impl.compressInto?.bind(impl);
   return {
     compress(data, level) {
       try {
@@ -15,6 +16,15 @@ export function guardCompressor(impl: Compressor, plugin: string): Compressor {
         throw pluginError(err, plugin, 'compress');
       }
     },
+    compressInto:
+      into &&
+      ((data, level, out) => {
+        try {
+          return into(data, level, out);
+        } catch (err) {
+          throw pluginError(err, plugin, 'compressInto');
+        }
+      }),
     // A decompress that throws means a damaged block: the block decoder reports that itself.
     decompress: (data, rawLength) => impl.decompress(data, rawLength),
   };

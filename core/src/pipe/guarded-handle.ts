@@ -21,6 +21,7 @@ export function guardHandle(h: DiskHandle, plugin: string, where: ErrorLocation)
   return {
     size: h.size,
     read: wrap('read', h.read.bind(h)),
+    readInto: h.readInto && wrap('readInto', h.readInto.bind(h)),
     blockStatus: h.blockStatus && wrap('blockStatus', h.blockStatus.bind(h)),
     changedBlocks: h.changedBlocks && wrap('changedBlocks', h.changedBlocks.bind(h)),
     close: () => h.close(),

@@ -3,7 +3,7 @@ import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
 import type { StageMeters } from '../session/stage-meter.js';
-import type { BlockCodec } from './block-codec.js';
+import type { BlockCodec, BlockSlot } from './block-codec.js';
 import type { BlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {
@@ -19,6 +19,13 @@ export interface SourceMoverOptions {
    * already holds is neither compressed nor sent. Missing: every block is compressed and sent.
    */
   isKnown?: (hash: Buffer) => boolean | Promise<boolean>;
+  /**
+   * Lend block memory: a data record's `encoded` may be a view of a buffer that is reused for a later
+   * block once the consumer asks for the next record. For a consumer that copies each record before
+   * asking again (the embedded pipe's pack writer); off by default (a data pipe that keeps records
+   * for resending gets its own copies).
+   */
+  lendBuffers?: boolean;
 }
 
 /**
@@ -68,16 +75,24 @@ export class SourceMover {
     const count = Math.ceil(handle.size / this.opts.blockSize);
     const alloc = new AllocationCursor(handle);
     const changes = changed && new ChangeCursor(changed, handle.size);
-    const window: Promise<BlockRecord>[] = [];
+    const window: Promise<Produced>[] = [];
     let next = Math.max(0, from);
-    while (next < count || window.length > 0) {
-      while (next < count && window.length < this.readAhead) {
-        const plan = await this.plan(next++, handle.size, alloc, skip, changes);
-        const p = this.produce(handle, plan, counters);
-        p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
-        window.push(p);
+    try {
+      while (next < count || window.length > 0) {
+        while (next < count && window.length < this.readAhead) {
+          const plan = await this.plan(next++, handle.size, alloc, skip, changes);
+          const p = this.produce(handle, plan, counters);
+          p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
+          window.push(p);
+        }
+        const { record, slot } = await window.shift()!;
+        yield record;
+        // The consumer asked for the next record: it is done with this one's lent memory.
+        if (slot) this.opts.codec.giveSlot?.(slot);
       }
-      yield await window.shift()!;
+    } finally {
+      // Stopped early (a failure, or the consumer gave up): slots come back as their blocks settle.
+      for (const p of window) p.then((r) => r.slot && this.opts.codec.giveSlot?.(r.slot), () => undefined);
     }
   }
 
@@ -91,15 +106,84 @@ export class SourceMover {
     return { index, offset, length, data: await alloc.dataIn(offset, offset + length) };
   }
 
-  private async produce(handle: DiskHandle, plan: BlockPlan, counters: SourceCounters): Promise<BlockRecord> {
-    if (plan.unchanged) return { kind: 'unchanged', index: plan.index, length: plan.length };
+  private async produce(handle: DiskHandle, plan: BlockPlan, counters: SourceCounters): Promise<Produced> {
+    if (plan.unchanged) return { record: { kind: 'unchanged', index: plan.index, length: plan.length } };
     if (plan.data.length === 0) {
       counters.zeroBytesSkipped += plan.length;
-      return { kind: 'zero', index: plan.index, length: plan.length, read: false };
+      return { record: { kind: 'zero', index: plan.index, length: plan.length, read: false } };
     }
-    const block = await this.meters['source read'].time(() => this.read(handle, plan));
-    counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
-    return this.process(plan, block, counters);
+    const { codec } = this.opts;
+    // With a transport that reads into the caller's memory and a codec with shared slots, the block
+    // goes into a slot and never moves; otherwise a fresh buffer moves to a worker and back.
+    const slot = handle.readInto && codec.encodeSlot ? codec.takeSlot?.(plan.length) : undefined;
+    if (!slot) {
+      const block = await this.meters['source read'].time(() => this.read(handle, plan));
+      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+      return { record: await this.process(plan, block, counters) };
+    }
+    let lent = false;
+    try {
+      const block = slot.raw.subarray(0, plan.length);
+      await this.meters['source read'].time(() => this.readInto(handle, plan, block));
+      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+      const record = await this.processSlot(plan, slot, counters);
+      lent = record.kind === 'data' && record.encoded.buffer === slot.out.buffer;
+      return { record, slot: lent ? slot : undefined };
+    } finally {
+      if (!lent) codec.giveSlot!(slot);
+    }
+  }
+
+  /** Reads a block's data extents into `block`; its holes become zeros. */
+  private async readInto(handle: DiskHandle, plan: BlockPlan, block: Buffer): Promise<void> {
+    const readInto = handle.readInto!.bind(handle);
+    const only = plan.data.length === 1 && plan.data[0].offset === plan.offset && plan.data[0].length === plan.length;
+    if (only) return readInto(plan.offset, block);
+    let at = 0;
+    for (const e of plan.data) {
+      block.fill(0, at, e.offset - plan.offset);
+      at = e.offset - plan.offset + e.length;
+    }
+    block.fill(0, at);
+    await Promise.all(plan.data.map((e) => readInto(e.offset, block.subarray(e.offset - plan.offset, e.offset - plan.offset + e.length))));
+  }
+
+  /** `process` for a block in a slot: the encoded block object is written into the slot's `out`. */
+  private async processSlot(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters): Promise<BlockRecord> {
+    const block = slot.raw.subarray(0, plan.length);
+    const zero = this.isZero(plan, block, counters);
+    if (zero) return zero;
+    const { name, level } = this.opts.compressor;
+    const { codec, isKnown } = this.opts;
+    const work = this.meters.processing;
+    const run = (what: 'encode' | 'hash' | 'compress'): Promise<{ hash?: Buffer; encodedLength?: number }> =>
+      work.time(() => codec.encodeSlot!(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+    const data = (hash: Buffer, encodedLength: number): BlockRecord => {
+      const view = slot.out.subarray(0, encodedLength);
+      counters.bytesTransferred += encodedLength;
+      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded: this.opts.lendBuffers ? view : Buffer.from(view) };
+    };
+    if (!isKnown || this.knownRate < 0.5) {
+      // One round trip (hash and compress); the encoded copy is dropped when the block turns out stored.
+      const r = await run('encode');
+      if (isKnown && this.sawKnown(await isKnown(r.hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: r.hash! };
+      return data(r.hash!, r.encodedLength!);
+    }
+    // Most recent blocks were stored already (a second run): hash first, compress only new blocks.
+    const { hash } = await run('hash');
+    if (this.sawKnown(await isKnown(hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: hash! };
+    return data(hash!, (await run('compress')).encodedLength!);
+  }
+
+  /** A zero block by a filter's word (the swap filter, ...), or undefined. */
+  private isZero(plan: BlockPlan, block: Buffer, counters: SourceCounters): BlockRecord | undefined {
+    for (const f of this.opts.filters) {
+      if (f.impl.classify?.(block, plan.offset) === 'zero') {
+        counters.zeroBytesSkipped += plan.length;
+        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
+      }
+    }
+    return undefined;
   }
 
   private async read(handle: DiskHandle, plan: BlockPlan): Promise<Buffer> {
@@ -113,18 +197,12 @@ export class SourceMover {
   }
 
   private async process(plan: BlockPlan, block: Buffer, counters: SourceCounters): Promise<BlockRecord> {
-    for (const f of this.opts.filters) {
-      if (f.impl.classify?.(block, plan.offset) === 'zero') {
-        counters.zeroBytesSkipped += plan.length;
-        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
-      }
-    }
+    const zero = this.isZero(plan, block, counters);
+    if (zero) return zero;
     try {
       return await this.encode(plan, block, counters);
     } catch (err) {
-      // Name the block: a compressor that fails on one block, or a worker thread that died with it.
-      if (!(err instanceof FerryError)) throw new FerryError('INTERNAL', `block ${plan.index}: ${(err as Error)?.message ?? String(err)}`, { offset: plan.offset }, { cause: err });
-      throw new FerryError(err.code, `block ${plan.index}: ${err.detail}`, { offset: plan.offset, ...err.where }, { cause: err });
+      throw blockError(plan, err);
     }
   }
 
@@ -237,6 +315,18 @@ class ChangeCursor {
     while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
     return this.extents.some((e) => e.offset < end && e.offset + e.length > start);
   }
+}
+
+/** A record, and the slot its lent `encoded` lives in (given back once the consumer moves on). */
+interface Produced {
+  record: BlockRecord;
+  slot?: BlockSlot;
+}
+
+/** Names the block: a compressor that fails on one block, or a worker thread that died with it. */
+function blockError(plan: BlockPlan, err: unknown): FerryError {
+  if (!(err instanceof FerryError)) return new FerryError('INTERNAL', `block ${plan.index}: ${(err as Error)?.message ?? String(err)}`, { offset: plan.offset }, { cause: err });
+  return new FerryError(err.code, `block ${plan.index}: ${err.detail}`, { offset: plan.offset, ...err.where }, { cause: err });
 }
 
 function toBuffer(data: Uint8Array): Buffer {

@@ -1,5 +1,5 @@
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import type { BlockCodec } from './block-codec.js';
+import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from './block-codec.js';
 import type { BlockTask } from './block-worker.js';
 import { WorkerPool } from './worker-pool.js';
 
@@ -10,6 +10,8 @@ import { WorkerPool } from './worker-pool.js';
  */
 export class WorkerBlockCodec implements BlockCodec {
   private readonly pool: WorkerPool<BlockTask, unknown>;
+  private readonly freeSlots: BlockSlot[] = [];
+  private slotCount = 0;
 
   /** `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). */
   constructor(discovery: DiscoveryOptions, threads?: number, idKey?: Uint8Array) {
@@ -54,6 +56,30 @@ export class WorkerBlockCodec implements BlockCodec {
 
   close(): Promise<void> {
     return this.pool.close();
+  }
+
+  /**
+   * A free slot of at least `length` bytes, or a new one: two SharedArrayBuffers announced to every
+   * thread once (messages to a thread arrive in order, so before any task names the slot). A session
+   * uses about as many slots as it has blocks in flight.
+   */
+  takeSlot(length: number): BlockSlot {
+    const i = this.freeSlots.findIndex((s) => s.raw.length >= length);
+    if (i >= 0) return this.freeSlots.splice(i, 1)[0];
+    const raw = new SharedArrayBuffer(length);
+    const out = new SharedArrayBuffer(maxEncodedLength(length));
+    const id = ++this.slotCount;
+    this.pool.broadcast({ op: 'slot', slot: id, raw, out });
+    return { id, raw: Buffer.from(raw), out: Buffer.from(out) };
+  }
+
+  giveSlot(slot: BlockSlot): void {
+    this.freeSlots.push(slot);
+  }
+
+  async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }> {
+    const r = (await this.pool.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level })) as { hash?: Uint8Array; encodedLength?: number };
+    return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength };
   }
 }
 

@@ -79,6 +79,12 @@ export class WorkerPool<T, R> {
     });
   }
 
+  /** Sends `message` to every thread, expecting no answer (e.g. shared memory they will need). */
+  broadcast(message: unknown): void {
+    if (this.failure || this.closed) return;
+    for (const s of this.slots) s.worker.postMessage({ id: 0, task: message });
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all(this.slots.map((s) => s.worker.terminate()));

@@ -17,18 +17,38 @@ export const BLOCK_MAGIC = Buffer.from('FBK1', 'ascii');
 const VERSION = 1;
 
 export function encodeBlock(compressor: string, rawLength: number, payload: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(blockHeaderLength(compressor) + payload.length);
+  const head = writeBlockHeader(out, compressor, rawLength);
+  out.set(payload, head);
+  finishBlock(out, out.length);
+  return out;
+}
+
+/** Bytes before the payload of a block object whose compressor is `compressor`. */
+export function blockHeaderLength(compressor: string): number {
+  return 14 + compressor.length;
+}
+
+/**
+ * Writes a block object's header (CRC-32 left for `finishBlock`) at the start of `out`; returns
+ * where the payload starts. For encoders that write the payload in place.
+ */
+export function writeBlockHeader(out: Buffer, compressor: string, rawLength: number): number {
   const name = Buffer.from(compressor, 'ascii');
-  if (name.length < 1 || name.length > 32) throw new FerryError('INTERNAL', `compressor name "${compressor}" must be 1..32 ASCII bytes`);
-  const head = 14 + name.length;
-  const out = Buffer.allocUnsafe(head + payload.length);
+  if (name.length < 1 || name.length > 32 || name.length !== compressor.length) {
+    throw new FerryError('INTERNAL', `compressor name "${compressor}" must be 1..32 ASCII bytes`);
+  }
   BLOCK_MAGIC.copy(out, 0);
   out[8] = VERSION;
   out[9] = name.length;
   name.copy(out, 10);
   out.writeUInt32LE(rawLength, 10 + name.length);
-  out.set(payload, head);
-  out.writeUInt32LE(crc32(out.subarray(8)), 4);
-  return out;
+  return 14 + name.length;
+}
+
+/** Stores the CRC-32 of a block object that fills `out[0, length)`, header and payload written. */
+export function finishBlock(out: Buffer, length: number): void {
+  out.writeUInt32LE(crc32(out.subarray(8, length)), 4);
 }
 
 export interface DecodedBlockHeader {

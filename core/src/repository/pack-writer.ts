@@ -1,8 +1,10 @@
-import { encodeIndex, packParts, type PackEntry } from './pack.js';
-import { joinAndHash } from './pack-hasher.js';
+import { createHash, type Hash } from 'node:crypto';
+import { encodeIndex, packHeader, packTail, PACK_HEADER, type PackEntry } from './pack.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 
 export const PACK_TARGET_SIZE = 16 * 1024 * 1024;
+/** Room in a pack buffer beyond the target size, so the trailer of a full pack fits without a copy. */
+const PACK_SLACK = 256 * 1024;
 
 export function packKey(id: string): string {
   return `packs/${id.slice(0, 2)}/${id}`;
@@ -26,19 +28,30 @@ export function packIdOf(key: string): string {
   return key.slice(key.lastIndexOf('/') + 1);
 }
 
+/** A pack being filled: its bytes so far in `buf`, the SHA-256 (its id) over them as they arrive. */
+interface OpenPack {
+  buf: Buffer;
+  size: number;
+  entries: PackEntry[];
+  hash: Hash;
+}
+
 /**
- * Collects new blocks into packs of about `targetSize` bytes. A full pack is stored, then its index
- * object, while the next one fills; at most `maxUploads` packs are in flight, so memory stays within
- * (maxUploads + 1) × targetSize. `flush` stores the partial pack and waits for everything.
+ * Collects new blocks into packs of about `targetSize` bytes. Each block record is copied into the
+ * pack's buffer as it is added and hashed into the pack id there, so a full pack is ready to store at
+ * once: one write of one buffer, no joining, and the buffer is filled again once its pack is stored.
+ * A full pack is stored, then its index object, while the next one fills; at most `maxUploads` packs
+ * are in flight, so memory stays within (maxUploads + 1) pack buffers whatever the disk size.
+ * `flush` stores the partial pack and waits for everything.
  */
 export class PackWriter {
-  private current: { hash: Buffer; encoded: Uint8Array }[] = [];
-  private currentSize = 0;
+  private current: OpenPack | undefined;
+  private readonly spare: Buffer[] = [];
   private readonly uploads = new Set<Promise<void>>();
   private failure: unknown;
 
   constructor(
-    /** The backend's atomic, durable put. */
+    /** The backend's atomic, durable put (it must not keep `data` once it resolves: the buffer is reused). */
     private readonly put: (key: string, data: Uint8Array) => Promise<void>,
     /** `bytes`: the size of the pack file. */
     private readonly onStored: (packId: string, entries: PackEntry[], bytes: number) => void,
@@ -48,40 +61,61 @@ export class PackWriter {
     private readonly cipher?: RepositoryCipher,
   ) {}
 
-  /** Queues a block; resolves when it is buffered (it is durable only after the next `flush`). */
+  /**
+   * Queues a block; resolves when it is buffered (it is durable only after the next `flush`). The
+   * record is copied: the caller may reuse `encoded`'s memory once this resolves.
+   */
   async add(hash: Buffer, encoded: Uint8Array): Promise<void> {
     if (this.failure) throw this.failure;
-    if (this.current.length > 0 && this.currentSize + encoded.length > this.targetSize) await this.seal();
-    this.current.push({ hash, encoded });
-    this.currentSize += encoded.length;
+    if (this.current && this.current.entries.length > 0 && this.current.size - PACK_HEADER + encoded.length > this.targetSize) await this.seal();
+    const p = (this.current ??= this.open(encoded.length));
+    p.buf.set(encoded, p.size);
+    p.hash.update(encoded);
+    p.entries.push({ hash, offset: p.size, length: encoded.length });
+    p.size += encoded.length;
   }
 
   async flush(): Promise<void> {
-    if (this.current.length > 0) await this.seal();
+    if (this.current && this.current.entries.length > 0) await this.seal();
     await Promise.all(this.uploads);
     if (this.failure) throw this.failure;
   }
 
-  private async seal(): Promise<void> {
-    const blocks = this.current;
-    this.current = [];
-    this.currentSize = 0;
-    while (this.uploads.size >= this.maxUploads) await Promise.race(this.uploads);
-    if (this.failure) throw this.failure;
-    const p = this.store(blocks).catch((err) => {
-      this.failure ??= err;
-    });
-    this.uploads.add(p);
-    void p.finally(() => this.uploads.delete(p));
+  /** A pack buffer (a spare one when the first record fits the usual size) with the header in place. */
+  private open(firstRecord: number): OpenPack {
+    const usual = this.targetSize + PACK_SLACK;
+    const buf = firstRecord + PACK_HEADER <= this.targetSize ? (this.spare.pop() ?? Buffer.allocUnsafe(usual)) : Buffer.allocUnsafe(firstRecord + PACK_SLACK);
+    const head = packHeader(this.cipher);
+    head.copy(buf, 0);
+    return { buf, size: PACK_HEADER, entries: [], hash: createHash('sha256').update(head) };
   }
 
-  private async store(blocks: { hash: Buffer; encoded: Uint8Array }[]): Promise<void> {
-    // The records move to the pack hashing thread: `blocks` is not used after this.
-    const { parts, entries } = packParts(blocks, this.cipher);
-    const { bytes, id } = await joinAndHash(parts);
-    const pack = { id, bytes, entries };
-    await this.put(packKey(pack.id), pack.bytes);
-    await this.put(indexKey(pack.id), encodeIndex(pack.id, pack.entries));
-    this.onStored(pack.id, pack.entries, pack.bytes.length);
+  private async seal(): Promise<void> {
+    const p = this.current!;
+    this.current = undefined;
+    while (this.uploads.size >= this.maxUploads) await Promise.race(this.uploads);
+    if (this.failure) throw this.failure;
+    const up = this.store(p).catch((err) => {
+      this.failure ??= err;
+    });
+    this.uploads.add(up);
+    void up.finally(() => this.uploads.delete(up));
+  }
+
+  private async store(p: OpenPack): Promise<void> {
+    const tail = packTail(p.entries, this.cipher);
+    let bytes = p.buf;
+    if (p.size + tail.length > bytes.length) {
+      // A trailer larger than the slack (tens of thousands of tiny records): one copy into a larger buffer.
+      bytes = Buffer.allocUnsafe(p.size + tail.length);
+      p.buf.copy(bytes, 0, 0, p.size);
+    }
+    tail.copy(bytes, p.size);
+    const id = p.hash.update(tail).digest('hex');
+    const size = p.size + tail.length;
+    await this.put(packKey(id), bytes.subarray(0, size));
+    await this.put(indexKey(id), encodeIndex(id, p.entries));
+    if (p.buf.length === this.targetSize + PACK_SLACK && this.spare.length < this.maxUploads + 1) this.spare.push(p.buf);
+    this.onStored(id, p.entries, size);
   }
 }

@@ -56,8 +56,8 @@ export function sealPack(blocks: { hash: Buffer; encoded: Uint8Array }[], cipher
 
 /**
  * A pack's pieces in file order: the header, the block records as given, and the trailer with its
- * entry count and CRC-32. `sealPack` joins them; the pack writer has them joined and hashed off the
- * main thread (`pack-hasher.ts`).
+ * entry count and CRC-32. `sealPack` joins them; the pack writer builds the same bytes in place
+ * (`packHeader`, then the records, then `packTail`).
  */
 export function packParts(blocks: { hash: Buffer; encoded: Uint8Array }[], cipher?: RepositoryCipher): { parts: Uint8Array[]; size: number; entries: PackEntry[] } {
   const entries: PackEntry[] = [];
@@ -66,16 +66,27 @@ export function packParts(blocks: { hash: Buffer; encoded: Uint8Array }[], ciphe
     entries.push({ hash: b.hash, offset, length: b.encoded.length });
     offset += b.encoded.length;
   }
-  const plainTrailer = encodeEntries(entries);
-  const trailer = cipher ? cipher.sealObject(TRAILER_NAME, plainTrailer) : plainTrailer;
+  const tail = packTail(entries, cipher);
+  return { parts: [packHeader(cipher), ...blocks.map((b) => b.encoded), tail], size: offset + tail.length, entries };
+}
+
+/** The first `PACK_HEADER` bytes of a new pack: its magic and a fresh random nonce. */
+export function packHeader(cipher?: RepositoryCipher): Buffer {
   const head = Buffer.alloc(PACK_HEADER);
   (cipher ? SEALED_PACK_MAGIC : PACK_MAGIC).copy(head, 0);
   randomBytes(4).copy(head, 4);
+  return head;
+}
+
+/** A pack's trailer (sealed in an encrypted repository), its entry count and its CRC-32. */
+export function packTail(entries: PackEntry[], cipher?: RepositoryCipher): Buffer {
+  const plainTrailer = encodeEntries(entries);
+  const trailer = cipher ? cipher.sealObject(TRAILER_NAME, plainTrailer) : plainTrailer;
   const tail = Buffer.alloc(trailer.length + 8);
   trailer.copy(tail, 0);
   tail.writeUInt32LE(entries.length, trailer.length);
   tail.writeUInt32LE(crc32(tail.subarray(0, trailer.length + 4)), trailer.length + 4);
-  return { parts: [head, ...blocks.map((b) => b.encoded), tail], size: offset + tail.length, entries };
+  return tail;
 }
 
 /** The entries of a pack from its trailer (for index rebuilds and verification). */

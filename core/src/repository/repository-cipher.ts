@@ -51,7 +51,8 @@ export class RepositoryCipher {
     const sealed = await webcrypto.subtle.encrypt(
       { name: 'AES-GCM', iv: nonce, additionalData: Buffer.concat([BLOCK_AAD, id]), tagLength: TAG * 8 },
       await this.cryptoKey(),
-      record,
+      // Web Crypto refuses views of shared memory (the pipe's block slots): those are copied once.
+      record.buffer instanceof SharedArrayBuffer ? new Uint8Array(record) : record,
     );
     const out = Buffer.allocUnsafeSlow(BLOCK_HEAD + sealed.byteLength); // owns its memory: may move to another thread
     SEALED_BLOCK_MAGIC.copy(out, 0);

@@ -78,6 +78,8 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
         // embedded pipe: the source asks the repository directly before compressing a block
         isKnown: (hash) => repo.blocks.has(hash),
         filters: await rt.filters(),
+        // the target mover copies each new block into its pack before asking for the next
+        lendBuffers: true,
       },
       onProgress: opts.onProgress ?? (() => undefined),
       signal: opts.signal,

@@ -22,6 +22,20 @@ export function runCompressorConformance(name: string, compressor: Compressor, l
         assert.ok(Buffer.from(compressor.decompress(a, input.length)).equals(input));
       });
     }
+    if (compressor.compressInto) {
+      const into = compressor.compressInto.bind(compressor);
+      it('compressInto writes exactly what compress returns, or 0 when that would not shrink the input or fit', function () {
+        for (const [what, input] of Object.entries(inputs)) {
+          const c = Buffer.from(compressor.compress(input, level));
+          const out = Buffer.alloc(input.length + 64, 0xa5);
+          const n = into(input, level, out.subarray(0, input.length));
+          if (c.length >= input.length) assert.equal(n, 0, `${what}: compress did not shrink it, compressInto wrote ${n} bytes`);
+          else assert.ok(out.subarray(0, n).equals(c), `${what}: compressInto wrote other bytes than compress (${n} vs ${c.length})`);
+          assert.equal(out[input.length], 0xa5, `${what}: compressInto wrote past the end of out`);
+          if (c.length > 8 && c.length < input.length) assert.equal(into(input, level, Buffer.alloc(c.length - 1)), 0, `${what}: an out one byte too small`);
+        }
+      });
+    }
     it('shrinks text and refuses a wrong length or damaged input', function () {
       const a = compressor.compress(inputs.text, level);
       assert.ok(a.length < inputs.text.length / 10, `text compressed to ${a.length} bytes`);

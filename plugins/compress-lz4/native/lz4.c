@@ -9,6 +9,11 @@
  * Exports:
  *   compress(data: Uint8Array) -> Buffer           prefix + block; a view of a buffer sized
  *                                                  LZ4_compressBound(n) + 4 (no extra copy).
+ *   compressInto(data: Uint8Array, out: Uint8Array) -> number
+ *                                                  the same bytes as compress, written into `out`;
+ *                                                  returns their length, or 0 when they would not be
+ *                                                  shorter than `data` or do not fit in `out` (nothing
+ *                                                  allocated: the caller's buffer is reused).
  *   decompress(data: Uint8Array, rawLength: number, limit: number) -> Buffer
  *                                                  throws (never returns wrong data) when the prefix is
  *                                                  missing, declares a length other than rawLength or
@@ -102,6 +107,43 @@ static napi_value compress(napi_env env, napi_callback_info info) {
   return view;
 }
 
+static napi_value compress_into(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lz4: compressInto(data, out) takes two arguments");
+    return NULL;
+  }
+  const char *src, *dst;
+  size_t n, cap;
+  if (!get_bytes(env, argv[0], &src, &n) || !get_bytes(env, argv[1], &dst, &cap)) return NULL;
+  if (n > LZ4_MAX_INPUT_SIZE) {
+    napi_throw_range_error(env, "LZ4_TOO_LARGE", "lz4: input exceeds LZ4's 2113929216-byte limit");
+    return NULL;
+  }
+  int written = 0;
+  /* Room for the prefix and a block shorter than the input: LZ4 gives up (returns 0) beyond it,
+     with the same output as LZ4_compress_default whenever it fits. */
+  if (cap > 4 && n > 4) {
+    size_t room = cap - 4 < n - 4 ? cap - 4 : n - 4;
+    if (room > (size_t)INT32_MAX) room = INT32_MAX;
+    written = LZ4_compress_default(src, (char *)dst + 4, (int)n, (int)room);
+  }
+  napi_value result;
+  if (written <= 0) {
+    napi_create_uint32(env, 0, &result);
+    return result;
+  }
+  unsigned char *p = (unsigned char *)dst;
+  p[0] = (unsigned char)n;
+  p[1] = (unsigned char)(n >> 8);
+  p[2] = (unsigned char)(n >> 16);
+  p[3] = (unsigned char)(n >> 24);
+  napi_create_uint32(env, (uint32_t)(4 + written), &result);
+  return result;
+}
+
 static void throw_coded(napi_env env, const char *code, const char *msg) {
   napi_throw_error(env, code, msg);
 }
@@ -158,6 +200,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn, version;
   napi_create_function(env, "compress", NAPI_AUTO_LENGTH, compress, NULL, &fn);
   napi_set_named_property(env, exports, "compress", fn);
+  napi_create_function(env, "compressInto", NAPI_AUTO_LENGTH, compress_into, NULL, &fn);
+  napi_set_named_property(env, exports, "compressInto", fn);
   napi_create_function(env, "decompress", NAPI_AUTO_LENGTH, decompress, NULL, &fn);
   napi_set_named_property(env, exports, "decompress", fn);
   int v = LZ4_versionNumber();

@@ -52,6 +52,15 @@ export class Lz4Compressor implements Compressor {
     return this.addon ? this.addon.compress(data) : lz4Napi().compressSync(data);
   }
 
+  /** Straight into the caller's memory with the addon; without it, `compress` and one copy. */
+  compressInto(data: Uint8Array, _level: number, out: Uint8Array): number {
+    if (this.addon?.compressInto) return this.addon.compressInto(data, out);
+    const c = this.compress(data);
+    if (c.length >= data.length || c.length > out.length) return 0;
+    out.set(c);
+    return c.length;
+  }
+
   decompress(data: Uint8Array, rawLength: number): Uint8Array {
     if (this.addon) return this.addon.decompress(data, rawLength, MAX_BLOCK_SIZE);
     // lz4-napi allocates whatever the prefix declares (up to 4 GiB): check it first, as the addon does.

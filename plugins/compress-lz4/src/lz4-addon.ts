@@ -5,6 +5,11 @@ export interface Lz4Addon {
   /** The 4-byte little-endian length, then one LZ4 block: lz4-napi's `compressSync` format. */
   compress(data: Uint8Array): Buffer;
   /**
+   * `compress`'s bytes written into `out`; their length, or 0 when they would not be shorter than
+   * `data` or do not fit in `out`. Missing from addons built before it existed.
+   */
+  compressInto?(data: Uint8Array, out: Uint8Array): number;
+  /**
    * Checks the length prefix against `rawLength` and `limit` before allocating, and that the block
    * decodes to exactly that length; throws an Error with `code` LZ4_TRUNCATED, LZ4_LENGTH_MISMATCH,
    * LZ4_TOO_LARGE or LZ4_CORRUPT otherwise.

@@ -35,10 +35,16 @@ export class HotaddDiskHandle implements DiskHandle {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.allocUnsafe(isRange(offset, length) ? length : 0);
+    await this.readInto(offset, out, length);
+    return out;
+  }
+
+  async readInto(offset: number, into: Uint8Array, length = into.length): Promise<void> {
     if (!isRange(offset, length) || offset + length > this.size) {
       throw this.failure(`read of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, offset);
     }
-    const out = Buffer.allocUnsafe(length);
+    const out = Buffer.isBuffer(into) ? into : Buffer.from(into.buffer, into.byteOffset, into.byteLength);
     let done = 0;
     while (done < length) {
       let n: number;
@@ -51,7 +57,6 @@ export class HotaddDiskHandle implements DiskHandle {
       if (n === 0) throw this.failure(`the image ends at byte ${offset + done}, inside a read of ${length} bytes`, offset);
       done += n;
     }
-    return out;
   }
 
   async close(): Promise<void> {

@@ -143,6 +143,21 @@ export class NbdClient {
   }
 
   /**
+   * Fills `into` with the bytes at `offset` (the caller's buffer, reused across blocks). A range
+   * that is not aligned to the server's minimum block size is read around and copied.
+   */
+  async readInto(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange('read', offset, into.length);
+    if (into.length === 0) return;
+    const [start, end] = this.aligned(offset, offset + into.length);
+    if (start !== offset || end - start !== into.length) {
+      into.set(await this.read(offset, into.length));
+      return;
+    }
+    await this.readPieces(Buffer.from(into.buffer, into.byteOffset, into.byteLength), start);
+  }
+
+  /**
    * One NBD_CMD_BLOCK_STATUS for `[offset, offset+length)` (clipped to the export): per agreed meta
    * context, the extents the server reported, in order from `offset`, clipped to the range. A server
    * may describe less than the range; ask again from where the answer ends.

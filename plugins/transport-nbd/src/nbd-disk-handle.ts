@@ -36,8 +36,17 @@ export class NbdDiskHandle implements DiskHandle {
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
+    return this.guard(this.reader().read(offset, length));
+  }
+
+  readInto(offset: number, into: Uint8Array): Promise<void> {
+    return this.guard(this.reader().readInto(offset, into));
+  }
+
+  /** The connection for the next read: the client and the extra readers in turn. */
+  private reader(): NbdClient {
     const n = this.next++ % (this.readers.length + 1);
-    return this.guard((n === 0 ? this.client : this.readers[n - 1]).read(offset, length));
+    return n === 0 ? this.client : this.readers[n - 1];
   }
 
   async close(): Promise<void> {

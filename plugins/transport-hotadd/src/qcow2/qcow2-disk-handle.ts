@@ -44,6 +44,16 @@ export class Qcow2DiskHandle implements DiskHandle {
     return out;
   }
 
+  async readInto(offset: number, into: Uint8Array): Promise<void> {
+    const length = into.length;
+    if (!isRange(offset, length) || offset + length > this.size) {
+      throw this.failure(`read of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, offset);
+    }
+    // Every byte is written: cluster data, zeros for zero and unallocated runs past the backing file.
+    const out = Buffer.from(into.buffer, into.byteOffset, into.byteLength);
+    if (length > 0) await this.guard(offset, () => this.top.readInto(out, offset));
+  }
+
   async blockStatus(offset: number, length: number): Promise<AllocationExtent[]> {
     // Asking past the end is allowed (the reply stops at the end); asking for nothing is not.
     if (!isRange(offset, length) || length === 0 || offset >= this.size) {
