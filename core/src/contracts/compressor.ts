@@ -13,9 +13,12 @@
  * returns their length, or 0 when they would not be shorter than `data` or do not fit in `out` (the
  * block is then stored uncompressed). It lets the core reuse one buffer per block instead of
  * allocating one per call. Missing: the core calls `compress` and copies.
+ * Optional: `decompressInto` is `decompress` writing the `rawLength` bytes to the start of `out`
+ * (at least that long), with the same checks. Missing: the core calls `decompress` and copies.
  */
 export interface Compressor {
   compress(data: Uint8Array, level: number): Uint8Array;
   compressInto?(data: Uint8Array, level: number, out: Uint8Array): number;
   decompress(data: Uint8Array, rawLength: number): Uint8Array;
+  decompressInto?(data: Uint8Array, rawLength: number, out: Uint8Array): void;
 }

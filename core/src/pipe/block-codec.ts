@@ -1,6 +1,6 @@
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
-import { blockHeaderLength, decodeBlock, encodeBlock, finishBlock, writeBlockHeader } from '../repository/block-object.js';
+import { blockHeaderLength, decodeBlock, decodeBlockInto, encodeBlock, finishBlock, writeBlockHeader } from '../repository/block-object.js';
 import { keyedBlockId } from '../repository/repository-cipher.js';
 import { sha256 } from '../util/checksums.js';
 
@@ -34,6 +34,8 @@ export interface BlockCodec {
    * encoded block object is written to the start of `slot.out` and its length returned.
    */
   encodeSlot?(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
+  /** `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory. */
+  decodeSlot?(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
 }
 
 /** What `encodeSlot` does: both, the hash only, or the encoded block only. */
@@ -110,6 +112,15 @@ export function decodeAndVerify(encoded: Uint8Array, hash: Uint8Array, object: s
     throw new FerryError('REPO_CORRUPT_OBJECT', `block content does not match its ${idKey ? 'keyed id (HMAC-SHA-256)' : 'SHA-256'}`, { object });
   }
   return buf;
+}
+
+/** `decodeAndVerify` into the start of `out`; returns the raw length. */
+export function decodeAndVerifyInto(encoded: Uint8Array, hash: Uint8Array, object: string, compressor: Compressor | undefined, name: string, out: Buffer, idKey?: Uint8Array): number {
+  const n = decodeBlockInto(encoded, object, (c) => (c === name ? compressor : undefined), out);
+  if (!blockId(out.subarray(0, n), idKey).equals(Buffer.from(hash))) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', `block content does not match its ${idKey ? 'keyed id (HMAC-SHA-256)' : 'SHA-256'}`, { object });
+  }
+  return n;
 }
 
 /** The codec on the calling thread: for tests and for hosts without worker threads. */

@@ -9,7 +9,7 @@ import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import { blockId, compressRawBlock, compressRawBlockInto, compressorOf, decodeAndVerify, encodeRawBlock, type SlotWork } from './block-codec.js';
+import { blockId, compressRawBlock, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from './block-codec.js';
 import { toWorkerError } from './worker-pool.js';
 import { guardCompressor } from './guard-compressor.js';
 
@@ -17,6 +17,7 @@ export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
   | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
+  | { op: 'slot-decode'; encoded: Uint8Array; hash: Uint8Array; object: string; slot: number }
   | { op: 'hash'; block: Uint8Array }
   | { op: 'compress'; block: Uint8Array; compressor: string; level: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
@@ -47,6 +48,14 @@ async function handle(task: BlockTask): Promise<{ result: unknown; transfer: Arr
     if (task.work === 'hash') return { result: { hash }, transfer: [] };
     const encodedLength = compressRawBlockInto(block, task.compressor, await compressor(task.compressor), task.level, s.out);
     return { result: { hash, encodedLength }, transfer: [] };
+  }
+  if (task.op === 'slot-decode') {
+    const s = slots.get(task.slot);
+    if (!s) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread`);
+    const name = compressorOf(task.encoded, task.object);
+    const c = await compressor(name).catch(() => undefined);
+    if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object: task.object });
+    return { result: { rawLength: decodeAndVerifyInto(task.encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
   }
   if (task.op === 'slot') throw new FerryError('INTERNAL', 'a slot announcement was sent as a task');
   if (task.op === 'encode') {

@@ -27,5 +27,6 @@ export function guardCompressor(impl: Compressor, plugin: string): Compressor {
       }),
     // A decompress that throws means a damaged block: the block decoder reports that itself.
     decompress: (data, rawLength) => impl.decompress(data, rawLength),
+    decompressInto: impl.decompressInto?.bind(impl),
   };
 }

@@ -81,6 +81,12 @@ export class WorkerBlockCodec implements BlockCodec {
     const r = (await this.pool.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level })) as { hash?: Uint8Array; encodedLength?: number };
     return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength };
   }
+
+  async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    const data = movable(encoded);
+    const r = (await this.pool.run({ op: 'slot-decode', encoded: data, hash, object, slot: slot.id }, [data.buffer as ArrayBuffer])) as { rawLength: number };
+    return r.rawLength;
+  }
 }
 
 /** A view that owns its whole ArrayBuffer (so it can be transferred), copying only when needed. */

@@ -84,3 +84,28 @@ export function decodeBlock(data: Uint8Array, object: string, compressors: (name
     throw new FerryError('REPO_CORRUPT_OBJECT', `block does not decompress: ${(err as Error).message}`, { object }, { cause: err });
   }
 }
+
+/**
+ * `decodeBlock` into the start of `out` instead of a new buffer; returns the raw length. A block
+ * declaring more raw bytes than `out` holds is refused before anything is decoded.
+ */
+export function decodeBlockInto(data: Uint8Array, object: string, compressors: (name: string) => Compressor | undefined, out: Uint8Array): number {
+  const h = parseBlock(data, object);
+  if (h.rawLength > out.length) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', `block declares ${h.rawLength} raw bytes, more than the ${out.length} expected`, { object });
+  }
+  const c = compressors(h.compressor);
+  if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${h.compressor}", which no loaded plugin provides`, { object });
+  const into = out.subarray(0, h.rawLength);
+  try {
+    if (c.decompressInto) c.decompressInto(h.payload, h.rawLength, into);
+    else {
+      const raw = c.decompress(h.payload, h.rawLength);
+      if (raw.length !== h.rawLength) throw new Error(`decoded to ${raw.length} bytes, the header declares ${h.rawLength}`);
+      into.set(raw);
+    }
+  } catch (err) {
+    throw new FerryError('REPO_CORRUPT_OBJECT', `block does not decompress: ${(err as Error).message}`, { object }, { cause: err });
+  }
+  return h.rawLength;
+}

@@ -1,6 +1,6 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
+import type { BlockCodec, BlockSlot } from '../pipe/block-codec.js';
 import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
 import { sha256 } from '../util/checksums.js';
 import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
@@ -148,8 +148,11 @@ export class BlockStore {
     }
   }
 
-  /** The encoded block object of `hash`, read out of its pack; `object` names it for errors. */
-  async read(hash: Uint8Array, codec: BlockCodec): Promise<Buffer> {
+  /**
+   * The raw block of `hash`, read out of its pack and checked; `object` names it for errors. With a
+   * `slot` (and a codec that has them) it is decoded into `slot.raw` and the result is a view of it.
+   */
+  async read(hash: Uint8Array, codec: BlockCodec, slot?: BlockSlot): Promise<Buffer> {
     await this.load();
     const hex = Buffer.from(hash).toString('hex');
     const at = this.locate(hex);
@@ -164,7 +167,9 @@ export class BlockStore {
       throw err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
     });
     if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
-    return codec.decode(this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded, hash, object);
+    const record = this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded;
+    if (slot && codec.decodeSlot) return slot.raw.subarray(0, await codec.decodeSlot(record, hash, object, slot));
+    return codec.decode(record, hash, object);
   }
 
   private hasGoodCopy(hex: string): boolean {

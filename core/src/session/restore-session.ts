@@ -1,4 +1,5 @@
 import { FerryError } from '../errors.js';
+import type { BlockSlot } from '../pipe/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { lockForReading } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
@@ -77,13 +78,22 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
     let next = 0;
     let done = 0;
     const worker = async (): Promise<void> => {
+      // Each lane decodes into one slot shared with the worker threads, reused for all its blocks.
+      const slot = codec.takeSlot?.(map.blockSize);
+      try {
+        await lane(slot);
+      } finally {
+        if (slot) codec.giveSlot?.(slot);
+      }
+    };
+    const lane = async (slot: BlockSlot | undefined): Promise<void> => {
       while (next < map.blockCount) {
         const i = next++;
         const offset = i * map.blockSize;
         const length = map.lengthOf(i);
         const hash = map.get(i);
         if (hash) {
-          const data = await repo.blocks.read(hash, codec).catch((err) => {
+          const data = await repo.blocks.read(hash, codec, slot).catch((err) => {
             throw err instanceof FerryError ? err.at({ vm: opts.vm, disk: opts.disk, offset }) : err;
           });
           if (data.length !== length) {

@@ -21,6 +21,9 @@
  *                                                  does not decode to exactly that length. Error codes:
  *                                                  LZ4_TRUNCATED, LZ4_LENGTH_MISMATCH, LZ4_TOO_LARGE,
  *                                                  LZ4_CORRUPT.
+ *   decompressInto(data: Uint8Array, rawLength: number, out: Uint8Array) -> undefined
+ *                                                  decompress's checks (out.length is the limit), the
+ *                                                  rawLength bytes written to the start of `out`.
  *   version -> liblz4's version string ("1.9.4").
  */
 #include <stdint.h>
@@ -148,6 +151,48 @@ static void throw_coded(napi_env env, const char *code, const char *msg) {
   napi_throw_error(env, code, msg);
 }
 
+/* Checks the prefix of `src` against rawLength and limit; 0 (an exception pending) when it fails. */
+static int check_prefix(napi_env env, const char *src, size_t n, int64_t raw, int64_t limit, uint32_t *declared_out) {
+  char msg[160];
+  if (n < 4) {
+    snprintf(msg, sizeof msg, "lz4: %zu bytes is too short for the 4-byte length prefix", n);
+    throw_coded(env, "LZ4_TRUNCATED", msg);
+    return 0;
+  }
+  const unsigned char *p = (const unsigned char *)src;
+  uint32_t declared = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+  if (limit > LZ4_MAX_INPUT_SIZE) limit = LZ4_MAX_INPUT_SIZE;
+  if ((int64_t)declared > limit) {
+    snprintf(msg, sizeof msg, "lz4: declared length %u exceeds the %lld-byte block size limit", declared, (long long)limit);
+    throw_coded(env, "LZ4_TOO_LARGE", msg);
+    return 0;
+  }
+  if ((int64_t)declared != raw) {
+    snprintf(msg, sizeof msg, "lz4: declared length %u, expected %lld", declared, (long long)raw);
+    throw_coded(env, "LZ4_LENGTH_MISMATCH", msg);
+    return 0;
+  }
+  if (n - 4 > (size_t)INT32_MAX) {
+    throw_coded(env, "LZ4_TOO_LARGE", "lz4: compressed block exceeds 2 GiB");
+    return 0;
+  }
+  *declared_out = declared;
+  return 1;
+}
+
+/* Decodes into dst (exactly `declared` bytes); 0 (an exception pending) unless it decodes to exactly that. */
+static int decode_block(napi_env env, const char *src, size_t n, char *dst, uint32_t declared) {
+  char msg[160];
+  int got = LZ4_decompress_safe(src + 4, dst, (int)(n - 4), (int)declared);
+  if (got != (int)declared) {
+    if (got < 0) snprintf(msg, sizeof msg, "lz4: damaged block (LZ4_decompress_safe failed at input byte %d of %zu)", -got, n - 4);
+    else snprintf(msg, sizeof msg, "lz4: block decoded to %d bytes, its prefix declares %u", got, declared);
+    throw_coded(env, "LZ4_CORRUPT", msg);
+    return 0;
+  }
+  return 1;
+}
+
 static napi_value decompress(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -159,41 +204,32 @@ static napi_value decompress(napi_env env, napi_callback_info info) {
   const char *src;
   size_t n;
   int64_t raw, limit;
+  uint32_t declared;
   if (!get_bytes(env, argv[0], &src, &n) || !get_length(env, argv[1], "rawLength", &raw) || !get_length(env, argv[2], "limit", &limit)) return NULL;
-  char msg[160];
-  if (n < 4) {
-    snprintf(msg, sizeof msg, "lz4: %zu bytes is too short for the 4-byte length prefix", n);
-    throw_coded(env, "LZ4_TRUNCATED", msg);
-    return NULL;
-  }
-  const unsigned char *p = (const unsigned char *)src;
-  uint32_t declared = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-  if (limit > LZ4_MAX_INPUT_SIZE) limit = LZ4_MAX_INPUT_SIZE;
-  if ((int64_t)declared > limit) {
-    snprintf(msg, sizeof msg, "lz4: declared length %u exceeds the %lld-byte block size limit", declared, (long long)limit);
-    throw_coded(env, "LZ4_TOO_LARGE", msg);
-    return NULL;
-  }
-  if ((int64_t)declared != raw) {
-    snprintf(msg, sizeof msg, "lz4: declared length %u, expected %lld", declared, (long long)raw);
-    throw_coded(env, "LZ4_LENGTH_MISMATCH", msg);
-    return NULL;
-  }
-  if (n - 4 > (size_t)INT32_MAX) {
-    throw_coded(env, "LZ4_TOO_LARGE", "lz4: compressed block exceeds 2 GiB");
-    return NULL;
-  }
+  if (!check_prefix(env, src, n, raw, limit, &declared)) return NULL;
   void *dst;
   napi_value buf;
   if (napi_create_buffer(env, declared, &dst, &buf) != napi_ok) return NULL;
-  int got = LZ4_decompress_safe(src + 4, dst, (int)(n - 4), (int)declared);
-  if (got != (int)declared) {
-    if (got < 0) snprintf(msg, sizeof msg, "lz4: damaged block (LZ4_decompress_safe failed at input byte %d of %zu)", -got, n - 4);
-    else snprintf(msg, sizeof msg, "lz4: block decoded to %d bytes, its prefix declares %u", got, declared);
-    throw_coded(env, "LZ4_CORRUPT", msg);
+  if (!decode_block(env, src, n, dst, declared)) return NULL;
+  return buf;
+}
+
+static napi_value decompress_into(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 3) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lz4: decompressInto(data, rawLength, out) takes three arguments");
     return NULL;
   }
-  return buf;
+  const char *src, *dst;
+  size_t n, cap;
+  int64_t raw;
+  uint32_t declared;
+  if (!get_bytes(env, argv[0], &src, &n) || !get_length(env, argv[1], "rawLength", &raw) || !get_bytes(env, argv[2], &dst, &cap)) return NULL;
+  if (!check_prefix(env, src, n, raw, (int64_t)cap, &declared)) return NULL;
+  if (!decode_block(env, src, n, (char *)dst, declared)) return NULL;
+  return NULL;
 }
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -204,6 +240,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "compressInto", fn);
   napi_create_function(env, "decompress", NAPI_AUTO_LENGTH, decompress, NULL, &fn);
   napi_set_named_property(env, exports, "decompress", fn);
+  napi_create_function(env, "decompressInto", NAPI_AUTO_LENGTH, decompress_into, NULL, &fn);
+  napi_set_named_property(env, exports, "decompressInto", fn);
   int v = LZ4_versionNumber();
   char s[32];
   snprintf(s, sizeof s, "%d.%d.%d", v / 10000, (v / 100) % 100, v % 100);

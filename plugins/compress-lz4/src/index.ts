@@ -61,6 +61,12 @@ export class Lz4Compressor implements Compressor {
     return c.length;
   }
 
+  /** Straight into the caller's memory with the addon; without it, `decompress` and one copy. */
+  decompressInto(data: Uint8Array, rawLength: number, out: Uint8Array): void {
+    if (this.addon?.decompressInto) return this.addon.decompressInto(data, rawLength, out.subarray(0, Math.min(out.length, MAX_BLOCK_SIZE)));
+    out.set(this.decompress(data, rawLength));
+  }
+
   decompress(data: Uint8Array, rawLength: number): Uint8Array {
     if (this.addon) return this.addon.decompress(data, rawLength, MAX_BLOCK_SIZE);
     // lz4-napi allocates whatever the prefix declares (up to 4 GiB): check it first, as the addon does.

@@ -15,6 +15,8 @@ export interface Lz4Addon {
    * LZ4_TOO_LARGE or LZ4_CORRUPT otherwise.
    */
   decompress(data: Uint8Array, rawLength: number, limit: number): Buffer;
+  /** `decompress` into the start of `out` (whose length is the limit). Missing from older builds. */
+  decompressInto?(data: Uint8Array, rawLength: number, out: Uint8Array): void;
   /** liblz4's version, e.g. "1.9.4". */
   readonly version: string;
 }
