@@ -36,6 +36,23 @@ export function runCompressorConformance(name: string, compressor: Compressor, l
         }
       });
     }
+    if (compressor.decompressInto) {
+      const into = compressor.decompressInto.bind(compressor);
+      it('decompressInto writes what decompress returns into the caller\'s memory, and refuses damaged input', function () {
+        for (const [what, input] of Object.entries(inputs)) {
+          const a = compressor.compress(input, level);
+          const out = Buffer.alloc(input.length + 16, 0xa5);
+          into(a, input.length, out);
+          assert.ok(out.subarray(0, input.length).equals(input), `${what}: decompressInto wrote other bytes`);
+          assert.equal(out[input.length], 0xa5, `${what}: decompressInto wrote past rawLength`);
+        }
+        const a = compressor.compress(inputs.text, level);
+        const bad = Buffer.from(a);
+        bad.fill(0xff, 4, 40);
+        assert.throws(() => into(bad, inputs.text.length, Buffer.alloc(inputs.text.length)));
+        assert.throws(() => into(a, inputs.text.length - 1, Buffer.alloc(inputs.text.length)));
+      });
+    }
     it('shrinks text and refuses a wrong length or damaged input', function () {
       const a = compressor.compress(inputs.text, level);
       assert.ok(a.length < inputs.text.length / 10, `text compressed to ${a.length} bytes`);

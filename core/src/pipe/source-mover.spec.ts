@@ -1,0 +1,101 @@
+import { expect } from 'chai';
+import { createHash } from 'node:crypto';
+import type { DiskHandle } from '../contracts/transport.js';
+import { newStageMeters } from '../session/stage-meter.js';
+import { createPluginHost } from '../session/job-runtime.js';
+import { Prng } from '../testing/vm-image.js';
+import { decodeBlock } from '../repository/block-object.js';
+import { NoneCompressor } from '../compression/none-compressor.js';
+import { RleCompressor } from '../compression/rle-compressor.js';
+import type { BlockRecord } from './block-record.js';
+import { WorkerBlockCodec } from './worker-block-codec.js';
+import { SourceMover, type SourceCounters } from './source-mover.js';
+
+const BLOCK = 256 * 1024;
+
+/** A disk in memory: 24 blocks of mixed content, the 5th a hole, the 9th half hole; `readInto` optional. */
+function memoryDisk(withReadInto: boolean): { handle: DiskHandle; bytes: Buffer } {
+  const rng = new Prng(9);
+  const bytes = Buffer.alloc(24 * BLOCK);
+  for (let i = 0; i < 24; i++) {
+    const b = bytes.subarray(i * BLOCK, (i + 1) * BLOCK);
+    if (i % 3 === 0) rng.fill(b);
+    else b.fill(`block ${i} of the memory disk `);
+  }
+  bytes.fill(0, 4 * BLOCK, 5 * BLOCK);
+  bytes.fill(0, 8 * BLOCK + BLOCK / 2, 9 * BLOCK);
+  const handle: DiskHandle = {
+    size: bytes.length,
+    read: async (o, l) => Buffer.from(bytes.subarray(o, o + l)),
+    blockStatus: async (o, l) => {
+      const out = [];
+      for (let at = o; at < Math.min(bytes.length, o + l); ) {
+        const hole = (at >= 4 * BLOCK && at < 5 * BLOCK) || (at >= 8 * BLOCK + BLOCK / 2 && at < 9 * BLOCK);
+        const end = hole ? (at < 5 * BLOCK ? 5 * BLOCK : 9 * BLOCK) : at < 4 * BLOCK ? 4 * BLOCK : at < 8 * BLOCK + BLOCK / 2 ? 8 * BLOCK + BLOCK / 2 : bytes.length;
+        out.push({ offset: at, length: end - at, kind: hole ? ('zero' as const) : ('data' as const) });
+        at = end;
+      }
+      return out;
+    },
+    close: async () => undefined,
+  };
+  if (withReadInto) {
+    handle.readInto = async (o, into) => {
+      // Fill the caller's buffer with garbage first: a hole the mover forgets to zero shows.
+      into.fill(0xee);
+      into.set(bytes.subarray(o, o + into.length));
+    };
+  }
+  return { handle, bytes };
+}
+
+const compressors = (n: string) => (n === 'none' ? new NoneCompressor() : n === 'rle' ? new RleCompressor() : undefined);
+
+describe('SourceMover with the worker codec: block slots, lending and holes', function () {
+  let codec: WorkerBlockCodec;
+  before(async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 2);
+  });
+  after(() => codec.close());
+
+  async function collect(withReadInto: boolean, lendBuffers: boolean, keep: boolean): Promise<{ records: BlockRecord[]; decoded: Map<number, Buffer>; bytes: Buffer }> {
+    const { handle, bytes } = memoryDisk(withReadInto);
+    const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec, filters: [], lendBuffers, readAhead: 6 }, newStageMeters());
+    const counters: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+    const records: BlockRecord[] = [];
+    const decoded = new Map<number, Buffer>();
+    for await (const r of mover.blocks(handle, [], counters)) {
+      records.push(r);
+      // Decoded now, while a lent record is still valid; `keep` checks the record again at the end.
+      if (r.kind === 'data') decoded.set(r.index, Buffer.from(decodeBlock(r.encoded, `block ${r.index}`, compressors)));
+    }
+    if (keep) for (const r of records) if (r.kind === 'data') expect(Buffer.from(decodeBlock(r.encoded, `block ${r.index}`, compressors)).equals(decoded.get(r.index)!), `block ${r.index} changed after it was yielded`).to.equal(true);
+    return { records, decoded, bytes };
+  }
+
+  for (const [label, withReadInto, lend] of [
+    ['fresh buffers (a transport without readInto)', false, false],
+    ['slots, records copied (lendBuffers off, as the proxy service)', true, false],
+    ['slots, records lent (the embedded pipe)', true, true],
+  ] as const) {
+    it(`yields every block with the right bytes and hash: ${label}`, async function () {
+      const { records, decoded, bytes } = await collect(withReadInto, lend, !lend);
+      expect(records.map((r) => r.index)).to.deep.equal([...Array(24).keys()]);
+      expect(records[4].kind).to.equal('zero');
+      for (const r of records) {
+        if (r.kind !== 'data') continue;
+        const want = bytes.subarray(r.index * BLOCK, (r.index + 1) * BLOCK);
+        expect(decoded.get(r.index)!.equals(want), `block ${r.index}`).to.equal(true);
+        expect(r.hash.equals(createHash('sha256').update(want).digest()), `hash of block ${r.index}`).to.equal(true);
+      }
+    });
+  }
+
+  it('gives the slots back: a second disk after the first reuses them instead of allocating more', async function () {
+    await collect(true, true, false);
+    const after1 = (codec as unknown as { slotCount: number }).slotCount;
+    await collect(true, true, false);
+    expect((codec as unknown as { slotCount: number }).slotCount).to.equal(after1);
+    expect(after1).to.be.at.most(6 + 2);
+  });
+});
