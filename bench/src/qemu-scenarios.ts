@@ -13,6 +13,7 @@ import { ferryRow, pick, SCENARIOS, secs, type PassContext, type Row } from './s
 import { fileSha256 } from './vm-image.js';
 
 const run = promisify(execFile);
+const NBD_READ = path.join(path.dirname(fileURLToPath(import.meta.url)), 'nbd-read.js');
 const HOST_ENTRY = path.join(path.dirname(fileURLToPath(import.meta.url)), 'plugins', 'nbd-export-host.js');
 
 /** The tools a scenario needs, with their Debian packages; the first missing one, or undefined. */
@@ -100,6 +101,19 @@ export async function nbdReadRuns(ctx: PassContext, variants: NbdVariant[]): Pro
     const copy = await measure('nbdcopy', [uri, 'null:']);
     rows.push({ tool: 'nbdcopy', variant: 'defaults (4 connections, extents)', scenario: SCENARIOS.nbd, ...pick(copy), bytesRead: ctx.images.base.dataBytes });
     ctx.log(`nbdcopy: ${SCENARIOS.nbd} ${secs(copy)}`);
+    // Ferry's read path alone, like nbdcopy: the NBD transport with as many connections, into null.
+    const alone = await measure(process.execPath, [NBD_READ, uri, '4', '16']);
+    const got = JSON.parse(alone.stdout) as { bytesRead: number; ms: number };
+    rows.push({
+      tool: 'ferry',
+      variant: 'nbd transport (4 connections, 16 x 1 MiB reads in flight), into null',
+      scenario: SCENARIOS.nbdTransport,
+      ...pick(alone),
+      bytesRead: got.bytesRead,
+      readMs: got.ms,
+      note: `read path ${(got.ms / 1000).toFixed(2)} s (${mib(got.bytesRead / (got.ms / 1000))} MiB/s) after start-up`,
+    });
+    ctx.log(`ferry nbd transport alone: ${secs(alone)}, read path ${(got.ms / 1000).toFixed(2)} s`);
     for (const [i, v] of variants.entries()) {
       const repo = path.join(v.repoDir ?? ctx.work, `ferry-bench-repo-nbd-${process.pid}-${i}`);
       await fs.rm(repo, { recursive: true, force: true });

@@ -16,6 +16,7 @@ export const SCENARIOS = {
   sparseFull: 'full backup, 64 GiB sparse',
   sparseRestore: 'restore, 64 GiB sparse',
   nbd: 'NBD read, none',
+  nbdTransport: 'NBD read, transport only',
   remoteEmbedded: 'full backup, embedded pipe (remote pair)',
   remote: 'full backup, proxy + repository services',
 } as const;
@@ -40,6 +41,8 @@ export interface Row extends Usage {
   stages?: SessionJson['stages'];
   bottleneck?: string | null;
   note?: string;
+  /** The NBD read path alone: time from connecting to the last byte, inside the process (no start-up). */
+  readMs?: number;
 }
 
 /** The images one pass works on, made once per run. */
