@@ -91,6 +91,19 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
     });
   }
 
+  it('gives every slot back when the consumer stops early (the lent one and those still in flight)', async function () {
+    const { handle } = memoryDisk(true);
+    const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec, filters: [], lendBuffers: true, readAhead: 6 }, newStageMeters());
+    let seen = 0;
+    for await (const r of mover.blocks(handle, [], { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 })) {
+      if (r.kind === 'data' && ++seen === 3) break;
+    }
+    const pool = codec as unknown as { slotCount: number; freeSlots: unknown[] };
+    const deadline = Date.now() + 5000;
+    while (pool.freeSlots.length < pool.slotCount && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(pool.freeSlots.length).to.equal(pool.slotCount);
+  });
+
   it('gives the slots back: a second disk after the first reuses them instead of allocating more', async function () {
     await collect(true, true, false);
     const after1 = (codec as unknown as { slotCount: number }).slotCount;

@@ -77,6 +77,7 @@ export class SourceMover {
     const changes = changed && new ChangeCursor(changed, handle.size);
     const window: Promise<Produced>[] = [];
     let next = Math.max(0, from);
+    let lent: BlockSlot | undefined;
     try {
       while (next < count || window.length > 0) {
         while (next < count && window.length < this.readAhead) {
@@ -86,12 +87,15 @@ export class SourceMover {
           window.push(p);
         }
         const { record, slot } = await window.shift()!;
+        lent = slot;
         yield record;
         // The consumer asked for the next record: it is done with this one's lent memory.
+        lent = undefined;
         if (slot) this.opts.codec.giveSlot?.(slot);
       }
     } finally {
       // Stopped early (a failure, or the consumer gave up): slots come back as their blocks settle.
+      if (lent) this.opts.codec.giveSlot?.(lent);
       for (const p of window) p.then((r) => r.slot && this.opts.codec.giveSlot?.(r.slot), () => undefined);
     }
   }
