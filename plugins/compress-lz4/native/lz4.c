@@ -65,14 +65,20 @@ static int get_length(napi_env env, napi_value value, const char *name, int64_t 
   return 1;
 }
 
-static napi_value compress(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lz4: compress(data) takes one argument");
-    return NULL;
+/* The first `want` arguments into argv; 0 (a TypeError pending, naming `usage`) when fewer came. */
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, const char *usage) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  if (argc < want) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", usage);
+    return 0;
   }
+  return 1;
+}
+
+static napi_value compress(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv, "lz4: compress(data) takes one argument")) return NULL;
   const char *src;
   size_t n;
   if (!get_bytes(env, argv[0], &src, &n)) return NULL;
@@ -111,13 +117,8 @@ static napi_value compress(napi_env env, napi_callback_info info) {
 }
 
 static napi_value compress_into(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lz4: compressInto(data, out) takes two arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 2, argv, "lz4: compressInto(data, out) takes two arguments")) return NULL;
   const char *src, *dst;
   size_t n, cap;
   if (!get_bytes(env, argv[0], &src, &n) || !get_bytes(env, argv[1], &dst, &cap)) return NULL;
@@ -194,13 +195,8 @@ static int decode_block(napi_env env, const char *src, size_t n, char *dst, uint
 }
 
 static napi_value decompress(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lz4: decompress(data, rawLength, limit) takes three arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 3, argv, "lz4: decompress(data, rawLength, limit) takes three arguments")) return NULL;
   const char *src;
   size_t n;
   int64_t raw, limit;
@@ -215,13 +211,8 @@ static napi_value decompress(napi_env env, napi_callback_info info) {
 }
 
 static napi_value decompress_into(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lz4: decompressInto(data, rawLength, out) takes three arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 3, argv, "lz4: decompressInto(data, rawLength, out) takes three arguments")) return NULL;
   const char *src, *dst;
   size_t n, cap;
   int64_t raw;
