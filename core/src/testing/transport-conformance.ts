@@ -74,6 +74,29 @@ export function runTransportConformance(name: string, expose: (file: string) => 
       }
     });
 
+    it('readInto, when offered, fills exactly the caller\'s buffer with the bytes, several in flight, and refuses a range past the end', async function () {
+      const h = await t.transport.open(t.disk);
+      try {
+        if (!h.readInto) this.skip();
+        const readInto = h.readInto!.bind(h);
+        const rng = new Prng(11);
+        const reads = Array.from({ length: 24 }, () => {
+          const off = rng.int(size - 1);
+          return { off, len: 1 + rng.int(Math.min(300_000, size - off)) };
+        });
+        // A view into a larger buffer that is not fresh: bytes around it must stay as they were.
+        const bufs = reads.map(({ len }) => Buffer.alloc(len + 64, 0xee));
+        await Promise.all(reads.map(({ off, len }, i) => readInto(off, bufs[i].subarray(32, 32 + len))));
+        reads.forEach(({ off, len }, i) => {
+          assert.ok(bufs[i].subarray(32, 32 + len).equals(content.subarray(off, off + len)), `readInto ${off}+${len}`);
+          assert.ok(bufs[i].subarray(0, 32).every((b) => b === 0xee) && bufs[i].subarray(32 + len).every((b) => b === 0xee), `readInto ${off}+${len} wrote outside its buffer`);
+        });
+        await assert.rejects(readInto(size - 10, Buffer.alloc(20)), (err: unknown) => err instanceof FerryError && err.code === 'TRANSPORT_READ_FAILED');
+      } finally {
+        await h.close();
+      }
+    });
+
     it('a read past the end is TRANSPORT_READ_FAILED', async function () {
       const h = await t.transport.open(t.disk);
       try {
