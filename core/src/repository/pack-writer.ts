@@ -66,8 +66,14 @@ export class PackWriter {
    * record is copied: the caller may reuse `encoded`'s memory once this resolves.
    */
   async add(hash: Buffer, encoded: Uint8Array): Promise<void> {
-    if (this.failure) throw this.failure;
-    if (this.current && this.current.entries.length > 0 && this.current.size - PACK_HEADER + encoded.length > this.targetSize) await this.seal();
+    // Several disks add at once: while one waits for an upload slot in `seal`, others may open and
+    // fill the next pack, so the room is checked again after every wait, and nothing awaits between
+    // the last check and the copy.
+    for (;;) {
+      if (this.failure) throw this.failure;
+      if (!this.current || this.current.size - PACK_HEADER + encoded.length <= this.targetSize) break;
+      await this.seal();
+    }
     const p = (this.current ??= this.open(encoded.length));
     p.buf.set(encoded, p.size);
     p.hash.update(encoded);
@@ -90,6 +96,7 @@ export class PackWriter {
     return { buf, size: PACK_HEADER, entries: [], hash: createHash('sha256').update(head) };
   }
 
+  /** Takes the current pack (synchronously) and stores it once an upload slot is free. */
   private async seal(): Promise<void> {
     const p = this.current!;
     this.current = undefined;
