@@ -1,5 +1,7 @@
 import { createRequire } from 'node:module';
-import { MAX_BLOCK_SIZE, type Compressor, type PluginRegistrar } from '@ferry/core';
+import type { Compressor, PluginRegistrar } from '@ferry/core';
+// Not from '@ferry/core': this module loads in every worker thread, and the core's index is large.
+import { MAX_BLOCK_SIZE } from '@ferry/core/limits';
 import { loadLz4Addon, type Lz4Addon } from './lz4-addon.js';
 
 export { loadLz4Addon, type Lz4Addon } from './lz4-addon.js';
