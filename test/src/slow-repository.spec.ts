@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { JobRuntime, PACK_TARGET_SIZE, runBackup } from '@ferry/core';
+import { defaultReadAhead, JobRuntime, PACK_TARGET_SIZE, runBackup } from '@ferry/core';
 import { makeVmImage } from '@ferry/core/testing';
 import { FIXTURE_PLUGINS } from './support/gated-backup.js';
 import { tempDir, writeJob } from './support/helpers.js';
@@ -20,8 +20,8 @@ describe('a slow repository keeps memory bounded', function () {
   after(() => t.cleanup());
   const DISK_MIB = 320;
   const DISKS = 2;
-  const READ_AHEAD = 8; // SourceMover's default window, per disk
   const BLOCK = 1 * MiB;
+  const READ_AHEAD = defaultReadAhead(BLOCK); // SourceMover's default window, per disk (8 of 1 MiB)
 
   it(`backs up ${DISKS} x ${DISK_MIB} MiB with puts that sleep 150 ms, heap growth under the bound`, async function () {
     this.timeout(300_000);

@@ -9,7 +9,7 @@ import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
 import type { BlockRecord } from './block-record.js';
 import { WorkerBlockCodec } from './worker-block-codec.js';
-import { SourceMover, type SourceCounters } from './source-mover.js';
+import { defaultReadAhead, SourceMover, type SourceCounters } from './source-mover.js';
 
 const BLOCK = 256 * 1024;
 
@@ -110,5 +110,12 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
     await collect(true, true, false);
     expect((codec as unknown as { slotCount: number }).slotCount).to.equal(after1);
     expect(after1).to.be.at.most(6 + 2);
+  });
+});
+
+describe('defaultReadAhead', function () {
+  it('keeps about 8 MiB in flight: more small blocks, at least 4 large ones', function () {
+    const KiB = 1024;
+    expect([256, 512, 1024, 4096, 8192].map((k) => defaultReadAhead(k * KiB))).to.deep.equal([32, 16, 8, 4, 4]);
   });
 });

@@ -12,7 +12,10 @@ export interface SourceMoverOptions {
   /** Hashing and compression (on worker threads in a session). */
   codec: BlockCodec;
   filters: { name: string; impl: BlockFilter }[];
-  /** Blocks read and processed ahead of the consumer (bounds memory: readAhead x blockSize). */
+  /**
+   * Blocks read and processed ahead of the consumer (bounds memory: readAhead x blockSize, twice
+   * with block slots). Default `defaultReadAhead(blockSize)`.
+   */
   readAhead?: number;
   /**
    * Source-side dedup: asked with each block's hash before it is compressed; a block the target
@@ -67,7 +70,7 @@ export class SourceMover {
     private readonly opts: SourceMoverOptions,
     private readonly meters: StageMeters,
   ) {
-    this.readAhead = Math.max(1, opts.readAhead ?? 8);
+    this.readAhead = Math.max(1, opts.readAhead ?? defaultReadAhead(opts.blockSize));
   }
 
   /** `from`: the first block to yield (a resumed data pipe starts after the last block the target kept). */
@@ -241,6 +244,15 @@ export class SourceMover {
     this.knownRate += ((known ? 1 : 0) - this.knownRate) / 8;
     return known;
   }
+}
+
+/**
+ * About 8 MiB of blocks in flight per disk: 8 blocks of the default 1 MiB, more of small blocks (32 of
+ * 256 KiB, so per-block latency overlaps), at least 4 of large ones (4 of 8 MiB: with 8 in flight a
+ * backup peaked at 282 MiB RSS, with 4 at 225 MiB, in the same time).
+ */
+export function defaultReadAhead(blockSize: number): number {
+  return Math.min(32, Math.max(4, Math.floor((8 * 1024 * 1024) / blockSize)));
 }
 
 /**

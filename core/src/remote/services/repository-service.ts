@@ -5,6 +5,7 @@ import type { RetentionPolicy } from '../../maintenance/retention-policy.js';
 import { prunePoints } from '../../maintenance/prune.js';
 import { runVerify } from '../../maintenance/verify.js';
 import type { BlockCodec } from '../../pipe/block-codec.js';
+import { defaultReadAhead } from '../../pipe/source-mover.js';
 import { TargetMover, type TargetCounters } from '../../pipe/target-mover.js';
 import type { BlockMap } from '../../repository/block-map.js';
 import type { WriteMeter } from '../../repository/block-store.js';
@@ -34,7 +35,6 @@ export interface RepositoryServiceOptions {
 }
 
 const DEFAULT_WINDOW = 32;
-const READ_AHEAD = 8;
 
 /**
  * The target-side data mover as a service (`ferry repository serve`). A backup server opens a
@@ -183,7 +183,7 @@ class ControlSession {
       filters: order.filters,
       compressor: order.compressor,
       blockSize: order.blockSize,
-      readAhead: READ_AHEAD,
+      readAhead: defaultReadAhead(order.blockSize),
       window: this.opts.window ?? DEFAULT_WINDOW,
       ...(incremental && { incremental }),
       ...(repo.idKey && { idKey: hex(repo.idKey) }),
