@@ -60,7 +60,7 @@ export class TargetMover {
         if (!this.opts.trustedSource) this.check(header, rec.index, rec.encoded, rec.length);
         map.set(rec.index, rec.hash);
         if (this.repo.blocks.reserve(rec.hash)) {
-          // Read before `add`: once packed, the record's memory moves to the pack hashing thread.
+          // Read before `add`: a lent record's memory is reused once the next record is asked for.
           const size = rec.encoded.length;
           await this.repo.blocks.add(rec.hash, rec.encoded);
           counters.blocksNew++;

@@ -114,9 +114,9 @@ export class BlockStore {
 
   /**
    * Adds a reserved block; it is durable once `flush` resolves. Waits when uploads are saturated.
-   * Takes `encoded`'s memory: when its pack is sealed it moves to the pack hashing thread, so the
-   * caller must not use `encoded` after this call (copy it first if it is needed).
-   * In an encrypted repository the block object is sealed here, bound to its id.
+   * `encoded` is copied into the pack (or sealed into a new record) before this resolves: the caller
+   * may reuse its memory afterwards, not before. In an encrypted repository the block object is
+   * sealed here, bound to its id.
    */
   async add(hash: Buffer, encoded: Uint8Array): Promise<void> {
     if (!this.cipher) return this.writer.add(hash, encoded);
