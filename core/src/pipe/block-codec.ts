@@ -10,32 +10,28 @@ import { sha256 } from '../util/checksums.js';
  * below are the one implementation both it and the inline codec use.
  */
 export interface BlockCodec {
-  /** SHA-256 of the raw block and the encoded block object. May take ownership of `block`'s memory. */
-  encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }>;
   /**
-   * SHA-256 only, for "already stored?" checks before paying for compression. Returns the block
-   * (possibly a new Buffer over the same memory, moved back from a worker); `block` is not used after.
+   * SHA-256 of the raw block and the encoded block object, in new memory: for callers that encode a
+   * few blocks (tests, tools). May take ownership of `block`'s memory. The data movers use slots.
    */
-  hash(block: Buffer): Promise<{ hash: Buffer; block: Buffer }>;
-  /** The encoded block object of a block whose hash is known. May take ownership of `block`'s memory. */
-  compress(block: Buffer, compressor: string, level: number): Promise<Buffer>;
+  encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }>;
   /** Raw bytes of an encoded block object after CRC-32 and SHA-256 checks (errors name `object`). */
   decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer>;
   close(): Promise<void>;
   /**
-   * Optional: block buffers shared with the codec's threads, so a block is read, hashed, compressed
-   * and encoded without allocating or moving memory per block. Undefined when the codec has none
-   * (the inline codec) or no slot takes `length` bytes. The caller owns the slot until `giveSlot`.
+   * Block buffers reused across blocks (shared with the worker threads in `WorkerBlockCodec`), so a
+   * block is read, hashed, compressed and encoded without allocating or moving memory per block. The
+   * caller owns the slot until `giveSlot`.
    */
-  takeSlot?(length: number): BlockSlot | undefined;
-  giveSlot?(slot: BlockSlot): void;
+  takeSlot(length: number): BlockSlot;
+  giveSlot(slot: BlockSlot): void;
   /**
-   * The work of `encode` (`hash` and `compress` too) on the first `length` bytes of `slot.raw`; the
-   * encoded block object is written to the start of `slot.out` and its length returned.
+   * Hashes and/or encodes (`work`) the first `length` bytes of `slot.raw`; the encoded block object is
+   * written to the start of `slot.out` and its length returned.
    */
-  encodeSlot?(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
+  encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
   /** `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory. */
-  decodeSlot?(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
+  decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
 }
 
 /** What `encodeSlot` does: both, the hash only, or the encoded block only. */
@@ -125,6 +121,9 @@ export function decodeAndVerifyInto(encoded: Uint8Array, hash: Uint8Array, objec
 
 /** The codec on the calling thread: for tests and for hosts without worker threads. */
 export class InlineBlockCodec implements BlockCodec {
+  private readonly freeSlots: BlockSlot[] = [];
+  private slotCount = 0;
+
   /** `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). */
   constructor(
     private readonly lookup: CompressorLookup,
@@ -135,17 +134,32 @@ export class InlineBlockCodec implements BlockCodec {
     return encodeRawBlock(block, compressor, await this.require(compressor, 'block'), level, this.idKey);
   }
 
-  async hash(block: Buffer): Promise<{ hash: Buffer; block: Buffer }> {
-    return { hash: blockId(block, this.idKey), block };
-  }
-
-  async compress(block: Buffer, compressor: string, level: number): Promise<Buffer> {
-    return compressRawBlock(block, compressor, await this.require(compressor, 'block'), level);
-  }
-
   async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
     const name = compressorOf(encoded, object);
     return decodeAndVerify(encoded, hash, object, await this.lookup(name), name, this.idKey);
+  }
+
+  /** Plain buffers: nothing to share on one thread, but reused all the same. */
+  takeSlot(length: number): BlockSlot {
+    const i = this.freeSlots.findIndex((s) => s.raw.length >= length);
+    if (i >= 0) return this.freeSlots.splice(i, 1)[0];
+    return { id: ++this.slotCount, raw: Buffer.allocUnsafe(length), out: Buffer.allocUnsafe(maxEncodedLength(length)) };
+  }
+
+  giveSlot(slot: BlockSlot): void {
+    this.freeSlots.push(slot);
+  }
+
+  async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }> {
+    const block = slot.raw.subarray(0, length);
+    const hash = work === 'compress' ? undefined : blockId(block, this.idKey);
+    if (work === 'hash') return { hash };
+    return { hash, encodedLength: compressRawBlockInto(block, compressor, await this.require(compressor, 'block'), level, slot.out) };
+  }
+
+  async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    const name = compressorOf(encoded, object);
+    return decodeAndVerifyInto(encoded, hash, object, await this.lookup(name), name, slot.raw, this.idKey);
   }
 
   async close(): Promise<void> {}

@@ -18,8 +18,6 @@ export type BlockTask =
   | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
   | { op: 'slot-decode'; encoded: Uint8Array; hash: Uint8Array; object: string; slot: number }
-  | { op: 'hash'; block: Uint8Array }
-  | { op: 'compress'; block: Uint8Array; compressor: string; level: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
 
 const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuiltins);
@@ -52,9 +50,7 @@ async function handle(task: BlockTask): Promise<{ result: unknown; transfer: Arr
   if (task.op === 'slot-decode') {
     const s = slots.get(task.slot);
     if (!s) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread`);
-    const name = compressorOf(task.encoded, task.object);
-    const c = await compressor(name).catch(() => undefined);
-    if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object: task.object });
+    const { name, c } = await decompressorOf(task.encoded, task.object);
     return { result: { rawLength: decodeAndVerifyInto(task.encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
   }
   if (task.op === 'slot') throw new FerryError('INTERNAL', 'a slot announcement was sent as a task');
@@ -62,16 +58,17 @@ async function handle(task: BlockTask): Promise<{ result: unknown; transfer: Arr
     const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level, idKey);
     return { result: { hash, encoded }, transfer: owned(encoded) };
   }
-  if (task.op === 'hash') return { result: { hash: blockId(task.block, idKey), block: task.block }, transfer: owned(task.block) };
-  if (task.op === 'compress') {
-    const encoded = compressRawBlock(task.block, task.compressor, await compressor(task.compressor), task.level);
-    return { result: { encoded }, transfer: owned(encoded) };
-  }
-  const name = compressorOf(task.encoded, task.object);
-  const c = await compressor(name).catch(() => undefined);
-  if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object: task.object });
+  const { name, c } = await decompressorOf(task.encoded, task.object);
   const raw = decodeAndVerify(task.encoded, task.hash, task.object, c, name, idKey);
   return { result: { raw }, transfer: owned(raw) };
+}
+
+/** The compressor a stored block names, or PLUGIN_NOT_FOUND naming the block. */
+async function decompressorOf(encoded: Uint8Array, object: string): Promise<{ name: string; c: Compressor }> {
+  const name = compressorOf(encoded, object);
+  const c = await compressor(name).catch(() => undefined);
+  if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object });
+  return { name, c };
 }
 
 /** A buffer's memory can move back to the main thread only when it owns all of it. */

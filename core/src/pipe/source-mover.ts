@@ -3,7 +3,7 @@ import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
 import type { StageMeters } from '../session/stage-meter.js';
-import type { BlockCodec, BlockSlot } from './block-codec.js';
+import type { BlockCodec, BlockSlot, SlotWork } from './block-codec.js';
 import type { BlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {
@@ -94,12 +94,12 @@ export class SourceMover {
         yield record;
         // The consumer asked for the next record: it is done with this one's lent memory.
         lent = undefined;
-        if (slot) this.opts.codec.giveSlot?.(slot);
+        if (slot) this.opts.codec.giveSlot(slot);
       }
     } finally {
       // Stopped early (a failure, or the consumer gave up): slots come back as their blocks settle.
-      if (lent) this.opts.codec.giveSlot?.(lent);
-      for (const p of window) p.then((r) => r.slot && this.opts.codec.giveSlot?.(r.slot), () => undefined);
+      if (lent) this.opts.codec.giveSlot(lent);
+      for (const p of window) p.then((r) => r.slot && this.opts.codec.giveSlot(r.slot), () => undefined);
     }
   }
 
@@ -120,30 +120,29 @@ export class SourceMover {
       return { record: { kind: 'zero', index: plan.index, length: plan.length, read: false } };
     }
     const { codec } = this.opts;
-    // With a transport that reads into the caller's memory and a codec with shared slots, the block
-    // goes into a slot and never moves; otherwise a fresh buffer moves to a worker and back.
-    const slot = handle.readInto && codec.encodeSlot ? codec.takeSlot?.(plan.length) : undefined;
-    if (!slot) {
-      const block = await this.meters['source read'].time(() => this.read(handle, plan));
-      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
-      return { record: await this.process(plan, block, counters) };
-    }
+    // The block goes into a slot and stays there: read, hashed, compressed and encoded in place.
+    const slot = codec.takeSlot(plan.length);
     let lent = false;
     try {
       const block = slot.raw.subarray(0, plan.length);
       await this.meters['source read'].time(() => this.readInto(handle, plan, block));
       counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
-      const record = await this.processSlot(plan, slot, counters);
+      const record = await this.process(plan, slot, counters);
       lent = record.kind === 'data' && record.encoded.buffer === slot.out.buffer;
       return { record, slot: lent ? slot : undefined };
     } finally {
-      if (!lent) codec.giveSlot!(slot);
+      if (!lent) codec.giveSlot(slot);
     }
   }
 
-  /** Reads a block's data extents into `block`; its holes become zeros. */
+  /**
+   * Reads a block's data extents into `block`; its holes become zeros. A transport without `readInto`
+   * returns new buffers, copied in.
+   */
   private async readInto(handle: DiskHandle, plan: BlockPlan, block: Buffer): Promise<void> {
-    const readInto = handle.readInto!.bind(handle);
+    const readInto = handle.readInto
+      ? handle.readInto.bind(handle)
+      : async (offset: number, into: Uint8Array): Promise<void> => into.set(await handle.read(offset, into.length));
     const only = plan.data.length === 1 && plan.data[0].offset === plan.offset && plan.data[0].length === plan.length;
     if (only) return readInto(plan.offset, block);
     let at = 0;
@@ -155,23 +154,28 @@ export class SourceMover {
     await Promise.all(plan.data.map((e) => readInto(e.offset, block.subarray(e.offset - plan.offset, e.offset - plan.offset + e.length))));
   }
 
-  /** `process` for a block in a slot: the encoded block object is written into the slot's `out`. */
-  private async processSlot(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters): Promise<BlockRecord> {
+  /** Zero check, hash and encode of the block in `slot`; the encoded block object goes to `slot.out`. */
+  private async process(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters): Promise<BlockRecord> {
     const block = slot.raw.subarray(0, plan.length);
-    const zero = this.isZero(plan, block, counters);
-    if (zero) return zero;
+    for (const f of this.opts.filters) {
+      if (f.impl.classify?.(block, plan.offset) === 'zero') {
+        counters.zeroBytesSkipped += plan.length;
+        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
+      }
+    }
     const { name, level } = this.opts.compressor;
     const { codec, isKnown } = this.opts;
     const work = this.meters.processing;
-    const run = (what: 'encode' | 'hash' | 'compress'): Promise<{ hash?: Buffer; encodedLength?: number }> =>
-      work.time(() => codec.encodeSlot!(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+    const run = (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number }> =>
+      work.time(() => codec.encodeSlot(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
     const data = (hash: Buffer, encodedLength: number): BlockRecord => {
       const view = slot.out.subarray(0, encodedLength);
       counters.bytesTransferred += encodedLength;
       return { kind: 'data', index: plan.index, length: plan.length, hash, encoded: this.opts.lendBuffers ? view : Buffer.from(view) };
     };
     if (!isKnown || this.knownRate < 0.5) {
-      // One round trip (hash and compress); the encoded copy is dropped when the block turns out stored.
+      // Most recent blocks were new (a first backup): hash and compress in one round trip; the
+      // encoded block is dropped when the block turns out to be stored already.
       const r = await run('encode');
       if (isKnown && this.sawKnown(await isKnown(r.hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: r.hash! };
       return data(r.hash!, r.encodedLength!);
@@ -180,63 +184,6 @@ export class SourceMover {
     const { hash } = await run('hash');
     if (this.sawKnown(await isKnown(hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: hash! };
     return data(hash!, (await run('compress')).encodedLength!);
-  }
-
-  /** A zero block by a filter's word (the swap filter, ...), or undefined. */
-  private isZero(plan: BlockPlan, block: Buffer, counters: SourceCounters): BlockRecord | undefined {
-    for (const f of this.opts.filters) {
-      if (f.impl.classify?.(block, plan.offset) === 'zero') {
-        counters.zeroBytesSkipped += plan.length;
-        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
-      }
-    }
-    return undefined;
-  }
-
-  private async read(handle: DiskHandle, plan: BlockPlan): Promise<Buffer> {
-    const only = plan.data.length === 1 && plan.data[0].offset === plan.offset && plan.data[0].length === plan.length;
-    if (only) return toBuffer(await handle.read(plan.offset, plan.length));
-    const block = Buffer.alloc(plan.length);
-    await Promise.all(
-      plan.data.map(async (e) => block.set(await handle.read(e.offset, e.length), e.offset - plan.offset)),
-    );
-    return block;
-  }
-
-  private async process(plan: BlockPlan, block: Buffer, counters: SourceCounters): Promise<BlockRecord> {
-    const zero = this.isZero(plan, block, counters);
-    if (zero) return zero;
-    try {
-      return await this.encode(plan, block, counters);
-    } catch (err) {
-      throw blockError(plan, err);
-    }
-  }
-
-  private async encode(plan: BlockPlan, block: Buffer, counters: SourceCounters): Promise<BlockRecord> {
-    const { name, level } = this.opts.compressor;
-    const { codec, isKnown } = this.opts;
-    const work = this.meters.processing;
-    // The codec may take the block's memory (moved to a worker thread): `block` is not used after.
-    if (!isKnown) {
-      const { hash, encoded } = await work.time(() => codec.encode(block, name, level));
-      counters.bytesTransferred += encoded.length;
-      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
-    }
-    if (this.knownRate < 0.5) {
-      // Most recent blocks were new (a first backup): hash and compress in one worker round trip and
-      // drop the compressed copy when the block turns out to be stored already.
-      const { hash, encoded } = await work.time(() => codec.encode(block, name, level));
-      if (this.sawKnown(await isKnown(hash))) return { kind: 'known', index: plan.index, length: plan.length, hash };
-      counters.bytesTransferred += encoded.length;
-      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded };
-    }
-    // Most recent blocks were stored already (a second run): hash first, compress only new blocks.
-    const hashed = await work.time(() => codec.hash(block));
-    if (this.sawKnown(await isKnown(hashed.hash))) return { kind: 'known', index: plan.index, length: plan.length, hash: hashed.hash };
-    const encoded = await work.time(() => codec.compress(hashed.block, name, level));
-    counters.bytesTransferred += encoded.length;
-    return { kind: 'data', index: plan.index, length: plan.length, hash: hashed.hash, encoded };
   }
 
   /** Updates the moving share of blocks the repository already held (weight 1/8 for the newest). */
@@ -343,8 +290,4 @@ interface Produced {
 function blockError(plan: BlockPlan, err: unknown): FerryError {
   if (!(err instanceof FerryError)) return new FerryError('INTERNAL', `block ${plan.index}: ${(err as Error)?.message ?? String(err)}`, { offset: plan.offset }, { cause: err });
   return new FerryError(err.code, `block ${plan.index}: ${err.detail}`, { offset: plan.offset, ...err.where }, { cause: err });
-}
-
-function toBuffer(data: Uint8Array): Buffer {
-  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }

@@ -36,18 +36,6 @@ export class WorkerBlockCodec implements BlockCodec {
     return { hash: asBuffer(r.hash), encoded: asBuffer(r.encoded) };
   }
 
-  async hash(block: Buffer): Promise<{ hash: Buffer; block: Buffer }> {
-    const data = movable(block);
-    const r = (await this.pool.run({ op: 'hash', block: data }, [data.buffer as ArrayBuffer])) as { hash: Uint8Array; block: Uint8Array };
-    return { hash: asBuffer(r.hash), block: asBuffer(r.block) };
-  }
-
-  async compress(block: Buffer, compressor: string, level: number): Promise<Buffer> {
-    const data = movable(block);
-    const r = (await this.pool.run({ op: 'compress', block: data, compressor, level }, [data.buffer as ArrayBuffer])) as { encoded: Uint8Array };
-    return asBuffer(r.encoded);
-  }
-
   async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
     const data = movable(encoded);
     const r = (await this.pool.run({ op: 'decode', encoded: data, hash, object }, [data.buffer as ArrayBuffer])) as { raw: Uint8Array };

@@ -153,6 +153,17 @@ export class BlockStore {
    * `slot` (and a codec that has them) it is decoded into `slot.raw` and the result is a view of it.
    */
   async read(hash: Uint8Array, codec: BlockCodec, slot?: BlockSlot): Promise<Buffer> {
+    const { record, object } = await this.readRecord(hash);
+    if (slot) return slot.raw.subarray(0, await codec.decodeSlot(record, hash, object, slot));
+    return codec.decode(record, hash, object);
+  }
+
+  /**
+   * The block object of `hash` as stored (opened in an encrypted repository), not yet checked or
+   * decoded, and its name for errors: for a repository service that streams it to a client that
+   * checks and decodes it.
+   */
+  async readRecord(hash: Uint8Array): Promise<{ record: Uint8Array; object: string }> {
     await this.load();
     const hex = Buffer.from(hash).toString('hex');
     const at = this.locate(hex);
@@ -167,9 +178,7 @@ export class BlockStore {
       throw err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
     });
     if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
-    const record = this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded;
-    if (slot && codec.decodeSlot) return slot.raw.subarray(0, await codec.decodeSlot(record, hash, object, slot));
-    return codec.decode(record, hash, object);
+    return { record: this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded, object };
   }
 
   private hasGoodCopy(hex: string): boolean {

@@ -79,14 +79,14 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
     let done = 0;
     const worker = async (): Promise<void> => {
       // Each lane decodes into one slot shared with the worker threads, reused for all its blocks.
-      const slot = codec.takeSlot?.(map.blockSize);
+      const slot = codec.takeSlot(map.blockSize);
       try {
         await lane(slot);
       } finally {
-        if (slot) codec.giveSlot?.(slot);
+        codec.giveSlot(slot);
       }
     };
-    const lane = async (slot: BlockSlot | undefined): Promise<void> => {
+    const lane = async (slot: BlockSlot): Promise<void> => {
       while (next < map.blockCount) {
         const i = next++;
         const offset = i * map.blockSize;

@@ -338,7 +338,6 @@ class ControlSession {
       const idKey = repo.idKey;
       const header = { id, point: point.id, sizeBytes: map.diskSize, blockSize: map.blockSize, ...(idKey && { idKey: hex(idKey) }) };
       await this.conn.send({ type: 'restore.map', header, body: map.encode() });
-      const stored = asIsCodec();
       let sent = 0;
       let acked = 0;
       let wake: (() => void) | undefined;
@@ -357,10 +356,10 @@ class ControlSession {
           await new Promise<void>((r) => (wake = r));
         }
         if (this.abort.signal.aborted) throw new FerryError('PIPE_CLOSED', 'the client went away during the restore', { vm: h.vm, disk: h.disk });
-        const encoded = await repo.blocks.read(hash, stored).catch((err) => {
+        const { record } = await repo.blocks.readRecord(hash).catch((err) => {
           throw err instanceof FerryError ? err.at({ vm: h.vm, disk: h.disk, offset: i * map.blockSize }) : err;
         });
-        await this.conn.send({ type: 'restore.block', header: { id, i, h: hex(hash) }, body: encoded });
+        await this.conn.send({ type: 'restore.block', header: { id, i, h: hex(hash) }, body: record });
         sent++;
       }
       return { blocks: sent };
@@ -370,18 +369,4 @@ class ControlSession {
       await lock?.release();
     }
   }
-}
-
-/** Hands out block objects as stored; the restoring client decodes and checks them. */
-function asIsCodec(): BlockCodec {
-  const fail = (): never => {
-    throw new FerryError('INTERNAL', 'the pass-through codec only reads stored objects');
-  };
-  return {
-    decode: async (encoded) => Buffer.from(encoded.buffer, encoded.byteOffset, encoded.byteLength),
-    encode: fail,
-    hash: fail,
-    compress: fail,
-    close: async () => undefined,
-  };
 }
