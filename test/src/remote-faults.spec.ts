@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
 import { startTcpRelay, type TcpRelay } from '@ferry/core/remote/wire/testing';
 import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
+import { FIXTURE_PLUGINS } from './support/gated-backup.js';
 import { FERRY_BIN, ROOT, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { remoteJob, startService, type ServiceProcess } from './support/remote-services.js';
 
@@ -76,7 +77,13 @@ describe('remote data movers: dropped data pipe and a lost repository service', 
     expect(before).to.have.length(1);
     // 30 MiB of new random data: the session fills and stores a pack (16 MiB) well before its end
     await changeVmImage(path.join(images, 'big.raw'), { count: 120, length: 256 * 1024, seed: 3 });
-    // kill -9 the repository service as soon as this session has stored its first pack
+    // kill -9 the repository service as soon as this session has stored its first pack. Its puts
+    // sleep (the test-only slow-filesystem backend over the same folder), so the session cannot
+    // finish between that moment and the kill, however fast the pipe is.
+    await repo!.stop();
+    const slowYaml = path.join(t.dir, 'slow-repo.yaml');
+    writeFileSync(slowYaml, `type: slow-filesystem\npath: ${JSON.stringify(repoDir)}\nputDelayMs: 300\n`);
+    repo = await startService(['repository', 'serve', '--listen', '127.0.0.1:0', '--certs', certs, '--repository', slowYaml], 20_000, { FERRY_PLUGIN_PATH: FIXTURE_PLUGINS });
     const packsBefore = countPacks(repoDir);
     let ended = false;
     const running = runFerry(['backup', jobFor(repo!.address), '--json']).finally(() => (ended = true));

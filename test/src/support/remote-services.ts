@@ -15,10 +15,10 @@ export interface ServiceProcess {
 
 /**
  * Starts `ferry <args>` (a serve verb listening on 127.0.0.1:0) and waits, at most `readyMs`, for
- * its `listening on HOST:PORT` line.
+ * its `listening on HOST:PORT` line. `env` adds to the environment (e.g. FERRY_PLUGIN_PATH).
  */
-export async function startService(args: string[], readyMs = 20_000): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startService(args: string[], readyMs = 20_000, env: Record<string, string> = {}): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stdout = '';
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
