@@ -7,6 +7,7 @@ import { restoreCommand } from './commands/restore.js';
 import { validateCommand } from './commands/validate.js';
 import { verifyCommand } from './commands/verify.js';
 import { pruneCommand } from './commands/prune.js';
+import { forgetCommand } from './commands/forget.js';
 import { gcCommand } from './commands/gc.js';
 import { unlockCommand } from './commands/unlock.js';
 import { certsCommand } from './commands/certs.js';
@@ -29,13 +30,14 @@ export async function main(argv: string[]): Promise<number> {
     .command(validateCommand((c) => (code = c)))
     .command(verifyCommand((c) => (code = c)))
     .command(pruneCommand((c) => (code = c)))
+    .command(forgetCommand((c) => (code = c)))
     .command(gcCommand((c) => (code = c)))
     .command(unlockCommand((c) => (code = c)))
     .command(certsCommand((c) => (code = c)))
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
     .strict()
     .help()
     .alias('h', 'help')

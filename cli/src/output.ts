@@ -24,6 +24,8 @@ const BAD_INPUT = new Set<string>([
   'REPO_PASSPHRASE_REQUIRED',
   'REPO_WRONG_PASSPHRASE',
   'REPO_SETTINGS_MISMATCH',
+  // asked to delete or replace what must stay
+  'REPO_IMMUTABLE',
 ]);
 
 /** Prints an error (JSON on stdout with --json, a line on stderr otherwise) and returns the exit code. */

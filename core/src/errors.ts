@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   REPO_WRONG_PASSPHRASE: "the passphrase opens none of the encrypted repository's key objects",
   REPO_SETTINGS_MISMATCH: "the job's encryption or immutability settings differ from what the repository was created with",
   REPO_IMMUTABLE: 'the restore point is inside its immutability period and cannot be deleted or replaced',
+  REPO_OBJECT_EXISTS: 'an object that is written once exists already (a committed object is never replaced)',
   // repository maintenance
   VERIFY_DAMAGED: 'the health check found damaged or missing blocks, block maps or manifests',
   GC_UNSAFE: 'garbage collection stopped because it cannot tell for certain which blocks are needed',

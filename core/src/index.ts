@@ -46,6 +46,8 @@ export * from './repository/repository-storage.js';
 export * from './repository/passphrase.js';
 export * from './maintenance/retention-policy.js';
 export * from './maintenance/prune.js';
+export * from './maintenance/forget.js';
+export { comparePointIds, pointIdTime } from './repository/point-id.js';
 export * from './maintenance/verify.js';
 export type * from './maintenance/verify-results.js';
 export * from './maintenance/gc.js';

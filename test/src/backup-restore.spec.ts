@@ -51,7 +51,7 @@ describe('backup and restore end to end (file source, hot-add, filesystem reposi
     for (const k of ['bytesRead', 'zeroBytesSkipped', 'bytesTransferred', 'bytesWritten', 'durationMs'] as const) {
       expect(d[k], k).to.be.a('number');
     }
-    expect(d.restorePoint).to.match(/^\d{8}T\d{6}Z-[0-9a-f]{6}$/);
+    expect(d.restorePoint).to.match(/^\d{8}T\d{9}Z-[0-9a-f]{6}$/);
     // holes are never read: what was read plus what was skipped without reading is at most the size
     expect(d.bytesRead).to.be.lessThan(d.sizeBytes);
     expect(d.zeroBytesSkipped).to.be.greaterThan(0);

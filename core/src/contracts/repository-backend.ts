@@ -6,15 +6,24 @@
  * Keys are `/`-separated relative names made of `[A-Za-z0-9._-]` segments.
  *
  * Invariants:
- * - `put` is atomic and durable: when it resolves the object is complete under its key and survives
- *   a crash; if the process dies during `put`, readers see the old state (no object, or the
- *   previous one), never a partial object.
+ * - `put` and `putIfAbsent` are atomic and durable: when they resolve the object is complete under
+ *   its key and survives a crash; if the process dies during one, readers see the old state (no
+ *   object, or the previous one), never a partial object.
+ * - `putIfAbsent` is create-only: of any number of concurrent calls for one key, from any number of
+ *   processes or hosts, exactly one creates the object and resolves `true`; every other resolves
+ *   `false` and changes nothing. A key that exists already resolves `false`.
+ * - Write-once: the core writes every object of the format with `putIfAbsent` (config, key objects,
+ *   packs, index objects, block maps, manifests) and never replaces one with `put`. `put` replaces
+ *   only the objects that are mutable by design: lock objects (`locks/`, heartbeats), the health
+ *   record (`health/`), garbage collection's state (`gc/`), and an index object rewritten from its
+ *   own pack's trailer (the same entries: a repair by `verify`, or gc putting a condemned pack back).
  * - `get` of a missing key throws FerryError `REPO_OBJECT_NOT_FOUND` naming the key; any other
  *   failure throws `REPO_IO` naming the key and the backend location.
  * - `list(prefix)` yields every key that starts with `prefix` and was put before the call started,
  *   and no key that was deleted before the call started (garbage collection relies on it: a session
  *   that lists `index/` after gc removed a pack's index object must not see it).
- * - `delete` of a missing key is not an error.
+ * - `delete` of a missing key is not an error; when `delete` resolves, the object stays gone after a
+ *   crash (a filesystem fsyncs the folder).
  *
  * Optional members and their defaults:
  * - `getRange` missing: the core calls `get` and slices.
@@ -30,6 +39,12 @@ export interface RepositoryBackend {
   get(key: string): Promise<Uint8Array>;
   getRange?(key: string, offset: number, length: number): Promise<Uint8Array>;
   put(key: string, data: Uint8Array): Promise<void>;
+  /**
+   * Creates the object only when the key does not exist (filesystem: `link()` of the finished
+   * temporary file; S3: `If-None-Match: *`). Resolves `true` when this call created it, `false` when
+   * the key already existed (nothing was written). Required since core API 1.1.
+   */
+  putIfAbsent(key: string, data: Uint8Array): Promise<boolean>;
   has(key: string): Promise<boolean>;
   list(prefix: string): AsyncIterable<string>;
   delete(key: string): Promise<void>;

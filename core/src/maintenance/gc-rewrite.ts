@@ -27,7 +27,7 @@ export async function rewritePacks(
 ): Promise<RewriteResult> {
   const result: RewriteResult = { done: [], skipped: [], bytesWritten: 0 };
   const writer = new PackWriter(
-    (k, d) => backend.put(k, d),
+    (k, d) => backend.putIfAbsent(k, d),
     (_id, _entries, bytes) => (result.bytesWritten += bytes),
     undefined,
     undefined,

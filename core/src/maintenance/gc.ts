@@ -9,6 +9,7 @@ import { loadPackState, planCollection, type GcPlan, type PackState } from './gc
 import { condemn, sweep, type Condemned } from './gc-protocol.js';
 import { rewritePacks } from './gc-rewrite.js';
 import { loadPoints, referencedHashes, type LoadedPoints } from './points-reader.js';
+import { pointIdTime } from '../repository/point-id.js';
 
 export interface GcOptions {
   dryRun?: boolean;
@@ -191,19 +192,13 @@ async function removeUncommittedMaps(repo: Repository, graceMs: number): Promise
   let removed = 0;
   for (const [prefix, keys] of groups) {
     const id = prefix.slice(prefix.lastIndexOf('/') + 1);
-    const created = pointTime(id);
+    const created = pointIdTime(id);
     if (manifests.has(`${prefix}.json`) || sessions.has(id) || created === undefined || Date.now() - created < graceMs) continue;
     if (await repo.backend.has(`${prefix}.json`)) continue;
     for (const k of keys) await repo.backend.delete(k);
     removed += keys.length;
   }
   return removed;
-}
-
-/** The time a point id (`20261125T194405Z-3fa1c2`) encodes, or undefined for anything else. */
-function pointTime(id: string): number | undefined {
-  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z-/.exec(id);
-  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) : undefined;
 }
 
 function union(a: Set<string>, b: Set<string>): Set<string> {

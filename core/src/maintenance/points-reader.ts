@@ -1,6 +1,5 @@
 import { FerryError, isFerryError } from '../errors.js';
-import type { BlockMap } from '../repository/block-map.js';
-import { HASH_SIZE } from '../repository/block-map.js';
+import { BlockMap, HASH_SIZE } from '../repository/block-map.js';
 import { Repository, sortPoints, type RestorePoint } from '../repository/repository.js';
 
 /** A manifest or block map that cannot be read, with the point and disk it belongs to. */
@@ -76,23 +75,47 @@ export function forEachHash(map: BlockMap, fn: (hex: string, index: number) => v
 }
 
 /**
- * Every hash some restore point needs. With `strict`, any unreadable manifest or map is GC_UNSAFE:
- * garbage collection cannot know what such a point needs, so it must not delete anything.
+ * Every hash some restore point needs. A point whose manifest cannot be read still needs what the
+ * block maps in its folder (`points/<vm>/<id>/`) name, so those count too. With `strict`, anything
+ * still unknown (an unreadable map) is GC_UNSAFE: garbage collection cannot know what such a point
+ * needs, so it must not delete anything.
  */
 export async function referencedHashes(repo: Repository, loaded: LoadedPoints, strict: boolean): Promise<Set<string>> {
   const out = new Set<string>();
-  const problems = [...loaded.problems];
+  const problems: PointProblem[] = [];
+  for (const p of loaded.problems) {
+    if (p.kind !== 'manifest' || !(await addFolderMaps(repo, p.object, out, problems))) problems.push(p);
+  }
   await eachMap(repo, loaded.points, (_p, _i, map) => forEachHash(map, (hex) => out.add(hex)), problems);
   if (strict && problems.length) {
     const p = problems[0];
     throw new FerryError(
       'GC_UNSAFE',
       `${problems.length} manifest(s) or block map(s) cannot be read, so what they need is unknown (${p.error.message}); ` +
-        'run `ferry verify` to see the damage, then remove the broken restore points',
+        'run `ferry verify` to see the damage, then remove the broken restore points (`ferry forget`)',
       { object: p.object, vm: p.vm, disk: p.disk },
     );
   }
   return out;
+}
+
+/**
+ * Adds the hashes of every block map in a damaged manifest's folder; false (and a problem for each
+ * unreadable map) when one of them cannot be read either.
+ */
+async function addFolderMaps(repo: Repository, manifest: string, out: Set<string>, problems: PointProblem[]): Promise<boolean> {
+  const folder = `${manifest.slice(0, -'.json'.length)}/`;
+  let ok = true;
+  for await (const key of repo.backend.list(folder)) {
+    if (!/\/disk-\d+\.map$/.test(key)) continue;
+    try {
+      forEachHash(BlockMap.decode(await repo.backend.get(key), key), (hex) => out.add(hex));
+    } catch (err) {
+      ok = false;
+      problems.push({ object: key, kind: 'map', error: asFerry(err, key) });
+    }
+  }
+  return ok;
 }
 
 function asFerry(err: unknown, object: string): FerryError {

@@ -1,3 +1,5 @@
+import { pointIdTime } from '../repository/point-id.js';
+
 /**
  * Retention with grandfather-father-son (GFS) periods, as a pure function of the points and the
  * policy (no clock, no repository), so it can be tested over years of simulated runs.
@@ -18,7 +20,10 @@ export interface RetentionPolicy {
 
 export interface RetentionCandidate {
   id: string;
-  /** ISO time the point was created. */
+  /**
+   * ISO time the point was created: used only when the id is not a point id that encodes its time
+   * (`point-id.ts`).
+   */
   createdAt: string;
 }
 
@@ -33,7 +38,9 @@ const PERIOD_NAMES: Record<PeriodKind, string> = { weekly: 'week', monthly: 'mon
 
 /** Decisions for one chain (one VM of one job), newest first. */
 export function applyRetention(points: readonly RetentionCandidate[], policy: RetentionPolicy): RetentionDecision[] {
-  const newest = [...points].sort((a, b) => (a.createdAt === b.createdAt ? b.id.localeCompare(a.id) : b.createdAt.localeCompare(a.createdAt)));
+  // Restore points are ordered and dated by their ids (the session start), not by a manifest field.
+  const timeOf = (p: RetentionCandidate): number => pointIdTime(p.id) ?? Date.parse(p.createdAt);
+  const newest = [...points].sort((a, b) => timeOf(b) - timeOf(a) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
   const keep = newest.map((): string[] => []);
   const why = newest.map((): string[] => []);
   const n = Math.max(1, policy.restorePoints);
@@ -43,7 +50,7 @@ export function applyRetention(points: readonly RetentionCandidate[], policy: Re
     if (count <= 0) continue;
     const owner = new Map<string, string>();
     newest.forEach((p, i) => {
-      const period = periodOf(kind, new Date(p.createdAt));
+      const period = periodOf(kind, new Date(timeOf(p)));
       const name = `${PERIOD_NAMES[kind]} ${period}`;
       if (owner.has(period)) {
         why[i].push(`not the last point of ${name} (that is ${owner.get(period)})`);

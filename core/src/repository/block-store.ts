@@ -60,7 +60,7 @@ export class BlockStore {
     /** Encrypted repositories: block records are sealed on `add` and opened on `read`. */
     readonly cipher?: RepositoryCipher,
   ) {
-    const put = (k: string, d: Uint8Array): Promise<void> => (meter ? meter.time(() => backend.put(k, d)) : backend.put(k, d));
+    const put = (k: string, d: Uint8Array): Promise<boolean> => (meter ? meter.time(() => backend.putIfAbsent(k, d)) : backend.putIfAbsent(k, d));
     this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries), undefined, undefined, cipher);
   }
 

@@ -11,14 +11,14 @@ import { whyGone, type ProcessIdentity } from '../util/process-identity.js';
  */
 export const LOCKS_PREFIX = 'locks/';
 
-export type LockOperation = 'backup' | 'prune' | 'gc' | 'verify' | 'restore' | 'key';
+export type LockOperation = 'backup' | 'prune' | 'forget' | 'gc' | 'verify' | 'restore' | 'key';
 
 export interface LockRecord {
   format: 'ferry-lock';
   version: 1;
   id: string;
   operation: LockOperation;
-  /** VMs whose chains the holder writes (backup, prune); empty for repository-wide operations. */
+  /** VMs whose chains the holder writes (backup, prune, forget); empty for repository-wide operations. */
   vms: string[];
   job?: string;
   /** A backup's session id (= the id its restore points get). */
@@ -51,15 +51,15 @@ export function newLockId(now = new Date()): string {
 }
 
 /**
- * Whether two operations may not run at once. Writers of one VM's chain (backup, prune) exclude each
- * other for that VM; gc excludes gc and prune; two health checks would race on the damaged-blocks
+ * Whether two operations may not run at once. Writers of one VM's chain (backup, prune, forget)
+ * exclude each other for that VM; gc excludes gc and the deleters of points (prune, forget); two health checks would race on the damaged-blocks
  * list; two passphrase changes would each delete the other's new key object. gc tolerates backups,
  * restores and health checks through its condemn-then-sweep protocol.
  */
 export function conflicts(a: Pick<LockRecord, 'operation' | 'vms'>, b: Pick<LockRecord, 'operation' | 'vms'>): boolean {
   const pair = [a.operation, b.operation].sort().join('+');
-  if (pair === 'gc+gc' || pair === 'gc+prune' || pair === 'verify+verify' || pair === 'key+key') return true;
-  const chain = (op: LockOperation): boolean => op === 'backup' || op === 'prune';
+  if (pair === 'gc+gc' || pair === 'gc+prune' || pair === 'forget+gc' || pair === 'verify+verify' || pair === 'key+key') return true;
+  const chain = (op: LockOperation): boolean => op === 'backup' || op === 'prune' || op === 'forget';
   return chain(a.operation) && chain(b.operation) && a.vms.some((v) => b.vms.includes(v));
 }
 

@@ -51,8 +51,12 @@ export class PackWriter {
   private failure: unknown;
 
   constructor(
-    /** The backend's atomic, durable put (it must not keep `data` once it resolves: the buffer is reused). */
-    private readonly put: (key: string, data: Uint8Array) => Promise<void>,
+    /**
+     * The backend's atomic, durable create-only put (it must not keep `data` once it resolves: the
+     * buffer is reused). A pack or index object that exists already is the same pack: its name is
+     * its content's hash.
+     */
+    private readonly put: (key: string, data: Uint8Array) => Promise<unknown>,
     /** `bytes`: the size of the pack file. */
     private readonly onStored: (packId: string, entries: PackEntry[], bytes: number) => void,
     private readonly targetSize = PACK_TARGET_SIZE,

@@ -64,7 +64,9 @@ export async function writeKeyObject(
     wrapped: body.toString('base64'),
   };
   const key = `${KEYS_PREFIX}${id}.json`;
-  await backend.put(key, Buffer.from(JSON.stringify(obj, null, 2) + '\n'));
+  if (!(await backend.putIfAbsent(key, Buffer.from(JSON.stringify(obj, null, 2) + '\n')))) {
+    throw new FerryError('REPO_OBJECT_EXISTS', `key object ${key} exists already in ${backend.location}; key objects are never replaced`, { object: key });
+  }
   return key;
 }
 

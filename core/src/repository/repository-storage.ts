@@ -1,5 +1,6 @@
 import type { RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
+import { pointIdTime } from './point-id.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 
 /**
@@ -9,9 +10,10 @@ import type { RepositoryCipher } from './repository-cipher.js';
  * - seals every metadata object on put and opens it on get when the repository is encrypted, bound
  *   to its name, so callers read and write plaintext (see `objectName` for what stays plaintext);
  * - with immutability, asks the storage to protect committed objects (config, packs, index objects,
- *   block maps, manifests) right after their put, lifts that before the core deletes one, refuses
- *   to replace a manifest or block map, and refuses to delete the manifest of a point whose id (its
- *   session's start) is younger than the period. The rule on points is enforced first in
+ *   block maps, manifests) right after their put, lifts that before the core deletes one, and
+ *   refuses to delete the manifest of a point whose id (its session's start) is younger than the
+ *   period;
+ * - refuses to replace a write-once object (`isWriteOnce`): those go through `putIfAbsent`. The rule on points is enforced first in
  *   `Repository.deletePoint` and retention; this is the last guard below them.
  *
  * Pack files pass through: their block records are sealed one by one by the block store (range
@@ -32,7 +34,16 @@ export class RepositoryStorage implements RepositoryBackend {
     readonly immutabilityDays: number | undefined,
     private readonly sealed = Boolean(cipher),
     private readonly warn: (line: string) => void = (l) => process.stderr.write(`ferry: ${l}\n`),
-  ) {}
+  ) {
+    if (typeof (raw as Partial<RepositoryBackend>).putIfAbsent !== 'function') {
+      throw new FerryError(
+        'PLUGIN_CONTRACT',
+        `the repository backend at ${raw.location} has no putIfAbsent (create-only put, core API 1.1); ` +
+          'without it two writers could replace each other\'s objects, so Ferry will not write to it',
+        {},
+      );
+    }
+  }
 
   get location(): string {
     return this.raw.location;
@@ -51,17 +62,44 @@ export class RepositoryStorage implements RepositoryBackend {
     return all.subarray(offset, offset + length);
   }
 
+  /**
+   * Replaces a mutable object (locks, health record, gc state) or rewrites an index object from its
+   * own pack. A write-once object (`isWriteOnce`) is only ever created: one that exists already is
+   * REPO_IMMUTABLE in an immutable repository and REPO_OBJECT_EXISTS otherwise.
+   */
   async put(key: string, data: Uint8Array): Promise<void> {
+    if (isWriteOnce(key)) {
+      if (await this.putIfAbsent(key, data)) return;
+      if (this.immutabilityDays !== undefined) {
+        throw new FerryError('REPO_IMMUTABLE', 'the repository is immutable: a committed object is never replaced', { object: key });
+      }
+      throw new FerryError('REPO_OBJECT_EXISTS', `${key} exists already in ${this.raw.location}; a committed object is never replaced`, { object: key });
+    }
     const name = this.nameOf(key);
     const protect = this.immutabilityDays !== undefined && isProtected(key);
-    if (protect && (await this.raw.has(key))) {
-      if (key.startsWith('points/')) {
-        throw new FerryError('REPO_IMMUTABLE', 'the repository is immutable: a committed manifest or block map is never replaced', { object: key });
-      }
-      await this.raw.unprotect?.([key]);
-    }
+    if (protect && (await this.raw.has(key))) await this.raw.unprotect?.([key]);
     await this.raw.put(key, name ? this.cipher!.sealObject(name, data) : data);
     if (protect) await this.protectObjects([key]);
+  }
+
+  /** Create-only put (sealed and protected like `put`); `false` when the key exists already. */
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    const name = this.nameOf(key);
+    const created = await this.raw.putIfAbsent(key, name ? this.cipher!.sealObject(name, data) : data);
+    if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
+    return created;
+  }
+
+  /**
+   * Create-only put of an object that must not exist yet (a manifest, a block map, a key object):
+   * REPO_OBJECT_EXISTS when it does, naming the key and `what`.
+   */
+  async putNew(key: string, data: Uint8Array, what: string): Promise<void> {
+    if (!(await this.putIfAbsent(key, data))) {
+      throw new FerryError('REPO_OBJECT_EXISTS', `${what} ${key} exists already in ${this.raw.location}; a committed object is never replaced`, {
+        object: key,
+      });
+    }
   }
 
   has(key: string): Promise<boolean> {
@@ -133,6 +171,15 @@ export function objectName(key: string): string | undefined {
   return key;
 }
 
+/**
+ * Objects written once and never replaced: the config, key objects, packs and block maps and
+ * manifests. (Index objects are written once too, but `verify` and gc may rewrite one from its own
+ * pack's trailer with the same entries.)
+ */
+export function isWriteOnce(key: string): boolean {
+  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('points/');
+}
+
 /** Objects immutability protects: everything a committed restore point needs, and the config. */
 function isProtected(key: string): boolean {
   return key === 'ferry-repository.json' || key.startsWith('packs/') || key.startsWith('index/') || key.startsWith('points/');
@@ -140,6 +187,7 @@ function isProtected(key: string): boolean {
 
 /** For a manifest key `points/<vm>/<id>.json`: the session start its id encodes plus the period. */
 function manifestImmutableUntil(key: string, days: number): Date | undefined {
-  const m = /^points\/[^/]+\/(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z-[^/]*\.json$/.exec(key);
-  return m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) + days * 86_400_000) : undefined;
+  const m = /^points\/[^/]+\/([^/]+)\.json$/.exec(key);
+  const t = m ? pointIdTime(m[1]) : undefined;
+  return t === undefined ? undefined : new Date(t + days * 86_400_000);
 }

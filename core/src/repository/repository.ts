@@ -1,9 +1,10 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { ChangeTracking } from '../contracts/source-host.js';
 import type { RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { sha256 } from '../util/checksums.js';
 import { BlockMap } from './block-map.js';
+import { comparePointIds, newPointId, pointIdTime } from './point-id.js';
 import { BlockStore, type WriteMeter } from './block-store.js';
 import { RepositoryCipher } from './repository-cipher.js';
 import { DEFAULT_SCRYPT, KEYS_PREFIX, newMasterKeys, openKeys, rewrapKeys, writeKeyObject, type ScryptParams } from './repository-keys.js';
@@ -124,27 +125,24 @@ export class Repository {
     return this.cipher?.idKey;
   }
 
-  /** Opens the repository; creates it when `create` is set and the location holds no config yet. */
+  /**
+   * Opens the repository; creates it when `create` is set and the location holds no config yet.
+   * Creation is race-free: the config is written create-only, so of several processes creating one
+   * repository at once exactly one wins and the others open what it made.
+   */
   static async open(backend: RepositoryBackend, opts: RepositoryOpenOptions): Promise<Repository> {
-    let raw: Uint8Array | undefined;
-    try {
-      raw = await backend.get(REPOSITORY_CONFIG_KEY);
-    } catch (err) {
-      if (!isFerryError(err, 'REPO_OBJECT_NOT_FOUND')) throw err;
-    }
-    if (!raw) {
+    for (let attempt = 0; ; attempt++) {
+      const raw = await readConfig(backend);
+      if (raw) return Repository.openExisting(backend, raw, opts);
       if (!opts.create) {
         throw new FerryError('REPO_NOT_A_REPOSITORY', `no Ferry repository at ${backend.location} (no ${REPOSITORY_CONFIG_KEY})`, {
           object: REPOSITORY_CONFIG_KEY,
         });
       }
-      const strays = [];
-      for await (const k of backend.list('')) {
-        if (k.startsWith(KEYS_PREFIX)) continue; // a creation killed between its key object and its config
-        strays.push(k);
-        if (strays.length > 3) break;
-      }
+      const strays = await strayObjects(backend);
       if (strays.length) {
+        // Another creator may have finished between the read above and this listing.
+        if (attempt < 2 && (await backend.has(REPOSITORY_CONFIG_KEY))) continue;
         throw new FerryError(
           'REPO_NOT_A_REPOSITORY',
           `${backend.location} is not empty and is not a Ferry repository (found ${strays.slice(0, 3).join(', ')}); ` +
@@ -152,8 +150,17 @@ export class Repository {
           {},
         );
       }
-      return Repository.create(backend, opts);
+      const created = await Repository.create(backend, opts);
+      if (created) return created;
+      if (attempt >= 2) {
+        throw new FerryError('REPO_IO', `the repository at ${backend.location} was being created by another process and could not be opened`, {
+          object: REPOSITORY_CONFIG_KEY,
+        });
+      }
     }
+  }
+
+  private static async openExisting(backend: RepositoryBackend, raw: Uint8Array, opts: RepositoryOpenOptions): Promise<Repository> {
     const config = parseJson(raw, REPOSITORY_CONFIG_KEY) as RepositoryConfig;
     if (config.format !== FORMAT) {
       throw new FerryError('REPO_NOT_A_REPOSITORY', `${REPOSITORY_CONFIG_KEY} is not a Ferry repository config`, {
@@ -175,11 +182,12 @@ export class Repository {
   }
 
   /**
-   * A new repository: the key object first (encrypted), then the config, whose put is the creation.
-   * A crash before the config leaves a key object in an otherwise empty folder, which the next
-   * creation would refuse as not empty; so a stray `keys/` without a config is allowed.
+   * A new repository: the key object first (encrypted), then the config, whose create-only put is
+   * the creation. Undefined when another process created the config first: this one's key object
+   * is removed again and the caller opens the winner's repository. A crash before the config
+   * leaves a key object in an otherwise empty folder, which a later creation accepts.
    */
-  private static async create(backend: RepositoryBackend, opts: RepositoryOpenOptions): Promise<Repository> {
+  private static async create(backend: RepositoryBackend, opts: RepositoryOpenOptions): Promise<Repository | undefined> {
     const days = opts.settings?.immutabilityDays;
     const config: RepositoryConfig = {
       format: FORMAT,
@@ -197,7 +205,10 @@ export class Repository {
       cipher = new RepositoryCipher(master);
       config.encryption = { algorithm: 'AES-256-GCM', blockIds: 'HMAC-SHA256', kdf: 'scrypt', keyCheck: cipher.keyCheck(config.id) };
     }
-    await backend.put(REPOSITORY_CONFIG_KEY, Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+    if (!(await backend.putIfAbsent(REPOSITORY_CONFIG_KEY, Buffer.from(JSON.stringify(config, null, 2) + '\n')))) {
+      if (keyObject) await backend.delete(keyObject);
+      return undefined;
+    }
     const repo = new Repository(backend, config, cipher, opts.writeMeter, keyObject);
     if (days !== undefined) await repo.backend.protectObjects([REPOSITORY_CONFIG_KEY]);
     return repo;
@@ -230,21 +241,24 @@ export class Repository {
     };
   }
 
-  /** When a restore point stops being immutable; undefined when it is not (any more) at `now`. */
-  immutableUntil(point: Pick<RestorePoint, 'createdAt'>, now = Date.now()): Date | undefined {
+  /**
+   * When a restore point stops being immutable; undefined when it is not (any more) at `now`. The
+   * period runs from the session start its id encodes (not a field inside the manifest, which a
+   * damaged or hostile manifest could set); an id without a readable time never becomes deletable
+   * by this rule's arithmetic.
+   */
+  immutableUntil(point: Pick<RestorePoint, 'id'>, now = Date.now()): Date | undefined {
     const days = this.config.immutability?.days;
     if (days === undefined) return undefined;
-    const created = Date.parse(point.createdAt);
-    // A manifest without a readable time never becomes deletable by this rule's arithmetic.
-    if (Number.isNaN(created)) return new Date(8.64e15);
+    const created = pointIdTime(point.id);
+    if (created === undefined) return new Date(8.64e15);
     const until = new Date(created + days * DAY_MS);
     return until.getTime() > now ? until : undefined;
   }
 
-  /** A new, sortable restore point id: `20261125T194405Z-3fa1c2`. */
+  /** A new restore point id, in creation order (`point-id.ts`): `20261125T194405123Z-3fa1c2`. */
   static newPointId(now = new Date()): string {
-    const ts = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
-    return `${ts}-${randomBytes(3).toString('hex')}`;
+    return newPointId(now);
   }
 
   static pointKey(vm: string, id: string): string {
@@ -257,8 +271,9 @@ export class Repository {
 
   /**
    * Commits a restore point: the packs still being filled, then block maps, then the manifest, each
-   * atomic and durable. Until the manifest exists the point is invisible; a crash before it leaves
-   * only unreferenced packs and maps.
+   * atomic, durable and create-only (a point id and VM that exist already are REPO_OBJECT_EXISTS,
+   * never a replacement). Until the manifest exists the point is invisible; a crash before it
+   * leaves only unreferenced packs and maps.
    */
   async commitPoint(point: Omit<RestorePoint, 'format' | 'version'>, maps: BlockMap[]): Promise<RestorePoint> {
     await this.blocks.flush();
@@ -266,18 +281,45 @@ export class Repository {
     for (let i = 0; i < point.disks.length; i++) {
       const key = Repository.mapKey(point.vm, point.id, i);
       const bytes = maps[i].encode();
-      await this.backend.put(key, bytes);
+      await this.backend.putNew(key, bytes, 'block map');
       disks.push({ ...point.disks[i], map: key, mapSha256: sha256(bytes).toString('hex') });
     }
     const full: RestorePoint = { format: 'ferry-restore-point', version: 1, ...point, disks };
-    await this.backend.put(Repository.pointKey(point.vm, point.id), Buffer.from(JSON.stringify(full, null, 2) + '\n'));
+    await this.backend.putNew(Repository.pointKey(point.vm, point.id), Buffer.from(JSON.stringify(full, null, 2) + '\n'), 'restore point manifest');
     return full;
   }
 
-  /** Committed restore points, oldest first; `vm` limits them to one VM. */
+  /**
+   * Committed restore points that can be read, oldest first (by id); `vm` limits them to one VM.
+   * Damaged manifests are left out here: `listPointsChecked` reports them.
+   */
   async listPoints(vm?: string): Promise<RestorePoint[]> {
+    return (await this.listPointsChecked(vm)).points;
+  }
+
+  /**
+   * Every committed restore point: those that read back (oldest first, by id) and those whose
+   * manifest cannot be read, authenticated or does not match its key, with the reason. One damaged
+   * manifest never hides the other points.
+   */
+  async listPointsChecked(vm?: string): Promise<{ points: RestorePoint[]; damaged: DamagedPoint[] }> {
     const keys = await this.listPointKeys(vm);
-    return sortPoints(await Promise.all(keys.map((k) => this.readPoint(k))));
+    const points: RestorePoint[] = [];
+    const damaged: DamagedPoint[] = [];
+    await Promise.all(
+      keys.map(async (key) => {
+        try {
+          points.push(await this.readPoint(key));
+        } catch (err) {
+          if (isFerryError(err, 'REPO_OBJECT_NOT_FOUND')) return; // deleted since the listing
+          // Only damage of the manifest itself; a missing passphrase or a failing backend stops the listing.
+          if (!isFerryError(err, 'REPO_CORRUPT_OBJECT')) throw err;
+          damaged.push({ ...parsePointKey(key), manifest: key, status: 'damaged', code: err.code, reason: err.message });
+        }
+      }),
+    );
+    damaged.sort((a, b) => comparePointIds(a.id, b.id));
+    return { points: sortPoints(points), damaged };
   }
 
   /** Keys of the committed restore points' manifests (`points/<vm>/<id>.json`). */
@@ -288,11 +330,19 @@ export class Repository {
     return keys;
   }
 
-  /** One manifest, checked enough that its disks can be walked; REPO_CORRUPT_OBJECT otherwise. */
+  /**
+   * One manifest, checked enough that its disks can be walked, and checked against its key: a
+   * manifest stored under another point's or VM's name is damaged (REPO_CORRUPT_OBJECT).
+   */
   async readPoint(key: string): Promise<RestorePoint> {
     const p = parseJson(await this.backend.get(key), key) as RestorePoint;
     if (p?.format !== 'ferry-restore-point' || typeof p.id !== 'string' || typeof p.vm !== 'string' || !Array.isArray(p.disks)) {
       throw new FerryError('REPO_CORRUPT_OBJECT', 'is not a restore point manifest', { object: key });
+    }
+    if (Repository.pointKey(p.vm, p.id) !== key) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', `the manifest names restore point ${p.id} of vm ${p.vm}, which belongs under ${Repository.pointKey(p.vm, p.id)}`, {
+        object: key,
+      });
     }
     return p;
   }
@@ -301,8 +351,10 @@ export class Repository {
    * Deletes a restore point: the manifest first, so the point disappears in one step (the commit in
    * reverse), then its block maps. A crash in between leaves maps of an uncommitted point, which
    * garbage collection removes. Its blocks stay until garbage collection finds nothing needs them.
+   * Without `disks` (a damaged manifest) every map in the point's folder goes. Returns the keys
+   * deleted.
    */
-  async deletePoint(point: RestorePoint): Promise<void> {
+  async deletePoint(point: Pick<RestorePoint, 'vm' | 'id'> & { disks?: { map: unknown }[] }): Promise<string[]> {
     const until = this.immutableUntil(point);
     if (until) {
       throw new FerryError(
@@ -311,16 +363,29 @@ export class Repository {
         { vm: point.vm, object: Repository.pointKey(point.vm, point.id) },
       );
     }
-    await this.backend.delete(Repository.pointKey(point.vm, point.id));
+    const manifest = Repository.pointKey(point.vm, point.id);
+    await this.backend.delete(manifest);
     // Only keys under the point's own folder: a damaged manifest must not delete another point's map.
+    // A point whose manifest could not be read loses every map in its folder.
     const own = `points/${encodeName(point.vm)}/${point.id}/`;
-    for (const d of point.disks) if (typeof d.map === 'string' && d.map.startsWith(own)) await this.backend.delete(d.map);
+    const maps: string[] = [];
+    if (point.disks) {
+      for (const d of point.disks) if (typeof d.map === 'string' && d.map.startsWith(own)) maps.push(d.map);
+    } else {
+      for await (const k of this.backend.list(own)) maps.push(k);
+    }
+    for (const k of maps) await this.backend.delete(k);
+    return [manifest, ...maps];
   }
 
   /** One VM's restore point by id, or its newest with `latest`. */
   async getPoint(vm: string, id: string): Promise<RestorePoint> {
-    const points = await this.listPoints(vm);
+    const { points, damaged } = await this.listPointsChecked(vm);
     const p = id === 'latest' ? points.at(-1) : points.find((x) => x.id === id);
+    const bad = damaged.find((x) => x.id === id);
+    if (!p && bad) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', `restore point ${id} of vm ${vm} is damaged: ${bad.reason}`, { vm, object: bad.manifest });
+    }
     if (!p) {
       const ids = points.map((x) => x.id);
       throw new FerryError(
@@ -357,9 +422,29 @@ export class Repository {
 
 const MANIFEST_KEY = /^points\/[^/]+\/[^/]+\.json$/;
 
-/** Oldest first (by creation time, then id). */
-export function sortPoints(points: RestorePoint[]): RestorePoint[] {
-  return points.sort((a, b) => (a.createdAt === b.createdAt ? a.id.localeCompare(b.id) : a.createdAt.localeCompare(b.createdAt)));
+/** A committed restore point whose manifest cannot be used (`Repository.listPointsChecked`). */
+export interface DamagedPoint {
+  vm: string;
+  id: string;
+  manifest: string;
+  status: 'damaged';
+  code: string;
+  reason: string;
+}
+
+/** Oldest first: by id (the session start it encodes, then creation order), never a manifest field. */
+export function sortPoints<T extends { id: string }>(points: T[]): T[] {
+  return points.sort((a, b) => comparePointIds(a.id, b.id));
+}
+
+/** VM name and point id of a manifest key `points/<vm>/<id>.json`. */
+function parsePointKey(key: string): { vm: string; id: string } {
+  const [, vm, file] = key.split('/');
+  return { vm: decodeName(vm), id: file.slice(0, -'.json'.length) };
+}
+
+function decodeName(segment: string): string {
+  return segment.replace(/~([0-9a-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
 }
 
 /** VM names become key segments; anything outside `[A-Za-z0-9._-]` becomes `~hh`. */
@@ -405,6 +490,29 @@ async function readPassphrase(source: PassphraseSource | undefined, location: st
 
 function checkPassphrase(p: string, what: string, location: string): void {
   if (p.length === 0) throw new FerryError('REPO_PASSPHRASE_REQUIRED', `${what} is empty (repository ${location})`, { object: REPOSITORY_CONFIG_KEY });
+}
+
+async function readConfig(backend: RepositoryBackend): Promise<Uint8Array | undefined> {
+  try {
+    return await backend.get(REPOSITORY_CONFIG_KEY);
+  } catch (err) {
+    if (isFerryError(err, 'REPO_OBJECT_NOT_FOUND')) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Up to four keys at the location that are not key objects: a new repository needs an empty place
+ * (a creation killed between its key object and its config leaves only `keys/`).
+ */
+async function strayObjects(backend: RepositoryBackend): Promise<string[]> {
+  const strays: string[] = [];
+  for await (const k of backend.list('')) {
+    if (k.startsWith(KEYS_PREFIX)) continue;
+    strays.push(k);
+    if (strays.length > 3) break;
+  }
+  return strays;
 }
 
 function parseJson(raw: Uint8Array, object: string): unknown {

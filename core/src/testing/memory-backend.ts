@@ -26,6 +26,12 @@ export class MemoryBackend implements RepositoryBackend {
     this.objects.set(key, Buffer.from(data));
   }
 
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    if (this.objects.has(key)) return false;
+    await this.put(key, data);
+    return true;
+  }
+
   async has(key: string): Promise<boolean> {
     return this.objects.has(key);
   }

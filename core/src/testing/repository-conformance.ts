@@ -107,5 +107,25 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
       await Promise.all(Array.from({ length: 32 }, (_, i) => b.backend.put(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`, Buffer.from([i]))));
       for (let i = 0; i < 32; i++) assert.equal((await b.backend.get(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`))[0], i);
     });
+
+    it('putIfAbsent creates once: of concurrent calls for one key exactly one wins, and the object holds its bytes', async function () {
+      const results = await Promise.all(Array.from({ length: 16 }, (_, i) => b.backend.putIfAbsent('points/vm/once.json', Buffer.from(`writer ${i}`))));
+      assert.equal(results.filter(Boolean).length, 1, 'exactly one putIfAbsent creates the object');
+      const winner = results.indexOf(true);
+      assert.equal(Buffer.from(await b.backend.get('points/vm/once.json')).toString(), `writer ${winner}`);
+      const keys: string[] = [];
+      for await (const k of b.backend.list('')) keys.push(k);
+      assert.deepEqual(keys, ['points/vm/once.json'], 'losers leave nothing behind under any key');
+    });
+
+    it('putIfAbsent never replaces: an existing key resolves false and keeps its bytes', async function () {
+      await b.backend.put('packs/ab/abcd', Buffer.from('first'));
+      assert.equal(await b.backend.putIfAbsent('packs/ab/abcd', Buffer.from('second')), false);
+      assert.equal(Buffer.from(await b.backend.get('packs/ab/abcd')).toString(), 'first');
+      assert.equal(await b.backend.putIfAbsent('packs/ab/new', Buffer.alloc(0)), true);
+      assert.equal((await b.backend.get('packs/ab/new')).length, 0);
+      await b.backend.delete('packs/ab/abcd');
+      assert.equal(await b.backend.putIfAbsent('packs/ab/abcd', Buffer.from('again')), true, 'a deleted key can be created again');
+    });
   });
 }

@@ -15,7 +15,8 @@ const CHATTR_BATCH = 256;
 /**
  * A repository in a folder. Every object is one file named by its key. `put` writes a temporary file
  * in `tmp/`, fsyncs it, renames it into place and fsyncs the folder, so a crash leaves either the
- * whole object or none (only stray temporary files, which nothing references).
+ * whole object or none (only stray temporary files, which nothing references); `putIfAbsent` links
+ * the temporary file instead of renaming it, which fails when the key exists.
  */
 export class FilesystemBackend implements RepositoryBackend {
   private readonly syncedDirs = new Set<string>();
@@ -82,6 +83,53 @@ export class FilesystemBackend implements RepositoryBackend {
 
   async put(key: string, data: Uint8Array): Promise<void> {
     const target = this.file(key);
+    const tmp = await this.writeTemporary(key, data);
+    try {
+      await this.ensureDir(path.dirname(target));
+      await fs.rename(tmp, target);
+      await syncDir(path.dirname(target));
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      throw this.ioError(err, key, 'write');
+    }
+  }
+
+  /**
+   * Create-only: the finished, fsynced temporary file is hard-linked under the key. `link()` fails
+   * with EEXIST when the key exists, atomically, so of two processes putting one key exactly one
+   * wins and the other changes nothing. The temporary name is removed either way.
+   */
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    const target = this.file(key);
+    const tmp = await this.writeTemporary(key, data);
+    try {
+      await this.ensureDir(path.dirname(target));
+      try {
+        await fs.link(tmp, target);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EEXIST') return false;
+        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
+          throw new FerryError(
+            'REPO_IO',
+            `cannot write ${key} in ${this.root}: the filesystem does not support hard links (${code}), which create-only writes need`,
+            { object: key },
+            { cause: err },
+          );
+        }
+        throw err;
+      }
+      await syncDir(path.dirname(target));
+      return true;
+    } catch (err) {
+      throw this.ioError(err, key, 'write');
+    } finally {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+    }
+  }
+
+  /** Writes `data` to a new file in `tmp/` and fsyncs it; returns its path. */
+  private async writeTemporary(key: string, data: Uint8Array): Promise<string> {
     const tmpDir = path.join(this.root, TMP_DIR);
     const tmp = path.join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
     try {
@@ -93,9 +141,7 @@ export class FilesystemBackend implements RepositoryBackend {
       } finally {
         await fh.close();
       }
-      await this.ensureDir(path.dirname(target));
-      await fs.rename(tmp, target);
-      await syncDir(path.dirname(target));
+      return tmp;
     } catch (err) {
       await fs.rm(tmp, { force: true }).catch(() => undefined);
       throw this.ioError(err, key, 'write');
@@ -119,9 +165,18 @@ export class FilesystemBackend implements RepositoryBackend {
     for await (const key of this.walk(base)) if (key.startsWith(prefix)) yield key;
   }
 
+  /** Removes the file and fsyncs its folder, so the delete survives a crash. */
   async delete(key: string): Promise<void> {
+    const file = this.file(key);
     try {
-      await fs.rm(this.file(key), { force: true });
+      const existed = await fs.unlink(file).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false;
+          throw err;
+        },
+      );
+      if (existed) await syncDir(path.dirname(file));
     } catch (err) {
       throw this.ioError(err, key, 'delete');
     }

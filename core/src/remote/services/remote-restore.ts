@@ -1,6 +1,6 @@
 import { FerryError } from '../../errors.js';
 import { BlockMap } from '../../repository/block-map.js';
-import type { RestorePoint } from '../../repository/repository.js';
+import type { DamagedPoint, RestorePoint } from '../../repository/repository.js';
 import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
 import type { JobRuntime } from '../../session/job-runtime.js';
 import type { RestoreOptions, RestoreReport } from '../../session/restore-session.js';
@@ -98,11 +98,11 @@ export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: Re
 }
 
 /** Restore points of the job's repository service (`ferry list`). */
-export async function listRemotePoints(remote: RemoteSpec, vm?: string): Promise<{ location: string; points: RestorePoint[] }> {
+export async function listRemotePoints(remote: RemoteSpec, vm?: string): Promise<{ location: string; points: RestorePoint[]; damaged: DamagedPoint[] }> {
   const control = await connectRepositoryService(remote);
   try {
-    const { points } = await control.request<{ points: RestorePoint[] }>('points.list', vm === undefined ? {} : { vm });
-    return { location: `ferry://${remote.server}`, points };
+    const { points, damaged } = await control.request<{ points: RestorePoint[]; damaged?: DamagedPoint[] }>('points.list', vm === undefined ? {} : { vm });
+    return { location: `ferry://${remote.server}`, points, damaged: damaged ?? [] };
   } finally {
     await control.close();
   }

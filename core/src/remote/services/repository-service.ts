@@ -132,7 +132,7 @@ class ControlSession {
       case 'session.open':
         return this.openSession(h as { job: string; session: string; vms: string[] });
       case 'points.list':
-        return this.repository(false).then((r) => r.listPoints(typeof h.vm === 'string' ? h.vm : undefined)).then((points) => ({ points }));
+        return this.repository(false).then((r) => r.listPointsChecked(typeof h.vm === 'string' ? h.vm : undefined));
       case 'disk.receive':
         return this.receiveDisk(h.order as DiskOrder, id);
       case 'point.commit':

@@ -1,0 +1,40 @@
+import type { CommandModule } from 'yargs';
+import { forgetPoint } from '@ferry/core';
+import { EXIT, printJson } from '../output.js';
+import { openTarget } from './repository-target.js';
+
+interface Args {
+  job: string;
+  vm: string;
+  point: string;
+  json: boolean;
+}
+
+export function forgetCommand(setCode: (c: number) => void): CommandModule<object, Args> {
+  return {
+    command: 'forget <job>',
+    describe: 'remove one restore point on purpose (also a damaged one); immutability still applies; `ferry gc` reclaims its space',
+    builder: (y) =>
+      y
+        .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })
+        .option('vm', { type: 'string', demandOption: true, describe: 'VM name' })
+        .option('point', { type: 'string', demandOption: true, describe: 'restore point id (see `ferry list`)' })
+        .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON on stdout' }) as never,
+    handler: async (args) => {
+      const target = await openTarget({ job: args.job });
+      try {
+        const report = await forgetPoint(target.repo, { vm: args.vm, point: args.point, job: target.spec?.job });
+        if (args.json) printJson(report);
+        else {
+          process.stdout.write(
+            `Forgot restore point ${report.restorePoint} of vm ${report.vm}${report.status === 'damaged' ? ' (its manifest was damaged)' : ''}: ` +
+              `removed ${report.removed.length} object(s). Run \`ferry gc\` to reclaim its space.\n`,
+          );
+        }
+        setCode(EXIT.ok);
+      } finally {
+        await target.close();
+      }
+    },
+  };
+}
