@@ -9,20 +9,6 @@ import path from 'node:path';
  * loopback TCP and stopped by the spec in every exit path. Only specs import this folder.
  */
 
-/** True when `tool` is on PATH. Specs skip, saying which Debian package is missing, when it is not. */
-export function hasTool(tool: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
-}
-
-/** Skips the current mocha test or hook when a tool is missing. */
-export function requireTools(ctx: Mocha.Context, tools: Record<string, string>): void {
-  const missing = Object.entries(tools).filter(([tool]) => !hasTool(tool));
-  if (missing.length) {
-    console.warn(`      skipped: ${missing.map(([t, pkg]) => `${t} (Debian package ${pkg})`).join(', ')} not installed`);
-    ctx.skip();
-  }
-}
-
 export function tempDir(prefix = 'ferry-nbd-'): { dir: string; remove(): void } {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
