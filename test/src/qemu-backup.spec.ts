@@ -2,9 +2,9 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { firstDifference } from '@ferry/core/testing';
+import { firstDifference, skipUnlessTools } from '@ferry/core/testing';
 import { QmpClient } from '@ferry/source-qemu';
-import { listExports, missingTool, nbdUri, readExport, StorageDaemon } from '@ferry/source-qemu/dist/testing/storage-daemon.js';
+import { listExports, nbdUri, readExport, StorageDaemon, TOOLS } from '@ferry/source-qemu/dist/testing/storage-daemon.js';
 import { FERRY_BIN, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 
 /**
@@ -45,8 +45,7 @@ describe('QEMU/KVM source over QMP with NBD and dirty bitmaps, end to end', func
   }
 
   before(async function () {
-    const missing = missingTool();
-    if (missing) this.skip(); // npm test installs the Debian packages when it can
+    skipUnlessTools(this, TOOLS); // npm test installs the Debian packages when it can
     qsd = await StorageDaemon.start({ disks: ['disk0'], sizeBytes: 96 * MiB, writableExports: true });
     for (const [off, len, pat] of [[0, 8 * MiB, 0x11], [20 * MiB, 30 * MiB, 0x22], [70 * MiB, 3 * MiB, 0x33]]) await qsd.write('disk0', off, len, pat);
     job = writeJob(

@@ -1,15 +1,15 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { firstDifference, makeVmImage } from '@ferry/core/testing';
+import { firstDifference, makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { basicJob, json, runFerry, tempDir, writeJob } from './support/helpers.js';
-import { hasTool, startDaemon, type Daemon } from './support/processes.js';
+import { startDaemon, type Daemon } from './support/processes.js';
 
 describe('restore to an NBD export (qemu-nbd)', function () {
   const t = tempDir();
   let nbd: Daemon | undefined;
   before(function () {
-    if (!hasTool('qemu-nbd')) this.skip(); // Debian qemu-utils; npm test installs it when it can
+    skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils' }); // npm test installs it when it can
   });
   after(async () => {
     await nbd?.stop();

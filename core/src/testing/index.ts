@@ -3,3 +3,4 @@ export * from './repository-conformance.js';
 export * from './transport-conformance.js';
 export * from './memory-backend.js';
 export * from './compressor-conformance.js';
+export * from './test-skips.js';

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
+import { skipBecause, skipUnlessTools } from './test-skips.js';
+import type { ConformanceOptions } from './transport-conformance.js';
 
 export interface BackendUnderTest {
   backend: RepositoryBackend;
@@ -10,11 +12,16 @@ export interface BackendUnderTest {
 
 /**
  * The conformance suite every repository backend runs (in-tree and third-party): call it at the top
- * level of a mocha spec file with a factory that returns an empty backend.
+ * level of a mocha spec file with a factory that returns an empty backend. A case for an optional
+ * method the backend does not offer is skipped, each one counted on its own; `options.needs` names
+ * tools the backend's server needs (every case skips without them, or fails under CI).
  */
-export function runRepositoryConformance(name: string, create: () => Promise<BackendUnderTest>): void {
+export function runRepositoryConformance(name: string, create: () => Promise<BackendUnderTest>, options: ConformanceOptions = {}): void {
   describe(`repository backend conformance: ${name}`, function () {
     let b: BackendUnderTest;
+    before(function () {
+      if (options.needs) skipUnlessTools(this, options.needs);
+    });
     beforeEach(async () => {
       b = await create();
     });
@@ -82,13 +89,13 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
     });
 
     it('getRange, when offered, returns the slice', async function () {
-      if (!b.backend.getRange) this.skip();
+      if (!b.backend.getRange) skipBecause(this, `${name} offers no getRange`);
       await b.backend.put('r', Buffer.from('0123456789'));
       assert.equal(Buffer.from(await b.backend.getRange!('r', 3, 4)).toString(), '3456');
     });
 
     it('protect, when offered, keeps objects readable and never throws; unprotect then lets them be replaced and deleted', async function () {
-      if (!b.backend.protect || !b.backend.unprotect) this.skip();
+      if (!b.backend.protect || !b.backend.unprotect) skipBecause(this, `${name} offers no protect and unprotect`);
       await b.backend.put('points/vm/p.json', Buffer.from('manifest'));
       const got = await b.backend.protect!(['points/vm/p.json']);
       assert.equal(typeof got.readOnly, 'boolean');

@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { SourceDisk } from '../contracts/source-host.js';
 import type { Transport } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
+import { skipBecause, skipUnlessTools, type ToolPackages } from './test-skips.js';
 import { makeVmImage, Prng } from './vm-image.js';
 
 export interface TransportUnderTest {
@@ -16,11 +17,20 @@ export interface TransportUnderTest {
   cleanup(): Promise<void>;
 }
 
+export interface ConformanceOptions {
+  /**
+   * Tools the suite needs (e.g. the server that exposes the disk): when one is missing, every case
+   * is skipped (and counted), naming the tool and its Debian package; under CI each fails instead.
+   */
+  needs?: ToolPackages;
+}
+
 /**
  * The conformance suite every transport runs: `expose` makes the raw image at `file` readable
- * through the transport (open the file itself, or serve it over NBD, ...).
+ * through the transport (open the file itself, or serve it over NBD, ...). A case for an optional
+ * method the transport does not offer is skipped, each one counted on its own.
  */
-export function runTransportConformance(name: string, expose: (file: string) => Promise<TransportUnderTest>): void {
+export function runTransportConformance(name: string, expose: (file: string) => Promise<TransportUnderTest>, options: ConformanceOptions = {}): void {
   describe(`transport conformance: ${name}`, function () {
     let dir: string;
     let file: string;
@@ -29,6 +39,7 @@ export function runTransportConformance(name: string, expose: (file: string) => 
     const size = 6 * 1024 * 1024 + 4096;
 
     before(async function () {
+      if (options.needs) skipUnlessTools(this, options.needs);
       dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-transport-'));
       file = path.join(dir, 'disk.raw');
       await makeVmImage(file, { sizeBytes: size, seed: 5, holes: 0.4, unit: 64 * 1024 });
@@ -37,11 +48,11 @@ export function runTransportConformance(name: string, expose: (file: string) => 
     });
     after(async function () {
       await t?.cleanup();
-      await rm(dir, { recursive: true, force: true });
+      if (dir) await rm(dir, { recursive: true, force: true }); // unset when `needs` skipped the suite
     });
 
     it('probe, when offered, says yes with a reason', async function () {
-      if (!t.transport.probe) this.skip();
+      if (!t.transport.probe) skipBecause(this, `${name} offers no probe`);
       const p = await t.transport.probe!(t.disk);
       assert.equal(p.ok, true, p.reason);
       assert.ok(p.reason.length > 0);
@@ -77,7 +88,7 @@ export function runTransportConformance(name: string, expose: (file: string) => 
     it('readInto, when offered, fills exactly the caller\'s buffer with the bytes, several in flight, and refuses a range past the end', async function () {
       const h = await t.transport.open(t.disk);
       try {
-        if (!h.readInto) this.skip();
+        if (!h.readInto) skipBecause(this, `${name} offers no readInto`);
         const readInto = h.readInto!.bind(h);
         const rng = new Prng(11);
         const reads = Array.from({ length: 24 }, () => {
@@ -109,7 +120,7 @@ export function runTransportConformance(name: string, expose: (file: string) => 
     it('blockStatus, when offered, covers the range in order and calls zero only what reads as zero', async function () {
       const h = await t.transport.open(t.disk);
       try {
-        if (!h.blockStatus) this.skip();
+        if (!h.blockStatus) skipBecause(this, `${name} offers no blockStatus`);
         let pos = 0;
         let zeroBytes = 0;
         while (pos < size) {

@@ -2,15 +2,16 @@ import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { expect } from 'chai';
 import { decodeBlock, encodeBlock, FerryError, MAX_BLOCK_SIZE } from '@ferry/core';
-import { runCompressorConformance } from '@ferry/core/testing';
+import { runCompressorConformance, skipBecause } from '@ferry/core/testing';
 import { Lz4Compressor, lz4Napi } from './index.js';
 import { loadLz4Addon } from './lz4-addon.js';
 
 const addon = loadLz4Addon();
+const NO_ADDON = 'the ferry_lz4 addon did not load (build/Release/ferry_lz4.node, built at npm install)';
 
 runCompressorConformance('lz4 (default implementation)', new Lz4Compressor());
 runCompressorConformance('lz4 (lz4-napi fallback)', new Lz4Compressor(null));
-if (addon) runCompressorConformance('lz4 (liblz4 addon)', new Lz4Compressor(addon));
+runCompressorConformance('lz4 (liblz4 addon)', addon ? new Lz4Compressor(addon) : { unavailable: NO_ADDON });
 
 /** Deterministic pseudo-random bytes (xorshift), so a failure reproduces. */
 function prng(n: number, seed: number): Buffer {
@@ -48,10 +49,7 @@ const samples: [string, Buffer][] = [
 
 describe('lz4 compressor implementations', () => {
   it('has the liblz4 addon on this machine (built at npm install) and uses it by default', function () {
-    if (!addon) {
-      console.warn('ferry_lz4 addon not built here: the liblz4 half of this suite is skipped');
-      this.skip();
-    }
+    if (!addon) skipBecause(this, `${NO_ADDON}: the liblz4 half of this suite is skipped`);
     expect(addon!.version).to.match(/^1\.\d+\.\d+$/);
     const c = new Lz4Compressor();
     expect(c.implementation).to.equal('liblz4');
@@ -79,7 +77,7 @@ describe('lz4 compressor implementations', () => {
   describe('byte format (4-byte little-endian length, then one LZ4 block)', () => {
     for (const [name, data] of samples) {
       it(`cross-decodes a ${name} block both ways`, function () {
-        if (!addon) this.skip();
+        if (!addon) skipBecause(this, NO_ADDON);
         const viaAddon = addon!.compress(data);
         const viaNapi = lz4Napi().compressSync(data);
         for (const enc of [viaAddon, viaNapi]) {
@@ -95,7 +93,7 @@ describe('lz4 compressor implementations', () => {
     }
 
     it('returns a view no longer than the compressed block, and the same bytes for the same input', function () {
-      if (!addon) this.skip();
+      if (!addon) skipBecause(this, NO_ADDON);
       const data = textLike(1024 * 1024);
       const a = addon!.compress(data);
       expect(Buffer.isBuffer(a)).to.equal(true);
@@ -104,7 +102,7 @@ describe('lz4 compressor implementations', () => {
     });
 
     it('accepts a Uint8Array view into a larger buffer', function () {
-      if (!addon) this.skip();
+      if (!addon) skipBecause(this, NO_ADDON);
       const whole = textLike(300_000);
       const view = new Uint8Array(whole.buffer, whole.byteOffset + 1000, 200_000);
       const enc = addon!.compress(view);
@@ -112,7 +110,7 @@ describe('lz4 compressor implementations', () => {
     });
 
     it('rejects arguments of the wrong type with a TypeError', function () {
-      if (!addon) this.skip();
+      if (!addon) skipBecause(this, NO_ADDON);
       expect(() => addon!.compress('text' as unknown as Uint8Array)).to.throw(TypeError);
       expect(() => addon!.decompress(Buffer.alloc(8), -1, MAX_BLOCK_SIZE)).to.throw(TypeError);
       expect(() => (addon!.decompress as (d: Uint8Array) => Buffer)(Buffer.alloc(8))).to.throw(TypeError);
@@ -139,25 +137,25 @@ describe('lz4 compressor implementations', () => {
       }
 
       it('rejects input shorter than the prefix (LZ4_TRUNCATED)', function () {
-        const c = make() ?? this.skip();
+        const c = make() ?? skipBecause(this, NO_ADDON);
         rejects(c, good.subarray(0, 3), data.length, 'LZ4_TRUNCATED');
         rejects(c, Buffer.alloc(0), 0, 'LZ4_TRUNCATED');
       });
 
       it('rejects a block cut short (LZ4_CORRUPT)', function () {
-        const c = make() ?? this.skip();
+        const c = make() ?? skipBecause(this, NO_ADDON);
         rejects(c, good.subarray(0, good.length - 10), data.length, 'LZ4_CORRUPT');
         rejects(c, good.subarray(0, 4), data.length, 'LZ4_CORRUPT');
       });
 
       it('rejects a prefix that disagrees with the block map (LZ4_LENGTH_MISMATCH)', function () {
-        const c = make() ?? this.skip();
+        const c = make() ?? skipBecause(this, NO_ADDON);
         rejects(c, good, data.length - 1, 'LZ4_LENGTH_MISMATCH');
         rejects(c, good, data.length + 1, 'LZ4_LENGTH_MISMATCH');
       });
 
       it('rejects a declared length above the block size limit before allocating (LZ4_TOO_LARGE)', function () {
-        const c = make() ?? this.skip();
+        const c = make() ?? skipBecause(this, NO_ADDON);
         const huge = Buffer.from(good);
         huge.writeUInt32LE(0xffffffff, 0);
         rejects(c, huge, 0xffffffff, 'LZ4_TOO_LARGE');
@@ -166,14 +164,14 @@ describe('lz4 compressor implementations', () => {
       });
 
       it('rejects a block that decodes to fewer bytes than declared (LZ4_CORRUPT)', function () {
-        const c = make() ?? this.skip();
+        const c = make() ?? skipBecause(this, NO_ADDON);
         const short = Buffer.from(lz4Napi().compressSync(data.subarray(0, 1000)));
         short.writeUInt32LE(2000, 0);
         rejects(c, short, 2000, 'LZ4_CORRUPT');
       });
 
       it('never crashes on 300 random single-byte corruptions; detected ones fail as REPO_CORRUPT_OBJECT naming the block', function () {
-        const c = make() ?? this.skip();
+        const c = make() ?? skipBecause(this, NO_ADDON);
         const object = 'blocks/ab/cdef';
         const r = prng(900, 99);
         let rejected = 0;

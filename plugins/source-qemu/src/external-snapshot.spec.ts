@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { readBlockState } from './block-state.js';
 import { commitOverlay } from './external-snapshot.js';
 import { overlayNames } from './ferry-names.js';
@@ -7,7 +8,7 @@ import { QmpClient } from './qmp-client.js';
 import { probeNbd } from './socket-address.js';
 import { QemuSourceHost } from './qemu-source-host.js';
 import { KiB, MiB, jobContext, openHost, overlayFiles, pointOf, qemuObjects, qmpCommand, readDisk, take, type Taken } from './testing/session-helpers.js';
-import { missingTool, nbdUri, readExport, readImage, StorageDaemon } from './testing/storage-daemon.js';
+import { nbdUri, readExport, readImage, StorageDaemon, TOOLS } from './testing/storage-daemon.js';
 
 const AUTO = { snapshot: 'auto' };
 
@@ -21,11 +22,7 @@ describe('qemu snapshot: external snapshots for hot-add', function () {
   let qsd: StorageDaemon | undefined;
 
   before(function () {
-    const missing = missingTool();
-    if (missing) {
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    skipUnlessTools(this, TOOLS);
   });
   beforeEach(async () => {
     qsd = await StorageDaemon.start({ writableExports: true });

@@ -1,21 +1,18 @@
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { QemuSourceHost } from './qemu-source-host.js';
 import { probeNbd } from './socket-address.js';
 import { fleeceNames } from './ferry-names.js';
 import { KiB, MiB, jobContext, openHost, overlayFiles, qemuObjects, qmpCommand, readDisk, take } from './testing/session-helpers.js';
-import { listExports, missingTool, nbdUri, readExport, StorageDaemon } from './testing/storage-daemon.js';
+import { listExports, nbdUri, readExport, StorageDaemon, TOOLS } from './testing/storage-daemon.js';
 
 describe('qemu source host', function () {
   this.timeout(30_000);
   let qsd: StorageDaemon | undefined;
 
   before(function () {
-    const missing = missingTool();
-    if (missing) {
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    skipUnlessTools(this, TOOLS);
   });
   afterEach(async () => {
     await qsd?.stop();

@@ -1,8 +1,9 @@
 import path from 'node:path';
 import { expect } from 'chai';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { fleeceNames, jobFleecePrefix } from './ferry-names.js';
 import { KiB, MiB, changed, openHost, overlayFiles, qemuObjects, qmpCommand, readDisk, take } from './testing/session-helpers.js';
-import { listExports, missingTool, StorageDaemon } from './testing/storage-daemon.js';
+import { listExports, StorageDaemon, TOOLS } from './testing/storage-daemon.js';
 
 /** Changed-block tracking across sessions: how bitmaps rotate, recover and stay per job. */
 describe('qemu snapshot: dirty bitmaps across sessions', function () {
@@ -10,11 +11,7 @@ describe('qemu snapshot: dirty bitmaps across sessions', function () {
   let qsd: StorageDaemon | undefined;
 
   before(function () {
-    const missing = missingTool();
-    if (missing) {
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    skipUnlessTools(this, TOOLS);
   });
   beforeEach(async () => {
     qsd = await StorageDaemon.start({ writableExports: true });

@@ -4,8 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { QmpClient, QmpCommandError } from './qmp-client.js';
-import { missingTool, StorageDaemon } from './testing/storage-daemon.js';
+import { StorageDaemon, TOOLS } from './testing/storage-daemon.js';
 
 describe('QMP client', function () {
   this.timeout(20_000);
@@ -13,11 +14,7 @@ describe('QMP client', function () {
   let qmp: QmpClient | undefined;
 
   before(async function () {
-    const missing = missingTool();
-    if (missing) {
-      console.log(`      skipped: ${missing}`);
-      this.skip();
-    }
+    skipUnlessTools(this, TOOLS);
     qsd = await StorageDaemon.start();
   });
   afterEach(async () => {

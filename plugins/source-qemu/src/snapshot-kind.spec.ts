@@ -5,12 +5,13 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { BlockState, type BlockNode } from './block-state.js';
 import { overlayNames } from './ferry-names.js';
 import { imageBitmapNames } from './image-bitmaps.js';
 import { chooseKind } from './snapshot-kind.js';
 import { KiB, changed, openHost, qemuObjects, take } from './testing/session-helpers.js';
-import { missingTool, StorageDaemon } from './testing/storage-daemon.js';
+import { StorageDaemon, TOOLS } from './testing/storage-daemon.js';
 
 const run = promisify(execFile);
 const DISK = { name: 'disk0', node: 'disk0', size: 4 << 20, drv: 'qcow2' };
@@ -74,7 +75,7 @@ describe('choice of snapshot kind', function () {
 describe('bitmap names in a qcow2 image (the proof that a path is the image QEMU holds)', function () {
   let dir: string;
   before(function () {
-    if (missingTool()) this.skip();
+    skipUnlessTools(this, TOOLS); // npm test installs the Debian packages when it can
     dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-bitmaps-'));
   });
   after(() => dir && rmSync(dir, { recursive: true, force: true }));
@@ -103,7 +104,7 @@ describe('two jobs on one VM with external snapshots', function () {
   const AUTO = { snapshot: 'auto' };
 
   before(function () {
-    if (missingTool()) this.skip();
+    skipUnlessTools(this, TOOLS); // npm test installs the Debian packages when it can
   });
   beforeEach(async () => {
     qsd = await StorageDaemon.start({ writableExports: true });

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError, type AllocationExtent, type DiskHandle, type SourceDisk } from '@ferry/core';
+import { skipBecause } from '@ferry/core/testing';
 import { readAtFile, type ReadAt } from './hotadd-disk-handle.js';
 import { HotaddTransport } from './hotadd-transport.js';
 import { loadSeekAddon, type SeekAddon } from './seek-addon.js';
@@ -124,7 +125,7 @@ describe('HotaddTransport', () => {
   });
 
   it('has the seek addon on this machine (built at npm install)', function () {
-    if (process.platform !== 'linux') this.skip();
+    if (process.platform !== 'linux') skipBecause(this, `the seek addon is built on Linux only, not ${process.platform}`);
     expect(loadSeekAddon(), 'build/Release/ferry_seek.node did not load').to.not.equal(undefined);
   });
 

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
+import { skipBecause } from '@ferry/core/testing';
 import { loadSeekAddon, type SeekAddon } from './seek-addon.js';
 
 describe('ferry_seek addon', () => {
@@ -11,7 +12,7 @@ describe('ferry_seek addon', () => {
 
   before(function () {
     const loaded = loadSeekAddon();
-    if (!loaded && process.platform !== 'linux') this.skip();
+    if (!loaded && process.platform !== 'linux') skipBecause(this, `the seek addon is built on Linux only, not ${process.platform}`);
     expect(loaded, 'build/Release/ferry_seek.node did not load; run npm install').to.not.equal(undefined);
     addon = loaded!;
   });
@@ -27,7 +28,7 @@ describe('ferry_seek addon', () => {
   });
 
   it('uses the Linux values of SEEK_DATA and SEEK_HOLE', function () {
-    if (process.platform !== 'linux') this.skip();
+    if (process.platform !== 'linux') skipBecause(this, `SEEK_DATA and SEEK_HOLE values are Linux's, not ${process.platform}'s`);
     expect([addon.SEEK_DATA, addon.SEEK_HOLE]).to.deep.equal([3, 4]);
   });
 

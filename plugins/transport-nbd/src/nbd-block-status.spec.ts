@@ -2,9 +2,9 @@ import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'nod
 import path from 'node:path';
 import { expect } from 'chai';
 import type { AllocationExtent, DiskHandle } from '@ferry/core';
-import { Prng } from '@ferry/core/testing';
+import { Prng, skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
-import { requireTools, run, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
+import { run, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -57,7 +57,7 @@ describe('NBD blockStatus (base:allocation) against qemu-img map', function () {
   let handle: DiskHandle | undefined;
 
   beforeEach(function () {
-    requireTools(this, { 'qemu-nbd': 'qemu-utils', 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils' });
+    skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils', 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils' });
     tmp = tempDir();
   });
   afterEach(async () => {

@@ -2,10 +2,10 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
-import { Prng } from '@ferry/core/testing';
+import { Prng, skipUnlessTools } from '@ferry/core/testing';
 import { NbdClient } from './nbd-client.js';
 import { NbdServerError } from './nbd-errors.js';
-import { requireTools, run, startNbdkit, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
+import { run, startNbdkit, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -41,11 +41,11 @@ describe('NbdClient against real servers', function () {
 
   describe('nbdkit', () => {
     beforeEach(function () {
-      requireTools(this, { nbdkit: 'nbdkit' });
+      skipUnlessTools(this, { nbdkit: 'nbdkit' });
     });
 
     it('reads a sparse-random disk as nbdcopy (the reference client) does, with many reads in flight', async function () {
-      requireTools(this, { nbdcopy: 'libnbd-bin' });
+      skipUnlessTools(this, { nbdcopy: 'libnbd-bin' });
       server = await startNbdkit(sock(), ['sparse-random', '32M', 'seed=4711', 'percent=30']);
       const ref = path.join(tmp.dir, 'ref.raw');
       run('nbdcopy', [`nbd+unix:///?socket=${sock()}`, ref]);
@@ -137,7 +137,7 @@ describe('NbdClient against real servers', function () {
 
   describe('qemu-nbd', () => {
     beforeEach(function () {
-      requireTools(this, { 'qemu-nbd': 'qemu-utils', 'qemu-img': 'qemu-utils' });
+      skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils', 'qemu-img': 'qemu-utils' });
     });
 
     it('writes, zeroes and flushes a writable raw file, verified by reading the file', async () => {

@@ -1,8 +1,9 @@
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError, type DiskHandle } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
-import { requireTools, run, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
+import { run, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -28,7 +29,7 @@ describe('NBD changedBlocks (qemu:dirty-bitmap) against qemu-nbd', function () {
   let socket: string;
 
   beforeEach(async function () {
-    requireTools(this, { 'qemu-nbd': 'qemu-utils', 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils' });
+    skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils', 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils' });
     tmp = tempDir();
     socket = path.join(tmp.dir, 'nbd.sock');
     server = await startQemuNbd(socket, imageWithBitmap(tmp.dir), { format: 'qcow2', readOnly: true, bitmap: 'b0' });

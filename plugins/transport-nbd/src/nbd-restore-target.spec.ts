@@ -2,14 +2,15 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
-import { requireTools, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
+import { startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
 
 describe('NBD restore target', function () {
   let t: { dir: string; remove(): void };
   let server: RunningServer | undefined;
   before(function () {
-    requireTools(this, { 'qemu-nbd': 'qemu-utils' });
+    skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils' });
   });
   beforeEach(() => {
     t = tempDir();

@@ -2,11 +2,11 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core';
-import { makeVmImage } from '@ferry/core/testing';
+import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { NbdClient } from './nbd-client.js';
 import { loadTlsCredsDir } from './nbd-tls.js';
 import { NbdTransport } from './nbd-transport.js';
-import { freePort, requireTools, startQemuNbd, startServer, tempDir, type RunningServer } from './test-support/nbd-servers.js';
+import { freePort, startQemuNbd, startServer, tempDir, type RunningServer } from './test-support/nbd-servers.js';
 import { makeTestCerts, type TestCerts } from './test-support/tls-certs.js';
 
 const MiB = 1024 * 1024;
@@ -31,7 +31,7 @@ describe('NBD over TLS (qemu-nbd with tls-creds-x509)', function () {
   let content: Buffer;
 
   before(async function () {
-    requireTools(this, { 'qemu-nbd': 'qemu-utils', openssl: 'openssl' });
+    skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils', openssl: 'openssl' });
     tmp = tempDir();
     certs = makeTestCerts(path.join(tmp.dir, 'pki'));
     file = path.join(tmp.dir, 'disk.raw');

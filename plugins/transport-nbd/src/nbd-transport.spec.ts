@@ -2,10 +2,10 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError, type DiskHandle } from '@ferry/core';
-import { makeVmImage } from '@ferry/core/testing';
+import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
 import { errorChunk, offsetData, startFakeServer, type FakeScript, type FakeServer } from './test-support/fake-nbd-server.js';
-import { requireTools, startNbdkit, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
+import { startNbdkit, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';
 
 const MiB = 1024 * 1024;
 
@@ -58,7 +58,7 @@ describe('NbdTransport', function () {
   });
 
   it('probe says yes with size and address; the handle reads and reports holes', async function () {
-    requireTools(this, { 'qemu-nbd': 'qemu-utils' });
+    skipUnlessTools(this, { 'qemu-nbd': 'qemu-utils' });
     const file = path.join(tmp.dir, 'vda.raw');
     await makeVmImage(file, { sizeBytes: 4 * MiB, seed: 3, holes: 0.5 });
     const socket = path.join(tmp.dir, 'nbd.sock');
@@ -76,7 +76,7 @@ describe('NbdTransport', function () {
   });
 
   it('offers no blockStatus when the server has no base:allocation (the contract default: all data)', async function () {
-    requireTools(this, { nbdkit: 'nbdkit' });
+    skipUnlessTools(this, { nbdkit: 'nbdkit' });
     const socket = path.join(tmp.dir, 'nbd.sock');
     server = await startNbdkit(socket, ['memory', '1M'], ['--no-sr']);
     handle = await new NbdTransport().open({ name: 'vdb', nbd: { address: `unix:${socket}`, exportName: '' } });

@@ -48,6 +48,8 @@ export interface VmAvailability {
   available: boolean;
   /** Why not, naming the missing tool and its Debian package. */
   reason?: string;
+  /** The missing tools, each with its Debian package (absent when the platform is the reason). */
+  missing?: Record<string, string>;
 }
 
 /**
@@ -60,7 +62,7 @@ export function isAvailable(cacheDir: string = GUEST_CACHE_DIR): VmAvailability 
   if (!existsSync(manifestPath(cacheDir))) Object.assign(needed, { 'apt-get': 'apt', 'apt-cache': 'apt', 'dpkg-deb': 'dpkg', ldd: 'libc-bin' });
   const missing = Object.entries(needed).filter(([tool]) => !findTool(tool));
   if (missing.length === 0) return { available: true };
-  return { available: false, reason: `missing ${missing.map(([tool, pkg]) => `${tool} (Debian package ${pkg})`).join(', ')}` };
+  return { available: false, reason: `missing ${missing.map(([tool, pkg]) => `${tool} (Debian package ${pkg})`).join(', ')}`, missing: Object.fromEntries(missing) };
 }
 
 /** Runs a tool to completion; the error names the command and carries its stderr. */

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { skipBecause, skipForMissingTools } from '@ferry/core/testing';
 import { ensureGuestImage, findTool, GuestImageUnavailableError, isAvailable } from './test-vm.js';
 
 const execFileAsync = promisify(execFile);
@@ -15,20 +16,20 @@ export async function hostTool(name: string, args: string[]): Promise<{ code: nu
   }
 }
 
-/** Skips the suite, saying why, when QEMU is missing or apt cannot provide the guest; any other failure fails. */
+/**
+ * Skips the suite, saying why, when a tool is missing (fails instead under CI), the platform is not
+ * linux/x64, or apt cannot provide the guest's packages; any other failure fails.
+ */
 export async function skipUnlessGuestCanBoot(ctx: Mocha.Context): Promise<void> {
   ctx.timeout(240_000); // the first run downloads and builds the guest image
   const available = isAvailable();
-  if (!available.available) {
-    console.warn(`      skipping the test VM: ${available.reason}`);
-    ctx.skip();
-  }
+  if (available.missing) skipForMissingTools(ctx, available.missing);
+  if (!available.available) skipBecause(ctx, `no test VM: ${available.reason}`);
   try {
     await ensureGuestImage();
   } catch (err) {
     if (!(err instanceof GuestImageUnavailableError)) throw err;
-    console.warn(`      skipping the test VM: ${err.message}`);
-    ctx.skip();
+    skipBecause(ctx, `no test VM: ${err.message}`);
   }
 }
 

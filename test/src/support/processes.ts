@@ -1,10 +1,8 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
-/** True when `tool` is on the PATH. */
-export function hasTool(tool: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
-}
+/** True when `tool` is on the PATH; a spec that needs one calls `skipUnlessTools` (fails in CI). */
+export { hasTool } from '@ferry/core/testing';
 
 export interface Daemon {
   child: ChildProcess;

@@ -1,4 +1,4 @@
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
-/** The tools the specs use, with the Debian package that ships each. */
+/** The tools the specs use, with the Debian package that ships each (`skipUnlessTools(this, TOOLS)`). */
 export const TOOLS: Record<string, string> = {
   'qemu-storage-daemon': 'qemu-system-common',
   'qemu-img': 'qemu-utils',
@@ -15,14 +15,6 @@ export const TOOLS: Record<string, string> = {
   nbdcopy: 'libnbd-bin',
   nbdinfo: 'libnbd-bin',
 };
-
-/** Names the first missing tool and its package, or undefined when all are installed. */
-export function missingTool(): string | undefined {
-  for (const [tool, pkg] of Object.entries(TOOLS)) {
-    if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) return `${tool} is not installed (Debian package ${pkg})`;
-  }
-  return undefined;
-}
 
 export interface DaemonOptions {
   /** qcow2 disks to create (node names), each `sizeBytes` large. Default one 4 MiB `disk0`. */

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { runTransportConformance } from '@ferry/core/testing';
 import { HotaddTransport } from '../hotadd-transport.js';
-import { NEEDS_QEMU, qemuImg, qemuToolsAvailable } from './spec-support/qemu-tools.js';
+import { QEMU_TOOLS, qemuImg } from './spec-support/qemu-tools.js';
 
 // The shared transport suite on qcow2 copies of its raw image, made by qemu-img: a plain copy (holes
 // become unallocated clusters) and a compressed one. The suite compares every read with the raw bytes.
@@ -11,14 +11,6 @@ const copies: [name: string, convertOptions: string[]][] = [
 ];
 
 for (const [name, options] of copies) {
-  if (!qemuToolsAvailable()) {
-    describe(`transport conformance: ${name}`, () => {
-      it(`is skipped: ${NEEDS_QEMU}`, function () {
-        this.skip();
-      });
-    });
-    continue;
-  }
   runTransportConformance(name, async (file) => {
     const image = `${file}.qcow2`;
     qemuImg('convert', '-q', ...options, '-f', 'raw', '-O', 'qcow2', file, image);
@@ -27,5 +19,5 @@ for (const [name, options] of copies) {
       disk: { name: 'disk.qcow2', path: image, format: 'qcow2' },
       cleanup: async () => fs.rmSync(image, { force: true }),
     };
-  });
+  }, { needs: QEMU_TOOLS });
 }

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import type { DiskHandle, SourceDisk } from '@ferry/core';
-import { makeVmImage } from '@ferry/core/testing';
+import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { readAtFile, type ReadAt } from '../hotadd-disk-handle.js';
 import { HotaddTransport } from '../hotadd-transport.js';
 import {
@@ -12,13 +12,12 @@ import {
   GiB,
   KiB,
   MiB,
-  NEEDS_QEMU,
   oracleBytes,
   oracleHostRanges,
   oracleMap,
   qemuImg,
+  QEMU_TOOLS,
   qemuIo,
-  qemuToolsAvailable,
   readWhole,
   virtualSize,
   wholeStatus,
@@ -48,10 +47,7 @@ describe('qcow2 through hot-add, checked against qemu-img', function () {
   };
 
   before(function () {
-    if (!qemuToolsAvailable()) {
-      console.warn(`      (skipped: ${NEEDS_QEMU})`);
-      this.skip();
-    }
+    skipUnlessTools(this, QEMU_TOOLS);
   });
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-qcow2-'));

@@ -3,16 +3,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError, type DiskHandle, type SourceDisk } from '@ferry/core';
+import { skipUnlessTools } from '@ferry/core/testing';
 import { HotaddTransport } from '../hotadd-transport.js';
 import {
   createQcow2,
   KiB,
   MiB,
-  NEEDS_QEMU,
   patchFile,
   qemuImg,
+  QEMU_TOOLS,
   qemuIo,
-  qemuToolsAvailable,
   readWhole,
   rejection,
   u64,
@@ -52,10 +52,7 @@ describe('qcow2 through hot-add: corrupt and unsupported images', function () {
   };
 
   before(function () {
-    if (!qemuToolsAvailable()) {
-      console.warn(`      (skipped: ${NEEDS_QEMU})`);
-      this.skip();
-    }
+    skipUnlessTools(this, QEMU_TOOLS);
   });
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-qcow2-bad-'));

@@ -6,22 +6,9 @@ import path from 'node:path';
 
 /**
  * Real NBD servers for specs (qemu-nbd, nbdkit, qemu-storage-daemon), started on a unix socket or
- * loopback TCP and stopped by the spec in every exit path. Only specs import this folder.
+ * loopback TCP, each in a process group of its own, and stopped by the spec in every exit path (and
+ * when the test process exits). Only specs import this folder.
  */
-
-/** True when `tool` is on PATH. Specs skip, saying which Debian package is missing, when it is not. */
-export function hasTool(tool: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
-}
-
-/** Skips the current mocha test or hook when a tool is missing. */
-export function requireTools(ctx: Mocha.Context, tools: Record<string, string>): void {
-  const missing = Object.entries(tools).filter(([tool]) => !hasTool(tool));
-  if (missing.length) {
-    console.warn(`      skipped: ${missing.map(([t, pkg]) => `${t} (Debian package ${pkg})`).join(', ')} not installed`);
-    ctx.skip();
-  }
-}
 
 export function tempDir(prefix = 'ferry-nbd-'): { dir: string; remove(): void } {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -38,23 +25,35 @@ export function run(cmd: string, args: string[]): string {
 export interface RunningServer {
   /** `unix:/path` or `tcp:127.0.0.1:port`. */
   address: string;
+  /** The server's pid, also its process group id. */
+  pid: number;
   stderr(): string;
   stop(): Promise<void>;
 }
 
 export type Listen = { socket: string } | { port: number };
 
+/** Process groups of servers still running: killed when the test process exits. */
+const groups = new Set<number>();
+let exitHook = false;
+
 /**
- * Starts a server process and resolves once it accepts connections (at most `readyMs`), or rejects
- * with its stderr when it exits first. The process is killed if the wait fails.
+ * Starts a server process in a process group of its own and resolves once it accepts connections
+ * (at most `readyMs`), or rejects with its stderr when it exits first. The group is killed if the
+ * wait fails.
  */
 export async function startServer(cmd: string, args: string[], listen: Listen, readyMs = 8000): Promise<RunningServer> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   child.on('error', (err) => (stderr += String(err)));
+  if (child.pid) groups.add(child.pid);
+  if (!exitHook) {
+    exitHook = true;
+    process.once('exit', () => groups.forEach((pgid) => killGroup(pgid, 'SIGKILL')));
+  }
   const address = 'socket' in listen ? `unix:${listen.socket}` : `tcp:127.0.0.1:${listen.port}`;
-  const server: RunningServer = { address, stderr: () => stderr, stop: () => stopChild(child) };
+  const server: RunningServer = { address, pid: child.pid ?? -1, stderr: () => stderr, stop: () => stopChild(child) };
   try {
     await waitReady(child, listen, readyMs, () => stderr);
   } catch (err) {
@@ -85,13 +84,27 @@ function canConnect(listen: Listen): Promise<boolean> {
   });
 }
 
+/** Stops the server's process group: SIGTERM, SIGKILL after 3 s, and SIGKILL for anything left. */
 async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
-  await exited;
-  clearTimeout(timer);
+  const pgid = child.pid;
+  if (pgid === undefined) return;
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    killGroup(pgid, 'SIGTERM');
+    const timer = setTimeout(() => killGroup(pgid, 'SIGKILL'), 3000);
+    await exited;
+    clearTimeout(timer);
+  }
+  killGroup(pgid, 'SIGKILL'); // children the server left behind
+  groups.delete(pgid);
+}
+
+function killGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    // the group is gone
+  }
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
@@ -103,9 +116,9 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** qemu-nbd serving `file` on a unix socket, several clients at once, until stopped. */
-export function startQemuNbd(socket: string, file: string, opts: { format?: string; readOnly?: boolean; bitmap?: string; extra?: string[] } = {}): Promise<RunningServer> {
-  const args = ['--persistent', '--shared=8', '-f', opts.format ?? 'raw', '-k', socket];
+/** qemu-nbd serving `file` on a unix socket, `shared` clients at once (default 8), until stopped. */
+export function startQemuNbd(socket: string, file: string, opts: { format?: string; readOnly?: boolean; bitmap?: string; shared?: number; extra?: string[] } = {}): Promise<RunningServer> {
+  const args = ['--persistent', `--shared=${opts.shared ?? 8}`, '-f', opts.format ?? 'raw', '-k', socket];
   if (opts.readOnly) args.push('--read-only');
   if (opts.bitmap) args.push('-B', opts.bitmap);
   return startServer('qemu-nbd', [...args, ...(opts.extra ?? []), file], { socket });
