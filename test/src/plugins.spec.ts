@@ -38,7 +38,7 @@ describe('plugin discovery and loading', function () {
     expect(r.plugins.map((p) => p.packageName)).to.deep.equal(['b-first']);
     const byName = Object.fromEntries(r.refused.map((x) => [x.packageName, x.error]));
     expect(byName['a-too-new'].code).to.equal('PLUGIN_API_INCOMPATIBLE');
-    expect(byName['a-too-new'].message).to.include('a-too-new').and.include('>=1.0 <=1.0');
+    expect(byName['a-too-new'].message).to.include('a-too-new').and.include('>=1.0 <=1.1');
     expect(byName['c-second'].code).to.equal('PLUGIN_DUPLICATE');
     expect(byName['c-second'].message).to.include('b-first');
     expect(byName['d-bad-kind'].code).to.equal('PLUGIN_MANIFEST_INVALID');
