@@ -45,6 +45,7 @@ export const ERROR_CODES = {
   SESSION_INTERRUPTED: 'the session was stopped (Ctrl-C, SIGTERM) and cleaned up; nothing unfinished was committed',
   WORKER_FAILED: 'a worker thread of the data pipe died (exited, or threw outside a task); its blocks and every later one fail instead of waiting',
   RESTORE_TARGET: 'the restore target cannot be written',
+  RESTORE_TARGET_EXISTS: 'the restore target is an existing file or a block device, and --force was not given',
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
   // data pipe between the data movers
   PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, truncated or oversize frame, out of order)',

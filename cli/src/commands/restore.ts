@@ -9,6 +9,7 @@ interface Args {
   disk: string;
   point: string;
   to: string;
+  force: boolean;
   json: boolean;
 }
 
@@ -23,11 +24,19 @@ export function restoreCommand(setCode: (c: number) => void): CommandModule<obje
         .option('disk', { type: 'string', demandOption: true, describe: 'disk name as in the job (e.g. web01.raw)' })
         .option('point', { type: 'string', default: 'latest', describe: 'restore point id, or latest' })
         .option('to', { type: 'string', demandOption: true, describe: 'target file, block device, or NBD export (nbd://host/export, nbd+unix:///export?socket=PATH)' })
+        .option('force', {
+          type: 'boolean',
+          default: false,
+          describe:
+            'overwrite an existing file or a block device (refused without it; a device must also be at least the disk size and not mounted or in use). ' +
+            'A failed restore removes only a file it created; a target it overwrote stays, and the error says what it holds',
+        })
         .option('json', { type: 'boolean', default: false, describe: 'print the restore report as JSON on stdout' }) as never,
     handler: async (args) => {
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       try {
-        const report = await restoreDisk(rt, { vm: args.vm, disk: args.disk, point: args.point, to: isTargetAddress(args.to) ? args.to : path.resolve(args.to) });
+        const to = isTargetAddress(args.to) ? args.to : path.resolve(args.to);
+        const report = await restoreDisk(rt, { vm: args.vm, disk: args.disk, point: args.point, to, force: args.force });
         if (args.json) printJson(report);
         else {
           process.stdout.write(

@@ -3,7 +3,7 @@ import type { BlockSlot } from '../pipe/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { lockForReading } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
-import { openRestoreSink } from './restore-sink.js';
+import { openRestoreSink, withTargetState } from './restore-sink.js';
 import { restoreRemote } from '../remote/services/remote-restore.js';
 
 export interface RestoreOptions {
@@ -13,6 +13,11 @@ export interface RestoreOptions {
   point: string;
   /** Target file or block device, or a network target a transport can write (`nbd://...`). */
   to: string;
+  /**
+   * Overwrite a file or block device that exists (`--force`); without it an existing target is
+   * refused with RESTORE_TARGET_EXISTS. A network target (NBD export) is always written.
+   */
+  force?: boolean;
   /** Blocks fetched and written at once (default `RESTORE_CONCURRENCY`). */
   concurrency?: number;
   onProgress?: (doneBytes: number, sizeBytes: number) => void;
@@ -61,7 +66,7 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
   const { point, disk } = await repo.getPointDisk(opts.vm, opts.point, opts.disk);
   const map = await repo.readMap(disk);
   const codec = await rt.codec();
-  const sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk);
+  const sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk, { force: opts.force });
   const report: RestoreReport = {
     vm: opts.vm,
     disk: opts.disk,
@@ -73,7 +78,9 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
     sparse: sink.sparse,
     durationMs: 0,
   };
-  let ok = false;
+  // After one lane fails the others stop at their next block, and all have settled before the sink is
+  // finished: no write may land after finish reports what the target holds.
+  let failed: { err: unknown } | undefined;
   try {
     let next = 0;
     let done = 0;
@@ -87,7 +94,7 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
       }
     };
     const lane = async (slot: BlockSlot): Promise<void> => {
-      while (next < map.blockCount) {
+      while (!failed && next < map.blockCount) {
         const i = next++;
         const offset = i * map.blockSize;
         const length = map.lengthOf(i);
@@ -113,11 +120,13 @@ async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOption
         opts.onProgress?.(done, map.diskSize);
       }
     };
-    await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? RESTORE_CONCURRENCY) }, worker));
-    ok = true;
-  } finally {
-    await sink.finish(ok);
+    const lanes = Array.from({ length: Math.max(1, opts.concurrency ?? RESTORE_CONCURRENCY) }, () => worker().catch((err) => void (failed ??= { err })));
+    await Promise.all(lanes);
+    if (failed) throw failed.err;
+  } catch (err) {
+    throw withTargetState(err, await sink.finish(false).catch(() => undefined));
   }
+  await sink.finish(true);
   report.durationMs = Math.round(performance.now() - t0);
   return report;
 }

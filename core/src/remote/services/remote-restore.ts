@@ -4,7 +4,7 @@ import type { DamagedPoint, RestorePoint } from '../../repository/repository.js'
 import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
 import type { JobRuntime } from '../../session/job-runtime.js';
 import type { RestoreOptions, RestoreReport } from '../../session/restore-session.js';
-import { openRestoreSink, type RestoreSink } from '../../session/restore-sink.js';
+import { openRestoreSink, withTargetState, type RestoreSink } from '../../session/restore-sink.js';
 import type { WireMessage } from '../wire/index.js';
 import { fromHex } from './protocol.js';
 import { connectRepositoryService, type RemoteSpec } from './remote-backup.js';
@@ -22,13 +22,20 @@ export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: Re
   let ok = false;
   const where = { vm: opts.vm, disk: opts.disk };
   const report: RestoreReport = { vm: opts.vm, disk: opts.disk, restorePoint: '', to: opts.to, sizeBytes: 0, bytesWritten: 0, zeroBytes: 0, sparse: false, durationMs: 0 };
+  const pending = new Set<Promise<void>>();
+  let opening: Promise<void> = Promise.resolve();
+  // The first failure (the target refused, a damaged block) ends the request: nothing acknowledges
+  // blocks any more, so the service would wait for credit forever. Closing the connection stops it.
+  let failed: { err: unknown } | undefined;
+  const fail = (err: unknown): void => {
+    if (failed) return;
+    failed = { err };
+    void control.close().catch(() => undefined);
+  };
   try {
     let map: BlockMap | undefined;
     let written = 0;
     let blocksDone = 0;
-    let failed: unknown;
-    const pending = new Set<Promise<void>>();
-    let opening: Promise<void> = Promise.resolve();
     const write = async (m: WireMessage): Promise<void> => {
       await opening;
       if (!map || !sink || !codec) throw new FerryError('PIPE_PROTOCOL', 'a block arrived before the block map', where);
@@ -59,17 +66,15 @@ export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: Re
           report.sizeBytes = map.diskSize;
           const idKey = typeof m.header?.idKey === 'string' ? Buffer.from(m.header.idKey, 'hex') : undefined;
           codec = new WorkerBlockCodec(rt.plugins.options, undefined, idKey);
-          sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk);
+          sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk, { force: opts.force });
           report.to = sink.label;
           report.sparse = sink.sparse;
         })();
-        opening.catch((err) => (failed ??= err));
+        opening.catch(fail);
         return;
       }
       if (m.type !== 'restore.block') return;
-      const p = write(m).catch((err) => {
-        failed ??= err;
-      });
+      const p = write(m).catch(fail);
       pending.add(p);
       void p.finally(() => pending.delete(p));
     };
@@ -78,7 +83,7 @@ export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: Re
     await control.request<{ blocks: number }>('restore.open', { vm: opts.vm, disk: opts.disk, point: opts.point }, { onMessage });
     await opening.catch(() => undefined);
     while (pending.size) await Promise.all([...pending]);
-    if (failed) throw failed;
+    if (failed) throw failed.err;
     if (!map || !sink) throw new FerryError('PIPE_PROTOCOL', 'the repository service sent no block map', where);
     for (let i = 0; i < map.blockCount; i++) {
       if (map.get(i)) continue;
@@ -86,11 +91,15 @@ export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: Re
       report.zeroBytes += map.lengthOf(i);
     }
     ok = true;
+  } catch (err) {
+    // An open and writes still in flight (the connection failed under them) settle before the sink
+    // says what it holds.
+    await opening.catch(() => undefined);
+    await Promise.allSettled([...pending]);
+    throw withTargetState(failed ? failed.err : err, await sink?.finish(false).catch(() => undefined));
   } finally {
-    await sink?.finish(ok).catch((err) => {
-      if (ok) throw err;
-    });
-    await codec?.close();
+    if (ok) await sink!.finish(true).finally(() => codec?.close());
+    else await codec?.close();
     await control.close();
   }
   report.durationMs = Math.round(performance.now() - t0);

@@ -69,6 +69,19 @@ describe('data pipe connections (in memory)', function () {
     await a.close();
   });
 
+  it('closes at once while its receive queue is full and the peer still sends (no wait for the linger timeout)', async function () {
+    const [a, b] = connectionPair();
+    const sender = (async () => {
+      for (let i = 0; i < 64; i++) await a.send({ type: 'block', header: { i }, body: Buffer.alloc(256 * 1024, i) });
+    })().catch(() => undefined);
+    await pause(100); // b reads nothing: its queue fills and its stream pauses
+    const t0 = performance.now();
+    await b.close('giving up');
+    expect(performance.now() - t0, 'a paused stream must still see the peer end').to.be.lessThan(1000);
+    await sender;
+    await a.close();
+  });
+
   it('stays up while idle (pings answered) and fails with PIPE_CLOSED when the other end vanishes', async function () {
     const [a, b] = connectionPair({ heartbeatMs: 20 });
     await pause(200);

@@ -115,6 +115,12 @@ export class PipeConnection implements Connection {
       this.stopHeartbeat();
       this.flushWaiters();
       this.endWith(FrameKind.BYE, { reason });
+      // A paused stream never sees the peer's end, and a socket that is not reading does not keep
+      // the process alive: `closed` would never settle (a CLI exited with 13, its await unsettled).
+      if (this.paused) {
+        this.paused = false;
+        this.stream.resume();
+      }
     }
     await this.closed;
   }
@@ -209,6 +215,7 @@ export class PipeConnection implements Connection {
     if (f.body.length) msg.body = f.body;
     const w = this.waiters.shift();
     if (w) return w.resolve(msg);
+    if (this.state === 'closing') return; // after this side's goodbye nothing is read: keep the stream flowing
     this.queue.push(msg);
     if (!this.paused && this.queue.length >= RECEIVE_QUEUE_LIMIT) {
       this.paused = true;
