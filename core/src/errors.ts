@@ -45,8 +45,9 @@ export const ERROR_CODES = {
   WORKER_FAILED: 'a worker thread of the data pipe died (exited, or threw outside a task); its blocks and every later one fail instead of waiting',
   RESTORE_TARGET: 'the restore target cannot be written',
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
+  RESTORE_INCOMPLETE: 'a restore ended without every block of the block map written (a repository service that skipped one); the target is incomplete',
   // data pipe between the data movers
-  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, truncated or oversize frame, out of order)',
+  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order)',
   PIPE_VERSION: 'a data-pipe peer speaks no frame format or protocol version this side supports',
   PIPE_AUTH: 'a data-pipe peer was not authenticated (no TLS, unknown CA, bad certificate or pre-shared key) or has a role it is not allowed',
   PIPE_TIMEOUT: 'a data-pipe peer did not answer in time (TLS handshake, HELLO, or three missed heartbeats)',
@@ -54,7 +55,7 @@ export const ERROR_CODES = {
   PIPE_UNREACHABLE: 'the data-pipe peer cannot be reached at its address',
   CERTS_FAILED: 'a certificate folder cannot be written or read (files already there without --force, files missing, openssl missing or failed)',
   // data-mover services
-  REMOTE_RESUME_FAILED: 'the data pipe to a proxy dropped (or never came up) and could not be resumed within the retry window',
+  REMOTE_RESUME_FAILED: 'the data pipe to a proxy, or a restore\'s connection to the repository service, dropped (or never came up) and could not be resumed within the retry window',
   REMOTE_SESSION_LOST: 'the repository service went away during the session; nothing unfinished was committed',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
