@@ -57,6 +57,7 @@ export const ERROR_CODES = {
   // data-mover services
   REMOTE_RESUME_FAILED: 'the data pipe to a proxy, or a restore\'s connection to the repository service, dropped (or never came up) and could not be resumed within the retry window',
   REMOTE_SESSION_LOST: 'the repository service went away during the session; nothing unfinished was committed',
+  REMOTE_BLOCK_MISMATCH: 'a proxy sent a block whose content does not match the id (SHA-256, or HMAC of an encrypted repository) it names; nothing was stored for it',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
 } as const;

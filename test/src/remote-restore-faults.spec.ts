@@ -1,10 +1,11 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { connect, initCerts, listen, type Connection, type WireMessage } from '@ferry/core/remote/wire';
+import { initCerts } from '@ferry/core/remote/wire';
 import { startTcpRelay, type TcpRelay } from '@ferry/core/remote/wire/testing';
 import { firstDifference, makeVmImage } from '@ferry/core/testing';
 import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { startMessageRelay } from './support/message-relay.js';
 import { remoteJob, startService, type ServiceProcess } from './support/remote-services.js';
 
 interface RestoreJson {
@@ -80,7 +81,14 @@ describe('remote restore: dropped connections and missing blocks', function () {
   });
 
   it('fails, naming the disk and offset, when the service ends the restore with a block of the map never sent', async function () {
-    const lossy = await messageRelay(repo.address, certs, (m) => m.type === 'restore.block' && Number(m.header?.i) === 37);
+    // a service that skips block 37: the relay drops that one message of the stream
+    const lossy = await startMessageRelay({
+      target: repo.address,
+      certs,
+      as: 'repository',
+      towardsTarget: 'server',
+      alter: (m, dir) => (dir === 'fromTarget' && m.type === 'restore.block' && Number(m.header?.i) === 37 ? undefined : m),
+    });
     try {
       const job = writeJob(t.dir, remoteJob({ server: lossy.address, proxies: [proxy.address], certs, disks: ['big.raw'] }), 'lossy.yaml');
       const to = path.join(t.dir, 'lossy.restored.raw');
@@ -96,52 +104,3 @@ describe('remote restore: dropped connections and missing blocks', function () {
     }
   });
 });
-
-/**
- * Stands between the CLI and a repository service at the message level (both connections
- * authenticated with the job's certificates) and drops the messages from the service that `drop`
- * picks: a service that skips a block.
- */
-async function messageRelay(target: string, certs: string, drop: (m: WireMessage) => boolean): Promise<{ address: string; dropped: number; close(): Promise<void> }> {
-  const open = new Set<Connection>();
-  const state = { dropped: 0 };
-  const pump = async (from: Connection, to: Connection, filter: boolean): Promise<void> => {
-    try {
-      for await (const m of from) {
-        if (filter && drop(m)) {
-          state.dropped++;
-          continue;
-        }
-        await to.send(m);
-      }
-    } catch {
-      // either side went away: close both
-    }
-    await Promise.all([from.close().catch(() => undefined), to.close().catch(() => undefined)]);
-  };
-  const l = await listen({
-    listen: '127.0.0.1:0',
-    auth: { kind: 'certs', dir: certs, role: 'repository' },
-    onConnection: (client) => {
-      open.add(client);
-      void connect({ address: target, auth: { kind: 'certs', dir: certs, role: 'server' }, expectRole: 'repository' }).then(
-        (service) => {
-          open.add(service);
-          void pump(client, service, false);
-          void pump(service, client, true);
-        },
-        () => void client.close(),
-      );
-    },
-  });
-  return {
-    address: `127.0.0.1:${l.port}`,
-    get dropped() {
-      return state.dropped;
-    },
-    close: async () => {
-      await l.close();
-      await Promise.all([...open].map((c) => c.close().catch(() => undefined)));
-    },
-  };
-}

@@ -15,12 +15,16 @@ import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upke
 import { BusyMeter } from '../../session/stage-meter.js';
 import type { Connection, PeerAuth, WireMessage } from '../wire/index.js';
 import { errorToWire, hex, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome, type ReadTask } from './protocol.js';
+import { BlockVerifier } from './block-verifier.js';
 import { ProxyPipe, type Dial } from './proxy-pipe.js';
 
 export interface RepositoryServiceOptions {
   /** A new `Repository` over the service's backend (one per control connection). */
   openRepository(opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository>;
-  /** Block codec for the health check after a session (keyed with an encrypted repository's id key). */
+  /**
+   * Block codec (keyed with an encrypted repository's id key) for checking the blocks proxies send
+   * and for the health check after a session. It needs every compressor the proxies use.
+   */
   codec: (idKey?: Buffer) => BlockCodec;
   /** How this service authenticates to proxies (role `repository`). */
   auth: PeerAuth;
@@ -229,6 +233,7 @@ class ControlSession {
       auth: this.opts.auth,
       task,
       blocks: repo.blocks,
+      verifier: new BlockVerifier(this.opts.codec(repo.idKey), order.blockSize),
       retryWindowMs: this.opts.retryWindowMs ?? 30_000,
       heartbeatMs: this.opts.heartbeatMs,
       dial: this.opts.dial,
