@@ -47,8 +47,9 @@ export const ERROR_CODES = {
   RESTORE_TARGET: 'the restore target cannot be written',
   RESTORE_TARGET_EXISTS: 'the restore target is an existing file or a block device, and --force was not given',
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
+  RESTORE_INCOMPLETE: 'a restore ended without every block of the block map written (a repository service that skipped one); the target is incomplete',
   // data pipe between the data movers
-  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, truncated or oversize frame, out of order)',
+  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order)',
   PIPE_VERSION: 'a data-pipe peer speaks no frame format or protocol version this side supports',
   PIPE_AUTH: 'a data-pipe peer was not authenticated (no TLS, unknown CA, bad certificate or pre-shared key) or has a role it is not allowed',
   PIPE_TIMEOUT: 'a data-pipe peer did not answer in time (TLS handshake, HELLO, or three missed heartbeats)',
@@ -56,8 +57,9 @@ export const ERROR_CODES = {
   PIPE_UNREACHABLE: 'the data-pipe peer cannot be reached at its address',
   CERTS_FAILED: 'a certificate folder cannot be written or read (files already there without --force, files missing, openssl missing or failed)',
   // data-mover services
-  REMOTE_RESUME_FAILED: 'the data pipe to a proxy dropped (or never came up) and could not be resumed within the retry window',
+  REMOTE_RESUME_FAILED: 'the data pipe to a proxy, or a restore\'s connection to the repository service, dropped (or never came up) and could not be resumed within the retry window',
   REMOTE_SESSION_LOST: 'the repository service went away during the session; nothing unfinished was committed',
+  REMOTE_BLOCK_MISMATCH: 'a proxy sent a block whose content does not match the id (SHA-256, or HMAC of an encrypted repository) it names; nothing was stored for it',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
 } as const;

@@ -39,6 +39,10 @@ export interface RestoreReport {
   zeroBytes: number;
   sparse: boolean;
   durationMs: number;
+  /** Restores from a repository service: connections made again after a drop. */
+  reconnects?: number;
+  /** Restores from a repository service: blocks it sent again after drops (at most its window each). */
+  resentBlocks?: number;
 }
 
 /**

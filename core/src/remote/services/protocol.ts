@@ -17,8 +17,11 @@ import type { Connection, WireMessage } from '../wire/index.js';
  *   point.commit {vm, point, disks: [{diskId, ...}]} → {point}; point.discard {diskIds}
  *   session.end {retention?, verify?} → {retention?, verify?}: releases the lock
  *   session.abort → {}: (Ctrl-C on the server) running disks stop, no commit is accepted after it
- *   restore.open {vm, disk, point} → `restore.map` (block map in the body), then `restore.block`
- *     {i, h} with the stored block object in the body for every non-zero block, then `res`
+ *   restore.open {vm, disk, point, restoreId?, from?} → `restore.map` {point, from, resent} (block
+ *     map in the body), then `restore.block` {i, h} with the stored block object in the body for every
+ *     non-zero block from `from` on, then `res`; the client sends `restore.ack` {id, done} as it
+ *     writes. After a drop the client asks again with `from` = its first block not written and the
+ *     same `restoreId`; `resent` counts the blocks of earlier streams sent again.
  *
  * Data pipe (repository service → proxy; the repository service connects, DESIGN.md step 3):
  *   R→P `task` ReadTask; P→R `task.ok` TaskInfo, then records in index order:

@@ -2,6 +2,7 @@ import { FerryError, type ErrorLocation } from '../../errors.js';
 import type { BlockRecord } from '../../pipe/block-record.js';
 import type { BlockStore } from '../../repository/block-store.js';
 import { BusyMeter } from '../../session/stage-meter.js';
+import type { BlockVerifier } from './block-verifier.js';
 import { connect, type ConnectOptions, type Connection, type PeerAuth, type WireMessage } from '../wire/index.js';
 import { errorFromWire, fromHex, receiveOrFail, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 
@@ -12,6 +13,8 @@ export interface ProxyPipeOptions {
   task: Omit<ReadTask, 'resumeFrom'>;
   /** Answers the proxy's `known?` questions (the session's repository). */
   blocks: BlockStore;
+  /** Checks every new block against the id the proxy names for it before the target mover sees it. */
+  verifier: BlockVerifier;
   /** How long to keep trying to reach the proxy again after the pipe dropped. */
   retryWindowMs: number;
   heartbeatMs?: number;
@@ -74,9 +77,10 @@ export class ProxyPipe {
     try {
       for (;;) {
         let m: WireMessage;
+        let checked: Promise<void> | undefined;
         try {
           this.checkAbort();
-          m = await this.inbox!.next();
+          ({ m, checked } = await this.inbox!.next());
         } catch (err) {
           this.checkAbort();
           if (!this.transient(err)) throw err;
@@ -87,6 +91,9 @@ export class ProxyPipe {
         const out: BlockRecord[] = [];
         switch (m.type) {
           case 'block':
+            // Waiting for the check is target-side time. Never retried: a network cannot produce a
+            // block that passed the frame's CRC and TLS.
+            if (checked) await this.targetBusy.time(() => checked);
             out.push({ kind: 'data', index: Number(m.header?.i), length: 0, hash: fromHex(m.header?.h, 'a block hash'), encoded: asBuffer(m.body) });
             break;
           case 'known':
@@ -169,7 +176,7 @@ export class ProxyPipe {
           throw err;
         }
         this.conn = conn;
-        this.inbox = new Inbox(conn, this.opts.blocks, this.where);
+        this.inbox = new Inbox(conn, this.opts, this.where, this.info!.sizeBytes);
         if (resume) this.reconnects++;
         return;
       } catch (err) {
@@ -204,31 +211,41 @@ export class ProxyPipe {
   }
 }
 
+/** A record as it waits for the target mover; a new block's check runs meanwhile. */
+interface Received {
+  m: WireMessage;
+  checked?: Promise<void>;
+}
+
 /**
  * Reads one connection ahead of the target mover: the proxy's `known?` questions are answered at
- * once (so the proxy keeps compressing while the target stores), records wait in order. The queue
- * is bounded by the proxy's in-flight window (data blocks are acknowledged only once kept).
+ * once (so the proxy keeps compressing while the target stores), new blocks are checked against
+ * their ids on the worker threads as they arrive, records wait in order. The queue is bounded by
+ * the proxy's in-flight window (data blocks are acknowledged only once kept).
  */
 class Inbox {
-  private readonly queue: (WireMessage | Error)[] = [];
+  private readonly queue: (Received | Error)[] = [];
   private waiter?: () => void;
+  private readonly blocks: BlockStore;
 
   constructor(
     private readonly conn: Connection,
-    private readonly blocks: BlockStore,
+    private readonly opts: Pick<ProxyPipeOptions, 'blocks' | 'verifier' | 'address' | 'task'>,
     private readonly where: ErrorLocation,
+    private readonly sizeBytes: number,
   ) {
+    this.blocks = opts.blocks;
     void this.read();
   }
 
-  async next(): Promise<WireMessage> {
+  async next(): Promise<Received> {
     while (this.queue.length === 0) await new Promise<void>((r) => (this.waiter = r));
     const m = this.queue.shift()!;
     if (m instanceof Error) throw m;
     return m;
   }
 
-  private push(m: WireMessage | Error): void {
+  private push(m: Received | Error): void {
     this.queue.push(m);
     const w = this.waiter;
     this.waiter = undefined;
@@ -243,12 +260,31 @@ class Inbox {
           void this.answer(m);
           continue;
         }
-        this.push(m);
+        this.push(m.type === 'block' ? { m, checked: this.check(m) } : { m });
         if (m.type === 'end' || m.type === 'error') return;
       }
     } catch (err) {
       this.push(err as Error);
     }
+  }
+
+  /**
+   * A block the repository does not hold yet must be what its id says; one it holds is a dedup hit
+   * (nothing of it is stored) and needs no check. Awaited in order by `records`; a rejection is
+   * handled there, or dropped with the connection.
+   */
+  private check(m: WireMessage): Promise<void> {
+    const { blockSize } = this.opts.task;
+    const i = Number(m.header?.i);
+    const checked = (async () => {
+      const hash = fromHex(m.header?.h, 'a block hash');
+      if (!Number.isInteger(i) || i < 0 || i * blockSize >= this.sizeBytes) throw unexpected(m, 'a block inside the disk', this.where);
+      if (await this.blocks.has(hash)) return;
+      const where = { ...this.where, offset: i * blockSize, host: this.opts.address };
+      await this.opts.verifier.verify(asBuffer(m.body), hash, Math.min(blockSize, this.sizeBytes - i * blockSize), where);
+    })();
+    checked.catch(() => undefined);
+    return checked;
   }
 
   private async answer(m: WireMessage): Promise<void> {

@@ -1,109 +1,256 @@
-import { FerryError } from '../../errors.js';
+import { randomBytes } from 'node:crypto';
+import { FerryError, type ErrorLocation } from '../../errors.js';
 import { BlockMap } from '../../repository/block-map.js';
 import type { DamagedPoint, RestorePoint } from '../../repository/repository.js';
 import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
 import type { JobRuntime } from '../../session/job-runtime.js';
 import type { RestoreOptions, RestoreReport } from '../../session/restore-session.js';
 import { openRestoreSink, withTargetState, type RestoreSink } from '../../session/restore-sink.js';
+import { sha256 } from '../../util/checksums.js';
 import type { WireMessage } from '../wire/index.js';
-import { fromHex } from './protocol.js';
+import { fromHex, type ControlChannel } from './protocol.js';
 import { connectRepositoryService, type RemoteSpec } from './remote-backup.js';
+
+/** How long a restore keeps trying to reach the repository service again after its connection dropped. */
+export const RESTORE_RESUME_WINDOW_MS = 30_000;
 
 /**
  * `ferry restore` against a repository service: the service streams the block map and every stored
  * block object in order; this process checks CRC-32 and SHA-256 of each against the map (so the
- * check covers the network as well) and writes it. Zero blocks stay holes in a file.
+ * check covers the network as well) and writes it. Zero blocks stay holes in a file. A dropped
+ * connection is made again and the restore resumes at the first block not yet written; success is
+ * reported only when every data block of the map was written.
  */
 export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: RestoreOptions): Promise<RestoreReport> {
   const t0 = performance.now();
-  const control = await connectRepositoryService(remote);
-  let sink: RestoreSink | undefined;
-  let codec: WorkerBlockCodec | undefined;
-  let ok = false;
-  const where = { vm: opts.vm, disk: opts.disk };
-  const report: RestoreReport = { vm: opts.vm, disk: opts.disk, restorePoint: '', to: opts.to, sizeBytes: 0, bytesWritten: 0, zeroBytes: 0, sparse: false, durationMs: 0 };
-  const pending = new Set<Promise<void>>();
-  let opening: Promise<void> = Promise.resolve();
-  // The first failure (the target refused, a damaged block) ends the request: nothing acknowledges
-  // blocks any more, so the service would wait for credit forever. Closing the connection stops it.
-  let failed: { err: unknown } | undefined;
-  const fail = (err: unknown): void => {
-    if (failed) return;
-    failed = { err };
-    void control.close().catch(() => undefined);
-  };
+  const restore = new RemoteRestore(rt, remote, opts);
   try {
-    let map: BlockMap | undefined;
-    let written = 0;
-    let blocksDone = 0;
-    const write = async (m: WireMessage): Promise<void> => {
-      await opening;
-      if (!map || !sink || !codec) throw new FerryError('PIPE_PROTOCOL', 'a block arrived before the block map', where);
-      const i = Number(m.header?.i);
-      const hash = map.get(i);
-      if (!hash || !hash.equals(fromHex(m.header?.h, 'a block hash'))) {
-        throw new FerryError('PIPE_PROTOCOL', `block ${i} does not match the block map`, { ...where, offset: i * map.blockSize });
+    await restore.run();
+  } catch (err) {
+    // Writes still in flight have settled (`stream`); the sink now says what the target holds.
+    throw withTargetState(err, await restore.abandon());
+  }
+  await restore.finish();
+  restore.report.durationMs = Math.round(performance.now() - t0);
+  return restore.report;
+}
+
+/** A drop the restore resumes after (a cut, a reset, a silent peer), as opposed to an answer. */
+function isDrop(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  if (err instanceof FerryError) return code === 'PIPE_CLOSED' || code === 'PIPE_TIMEOUT';
+  return typeof code === 'string' && /^E[A-Z]+$/.test(code);
+}
+
+class RemoteRestore {
+  readonly report: RestoreReport;
+  private map?: BlockMap;
+  private mapDigest = '';
+  private sink?: RestoreSink;
+  private codec?: WorkerBlockCodec;
+  /** One byte per block, 1 once the block is written: what a resumed stream may skip, and the final check. */
+  private written = new Uint8Array(0);
+  private writtenBytes = 0;
+  /** Names this restore to the service across connections, so it can count what it sends twice. */
+  private readonly restoreId = randomBytes(8).toString('hex');
+  private readonly where: ErrorLocation;
+
+  constructor(
+    private readonly rt: JobRuntime,
+    private readonly remote: RemoteSpec,
+    private readonly opts: RestoreOptions,
+  ) {
+    this.where = { vm: opts.vm, disk: opts.disk };
+    this.report = {
+      vm: opts.vm, disk: opts.disk, restorePoint: '', to: opts.to, sizeBytes: 0, bytesWritten: 0, zeroBytes: 0, sparse: false, durationMs: 0,
+      reconnects: 0, resentBlocks: 0,
+    };
+  }
+
+  async run(): Promise<void> {
+    let control: ControlChannel | undefined = await connectRepositoryService(this.remote);
+    try {
+      for (;;) {
+        try {
+          await this.stream(control);
+          break;
+        } catch (err) {
+          if (!isDrop(err)) throw err;
+          await control.close();
+          control = undefined;
+          control = await this.reconnect(err as Error);
+          this.report.reconnects!++;
+        }
       }
-      const data = await codec.decode(m.body ?? new Uint8Array(), hash, `block ${hash.toString('hex')} (from ${remote.server})`).catch((err) => {
-        throw err instanceof FerryError ? err.at({ ...where, offset: i * map!.blockSize }) : err;
-      });
-      if (data.length !== map.lengthOf(i)) {
-        throw new FerryError('REPO_CORRUPT_OBJECT', `block holds ${data.length} bytes, the map expects ${map.lengthOf(i)}`, { ...where, offset: i * map.blockSize });
-      }
-      await sink.write(i * map.blockSize, data);
-      report.bytesWritten += data.length;
-      written += data.length;
-      opts.onProgress?.(written, map.diskSize);
-      // Credit for the service: it sends at most its window of blocks ahead of what was written.
-      if (++blocksDone % 4 === 0) void control.conn.send({ type: 'restore.ack', header: { id: m.header?.id, done: blocksDone } }).catch(() => undefined);
+    } finally {
+      await control?.close();
+    }
+    const map = this.map;
+    if (!map || !this.sink) throw new FerryError('PIPE_PROTOCOL', 'the repository service sent no block map', this.where);
+    this.checkComplete(map);
+    for (let i = 0; i < map.blockCount; i++) {
+      if (map.get(i)) continue;
+      await this.sink.zero(i * map.blockSize, map.lengthOf(i));
+      this.report.zeroBytes += map.lengthOf(i);
+    }
+  }
+
+  /** Makes the target durable (a failure there says what the target holds). */
+  async finish(): Promise<void> {
+    try {
+      await this.sink!.finish(true);
+    } finally {
+      await this.codec?.close();
+    }
+  }
+
+  /** After a failure: removes a file this restore created, or says what the target holds now. */
+  async abandon(): Promise<string | undefined> {
+    const state = await this.sink?.finish(false).catch(() => undefined);
+    await this.codec?.close();
+    return state;
+  }
+
+  /**
+   * One connection's stream, from the first block not yet written. Blocks are decoded (worker
+   * threads) and written as they arrive; the service keeps at most its window of blocks
+   * unacknowledged, so memory stays bounded when the target is slow. Blocks that arrived before a
+   * drop are still written before the drop is reported.
+   */
+  private async stream(control: ControlChannel): Promise<void> {
+    let failed: unknown;
+    let opening: Promise<void> = Promise.resolve();
+    let done = 0;
+    const pending = new Set<Promise<void>>();
+    const fail = (err: unknown): void => {
+      failed ??= err;
+      // The service waits for credit that will not come: end the request instead of hanging.
+      void control.conn.close('the restore failed').catch(() => undefined);
     };
     const onMessage = (m: WireMessage): void => {
       if (failed) return;
       if (m.type === 'restore.map') {
-        opening = (async () => {
-          map = BlockMap.decode(m.body ?? new Uint8Array(), `block map of ${opts.vm}/${opts.disk} (from ${remote.server})`);
-          report.restorePoint = String(m.header?.point);
-          report.sizeBytes = map.diskSize;
-          const idKey = typeof m.header?.idKey === 'string' ? Buffer.from(m.header.idKey, 'hex') : undefined;
-          codec = new WorkerBlockCodec(rt.plugins.options, undefined, idKey);
-          sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk, { force: opts.force });
-          report.to = sink.label;
-          report.sparse = sink.sparse;
-        })();
+        opening = this.onMap(m);
         opening.catch(fail);
         return;
       }
       if (m.type !== 'restore.block') return;
-      const p = write(m).catch(fail);
+      const p = opening
+        .then(() => this.write(m))
+        .then(() => {
+          // Credit for the service: blocks of this connection written (or already written before).
+          if (++done % 4 === 0) void control.conn.send({ type: 'restore.ack', header: { id: m.header?.id, done } }).catch(() => undefined);
+        })
+        .catch(fail);
       pending.add(p);
       void p.finally(() => pending.delete(p));
     };
-    // Blocks are decoded (worker threads) and written as they arrive; the service keeps at most its
-    // window of blocks unacknowledged, so memory stays bounded when the target is slow.
-    await control.request<{ blocks: number }>('restore.open', { vm: opts.vm, disk: opts.disk, point: opts.point }, { onMessage });
+    const args = { vm: this.opts.vm, disk: this.opts.disk, point: this.report.restorePoint || this.opts.point, restoreId: this.restoreId, from: this.firstMissing() };
+    let dropped: unknown;
+    await control.request<{ blocks: number }>('restore.open', args, { onMessage }).catch((err) => (dropped = err));
     await opening.catch(() => undefined);
     while (pending.size) await Promise.all([...pending]);
-    if (failed) throw failed.err;
-    if (!map || !sink) throw new FerryError('PIPE_PROTOCOL', 'the repository service sent no block map', where);
-    for (let i = 0; i < map.blockCount; i++) {
-      if (map.get(i)) continue;
-      await sink.zero(i * map.blockSize, map.lengthOf(i));
-      report.zeroBytes += map.lengthOf(i);
-    }
-    ok = true;
-  } catch (err) {
-    // An open and writes still in flight (the connection failed under them) settle before the sink
-    // says what it holds.
-    await opening.catch(() => undefined);
-    await Promise.allSettled([...pending]);
-    throw withTargetState(failed ? failed.err : err, await sink?.finish(false).catch(() => undefined));
-  } finally {
-    if (ok) await sink!.finish(true).finally(() => codec?.close());
-    else await codec?.close();
-    await control.close();
+    if (failed) throw failed;
+    if (dropped) throw dropped;
   }
-  report.durationMs = Math.round(performance.now() - t0);
-  return report;
+
+  /** The first map opens the target; a resumed stream's map must be the same point's. */
+  private async onMap(m: WireMessage): Promise<void> {
+    const body = m.body ?? new Uint8Array();
+    const point = String(m.header?.point);
+    const digest = sha256(body).toString('hex');
+    if (this.map) {
+      if (point !== this.report.restorePoint || digest !== this.mapDigest) {
+        throw new FerryError('REMOTE_RESUME_FAILED', `after reconnecting, the repository service sent the block map of another point (${point})`, { ...this.where, host: this.remote.server });
+      }
+    } else {
+      const map = BlockMap.decode(body, `block map of ${this.opts.vm}/${this.opts.disk} (from ${this.remote.server})`);
+      this.map = map;
+      this.mapDigest = digest;
+      this.written = new Uint8Array(map.blockCount);
+      this.report.restorePoint = point;
+      this.report.sizeBytes = map.diskSize;
+      const idKey = typeof m.header?.idKey === 'string' ? Buffer.from(m.header.idKey, 'hex') : undefined;
+      this.codec = new WorkerBlockCodec(this.rt.plugins.options, undefined, idKey);
+      this.sink = await openRestoreSink(this.rt, this.opts.to, map.diskSize, this.opts.disk, { force: this.opts.force });
+      this.report.to = this.sink.label;
+      this.report.sparse = this.sink.sparse;
+    }
+    const resent = Number(m.header?.resent ?? 0);
+    if (Number.isInteger(resent) && resent >= 0) this.report.resentBlocks! += resent;
+  }
+
+  private async write(m: WireMessage): Promise<void> {
+    const { map, sink, codec } = this;
+    if (!map || !sink || !codec) throw new FerryError('PIPE_PROTOCOL', 'a block arrived before the block map', this.where);
+    const i = Number(m.header?.i);
+    const hash = Number.isInteger(i) ? map.get(i) : undefined;
+    if (!hash || !hash.equals(fromHex(m.header?.h, 'a block hash'))) {
+      throw new FerryError('PIPE_PROTOCOL', `block ${i} does not match the block map`, { ...this.where, offset: i * map.blockSize });
+    }
+    if (this.written[i]) return;
+    const where = { ...this.where, offset: i * map.blockSize };
+    const data = await codec.decode(m.body ?? new Uint8Array(), hash, `block ${hash.toString('hex')} (from ${this.remote.server})`).catch((err) => {
+      throw err instanceof FerryError ? err.at(where) : err;
+    });
+    if (data.length !== map.lengthOf(i)) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', `block holds ${data.length} bytes, the map expects ${map.lengthOf(i)}`, where);
+    }
+    await sink.write(i * map.blockSize, data);
+    this.written[i] = 1;
+    this.report.bytesWritten += data.length;
+    this.writtenBytes += data.length;
+    this.opts.onProgress?.(this.writtenBytes, map.diskSize);
+  }
+
+  /** Where a resumed stream starts: the first data block not written (0 before the map arrived). */
+  private firstMissing(): number {
+    const map = this.map;
+    if (!map) return 0;
+    for (let i = 0; i < map.blockCount; i++) if (map.get(i) && !this.written[i]) return i;
+    return map.blockCount;
+  }
+
+  /** Every data block of the map must have been written: a block the service skipped is an error, never a hole. */
+  private checkComplete(map: BlockMap): void {
+    let missing = 0;
+    let first = -1;
+    for (let i = 0; i < map.blockCount; i++) {
+      if (!map.get(i) || this.written[i]) continue;
+      missing++;
+      if (first < 0) first = i;
+    }
+    if (missing === 0) return;
+    throw new FerryError(
+      'RESTORE_INCOMPLETE',
+      `the repository service ended the restore without sending ${missing} block(s) of the block map, the first being block ${first}; the target is incomplete`,
+      { ...this.where, offset: first * map.blockSize, host: this.remote.server },
+    );
+  }
+
+  /** Connects again within the resume window (the service may be restarting, the path flapping). */
+  private async reconnect(cause: Error): Promise<ControlChannel> {
+    const deadline = Date.now() + RESTORE_RESUME_WINDOW_MS;
+    let delay = 100;
+    let last = cause;
+    for (;;) {
+      try {
+        return await connectRepositoryService(this.remote);
+      } catch (err) {
+        if (!isDrop(err) && (err as FerryError).code !== 'PIPE_UNREACHABLE') throw err;
+        last = err as Error;
+      }
+      if (Date.now() + delay > deadline) break;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(2000, delay * 2);
+    }
+    throw new FerryError(
+      'REMOTE_RESUME_FAILED',
+      `the connection to the repository service dropped at block ${this.firstMissing()} and could not be made again within ${RESTORE_RESUME_WINDOW_MS / 1000} s (${last.message})`,
+      { ...this.where, host: this.remote.server },
+      { cause: last },
+    );
+  }
 }
 
 /** Restore points of the job's repository service (`ferry list`). */

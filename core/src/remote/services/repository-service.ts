@@ -15,12 +15,16 @@ import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upke
 import { BusyMeter } from '../../session/stage-meter.js';
 import type { Connection, PeerAuth, WireMessage } from '../wire/index.js';
 import { errorToWire, hex, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome, type ReadTask } from './protocol.js';
+import { BlockVerifier } from './block-verifier.js';
 import { ProxyPipe, type Dial } from './proxy-pipe.js';
 
 export interface RepositoryServiceOptions {
   /** A new `Repository` over the service's backend (one per control connection). */
   openRepository(opts: { create: boolean; writeMeter?: WriteMeter }): Promise<Repository>;
-  /** Block codec for the health check after a session (keyed with an encrypted repository's id key). */
+  /**
+   * Block codec (keyed with an encrypted repository's id key) for checking the blocks proxies send
+   * and for the health check after a session. It needs every compressor the proxies use.
+   */
   codec: (idKey?: Buffer) => BlockCodec;
   /** How this service authenticates to proxies (role `repository`). */
   auth: PeerAuth;
@@ -35,6 +39,30 @@ export interface RepositoryServiceOptions {
 }
 
 const DEFAULT_WINDOW = 32;
+/** Restores whose progress is remembered for a resumed stream (the oldest is forgotten first). */
+const REMEMBERED_RESTORES = 256;
+
+/**
+ * How far each restore's stream got, by the client's restore id, across its connections: a resumed
+ * stream counts the blocks it sends again (the client's `resentBlocks`).
+ */
+class RestoreLedger {
+  private readonly sentUpTo = new Map<string, number>();
+
+  get(id: string | undefined): number {
+    return (id && this.sentUpTo.get(id)) || 0;
+  }
+
+  sent(id: string | undefined, upTo: number): void {
+    if (!id) return;
+    if (!this.sentUpTo.has(id) && this.sentUpTo.size >= REMEMBERED_RESTORES) this.sentUpTo.delete(this.sentUpTo.keys().next().value!);
+    this.sentUpTo.set(id, Math.max(upTo, this.get(id)));
+  }
+
+  forget(id: string | undefined): void {
+    if (id) this.sentUpTo.delete(id);
+  }
+}
 
 /**
  * The target-side data mover as a service (`ferry repository serve`). A backup server opens a
@@ -45,11 +73,12 @@ const DEFAULT_WINDOW = 32;
  */
 export class RepositoryService {
   private readonly open = new Set<ControlSession>();
+  private readonly restores = new RestoreLedger();
 
   constructor(readonly opts: RepositoryServiceOptions) {}
 
   async serve(conn: Connection): Promise<void> {
-    const s = new ControlSession(this.opts, conn);
+    const s = new ControlSession(this.opts, conn, this.restores);
     this.open.add(s);
     try {
       await s.run();
@@ -61,6 +90,15 @@ export class RepositoryService {
   async close(): Promise<void> {
     await Promise.all([...this.open].map((s) => s.stop('the repository service is shutting down')));
   }
+}
+
+/** `restore.open`: `from` and `restoreId` are set when a client resumes after a dropped connection. */
+interface RestoreRequest {
+  vm: string;
+  disk: string;
+  point: string;
+  from?: number;
+  restoreId?: string;
 }
 
 interface KeptDisk {
@@ -84,6 +122,7 @@ class ControlSession {
   constructor(
     private readonly opts: RepositoryServiceOptions,
     private readonly conn: Connection,
+    private readonly restores: RestoreLedger,
   ) {}
 
   async run(): Promise<void> {
@@ -148,7 +187,7 @@ class ControlSession {
       case 'session.end':
         return this.endSession(h as { vms: string[]; retention?: RetentionPolicy; verify?: { samplePercent: number }; points?: { vm: string; id: string }[] });
       case 'restore.open':
-        return this.restore(h as { vm: string; disk: string; point: string }, id);
+        return this.restore(h as unknown as RestoreRequest, id);
       default:
         return Promise.reject(new FerryError('PIPE_PROTOCOL', `unknown request "${op}"`));
     }
@@ -194,6 +233,7 @@ class ControlSession {
       auth: this.opts.auth,
       task,
       blocks: repo.blocks,
+      verifier: new BlockVerifier(this.opts.codec(repo.idKey), order.blockSize),
       retryWindowMs: this.opts.retryWindowMs ?? 30_000,
       heartbeatMs: this.opts.heartbeatMs,
       dial: this.opts.dial,
@@ -324,19 +364,28 @@ class ControlSession {
   }
 
   /**
-   * Streams one disk of a restore point: the block map, then every non-zero block as stored (the
-   * client checks CRC-32 and SHA-256 against the map, so the check covers the network too).
+   * Streams one disk of a restore point: the block map, then every non-zero block from `from` on as
+   * stored (the client checks CRC-32 and SHA-256 against the map, so the check covers the network
+   * too). A client resuming after a drop asks again with the first block it has not written; the
+   * map's header then says how many blocks of the earlier streams this one sends again (`resent`).
    */
-  private async restore(h: { vm: string; disk: string; point: string }, id: number): Promise<{ blocks: number }> {
+  private async restore(h: RestoreRequest, id: number): Promise<{ blocks: number }> {
     const repo = await this.repository(false);
     const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [h.vm] });
     let unlisten = (): void => undefined;
     try {
       const { point, disk } = await repo.getPointDisk(h.vm, h.point, h.disk);
       const map = await repo.readMap(disk);
+      const from = h.from ?? 0;
+      if (!Number.isInteger(from) || from < 0 || from > map.blockCount) {
+        throw new FerryError('PIPE_PROTOCOL', `a restore from block ${String(from)} of a disk of ${map.blockCount} blocks`, { vm: h.vm, disk: h.disk });
+      }
+      const restoreId = typeof h.restoreId === 'string' && /^[0-9a-f]{8,64}$/.test(h.restoreId) ? h.restoreId : undefined;
+      let resent = 0;
+      for (let i = from, end = Math.min(this.restores.get(restoreId), map.blockCount); i < end; i++) if (map.get(i)) resent++;
       await repo.blocks.load();
       const idKey = repo.idKey;
-      const header = { id, point: point.id, sizeBytes: map.diskSize, blockSize: map.blockSize, ...(idKey && { idKey: hex(idKey) }) };
+      const header = { id, point: point.id, sizeBytes: map.diskSize, blockSize: map.blockSize, from, resent, ...(idKey && { idKey: hex(idKey) }) };
       await this.conn.send({ type: 'restore.map', header, body: map.encode() });
       let sent = 0;
       let acked = 0;
@@ -349,7 +398,7 @@ class ControlSession {
       const onAbort = (): void => wake?.();
       this.abort.signal.addEventListener('abort', onAbort, { once: true });
       unlisten = () => this.abort.signal.removeEventListener('abort', onAbort);
-      for (let i = 0; i < map.blockCount; i++) {
+      for (let i = from; i < map.blockCount; i++) {
         const hash = map.get(i);
         if (!hash) continue;
         while (sent - acked >= window && !this.abort.signal.aborted) {
@@ -360,8 +409,10 @@ class ControlSession {
           throw err instanceof FerryError ? err.at({ vm: h.vm, disk: h.disk, offset: i * map.blockSize }) : err;
         });
         await this.conn.send({ type: 'restore.block', header: { id, i, h: hex(hash) }, body: record });
+        this.restores.sent(restoreId, i + 1);
         sent++;
       }
+      this.restores.forget(restoreId);
       return { blocks: sent };
     } finally {
       this.restoreAcks.delete(id);

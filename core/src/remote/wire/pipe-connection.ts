@@ -245,7 +245,10 @@ export class PipeConnection implements Connection {
   private onEnd(): void {
     if (this.state === 'ended' || this.state === 'closing' || this.failure) return;
     if (this.decoder.pending) {
-      this.fail(new FerryError('PIPE_PROTOCOL', `the peer closed the connection inside a frame (${this.decoder.pending} bytes of an unfinished frame)`, { host: this.opts.address }), false);
+      // A cut network path ends a TLS socket the same way a peer's own close does (Node reports a
+      // TCP FIN without close_notify as a plain end), so an unfinished frame is a drop the services
+      // may resume, not a protocol error. Nothing of the partial frame is delivered.
+      this.fail(new FerryError('PIPE_CLOSED', `the connection ended inside a frame (${this.decoder.pending} bytes of an unfinished frame): cut or closed by the peer`, { host: this.opts.address }), false);
     } else {
       this.fail(this.closedError(), false);
     }
@@ -261,7 +264,6 @@ export class PipeConnection implements Connection {
       return;
     }
     // Torn down without an orderly end (reset, cut): a network fault, even in the middle of a frame.
-    // A peer that ends its stream cleanly inside a frame is caught in onEnd as PIPE_PROTOCOL.
     this.fail(this.closedError(), false);
   }
 
