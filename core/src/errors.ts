@@ -6,7 +6,7 @@ export const ERROR_CODES = {
   // job files
   JOB_FILE_NOT_FOUND: 'the job file does not exist or cannot be read',
   JOB_YAML_SYNTAX: 'the job file is not well-formed YAML',
-  JOB_INVALID: 'a key of the job file is unknown, missing or of the wrong type or value',
+  JOB_INVALID: 'a key of the job file is unknown, missing or of the wrong type or value (a VM listed twice, a disk outside the datastore), or the file is over 1 MiB or its YAML aliases expand too far',
   JOB_PATH_NOT_FOUND: 'a file or folder the job names does not exist',
   // plugins
   PLUGIN_MANIFEST_INVALID: "a plugin package's `ferry` field in package.json is malformed",

@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document, type Node } from 'yaml';
@@ -8,6 +8,7 @@ import { FerryError, type ErrorLocation } from '../errors.js';
 import { composeJobSchema, coreJobSchema, DEFAULT_BLOCK_SIZE, DEFAULT_PARALLEL_DISKS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionLevel } from './job-schema.js';
 import type { RetentionPolicy } from '../maintenance/retention-policy.js';
 import { formatSize, parsePercent, parseSize } from './size.js';
+import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, readJobText } from './yaml-limits.js';
 
 export type DocPath = (string | number)[];
 
@@ -66,34 +67,57 @@ export class JobFile {
   /** Reads and parses the file and checks the core's keys. */
   static load(file: string, opts: JobLoadOptions = {}): JobFile {
     const abs = path.resolve(file);
-    let text: string;
-    try {
-      text = readFileSync(abs, 'utf8');
-    } catch (err) {
-      throw new FerryError('JOB_FILE_NOT_FOUND', `cannot read job file: ${(err as NodeJS.ErrnoException).code ?? err}`, {
-        file: abs,
-      });
-    }
+    const text = readJobText(abs);
     return JobFile.parse(text, abs, opts);
   }
 
   static parse(text: string, file: string, opts: JobLoadOptions = {}): JobFile {
+    const bytes = Buffer.byteLength(text);
+    if (bytes > MAX_JOB_FILE_BYTES) throw jobFileTooLarge(file, `${bytes} bytes`);
     const lines = new LineCounter();
-    const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+    // `uniqueKeys` is checked by `toValues`, in linear time
+    const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: false });
     if (doc.errors.length) {
       const e = doc.errors[0];
       const pos = lines.linePos(e.pos[0]);
       const msg = e.message.split('\n')[0];
       throw new FerryError('JOB_YAML_SYNTAX', msg, { file, line: pos.line, column: pos.col });
     }
-    const data = doc.toJS() as unknown;
+    const data = JobFile.toValues(doc, lines, file);
     const job = new JobFile(file, doc, lines, (data ?? {}) as Record<string, unknown>, opts);
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
       throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
     }
     job.validate(coreJobSchema(true));
     job.checkRemote();
+    job.checkVmsListedOnce();
     return job;
+  }
+
+  /**
+   * The document as plain values, once its keys are known to be unique and its aliases bounded
+   * (`checkAliases`): an alias bomb or a 1 MiB file of aliases is refused as `JOB_INVALID` at the
+   * alias, quickly.
+   */
+  private static toValues(doc: Document, lines: LineCounter, file: string): unknown {
+    try {
+      const dup = firstDuplicateKey(doc);
+      if (dup) {
+        const pos = dup.offset === undefined ? { line: 1, col: 1 } : lines.linePos(dup.offset);
+        throw new FerryError('JOB_YAML_SYNTAX', `Map keys must be unique ("${dup.key}" is repeated)`, { file, line: pos.line, column: pos.col });
+      }
+      const problem = checkAliases(doc);
+      if (problem) {
+        const pos = problem.offset === undefined ? undefined : lines.linePos(problem.offset);
+        throw new FerryError('JOB_INVALID', problem.detail, { file, ...(pos && { line: pos.line, column: pos.col }), path: formatPath(problem.docPath) });
+      }
+      // The check above bounds what the aliases cost; the package's own count would refuse
+      // harmless files with `INTERNAL` (a ReferenceError).
+      return doc.toJS({ maxAliasCount: -1 }) as unknown;
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw new FerryError('JOB_INVALID', 'the job file is nested too deeply to read', { file, line: 1, column: 1 });
+    }
   }
 
   get dir(): string {
@@ -203,6 +227,35 @@ export class JobFile {
     }
   }
 
+  /**
+   * Each VM once and each of its disks once, for every source host: two entries with one name are
+   * backed up under that name and the restore point keeps only one of them.
+   */
+  private checkVmsListedOnce(): void {
+    const vms = (this.data.source as { vms: { name: string; disks?: string[] }[] }).vms;
+    const short = (l: ErrorLocation): string => `${path.basename(this.file)}:${l.line}:${l.column}`;
+    const firstVm = new Map<string, number>();
+    for (const [i, vm] of vms.entries()) {
+      const first = firstVm.get(vm.name);
+      if (first !== undefined) {
+        const at = this.whereKey(['source', 'vms', i], 'name');
+        const before = short(this.whereKey(['source', 'vms', first], 'name'));
+        throw new FerryError('JOB_INVALID', `vm "${vm.name}" is listed twice (${before} and ${short(at)}); list each VM once with all its disks`, at);
+      }
+      firstVm.set(vm.name, i);
+      const firstDisk = new Map<string, number>();
+      for (const [j, disk] of (vm.disks ?? []).entries()) {
+        const seen = firstDisk.get(disk);
+        if (seen !== undefined) {
+          const at = this.where(['source', 'vms', i, 'disks', j]);
+          const before = short(this.where(['source', 'vms', i, 'disks', seen]));
+          throw new FerryError('JOB_INVALID', `disk "${disk}" of vm "${vm.name}" is listed twice (${before} and ${short(at)}); list each disk once`, at);
+        }
+        firstDisk.set(disk, j);
+      }
+    }
+  }
+
   private remote(): Pick<JobSpec, 'remote'> {
     const server = (this.data.repository as { server?: string }).server;
     if (server === undefined) return {};
@@ -226,7 +279,7 @@ export class JobFile {
 
   private validate(schema: JsonSchema): void {
     const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false, verbose: true });
-    const pathErrors: { docPath: DocPath; message: string }[] = [];
+    const pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
     const baseDir = this.dir;
     ajv.addKeyword({
       keyword: 'ferryPath',
@@ -246,7 +299,31 @@ export class JobFile {
           } catch {
             ok = false;
           }
-          if (!ok) pathErrors.push({ docPath, message: `${kind} not found: ${resolved}` });
+          if (!ok) pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
+        }
+        return true;
+      },
+    });
+    // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
+    // symbolic links followed unless the source may be gone. The value is left as written.
+    ajv.addKeyword({
+      keyword: 'ferryPathIn',
+      schemaType: 'string',
+      validate: (basePointer: string, value: unknown, _s: unknown, ctx?: { instancePath: string; rootData: unknown }) => {
+        if (typeof value !== 'string' || !ctx) return true;
+        const basePath = pointerToPath(basePointer);
+        const base = basePath.reduce<unknown>((o, k) => (o as Record<string | number, unknown> | undefined)?.[k], ctx.rootData);
+        if (typeof base !== 'string') return true;
+        const docPath = pointerToPath(ctx.instancePath);
+        const root = path.resolve(baseDir, base);
+        const follow = !(this.opts.sourceMayBeGone && docPath[0] === 'source');
+        const escape = pathOutside(root, value, follow);
+        if (escape) {
+          pathErrors.push({
+            docPath,
+            code: 'JOB_INVALID',
+            message: `"${value}" resolves to ${escape.to}${escape.viaLink ? ' (through a symbolic link)' : ''}, outside ${formatPath(basePath)} (${root}); name only files inside it`,
+          });
         }
         return true;
       },
@@ -270,7 +347,7 @@ export class JobFile {
     if (!validate(this.data)) throw this.schemaError(validate.errors![0]);
     if (pathErrors.length) {
       const e = pathErrors[0];
-      throw new FerryError('JOB_PATH_NOT_FOUND', e.message, this.where(e.docPath));
+      throw new FerryError(e.code, e.message, this.where(e.docPath));
     }
   }
 
@@ -292,6 +369,34 @@ export class JobFile {
       default:
         return new FerryError('JOB_INVALID', `${formatPath(at) || 'document'} ${e.message ?? 'is invalid'}`, this.where(at));
     }
+  }
+}
+
+/**
+ * Where `name` (relative to `root`, or absolute) leads when that is outside `root`; undefined when
+ * inside. With `follow`, symbolic links in both are resolved (a missing file by its nearest existing
+ * parent, so a link to a folder outside is caught before the file exists).
+ */
+function pathOutside(root: string, name: string, follow: boolean): { to: string; viaLink: boolean } | undefined {
+  const lexical = path.resolve(root, name);
+  if (!isInside(root, lexical)) return { to: lexical, viaLink: false };
+  if (!follow) return undefined;
+  const realRoot = realpathOrParent(root);
+  const real = realpathOrParent(lexical);
+  return isInside(realRoot, real) ? undefined : { to: real, viaLink: true };
+}
+
+function isInside(root: string, p: string): boolean {
+  const rel = path.relative(root, p);
+  return rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
+}
+
+function realpathOrParent(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    const parent = path.dirname(p);
+    return parent === p ? p : path.join(realpathOrParent(parent), path.basename(p));
   }
 }
 

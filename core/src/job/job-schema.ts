@@ -134,7 +134,8 @@ export function composeJobSchema(source: { config?: JsonSchema; vm?: JsonSchema 
 function merge(target: { properties: Record<string, unknown>; required: string[] }, extra: JsonSchema | undefined): void {
   if (!extra) return;
   const props = (extra.properties ?? {}) as Record<string, unknown>;
-  for (const [k, v] of Object.entries(props)) if (!(k in target.properties)) target.properties[k] = v;
+  // A plugin may narrow a core key (the file host keeps `disks` inside its datastore): both apply.
+  for (const [k, v] of Object.entries(props)) target.properties[k] = k in target.properties ? { allOf: [target.properties[k], v] } : v;
   const req = (extra.required ?? []) as string[];
   target.required = [...new Set([...(target.required ?? []), ...req])];
 }

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -51,6 +51,21 @@ describe('file source host', function () {
     expect(err).to.be.instanceOf(FerryError);
     expect((err as FerryError).code).to.equal('SOURCE_DISK_NOT_FOUND');
     expect((err as FerryError).where).to.include({ path: 'source.vms.0.disks.1', line: 7, disk: 'nope.raw' });
+  });
+
+  it('a disk that resolves outside the datastore (a VM folder linked elsewhere) is JOB_INVALID at the VM', async function () {
+    const outside = mkdtempSync(path.join(os.tmpdir(), 'ferry-outside-'));
+    try {
+      writeFileSync(path.join(outside, 'secret.img'), Buffer.alloc(4096));
+      symlinkSync(outside, path.join(ds, 'vm3'));
+      const err = await new FileSourceHost({ datastore: ds }, job).inventory([{ name: 'vm3', options: {} }]).catch((e: FerryError) => e);
+      expect(err).to.be.instanceOf(FerryError);
+      expect((err as FerryError).code).to.equal('JOB_INVALID');
+      expect((err as FerryError).where).to.include({ path: 'source.vms.0.name', disk: 'vm3/secret.img' });
+    } finally {
+      rmSync(path.join(ds, 'vm3'), { force: true });
+      rmSync(outside, { recursive: true, force: true });
+    }
   });
 
   it('a VM without disks and without a folder is SOURCE_VM_NOT_FOUND', async function () {

@@ -73,6 +73,17 @@ export class FileSourceHost implements SourceHost {
         disk: name,
       });
     }
+    // The core refused listed disks outside the datastore when it loaded the job; this catches a
+    // VM folder that is a link to elsewhere, and links changed since.
+    const [real, root] = await Promise.all([fs.realpath(file), fs.realpath(this.config.datastore)]);
+    const rel = path.relative(root, real);
+    if (rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel)) {
+      throw new FerryError('JOB_INVALID', `disk image ${file} resolves to ${real}, outside the datastore ${root}`, {
+        ...this.job.where(at),
+        host: this.label,
+        disk: name,
+      });
+    }
     const format = formatFromName(name);
     return { name, path: file, ...(format && { format }), size: st.isFile() ? await virtualSize(file, st.size, format) : undefined };
   }

@@ -18,6 +18,11 @@ export function register(r: PluginRegistrar): void {
         required: ['datastore'],
         properties: { datastore: { type: 'string', minLength: 1, ferryPath: 'directory' } },
       },
+      // Disks are named relative to the datastore and must stay inside it (symbolic links followed).
+      vmSchema: {
+        type: 'object',
+        properties: { disks: { type: 'array', items: { type: 'string', ferryPathIn: '/source/datastore' } } },
+      },
     },
   );
 }
