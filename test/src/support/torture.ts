@@ -64,6 +64,8 @@ export class Torture {
   private readonly image: string;
   private readonly known = new Map<string, Known>();
   private readonly lost: string[] = [];
+  /** Points already reported lost (damaged, or restoring wrong): not reported again while listed. */
+  private readonly writtenOff = new Set<string>();
   private pass = 0;
   private passes = 0;
   private copies = 0;
@@ -212,7 +214,7 @@ export class Torture {
     const locked = run.lockAfterMs !== undefined;
     this.moments[locked ? 'afterLock' : 'beforeLock']++;
     const after = moment.at === 'lock' ? `${moment.afterMs} ms after its lock` : `${moment.at === 'spawn' ? moment.afterMs : '?'} ms after start`;
-    return `killed ${after} (${locked ? `holding its lock for ${Math.round(run.heldMs!)} ms` : 'before its lock'})`;
+    return `killed ${after} (${locked ? `it had taken its lock ${Math.round(run.heldMs!)} ms before` : 'before its lock'})`;
   }
 
   /**
@@ -248,21 +250,25 @@ export class Torture {
     for (const [id, k] of this.known) {
       const p = listed.get(id);
       if (!p) {
-        if (plan.mayRemove.has(id)) this.known.delete(id);
-        else lose(`point ${id} (backup of round ${k.round}) is gone, and ${plan.op} may not remove it`);
+        if (!plan.mayRemove.has(id)) lose(`point ${id} (backup of round ${k.round}) is gone, and ${plan.op} may not remove it`);
+        this.known.delete(id);
       } else if (p.status === 'damaged') {
         lose(`point ${id} (backup of round ${k.round}) is damaged: ${p.code}: ${p.reason}`);
-        this.known.delete(id); // reported once
+        this.writeOff(id);
       } else if (plan.mayRemove.has(id) && run.outcome === 'finished' && run.code === 0) {
         lose(`point ${id} is still listed after ${plan.label} finished`);
       }
     }
-    const fresh = points.filter((p) => !this.known.has(p.id) && !plan.mayRemove.has(p.id));
+    const fresh = points.filter((p) => !this.known.has(p.id) && !plan.mayRemove.has(p.id) && !this.writtenOff.has(p.id));
     if (plan.op === 'backup' && run.outcome === 'finished' && run.code === 0 && fresh.length !== 1) lose(`the finished backup committed ${fresh.length} point(s), not 1`);
     for (const p of fresh) {
-      if (plan.op !== 'backup' || fresh.length > 1) lose(`point ${p.id} (${p.status}) appeared after ${plan.label}`);
-      else if (p.status === 'damaged') lose(`the new point ${p.id} is damaged: ${p.code}: ${p.reason}`);
-      else this.known.set(p.id, { copy: plan.copy!, round: this.roundNo, restored: false });
+      if (plan.op !== 'backup' || fresh.length > 1) {
+        lose(`point ${p.id} (${p.status}) appeared after ${plan.label}`);
+        this.writeOff(p.id);
+      } else if (p.status === 'damaged') {
+        lose(`the new point ${p.id} is damaged: ${p.code}: ${p.reason}`);
+        this.writeOff(p.id);
+      } else this.known.set(p.id, { copy: plan.copy!, round: this.roundNo, restored: false });
     }
   }
 
@@ -281,10 +287,15 @@ export class Torture {
       this.restored++;
       if (why) {
         lose(`point ${id} (backup of round ${k.round}): ${why}`);
-        this.known.delete(id);
+        this.writeOff(id);
       } else k.restored = true;
     }
     return n;
+  }
+
+  private writeOff(id: string): void {
+    this.known.delete(id);
+    this.writtenOff.add(id);
   }
 
   private dropUnusedCopies(): void {
