@@ -1,37 +1,12 @@
-import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { changeVmImage, firstDifference, makeVmImage, Prng } from '@ferry/core/testing';
-import { basicJob, FERRY_BIN, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { basicJob, json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { runAndKill, type KillRun } from './support/run-and-kill.js';
 
 const ROUNDS = 6;
 const BUDGET_MS = 80_000;
-
-/**
- * Runs `ferry ARGS` and kills it with SIGKILL `afterMs` after it took its repository lock (from then
- * on it works on the repository; before, it is only starting up), unless it ended first.
- */
-async function runAndKill(args: string[], locks: string, afterMs: number): Promise<{ outcome: 'killed' | 'finished'; ms: number }> {
-  const before = new Set(existsSync(locks) ? readdirSync(locks) : []);
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { cwd: ROOT, stdio: 'ignore' });
-  let ended = false;
-  const exited = new Promise<void>((resolve) =>
-    child.on('exit', () => {
-      ended = true;
-      resolve();
-    }),
-  );
-  const deadline = Date.now() + 30_000;
-  while (!ended && Date.now() < deadline && !(existsSync(locks) && readdirSync(locks).some((f) => !before.has(f)))) {
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  const locked = performance.now();
-  const timer = setTimeout(() => child.kill('SIGKILL'), afterMs);
-  await exited;
-  clearTimeout(timer);
-  return { outcome: child.signalCode === 'SIGKILL' ? 'killed' : 'finished', ms: performance.now() - locked };
-}
 
 /**
  * Crash torture of the repository's lifecycle: backups, prunes and garbage collections killed with
@@ -56,12 +31,12 @@ describe('crash torture: kill -9 during backup, prune and gc (slow)', function (
   }
 
   /** A backup (possibly killed): the point it may have committed belongs to the copy taken first. */
-  async function backup(killAfterMs: number): Promise<{ outcome: 'killed' | 'finished'; ms: number }> {
+  async function backup(killAfterMs: number): Promise<KillRun> {
     await changeVmImage(image, { count: 24, length: 64 * 1024, seed: 500 + attempt });
     const copy = path.join(t.dir, `disk-${attempt++}`);
     copyFileSync(image, copy);
     const before = new Set(await committed());
-    const run = await runAndKill(['backup', job, '--json'], locks(), killAfterMs);
+    const run = await runAndKill(['backup', job, '--json'], locks(), { at: 'lock', afterMs: killAfterMs });
     for (const id of await committed()) if (!before.has(id)) expected.set(id, copy);
     return run;
   }
@@ -97,15 +72,15 @@ describe('crash torture: kill -9 during backup, prune and gc (slow)', function (
       const op = ops[round];
       // a random moment within what this operation last took here once it held its lock
       const killAfter = rng.int(Math.max(5, Math.round(typical[op] * 0.9)));
-      let run: { outcome: 'killed' | 'finished'; ms: number };
+      let run: KillRun;
       if (op === 'backup') run = await backup(killAfter);
-      else if (op === 'prune') run = await runAndKill(['prune', pruneJob], locks(), killAfter);
+      else if (op === 'prune') run = await runAndKill(['prune', pruneJob], locks(), { at: 'lock', afterMs: killAfter });
       else {
-        typical.backup = (await backup(60_000)).ms; // gives gc garbage: the backup's retention drops a point
-        run = await runAndKill(['gc', job, '--grace', '0', '--rewrite-threshold', '5%'], locks(), killAfter);
+        typical.backup = (await backup(60_000)).heldMs ?? typical.backup; // gives gc garbage: the backup's retention drops a point
+        run = await runAndKill(['gc', job, '--grace', '0', '--rewrite-threshold', '5%'], locks(), { at: 'lock', afterMs: killAfter });
       }
       const outcome = run.outcome;
-      if (outcome === 'finished') typical[op] = run.ms;
+      if (outcome === 'finished') typical[op] = run.heldMs ?? typical[op];
       outcomes.push(`${op} ${outcome} after ${killAfter} ms`);
       await checkRepository(`round ${round} (${op}, ${outcome} after ${killAfter} ms)`);
     }
