@@ -8,6 +8,9 @@ import { ZeroBlockFilter } from './filters/zero-block-filter.js';
 export function registerBuiltins(r: PluginRegistrar): void {
   r.register('compressor', 'none', { useValue: new NoneCompressor() }, { description: 'stores blocks uncompressed' });
   r.register('compressor', 'rle', { useValue: new RleCompressor() }, { description: 'run-length encoding (dedupe-friendly)' });
-  r.register('compressor', 'deflate', { useValue: new DeflateCompressor() }, { description: 'raw deflate via node:zlib' });
+  r.register('compressor', 'deflate', { useValue: new DeflateCompressor() }, {
+    description: 'raw deflate via node:zlib',
+    configSchema: { type: 'object', properties: { level: { type: 'integer', minimum: 1, maximum: 9, default: 6 } } },
+  });
   r.register('block-filter', 'zero', { useValue: new ZeroBlockFilter() }, { description: 'stores all-zero blocks as zero blocks' });
 }

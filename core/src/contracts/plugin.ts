@@ -48,8 +48,13 @@ export type JsonSchema = Record<string, unknown>;
 
 export interface RegistrationOptions {
   /**
-   * Keys the implementation accepts in its job section besides the core's own (`host`/`vms` for a
-   * source host, `type` for a repository). Missing: the section takes no further keys.
+   * Keys the implementation accepts in its job section besides the core's own: `host`/`vms` for a
+   * source host (`source:`), `type` for a repository (`repository:`), `name` for a transport
+   * (`transport: { name, ... }`) or a block filter (a `filters:` item `{ name, ... }`). The validated
+   * section reaches the implementation as `Tokens.PluginConfig`. Compressors: only `properties.level`
+   * applies (`storage.compression: { compressor, level }`; its `default` is the level when the job
+   * gives none); the level is passed to every `compress` call, in whichever thread. Missing: the
+   * section takes no further keys (a compressor's level is any integer, default 0).
    */
   configSchema?: JsonSchema;
   /** Source hosts: keys each entry of `source.vms` accepts besides `name` and `disks`. */

@@ -5,7 +5,17 @@ import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document, typ
 import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
-import { composeJobSchema, coreJobSchema, DEFAULT_BLOCK_SIZE, DEFAULT_PARALLEL_DISKS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionLevel } from './job-schema.js';
+import { LEVEL_CODECS } from '../compression/levels.js';
+import {
+  composeJobSchema,
+  coreJobSchema,
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_PARALLEL_DISKS,
+  MAX_BLOCK_SIZE,
+  MIN_BLOCK_SIZE,
+  type CompressionLevel,
+  type PluginSchemas,
+} from './job-schema.js';
 import type { RetentionPolicy } from '../maintenance/retention-policy.js';
 import { formatSize, parsePercent, parseSize } from './size.js';
 import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, readJobText } from './yaml-limits.js';
@@ -27,7 +37,10 @@ export interface JobSpec {
   job: string;
   pluginDirs: string[];
   source: { host: string; config: Record<string, unknown>; vms: VmSelection[] };
+  /** Transport name (`auto`, `hotadd`, `nbd`, a plugin's), from `transport: NAME` or `{ name: NAME, ... }`. */
   transport: string;
+  /** The transport's options (the mapping's other keys, validated by its `configSchema`); `{}` when none. */
+  transportOptions: Record<string, unknown>;
   repository: {
     type: string;
     config: Record<string, unknown>;
@@ -36,10 +49,18 @@ export interface JobSpec {
     /** `repository.immutability`: restore points cannot be deleted for this many days. */
     immutability?: { days: number };
   };
-  storage: { blockSize: number; compression: CompressionLevel };
+  storage: {
+    blockSize: number;
+    /** What the job asked for, as reports show it: a level name, or `NAME level N`. */
+    compression: string;
+    /** The compressor every new block goes through and the level it is called with. */
+    compressor: { name: string; level: number };
+  };
   /** Disks backed up at once across the job's VMs (`parallelDisks:`, also `storage.parallelDisks`). */
   parallelDisks: number;
   filters: string[];
+  /** Per item of `filters`, its options (validated by the filter's `configSchema`); `{}` when none. */
+  filterOptions: Record<string, unknown>[];
   /** Restore points to keep per VM (`retention:`); absent: keep every point. */
   retention?: RetentionPolicy;
   /** Health check after each successful session (`verify:`), on a sample of the blocks. */
@@ -162,10 +183,10 @@ export class JobFile {
    * Second pass: validates the plugin sections against the chosen plugins' schemas and returns the
    * job with defaults applied and relative paths resolved against the job file's folder.
    */
-  complete(schemas: { sourceConfig?: JsonSchema; sourceVm?: JsonSchema; repository?: JsonSchema }): JobSpec {
-    this.validate(composeJobSchema({ config: schemas.sourceConfig, vm: schemas.sourceVm }, schemas.repository));
-    const d = this.data as Record<string, Record<string, unknown>> & { job: string; transport?: string };
-    const storage = (d.storage ?? {}) as { blockSize?: unknown; compression?: CompressionLevel };
+  complete(schemas: PluginSchemas): JobSpec {
+    this.validate(composeJobSchema(schemas, this.data));
+    const d = this.data as Record<string, Record<string, unknown>> & { job: string; transport?: PluginChoice; filters?: PluginChoice[] };
+    const storage = (d.storage ?? {}) as { blockSize?: unknown; compression?: CompressionChoice };
     const blockSize = storage.blockSize === undefined ? DEFAULT_BLOCK_SIZE : parseSize(storage.blockSize)!;
     if (blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
       throw new FerryError(
@@ -175,6 +196,7 @@ export class JobFile {
       );
     }
     const { host, vms, ...sourceConfig } = d.source as { host: string; vms: Record<string, unknown>[] };
+    this.checkOptionsStayLocal();
     const { type, encryption, immutability, ...repoConfig } = d.repository as { type: string } & Pick<JobSpec['repository'], 'encryption' | 'immutability'>;
     return {
       file: this.file,
@@ -189,11 +211,13 @@ export class JobFile {
           return { name, disks, options };
         }),
       },
-      transport: d.transport ?? 'auto',
+      transport: choiceName(d.transport ?? 'auto'),
+      transportOptions: choiceOptions(d.transport ?? 'auto'),
       repository: { type, config: repoConfig, ...(encryption && { encryption }), ...(immutability && { immutability }) },
-      storage: { blockSize, compression: storage.compression ?? 'optimal' },
+      storage: { blockSize, ...compressionOf(storage.compression ?? 'optimal', schemas.compressor) },
       parallelDisks: this.parallelDisks(),
-      filters: (d.filters as unknown as string[] | undefined) ?? ['zero'],
+      filters: (d.filters ?? ['zero']).map(choiceName),
+      filterOptions: (d.filters ?? ['zero']).map(choiceOptions),
       ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
       verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
       ...this.remote(),
@@ -224,6 +248,24 @@ export class JobFile {
     }
     if (this.data.proxies !== undefined && repo.server === undefined) {
       throw new FerryError('JOB_INVALID', 'proxies need a repository service (repository: { server: host:port }) that connects to them', this.whereKey([], 'proxies'));
+    }
+  }
+
+  /**
+   * Transports and filters run on the proxies when the job names a repository service; the read task
+   * carries their names only, so options would be dropped there without a word.
+   */
+  private checkOptionsStayLocal(): void {
+    if ((this.data.repository as { server?: string }).server === undefined) return;
+    const choices: [PluginChoice | undefined, DocPath][] = [
+      [this.data.transport as PluginChoice | undefined, ['transport']],
+      ...((this.data.filters as PluginChoice[] | undefined) ?? []).map((f, i): [PluginChoice, DocPath] => [f, ['filters', i]]),
+    ];
+    for (const [c, at] of choices) {
+      const key = c === undefined ? undefined : Object.keys(choiceOptions(c))[0];
+      if (key !== undefined) {
+        throw new FerryError('JOB_INVALID', `options of transports and filters are not sent to proxies yet: give the name alone with repository.server`, this.whereKey(at, key));
+      }
     }
   }
 
@@ -370,6 +412,32 @@ export class JobFile {
         return new FerryError('JOB_INVALID', `${formatPath(at) || 'document'} ${e.message ?? 'is invalid'}`, this.where(at));
     }
   }
+}
+
+/** `transport:` or a `filters:` item: a plugin's name, or a mapping of its name and options. */
+export type PluginChoice = string | ({ name: string } & Record<string, unknown>);
+/** `storage.compression:` a level, or a compressor by name with the level it is called with. */
+export type CompressionChoice = CompressionLevel | { compressor: string; level?: number };
+
+export function choiceName(c: PluginChoice): string {
+  return typeof c === 'string' ? c : c.name;
+}
+
+export function choiceOptions(c: PluginChoice): Record<string, unknown> {
+  if (typeof c === 'string') return {};
+  const { name: _name, ...options } = c;
+  return options;
+}
+
+/**
+ * The compressor and level of `storage.compression`. Without `level`, the compressor's declared
+ * default (`configSchema.properties.level.default`), else 0.
+ */
+function compressionOf(c: CompressionChoice, schema: JsonSchema | undefined): Pick<JobSpec['storage'], 'compression' | 'compressor'> {
+  if (typeof c === 'string') return { compression: c, compressor: { name: LEVEL_CODECS[c].compressor, level: LEVEL_CODECS[c].level } };
+  const declared = (schema?.properties as Record<string, { default?: unknown }> | undefined)?.level?.default;
+  const level = c.level ?? (Number.isInteger(declared) ? (declared as number) : 0);
+  return { compression: `${c.compressor} level ${level}`, compressor: { name: c.compressor, level } };
 }
 
 /**

@@ -16,6 +16,8 @@ export const DEFAULT_PARALLEL_DISKS = 2;
 export const MAX_PARALLEL_DISKS = 64;
 
 const NAME = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', maxLength: 128 };
+/** A compressor's level when the job names one (`storage.compression: { compressor, level }`). */
+const LEVEL = { type: 'integer', minimum: -1000, maximum: 1000 };
 /** `host:port` or `[v6]:port` of a data-mover service. */
 const ADDRESS = { type: 'string', ferryAddress: true };
 
@@ -53,7 +55,7 @@ export function coreJobSchema(open: boolean): JsonSchema {
           },
         },
       },
-      transport: { type: 'string', minLength: 1 },
+      transport: pluginChoice(open),
       proxies: {
         type: 'array',
         minItems: 1,
@@ -91,12 +93,12 @@ export function coreJobSchema(open: boolean): JsonSchema {
         additionalProperties: false,
         properties: {
           blockSize: { type: ['string', 'integer'], ferrySize: true },
-          compression: { enum: [...COMPRESSION_LEVELS] },
+          compression: compressionChoice(),
           parallelDisks: { type: 'integer', minimum: 1, maximum: MAX_PARALLEL_DISKS },
         },
       },
       parallelDisks: { type: 'integer', minimum: 1, maximum: MAX_PARALLEL_DISKS },
-      filters: { type: 'array', items: { type: 'string', minLength: 1 } },
+      filters: { type: 'array', items: pluginChoice(open) },
       retention: {
         type: 'object',
         additionalProperties: false,
@@ -120,15 +122,68 @@ export function coreJobSchema(open: boolean): JsonSchema {
   };
 }
 
+/**
+ * A plugin chosen by name (`nbd`) or by a mapping of its name and options (`{ name: nbd, tls: ... }`).
+ * First pass: any options; `pluginOptions` closes a mapping with the plugin's `configSchema`.
+ */
+function pluginChoice(open: boolean): JsonSchema {
+  return {
+    if: { type: 'object' },
+    then: { type: 'object', required: ['name'], additionalProperties: open, properties: { name: { type: 'string', minLength: 1 } } },
+    else: { type: 'string', minLength: 1 },
+  };
+}
+
+/** A level name, or `{ compressor, level }` naming any registered compressor. */
+function compressionChoice(): JsonSchema {
+  return {
+    if: { type: 'object' },
+    then: { type: 'object', required: ['compressor'], additionalProperties: false, properties: { compressor: NAME, level: LEVEL } },
+    else: { enum: [...COMPRESSION_LEVELS] },
+  };
+}
+
+/** Schemas of the plugins a job chose, found before the second pass (`JobFile.complete`). */
+export interface PluginSchemas {
+  sourceConfig?: JsonSchema;
+  sourceVm?: JsonSchema;
+  repository?: JsonSchema;
+  /** The named transport's options (a mapping `transport:`); absent for `auto` or a plain name. */
+  transport?: JsonSchema;
+  /** Per item of `filters:`, the filter's options. */
+  filters?: (JsonSchema | undefined)[];
+  /** The compressor named by `storage.compression: { compressor }`: only its `level` applies. */
+  compressor?: JsonSchema;
+}
+
 /** Merges plugin schemas (object schemas: `properties`, `required`) into the core's closed sections. */
-export function composeJobSchema(source: { config?: JsonSchema; vm?: JsonSchema }, repository: JsonSchema | undefined): JsonSchema {
+export function composeJobSchema(schemas: PluginSchemas, raw: Record<string, unknown> = {}): JsonSchema {
   const schema = coreJobSchema(false) as { properties: Record<string, Record<string, unknown>> };
   const src = schema.properties.source as { properties: Record<string, unknown>; required: string[] };
-  merge(src, source.config);
+  merge(src, schemas.sourceConfig);
   const vmItems = (src.properties.vms as { items: { properties: Record<string, unknown>; required: string[] } }).items;
-  merge(vmItems, source.vm);
-  merge(schema.properties.repository as { properties: Record<string, unknown>; required: string[] }, repository);
+  merge(vmItems, schemas.sourceVm);
+  merge(schema.properties.repository as { properties: Record<string, unknown>; required: string[] }, schemas.repository);
+  merge(pluginMapping(schema.properties.transport), schemas.transport);
+  // Each item its own schema (draft-07 tuple form): two filters take different options.
+  const filters = Array.isArray(raw.filters) ? raw.filters : [];
+  if (filters.length) {
+    schema.properties.filters.items = filters.map((_f, i) => {
+      const item = pluginChoice(false);
+      merge(pluginMapping(item), schemas.filters?.[i]);
+      return item;
+    });
+  }
+  const level = (schemas.compressor?.properties as Record<string, unknown> | undefined)?.level;
+  if (level) {
+    const storage = schema.properties.storage as { properties: Record<string, JsonSchema> };
+    merge(pluginMapping(storage.properties.compression), { properties: { level } });
+  }
   return schema;
+}
+
+function pluginMapping(choice: JsonSchema): { properties: Record<string, unknown>; required: string[] } {
+  return choice.then as { properties: Record<string, unknown>; required: string[] };
 }
 
 function merge(target: { properties: Record<string, unknown>; required: string[] }, extra: JsonSchema | undefined): void {

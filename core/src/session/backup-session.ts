@@ -3,7 +3,6 @@ import type { Extent } from '../contracts/extent.js';
 import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
-import { LEVEL_CODECS } from '../compression/levels.js';
 import type { BlockRecord } from '../pipe/block-record.js';
 import { SourceMover, type ChangedRanges, type SourceCounters, type SourceMoverOptions } from '../pipe/source-mover.js';
 import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
@@ -61,7 +60,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
     const repo = await rt.repository({ create: true, writeMeter: meters['target write'] });
     report.repository = repo.backend.location;
     lock = await lockSession(repo, rt, report.session);
-    const codec = LEVEL_CODECS[rt.spec.storage.compression];
+    const codec = rt.spec.storage.compressor;
     const parts: SessionParts = {
       rt,
       sessionId: report.session,
@@ -73,7 +72,7 @@ export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promi
       target: new TargetMover(repo, { trustedSource: true }),
       mover: {
         blockSize: rt.spec.storage.blockSize,
-        compressor: { name: codec.compressor, level: codec.level },
+        compressor: { name: codec.name, level: codec.level },
         codec: await rt.codec(),
         // embedded pipe: the source asks the repository directly before compressing a block
         isKnown: (hash) => repo.blocks.has(hash),

@@ -5,12 +5,13 @@ import type { DependencyContainer } from 'tsyringe';
 import { registerBuiltins } from '../builtin.js';
 import { LEVEL_CODECS } from '../compression/levels.js';
 import type { BlockFilter } from '../contracts/block-filter.js';
-import type { PluginKind, PluginKindMap } from '../contracts/plugin.js';
+import type { JsonSchema, PluginKind, PluginKindMap } from '../contracts/plugin.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
-import { JobFile, type JobSpec } from '../job/job-loader.js';
+import { choiceName, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
+import type { PluginSchemas } from '../job/job-schema.js';
 import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { Repository } from '../repository/repository.js';
@@ -65,36 +66,13 @@ export class JobRuntime {
 
   static async open(file: string, opts: RuntimeOptions = {}): Promise<JobRuntime> {
     const jobFile = JobFile.load(file, { sourceMayBeGone: opts.sourceMayBeGone });
-    const raw = jobFile.raw as { source: { host: string }; repository: { type: string }; plugins?: string[] };
+    const raw = jobFile.raw as { plugins?: string[] };
     const plugins = await createPluginHost({ ...opts, jobDirs: raw.plugins });
-    const src = await plugins.registration('source-host', raw.source.host, jobFile.where(['source', 'host']));
-    // A repository service (`repository.server`) needs no backend plugin here.
-    const repo = (raw.repository as { server?: string }).server
-      ? undefined
-      : await plugins.registration('repository-backend', raw.repository.type, jobFile.where(['repository', 'type']));
-    const spec = jobFile.complete({
-      sourceConfig: src.options.configSchema,
-      sourceVm: src.options.vmSchema,
-      repository: repo?.options.configSchema,
-    });
+    const spec = jobFile.complete(await pluginSchemas(plugins, jobFile));
     const container = plugins.container.createChildContainer();
     const ctx: JobContext = { name: spec.job, file: spec.file, dir: spec.dir, where: (p) => jobFile.where(p) };
     container.register(Tokens.JobContext, { useValue: ctx });
-    const rt = new JobRuntime(spec, jobFile, plugins, container);
-    await rt.checkNames();
-    return rt;
-  }
-
-  /** Fails early, with the key's location, on an unknown transport, filter or compressor. */
-  private async checkNames(): Promise<void> {
-    if (this.spec.transport !== 'auto') {
-      await this.plugins.registration('transport', this.spec.transport, this.jobFile.where(['transport']));
-    }
-    for (const [i, f] of this.spec.filters.entries()) {
-      await this.plugins.registration('block-filter', f, this.jobFile.where(['filters', i]));
-    }
-    const codec = LEVEL_CODECS[this.spec.storage.compression];
-    await this.plugins.registration('compressor', codec.compressor, this.jobFile.where(['storage', 'compression']));
+    return new JobRuntime(spec, jobFile, plugins, container);
   }
 
   sourceHost(): Promise<SourceHost> {
@@ -119,8 +97,9 @@ export class JobRuntime {
     return repo;
   }
 
+  /** The job's options reach only the transport the job names; `auto` tries others without options. */
   transport(name: string): Promise<Transport> {
-    return this.instance('transport', name, {}, ['transport']);
+    return this.instance('transport', name, name === this.spec.transport ? this.spec.transportOptions : {}, ['transport']);
   }
 
   /** Transport names to try for `transport: auto`, in order. */
@@ -131,7 +110,11 @@ export class JobRuntime {
 
   async filters(): Promise<{ name: string; impl: BlockFilter }[]> {
     return Promise.all(
-      this.spec.filters.map(async (name, i) => ({ name, impl: await this.instance('block-filter', name, {}, ['filters', i]) })),
+      this.spec.filters.map(async (name, i) => ({
+        name,
+        // per item: one filter listed twice with different options is two instances
+        impl: await this.instance('block-filter', name, this.spec.filterOptions[i] ?? {}, ['filters', i], `${i}`),
+      })),
     );
   }
 
@@ -149,8 +132,8 @@ export class JobRuntime {
     await this.container.dispose();
   }
 
-  private instance<K extends PluginKind>(kind: K, name: string, config: Record<string, unknown>, at: (string | number)[]): Promise<PluginKindMap[K]> {
-    const key = `${kind}:${name}`;
+  private instance<K extends PluginKind>(kind: K, name: string, config: Record<string, unknown>, at: (string | number)[], slot = ''): Promise<PluginKindMap[K]> {
+    const key = `${kind}:${name}${slot && `#${slot}`}`;
     let p = this.cache.get(key) as Promise<PluginKindMap[K]> | undefined;
     if (!p) {
       p = this.plugins.create(kind, name, this.container, config, this.jobFile.where(at));
@@ -158,6 +141,43 @@ export class JobRuntime {
     }
     return p;
   }
+}
+
+/**
+ * Finds every plugin the job names (failing early, at the key, on an unknown one) and the schemas of
+ * their job sections, for the second pass of the job file.
+ */
+async function pluginSchemas(plugins: PluginHost, jobFile: JobFile): Promise<PluginSchemas> {
+  const raw = jobFile.raw as {
+    source: { host: string };
+    repository: { type?: string; server?: string };
+    transport?: PluginChoice;
+    filters?: PluginChoice[];
+    storage?: { compression?: CompressionChoice };
+  };
+  const at = (c: PluginChoice, p: (string | number)[]): (string | number)[] => (typeof c === 'string' ? p : [...p, 'name']);
+  const src = await plugins.registration('source-host', raw.source.host, jobFile.where(['source', 'host']));
+  // A repository service (`repository.server`) needs no backend plugin here.
+  const repo = raw.repository.server ? undefined : await plugins.registration('repository-backend', raw.repository.type!, jobFile.where(['repository', 'type']));
+  const transport = raw.transport ?? 'auto';
+  const t = choiceName(transport) === 'auto' ? undefined : await plugins.registration('transport', choiceName(transport), jobFile.where(at(transport, ['transport'])));
+  const filters: (JsonSchema | undefined)[] = [];
+  for (const [i, f] of (raw.filters ?? ['zero']).entries()) {
+    filters.push((await plugins.registration('block-filter', choiceName(f), jobFile.where(at(f, ['filters', i])))).options.configSchema);
+  }
+  const compression = raw.storage?.compression ?? 'optimal';
+  const compressor =
+    typeof compression === 'string'
+      ? await plugins.registration('compressor', LEVEL_CODECS[compression].compressor, jobFile.where(['storage', 'compression']))
+      : await plugins.registration('compressor', compression.compressor, jobFile.where(['storage', 'compression', 'compressor']));
+  return {
+    sourceConfig: src.options.configSchema,
+    sourceVm: src.options.vmSchema,
+    repository: repo?.options.configSchema,
+    transport: t?.options.configSchema,
+    filters,
+    compressor: typeof compression === 'string' ? undefined : compressor.options.configSchema,
+  };
 }
 
 /**

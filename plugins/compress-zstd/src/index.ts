@@ -21,5 +21,9 @@ export class ZstdCompressor implements Compressor {
 }
 
 export function register(r: PluginRegistrar): void {
-  r.register('compressor', 'zstd', { useValue: new ZstdCompressor() }, { description: 'Zstandard (zstd-napi): the high and extreme levels' });
+  r.register('compressor', 'zstd', { useValue: new ZstdCompressor() }, {
+    description: 'Zstandard (zstd-napi): the high and extreme levels',
+    // `storage.compression: { compressor: zstd, level: N }`; the job's levels use 3 and 12
+    configSchema: { type: 'object', properties: { level: { type: 'integer', minimum: 1, maximum: 22, default: 3 } } },
+  });
 }

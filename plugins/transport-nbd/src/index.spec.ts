@@ -13,10 +13,12 @@ describe('register', () => {
     } as unknown as PluginRegistrar;
     register(registrar);
     expect(calls).to.have.length(1);
-    const [kind, name, provider, options] = calls[0] as [string, string, { useValue: unknown }, { description: string }];
+    const [kind, name, provider, options] = calls[0] as [string, string, { useFactory: (c: unknown) => unknown }, { description: string; configSchema: unknown }];
     expect([kind, name]).to.deep.equal(['transport', 'nbd']);
-    expect(provider.useValue).to.be.instanceOf(NbdTransport);
+    // built per job from its validated `transport:` options (Tokens.PluginConfig)
+    expect(provider.useFactory({ resolve: () => ({ connections: 2 }) })).to.be.instanceOf(NbdTransport);
     expect(options.description).to.be.a('string').and.not.equal('');
+    expect(options.configSchema).to.be.an('object');
     expect(NbdClient.connect).to.be.a('function');
   });
 });

@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError, JobRuntime } from '@ferry/core';
 import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { NbdClient } from './nbd-client.js';
 import { loadTlsCredsDir } from './nbd-tls.js';
@@ -67,6 +67,37 @@ describe('NBD over TLS (qemu-nbd with tls-creds-x509)', function () {
     const probe = await new NbdTransport().probe(disk);
     expect(probe.ok, probe.reason).to.equal(true);
     expect(probe.reason).to.contain('TLS').and.contain(server!.address);
+  });
+
+  it("the job's transport.tls reaches the transport through the plugin host's factory", async () => {
+    const job = path.join(tmp.dir, 'job');
+    mkdirSync(path.join(job, 'images'), { recursive: true });
+    writeFileSync(path.join(job, 'images', 'vda.raw'), '');
+    const pki = path.relative(job, certs.clientDir);
+    const yaml = [
+      'job: nbd-tls',
+      'source: { host: file, datastore: ./images, vms: [{ name: vm1, disks: [vda.raw] }] }',
+      'repository: { type: filesystem, path: ./repo }',
+      'transport:',
+      '  name: nbd',
+      `  tls: { ca: ${pki}/ca-cert.pem, cert: ${pki}/client-cert.pem, key: ${pki}/client-key.pem }`,
+      '  connections: 2',
+      '',
+    ].join('\n');
+    writeFileSync(path.join(job, 'job.yaml'), yaml);
+    const saved = process.env.FERRY_NBD_TLS_CREDS;
+    delete process.env.FERRY_NBD_TLS_CREDS;
+    const rt = await JobRuntime.open(path.join(job, 'job.yaml'));
+    try {
+      expect(rt.spec.transportOptions).to.deep.include({ connections: 2 });
+      const transport = await rt.transport('nbd');
+      const probe = await transport.probe!({ name: 'vda', nbd: { address: server!.address, exportName: '', tls: true } });
+      expect(probe.ok, probe.reason).to.equal(true);
+      expect(probe.reason).to.contain('TLS');
+    } finally {
+      await rt.close();
+      if (saved !== undefined) process.env.FERRY_NBD_TLS_CREDS = saved;
+    }
   });
 
   it('refuses a server whose certificate another CA signed', async () => {

@@ -39,6 +39,28 @@ export function loadTlsCredsDir(dir: string, hostname?: string): NbdTlsOptions {
 }
 
 /**
+ * `transport: { name: nbd, tls: { ... } }` in a job: a credentials directory (qemu layout), single
+ * files, or both (a file given overrides the directory's). Paths are absolute by then: the job loader
+ * resolved them against the job file's folder and checked that they exist.
+ */
+export interface NbdTlsFiles {
+  dir?: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
+  hostname?: string;
+}
+
+/** Loads `NbdTlsFiles`; throws an Error naming what is missing. */
+export function loadTlsFiles(files: NbdTlsFiles): NbdTlsOptions {
+  const fromDir = files.dir ? loadTlsCredsDir(files.dir) : undefined;
+  const ca = files.ca ? readFileSync(files.ca) : fromDir?.ca;
+  if (!ca) throw new Error('TLS settings name no CA (tls.ca or tls.dir with ca-cert.pem)');
+  const pair = files.cert && files.key ? { cert: readFileSync(files.cert), key: readFileSync(files.key) } : { cert: fromDir?.cert, key: fromDir?.key };
+  return { ca, ...pair, hostname: files.hostname };
+}
+
+/**
  * Upgrades the connected socket to TLS after the server acknowledged `NBD_OPT_STARTTLS`. Resolves
  * with the TLS socket once the handshake verified the server against the CA and the expected name;
  * rejects with the verification or handshake error otherwise (the caller destroys the socket).

@@ -5,7 +5,7 @@ import { NbdDiskHandle } from './nbd-disk-handle.js';
 import { NbdRestoreTarget } from './nbd-restore-target.js';
 import { exportLabel } from './nbd-errors.js';
 import { BASE_ALLOCATION, QEMU_DIRTY_BITMAP_PREFIX } from './nbd-protocol.js';
-import { loadTlsCredsDir, type NbdTlsOptions } from './nbd-tls.js';
+import { loadTlsCredsDir, loadTlsFiles, type NbdTlsFiles, type NbdTlsOptions } from './nbd-tls.js';
 
 /** Most connections one disk opens: beyond this a server gains nothing and spends its client slots. */
 const MAX_CONNECTIONS = 16;
@@ -25,7 +25,15 @@ export type NbdDiskAccess = NonNullable<SourceDisk['nbd']> & {
 };
 
 export interface NbdTransportOptions {
-  /** TLS credentials directory for disks with `tls: true` and no `tlsCreds`. Default `$FERRY_NBD_TLS_CREDS`. */
+  /**
+   * TLS credentials for disks with `tls: true` and no `tlsCreds` of their own, and for `nbds://`
+   * restore targets: the job's `transport.tls` (see `NBD_CONFIG_SCHEMA`).
+   */
+  tls?: NbdTlsFiles;
+  /**
+   * A credentials directory, for programs that build the transport themselves; `tls` wins.
+   * Without either, the deprecated environment variable FERRY_NBD_TLS_CREDS is read.
+   */
   tlsCreds?: string;
   handshakeTimeoutMs?: number;
   replyTimeoutMs?: number;
@@ -41,6 +49,32 @@ export interface NbdTransportOptions {
  * NBD transport: the backup proxy reads the snapshot from the host's NBD export (`disk.nbd`).
  * Holes come from `base:allocation`, changed blocks from `qemu:dirty-bitmap:<disk.nbd.bitmap>`.
  */
+/**
+ * The keys `transport: { name: nbd, ... }` takes in a job; the core validates them with the job
+ * (errors at file:line, e.g. `transport.tls.ca`) and resolves the paths against the job's folder.
+ */
+export const NBD_CONFIG_SCHEMA = {
+  type: 'object',
+  properties: {
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      anyOf: [{ required: ['ca'] }, { required: ['dir'] }],
+      dependencies: { cert: ['key'], key: ['cert'] },
+      properties: {
+        dir: { type: 'string', minLength: 1, ferryPath: 'directory' },
+        ca: { type: 'string', minLength: 1, ferryPath: 'file' },
+        cert: { type: 'string', minLength: 1, ferryPath: 'file' },
+        key: { type: 'string', minLength: 1, ferryPath: 'file' },
+        hostname: { type: 'string', minLength: 1 },
+      },
+    },
+    connections: { type: 'integer', minimum: 1, maximum: MAX_CONNECTIONS },
+    handshakeTimeoutMs: { type: 'integer', minimum: 100, maximum: 600_000 },
+    replyTimeoutMs: { type: 'integer', minimum: 100, maximum: 3_600_000 },
+  },
+};
+
 export class NbdTransport implements Transport {
   constructor(private readonly options: NbdTransportOptions = {}) {}
 
@@ -86,7 +120,7 @@ export class NbdTransport implements Transport {
 
   /**
    * A restore target: any NBD address form (`nbd://`, `nbds://`, `nbd+unix://`, `unix:`, `tcp:`).
-   * TLS credentials come from FERRY_NBD_TLS_CREDS (or the transport's options) for `nbds` addresses.
+   * TLS credentials come from the transport's options (the job's `transport.tls`) for `nbds` addresses.
    */
   async openTarget(address: string): Promise<WritableDisk | undefined> {
     let access: NbdDiskAccess;
@@ -127,19 +161,27 @@ export class NbdTransport implements Transport {
     return readers;
   }
 
+  /**
+   * The disk's own directory (a source host's `disk.nbd.tlsCreds`), else the job's `transport.tls`,
+   * else `tlsCreds`, else the deprecated FERRY_NBD_TLS_CREDS.
+   */
   private tlsFor(disk: SourceDisk, nbd: NbdDiskAccess): NbdTlsOptions {
-    const dir = nbd.tlsCreds ?? this.options.tlsCreds ?? process.env.FERRY_NBD_TLS_CREDS;
-    if (!dir) {
+    const where = { disk: disk.name, host: nbd.address };
+    const dir = this.options.tlsCreds ?? process.env.FERRY_NBD_TLS_CREDS;
+    const files: NbdTlsFiles | undefined = nbd.tlsCreds ? { dir: nbd.tlsCreds } : (this.options.tls ?? (dir ? { dir } : undefined));
+    if (!files) {
       throw new FerryError(
         'TRANSPORT_UNAVAILABLE',
-        `NBD ${exportLabel(nbd.exportName)} at ${nbd.address} needs TLS but no credentials directory is set (disk.nbd.tlsCreds or FERRY_NBD_TLS_CREDS)`,
-        { disk: disk.name, host: nbd.address },
+        `NBD ${exportLabel(nbd.exportName)} at ${nbd.address} needs TLS but no credentials are set ` +
+          '(transport: { name: nbd, tls: { ca: FILE } } in the job, disk.nbd.tlsCreds, or the deprecated FERRY_NBD_TLS_CREDS)',
+        where,
       );
     }
     try {
-      return loadTlsCredsDir(dir, nbd.tlsHostname);
+      const tls = loadTlsFiles(files);
+      return { ...tls, hostname: nbd.tlsHostname ?? tls.hostname };
     } catch (err) {
-      throw new FerryError('TRANSPORT_UNAVAILABLE', (err as Error).message, { disk: disk.name, host: nbd.address }, { cause: err });
+      throw new FerryError('TRANSPORT_UNAVAILABLE', (err as Error).message, where, { cause: err });
     }
   }
 }

@@ -1,4 +1,3 @@
-import { LEVEL_CODECS } from '../../compression/levels.js';
 import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../../contracts/source-host.js';
 import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
 import type { RestorePoint } from '../../repository/repository.js';
@@ -222,7 +221,7 @@ async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: Res
   let outcome: DiskOutcome | undefined;
   try {
     s.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: disk.size ?? 0, transport: `${s.rt.spec.transport} via proxy ${proxy}` });
-    const codec = LEVEL_CODECS[s.rt.spec.storage.compression];
+    const codec = s.rt.spec.storage.compressor;
     const order: DiskOrder = {
       session: s.sessionId,
       vm,
@@ -230,7 +229,7 @@ async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: Res
       proxy,
       transport: s.rt.spec.transport,
       filters: s.rt.spec.filters,
-      compressor: { name: codec.compressor, level: codec.level },
+      compressor: { name: codec.name, level: codec.level },
       blockSize,
       ...baseOf(disk, previous, blockSize),
     };
