@@ -16,7 +16,7 @@ import { runRemoteBackup } from '../remote/services/remote-backup.js';
 import { guardHandle } from '../pipe/guarded-handle.js';
 import { errorSummary, interrupted, newSessionReport, previousPoint } from './session-common.js';
 import { DiskSlots, mapInOrder } from './disk-slots.js';
-import { chooseTransport, planMode, skipExtents, type TransportSource } from './disk-plan.js';
+import { chooseTransport, planMode, previousOf, skipExtents, type TransportSource } from './disk-plan.js';
 
 export interface BackupOptions {
   onProgress?: (e: ProgressEvent) => void;
@@ -130,7 +130,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
   let snapshot: VmSnapshot | undefined;
   try {
     let disks = vm.disks;
-    const previous = (await s.repo.listPoints(vm.name)).filter((p) => p.job === s.rt.spec.job).at(-1);
+    const previous = previousOf(await s.repo.listPoints(vm.name), s.rt.spec.job);
     if (s.host.snapshot) {
       const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.sessionId, previous: previous && previousPoint(previous) };
       snapshot = await s.host.snapshot(vm, info).catch((err) => {

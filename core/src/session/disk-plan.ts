@@ -85,6 +85,11 @@ export function fullRead(reason: string): string {
   return `full read: ${reason}`;
 }
 
+/** What an incremental run of `job` may build on: the job's newest point of the VM (points oldest first). */
+export function previousOf(points: readonly RestorePoint[], job: string): RestorePoint | undefined {
+  return points.filter((p) => p.job === job).at(-1);
+}
+
 /** A previous point an incremental run may build on (stage 1 found nothing against it). */
 export interface BaseCandidate {
   point: string;

@@ -10,7 +10,7 @@ import type { Stage } from '../../session/stage-meter.js';
 import { connect, type PeerAuth } from '../wire/index.js';
 import { mapInOrder } from '../../session/disk-slots.js';
 import { interrupted, newSessionReport, previousPoint } from '../../session/session-common.js';
-import { chooseBase } from '../../session/disk-plan.js';
+import { chooseBase, previousOf } from '../../session/disk-plan.js';
 import { ControlChannel, errorToWire, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome } from './protocol.js';
 
 /** The job's remote parts (`repository: { server }`, `proxies`, `certs`). */
@@ -130,7 +130,7 @@ async function backupVm(s: Parts, vm: VmInventory): Promise<{ vmReport: VmReport
   try {
     let disks = vm.disks;
     const { points } = await s.control.request<{ points: RestorePoint[] }>('points.list', { vm: vm.name });
-    const previous = points.filter((p) => p.job === s.rt.spec.job).at(-1);
+    const previous = previousOf(points, s.rt.spec.job);
     if (s.host.snapshot) {
       const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.sessionId, previous: previous && previousPoint(previous) };
       snapshot = await s.host.snapshot(vm, info).catch((err) => {
