@@ -1,22 +1,21 @@
-import type { BlockFilter } from '../contracts/block-filter.js';
-import type { Extent } from '../contracts/extent.js';
 import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
-import type { DiskHandle, Transport } from '../contracts/transport.js';
+import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import type { BlockRecord } from '../pipe/block-record.js';
-import { SourceMover, type ChangedRanges, type SourceCounters, type SourceMoverOptions } from '../pipe/source-mover.js';
+import { SourceMover, type SourceCounters, type SourceMoverOptions } from '../pipe/source-mover.js';
 import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
 import type { BlockMap } from '../repository/block-map.js';
 import { Repository, type RestorePoint, type RestorePointDisk } from '../repository/repository.js';
 import type { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, SessionReport, VmReport } from './session-report.js';
-import { healingRanges, lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
+import { lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
 import { runRemoteBackup } from '../remote/services/remote-backup.js';
 import { guardHandle } from '../pipe/guarded-handle.js';
 import { errorSummary, interrupted, newSessionReport, previousPoint } from './session-common.js';
 import { DiskSlots, mapInOrder } from './disk-slots.js';
+import { chooseTransport, planMode, previousOf, skipExtents, type TransportSource } from './disk-plan.js';
 
 export interface BackupOptions {
   onProgress?: (e: ProgressEvent) => void;
@@ -130,7 +129,7 @@ async function backupVm(s: SessionParts, vm: VmInventory): Promise<{ vmReport: V
   let snapshot: VmSnapshot | undefined;
   try {
     let disks = vm.disks;
-    const previous = (await s.repo.listPoints(vm.name)).filter((p) => p.job === s.rt.spec.job).at(-1);
+    const previous = previousOf(await s.repo.listPoints(vm.name), s.rt.spec.job);
     if (s.host.snapshot) {
       const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.sessionId, previous: previous && previousPoint(previous) };
       snapshot = await s.host.snapshot(vm, info).catch((err) => {
@@ -223,7 +222,7 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
   let map: BlockMap | undefined;
   const healedBefore = s.repo.blocks.healed;
   try {
-    const chosen = await pickTransport(s.rt, disk, where);
+    const chosen = await chooseTransport(s.rt.spec.transport, disk, transportsOf(s.rt), where);
     report.transport = chosen.name;
     report.transportReason = chosen.reason;
     handle = guardHandle(
@@ -237,11 +236,12 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
     report.blocks.total = Math.ceil(handle.size / s.mover.blockSize);
     s.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: handle.size, transport: chosen.name });
     const skip = await skipExtents(s.mover.filters, disk, where);
-    const plan = await chooseMode(s, disk, handle, previous);
-    report.mode = plan.base ? 'incremental' : 'full';
+    const plan = await planMode(disk, previous, s.mover.blockSize, s.repo, handle);
+    report.mode = plan.mode;
     report.modeReason = plan.reason;
     const mover = new SourceMover(s.mover, s.meters);
-    const records = withProgress(mover.blocks(handle, skip, src, plan.changed), s, vm, disk.name, handle.size);
+    const changed = plan.mode === 'incremental' ? plan.changed : undefined;
+    const records = withProgress(mover.blocks(handle, skip, src, changed), s, vm, disk.name, handle.size);
     const header = { vm, disk: disk.name, sizeBytes: handle.size, blockSize: s.mover.blockSize };
     map = await s.target.receiveDisk(header, records, dst, plan.base);
   } catch (err) {
@@ -264,73 +264,13 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
   return { report, map };
 }
 
-/**
- * Incremental when the host vouches for the changes since this job's previous point of the VM, the
- * transport (or the host) can list them, and the disk's geometry is unchanged; otherwise a full read,
- * with the reason in the report. Never an incremental that could miss a write.
- */
-async function chooseMode(
-  s: SessionParts,
-  disk: SourceDisk,
-  handle: DiskHandle,
-  previous: RestorePoint | undefined,
-): Promise<{ reason: string; base?: BlockMap; changed?: ChangedRanges }> {
-  const full = (reason: string): { reason: string } => ({ reason: `full read: ${reason}` });
-  const prev = previous?.disks.find((d) => d.name === disk.name);
-  if (!previous || !prev) return full('no earlier restore point of this disk by this job');
-  if (!disk.changes) return full(disk.fullReason ?? 'the source host tracks no changed blocks for this disk');
-  if (disk.changes.since !== previous.id) {
-    return full(`changes are tracked since ${disk.changes.since}, but the newest restore point is ${previous.id}`);
-  }
-  if (prev.sizeBytes !== handle.size) return full(`the disk was resized from ${prev.sizeBytes} to ${handle.size} bytes`);
-  if (prev.blockSize !== s.mover.blockSize) return full(`the block size changed from ${prev.blockSize} to ${s.mover.blockSize}`);
-  const changed: ChangedRanges | undefined = disk.changes.extents
-    ? { extents: disk.changes.extents }
-    : handle.changedBlocks && { query: handle.changedBlocks.bind(handle) };
-  if (!changed) return full('the transport cannot list changed blocks');
-  let base: BlockMap;
-  try {
-    base = await s.repo.readMap(prev);
-  } catch (err) {
-    return full(`the block map of ${previous.id} cannot be read (${(err as Error).message})`);
-  }
-  const healing = await healingRanges(s.repo.blocks, base, changed);
-  const heal = healing.count ? `; reading ${healing.count} block(s) again whose stored copy is damaged (self-heal)` : '';
-  const tracking = disk.changeTracking ? ` (tracking ${disk.changeTracking.id})` : '';
-  return { reason: `changed blocks since restore point ${previous.id}${tracking}${heal}`, base, changed: healing.changed };
-}
-
-/** `transport: auto` takes the first transport whose probe says yes; a named one must say yes. */
-async function pickTransport(rt: JobRuntime, disk: SourceDisk, where: ErrorLocation): Promise<{ name: string; transport: Transport; reason: string }> {
-  const wanted = rt.spec.transport;
-  const names = wanted === 'auto' ? rt.autoTransports() : [wanted];
-  const refusals: string[] = [];
-  for (const name of names) {
-    const transport = await rt.transport(name);
-    const probe = transport.probe
-      ? await transport.probe(disk).catch((err) => {
-          throw pluginError(err, rt.plugins.providerOf('transport', name), 'probe', where);
-        })
-      : { ok: true, reason: `${name} has no probe; assumed able to read the disk` };
-    if (probe.ok) {
-      return { name, transport, reason: wanted === 'auto' ? `auto: ${probe.reason}` : `job asks for ${name}: ${probe.reason}` };
-    }
-    refusals.push(`${name}: ${probe.reason}`);
-  }
-  throw new FerryError(
-    'TRANSPORT_UNAVAILABLE',
-    `no transport mode can read the disk (${wanted === 'auto' ? 'auto tried ' : ''}${refusals.join('; ') || 'no transport plugins found'})`,
-    where,
-  );
-}
-
-async function skipExtents(filters: { name: string; impl: BlockFilter }[], disk: SourceDisk, where: ErrorLocation): Promise<Extent[]> {
-  const out: Extent[] = [];
-  for (const f of filters) {
-    if (!f.impl.skipExtents) continue;
-    out.push(...(await f.impl.skipExtents(disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)))));
-  }
-  return out.sort((a, b) => a.offset - b.offset);
+/** The job's transports, as the disk plan picks among them. */
+function transportsOf(rt: JobRuntime): TransportSource {
+  return {
+    available: () => rt.plugins.available('transport').map((t) => t.name),
+    create: (name) => rt.transport(name),
+    providerOf: (name) => rt.plugins.providerOf('transport', name),
+  };
 }
 
 async function* withProgress(

@@ -21,9 +21,7 @@ import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../pipe/block-codec.js';
 import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 import { notHere } from '../remote/services/remote-backup.js';
-
-/** Transports `transport: auto` tries first, in this order; any others follow by name. */
-const AUTO_ORDER = ['hotadd', 'nbd'];
+import { autoTransportOrder } from './disk-plan.js';
 
 export interface RuntimeOptions {
   /** Defaults to `process.env.FERRY_PLUGIN_PATH`. */
@@ -104,8 +102,7 @@ export class JobRuntime {
 
   /** Transport names to try for `transport: auto`, in order. */
   autoTransports(): string[] {
-    const names = this.plugins.available('transport').map((t) => t.name);
-    return [...AUTO_ORDER.filter((n) => names.includes(n)), ...names.filter((n) => !AUTO_ORDER.includes(n))];
+    return autoTransportOrder(this.plugins.available('transport').map((t) => t.name));
   }
 
   async filters(): Promise<{ name: string; impl: BlockFilter }[]> {

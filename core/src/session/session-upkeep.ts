@@ -1,11 +1,7 @@
-import type { Extent } from '../contracts/extent.js';
 import { FerryError } from '../errors.js';
 import { prunePoints, type PrunedPoint } from '../maintenance/prune.js';
 import { runVerify } from '../maintenance/verify.js';
 import type { BlockCodec } from '../pipe/block-codec.js';
-import type { ChangedRanges } from '../pipe/source-mover.js';
-import type { BlockMap } from '../repository/block-map.js';
-import type { BlockStore } from '../repository/block-store.js';
 import type { Repository } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
@@ -13,8 +9,8 @@ import type { ReportedError, SessionReport } from './session-report.js';
 
 /**
  * What a backup session does around moving data, kept out of `backup-session.ts`: the lock on the
- * job's VM chains, retention after success, the optional health check, and the blocks an
- * incremental run must read again to heal them.
+ * job's VM chains, retention after success and the optional health check. (The blocks an
+ * incremental run reads again to heal them are part of the disk plan, `disk-plan.ts`.)
  */
 
 /** The session's lock: its VMs' chains, held from before the index is loaded until the end. */
@@ -68,30 +64,6 @@ export async function verifyAfterSession(rt: JobRuntime, repo: Repository, codec
   } catch (err) {
     return { status: 'not run', samplePercent, blocksChecked: 0, damagedBlocks: 0, throughputMiBps: 0, error: summary(err) };
   }
-}
-
-/**
- * Self-heal on incremental runs: blocks of the base map that have no undamaged stored copy are read
- * again even though changed-block tracking says they did not change, so the session stores them anew.
- */
-export async function healingRanges(blocks: BlockStore, base: BlockMap, changed: ChangedRanges): Promise<{ changed: ChangedRanges; count: number }> {
-  await blocks.load();
-  const heal: Extent[] = [];
-  for (let i = 0; i < base.blockCount; i++) {
-    const hash = base.get(i);
-    if (hash && blocks.needsHeal(hash)) heal.push({ offset: i * base.blockSize, length: base.lengthOf(i) });
-  }
-  if (heal.length === 0) return { changed, count: 0 };
-  if ('extents' in changed) return { changed: { extents: [...changed.extents, ...heal].sort((a, b) => a.offset - b.offset) }, count: heal.length };
-  const query = async (offset: number, length: number): Promise<Extent[]> => {
-    const inside = heal.filter((e) => e.offset < offset + length && e.offset + e.length > offset);
-    const clipped = inside.map((e) => {
-      const start = Math.max(offset, e.offset);
-      return { offset: start, length: Math.min(offset + length, e.offset + e.length) - start };
-    });
-    return [...(await changed.query(offset, length)), ...clipped].sort((a, b) => a.offset - b.offset);
-  };
-  return { changed: { query }, count: heal.length };
 }
 
 function summary(err: unknown): ReportedError {

@@ -1,6 +1,5 @@
 import type { DependencyContainer } from 'tsyringe';
 import type { BlockFilter } from '../../contracts/block-filter.js';
-import type { Extent } from '../../contracts/extent.js';
 import type { SourceDisk } from '../../contracts/source-host.js';
 import type { DiskHandle, Transport } from '../../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
@@ -11,13 +10,12 @@ import { guardHandle } from '../../pipe/guarded-handle.js';
 import { SourceMover, type ChangedRanges, type SourceCounters } from '../../pipe/source-mover.js';
 import type { PluginHost } from '../../plugins/plugin-host.js';
 import { newStageMeters, type StageMeters } from '../../session/stage-meter.js';
+import { chooseMode, chooseTransport, skipExtents } from '../../session/disk-plan.js';
 import { Tokens } from '../../tokens.js';
 import type { Connection, WireMessage } from '../wire/index.js';
 import { DATA_PIPE_VERSION, errorToWire, hex, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 import { Slots } from './slots.js';
 
-/** Transports `transport: auto` tries first (the same order as an embedded session). */
-const AUTO_ORDER = ['hotadd', 'nbd'];
 /** How long a finished or broken task's figures are kept for a resume. */
 const TASK_TTL_MS = 10 * 60_000;
 /** Records without data sent as one `run` message, at most. */
@@ -102,7 +100,8 @@ export class ProxyService {
     try {
       const opened = await this.openDisk(container, task, where);
       handle = opened.handle;
-      const skip = await this.skipExtents(container, task, where);
+      const filters = await this.filters(container, task, where);
+      const skip = await skipExtents(filters, task.disk, where);
       const { info, changed } = this.plan(task, handle, opened);
       await conn.send({ type: 'task.ok', header: { ...info } });
       const mover = new SourceMover(
@@ -110,7 +109,7 @@ export class ProxyService {
           blockSize: task.blockSize,
           compressor: task.compressor,
           codec: this.opts.codec(task.idKey ? Buffer.from(task.idKey, 'hex') : undefined),
-          filters: await this.filters(container, task, where),
+          filters,
           readAhead: task.readAhead,
           isKnown: (hash) => pipe.isKnown(hash, state.meters.network),
         },
@@ -190,62 +189,34 @@ export class ProxyService {
     return t;
   }
 
-  /** Full or incremental: what needs the open disk (its size, the transport's change list). */
+  /** Stage 3 of the disk plan: what needs the open disk (its size, the transport's change list). */
   private plan(task: ReadTask, handle: DiskHandle, opened: { name: string; reason: string }): { info: TaskInfo; changed?: ChangedRanges } {
     const info: TaskInfo = { sizeBytes: handle.size, transport: opened.name, transportReason: opened.reason, mode: 'full', modeReason: '' };
-    const inc = task.incremental;
-    if (!inc) return { info };
-    const full = (reason: string): { info: TaskInfo } => ({ info: { ...info, modeReason: `full read: ${reason}` } });
-    if (inc.baseSize !== handle.size) return full(`the disk was resized from ${inc.baseSize} to ${handle.size} bytes`);
-    const changed: ChangedRanges | undefined = inc.extents ? { extents: inc.extents } : handle.changedBlocks && { query: handle.changedBlocks.bind(handle) };
-    if (!changed) return full('the transport cannot list changed blocks');
-    const heal = inc.heal.length ? `; reading ${inc.heal.length} block(s) again whose stored copy is damaged (self-heal)` : '';
-    return { info: { ...info, mode: 'incremental', modeReason: `${inc.reason}${heal}` }, changed: withRanges(changed, inc.heal) };
+    // No candidate: the server or the repository service decided on a full run and fills in why.
+    if (!task.incremental) return { info };
+    const decided = chooseMode(task.incremental, handle);
+    return { info: { ...info, mode: decided.mode, modeReason: decided.reason }, ...(decided.mode === 'incremental' && { changed: decided.changed }) };
   }
 
-  /** `transport: auto` takes the first transport whose probe says yes; a named one must say yes. */
   private async openDisk(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<{ handle: DiskHandle; name: string; reason: string }> {
     const plugins = this.opts.plugins;
-    const names =
-      task.transport === 'auto'
-        ? (() => {
-            const all = plugins.available('transport').map((t) => t.name);
-            return [...AUTO_ORDER.filter((n) => all.includes(n)), ...all.filter((n) => !AUTO_ORDER.includes(n))];
-          })()
-        : [task.transport];
-    const refusals: string[] = [];
-    for (const name of names) {
-      const transport = await plugins.create('transport', name, container, {}, where);
-      const plugin = plugins.providerOf('transport', name);
-      const probe = transport.probe
-        ? await transport.probe(task.disk).catch((err) => Promise.reject(pluginError(err, plugin, 'probe', where)))
-        : { ok: true, reason: `${name} has no probe; assumed able to read the disk` };
-      if (!probe.ok) {
-        refusals.push(`${name}: ${probe.reason}`);
-        continue;
-      }
-      const handle = await openGuarded(transport, task.disk, plugin, where);
-      const reason = `${task.transport === 'auto' ? 'auto' : `job asks for ${name}`}: ${probe.reason}`;
-      return { handle, name, reason };
-    }
-    throw new FerryError(
-      'TRANSPORT_UNAVAILABLE',
-      `no transport mode of this proxy can read the disk (${task.transport === 'auto' ? 'auto tried ' : ''}${refusals.join('; ') || 'no transport plugins found'})`,
+    const chosen = await chooseTransport(
+      task.transport,
+      task.disk,
+      {
+        available: () => plugins.available('transport').map((t) => t.name),
+        create: (name) => plugins.create('transport', name, container, {}, where),
+        providerOf: (name) => plugins.providerOf('transport', name),
+        reader: 'this proxy',
+      },
       where,
     );
+    const handle = await openGuarded(chosen.transport, task.disk, plugins.providerOf('transport', chosen.name), where);
+    return { handle, name: chosen.name, reason: chosen.reason };
   }
 
   private async filters(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<{ name: string; impl: BlockFilter }[]> {
     return Promise.all(task.filters.map(async (name) => ({ name, impl: await this.opts.plugins.create('block-filter', name, container, {}, where) })));
-  }
-
-  private async skipExtents(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<Extent[]> {
-    const out: Extent[] = [];
-    for (const f of await this.filters(container, task, where)) {
-      if (!f.impl.skipExtents) continue;
-      out.push(...(await f.impl.skipExtents(task.disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)))));
-    }
-    return out.sort((a, b) => a.offset - b.offset);
   }
 }
 
@@ -370,20 +341,4 @@ class PipeReader {
 async function openGuarded(transport: Transport, disk: SourceDisk, plugin: string, where: ErrorLocation): Promise<DiskHandle> {
   const h = await transport.open(disk).catch((err) => Promise.reject(pluginError(err, plugin, 'open', where)));
   return guardHandle(h, plugin, where);
-}
-
-/** Changed ranges plus blocks to read again (self-heal). */
-export function withRanges(changed: ChangedRanges, extra: Extent[]): ChangedRanges {
-  if (extra.length === 0) return changed;
-  if ('extents' in changed) return { extents: [...changed.extents, ...extra].sort((a, b) => a.offset - b.offset) };
-  const query = async (offset: number, length: number): Promise<Extent[]> => {
-    const clipped = extra
-      .filter((e) => e.offset < offset + length && e.offset + e.length > offset)
-      .map((e) => {
-        const start = Math.max(offset, e.offset);
-        return { offset: start, length: Math.min(offset + length, e.offset + e.length) - start };
-      });
-    return [...(await changed.query(offset, length)), ...clipped].sort((a, b) => a.offset - b.offset);
-  };
-  return { query };
 }

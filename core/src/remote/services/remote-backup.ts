@@ -9,6 +9,7 @@ import type { Stage } from '../../session/stage-meter.js';
 import { connect, type PeerAuth } from '../wire/index.js';
 import { mapInOrder } from '../../session/disk-slots.js';
 import { interrupted, newSessionReport, previousPoint } from '../../session/session-common.js';
+import { chooseBase, previousOf } from '../../session/disk-plan.js';
 import { ControlChannel, errorToWire, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome } from './protocol.js';
 
 /** The job's remote parts (`repository: { server }`, `proxies`, `certs`). */
@@ -128,7 +129,7 @@ async function backupVm(s: Parts, vm: VmInventory): Promise<{ vmReport: VmReport
   try {
     let disks = vm.disks;
     const { points } = await s.control.request<{ points: RestorePoint[] }>('points.list', { vm: vm.name });
-    const previous = points.filter((p) => p.job === s.rt.spec.job).at(-1);
+    const previous = previousOf(points, s.rt.spec.job);
     if (s.host.snapshot) {
       const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.sessionId, previous: previous && previousPoint(previous) };
       snapshot = await s.host.snapshot(vm, info).catch((err) => {
@@ -274,25 +275,10 @@ async function backupDisk(s: Parts, vm: string, disk: SourceDisk, previous?: Res
   return { report, outcome };
 }
 
-/**
- * What the server can decide without the open disk (the proxy checks the size and the transport's
- * change list, the repository service reads the base map): the same rules as an embedded session.
- */
+/** Stage 1 of the disk plan: what the server decides without the open disk or the repository. */
 function baseOf(disk: SourceDisk, previous: RestorePoint | undefined, blockSize: number): Pick<DiskOrder, 'base' | 'fullReason'> {
-  const prev = previous?.disks.find((d) => d.name === disk.name);
-  if (!previous || !prev) return { fullReason: 'no earlier restore point of this disk by this job' };
-  if (!disk.changes) return { fullReason: disk.fullReason ?? 'the source host tracks no changed blocks for this disk' };
-  if (disk.changes.since !== previous.id) return { fullReason: `changes are tracked since ${disk.changes.since}, but the newest restore point is ${previous.id}` };
-  if (prev.blockSize !== blockSize) return { fullReason: `the block size changed from ${prev.blockSize} to ${blockSize}` };
-  const tracking = disk.changeTracking ? ` (tracking ${disk.changeTracking.id})` : '';
-  return {
-    base: {
-      point: previous.id,
-      disk: prev,
-      reason: `changed blocks since restore point ${previous.id}${tracking}`,
-      ...(disk.changes.extents && { extents: disk.changes.extents }),
-    },
-  };
+  const choice = chooseBase(disk, previous, blockSize);
+  return 'base' in choice ? { base: choice.base } : { fullReason: choice.fullReason };
 }
 
 /** Errors from the services keep their code; a lost repository service is named as such. */

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import type { Extent } from '../../contracts/extent.js';
 import { FerryError, type ErrorLocation } from '../../errors.js';
 import type { RetentionPolicy } from '../../maintenance/retention-policy.js';
 import { prunePoints } from '../../maintenance/prune.js';
@@ -13,6 +12,7 @@ import { Repository, type RestorePoint, type RestorePointDisk } from '../../repo
 import { lockForReading, RepositoryLock } from '../../repository/repository-lock.js';
 import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upkeep.js';
 import { BusyMeter } from '../../session/stage-meter.js';
+import { fullRead, incrementalCandidate, readBase } from '../../session/disk-plan.js';
 import type { Connection, PeerAuth, WireMessage } from '../wire/index.js';
 import { errorToWire, hex, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome, type ReadTask } from './protocol.js';
 import { BlockVerifier } from './block-verifier.js';
@@ -247,7 +247,7 @@ class ControlSession {
     });
     const t0 = performance.now();
     const info = await pipe.start();
-    if (info.mode === 'full' && !info.modeReason) info.modeReason = `full read: ${fullReason}`;
+    if (info.mode === 'full' && !info.modeReason) info.modeReason = fullRead(fullReason);
     const counters: TargetCounters = { bytesWritten: 0, blocksNew: 0, blocksDeduped: 0, blocksZero: 0, blocksUnchanged: 0 };
     const header = { vm: order.vm, disk: order.disk.name, sizeBytes: info.sizeBytes, blockSize: order.blockSize };
     let map: BlockMap;
@@ -272,28 +272,15 @@ class ControlSession {
     };
   }
 
-  /** The base map and the blocks to heal, when the server found an incremental run possible. */
+  /** Stage 2 of the disk plan: the base map and the blocks to heal, when the server found a base. */
   private async incremental(
     repo: Repository,
     order: DiskOrder,
   ): Promise<{ incremental?: ReadTask['incremental']; base?: BlockMap; fullReason: string }> {
     if (!order.base) return { fullReason: order.fullReason ?? 'no earlier restore point of this disk by this job' };
-    let base: BlockMap;
-    try {
-      base = await repo.readMap(order.base.disk);
-    } catch (err) {
-      return { fullReason: `the block map of ${order.base.point} cannot be read (${(err as Error).message})` };
-    }
-    const heal: Extent[] = [];
-    for (let i = 0; i < base.blockCount; i++) {
-      const hash = base.get(i);
-      if (hash && repo.blocks.needsHeal(hash)) heal.push({ offset: i * base.blockSize, length: base.lengthOf(i) });
-    }
-    return {
-      base,
-      fullReason: '',
-      incremental: { baseSize: order.base.disk.sizeBytes, reason: order.base.reason, heal, ...(order.base.extents && { extents: order.base.extents }) },
-    };
+    const read = await readBase(repo, order.base);
+    if ('fullReason' in read) return read;
+    return { base: read.map, fullReason: '', incremental: incrementalCandidate(order.base, read.heal) };
   }
 
   private async commit(h: { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] }): Promise<{ point: RestorePoint }> {
