@@ -107,4 +107,52 @@ describe('plugin discovery and loading', function () {
       await rt.close();
     }
   });
+
+  describe('a name written into the repository format is never shadowed', function () {
+    const shadowEntry =
+      "export function register(r) { r.register('compressor', 'zstd', { useValue: { compress: (d) => Buffer.from(d).reverse(), decompress: (d) => Buffer.from(d).reverse() } }); }";
+
+    function shadowJob(name: string, compression: string): string {
+      const dir = path.join(t.dir, name);
+      mkdirSync(path.join(dir, 'images'), { recursive: true });
+      writeFileSync(path.join(dir, 'images', 'vm.raw'), Buffer.alloc(256 * 1024, 1));
+      fakePlugin(path.join(dir, 'plugins'), 'my-zstd', { apiVersion: '1.0', entry: './index.js', provides: { compressor: ['zstd'] } }, shadowEntry);
+      return writeJob(dir, basicJob({ disks: ['vm.raw'], compression, extra: 'plugins: [./plugins]' }));
+    }
+
+    it("refuses a job's plugins: compressor named like an installed one as PLUGIN_DUPLICATE (exit 2)", async function () {
+      const job = shadowJob('shadow-zstd', 'high');
+      const v = await runFerry(['validate', job, '--json']);
+      expect(v.code, v.stdout + v.stderr).to.equal(2);
+      const err = json<{ error: { code: string; message: string; where: { plugin: string; file: string; path: string } } }>(v).error;
+      expect(err.code).to.equal('PLUGIN_DUPLICATE');
+      expect(err.message).to.include('@ferry/compress-zstd').and.include(path.join(t.dir, 'shadow-zstd', 'plugins', 'my-zstd'));
+      // where the job selects it, and the refused package
+      expect(err.where).to.include({ plugin: 'my-zstd', file: job, path: 'storage.compression' });
+
+      const b = await runFerry(['backup', job, '--json']);
+      expect(b.code, b.stdout + b.stderr).to.equal(2);
+      expect(json<{ error: { code: string } }>(b).error.code).to.equal('PLUGIN_DUPLICATE');
+
+      const p = await runFerry(['plugins', '--job', job, '--json']);
+      expect(p.code, p.stderr).to.equal(0);
+      const out = json<{ plugins: { name: string }[]; refused: { name: string; source: string; error: { code: string } }[] }>(p);
+      expect(out.plugins.map((x) => x.name)).to.include('@ferry/compress-zstd').and.not.include('my-zstd');
+      expect(out.refused.map((x) => [x.name, x.source, x.error.code])).to.deep.include(['my-zstd', 'job', 'PLUGIN_DUPLICATE']);
+    });
+
+    it('refuses a shadowing compressor from FERRY_PLUGIN_PATH, and one named like a built-in', async function () {
+      const dir = path.join(t.dir, 'shadow-env');
+      fakePlugin(dir, 'env-zstd', { apiVersion: '1.0', entry: './index.js', provides: { compressor: ['zstd'] } }, shadowEntry);
+      fakePlugin(dir, 'env-deflate', { apiVersion: '1.0', entry: './index.js', provides: { compressor: ['deflate'] } });
+      const host = await createPluginHost({ pluginPath: dir });
+      expect(host.discovery.plugins.map((p) => p.packageName)).to.include('@ferry/compress-zstd').and.not.include('env-zstd');
+      const byName = Object.fromEntries(host.discovery.refused.map((x) => [x.packageName, x.error]));
+      expect(byName['env-zstd']?.code).to.equal('PLUGIN_DUPLICATE');
+      expect(byName['env-deflate']?.code).to.equal('PLUGIN_DUPLICATE');
+      expect(byName['env-deflate'].message).to.include('built into the core');
+      const err = await host.registration('compressor', 'zstd').catch((e: FerryError) => e);
+      expect((err as FerryError).code).to.equal('PLUGIN_DUPLICATE');
+    });
+  });
 });

@@ -4,8 +4,23 @@ import { isApiCompatible, supportedApiRange, CORE_API_VERSION } from '../api-ver
 import { PLUGIN_KINDS, type PluginKind, type PluginManifest } from '../contracts/plugin.js';
 import { FerryError } from '../errors.js';
 
-/** Where a plugin package was found; the first source in this order wins a name clash. */
+/**
+ * Where a plugin package was found; the first source in this order wins a name clash, except for
+ * the kinds in `FORMAT_KINDS`.
+ */
 export type PluginSource = 'job' | 'env' | 'workspace' | 'node_modules';
+
+/**
+ * Kinds whose implementation names are written into the repository format (a compressor's name is
+ * in every block it stores). Such a name means one format for every job and every reader, so it is
+ * never shadowed: the core's own implementations and the installed packages (workspace, then
+ * node_modules) win, and a package from `FERRY_PLUGIN_PATH` or a job's `plugins:` that declares the
+ * same name is refused whichever folder it is in.
+ */
+export const FORMAT_KINDS: readonly PluginKind[] = ['compressor'];
+
+/** Search order for packages that provide a `FORMAT_KINDS` name: installed before per-user or per-job. */
+const FORMAT_SOURCE_ORDER: PluginSource[] = ['workspace', 'node_modules', 'env', 'job'];
 
 export interface DiscoveredPlugin {
   packageName: string;
@@ -45,7 +60,11 @@ export interface DiscoveryOptions {
  * Finds plugin packages by reading package.json files only: no plugin code runs here.
  * A folder named in `jobDirs`/`envPath` may be a plugin package itself or hold plugin packages.
  */
-export function discoverPlugins(opts: DiscoveryOptions): DiscoveryResult {
+export function discoverPlugins(
+  opts: DiscoveryOptions,
+  /** `kind:name` keys the core registers itself (never shadowed when the kind is in `FORMAT_KINDS`). */
+  reserved: string[] = [],
+): DiscoveryResult {
   const candidates: { dir: string; source: PluginSource }[] = [];
   for (const d of opts.jobDirs ?? []) candidates.push(...packageDirsIn(d, 'job'));
   for (const d of (opts.envPath ?? '').split(path.delimiter).filter(Boolean)) {
@@ -55,41 +74,52 @@ export function discoverPlugins(opts: DiscoveryOptions): DiscoveryResult {
   const nodeModules = [path.join(opts.installRoot, 'node_modules'), ...(opts.nodeModules ?? [])];
   for (const nm of nodeModules) candidates.push(...nodeModulePackages(nm));
 
-  const result: DiscoveryResult = { plugins: [], refused: [] };
   const seenDirs = new Set<string>();
-  const byName = new Map<string, DiscoveredPlugin>();
-  const byImpl = new Map<string, DiscoveredPlugin>();
+  const read: Read[] = [];
   for (const c of candidates) {
     const real = safeRealpath(c.dir);
     if (seenDirs.has(real)) continue;
     seenDirs.add(real);
-    const pkg = readPackageJson(c.dir);
-    if (!pkg || pkg.ferry === undefined) continue;
-    const packageName = typeof pkg.name === 'string' ? pkg.name : path.basename(c.dir);
-    const version = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+    read.push(readCandidate(c));
+  }
+  // Packages that provide a format name are settled first, installed ones before per-job ones, so
+  // a job's folder can never take such a name from an installed package. Listing order is kept.
+  const order = [
+    ...FORMAT_SOURCE_ORDER.flatMap((s) => read.filter((r) => r.formatNames && r.source === s)),
+    ...read.filter((r) => !r.formatNames),
+  ];
+  const result: DiscoveryResult = { plugins: [], refused: [] };
+  const byName = new Map<string, DiscoveredPlugin>();
+  const byImpl = new Map<string, DiscoveredPlugin>();
+  const ranked = new Map<object, number>();
+  for (const c of order) {
+    if (c.skip) continue;
+    const { packageName, version } = c;
+    const file = path.join(c.dir, 'package.json');
     let manifest: PluginManifest | undefined;
     const refuse = (error: FerryError): void => {
-      result.refused.push({ packageName, version, dir: c.dir, source: c.source, manifest, error });
+      const r: RefusedPlugin = { packageName, version, dir: c.dir, source: c.source, manifest, error };
+      ranked.set(r, read.indexOf(c));
+      result.refused.push(r);
     };
-    try {
-      manifest = parseManifest(pkg.ferry, packageName, c.dir);
-    } catch (err) {
-      refuse(err as FerryError);
+    if (c.error) {
+      refuse(c.error);
       continue;
     }
+    manifest = c.manifest!;
     if (!isApiCompatible(manifest.apiVersion)) {
       refuse(
         new FerryError(
           'PLUGIN_API_INCOMPATIBLE',
           `plugin ${packageName}@${version} targets core API ${manifest.apiVersion}; this core ` +
             `(API ${CORE_API_VERSION}) supports plugins built for ${supportedApiRange()}`,
-          { plugin: packageName, file: path.join(c.dir, 'package.json') },
+          { plugin: packageName, file },
         ),
       );
       continue;
     }
-    if (!manifest) continue;
     const found: DiscoveredPlugin = { packageName, version, dir: c.dir, source: c.source, manifest };
+    ranked.set(found, read.indexOf(c));
     const sameName = byName.get(packageName);
     if (sameName) {
       refuse(
@@ -97,20 +127,26 @@ export function discoverPlugins(opts: DiscoveryOptions): DiscoveryResult {
           'PLUGIN_DUPLICATE',
           `plugin package ${packageName} found twice: ${sameName.dir} (${sameName.source}, used) and ` +
             `${c.dir} (${c.source}, refused)`,
-          { plugin: packageName },
+          { plugin: packageName, file },
         ),
       );
+      continue;
+    }
+    const builtin = implementations(manifest).find((k) => reserved.includes(k) && isFormatKey(k));
+    if (builtin) {
+      refuse(new FerryError('PLUGIN_DUPLICATE', `${describeKey(builtin)} is built into the core; ${formatNote(builtin)}`, provideWhere(packageName, file, builtin)));
       continue;
     }
     const clash = implementations(manifest).find((k) => byImpl.has(k));
     if (clash) {
       const other = byImpl.get(clash)!;
+      const note = isFormatKey(clash) ? `; ${formatNote(clash)}` : '';
       refuse(
         new FerryError(
           'PLUGIN_DUPLICATE',
-          `${clash.replace(':', ' ')} is provided by both ${other.packageName} (${other.dir}, used) and ` +
-            `${packageName} (${c.dir}, refused)`,
-          { plugin: packageName },
+          `${clash.replace(':', ' ')} is provided by both ${other.packageName} (${other.dir}, ${other.source}, used) and ` +
+            `${packageName} (${c.dir}, ${c.source}, refused)${note}`,
+          provideWhere(packageName, file, clash),
         ),
       );
       continue;
@@ -119,7 +155,56 @@ export function discoverPlugins(opts: DiscoveryOptions): DiscoveryResult {
     for (const k of implementations(manifest)) byImpl.set(k, found);
     result.plugins.push(found);
   }
+  const byOrder = (a: object, b: object): number => ranked.get(a)! - ranked.get(b)!;
+  result.plugins.sort(byOrder);
+  result.refused.sort(byOrder);
   return result;
+}
+
+/** A candidate folder after reading its package.json (no plugin code runs). */
+interface Read {
+  dir: string;
+  source: PluginSource;
+  packageName: string;
+  version: string;
+  /** Not a Ferry plugin package: nothing to list. */
+  skip?: boolean;
+  manifest?: PluginManifest;
+  error?: FerryError;
+  /** Provides a name of a `FORMAT_KINDS` kind. */
+  formatNames?: boolean;
+}
+
+function readCandidate(c: { dir: string; source: PluginSource }): Read {
+  const base = { dir: c.dir, source: c.source, packageName: path.basename(c.dir), version: '0.0.0' };
+  const pkg = readPackageJson(c.dir);
+  if (!pkg || pkg.ferry === undefined) return { ...base, skip: true };
+  const packageName = typeof pkg.name === 'string' ? pkg.name : base.packageName;
+  const version = typeof pkg.version === 'string' ? pkg.version : base.version;
+  try {
+    const manifest = parseManifest(pkg.ferry, packageName, c.dir);
+    return { ...base, packageName, version, manifest, formatNames: implementations(manifest).some(isFormatKey) };
+  } catch (err) {
+    return { ...base, packageName, version, error: err as FerryError };
+  }
+}
+
+function isFormatKey(key: string): boolean {
+  return FORMAT_KINDS.some((k) => key.startsWith(`${k}:`));
+}
+
+function describeKey(key: string): string {
+  const i = key.indexOf(':');
+  return `${key.slice(0, i)} "${key.slice(i + 1)}"`;
+}
+
+function formatNote(key: string): string {
+  return `a ${key.slice(0, key.indexOf(':'))}'s name is written into the repository format, so one that is installed is never replaced: give yours another name`;
+}
+
+function provideWhere(plugin: string, file: string, key: string): { plugin: string; file: string; path: string } {
+  const i = key.indexOf(':');
+  return { plugin, file, path: `ferry.provides.${key.slice(0, i)}` };
 }
 
 export function implementations(manifest: PluginManifest): string[] {

@@ -13,7 +13,15 @@ import {
 } from '../contracts/plugin.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { Tokens, implementationToken } from '../tokens.js';
-import { discoverPlugins, implementations, type DiscoveredPlugin, type DiscoveryOptions, type DiscoveryResult } from './discovery.js';
+import {
+  discoverPlugins,
+  FORMAT_KINDS,
+  implementations,
+  type DiscoveredPlugin,
+  type DiscoveryOptions,
+  type DiscoveryResult,
+  type RefusedPlugin,
+} from './discovery.js';
 
 export const BUILTIN_PACKAGE = '@ferry/core';
 
@@ -45,7 +53,7 @@ export class PluginHost {
     opts: DiscoveryOptions,
     builtins: (r: PluginRegistrar) => void,
   ): Promise<PluginHost> {
-    const host = new PluginHost(discoverPlugins(opts), opts);
+    const host = new PluginHost(discoverPlugins(opts, builtinKeys(builtins)), opts);
     builtins(host.registrar(BUILTIN_PACKAGE));
     return host;
   }
@@ -65,8 +73,22 @@ export class PluginHost {
     return this.registrations.get(`${kind}:${name}`)?.plugin ?? name;
   }
 
-  /** The registration of `kind` `name`, importing its package if needed. */
+  /**
+   * The registration of `kind` `name`, importing its package if needed. A job that selects a
+   * format name (`FORMAT_KINDS`) another package was refused for is refused with that package's
+   * `PLUGIN_DUPLICATE`: the job meant the refused one, and must not silently get the installed one.
+   */
   async registration(kind: PluginKind, name: string, where: ErrorLocation = {}): Promise<Registration> {
+    const shadow = FORMAT_KINDS.includes(kind) && this.refusedFor(`${kind}:${name}`, 'PLUGIN_DUPLICATE');
+    if (shadow) throw new FerryError(shadow.error.code, shadow.error.detail, { ...shadow.error.where, ...where, plugin: shadow.packageName });
+    return this.lookup(kind, name, where);
+  }
+
+  /**
+   * Like `registration`, without refusing a contested format name: reading blocks always uses the
+   * installed implementation, which wrote them (a refused one never writes).
+   */
+  private async lookup(kind: PluginKind, name: string, where: ErrorLocation): Promise<Registration> {
     const key = `${kind}:${name}`;
     const known = this.registrations.get(key);
     if (known) return known;
@@ -89,7 +111,7 @@ export class PluginHost {
     config: Record<string, unknown> = {},
     where: ErrorLocation = {},
   ): Promise<PluginKindMap[K]> {
-    const reg = await this.registration(kind, name, where);
+    const reg = await this.lookup(kind, name, where);
     const scope = jobContainer.createChildContainer();
     scope.register(Tokens.PluginConfig, { useValue: config });
     try {
@@ -180,9 +202,12 @@ export class PluginHost {
     };
   }
 
+  private refusedFor(key: string, code?: string): RefusedPlugin | undefined {
+    return this.discovery.refused.find((r) => r.manifest && implementations(r.manifest).includes(key) && (!code || r.error.code === code));
+  }
+
   private notFound(kind: PluginKind, name: string, where: ErrorLocation): FerryError {
-    const key = `${kind}:${name}`;
-    const refused = this.discovery.refused.find((r) => r.manifest && implementations(r.manifest).includes(key));
+    const refused = this.refusedFor(`${kind}:${name}`);
     if (refused) {
       return new FerryError(refused.error.code, `${kind} "${name}" cannot be used: ${refused.error.detail}`, {
         ...where,
@@ -193,4 +218,11 @@ export class PluginHost {
     const detail = `no plugin provides ${kind} "${name}"; available: ${names.length ? names.join(', ') : '(none)'}`;
     return new FerryError('PLUGIN_NOT_FOUND', detail, where);
   }
+}
+
+/** The `kind:name` keys `builtins` registers, found without building anything into a container. */
+function builtinKeys(builtins: (r: PluginRegistrar) => void): string[] {
+  const keys: string[] = [];
+  builtins({ pluginName: BUILTIN_PACKAGE, tokens: Tokens, register: (kind, name) => void keys.push(`${kind}:${name}`) });
+  return keys;
 }
