@@ -155,4 +155,50 @@ describe('plugin discovery and loading', function () {
       expect((err as FerryError).code).to.equal('PLUGIN_DUPLICATE');
     });
   });
+
+  describe("a block filter's broken hook fails its disk with a coded error", function () {
+    interface DiskError {
+      code: string;
+      message: string;
+      where: Record<string, unknown>;
+    }
+
+    async function backupWith(filter: string): Promise<{ code: number | null; error: DiskError; text: string; stderr: string }> {
+      const dir = path.join(t.dir, `faulty-${filter}`);
+      mkdirSync(path.join(dir, 'images'), { recursive: true });
+      writeFileSync(path.join(dir, 'images', 'vm.raw'), Buffer.alloc(1024 * 1024, 7));
+      const extra = `filters: [zero, ${filter}]\nplugins: [${path.join(EXAMPLES, 'faulty-filter')}]`;
+      const job = writeJob(dir, basicJob({ disks: ['vm.raw'], extra }));
+      const r = await runFerry(['backup', job, '--json']);
+      const report = json<{ status: string; disks: { error?: DiskError }[] }>(r);
+      expect(report.status, r.stdout).to.equal('failed');
+      const human = await runFerry(['backup', job]);
+      expect(human.code).to.equal(r.code);
+      return { code: r.code, error: report.disks[0].error!, text: human.stdout, stderr: r.stderr + human.stderr };
+    }
+
+    const expectNamed = (e: DiskError, hook: string): void => {
+      expect(e.where).to.include({ plugin: 'ferry-test-faulty-filter', hook, vm: 'web01', disk: 'vm.raw', offset: 512 * 1024 });
+      expect(e.message).to.include('plugin ferry-test-faulty-filter (classify)').and.include('disk vm.raw').and.include('offset 524288');
+    };
+
+    it('a classify that throws is PLUGIN_FAILED naming plugin, hook, disk and offset, without a stack', async function () {
+      const r = await backupWith('classify-throws');
+      expect(r.code).to.equal(1);
+      expect(r.error.code).to.equal('PLUGIN_FAILED');
+      expect(r.error.message).to.include('reading "marker"');
+      expectNamed(r.error, 'classify');
+      expect(r.text).to.include('PLUGIN_FAILED');
+      for (const out of [r.error.message, r.text, r.stderr]) expect(out).not.to.match(/\n\s+at /);
+    });
+
+    it("a verdict other than 'keep' or 'zero' is refused as PLUGIN_CONTRACT naming the verdict", async function () {
+      const r = await backupWith('bad-verdict');
+      expect(r.code).to.equal(1);
+      expect(r.error.code).to.equal('PLUGIN_CONTRACT');
+      expect(r.error.message).to.include('"drop"');
+      expectNamed(r.error, 'classify');
+      for (const out of [r.text, r.stderr]) expect(out).not.to.match(/\n\s+at /);
+    });
+  });
 });

@@ -13,6 +13,7 @@ import {
 } from '../contracts/plugin.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { Tokens, implementationToken } from '../tokens.js';
+import { guardPlugin } from './plugin-guard.js';
 import {
   discoverPlugins,
   FORMAT_KINDS,
@@ -102,7 +103,8 @@ export class PluginHost {
 
   /**
    * Builds an implementation in `jobContainer`. The instance's own child container holds its
-   * validated job section under `Tokens.PluginConfig`.
+   * validated job section under `Tokens.PluginConfig`. Block filters and compressors come back
+   * guarded: what their hooks throw or return wrong names the plugin and hook (`guardPlugin`).
    */
   async create<K extends PluginKind>(
     kind: K,
@@ -114,11 +116,13 @@ export class PluginHost {
     const reg = await this.lookup(kind, name, where);
     const scope = jobContainer.createChildContainer();
     scope.register(Tokens.PluginConfig, { useValue: config });
+    let impl: PluginKindMap[K];
     try {
-      return scope.resolve<PluginKindMap[K]>(implementationToken(kind, name));
+      impl = scope.resolve<PluginKindMap[K]>(implementationToken(kind, name));
     } catch (err) {
       throw pluginError(err, reg.plugin, `create ${kind} ${name}`, where);
     }
+    return guardPlugin(kind, impl, reg.plugin);
   }
 
   /** Imports every discovered package (for `ferry plugins --load` and conformance runs). */
