@@ -67,7 +67,7 @@ describe('plugin discovery and loading', function () {
     fakePlugin(dir, 'thrower', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['boom'] } }, "export function register() { throw new Error('kaput'); }");
     const host = await createPluginHost({ pluginPath: dir });
     const err = await host.registration('block-filter', 'boom').catch((e: FerryError) => e);
-    expect((err as FerryError).code).to.equal('PLUGIN_FAILED');
+    expect((err as FerryError).code).to.equal('PLUGIN_LOAD_FAILED'); // docs/errors.md: "or its register hook threw"
     expect((err as FerryError).where).to.include({ plugin: 'thrower', hook: 'register' });
   });
 
@@ -199,6 +199,81 @@ describe('plugin discovery and loading', function () {
       expect(r.error.message).to.include('"drop"');
       expectNamed(r.error, 'classify');
       for (const out of [r.text, r.stderr]) expect(out).not.to.match(/\n\s+at /);
+    });
+  });
+
+  describe('what a plugin author gets when a package is wrong', function () {
+    interface Refused {
+      name: string;
+      dir: string;
+      error: { code: string; message: string; where: { file?: string; line?: number; path?: string; plugin?: string } };
+    }
+
+    async function listed(dir: string): Promise<Refused[]> {
+      const r = await runFerry(['plugins', '--json'], { env: { FERRY_PLUGIN_PATH: dir } });
+      expect(r.code, r.stderr).to.equal(0);
+      const refused = json<{ refused: Refused[] }>(r).refused;
+      // every refusal says where, as other JSON errors do
+      for (const x of refused) expect(x.error.where.file, JSON.stringify(x)).to.be.a('string');
+      return refused;
+    }
+
+    it('a register that throws is PLUGIN_LOAD_FAILED (exit 2) naming plugin and hook', async function () {
+      const dir = path.join(t.dir, 'register-throws');
+      mkdirSync(path.join(dir, 'images'), { recursive: true });
+      writeFileSync(path.join(dir, 'images', 'vm.raw'), Buffer.alloc(256 * 1024));
+      fakePlugin(path.join(dir, 'plugins'), 'throws-at-register', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['boom'] } }, "export function register() { throw new Error('kaput'); }");
+      const job = writeJob(dir, basicJob({ disks: ['vm.raw'], extra: 'filters: [zero, boom]\nplugins: [./plugins]' }));
+      const r = await runFerry(['validate', job, '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(2);
+      const err = json<{ error: { code: string; message: string; where: Record<string, unknown> } }>(r).error;
+      expect(err.code).to.equal('PLUGIN_LOAD_FAILED');
+      expect(err.message).to.include('kaput');
+      expect(err.where).to.include({ plugin: 'throws-at-register', hook: 'register' });
+    });
+
+    it('a package.json that is not JSON is refused as PLUGIN_MANIFEST_INVALID naming the file and line', async function () {
+      const dir = path.join(t.dir, 'broken-json');
+      const pkg = fakePlugin(dir, 'broken-json', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['x'] } });
+      writeFileSync(path.join(pkg, 'package.json'), '{\n  "name": "broken-json",\n  "ferry": { "apiVersion": "1.0", },\n}\n');
+      const alone = path.join(t.dir, 'broken-alone');
+      mkdirSync(alone);
+      writeFileSync(path.join(alone, 'package.json'), '{ "name": "broken-alone" ');
+      for (const [where, file] of [
+        [dir, path.join(pkg, 'package.json')],
+        [alone, path.join(alone, 'package.json')], // a plugins: entry that is itself the package
+      ]) {
+        const refused = await listed(where);
+        const x = refused.find((r) => r.error.where.file === file);
+        expect(x?.error.code, JSON.stringify(refused)).to.equal('PLUGIN_MANIFEST_INVALID');
+        expect(x?.error.message).to.include('not valid JSON').and.include(file);
+      }
+      expect((await listed(dir)).find((r) => r.dir === pkg)?.error.where.line).to.equal(3);
+    });
+
+    it('`ferry plugins` refuses a package whose ferry.entry does not exist, naming the file', async function () {
+      const dir = path.join(t.dir, 'no-entry');
+      const pkg = fakePlugin(dir, 'no-entry', { apiVersion: '1.0', entry: './dist/index.js', provides: { 'block-filter': ['x'] } });
+      const refused = await listed(dir);
+      const x = refused.find((r) => r.name === 'no-entry');
+      expect(x?.error.code).to.equal('PLUGIN_MANIFEST_INVALID');
+      expect(x?.error.message).to.include(path.join(pkg, 'dist', 'index.js'));
+      expect(x?.error.where).to.include({ plugin: 'no-entry', file: path.join(pkg, 'package.json'), path: 'ferry.entry' });
+    });
+
+    it('PLUGIN_CONTRACT says what the package declares and what it registered', async function () {
+      const dir = path.join(t.dir, 'half');
+      fakePlugin(
+        dir,
+        'half',
+        { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['one', 'two'] } },
+        "export function register(r) { r.register('block-filter', 'one', { useValue: {} }); }",
+      );
+      const host = await createPluginHost({ pluginPath: dir });
+      const err = (await host.registration('block-filter', 'one').catch((e: FerryError) => e)) as FerryError;
+      expect(err.code).to.equal('PLUGIN_CONTRACT');
+      expect(err.message).to.include('declares block-filter "one", block-filter "two"').and.include('registered block-filter "one"');
+      expect(err.where).to.include({ plugin: 'half', hook: 'register' });
     });
   });
 });

@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { isApiCompatible, supportedApiRange, CORE_API_VERSION } from '../api-version.js';
 import { PLUGIN_KINDS, type PluginKind, type PluginManifest } from '../contracts/plugin.js';
@@ -178,22 +178,45 @@ interface Read {
 function readCandidate(c: { dir: string; source: PluginSource }): Read {
   const base = { dir: c.dir, source: c.source, packageName: path.basename(c.dir), version: '0.0.0' };
   const pkg = readPackageJson(c.dir);
-  if (!pkg || pkg.ferry === undefined) return { ...base, skip: true };
-  const packageName = typeof pkg.name === 'string' ? pkg.name : base.packageName;
-  const version = typeof pkg.version === 'string' ? pkg.version : base.version;
+  if (pkg.error && looksLikePlugin(c.source, pkg.text)) return { ...base, error: pkg.error };
+  if (!pkg.json || pkg.json.ferry === undefined) return { ...base, skip: true };
+  const packageName = typeof pkg.json.name === 'string' ? pkg.json.name : base.packageName;
+  const version = typeof pkg.json.version === 'string' ? pkg.json.version : base.version;
   try {
-    const manifest = parseManifest(pkg.ferry, packageName, c.dir);
+    const manifest = parseManifest(pkg.json.ferry, packageName, c.dir);
+    checkEntry(manifest, packageName, c.dir);
     return { ...base, packageName, version, manifest, formatNames: implementations(manifest).some(isFormatKey) };
   } catch (err) {
     return { ...base, packageName, version, error: err as FerryError };
   }
 }
 
+/**
+ * A package.json that does not parse is refused (not skipped) in the folders searched for plugins
+ * only (job, `FERRY_PLUGIN_PATH`, the installation's `plugins/`); in `node_modules`, where most
+ * packages are not plugins, only when its text mentions a `"ferry"` key.
+ */
+function looksLikePlugin(source: PluginSource, text: string | undefined): boolean {
+  return source !== 'node_modules' || /"ferry"\s*:/.test(text ?? '');
+}
+
+/** `ferry plugins` runs no plugin code, but an entry module that is not there is known already. */
+function checkEntry(manifest: PluginManifest, packageName: string, dir: string): void {
+  const entry = path.resolve(dir, manifest.entry);
+  if (existsSync(entry)) return;
+  throw new FerryError(
+    'PLUGIN_MANIFEST_INVALID',
+    `plugin ${packageName}: "ferry.entry" names ${entry}, which does not exist (not built yet?)`,
+    { plugin: packageName, file: path.join(dir, 'package.json'), path: 'ferry.entry' },
+  );
+}
+
 function isFormatKey(key: string): boolean {
   return FORMAT_KINDS.some((k) => key.startsWith(`${k}:`));
 }
 
-function describeKey(key: string): string {
+/** `kind:name` as the messages write it: `compressor "zstd"`. */
+export function describeKey(key: string): string {
   const i = key.indexOf(':');
   return `${key.slice(0, i)} "${key.slice(i + 1)}"`;
 }
@@ -241,12 +264,37 @@ function parseManifest(raw: unknown, packageName: string, dir: string): PluginMa
   return { apiVersion: m.apiVersion, entry: m.entry, provides };
 }
 
-function readPackageJson(dir: string): Record<string, unknown> | undefined {
+/**
+ * A folder's package.json: `json` when it parses to an object; `error` (with the file, line and
+ * column) when it is there but is not a JSON object; neither when there is none.
+ */
+function readPackageJson(dir: string): { json?: Record<string, unknown>; text?: string; error?: FerryError } {
+  const file = path.join(dir, 'package.json');
+  let text: string;
   try {
-    return JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as Record<string, unknown>;
+    text = readFileSync(file, 'utf8');
   } catch {
-    return undefined;
+    return {};
   }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    const detail = `${path.basename(dir)}/package.json is not valid JSON: ${(err as Error).message}`;
+    return { text, error: new FerryError('PLUGIN_MANIFEST_INVALID', detail, { file, ...jsonPosition(text, (err as Error).message) }) };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { text, error: new FerryError('PLUGIN_MANIFEST_INVALID', `${path.basename(dir)}/package.json is not a JSON object`, { file }) };
+  }
+  return { json: value as Record<string, unknown>, text };
+}
+
+/** Line and column of a JSON.parse error (its message gives the offset into the text). */
+function jsonPosition(text: string, message: string): { line?: number; column?: number } {
+  const at = /at position (\d+)/.exec(message);
+  if (!at) return {};
+  const before = text.slice(0, Number(at[1])).split('\n');
+  return { line: before.length, column: before[before.length - 1].length + 1 };
 }
 
 function isDir(p: string): boolean {
@@ -266,7 +314,8 @@ function safeRealpath(p: string): string {
 }
 
 function packageDirsIn(dir: string, source: PluginSource): { dir: string; source: PluginSource }[] {
-  if (readPackageJson(dir)?.ferry !== undefined) return [{ dir, source }];
+  const pkg = readPackageJson(dir);
+  if (pkg.error || pkg.json?.ferry !== undefined) return [{ dir, source }];
   return childPackages(dir, source);
 }
 

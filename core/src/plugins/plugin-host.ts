@@ -15,6 +15,7 @@ import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { Tokens, implementationToken } from '../tokens.js';
 import { guardPlugin } from './plugin-guard.js';
 import {
+  describeKey,
   discoverPlugins,
   FORMAT_KINDS,
   implementations,
@@ -158,16 +159,19 @@ export class PluginHost {
     try {
       await register(this.registrar(pkg.packageName, new Set(implementations(pkg.manifest))));
     } catch (err) {
-      if (err instanceof FerryError && err.code === 'PLUGIN_CONTRACT') throw err;
-      throw pluginError(err, pkg.packageName, 'register', { file: entry });
+      // The registrar's own refusals keep their codes; anything else register throws is a load failure.
+      if (err instanceof FerryError && (err.code === 'PLUGIN_CONTRACT' || err.code === 'PLUGIN_DUPLICATE')) throw err;
+      const detail = err instanceof FerryError ? err.detail : err instanceof Error ? err.message : String(err);
+      throw new FerryError('PLUGIN_LOAD_FAILED', `${pkg.packageName}'s register threw: ${detail}`, { ...where, hook: 'register' }, { cause: err });
     }
     const added = [...this.registrations.keys()].filter((k) => !before.has(k));
     const missing = implementations(pkg.manifest).filter((k) => !added.includes(k));
     if (missing.length) {
       throw new FerryError(
         'PLUGIN_CONTRACT',
-        `${pkg.packageName} declares ${missing.join(', ')} in package.json but did not register ${missing.length > 1 ? 'them' : 'it'}`,
-        where,
+        `${pkg.packageName} did not register ${missing.map(describeKey).join(', ')}: package.json "ferry.provides" declares ` +
+          `${listKeys(implementations(pkg.manifest))}; register registered ${listKeys(added)}`,
+        { ...where, hook: 'register' },
       );
     }
   }
@@ -189,7 +193,8 @@ export class PluginHost {
         if (declared && !declared.has(key)) {
           throw new FerryError(
             'PLUGIN_CONTRACT',
-            `${pluginName} registered ${kind} "${name}" which its package.json "ferry.provides" does not declare`,
+            `${pluginName} registered ${kind} "${name}" which its package.json "ferry.provides" does not declare ` +
+              `(declared: ${listKeys([...declared])})`,
             { plugin: pluginName, hook: 'register' },
           );
         }
@@ -229,4 +234,8 @@ function builtinKeys(builtins: (r: PluginRegistrar) => void): string[] {
   const keys: string[] = [];
   builtins({ pluginName: BUILTIN_PACKAGE, tokens: Tokens, register: (kind, name) => void keys.push(`${kind}:${name}`) });
   return keys;
+}
+
+function listKeys(keys: string[]): string {
+  return keys.length ? keys.map(describeKey).join(', ') : 'nothing';
 }
