@@ -9,12 +9,12 @@ export const ERROR_CODES = {
   JOB_INVALID: 'a key of the job file is unknown, missing or of the wrong type or value (a VM listed twice, a disk outside the datastore), or the file is over 1 MiB or its YAML aliases expand too far',
   JOB_PATH_NOT_FOUND: 'a file or folder the job names does not exist',
   // plugins
-  PLUGIN_MANIFEST_INVALID: "a plugin package's `ferry` field in package.json is malformed",
+  PLUGIN_MANIFEST_INVALID: "a plugin package's package.json is not valid JSON, its `ferry` field is malformed, or `ferry.entry` names a file that does not exist",
   PLUGIN_API_INCOMPATIBLE: 'a plugin targets a core API version this core does not support',
   PLUGIN_DUPLICATE: 'two plugin packages have the same name or provide the same kind and name',
   PLUGIN_NOT_FOUND: 'the job names a plugin implementation that no discovered package provides',
   PLUGIN_LOAD_FAILED: "a plugin's entry module could not be imported or its register hook threw",
-  PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares',
+  PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares, or a hook returned what its contract does not allow (a block filter verdict other than keep or zero)',
   PLUGIN_FAILED: 'a plugin hook threw an error while a job ran',
   // source hosts and transports
   SOURCE_VM_NOT_FOUND: 'the source host does not know the VM the job names',

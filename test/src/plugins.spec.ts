@@ -67,7 +67,7 @@ describe('plugin discovery and loading', function () {
     fakePlugin(dir, 'thrower', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['boom'] } }, "export function register() { throw new Error('kaput'); }");
     const host = await createPluginHost({ pluginPath: dir });
     const err = await host.registration('block-filter', 'boom').catch((e: FerryError) => e);
-    expect((err as FerryError).code).to.equal('PLUGIN_FAILED');
+    expect((err as FerryError).code).to.equal('PLUGIN_LOAD_FAILED'); // docs/errors.md: "or its register hook threw"
     expect((err as FerryError).where).to.include({ plugin: 'thrower', hook: 'register' });
   });
 
@@ -106,5 +106,174 @@ describe('plugin discovery and loading', function () {
     } finally {
       await rt.close();
     }
+  });
+
+  describe('a name written into the repository format is never shadowed', function () {
+    const shadowEntry =
+      "export function register(r) { r.register('compressor', 'zstd', { useValue: { compress: (d) => Buffer.from(d).reverse(), decompress: (d) => Buffer.from(d).reverse() } }); }";
+
+    function shadowJob(name: string, compression: string): string {
+      const dir = path.join(t.dir, name);
+      mkdirSync(path.join(dir, 'images'), { recursive: true });
+      writeFileSync(path.join(dir, 'images', 'vm.raw'), Buffer.alloc(256 * 1024, 1));
+      fakePlugin(path.join(dir, 'plugins'), 'my-zstd', { apiVersion: '1.0', entry: './index.js', provides: { compressor: ['zstd'] } }, shadowEntry);
+      return writeJob(dir, basicJob({ disks: ['vm.raw'], compression, extra: 'plugins: [./plugins]' }));
+    }
+
+    it("refuses a job's plugins: compressor named like an installed one as PLUGIN_DUPLICATE (exit 2)", async function () {
+      const job = shadowJob('shadow-zstd', 'high');
+      const v = await runFerry(['validate', job, '--json']);
+      expect(v.code, v.stdout + v.stderr).to.equal(2);
+      const err = json<{ error: { code: string; message: string; where: { plugin: string; file: string; path: string } } }>(v).error;
+      expect(err.code).to.equal('PLUGIN_DUPLICATE');
+      expect(err.message).to.include('@ferry/compress-zstd').and.include(path.join(t.dir, 'shadow-zstd', 'plugins', 'my-zstd'));
+      // where the job selects it, and the refused package
+      expect(err.where).to.include({ plugin: 'my-zstd', file: job, path: 'storage.compression' });
+
+      const b = await runFerry(['backup', job, '--json']);
+      expect(b.code, b.stdout + b.stderr).to.equal(2);
+      expect(json<{ error: { code: string } }>(b).error.code).to.equal('PLUGIN_DUPLICATE');
+
+      const p = await runFerry(['plugins', '--job', job, '--json']);
+      expect(p.code, p.stderr).to.equal(0);
+      const out = json<{ plugins: { name: string }[]; refused: { name: string; source: string; error: { code: string } }[] }>(p);
+      expect(out.plugins.map((x) => x.name)).to.include('@ferry/compress-zstd').and.not.include('my-zstd');
+      expect(out.refused.map((x) => [x.name, x.source, x.error.code])).to.deep.include(['my-zstd', 'job', 'PLUGIN_DUPLICATE']);
+    });
+
+    it('refuses a shadowing compressor from FERRY_PLUGIN_PATH, and one named like a built-in', async function () {
+      const dir = path.join(t.dir, 'shadow-env');
+      fakePlugin(dir, 'env-zstd', { apiVersion: '1.0', entry: './index.js', provides: { compressor: ['zstd'] } }, shadowEntry);
+      fakePlugin(dir, 'env-deflate', { apiVersion: '1.0', entry: './index.js', provides: { compressor: ['deflate'] } });
+      const host = await createPluginHost({ pluginPath: dir });
+      expect(host.discovery.plugins.map((p) => p.packageName)).to.include('@ferry/compress-zstd').and.not.include('env-zstd');
+      const byName = Object.fromEntries(host.discovery.refused.map((x) => [x.packageName, x.error]));
+      expect(byName['env-zstd']?.code).to.equal('PLUGIN_DUPLICATE');
+      expect(byName['env-deflate']?.code).to.equal('PLUGIN_DUPLICATE');
+      expect(byName['env-deflate'].message).to.include('built into the core');
+      const err = await host.registration('compressor', 'zstd').catch((e: FerryError) => e);
+      expect((err as FerryError).code).to.equal('PLUGIN_DUPLICATE');
+    });
+  });
+
+  describe("a block filter's broken hook fails its disk with a coded error", function () {
+    interface DiskError {
+      code: string;
+      message: string;
+      where: Record<string, unknown>;
+    }
+
+    async function backupWith(filter: string): Promise<{ code: number | null; error: DiskError; text: string; stderr: string }> {
+      const dir = path.join(t.dir, `faulty-${filter}`);
+      mkdirSync(path.join(dir, 'images'), { recursive: true });
+      writeFileSync(path.join(dir, 'images', 'vm.raw'), Buffer.alloc(1024 * 1024, 7));
+      const extra = `filters: [zero, ${filter}]\nplugins: [${path.join(EXAMPLES, 'faulty-filter')}]`;
+      const job = writeJob(dir, basicJob({ disks: ['vm.raw'], extra }));
+      const r = await runFerry(['backup', job, '--json']);
+      const report = json<{ status: string; disks: { error?: DiskError }[] }>(r);
+      expect(report.status, r.stdout).to.equal('failed');
+      const human = await runFerry(['backup', job]);
+      expect(human.code).to.equal(r.code);
+      return { code: r.code, error: report.disks[0].error!, text: human.stdout, stderr: r.stderr + human.stderr };
+    }
+
+    const expectNamed = (e: DiskError, hook: string): void => {
+      expect(e.where).to.include({ plugin: 'ferry-test-faulty-filter', hook, vm: 'web01', disk: 'vm.raw', offset: 512 * 1024 });
+      expect(e.message).to.include('plugin ferry-test-faulty-filter (classify)').and.include('disk vm.raw').and.include('offset 524288');
+    };
+
+    it('a classify that throws is PLUGIN_FAILED naming plugin, hook, disk and offset, without a stack', async function () {
+      const r = await backupWith('classify-throws');
+      expect(r.code).to.equal(1);
+      expect(r.error.code).to.equal('PLUGIN_FAILED');
+      expect(r.error.message).to.include('reading "marker"');
+      expectNamed(r.error, 'classify');
+      expect(r.text).to.include('PLUGIN_FAILED');
+      for (const out of [r.error.message, r.text, r.stderr]) expect(out).not.to.match(/\n\s+at /);
+    });
+
+    it("a verdict other than 'keep' or 'zero' is refused as PLUGIN_CONTRACT naming the verdict", async function () {
+      const r = await backupWith('bad-verdict');
+      expect(r.code).to.equal(1);
+      expect(r.error.code).to.equal('PLUGIN_CONTRACT');
+      expect(r.error.message).to.include('"drop"');
+      expectNamed(r.error, 'classify');
+      for (const out of [r.text, r.stderr]) expect(out).not.to.match(/\n\s+at /);
+    });
+  });
+
+  describe('what a plugin author gets when a package is wrong', function () {
+    interface Refused {
+      name: string;
+      dir: string;
+      error: { code: string; message: string; where: { file?: string; line?: number; path?: string; plugin?: string } };
+    }
+
+    async function listed(dir: string): Promise<Refused[]> {
+      const r = await runFerry(['plugins', '--json'], { env: { FERRY_PLUGIN_PATH: dir } });
+      expect(r.code, r.stderr).to.equal(0);
+      const refused = json<{ refused: Refused[] }>(r).refused;
+      // every refusal says where, as other JSON errors do
+      for (const x of refused) expect(x.error.where.file, JSON.stringify(x)).to.be.a('string');
+      return refused;
+    }
+
+    it('a register that throws is PLUGIN_LOAD_FAILED (exit 2) naming plugin and hook', async function () {
+      const dir = path.join(t.dir, 'register-throws');
+      mkdirSync(path.join(dir, 'images'), { recursive: true });
+      writeFileSync(path.join(dir, 'images', 'vm.raw'), Buffer.alloc(256 * 1024));
+      fakePlugin(path.join(dir, 'plugins'), 'throws-at-register', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['boom'] } }, "export function register() { throw new Error('kaput'); }");
+      const job = writeJob(dir, basicJob({ disks: ['vm.raw'], extra: 'filters: [zero, boom]\nplugins: [./plugins]' }));
+      const r = await runFerry(['validate', job, '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(2);
+      const err = json<{ error: { code: string; message: string; where: Record<string, unknown> } }>(r).error;
+      expect(err.code).to.equal('PLUGIN_LOAD_FAILED');
+      expect(err.message).to.include('kaput');
+      expect(err.where).to.include({ plugin: 'throws-at-register', hook: 'register' });
+    });
+
+    it('a package.json that is not JSON is refused as PLUGIN_MANIFEST_INVALID naming the file and line', async function () {
+      const dir = path.join(t.dir, 'broken-json');
+      const pkg = fakePlugin(dir, 'broken-json', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['x'] } });
+      writeFileSync(path.join(pkg, 'package.json'), '{\n  "name": "broken-json",\n  "ferry": { "apiVersion": "1.0", },\n}\n');
+      const alone = path.join(t.dir, 'broken-alone');
+      mkdirSync(alone);
+      writeFileSync(path.join(alone, 'package.json'), '{ "name": "broken-alone" ');
+      for (const [where, file] of [
+        [dir, path.join(pkg, 'package.json')],
+        [alone, path.join(alone, 'package.json')], // a plugins: entry that is itself the package
+      ]) {
+        const refused = await listed(where);
+        const x = refused.find((r) => r.error.where.file === file);
+        expect(x?.error.code, JSON.stringify(refused)).to.equal('PLUGIN_MANIFEST_INVALID');
+        expect(x?.error.message).to.include('not valid JSON').and.include(file);
+      }
+      expect((await listed(dir)).find((r) => r.dir === pkg)?.error.where.line).to.equal(3);
+    });
+
+    it('`ferry plugins` refuses a package whose ferry.entry does not exist, naming the file', async function () {
+      const dir = path.join(t.dir, 'no-entry');
+      const pkg = fakePlugin(dir, 'no-entry', { apiVersion: '1.0', entry: './dist/index.js', provides: { 'block-filter': ['x'] } });
+      const refused = await listed(dir);
+      const x = refused.find((r) => r.name === 'no-entry');
+      expect(x?.error.code).to.equal('PLUGIN_MANIFEST_INVALID');
+      expect(x?.error.message).to.include(path.join(pkg, 'dist', 'index.js'));
+      expect(x?.error.where).to.include({ plugin: 'no-entry', file: path.join(pkg, 'package.json'), path: 'ferry.entry' });
+    });
+
+    it('PLUGIN_CONTRACT says what the package declares and what it registered', async function () {
+      const dir = path.join(t.dir, 'half');
+      fakePlugin(
+        dir,
+        'half',
+        { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['one', 'two'] } },
+        "export function register(r) { r.register('block-filter', 'one', { useValue: {} }); }",
+      );
+      const host = await createPluginHost({ pluginPath: dir });
+      const err = (await host.registration('block-filter', 'one').catch((e: FerryError) => e)) as FerryError;
+      expect(err.code).to.equal('PLUGIN_CONTRACT');
+      expect(err.message).to.include('declares block-filter "one", block-filter "two"').and.include('registered block-filter "one"');
+      expect(err.where).to.include({ plugin: 'half', hook: 'register' });
+    });
   });
 });

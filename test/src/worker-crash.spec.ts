@@ -4,10 +4,7 @@ import { expect } from 'chai';
 import { firstDifference, makeVmImage } from '@ferry/core/testing';
 import { json, ROOT, runFerry, tempDir, writeJob, type CliResult } from './support/helpers.js';
 
-/**
- * Outside test/fixtures/plugins on purpose: jobs that name that folder would otherwise find this
- * stand-in before the real lz4 plugin.
- */
+/** Outside test/fixtures/plugins on purpose: jobs that name that folder do not need it. */
 const CRASHING_COMPRESSOR = path.join(ROOT, 'test', 'fixtures', 'override-plugins', 'crashing-compressor');
 
 interface Report {
@@ -21,8 +18,8 @@ const BAD_BLOCK = 3;
 
 /**
  * A compressor that fails on one block, and worker threads that die. The fixture plugin
- * `crashing-compressor` stands in for lz4 (the `optimal` level) through the job's `plugins:` folder
- * and fails on a block that starts with a marker. What must hold: the failing disk fails with the
+ * `crashing-compressor`, found through the job's `plugins:` folder and selected by name, fails on a
+ * block that starts with a marker. What must hold: the failing disk fails with the
  * block named (index and offset), the VM it belongs to gets no restore point (a VM's point is
  * committed only when all its disks succeeded: no half point), other VMs of the job complete and
  * restore, and a dead worker thread fails the session with WORKER_FAILED instead of hanging.
@@ -57,7 +54,7 @@ describe('worker crash: a compressor that fails on one block, a worker thread th
         ...vms.map((v) => `    - ${v}`),
         'transport: hotadd',
         `repository: { type: filesystem, path: ./repo-${name} }`,
-        'storage: { blockSize: 256KiB, compression: optimal }',
+        'storage: { blockSize: 256KiB, compression: { compressor: crashing } }',
         'parallelDisks: 2',
       ].join('\n'),
       `${name}.yaml`,

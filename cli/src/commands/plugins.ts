@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { BUILTIN_PACKAGE, PLUGIN_KINDS, createPluginHost, JobFile, type PluginHost } from '@ferry/core';
+import { BUILTIN_PACKAGE, PLUGIN_KINDS, createPluginHost, JobFile, type FerryError, type PluginHost } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
 
 interface Args {
@@ -36,7 +36,7 @@ export function pluginsCommand(setCode: (c: number) => void): CommandModule<obje
 
 function describe(host: PluginHost): {
   plugins: { name: string; version: string; apiVersion: string; source: string; dir: string; provides: { kind: string; name: string }[] }[];
-  refused: { name: string; version?: string; dir: string; source: string; error: { code: string; message: string } }[];
+  refused: { name: string; version?: string; dir: string; source: string; error: ReturnType<FerryError['toJSON']> }[];
 } {
   const builtins = PLUGIN_KINDS.flatMap((kind) =>
     host.available(kind).filter((a) => a.plugin === BUILTIN_PACKAGE).map((a) => ({ kind, name: a.name })),
@@ -58,7 +58,7 @@ function describe(host: PluginHost): {
       version: r.version,
       dir: r.dir,
       source: r.source,
-      error: { code: r.error.code, message: r.error.message },
+      error: r.error.toJSON(),
     })),
   };
 }

@@ -11,7 +11,6 @@ import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
 import { blockId, compressRawBlock, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from './block-codec.js';
 import { toWorkerError } from './worker-pool.js';
-import { guardCompressor } from './guard-compressor.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
@@ -30,7 +29,8 @@ const slots = new Map<number, { raw: Buffer; out: Buffer }>();
 function compressor(name: string): Promise<Compressor> {
   let c = compressors.get(name);
   if (!c) {
-    c = hostReady.then(async (host) => guardCompressor(await host.create('compressor', name, host.container), host.providerOf('compressor', name)));
+    // The plugin host stamps plugin and hook on what a compressor throws (plugins/plugin-guard.ts).
+    c = hostReady.then((host) => host.create('compressor', name, host.container));
     compressors.set(name, c);
   }
   return c;

@@ -13,7 +13,17 @@ import {
 } from '../contracts/plugin.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { Tokens, implementationToken } from '../tokens.js';
-import { discoverPlugins, implementations, type DiscoveredPlugin, type DiscoveryOptions, type DiscoveryResult } from './discovery.js';
+import { guardPlugin } from './plugin-guard.js';
+import {
+  describeKey,
+  discoverPlugins,
+  FORMAT_KINDS,
+  implementations,
+  type DiscoveredPlugin,
+  type DiscoveryOptions,
+  type DiscoveryResult,
+  type RefusedPlugin,
+} from './discovery.js';
 
 export const BUILTIN_PACKAGE = '@ferry/core';
 
@@ -45,7 +55,7 @@ export class PluginHost {
     opts: DiscoveryOptions,
     builtins: (r: PluginRegistrar) => void,
   ): Promise<PluginHost> {
-    const host = new PluginHost(discoverPlugins(opts), opts);
+    const host = new PluginHost(discoverPlugins(opts, builtinKeys(builtins)), opts);
     builtins(host.registrar(BUILTIN_PACKAGE));
     return host;
   }
@@ -65,8 +75,22 @@ export class PluginHost {
     return this.registrations.get(`${kind}:${name}`)?.plugin ?? name;
   }
 
-  /** The registration of `kind` `name`, importing its package if needed. */
+  /**
+   * The registration of `kind` `name`, importing its package if needed. A job that selects a
+   * format name (`FORMAT_KINDS`) another package was refused for is refused with that package's
+   * `PLUGIN_DUPLICATE`: the job meant the refused one, and must not silently get the installed one.
+   */
   async registration(kind: PluginKind, name: string, where: ErrorLocation = {}): Promise<Registration> {
+    const shadow = FORMAT_KINDS.includes(kind) && this.refusedFor(`${kind}:${name}`, 'PLUGIN_DUPLICATE');
+    if (shadow) throw new FerryError(shadow.error.code, shadow.error.detail, { ...shadow.error.where, ...where, plugin: shadow.packageName });
+    return this.lookup(kind, name, where);
+  }
+
+  /**
+   * Like `registration`, without refusing a contested format name: reading blocks always uses the
+   * installed implementation, which wrote them (a refused one never writes).
+   */
+  private async lookup(kind: PluginKind, name: string, where: ErrorLocation): Promise<Registration> {
     const key = `${kind}:${name}`;
     const known = this.registrations.get(key);
     if (known) return known;
@@ -80,7 +104,8 @@ export class PluginHost {
 
   /**
    * Builds an implementation in `jobContainer`. The instance's own child container holds its
-   * validated job section under `Tokens.PluginConfig`.
+   * validated job section under `Tokens.PluginConfig`. Block filters and compressors come back
+   * guarded: what their hooks throw or return wrong names the plugin and hook (`guardPlugin`).
    */
   async create<K extends PluginKind>(
     kind: K,
@@ -89,14 +114,16 @@ export class PluginHost {
     config: Record<string, unknown> = {},
     where: ErrorLocation = {},
   ): Promise<PluginKindMap[K]> {
-    const reg = await this.registration(kind, name, where);
+    const reg = await this.lookup(kind, name, where);
     const scope = jobContainer.createChildContainer();
     scope.register(Tokens.PluginConfig, { useValue: config });
+    let impl: PluginKindMap[K];
     try {
-      return scope.resolve<PluginKindMap[K]>(implementationToken(kind, name));
+      impl = scope.resolve<PluginKindMap[K]>(implementationToken(kind, name));
     } catch (err) {
       throw pluginError(err, reg.plugin, `create ${kind} ${name}`, where);
     }
+    return guardPlugin(kind, impl, reg.plugin);
   }
 
   /** Imports every discovered package (for `ferry plugins --load` and conformance runs). */
@@ -132,16 +159,19 @@ export class PluginHost {
     try {
       await register(this.registrar(pkg.packageName, new Set(implementations(pkg.manifest))));
     } catch (err) {
-      if (err instanceof FerryError && err.code === 'PLUGIN_CONTRACT') throw err;
-      throw pluginError(err, pkg.packageName, 'register', { file: entry });
+      // The registrar's own refusals keep their codes; anything else register throws is a load failure.
+      if (err instanceof FerryError && (err.code === 'PLUGIN_CONTRACT' || err.code === 'PLUGIN_DUPLICATE')) throw err;
+      const detail = err instanceof FerryError ? err.detail : err instanceof Error ? err.message : String(err);
+      throw new FerryError('PLUGIN_LOAD_FAILED', `${pkg.packageName}'s register threw: ${detail}`, { ...where, hook: 'register' }, { cause: err });
     }
     const added = [...this.registrations.keys()].filter((k) => !before.has(k));
     const missing = implementations(pkg.manifest).filter((k) => !added.includes(k));
     if (missing.length) {
       throw new FerryError(
         'PLUGIN_CONTRACT',
-        `${pkg.packageName} declares ${missing.join(', ')} in package.json but did not register ${missing.length > 1 ? 'them' : 'it'}`,
-        where,
+        `${pkg.packageName} did not register ${missing.map(describeKey).join(', ')}: package.json "ferry.provides" declares ` +
+          `${listKeys(implementations(pkg.manifest))}; register registered ${listKeys(added)}`,
+        { ...where, hook: 'register' },
       );
     }
   }
@@ -163,7 +193,8 @@ export class PluginHost {
         if (declared && !declared.has(key)) {
           throw new FerryError(
             'PLUGIN_CONTRACT',
-            `${pluginName} registered ${kind} "${name}" which its package.json "ferry.provides" does not declare`,
+            `${pluginName} registered ${kind} "${name}" which its package.json "ferry.provides" does not declare ` +
+              `(declared: ${listKeys([...declared])})`,
             { plugin: pluginName, hook: 'register' },
           );
         }
@@ -180,9 +211,12 @@ export class PluginHost {
     };
   }
 
+  private refusedFor(key: string, code?: string): RefusedPlugin | undefined {
+    return this.discovery.refused.find((r) => r.manifest && implementations(r.manifest).includes(key) && (!code || r.error.code === code));
+  }
+
   private notFound(kind: PluginKind, name: string, where: ErrorLocation): FerryError {
-    const key = `${kind}:${name}`;
-    const refused = this.discovery.refused.find((r) => r.manifest && implementations(r.manifest).includes(key));
+    const refused = this.refusedFor(`${kind}:${name}`);
     if (refused) {
       return new FerryError(refused.error.code, `${kind} "${name}" cannot be used: ${refused.error.detail}`, {
         ...where,
@@ -193,4 +227,15 @@ export class PluginHost {
     const detail = `no plugin provides ${kind} "${name}"; available: ${names.length ? names.join(', ') : '(none)'}`;
     return new FerryError('PLUGIN_NOT_FOUND', detail, where);
   }
+}
+
+/** The `kind:name` keys `builtins` registers, found without building anything into a container. */
+function builtinKeys(builtins: (r: PluginRegistrar) => void): string[] {
+  const keys: string[] = [];
+  builtins({ pluginName: BUILTIN_PACKAGE, tokens: Tokens, register: (kind, name) => void keys.push(`${kind}:${name}`) });
+  return keys;
+}
+
+function listKeys(keys: string[]): string {
+  return keys.length ? keys.map(describeKey).join(', ') : 'nothing';
 }
