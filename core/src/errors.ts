@@ -133,3 +133,10 @@ export function pluginError(err: unknown, plugin: string, hook: string, where: E
 export function isFerryError(err: unknown, code?: ErrorCode): err is FerryError {
   return err instanceof FerryError && (code === undefined || err.code === code);
 }
+
+/** An error as the report carries it: code, full message, and where it happened. */
+export interface ReportedError {
+  code: ErrorCode;
+  message: string;
+  where: ErrorLocation;
+}

@@ -31,8 +31,8 @@ export { registerBuiltins } from './builtin.js';
 export * from './pipe/block-record.js';
 export * from './pipe/source-mover.js';
 export * from './pipe/target-mover.js';
-export * from './session/stage-meter.js';
-export type * from './session/session-report.js';
+export * from './pipe/stage-meter.js';
+export type * from './report/session-report.js';
 export * from './session/job-runtime.js';
 export * from './session/backup-session.js';
 export * from './session/restore-session.js';
@@ -55,3 +55,5 @@ export type * from './session/session-upkeep.js';
 export * from './session/repository-runtime.js';
 /** The data pipe's wire layer as a namespace (`wire.connect`, ...); also `@ferry/core/remote/wire`. */
 export * as wire from './remote/wire/index.js';
+export { runRemoteBackup, connectRepositoryService, type RemoteSpec } from './session/remote-backup.js';
+export { restoreRemote, listRemotePoints } from './session/remote-restore.js';

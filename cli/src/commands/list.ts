@@ -1,6 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { JobRuntime, humanSize, sortPoints } from '@ferry/core';
-import { listRemotePoints } from '@ferry/core/remote/services';
+import { JobRuntime, humanSize, listRemotePoints, sortPoints } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
 
 type ListRow =

@@ -1,4 +1,6 @@
-import type { CompressionLevel } from '../job/job-schema.js';
+/** The job file's `storage.compression` level names. */
+export const COMPRESSION_LEVELS = ['none', 'dedupe-friendly', 'optimal', 'high', 'extreme'] as const;
+export type CompressionLevel = (typeof COMPRESSION_LEVELS)[number];
 
 /**
  * What each job compression level (the names Veeam admins know) uses. The compressor name is

@@ -1,7 +1,8 @@
 import type { JsonSchema } from '../contracts/plugin.js';
 
-export const COMPRESSION_LEVELS = ['none', 'dedupe-friendly', 'optimal', 'high', 'extreme'] as const;
-export type CompressionLevel = (typeof COMPRESSION_LEVELS)[number];
+import { COMPRESSION_LEVELS, type CompressionLevel } from '../compression/levels.js';
+
+export { COMPRESSION_LEVELS, type CompressionLevel };
 
 export const MIN_BLOCK_SIZE = 256 * 1024;
 export const MAX_BLOCK_SIZE = 8 * 1024 * 1024;

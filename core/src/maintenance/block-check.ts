@@ -1,6 +1,6 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
+import type { BlockCodec } from '../repository/block-codec.js';
 import type { BlockLocation } from '../repository/block-store.js';
 import type { DamageReason } from '../repository/damaged-blocks.js';
 import { packKey } from '../repository/pack-writer.js';

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { FerryError } from '../errors.js';
-import { encodeRawBlock, InlineBlockCodec } from '../pipe/block-codec.js';
+import { encodeRawBlock, InlineBlockCodec } from '../repository/block-codec.js';
 import { MemoryBackend } from '../testing/memory-backend.js';
 import { Prng } from '../testing/vm-image.js';
 import { BlockMap } from '../repository/block-map.js';

@@ -1,10 +1,10 @@
 import { randomInt } from 'node:crypto';
 import { FerryError } from '../errors.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
+import type { BlockCodec } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeIndex } from '../repository/pack.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
-import type { ReportedError } from '../session/session-report.js';
+import type { ReportedError } from '../errors.js';
 import { checkBlocks, type BlockFinding, type BlockToCheck, type CheckCounters } from './block-check.js';
 import { eachMap, forEachHash, loadPoints, type PointProblem } from './points-reader.js';
 import { affectedPoints, recordFindings, whoNeeds, type AffectedPoint, type DamagedBlockReport } from './verify-results.js';

@@ -9,7 +9,7 @@ import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import { blockId, compressRawBlock, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from './block-codec.js';
+import { blockId, compressRawBlock, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from '../repository/block-codec.js';
 import { toWorkerError } from './worker-pool.js';
 
 export type BlockTask =

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
 import type { DiskHandle } from '../contracts/transport.js';
-import { newStageMeters } from '../session/stage-meter.js';
+import { newStageMeters } from './stage-meter.js';
 import { createPluginHost } from '../session/job-runtime.js';
 import { Prng } from '../testing/vm-image.js';
 import { decodeBlock } from '../repository/block-object.js';

@@ -2,8 +2,8 @@ import type { BlockFilter } from '../contracts/block-filter.js';
 import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
-import type { StageMeters } from '../session/stage-meter.js';
-import type { BlockCodec, BlockSlot, SlotWork } from './block-codec.js';
+import type { StageMeters } from './stage-meter.js';
+import type { BlockCodec, BlockSlot, SlotWork } from '../repository/block-codec.js';
 import type { BlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {

@@ -1,5 +1,5 @@
 import type { DiscoveryOptions } from '../plugins/discovery.js';
-import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from './block-codec.js';
+import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from '../repository/block-codec.js';
 import type { BlockTask } from './block-worker.js';
 import { WorkerPool } from './worker-pool.js';
 

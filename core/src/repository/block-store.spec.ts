@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { FerryError } from '../errors.js';
-import { InlineBlockCodec, encodeRawBlock } from '../pipe/block-codec.js';
+import { InlineBlockCodec, encodeRawBlock } from './block-codec.js';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { MemoryBackend } from '../testing/memory-backend.js';
 import { Prng } from '../testing/vm-image.js';

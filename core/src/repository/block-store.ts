@@ -1,6 +1,6 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
-import type { BlockCodec, BlockSlot } from '../pipe/block-codec.js';
+import type { BlockCodec, BlockSlot } from './block-codec.js';
 import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
 import { sha256 } from '../util/checksums.js';
 import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';

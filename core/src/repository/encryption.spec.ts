@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { FerryError } from '../errors.js';
 import { runVerify } from '../maintenance/verify.js';
-import { InlineBlockCodec } from '../pipe/block-codec.js';
+import { InlineBlockCodec } from './block-codec.js';
 import { MemoryBackend } from '../testing/memory-backend.js';
 import { Prng } from '../testing/vm-image.js';
 import { BlockMap } from './block-map.js';

@@ -8,14 +8,14 @@ import type { BlockMap } from '../repository/block-map.js';
 import { Repository, type RestorePoint, type RestorePointDisk } from '../repository/repository.js';
 import type { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
-import type { DiskReport, ProgressEvent, SessionReport, VmReport } from './session-report.js';
+import type { DiskReport, ProgressEvent, SessionReport, VmReport } from '../report/session-report.js';
 import { lockSession, retentionAfterSession, verifyAfterSession, type VerifyOutcome } from './session-upkeep.js';
-import { newStageMeters, stageReport, type StageMeters } from './stage-meter.js';
-import { runRemoteBackup } from '../remote/services/remote-backup.js';
+import { newStageMeters, stageReport, type StageMeters } from '../pipe/stage-meter.js';
+import { runRemoteBackup } from './remote-backup.js';
 import { guardHandle } from '../pipe/guarded-handle.js';
 import { errorSummary, interrupted, newSessionReport, previousPoint } from './session-common.js';
 import { DiskSlots, mapInOrder } from './disk-slots.js';
-import { chooseTransport, planMode, previousOf, skipExtents, type TransportSource } from './disk-plan.js';
+import { chooseTransport, planMode, previousOf, skipExtents, type TransportSource } from '../plan/disk-plan.js';
 
 export interface BackupOptions {
   onProgress?: (e: ProgressEvent) => void;

@@ -1,8 +1,4 @@
-import { existsSync, realpathSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { DependencyContainer } from 'tsyringe';
-import { registerBuiltins } from '../builtin.js';
 import { LEVEL_CODECS } from '../compression/levels.js';
 import type { BlockFilter } from '../contracts/block-filter.js';
 import type { JsonSchema, PluginKind, PluginKindMap } from '../contracts/plugin.js';
@@ -13,15 +9,18 @@ import type { JobContext } from '../job/job-context.js';
 import { choiceName, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
 import type { PluginSchemas } from '../job/job-schema.js';
 import { FerryError } from '../errors.js';
-import { PluginHost } from '../plugins/plugin-host.js';
+import type { PluginHost } from '../plugins/plugin-host.js';
 import { Repository } from '../repository/repository.js';
 import { jobPassphrase } from '../repository/passphrase.js';
 import type { WriteMeter } from '../repository/block-store.js';
 import { Tokens } from '../tokens.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
+import type { BlockCodec } from '../repository/block-codec.js';
 import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
-import { notHere } from '../remote/services/remote-backup.js';
-import { autoTransportOrder } from './disk-plan.js';
+import { createPluginHost } from '../plugins/create-plugin-host.js';
+import { notHere } from './remote-backup.js';
+import { autoTransportOrder } from '../plan/disk-plan.js';
+
+export { createPluginHost, findInstallRoot } from '../plugins/create-plugin-host.js';
 
 export interface RuntimeOptions {
   /** Defaults to `process.env.FERRY_PLUGIN_PATH`. */
@@ -32,18 +31,6 @@ export interface RuntimeOptions {
   sourceMayBeGone?: boolean;
 }
 
-/** Builds the plugin host for a Ferry installation (also used by `ferry plugins`). */
-export async function createPluginHost(opts: RuntimeOptions & { jobDirs?: string[] } = {}): Promise<PluginHost> {
-  return PluginHost.create(
-    {
-      installRoot: opts.installRoot ?? findInstallRoot(),
-      envPath: opts.pluginPath ?? process.env.FERRY_PLUGIN_PATH,
-      jobDirs: opts.jobDirs,
-      nodeModules: [path.join(process.cwd(), 'node_modules')],
-    },
-    registerBuiltins,
-  );
-}
 
 /**
  * One job's world: its validated job file, the plugins it uses, and its own child DI container
@@ -182,10 +169,3 @@ async function pluginSchemas(plugins: PluginHost, jobFile: JobFile): Promise<Plu
  * core package that has a `node_modules` folder (the workspace root, or the project that installed
  * Ferry).
  */
-export function findInstallRoot(): string {
-  const coreDir = realpathSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..'));
-  for (let d = path.dirname(coreDir); ; d = path.dirname(d)) {
-    if (existsSync(path.join(d, 'node_modules'))) return d;
-    if (path.dirname(d) === d) return path.dirname(coreDir);
-  }
-}

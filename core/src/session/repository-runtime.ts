@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { FerryError } from '../errors.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
+import type { BlockCodec } from '../repository/block-codec.js';
 import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 import type { PluginHost } from '../plugins/plugin-host.js';
 import { Repository, type PassphraseSource } from '../repository/repository.js';

@@ -1,10 +1,10 @@
 import { FerryError } from '../errors.js';
-import type { BlockSlot } from '../pipe/block-codec.js';
+import type { BlockSlot } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { lockForReading } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
 import { openRestoreSink, withTargetState } from './restore-sink.js';
-import { restoreRemote } from '../remote/services/remote-restore.js';
+import { restoreRemote } from './remote-restore.js';
 
 export interface RestoreOptions {
   vm: string;

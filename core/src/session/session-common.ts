@@ -2,7 +2,7 @@ import type { PreviousPoint } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
 import { Repository, type RestorePoint } from '../repository/repository.js';
 import type { JobRuntime } from './job-runtime.js';
-import type { ReportedError, SessionReport } from './session-report.js';
+import type { ReportedError, SessionReport } from '../report/session-report.js';
 
 /**
  * What the embedded backup session and the remote one (through the data-mover services) share: the

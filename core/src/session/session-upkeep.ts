@@ -1,26 +1,24 @@
 import { FerryError } from '../errors.js';
-import { prunePoints, type PrunedPoint } from '../maintenance/prune.js';
+import { prunePoints } from '../maintenance/prune.js';
 import { runVerify } from '../maintenance/verify.js';
-import type { BlockCodec } from '../pipe/block-codec.js';
+import type { BlockCodec } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
-import type { ReportedError, SessionReport } from './session-report.js';
+import type { ReportedError } from '../errors.js';
+import type { RetentionOutcome, SessionReport, VerifyOutcome } from '../report/session-report.js';
+
+export type { RetentionOutcome, VerifyOutcome };
 
 /**
  * What a backup session does around moving data, kept out of `backup-session.ts`: the lock on the
  * job's VM chains, retention after success and the optional health check. (The blocks an
- * incremental run reads again to heal them are part of the disk plan, `disk-plan.ts`.)
+ * incremental run reads again to heal them are part of the disk plan, `../plan/disk-plan.ts`.)
  */
 
 /** The session's lock: its VMs' chains, held from before the index is loaded until the end. */
 export function lockSession(repo: Repository, rt: JobRuntime, session: string): Promise<RepositoryLock> {
   return RepositoryLock.acquire(repo.backend, { operation: 'backup', vms: rt.spec.source.vms.map((v) => v.name), job: rt.spec.job, session });
-}
-
-export interface RetentionOutcome {
-  removed: PrunedPoint[];
-  error?: ReportedError;
 }
 
 /** Retention of the VMs that got a point, under the session's lock; a failure is reported, not thrown. */
@@ -33,15 +31,6 @@ export async function retentionAfterSession(rt: JobRuntime, repo: Repository, lo
   } catch (err) {
     return { removed: [], error: summary(err) };
   }
-}
-
-export interface VerifyOutcome {
-  status: 'ok' | 'damaged' | 'not run';
-  samplePercent: number;
-  blocksChecked: number;
-  damagedBlocks: number;
-  throughputMiBps: number;
-  error?: ReportedError;
 }
 
 /** `verify: { afterBackup: true }`: checks the points this session committed (after the lock is released). */

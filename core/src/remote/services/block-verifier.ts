@@ -1,5 +1,5 @@
 import { FerryError, type ErrorLocation } from '../../errors.js';
-import type { BlockCodec } from '../../pipe/block-codec.js';
+import type { BlockCodec } from '../../repository/block-codec.js';
 
 /** Blocks being checked at once per disk: enough to keep the worker threads busy, bounded in memory. */
 const IN_FLIGHT_BYTES = 8 * 1024 * 1024;

@@ -1,9 +1,8 @@
 import type { Extent } from '../../contracts/extent.js';
 import type { ChangeTracking, SourceDisk } from '../../contracts/source-host.js';
-import { FerryError, type ErrorCode, type ErrorLocation } from '../../errors.js';
-import type { ReportedError } from '../../session/session-report.js';
+import { FerryError, type ErrorCode, type ErrorLocation, type ReportedError } from '../../errors.js';
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../../job/job-schema.js';
-import { STAGES, type Stage, type StageReport } from '../../session/stage-meter.js';
+import { STAGES, type Stage, type StageReport } from '../../pipe/stage-meter.js';
 import type { Connection, WireMessage } from '../wire/index.js';
 
 /**

@@ -1,7 +1,7 @@
 import { FerryError, type ErrorLocation } from '../../errors.js';
 import type { BlockRecord } from '../../pipe/block-record.js';
 import type { BlockStore } from '../../repository/block-store.js';
-import { BusyMeter } from '../../session/stage-meter.js';
+import { BusyMeter } from '../../pipe/stage-meter.js';
 import type { BlockVerifier } from './block-verifier.js';
 import { connect, type ConnectOptions, type Connection, type PeerAuth, type WireMessage } from '../wire/index.js';
 import { errorFromWire, fromHex, receiveOrFail, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';

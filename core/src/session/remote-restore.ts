@@ -1,14 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { FerryError, type ErrorLocation } from '../../errors.js';
-import { BlockMap } from '../../repository/block-map.js';
-import type { DamagedPoint, RestorePoint } from '../../repository/repository.js';
-import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
-import type { JobRuntime } from '../../session/job-runtime.js';
-import type { RestoreOptions, RestoreReport } from '../../session/restore-session.js';
-import { openRestoreSink, withTargetState, type RestoreSink } from '../../session/restore-sink.js';
-import { sha256 } from '../../util/checksums.js';
-import type { WireMessage } from '../wire/index.js';
-import { fromHex, type ControlChannel } from './protocol.js';
+import { FerryError, type ErrorLocation } from '../errors.js';
+import { BlockMap } from '../repository/block-map.js';
+import type { DamagedPoint, RestorePoint } from '../repository/repository.js';
+import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import type { JobRuntime } from './job-runtime.js';
+import type { RestoreOptions, RestoreReport } from './restore-session.js';
+import { openRestoreSink, withTargetState, type RestoreSink } from './restore-sink.js';
+import { sha256 } from '../util/checksums.js';
+import type { WireMessage } from '../remote/wire/index.js';
+import { fromHex, type ControlChannel } from '../remote/services/protocol.js';
 import { connectRepositoryService, type RemoteSpec } from './remote-backup.js';
 
 /** How long a restore keeps trying to reach the repository service again after its connection dropped. */

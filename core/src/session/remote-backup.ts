@@ -1,16 +1,16 @@
-import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../../contracts/source-host.js';
-import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
-import type { RestorePoint } from '../../repository/repository.js';
-import type { BackupOptions } from '../../session/backup-session.js';
-import type { JobRuntime } from '../../session/job-runtime.js';
-import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from '../../session/session-report.js';
-import type { RetentionOutcome, VerifyOutcome } from '../../session/session-upkeep.js';
-import type { Stage } from '../../session/stage-meter.js';
-import { connect, type PeerAuth } from '../wire/index.js';
-import { mapInOrder } from '../../session/disk-slots.js';
-import { interrupted, newSessionReport, previousPoint } from '../../session/session-common.js';
-import { chooseBase, previousOf } from '../../session/disk-plan.js';
-import { ControlChannel, errorToWire, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome } from './protocol.js';
+import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
+import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
+import type { RestorePoint } from '../repository/repository.js';
+import type { BackupOptions } from './backup-session.js';
+import type { JobRuntime } from './job-runtime.js';
+import type { DiskReport, ProgressEvent, ReportedError, SessionReport, VmReport } from '../report/session-report.js';
+import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
+import type { Stage } from '../pipe/stage-meter.js';
+import { connect, type PeerAuth } from '../remote/wire/index.js';
+import { mapInOrder } from './disk-slots.js';
+import { interrupted, newSessionReport, previousPoint } from './session-common.js';
+import { chooseBase, previousOf } from '../plan/disk-plan.js';
+import { ControlChannel, errorToWire, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome } from '../remote/services/protocol.js';
 
 /** The job's remote parts (`repository: { server }`, `proxies`, `certs`). */
 export interface RemoteSpec {

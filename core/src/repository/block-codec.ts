@@ -1,7 +1,7 @@
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
-import { blockHeaderLength, decodeBlock, decodeBlockInto, encodeBlock, finishBlock, writeBlockHeader } from '../repository/block-object.js';
-import { keyedBlockId } from '../repository/repository-cipher.js';
+import { blockHeaderLength, decodeBlock, decodeBlockInto, encodeBlock, finishBlock, writeBlockHeader } from './block-object.js';
+import { keyedBlockId } from './repository-cipher.js';
 import { sha256 } from '../util/checksums.js';
 
 /**

@@ -1,7 +1,7 @@
-import type { ErrorCode, ErrorLocation } from '../errors.js';
-import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
+import type { ReportedError } from '../errors.js';
+import type { PrunedPoint } from '../maintenance/prune.js';
 import type { RepositoryProtection } from '../repository/repository.js';
-import type { Stage, StageReport } from './stage-meter.js';
+import type { Stage, StageReport } from '../pipe/stage-meter.js';
 
 /** One disk's figures in a session report (`ferry backup --json` prints them under `disks`). */
 export interface DiskReport {
@@ -85,9 +85,20 @@ export type ProgressEvent =
   | { type: 'disk-progress'; vm: string; disk: string; doneBytes: number; sizeBytes: number }
   | { type: 'disk-end'; report: DiskReport };
 
-/** An error as the report carries it: code, full message, and where it happened. */
-export interface ReportedError {
-  code: ErrorCode;
-  message: string;
-  where: ErrorLocation;
+/** Retention after a session: the points it removed, or why it failed (reported, not thrown). */
+export interface RetentionOutcome {
+  removed: PrunedPoint[];
+  error?: ReportedError;
 }
+
+/** The health check after a session (`verify: { afterBackup: true }`). */
+export interface VerifyOutcome {
+  status: 'ok' | 'damaged' | 'not run';
+  samplePercent: number;
+  blocksChecked: number;
+  damagedBlocks: number;
+  throughputMiBps: number;
+  error?: ReportedError;
+}
+
+export type { ReportedError };
