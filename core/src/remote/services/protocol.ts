@@ -34,10 +34,9 @@ import type { Connection, WireMessage } from '../wire/index.js';
  *   has not kept; the proxy re-reads from there.
  */
 
-export const DATA_PIPE_VERSION = 1;
-
 /** What the repository service asks a proxy to read (one disk). */
 export interface ReadTask {
+  /** `PIPE_VERSION` of the repository service; a proxy refuses another with PIPE_VERSION. */
   version: number;
   /** Stable over reconnects: the proxy keeps counters and busy times per task. */
   taskId: string;

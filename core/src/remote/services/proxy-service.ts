@@ -12,8 +12,8 @@ import type { PluginHost } from '../../plugins/plugin-host.js';
 import { newStageMeters, type StageMeters } from '../../pipe/stage-meter.js';
 import { chooseMode, chooseTransport, skipExtents } from '../../plan/disk-plan.js';
 import { Tokens } from '../../tokens.js';
-import type { Connection, WireMessage } from '../wire/index.js';
-import { DATA_PIPE_VERSION, errorToWire, hex, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { PIPE_VERSION, type Connection, type WireMessage } from '../wire/index.js';
+import { errorToWire, hex, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 import { Slots } from './slots.js';
 
 /** How long a finished or broken task's figures are kept for a resume. */
@@ -81,8 +81,8 @@ export class ProxyService {
 
   private async runTask(conn: Connection, task: ReadTask): Promise<void> {
     const where: ErrorLocation = { vm: String(task?.vm), disk: String(task?.disk?.name) };
-    if (task?.version !== DATA_PIPE_VERSION) {
-      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task?.version}; this proxy speaks ${DATA_PIPE_VERSION}`, where)) } });
+    if (task?.version !== PIPE_VERSION) {
+      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task?.version}; this proxy speaks ${PIPE_VERSION}`, where)) } });
       return;
     }
     const problem = readTaskProblem(task);

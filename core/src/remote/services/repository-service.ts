@@ -13,7 +13,7 @@ import { lockForReading, RepositoryLock } from '../../repository/repository-lock
 import type { RetentionOutcome, VerifyOutcome } from '../../report/session-report.js';
 import { BusyMeter } from '../../pipe/stage-meter.js';
 import { fullRead, incrementalCandidate, readBase } from '../../plan/disk-plan.js';
-import type { Connection, PeerAuth, WireMessage } from '../wire/index.js';
+import { PIPE_VERSION, type Connection, type PeerAuth, type WireMessage } from '../wire/index.js';
 import { errorToWire, hex, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome, type ReadTask } from './protocol.js';
 import { BlockVerifier } from './block-verifier.js';
 import { ProxyPipe, type Dial } from './proxy-pipe.js';
@@ -214,7 +214,7 @@ class ControlSession {
     const healedBefore = repo.blocks.healed;
     const { incremental, base, fullReason } = await this.incremental(repo, order);
     const task: Omit<ReadTask, 'resumeFrom'> = {
-      version: 1,
+      version: PIPE_VERSION,
       taskId: `${order.session}/${order.vm}/${order.disk.name}/${randomBytes(4).toString('hex')}`,
       vm: order.vm,
       disk: order.disk,

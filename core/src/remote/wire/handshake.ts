@@ -7,8 +7,14 @@ import { isPeerRole, type PeerAllow, type PeerInfo, type PeerRole } from './type
  * accepted (a refusal arrives as a BYE frame naming the PIPE_* code instead).
  */
 export const PIPE_PROTOCOL_NAME = 'ferry-pipe';
+/**
+ * The pipe protocol version: HELLO, and the services' messages over it (read tasks, control
+ * requests). The one source of this number; everything that states a version imports it. (The frame
+ * layout has its own number, `FRAME_FORMAT_VERSION` in `frame.ts`.)
+ */
+export const PIPE_VERSION = 1;
 /** Protocol versions this build speaks; the highest one both sides list is used. */
-export const SUPPORTED_VERSIONS: readonly number[] = [1];
+export const SUPPORTED_VERSIONS: readonly number[] = [PIPE_VERSION];
 
 export interface Hello {
   protocol: string;

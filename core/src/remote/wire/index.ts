@@ -13,5 +13,5 @@ export { connectionPair, type ConnectionPairOptions } from './memory-pair.js';
 export { initCerts, CERT_FILES, DEFAULT_CERT_DAYS, type InitCertsOptions } from './certs.js';
 export { parseAddress, formatAddress } from './address.js';
 export { DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES } from './frame.js';
-export { SUPPORTED_VERSIONS, PIPE_PROTOCOL_NAME } from './handshake.js';
+export { PIPE_VERSION, SUPPORTED_VERSIONS, PIPE_PROTOCOL_NAME } from './handshake.js';
 export { PSK_CIPHERS, MIN_PSK_BYTES } from './tls-auth.js';

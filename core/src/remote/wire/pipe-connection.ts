@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { ERROR_CODES, FerryError, type ErrorCode } from '../../errors.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, FrameKind, type Frame } from './frame.js';
-import { acceptHello, makeHello, type ProvenPeer } from './handshake.js';
+import { acceptHello, makeHello, PIPE_VERSION, type ProvenPeer } from './handshake.js';
 import {
   DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, MISSED_HEARTBEATS,
   type Connection, type PeerInfo, type PeerRole, type WireMessage,
@@ -78,7 +78,7 @@ export class PipeConnection implements Connection {
   static established(stream: Duplex, peer: PeerInfo, opts: PipeOptions): PipeConnection {
     const c = new PipeConnection(stream, opts);
     c.peer = peer;
-    c.version = 1;
+    c.version = PIPE_VERSION;
     c.state = 'open';
     c.startHeartbeat();
     return c;
