@@ -14,7 +14,7 @@ export const ERROR_CODES = {
   PLUGIN_DUPLICATE: 'two plugin packages have the same name or provide the same kind and name',
   PLUGIN_NOT_FOUND: 'the job names a plugin implementation that no discovered package provides',
   PLUGIN_LOAD_FAILED: "a plugin's entry module could not be imported or its register hook threw",
-  PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares, or a hook returned what its contract does not allow (a block filter verdict other than keep or zero)',
+  PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares, an implementation lacks a member its kind requires (a transport without open, a disk handle without read), or a hook returned what its contract does not allow (a block filter verdict other than keep or zero)',
   PLUGIN_FAILED: 'a plugin hook threw an error while a job ran',
   // source hosts and transports
   SOURCE_VM_NOT_FOUND: 'the source host does not know the VM the job names',

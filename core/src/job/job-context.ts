@@ -1,5 +1,7 @@
 import type { ErrorLocation } from '../errors.js';
-import type { DocPath } from './job-loader.js';
+
+/** A key path in the job file: `['source', 'vms', 0, 'disks', 1]`. */
+export type DocPath = (string | number)[];
 
 /** What a plugin instance learns about the job it serves (`Tokens.JobContext`). */
 export interface JobContext {

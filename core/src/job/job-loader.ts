@@ -20,7 +20,8 @@ import type { RetentionPolicy } from '../maintenance/retention-policy.js';
 import { formatSize, parsePercent, parseSize } from './size.js';
 import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, readJobText } from './yaml-limits.js';
 
-export type DocPath = (string | number)[];
+import type { DocPath } from './job-context.js';
+export type { DocPath };
 
 export interface JobLoadOptions {
   /**

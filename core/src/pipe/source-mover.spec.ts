@@ -9,7 +9,7 @@ import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
 import type { BlockRecord } from './block-record.js';
 import { WorkerBlockCodec } from './worker-block-codec.js';
-import { defaultReadAhead, SourceMover, type SourceCounters } from './source-mover.js';
+import { defaultReadAhead, skipRangeFilter, SourceMover, type SourceCounters } from './source-mover.js';
 
 const BLOCK = 256 * 1024;
 
@@ -102,6 +102,23 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
     const deadline = Date.now() + 5000;
     while (pool.freeSlots.length < pool.slotCount && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     expect(pool.freeSlots.length).to.equal(pool.slotCount);
+  });
+
+  it('counts the blocks each filter dropped, by classify or a skip range, under the filter name', async function () {
+    const { handle } = memoryDisk(true);
+    const filters = [
+      { name: 'every-7th', impl: { classify: (_b: Uint8Array, offset: number) => (offset / BLOCK) % 7 === 0 ? ('zero' as const) : ('keep' as const) } },
+      { name: 'swap', impl: { skipExtents: async () => [] } },
+    ];
+    const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec, filters, readAhead: 6 }, newStageMeters());
+    const counters: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+    // Blocks 10-12 wholly in swap's range, 13 only partly; block 4 is a hole (a zero block no filter dropped).
+    const skip = [{ offset: 10 * BLOCK, length: 3 * BLOCK + 100 }];
+    skipRangeFilter.set(skip[0], 'swap');
+    const kinds: string[] = [];
+    for await (const r of mover.blocks(handle, skip, counters)) kinds.push(r.kind);
+    expect(counters.filtered).to.deep.equal({ 'every-7th': 4, swap: 3 }); // blocks 0, 7, 14, 21; 10-12
+    expect(kinds.filter((k) => k === 'zero')).to.have.length(4 + 3 + 1);
   });
 
   it('gives the slots back: a second disk after the first reuses them instead of allocating more', async function () {

@@ -41,7 +41,19 @@ export interface SourceCounters {
   bytesRead: number;
   zeroBytesSkipped: number;
   bytesTransferred: number;
+  /**
+   * Blocks each filter (by its `filters:` name) turned into zero blocks: `classify` said `'zero'`,
+   * or the block lay wholly in a range its `skipExtents` returned. Also counted as zero blocks.
+   */
+  filtered?: Record<string, number>;
 }
+
+/**
+ * The filter (its `filters:` name) each range a `skipExtents` returned came from, so the mover can
+ * count skipped blocks per filter (`SourceCounters.filtered`); set by `skipExtents` in disk-plan.ts.
+ * Kept beside the ranges, not in them: the ranges stay what the filter returned.
+ */
+export const skipRangeFilter = new WeakMap<Extent, string>();
 
 /** A block's plan: which of its bytes hold data (the rest are holes and are never read). */
 interface BlockPlan {
@@ -50,6 +62,8 @@ interface BlockPlan {
   length: number;
   data: Extent[];
   unchanged?: boolean;
+  /** The filter whose skip range holds the whole block. */
+  skippedBy?: string;
 }
 
 /**
@@ -107,9 +121,8 @@ export class SourceMover {
     const offset = index * this.opts.blockSize;
     const length = Math.min(this.opts.blockSize, size - offset);
     if (changes && !(await changes.touches(offset, offset + length))) return { index, offset, length, data: [], unchanged: true };
-    if (skip.some((s) => s.offset <= offset && s.offset + s.length >= offset + length)) {
-      return { index, offset, length, data: [] };
-    }
+    const skipped = skip.find((s) => s.offset <= offset && s.offset + s.length >= offset + length);
+    if (skipped) return { index, offset, length, data: [], skippedBy: skipRangeFilter.get(skipped) };
     return { index, offset, length, data: await alloc.dataIn(offset, offset + length) };
   }
 
@@ -117,6 +130,7 @@ export class SourceMover {
     if (plan.unchanged) return { record: { kind: 'unchanged', index: plan.index, length: plan.length } };
     if (plan.data.length === 0) {
       counters.zeroBytesSkipped += plan.length;
+      if (plan.skippedBy) countFiltered(counters, plan.skippedBy);
       return { record: { kind: 'zero', index: plan.index, length: plan.length, read: false } };
     }
     const { codec } = this.opts;
@@ -160,6 +174,7 @@ export class SourceMover {
     for (const f of this.opts.filters) {
       if (f.impl.classify?.(block, plan.offset) === 'zero') {
         counters.zeroBytesSkipped += plan.length;
+        countFiltered(counters, f.name);
         return { kind: 'zero', index: plan.index, length: plan.length, read: true };
       }
     }
@@ -290,4 +305,9 @@ interface Produced {
 function blockError(plan: BlockPlan, err: unknown): FerryError {
   if (!(err instanceof FerryError)) return new FerryError('INTERNAL', `block ${plan.index}: ${(err as Error)?.message ?? String(err)}`, { offset: plan.offset }, { cause: err });
   return new FerryError(err.code, `block ${plan.index}: ${err.detail}`, { offset: plan.offset, ...err.where }, { cause: err });
+}
+
+function countFiltered(counters: SourceCounters, filter: string): void {
+  counters.filtered ??= {};
+  counters.filtered[filter] = (counters.filtered[filter] ?? 0) + 1;
 }

@@ -3,7 +3,7 @@ import type { Extent } from '../contracts/extent.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
-import type { ChangedRanges } from '../pipe/source-mover.js';
+import { skipRangeFilter, type ChangedRanges } from '../pipe/source-mover.js';
 import type { BlockMap } from '../repository/block-map.js';
 import type { RestorePoint, RestorePointDisk } from '../repository/repository.js';
 
@@ -70,12 +70,14 @@ export async function chooseTransport(wanted: string, disk: SourceDisk, from: Tr
   );
 }
 
-/** Ranges the job's filters skip before reading (swap, pagefile), in offset order. */
+/** Ranges the job's filters skip before reading (swap, pagefile), in offset order; `skipRangeFilter` names each one's filter. */
 export async function skipExtents(filters: readonly { name: string; impl: BlockFilter }[], disk: SourceDisk, where: ErrorLocation): Promise<Extent[]> {
   const out: Extent[] = [];
   for (const f of filters) {
     if (!f.impl.skipExtents) continue;
-    out.push(...(await f.impl.skipExtents(disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)))));
+    const ranges = await f.impl.skipExtents(disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)));
+    for (const e of ranges) if (typeof e === 'object' && e !== null) skipRangeFilter.set(e, f.name);
+    out.push(...ranges);
   }
   return out.sort((a, b) => a.offset - b.offset);
 }

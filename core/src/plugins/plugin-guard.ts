@@ -1,6 +1,7 @@
 import type { BlockFilter } from '../contracts/block-filter.js';
 import type { Compressor } from '../contracts/compressor.js';
 import type { PluginKind, PluginKindMap } from '../contracts/plugin.js';
+import type { DiskHandle, Transport } from '../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 
 /**
@@ -28,12 +29,87 @@ export function guardHook<A extends unknown[], R>(
 
 /**
  * An instance the plugin host built, with its hooks guarded by `guardHook`. Kinds whose hooks the
- * session calls with the context at hand (source hosts, transports, repositories) are guarded there.
+ * session calls with the context at hand (source hosts, repositories, what a transport throws) are
+ * guarded there.
  */
 export function guardPlugin<K extends PluginKind>(kind: K, impl: PluginKindMap[K], plugin: string): PluginKindMap[K] {
   if (kind === 'block-filter') return guardFilter(impl as BlockFilter, plugin) as PluginKindMap[K];
   if (kind === 'compressor') return guardCompressor(impl as Compressor, plugin) as PluginKindMap[K];
+  if (kind === 'transport') return guardTransport(impl as Transport, plugin) as PluginKindMap[K];
   return impl;
+}
+
+/**
+ * The members each kind must have, as `core/src/contracts/` states them (`name()` a method, `name`
+ * a value); everything else in a contract is optional with a written default. A block filter needs
+ * one of its two hooks: `BLOCK_FILTER_HOOKS`.
+ */
+export const REQUIRED_MEMBERS: { readonly [K in PluginKind]: readonly string[] } = {
+  'source-host': ['label', 'inventory()'],
+  transport: ['open()'],
+  'block-filter': [],
+  compressor: ['compress()', 'decompress()'],
+  'repository-backend': ['location', 'get()', 'put()', 'putIfAbsent()', 'has()', 'list()', 'delete()'],
+  'guest-runtime': ['connect()'],
+};
+const BLOCK_FILTER_HOOKS = ['skipExtents()', 'classify()'];
+/** What a transport's `open` must return. */
+export const DISK_HANDLE_MEMBERS = ['size', 'read()', 'close()'];
+
+/**
+ * Refuses an instance without a member its kind requires (as nbdkit refuses a plugin without
+ * `.open`), with `PLUGIN_CONTRACT` naming the plugin, kind, name and every missing member, before
+ * a session calls it and fails somewhere less clear.
+ */
+export function requireMembers(kind: PluginKind, name: string, impl: unknown, plugin: string, where: ErrorLocation = {}): void {
+  const at = { ...where, plugin, hook: `create ${kind} ${name}` };
+  if (impl === null || typeof impl !== 'object') {
+    throw new FerryError('PLUGIN_CONTRACT', `${plugin} built ${describe(impl)} for ${kind} "${name}", not an object`, at);
+  }
+  const missing = missingMembers(impl, REQUIRED_MEMBERS[kind]);
+  if (kind === 'block-filter' && missingMembers(impl, BLOCK_FILTER_HOOKS).length === BLOCK_FILTER_HOOKS.length) {
+    missing.push(BLOCK_FILTER_HOOKS.join(' or '));
+  }
+  if (!missing.length) return;
+  const required = kind === 'block-filter' ? BLOCK_FILTER_HOOKS.join(' or ') : REQUIRED_MEMBERS[kind].join(', ');
+  throw new FerryError(
+    'PLUGIN_CONTRACT',
+    `${plugin}'s ${kind} "${name}" has no ${missing.join(', ')}; a ${kind} must have ${required} (core/src/contracts/)`,
+    at,
+  );
+}
+
+function missingMembers(obj: object, members: readonly string[]): string[] {
+  return members.filter((m) => {
+    const key = m.replace(/\(\)$/, '');
+    const v = (obj as Record<string, unknown>)[key];
+    return m.endsWith('()') ? typeof v !== 'function' : v === undefined || v === null;
+  });
+}
+
+/**
+ * A transport whose `open` checks the handle it returns for `size`, `read` and `close`. Its other
+ * errors pass unchanged: the session stamps them with plugin, hook, VM and disk.
+ */
+export function guardTransport(impl: Transport, plugin: string): Transport {
+  const out: Transport = {
+    open: async (disk) => {
+      const handle: unknown = await impl.open(disk);
+      const missing = handle !== null && typeof handle === 'object' ? missingMembers(handle, DISK_HANDLE_MEMBERS) : DISK_HANDLE_MEMBERS;
+      if (missing.length) {
+        await (handle as Partial<DiskHandle> | undefined)?.close?.().catch(() => undefined);
+        throw new FerryError(
+          'PLUGIN_CONTRACT',
+          `open returned a disk handle without ${missing.join(', ')}; a disk handle must have ${DISK_HANDLE_MEMBERS.join(', ')}`,
+          { plugin, hook: 'open', disk: disk.name },
+        );
+      }
+      return handle as DiskHandle;
+    },
+  };
+  if (impl.probe) out.probe = impl.probe.bind(impl);
+  if (impl.openTarget) out.openTarget = impl.openTarget.bind(impl);
+  return out;
 }
 
 /**

@@ -13,7 +13,7 @@ import {
 } from '../contracts/plugin.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 import { Tokens, implementationToken } from '../tokens.js';
-import { guardPlugin } from './plugin-guard.js';
+import { guardPlugin, requireMembers } from './plugin-guard.js';
 import {
   describeKey,
   discoverPlugins,
@@ -104,7 +104,8 @@ export class PluginHost {
 
   /**
    * Builds an implementation in `jobContainer`. The instance's own child container holds its
-   * validated job section under `Tokens.PluginConfig`. Block filters and compressors come back
+   * validated job section under `Tokens.PluginConfig`. An instance without a member its kind
+   * requires is refused (`requireMembers`). Block filters, compressors and transports come back
    * guarded: what their hooks throw or return wrong names the plugin and hook (`guardPlugin`).
    */
   async create<K extends PluginKind>(
@@ -123,6 +124,7 @@ export class PluginHost {
     } catch (err) {
       throw pluginError(err, reg.plugin, `create ${kind} ${name}`, where);
     }
+    requireMembers(kind, name, impl, reg.plugin, where);
     return guardPlugin(kind, impl, reg.plugin);
   }
 

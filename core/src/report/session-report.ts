@@ -26,8 +26,10 @@ export interface DiskReport {
   /**
    * Block counts: zero, newly stored, deduplicated, (incremental) carried over unread, and healed:
    * stored again because every stored copy was known damaged (self-heal; also counted in `new`).
+   * `filtered`: of the zero blocks, those each filter (by its `filters:` name) dropped, by `classify`
+   * or a `skipExtents` range (embedded sessions; a remote proxy does not report it yet).
    */
-  blocks: { total: number; zero: number; new: number; deduped: number; unchanged: number; healed: number };
+  blocks: { total: number; zero: number; new: number; deduped: number; unchanged: number; healed: number; filtered?: Record<string, number> };
   durationMs: number;
   /** Restore point id; null when the VM's point was not committed. */
   restorePoint: string | null;

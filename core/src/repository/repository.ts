@@ -72,6 +72,11 @@ export interface RestorePointDisk {
   mapSha256: string;
   blocks: number;
   zeroBlocks: number;
+  /**
+   * Blocks a filter other than the built-in `zero` stored as zero blocks, per filter name: where a
+   * restore of this point has zeros the source may have had data. Absent when no filter dropped any.
+   */
+  filtered?: Record<string, number>;
   transport: string;
   mode: 'full' | 'incremental';
   /** What the source host started for the next incremental run (opaque; `SourceDisk.changeTracking`). */

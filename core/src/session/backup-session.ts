@@ -192,7 +192,17 @@ function pointDisk(r: DiskReport, map: BlockMap): Omit<RestorePointDisk, 'map' |
     zeroBlocks: r.blocks.zero,
     transport: r.transport,
     mode: r.mode,
+    ...droppedData(r.blocks.filtered),
   };
+}
+
+/**
+ * The manifest's `filtered`: blocks filters stored as zero blocks although they may have held data,
+ * so a restore differs from the source there. The built-in `zero` filter drops only blocks of zeros.
+ */
+function droppedData(filtered: Record<string, number> = {}): { filtered?: Record<string, number> } {
+  const dropped = Object.entries(filtered).filter(([name]) => name !== 'zero');
+  return dropped.length ? { filtered: Object.fromEntries(dropped) } : {};
 }
 
 async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previous?: RestorePoint): Promise<{ report: DiskReport; map?: BlockMap }> {
@@ -251,7 +261,8 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
   } finally {
     await handle?.close().catch(() => undefined);
   }
-  Object.assign(report, src, { bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
+  const { filtered, ...read } = src;
+  Object.assign(report, read, { bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
   report.blocks = {
     total: report.blocks.total,
     zero: dst.blocksZero,
@@ -259,6 +270,7 @@ async function backupDisk(s: SessionParts, vm: string, disk: SourceDisk, previou
     deduped: dst.blocksDeduped,
     unchanged: dst.blocksUnchanged,
     healed: s.repo.blocks.healed - healedBefore,
+    filtered: { ...filtered },
   };
   s.onProgress({ type: 'disk-end', report });
   return { report, map };

@@ -4,3 +4,5 @@ export * from './transport-conformance.js';
 export * from './memory-backend.js';
 export * from './compressor-conformance.js';
 export * from './test-skips.js';
+export * from './block-filter-conformance.js';
+export * from './load-plugin.js';

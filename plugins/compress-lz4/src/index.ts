@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
-import type { Compressor, PluginRegistrar } from '@ferry/core';
-// Not from '@ferry/core': this module loads in every worker thread, and the core's index is large.
+import type { Compressor, PluginRegistrar } from '@ferry/core/plugin';
+// Not from '@ferry/core' (the whole core): this module loads in every worker thread.
 import { MAX_BLOCK_SIZE } from '@ferry/core/limits';
 import { loadLz4Addon, type Lz4Addon } from './lz4-addon.js';
 

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import type { Compressor, PluginRegistrar } from '@ferry/core';
+import type { Compressor, PluginRegistrar } from '@ferry/core/plugin';
 
 // zstd-napi is CommonJS; its native addon compiles with node-gyp at install time.
 const zstd = createRequire(import.meta.url)('zstd-napi') as {

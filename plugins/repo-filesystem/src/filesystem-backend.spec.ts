@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/pr
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { runRepositoryConformance } from '@ferry/core/testing';
 import { FilesystemBackend, TMP_DIR } from './filesystem-backend.js';
 

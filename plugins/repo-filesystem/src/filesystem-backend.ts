@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError, type RepositoryBackend, type StorageProtection } from '@ferry/core';
+import { FerryError, type RepositoryBackend, type StorageProtection } from '@ferry/core/plugin';
 
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 /** Files `getRange` keeps open at most. */

@@ -1,4 +1,4 @@
-import type { DependencyContainer, PluginRegistrar } from '@ferry/core';
+import type { DependencyContainer, PluginRegistrar } from '@ferry/core/plugin';
 import { FilesystemBackend } from './filesystem-backend.js';
 
 export { FilesystemBackend } from './filesystem-backend.js';

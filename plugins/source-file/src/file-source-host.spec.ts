@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError, type JobContext } from '@ferry/core';
+import { FerryError, type JobContext } from '@ferry/core/plugin';
 import { FileSourceHost } from './file-source-host.js';
 
 describe('file source host', function () {

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError, type JobContext, type SourceDisk, type SourceHost, type VmInventory, type VmSelection } from '@ferry/core';
+import { FerryError, type JobContext, type SourceDisk, type SourceHost, type VmInventory, type VmSelection } from '@ferry/core/plugin';
 
 export interface FileSourceConfig {
   /** Absolute (the core resolved it against the job file's folder). */

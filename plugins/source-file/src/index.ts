@@ -1,4 +1,4 @@
-import type { DependencyContainer, JobContext, PluginRegistrar } from '@ferry/core';
+import type { DependencyContainer, JobContext, PluginRegistrar } from '@ferry/core/plugin';
 import { FileSourceHost, type FileSourceConfig } from './file-source-host.js';
 
 export { FileSourceHost } from './file-source-host.js';

@@ -1,5 +1,5 @@
 import { promises as fs } from 'node:fs';
-import { FerryError, type ErrorLocation } from '@ferry/core';
+import { FerryError, type ErrorLocation } from '@ferry/core/plugin';
 import type { BlockState } from './block-state.js';
 import { isNotFound, QmpCommandError, type QmpClient } from './qmp-client.js';
 import { formatAddress, legacyAddress, probeNbd, type SocketAddress } from './socket-address.js';

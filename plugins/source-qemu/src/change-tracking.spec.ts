@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import type { PreviousPoint } from '@ferry/core';
+import type { PreviousPoint } from '@ferry/core/plugin';
 import type { BlockNode, DirtyBitmap } from './block-state.js';
 import { planTracking, type PlanInput } from './change-tracking.js';
 import { bitmapName, fleeceNames, isJobBitmap, isJobFleeceNode } from './ferry-names.js';

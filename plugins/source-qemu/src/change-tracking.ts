@@ -1,4 +1,4 @@
-import type { PreviousPoint } from '@ferry/core';
+import type { PreviousPoint } from '@ferry/core/plugin';
 import type { BlockNode } from './block-state.js';
 import { bitmapName, isJobBitmap } from './ferry-names.js';
 

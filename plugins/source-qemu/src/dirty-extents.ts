@@ -1,4 +1,4 @@
-import { FerryError, type Extent } from '@ferry/core';
+import { FerryError, type Extent } from '@ferry/core/plugin';
 import { NbdClient } from '@ferry/transport-nbd';
 
 /** In a `qemu:dirty-bitmap:*` meta context, flag bit 0 marks a dirty range (QEMU docs/interop/nbd.txt). */

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { readBlockState } from './block-state.js';
 import { commitOverlay } from './external-snapshot.js';

@@ -1,5 +1,5 @@
 import { promises as fs } from 'node:fs';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { CleanupLog, deleteExport, runCreateJob, type OverlayObjects } from './block-objects.js';
 import type { BlockState } from './block-state.js';
 import { QmpCommandError, type QmpClient } from './qmp-client.js';

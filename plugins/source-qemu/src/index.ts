@@ -1,4 +1,4 @@
-import type { DependencyContainer, JobContext, PluginRegistrar } from '@ferry/core';
+import type { DependencyContainer, JobContext, PluginRegistrar } from '@ferry/core/plugin';
 import { QemuSourceHost } from './qemu-source-host.js';
 import { SNAPSHOT_MODES } from './snapshot-kind.js';
 

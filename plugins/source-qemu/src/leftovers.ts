@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { PreviousPoint } from '@ferry/core';
+import type { PreviousPoint } from '@ferry/core/plugin';
 import { CleanupLog, removeOverlay } from './block-objects.js';
 import { readBlockState, type BlockNode, type BlockState } from './block-state.js';
 import { previousTracking } from './change-tracking.js';

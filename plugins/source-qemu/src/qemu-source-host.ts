@@ -6,7 +6,7 @@ import {
   type VmInventory,
   type VmSelection,
   type VmSnapshot,
-} from '@ferry/core';
+} from '@ferry/core/plugin';
 import { CleanupLog } from './block-objects.js';
 import { discoverDisks, readBlockState, resolveDisk, type BlockState, type ResolvedDisk } from './block-state.js';
 import { planTracking } from './change-tracking.js';

@@ -1,4 +1,4 @@
-import { FerryError, type ErrorLocation, type Extent, type SessionInfo, type SourceDisk, type VmSnapshot } from '@ferry/core';
+import { FerryError, type ErrorLocation, type Extent, type SessionInfo, type SourceDisk, type VmSnapshot } from '@ferry/core/plugin';
 import { addNbdExport, addOverlay, CleanupLog, ensureNbdServer, removeOverlay, stopNbdServerIfIdle } from './block-objects.js';
 import { readBlockState, type BlockState, type ResolvedDisk } from './block-state.js';
 import { previousTracking, type TrackingPlan } from './change-tracking.js';

@@ -3,7 +3,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { QmpClient, QmpCommandError } from './qmp-client.js';
 import { StorageDaemon, TOOLS } from './testing/storage-daemon.js';

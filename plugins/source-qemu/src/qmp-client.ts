@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import { FerryError, type ErrorLocation } from '@ferry/core';
+import { FerryError, type ErrorLocation } from '@ferry/core/plugin';
 import { connectOptions, formatAddress, parseAddress, type SocketAddress } from './socket-address.js';
 
 /** An asynchronous QMP event, numbered in arrival order so callers can wait for one "since" a mark. */

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { BlockState, type BlockNode } from './block-state.js';
 import { overlayNames } from './ferry-names.js';

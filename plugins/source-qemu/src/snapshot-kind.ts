@@ -1,6 +1,6 @@
 import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError, type ErrorLocation } from '@ferry/core';
+import { FerryError, type ErrorLocation } from '@ferry/core/plugin';
 import type { BlockState, ResolvedDisk } from './block-state.js';
 import { ferryNodeKind, type SnapshotKind } from './ferry-names.js';
 

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { FerryError, type ErrorLocation } from '@ferry/core';
+import { FerryError, type ErrorLocation } from '@ferry/core/plugin';
 
 /**
  * Where a QMP monitor or an NBD server listens, as job files write it: `unix:/path/to.sock` or

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, type SourceDisk } from '@ferry/core';
+import { FerryError, type SourceDisk } from '@ferry/core/plugin';
 
 /**
  * Size in bytes of an open raw image: the file size, or for a block device the sector count the

@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, type AllocationExtent, type DiskHandle } from '@ferry/core';
+import { FerryError, type AllocationExtent, type DiskHandle } from '@ferry/core/plugin';
 import type { SeekAddon } from './seek-addon.js';
 import { seekExtents } from './seek-extents.js';
 

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Transport } from '@ferry/core';
+import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Transport } from '@ferry/core/plugin';
 import { detectQcow2 } from './detect-qcow2.js';
 import { diskSize } from './disk-size.js';
 import { HotaddDiskHandle, readAtFile, type ReadAt } from './hotadd-disk-handle.js';

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import type { PluginRegistrar } from '@ferry/core';
+import type { PluginRegistrar } from '@ferry/core/plugin';
 import { HotaddTransport } from './hotadd-transport.js';
 import { register } from './index.js';
 

@@ -1,4 +1,4 @@
-import type { PluginRegistrar } from '@ferry/core';
+import type { PluginRegistrar } from '@ferry/core/plugin';
 import { HotaddTransport } from './hotadd-transport.js';
 
 export { HotaddTransport, type HotaddOptions } from './hotadd-transport.js';

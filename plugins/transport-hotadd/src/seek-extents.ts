@@ -1,4 +1,4 @@
-import type { AllocationExtent } from '@ferry/core';
+import type { AllocationExtent } from '@ferry/core/plugin';
 import type { SeekAddon } from './seek-addon.js';
 
 /** Bounds one reply for a badly fragmented image; the caller asks again for the remainder. */

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import type { PluginRegistrar } from '@ferry/core';
+import type { PluginRegistrar } from '@ferry/core/plugin';
 import { NbdTransport } from './nbd-transport.js';
 import { NbdClient, register } from './index.js';
 

@@ -1,4 +1,4 @@
-import type { PluginRegistrar } from '@ferry/core';
+import type { PluginRegistrar } from '@ferry/core/plugin';
 import { NBD_CONFIG_SCHEMA, NbdTransport, type NbdTransportOptions } from './nbd-transport.js';
 
 export { NBD_CONFIG_SCHEMA, NbdTransport, type NbdTransportOptions, type NbdDiskAccess } from './nbd-transport.js';

@@ -1,7 +1,7 @@
 import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import type { AllocationExtent, DiskHandle } from '@ferry/core';
+import type { AllocationExtent, DiskHandle } from '@ferry/core/plugin';
 import { Prng, skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
 import { run, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { Prng, skipUnlessTools } from '@ferry/core/testing';
 import { NbdClient } from './nbd-client.js';
 import { NbdServerError } from './nbd-errors.js';

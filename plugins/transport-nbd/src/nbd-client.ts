@@ -1,5 +1,5 @@
 import type net from 'node:net';
-import type { FerryError } from '@ferry/core';
+import type { FerryError } from '@ferry/core/plugin';
 import { ByteFeed } from './byte-feed.js';
 import { connectNbdEndpoint, formatNbdEndpoint, parseNbdAddress, type NbdEndpoint } from './nbd-address.js';
 import { NbdConnection } from './nbd-connection.js';

@@ -1,5 +1,5 @@
 import type { Duplex } from 'node:stream';
-import type { FerryError } from '@ferry/core';
+import type { FerryError } from '@ferry/core/plugin';
 import type { ByteFeed } from './byte-feed.js';
 import { exportLabel, NbdServerError, readFailed } from './nbd-errors.js';
 import { NBD_CMD_DISC, NBD_CMD_READ, NBD_REQUEST_HEADER_SIZE, NBD_REQUEST_MAGIC, nbdCommandName, nbdErrnoName, writeU64 } from './nbd-protocol.js';

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError, type DiskHandle } from '@ferry/core';
+import { FerryError, type DiskHandle } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
 import { run, startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';

@@ -1,4 +1,4 @@
-import { FerryError, type AllocationExtent, type DiskHandle, type Extent } from '@ferry/core';
+import { FerryError, type AllocationExtent, type DiskHandle, type Extent } from '@ferry/core/plugin';
 import type { NbdClient } from './nbd-client.js';
 import { BASE_ALLOCATION, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from './nbd-protocol.js';
 

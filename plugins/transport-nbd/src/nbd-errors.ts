@@ -1,4 +1,4 @@
-import { FerryError, type ErrorLocation } from '@ferry/core';
+import { FerryError, type ErrorLocation } from '@ferry/core/plugin';
 import { nbdCommandName, nbdErrnoName } from './nbd-protocol.js';
 
 /**

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { NbdClient } from './nbd-client.js';
 import { NbdServerError } from './nbd-errors.js';
 import { NBD_REP_ERR_UNKNOWN } from './nbd-protocol.js';

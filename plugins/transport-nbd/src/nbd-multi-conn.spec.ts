@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import type { DiskHandle, Extent } from '@ferry/core';
+import type { DiskHandle, Extent } from '@ferry/core/plugin';
 import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { NbdClient } from './nbd-client.js';
 import { NbdTransport } from './nbd-transport.js';

@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
 import { startQemuNbd, tempDir, type RunningServer } from './test-support/nbd-servers.js';

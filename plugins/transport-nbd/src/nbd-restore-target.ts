@@ -1,4 +1,4 @@
-import { FerryError, type WritableDisk } from '@ferry/core';
+import { FerryError, type WritableDisk } from '@ferry/core/plugin';
 import type { NbdClient } from './nbd-client.js';
 import { exportLabel } from './nbd-errors.js';
 

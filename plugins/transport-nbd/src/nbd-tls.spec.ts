@@ -1,7 +1,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError, JobRuntime } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
+// Internal: the spec opens a whole job to see the TLS options reach the transport from YAML.
+import { JobRuntime } from '@ferry/core';
 import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { NbdClient } from './nbd-client.js';
 import { loadTlsCredsDir } from './nbd-tls.js';

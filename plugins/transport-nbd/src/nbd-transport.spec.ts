@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError, type DiskHandle } from '@ferry/core';
+import { FerryError, type DiskHandle } from '@ferry/core/plugin';
 import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { NbdTransport } from './nbd-transport.js';
 import { errorChunk, offsetData, startFakeServer, type FakeScript, type FakeServer } from './test-support/fake-nbd-server.js';

@@ -1,4 +1,4 @@
-import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Transport, type WritableDisk } from '@ferry/core';
+import { FerryError, type DiskHandle, type ProbeResult, type SourceDisk, type Transport, type WritableDisk } from '@ferry/core/plugin';
 import { parseNbdAddress } from './nbd-address.js';
 import { NbdClient, type NbdClientOptions } from './nbd-client.js';
 import { NbdDiskHandle } from './nbd-disk-handle.js';

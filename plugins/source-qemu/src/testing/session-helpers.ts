@@ -1,5 +1,7 @@
 import { readdirSync } from 'node:fs';
-import { Repository, type JobContext, type PreviousPoint, type SourceDisk, type VmSnapshot } from '@ferry/core';
+import type { JobContext, PreviousPoint, SourceDisk, VmSnapshot } from '@ferry/core/plugin';
+// Internal: point ids are the repository's format; the helpers make ones a real session would.
+import { Repository } from '@ferry/core';
 import { QemuSourceHost } from '../qemu-source-host.js';
 import { QmpClient } from '../qmp-client.js';
 import { dirtyExtents, nbdUri, readExport, type StorageDaemon } from './storage-daemon.js';

@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, type ErrorCode } from '@ferry/core';
+import { FerryError, type ErrorCode } from '@ferry/core/plugin';
 import type { ReadAt } from '../hotadd-disk-handle.js';
 
 /**

@@ -1,4 +1,4 @@
-import type { AllocationExtent } from '@ferry/core';
+import type { AllocationExtent } from '@ferry/core/plugin';
 import type { SeekAddon } from '../seek-addon.js';
 import { seekExtents } from '../seek-extents.js';
 import type { ClusterMap, ClusterRun } from './cluster-map.js';

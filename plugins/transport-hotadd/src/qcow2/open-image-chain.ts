@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/plugin';
 import { QCOW2_MAGIC } from '../detect-qcow2.js';
 import { diskSize } from '../disk-size.js';
 import type { ReadAt } from '../hotadd-disk-handle.js';

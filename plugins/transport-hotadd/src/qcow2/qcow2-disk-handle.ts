@@ -1,4 +1,4 @@
-import { FerryError, type AllocationExtent, type DiskHandle } from '@ferry/core';
+import { FerryError, type AllocationExtent, type DiskHandle } from '@ferry/core/plugin';
 import type { ImageFile } from './image-file.js';
 import { Qcow2Layer, RawLayer, type ImageLayer } from './image-layer.js';
 

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import type { DiskHandle, SourceDisk } from '@ferry/core';
+import type { DiskHandle, SourceDisk } from '@ferry/core/plugin';
 import { makeVmImage, skipUnlessTools } from '@ferry/core/testing';
 import { readAtFile, type ReadAt } from '../hotadd-disk-handle.js';
 import { HotaddTransport } from '../hotadd-transport.js';

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { FerryError, type DiskHandle, type SourceDisk } from '@ferry/core';
+import { FerryError, type DiskHandle, type SourceDisk } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { HotaddTransport } from '../hotadd-transport.js';
 import {

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { expect } from 'chai';
-import { FerryError, type AllocationExtent, type DiskHandle } from '@ferry/core';
+import { FerryError, type AllocationExtent, type DiskHandle } from '@ferry/core/plugin';
 
 /**
  * Test support for the qcow2 specs: QEMU's own tools (Debian package qemu-utils) make the images and
