@@ -6,6 +6,6 @@
 export { startProxyService, startRepositoryService, loadServiceConfig, type ServiceConfig, type RunningService } from './service-host.js';
 export { ProxyService, type ProxyServiceOptions } from './proxy-service.js';
 export { RepositoryService, type RepositoryServiceOptions } from './repository-service.js';
-export { runRemoteBackup, connectRepositoryService, type RemoteSpec } from './remote-backup.js';
+export { RemoteBackup, connectRepositoryService, type RemoteSpec } from './remote-backup.js';
 export { restoreRemote, listRemotePoints } from './remote-restore.js';
 export * from './protocol.js';
