@@ -88,7 +88,7 @@ function sessionSpec(placement: Placement): void {
     }
 
     /** `ferry backup` of the gated job in a child process, to watch its gates and signal it. */
-    function startBackup(): { child: ReturnType<typeof spawn>; done: Promise<CliResult>; exited: () => string | undefined } {
+    function startBackup(): { child: ReturnType<typeof spawn>; done: Promise<CliResult>; exited: () => string | undefined; stderr: () => string } {
       const child = spawn(process.execPath, [FERRY_BIN, 'backup', gatedJob(), '--json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
@@ -96,7 +96,7 @@ function sessionSpec(placement: Placement): void {
       child.stderr!.on('data', (d) => (stderr += d));
       let result: CliResult | undefined;
       const done = new Promise<CliResult>((resolve) => child.on('close', (code, signal) => resolve((result = { code, signal, stdout, stderr }))));
-      return { child, done, exited: () => (result ? `${result.stdout}\n${result.stderr}` : undefined) };
+      return { child, done, exited: () => (result ? `${result.stdout}\n${result.stderr}` : undefined), stderr: () => stderr };
     }
 
     async function until(what: string, cond: () => boolean, exited: () => string | undefined): Promise<void> {
@@ -149,8 +149,8 @@ function sessionSpec(placement: Placement): void {
       try {
         await until('two disks both wait at their gates', () => atGate().length >= 2, b.exited);
         b.child.kill('SIGINT');
-        // The interrupt is seen at the next block: let the readers go on.
-        await new Promise((r) => setTimeout(r, 200));
+        // Once the CLI has taken the signal, the readers may go on: the session stops at their next block.
+        await until('the CLI takes the signal', () => /stopping the session/.test(b.stderr()), b.exited);
       } finally {
         for (const d of Object.values(gated)) writeFileSync(`${d}.gate`, '');
       }
