@@ -7,5 +7,5 @@ export { startProxyService, startRepositoryService, loadServiceConfig, type Serv
 export { ProxyService, type ProxyServiceOptions } from './proxy-service.js';
 export { RepositoryService, type RepositoryServiceOptions } from './repository-service.js';
 export { RemoteBackup, connectRepositoryService, type RemoteSpec } from './remote-backup.js';
-export { restoreRemote, listRemotePoints } from './remote-restore.js';
+export { RemoteRestore, listRemotePoints } from './remote-restore.js';
 export * from './protocol.js';
