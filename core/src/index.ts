@@ -55,5 +55,5 @@ export type * from './session/session-upkeep.js';
 export * from './session/repository-runtime.js';
 /** The data pipe's wire layer as a namespace (`wire.connect`, ...); also `@ferry/core/remote/wire`. */
 export * as wire from './remote/wire/index.js';
-export { runRemoteBackup, connectRepositoryService, type RemoteSpec } from './session/remote-backup.js';
-export { restoreRemote, listRemotePoints } from './session/remote-restore.js';
+export { RemoteBackup, connectRepositoryService, type RemoteSpec } from './session/remote-backup.js';
+export { RemoteRestore, listRemotePoints } from './session/remote-restore.js';

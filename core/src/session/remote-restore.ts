@@ -4,8 +4,8 @@ import { BlockMap } from '../repository/block-map.js';
 import type { DamagedPoint, RestorePoint } from '../repository/repository.js';
 import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 import type { JobRuntime } from './job-runtime.js';
-import type { RestoreOptions, RestoreReport } from './restore-session.js';
-import { openRestoreSink, withTargetState, type RestoreSink } from './restore-sink.js';
+import type { RestoreFigures, RestoreSource, RestoreTarget } from './restore-placement.js';
+import type { RestoreOptions } from './restore-session.js';
 import { sha256 } from '../util/checksums.js';
 import type { WireMessage } from '../remote/wire/index.js';
 import { fromHex, type ControlChannel } from '../remote/services/protocol.js';
@@ -14,27 +14,6 @@ import { connectRepositoryService, type RemoteSpec } from './remote-backup.js';
 /** How long a restore keeps trying to reach the repository service again after its connection dropped. */
 export const RESTORE_RESUME_WINDOW_MS = 30_000;
 
-/**
- * `ferry restore` against a repository service: the service streams the block map and every stored
- * block object in order; this process checks CRC-32 and SHA-256 of each against the map (so the
- * check covers the network as well) and writes it. Zero blocks stay holes in a file. A dropped
- * connection is made again and the restore resumes at the first block not yet written; success is
- * reported only when every data block of the map was written.
- */
-export async function restoreRemote(rt: JobRuntime, remote: RemoteSpec, opts: RestoreOptions): Promise<RestoreReport> {
-  const t0 = performance.now();
-  const restore = new RemoteRestore(rt, remote, opts);
-  try {
-    await restore.run();
-  } catch (err) {
-    // Writes still in flight have settled (`stream`); the sink now says what the target holds.
-    throw withTargetState(err, await restore.abandon());
-  }
-  await restore.finish();
-  restore.report.durationMs = Math.round(performance.now() - t0);
-  return restore.report;
-}
-
 /** A drop the restore resumes after (a cut, a reset, a silent peer), as opposed to an answer. */
 function isDrop(err: unknown): boolean {
   const code = (err as { code?: unknown })?.code;
@@ -42,15 +21,20 @@ function isDrop(err: unknown): boolean {
   return typeof code === 'string' && /^E[A-Z]+$/.test(code);
 }
 
-class RemoteRestore {
-  readonly report: RestoreReport;
+/**
+ * `ferry restore` against a repository service: the service streams the block map and every stored
+ * block object in order; this process checks CRC-32 and the block id of each against the map (so the
+ * check covers the network as well) and hands it to the restore loop to write. A dropped connection
+ * is made again and the stream resumes at the first block not yet written; the source ends only
+ * when every data block of the map was written.
+ */
+export class RemoteRestore implements RestoreSource {
   private map?: BlockMap;
   private mapDigest = '';
-  private sink?: RestoreSink;
+  private point = '';
   private codec?: WorkerBlockCodec;
-  /** One byte per block, 1 once the block is written: what a resumed stream may skip, and the final check. */
-  private written = new Uint8Array(0);
-  private writtenBytes = 0;
+  private reconnects = 0;
+  private resentBlocks = 0;
   /** Names this restore to the service across connections, so it can count what it sends twice. */
   private readonly restoreId = randomBytes(8).toString('hex');
   private readonly where: ErrorLocation;
@@ -61,54 +45,33 @@ class RemoteRestore {
     private readonly opts: RestoreOptions,
   ) {
     this.where = { vm: opts.vm, disk: opts.disk };
-    this.report = {
-      vm: opts.vm, disk: opts.disk, restorePoint: '', to: opts.to, sizeBytes: 0, bytesWritten: 0, zeroBytes: 0, sparse: false, durationMs: 0,
-      reconnects: 0, resentBlocks: 0,
-    };
   }
 
-  async run(): Promise<void> {
+  async run(target: RestoreTarget): Promise<RestoreFigures> {
     let control: ControlChannel | undefined = await connectRepositoryService(this.remote);
     try {
       for (;;) {
         try {
-          await this.stream(control);
+          await this.stream(control, target);
           break;
         } catch (err) {
           if (!isDrop(err)) throw err;
           await control.close();
           control = undefined;
-          control = await this.reconnect(err as Error);
-          this.report.reconnects!++;
+          control = await this.reconnect(err as Error, target);
+          this.reconnects++;
         }
       }
     } finally {
       await control?.close();
     }
-    const map = this.map;
-    if (!map || !this.sink) throw new FerryError('PIPE_PROTOCOL', 'the repository service sent no block map', this.where);
-    this.checkComplete(map);
-    for (let i = 0; i < map.blockCount; i++) {
-      if (map.get(i)) continue;
-      await this.sink.zero(i * map.blockSize, map.lengthOf(i));
-      this.report.zeroBytes += map.lengthOf(i);
-    }
+    if (!this.map) throw new FerryError('PIPE_PROTOCOL', 'the repository service sent no block map', this.where);
+    this.checkComplete(this.map, target);
+    return { reconnects: this.reconnects, resentBlocks: this.resentBlocks };
   }
 
-  /** Makes the target durable (a failure there says what the target holds). */
-  async finish(): Promise<void> {
-    try {
-      await this.sink!.finish(true);
-    } finally {
-      await this.codec?.close();
-    }
-  }
-
-  /** After a failure: removes a file this restore created, or says what the target holds now. */
-  async abandon(): Promise<string | undefined> {
-    const state = await this.sink?.finish(false).catch(() => undefined);
-    await this.codec?.close();
-    return state;
+  async close(): Promise<void> {
+    await this.codec?.close().catch(() => undefined);
   }
 
   /**
@@ -117,7 +80,7 @@ class RemoteRestore {
    * unacknowledged, so memory stays bounded when the target is slow. Blocks that arrived before a
    * drop are still written before the drop is reported.
    */
-  private async stream(control: ControlChannel): Promise<void> {
+  private async stream(control: ControlChannel, target: RestoreTarget): Promise<void> {
     let failed: unknown;
     let opening: Promise<void> = Promise.resolve();
     let done = 0;
@@ -130,13 +93,13 @@ class RemoteRestore {
     const onMessage = (m: WireMessage): void => {
       if (failed) return;
       if (m.type === 'restore.map') {
-        opening = this.onMap(m);
+        opening = this.onMap(m, target);
         opening.catch(fail);
         return;
       }
       if (m.type !== 'restore.block') return;
       const p = opening
-        .then(() => this.write(m))
+        .then(() => this.write(m, target))
         .then(() => {
           // Credit for the service: blocks of this connection written (or already written before).
           if (++done % 4 === 0) void control.conn.send({ type: 'restore.ack', header: { id: m.header?.id, done } }).catch(() => undefined);
@@ -145,7 +108,7 @@ class RemoteRestore {
       pending.add(p);
       void p.finally(() => pending.delete(p));
     };
-    const args = { vm: this.opts.vm, disk: this.opts.disk, point: this.report.restorePoint || this.opts.point, restoreId: this.restoreId, from: this.firstMissing() };
+    const args = { vm: this.opts.vm, disk: this.opts.disk, point: this.point || this.opts.point, restoreId: this.restoreId, from: this.firstMissing(target) };
     let dropped: unknown;
     await control.request<{ blocks: number }>('restore.open', args, { onMessage }).catch((err) => (dropped = err));
     await opening.catch(() => undefined);
@@ -155,68 +118,57 @@ class RemoteRestore {
   }
 
   /** The first map opens the target; a resumed stream's map must be the same point's. */
-  private async onMap(m: WireMessage): Promise<void> {
+  private async onMap(m: WireMessage, target: RestoreTarget): Promise<void> {
     const body = m.body ?? new Uint8Array();
     const point = String(m.header?.point);
     const digest = sha256(body).toString('hex');
     if (this.map) {
-      if (point !== this.report.restorePoint || digest !== this.mapDigest) {
+      if (point !== this.point || digest !== this.mapDigest) {
         throw new FerryError('REMOTE_RESUME_FAILED', `after reconnecting, the repository service sent the block map of another point (${point})`, { ...this.where, host: this.remote.server });
       }
     } else {
       const map = BlockMap.decode(body, `block map of ${this.opts.vm}/${this.opts.disk} (from ${this.remote.server})`);
       this.map = map;
       this.mapDigest = digest;
-      this.written = new Uint8Array(map.blockCount);
-      this.report.restorePoint = point;
-      this.report.sizeBytes = map.diskSize;
+      this.point = point;
       const idKey = typeof m.header?.idKey === 'string' ? Buffer.from(m.header.idKey, 'hex') : undefined;
       this.codec = new WorkerBlockCodec(this.rt.plugins.options, undefined, idKey);
-      this.sink = await openRestoreSink(this.rt, this.opts.to, map.diskSize, this.opts.disk, { force: this.opts.force });
-      this.report.to = this.sink.label;
-      this.report.sparse = this.sink.sparse;
+      await target.open(point, map);
     }
     const resent = Number(m.header?.resent ?? 0);
-    if (Number.isInteger(resent) && resent >= 0) this.report.resentBlocks! += resent;
+    if (Number.isInteger(resent) && resent >= 0) this.resentBlocks += resent;
   }
 
-  private async write(m: WireMessage): Promise<void> {
-    const { map, sink, codec } = this;
-    if (!map || !sink || !codec) throw new FerryError('PIPE_PROTOCOL', 'a block arrived before the block map', this.where);
+  private async write(m: WireMessage, target: RestoreTarget): Promise<void> {
+    const { map, codec } = this;
+    if (!map || !codec) throw new FerryError('PIPE_PROTOCOL', 'a block arrived before the block map', this.where);
     const i = Number(m.header?.i);
     const hash = Number.isInteger(i) ? map.get(i) : undefined;
     if (!hash || !hash.equals(fromHex(m.header?.h, 'a block hash'))) {
       throw new FerryError('PIPE_PROTOCOL', `block ${i} does not match the block map`, { ...this.where, offset: i * map.blockSize });
     }
-    if (this.written[i]) return;
+    if (target.written(i)) return;
     const where = { ...this.where, offset: i * map.blockSize };
     const data = await codec.decode(m.body ?? new Uint8Array(), hash, `block ${hash.toString('hex')} (from ${this.remote.server})`).catch((err) => {
       throw err instanceof FerryError ? err.at(where) : err;
     });
-    if (data.length !== map.lengthOf(i)) {
-      throw new FerryError('REPO_CORRUPT_OBJECT', `block holds ${data.length} bytes, the map expects ${map.lengthOf(i)}`, where);
-    }
-    await sink.write(i * map.blockSize, data);
-    this.written[i] = 1;
-    this.report.bytesWritten += data.length;
-    this.writtenBytes += data.length;
-    this.opts.onProgress?.(this.writtenBytes, map.diskSize);
+    await target.write(i, data);
   }
 
   /** Where a resumed stream starts: the first data block not written (0 before the map arrived). */
-  private firstMissing(): number {
+  private firstMissing(target: RestoreTarget): number {
     const map = this.map;
     if (!map) return 0;
-    for (let i = 0; i < map.blockCount; i++) if (map.get(i) && !this.written[i]) return i;
+    for (let i = 0; i < map.blockCount; i++) if (map.get(i) && !target.written(i)) return i;
     return map.blockCount;
   }
 
   /** Every data block of the map must have been written: a block the service skipped is an error, never a hole. */
-  private checkComplete(map: BlockMap): void {
+  private checkComplete(map: BlockMap, target: RestoreTarget): void {
     let missing = 0;
     let first = -1;
     for (let i = 0; i < map.blockCount; i++) {
-      if (!map.get(i) || this.written[i]) continue;
+      if (!map.get(i) || target.written(i)) continue;
       missing++;
       if (first < 0) first = i;
     }
@@ -229,7 +181,7 @@ class RemoteRestore {
   }
 
   /** Connects again within the resume window (the service may be restarting, the path flapping). */
-  private async reconnect(cause: Error): Promise<ControlChannel> {
+  private async reconnect(cause: Error, target: RestoreTarget): Promise<ControlChannel> {
     const deadline = Date.now() + RESTORE_RESUME_WINDOW_MS;
     let delay = 100;
     let last = cause;
@@ -246,7 +198,7 @@ class RemoteRestore {
     }
     throw new FerryError(
       'REMOTE_RESUME_FAILED',
-      `the connection to the repository service dropped at block ${this.firstMissing()} and could not be made again within ${RESTORE_RESUME_WINDOW_MS / 1000} s (${last.message})`,
+      `the connection to the repository service dropped at block ${this.firstMissing(target)} and could not be made again within ${RESTORE_RESUME_WINDOW_MS / 1000} s (${last.message})`,
       { ...this.where, host: this.remote.server },
       { cause: last },
     );

@@ -1,10 +1,12 @@
-import { FerryError } from '../errors.js';
-import type { BlockSlot } from '../repository/block-codec.js';
-import type { Repository } from '../repository/repository.js';
-import { lockForReading } from '../repository/repository-lock.js';
+import { FerryError, type ErrorLocation } from '../errors.js';
+import type { BlockMap } from '../repository/block-map.js';
+import { RemoteRestore } from './remote-restore.js';
+import { EmbeddedRestore, RESTORE_CONCURRENCY } from './embedded-restore.js';
 import type { JobRuntime } from './job-runtime.js';
-import { openRestoreSink, withTargetState } from './restore-sink.js';
-import { restoreRemote } from './remote-restore.js';
+import type { RestoreSource, RestoreTarget } from './restore-placement.js';
+import { openRestoreSink, withTargetState, type RestoreSink } from './restore-sink.js';
+
+export { RESTORE_CONCURRENCY };
 
 export interface RestoreOptions {
   vm: string;
@@ -18,16 +20,10 @@ export interface RestoreOptions {
    * refused with RESTORE_TARGET_EXISTS. A network target (NBD export) is always written.
    */
   force?: boolean;
-  /** Blocks fetched and written at once (default `RESTORE_CONCURRENCY`). */
+  /** Blocks fetched and written at once (default `RESTORE_CONCURRENCY`; embedded restores). */
   concurrency?: number;
   onProgress?: (doneBytes: number, sizeBytes: number) => void;
 }
-
-/**
- * Blocks in flight in a restore: each is read, decoded on a worker thread and written in turn, so a
- * few per worker keep reads, decoding and writes overlapped (4 left both workers idle ~60%).
- */
-export const RESTORE_CONCURRENCY = 8;
 
 export interface RestoreReport {
   vm: string;
@@ -46,91 +42,112 @@ export interface RestoreReport {
 }
 
 /**
- * Writes one disk of a restore point to a file, a block device or a transport's target (an NBD
- * export). Every block is checked (CRC-32 of the stored object, SHA-256 of the content against the
- * block map) before it is written; a damaged block stops the restore with its object, disk and
- * offset named. Zero blocks become holes in a regular file, WRITE_ZEROES on a target that has it,
- * and written zeros elsewhere.
+ * Where a restore's blocks come from, chosen once: the job's repository in this process, or
+ * (`repository.server` in the job) the repository service.
  */
-export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
-  // A repository service streams the blocks; this process checks and writes them.
-  if (rt.spec.remote) return restoreRemote(rt, rt.spec.remote, opts);
-  const repo = await rt.repository({ create: false });
-  // A `restore` lock keeps garbage collection from sweeping packs this restore may still read.
-  const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [opts.vm], job: rt.spec.job });
-  try {
-    return await restoreFrom(rt, repo, opts);
-  } finally {
-    await lock?.release();
-  }
+export function restoreSource(rt: JobRuntime, opts: RestoreOptions): RestoreSource {
+  return rt.spec.remote ? new RemoteRestore(rt, rt.spec.remote, opts) : new EmbeddedRestore(rt, opts);
 }
 
-async function restoreFrom(rt: JobRuntime, repo: Repository, opts: RestoreOptions): Promise<RestoreReport> {
+/**
+ * Writes one disk of a restore point to a file, a block device or a transport's target (an NBD
+ * export). Every block is checked (CRC-32 of the stored object, its block id against the block map)
+ * before it is written; a damaged block stops the restore with its object, disk and offset named.
+ * Zero blocks become holes in a regular file, WRITE_ZEROES on a target that has it, and written
+ * zeros elsewhere. Success is reported only when every block of the map was written.
+ */
+export function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
+  return runRestore(rt, restoreSource(rt, opts), opts);
+}
+
+/** The one restore loop, whatever the source. */
+export async function runRestore(rt: JobRuntime, source: RestoreSource, opts: RestoreOptions): Promise<RestoreReport> {
   const t0 = performance.now();
-  const { point, disk } = await repo.getPointDisk(opts.vm, opts.point, opts.disk);
-  const map = await repo.readMap(disk);
-  const codec = await rt.codec();
-  const sink = await openRestoreSink(rt, opts.to, map.diskSize, opts.disk, { force: opts.force });
-  const report: RestoreReport = {
-    vm: opts.vm,
-    disk: opts.disk,
-    restorePoint: point.id,
-    to: sink.label,
-    sizeBytes: map.diskSize,
-    bytesWritten: 0,
-    zeroBytes: 0,
-    sparse: sink.sparse,
-    durationMs: 0,
-  };
-  // After one lane fails the others stop at their next block, and all have settled before the sink is
-  // finished: no write may land after finish reports what the target holds.
-  let failed: { err: unknown } | undefined;
+  const target = new DiskTarget(rt, opts);
+  let figures;
   try {
-    let next = 0;
-    let done = 0;
-    const worker = async (): Promise<void> => {
-      // Each lane decodes into one slot shared with the worker threads, reused for all its blocks.
-      const slot = codec.takeSlot(map.blockSize);
-      try {
-        await lane(slot);
-      } finally {
-        codec.giveSlot(slot);
-      }
-    };
-    const lane = async (slot: BlockSlot): Promise<void> => {
-      while (!failed && next < map.blockCount) {
-        const i = next++;
-        const offset = i * map.blockSize;
-        const length = map.lengthOf(i);
-        const hash = map.get(i);
-        if (hash) {
-          const data = await repo.blocks.read(hash, codec, slot).catch((err) => {
-            throw err instanceof FerryError ? err.at({ vm: opts.vm, disk: opts.disk, offset }) : err;
-          });
-          if (data.length !== length) {
-            throw new FerryError('REPO_CORRUPT_OBJECT', `block holds ${data.length} bytes, the map expects ${length}`, {
-              vm: opts.vm,
-              disk: opts.disk,
-              offset,
-            });
-          }
-          await sink.write(offset, data);
-          report.bytesWritten += length;
-        } else {
-          await sink.zero(offset, length);
-          report.zeroBytes += length;
-        }
-        done += length;
-        opts.onProgress?.(done, map.diskSize);
-      }
-    };
-    const lanes = Array.from({ length: Math.max(1, opts.concurrency ?? RESTORE_CONCURRENCY) }, () => worker().catch((err) => void (failed ??= { err })));
-    await Promise.all(lanes);
-    if (failed) throw failed.err;
+    try {
+      figures = await source.run(target);
+      await target.fillZeros();
+    } finally {
+      await source.close();
+    }
   } catch (err) {
-    throw withTargetState(err, await sink.finish(false).catch(() => undefined));
+    // Every write the source started has settled; the sink now says what the target holds.
+    throw withTargetState(err, await target.abandon());
   }
-  await sink.finish(true);
-  report.durationMs = Math.round(performance.now() - t0);
-  return report;
+  await target.finish();
+  return { ...target.report, ...figures, durationMs: Math.round(performance.now() - t0) };
+}
+
+/** The restore's target: opened once the map is known, written block by block. */
+class DiskTarget implements RestoreTarget {
+  readonly report: RestoreReport;
+  private map?: BlockMap;
+  private sink?: RestoreSink;
+  /** One byte per block, 1 once the block is written. */
+  private done = new Uint8Array(0);
+  private doneBytes = 0;
+  private readonly where: ErrorLocation;
+
+  constructor(
+    private readonly rt: JobRuntime,
+    private readonly opts: RestoreOptions,
+  ) {
+    this.where = { vm: opts.vm, disk: opts.disk };
+    this.report = { vm: opts.vm, disk: opts.disk, restorePoint: '', to: opts.to, sizeBytes: 0, bytesWritten: 0, zeroBytes: 0, sparse: false, durationMs: 0 };
+  }
+
+  async open(point: string, map: BlockMap): Promise<void> {
+    if (this.map) throw new FerryError('INTERNAL', 'the restore target was opened twice', this.where);
+    this.map = map;
+    this.done = new Uint8Array(map.blockCount);
+    this.report.restorePoint = point;
+    this.report.sizeBytes = map.diskSize;
+    this.sink = await openRestoreSink(this.rt, this.opts.to, map.diskSize, this.opts.disk, { force: this.opts.force });
+    this.report.to = this.sink.label;
+    this.report.sparse = this.sink.sparse;
+  }
+
+  async write(i: number, data: Uint8Array): Promise<void> {
+    const { map, sink } = this;
+    if (!map || !sink) throw new FerryError('INTERNAL', 'a block was written before the restore target was opened', this.where);
+    const length = map.lengthOf(i);
+    if (data.length !== length) {
+      throw new FerryError('REPO_CORRUPT_OBJECT', `block holds ${data.length} bytes, the map expects ${length}`, { ...this.where, offset: i * map.blockSize });
+    }
+    await sink.write(i * map.blockSize, data);
+    this.done[i] = 1;
+    this.report.bytesWritten += length;
+    this.doneBytes += length;
+    this.opts.onProgress?.(this.doneBytes, map.diskSize);
+  }
+
+  written(i: number): boolean {
+    return this.done[i] === 1;
+  }
+
+  /** After every data block: the zero blocks (holes in a file, WRITE_ZEROES or zeros elsewhere). */
+  async fillZeros(): Promise<void> {
+    const { map, sink } = this;
+    if (!map || !sink) throw new FerryError('INTERNAL', 'the restore source ended without a block map', this.where);
+    for (let i = 0; i < map.blockCount; i++) {
+      if (map.get(i)) continue;
+      const length = map.lengthOf(i);
+      await sink.zero(i * map.blockSize, length);
+      this.report.zeroBytes += length;
+      this.doneBytes += length;
+      this.opts.onProgress?.(this.doneBytes, map.diskSize);
+    }
+  }
+
+  /** Makes the target durable. */
+  async finish(): Promise<void> {
+    await this.sink!.finish(true);
+  }
+
+  /** After a failure: removes a file this restore created, or says what the target holds now. */
+  async abandon(): Promise<string | undefined> {
+    return this.sink?.finish(false).catch(() => undefined);
+  }
 }
