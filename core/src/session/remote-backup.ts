@@ -46,7 +46,7 @@ export class RemoteBackup implements BackupPlacement {
   private control?: ControlChannel;
   private nextProxy = 0;
   private session = '';
-  private readonly onAbort = (): void => void this.control?.request('session.abort').catch(() => undefined);
+  private readonly onAbort = (): void => void this.control?.request('session.abort', {}).catch(() => undefined);
 
   constructor(
     private readonly rt: JobRuntime,
@@ -65,7 +65,7 @@ export class RemoteBackup implements BackupPlacement {
     this.signal?.addEventListener('abort', this.onAbort, { once: true });
     this.session = session;
     this.control = await connectRepositoryService(this.remote, this.signal);
-    const opened = await this.control.request<{ location: string }>('session.open', {
+    const opened = await this.control.request('session.open', {
       job: rt.spec.job,
       session,
       vms: rt.spec.source.vms.map((v) => v.name),
@@ -74,7 +74,7 @@ export class RemoteBackup implements BackupPlacement {
   }
 
   async listPoints(vm: string): Promise<RestorePoint[]> {
-    return (await this.channel().request<{ points: RestorePoint[] }>('points.list', { vm })).points;
+    return (await this.channel().request('points.list', { vm })).points;
   }
 
   async moveDisk(vm: string, disk: SourceDisk, previous: RestorePoint | undefined): Promise<MovedDisk> {
@@ -98,7 +98,7 @@ export class RemoteBackup implements BackupPlacement {
         blockSize,
         ...baseOf(disk, previous, blockSize),
       };
-      outcome = await this.channel().request<DiskOutcome>('disk.receive', { order }, {
+      outcome = await this.channel().request('disk.receive', { order }, {
         onMessage: (m) => {
           if (m.type !== 'event') return;
           const done = Number(m.header?.doneBytes) || 0;
@@ -151,7 +151,7 @@ export class RemoteBackup implements BackupPlacement {
         ...(disk.changeTracking && { changeTracking: disk.changeTracking }),
       };
     });
-    const res = await this.channel().request<{ point: RestorePoint }>('point.commit', {
+    const res = await this.channel().request('point.commit', {
       vm,
       point: { id: point.id, job: this.rt.spec.job, session: point.id, createdAt: point.createdAt },
       disks: received,
@@ -166,7 +166,7 @@ export class RemoteBackup implements BackupPlacement {
 
   async finish(report: SessionReport): Promise<SessionEnd> {
     const rt = this.rt;
-    const ended = await this.channel().request<{ retention?: RetentionOutcome; verify?: VerifyOutcome }>('session.end', {
+    const ended = await this.channel().request('session.end', {
       vms: report.vms.filter((v) => v.status === 'success' && v.restorePoint).map((v) => v.vm),
       ...(rt.spec.retention && { retention: rt.spec.retention }),
       ...(rt.spec.verify.afterBackup && { verify: { samplePercent: rt.spec.verify.samplePercent } }),
