@@ -1,7 +1,7 @@
 import type { SourceDisk } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
 import type { RestorePoint } from '../repository/repository.js';
-import { newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
+import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport } from '../report/session-report.js';
 import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
@@ -128,6 +128,7 @@ export class RemoteBackup implements BackupPlacement {
         deduped: target.blocksDeduped,
         unchanged: target.blocksUnchanged,
         healed: target.healed,
+        filtered: { ...src.filtered },
       };
     } catch (err) {
       report.status = 'failed';
@@ -146,6 +147,7 @@ export class RemoteBackup implements BackupPlacement {
         diskId: outcome.diskId,
         name: disk.name,
         zeroBlocks: outcome.target.blocksZero,
+        ...droppedData(outcome.summary.filtered),
         transport: outcome.info.transport,
         mode: outcome.info.mode,
         ...(disk.changeTracking && { changeTracking: disk.changeTracking }),

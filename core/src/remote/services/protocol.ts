@@ -115,6 +115,8 @@ export interface TaskSummary {
   resentBlocks: number;
   /** Busy ms of the proxy's stages. */
   busy: Partial<Record<Stage, number>>;
+  /** Blocks each filter dropped, by its `filters:` name (`SourceCounters.filtered`). */
+  filtered?: Record<string, number>;
 }
 
 /** One disk the backup server hands to the repository service. */
@@ -150,6 +152,8 @@ export interface CommitDisk {
   diskId: string;
   name: string;
   zeroBlocks: number;
+  /** Filters other than `zero` that dropped blocks (the manifest's `filtered`). */
+  filtered?: Record<string, number>;
   transport: string;
   mode: 'full' | 'incremental';
   changeTracking?: ChangeTracking;
@@ -298,7 +302,7 @@ const REQUESTS: { [V in ControlVerb]: Check } = {
 };
 
 const taskInfo = obj({ sizeBytes: int(), transport: str, transportReason: str, mode, modeReason: str });
-const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num) });
+const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num), filtered: optional(recordOf(int())) });
 
 /** Answers the server acts on; the rest it only reports. */
 const REPLIES: Partial<{ [V in ControlVerb]: Check }> = {

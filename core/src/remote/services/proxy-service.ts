@@ -121,6 +121,7 @@ export class ProxyService {
         zeroBytesSkipped: state.counters.zeroBytesSkipped,
         bytesTransferred: state.counters.bytesTransferred,
         resentBlocks: state.resentBlocks,
+        ...(state.counters.filtered && { filtered: { ...state.counters.filtered } }),
         busy: {
           'source read': Math.round(state.meters['source read'].busyMs),
           processing: Math.round(state.meters.processing.busyMs),

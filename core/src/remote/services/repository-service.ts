@@ -304,6 +304,7 @@ class ControlSession {
         blockSize: kept.map.blockSize,
         blocks: kept.map.blockCount,
         zeroBlocks: d.zeroBlocks,
+        ...(d.filtered && { filtered: d.filtered }),
         transport: d.transport,
         mode: d.mode,
         ...(d.changeTracking && { changeTracking: d.changeTracking }),
