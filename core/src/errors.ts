@@ -49,7 +49,7 @@ export const ERROR_CODES = {
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
   RESTORE_INCOMPLETE: 'a restore ended without every block of the block map written (a repository service that skipped one); the target is incomplete',
   // data pipe between the data movers
-  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order)',
+  PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order, a header that does not match its verb: the message names verb and field)',
   PIPE_VERSION: 'a data-pipe peer speaks no frame format or protocol version this side supports',
   PIPE_AUTH: 'a data-pipe peer was not authenticated (no TLS, unknown CA, bad certificate or pre-shared key) or has a role it is not allowed',
   PIPE_TIMEOUT: 'a data-pipe peer did not answer in time (TLS handshake, HELLO, or three missed heartbeats)',

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
@@ -15,10 +15,15 @@ interface Report {
   status: string;
   healedBlocks: number;
   vms: { vm: string; status: string; restorePoint: string | null; error?: { code: string } }[];
-  disks: { vm: string; disk: string; status: string; mode: string; modeReason: string; restorePoint: string | null; blocks: { new: number; healed: number; total: number }; error?: { code: string } }[];
+  disks: { vm: string; disk: string; status: string; mode: string; modeReason: string; restorePoint: string | null; blocks: { new: number; healed: number; total: number; filtered?: Record<string, number> }; error?: { code: string } }[];
 }
 
 const MiB = 1024 * 1024;
+
+/** The disk entries of one point's manifest (unencrypted, read from the file). */
+function manifestDisks(repo: string, vm: string, point: string): Record<string, unknown>[] {
+  return (JSON.parse(readFileSync(path.join(repo, 'points', vm, `${point}.json`), 'utf8')) as { disks: Record<string, unknown>[] }).disks;
+}
 
 /**
  * One backup session whatever the placement of the data movers: the same suite runs with both in
@@ -204,6 +209,22 @@ function sessionSpec(placement: Placement): void {
       const rr = await runFerry(['restore', j, '--vm', 'vmc', '--disk', 'vmc/c1.raw', '--point', 'latest', '--to', out]);
       expect(rr.code, rr.stderr).to.equal(0);
       expect(await firstDifference(tracked, out)).to.equal(-1);
+    });
+
+    it('reports the blocks a filter dropped (blocks.filtered) and records them in the manifest', async function () {
+      const marked = path.join(ds, 'vmd', 'd1.raw');
+      mkdirSync(path.dirname(marked), { recursive: true });
+      await makeVmImage(marked, { sizeBytes: 4 * MiB, seed: 85, holes: 0 });
+      const fd = openSync(marked, 'r+');
+      for (const block of [3, 9]) writeSync(fd, Buffer.from('FERRY-SCRATCH'), 0, 13, block * 256 * 1024);
+      closeSync(fd);
+      const j = job('marked', ['source: { host: file, datastore: ./images, vms: [ { name: vmd, disks: [vmd/d1.raw] } ] }', 'filters: [zero, scratch-marker]']);
+      const r = await runFerry(['backup', j, '--json']);
+      expect(r.code, r.stderr).to.equal(0);
+      const disk = json<Report>(r).disks[0];
+      expect(disk.blocks.filtered?.['scratch-marker'], JSON.stringify(disk)).to.equal(2);
+      const entry = manifestDisks(repo, 'vmd', disk.restorePoint!)[0];
+      expect(entry?.filtered).to.deep.equal({ 'scratch-marker': 2 }); // the built-in zero filter drops no data
     });
   });
 }

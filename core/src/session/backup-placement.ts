@@ -94,3 +94,12 @@ export function newDiskReport(vm: string, disk: SourceDisk, blockSize: number): 
     restorePoint: null,
   };
 }
+
+/**
+ * The manifest's `filtered`: blocks filters stored as zero blocks although they may have held data,
+ * so a restore differs from the source there. The built-in `zero` filter drops only blocks of zeros.
+ */
+export function droppedData(filtered: Record<string, number> = {}): { filtered?: Record<string, number> } {
+  const dropped = Object.entries(filtered).filter(([name]) => name !== 'zero');
+  return dropped.length ? { filtered: Object.fromEntries(dropped) } : {};
+}

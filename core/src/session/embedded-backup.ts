@@ -8,7 +8,7 @@ import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
 import type { BlockMap } from '../repository/block-map.js';
 import type { Repository, RestorePoint, RestorePointDisk } from '../repository/repository.js';
 import type { RepositoryLock } from '../repository/repository-lock.js';
-import { newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
+import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
 import { chooseTransport, planMode, skipExtents, type TransportSource } from '../plan/disk-plan.js';
 import type { JobRuntime } from './job-runtime.js';
 import { errorSummary, interrupted } from './session-common.js';
@@ -202,13 +202,4 @@ function pointDisk(
     mode: r.mode,
     ...droppedData(r.blocks.filtered),
   };
-}
-
-/**
- * The manifest's `filtered`: blocks filters stored as zero blocks although they may have held data,
- * so a restore differs from the source there. The built-in `zero` filter drops only blocks of zeros.
- */
-function droppedData(filtered: Record<string, number> = {}): { filtered?: Record<string, number> } {
-  const dropped = Object.entries(filtered).filter(([name]) => name !== 'zero');
-  return dropped.length ? { filtered: Object.fromEntries(dropped) } : {};
 }

@@ -1,7 +1,7 @@
 import type { SourceDisk } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
 import type { RestorePoint } from '../repository/repository.js';
-import { newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
+import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport } from '../report/session-report.js';
 import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
@@ -46,7 +46,7 @@ export class RemoteBackup implements BackupPlacement {
   private control?: ControlChannel;
   private nextProxy = 0;
   private session = '';
-  private readonly onAbort = (): void => void this.control?.request('session.abort').catch(() => undefined);
+  private readonly onAbort = (): void => void this.control?.request('session.abort', {}).catch(() => undefined);
 
   constructor(
     private readonly rt: JobRuntime,
@@ -65,7 +65,7 @@ export class RemoteBackup implements BackupPlacement {
     this.signal?.addEventListener('abort', this.onAbort, { once: true });
     this.session = session;
     this.control = await connectRepositoryService(this.remote, this.signal);
-    const opened = await this.control.request<{ location: string }>('session.open', {
+    const opened = await this.control.request('session.open', {
       job: rt.spec.job,
       session,
       vms: rt.spec.source.vms.map((v) => v.name),
@@ -74,7 +74,7 @@ export class RemoteBackup implements BackupPlacement {
   }
 
   async listPoints(vm: string): Promise<RestorePoint[]> {
-    return (await this.channel().request<{ points: RestorePoint[] }>('points.list', { vm })).points;
+    return (await this.channel().request('points.list', { vm })).points;
   }
 
   async moveDisk(vm: string, disk: SourceDisk, previous: RestorePoint | undefined): Promise<MovedDisk> {
@@ -98,7 +98,7 @@ export class RemoteBackup implements BackupPlacement {
         blockSize,
         ...baseOf(disk, previous, blockSize),
       };
-      outcome = await this.channel().request<DiskOutcome>('disk.receive', { order }, {
+      outcome = await this.channel().request('disk.receive', { order }, {
         onMessage: (m) => {
           if (m.type !== 'event') return;
           const done = Number(m.header?.doneBytes) || 0;
@@ -128,6 +128,7 @@ export class RemoteBackup implements BackupPlacement {
         deduped: target.blocksDeduped,
         unchanged: target.blocksUnchanged,
         healed: target.healed,
+        filtered: { ...src.filtered },
       };
     } catch (err) {
       report.status = 'failed';
@@ -146,12 +147,13 @@ export class RemoteBackup implements BackupPlacement {
         diskId: outcome.diskId,
         name: disk.name,
         zeroBlocks: outcome.target.blocksZero,
+        ...droppedData(outcome.summary.filtered),
         transport: outcome.info.transport,
         mode: outcome.info.mode,
         ...(disk.changeTracking && { changeTracking: disk.changeTracking }),
       };
     });
-    const res = await this.channel().request<{ point: RestorePoint }>('point.commit', {
+    const res = await this.channel().request('point.commit', {
       vm,
       point: { id: point.id, job: this.rt.spec.job, session: point.id, createdAt: point.createdAt },
       disks: received,
@@ -166,7 +168,7 @@ export class RemoteBackup implements BackupPlacement {
 
   async finish(report: SessionReport): Promise<SessionEnd> {
     const rt = this.rt;
-    const ended = await this.channel().request<{ retention?: RetentionOutcome; verify?: VerifyOutcome }>('session.end', {
+    const ended = await this.channel().request('session.end', {
       vms: report.vms.filter((v) => v.status === 'success' && v.restorePoint).map((v) => v.vm),
       ...(rt.spec.retention && { retention: rt.spec.retention }),
       ...(rt.spec.verify.afterBackup && { verify: { samplePercent: rt.spec.verify.samplePercent } }),

@@ -110,7 +110,7 @@ export class RemoteRestore implements RestoreSource {
     };
     const args = { vm: this.opts.vm, disk: this.opts.disk, point: this.point || this.opts.point, restoreId: this.restoreId, from: this.firstMissing(target) };
     let dropped: unknown;
-    await control.request<{ blocks: number }>('restore.open', args, { onMessage }).catch((err) => (dropped = err));
+    await control.request('restore.open', args, { onMessage }).catch((err) => (dropped = err));
     await opening.catch(() => undefined);
     while (pending.size) await Promise.all([...pending]);
     if (failed) throw failed;
@@ -209,7 +209,7 @@ export class RemoteRestore implements RestoreSource {
 export async function listRemotePoints(remote: RemoteSpec, vm?: string): Promise<{ location: string; points: RestorePoint[]; damaged: DamagedPoint[] }> {
   const control = await connectRepositoryService(remote);
   try {
-    const { points, damaged } = await control.request<{ points: RestorePoint[]; damaged?: DamagedPoint[] }>('points.list', vm === undefined ? {} : { vm });
+    const { points, damaged } = await control.request('points.list', vm === undefined ? {} : { vm });
     return { location: `ferry://${remote.server}`, points, damaged: damaged ?? [] };
   } finally {
     await control.close();

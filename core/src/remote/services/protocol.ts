@@ -1,4 +1,7 @@
 import type { Extent } from '../../contracts/extent.js';
+import type { RetentionPolicy } from '../../maintenance/retention-policy.js';
+import type { DamagedPoint, RestorePoint, RestorePointDisk } from '../../repository/repository.js';
+import type { RetentionOutcome, VerifyOutcome } from '../../report/session-report.js';
 import type { ChangeTracking, SourceDisk } from '../../contracts/source-host.js';
 import { FerryError, type ErrorCode, type ErrorLocation, type ReportedError } from '../../errors.js';
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../../job/job-schema.js';
@@ -112,6 +115,8 @@ export interface TaskSummary {
   resentBlocks: number;
   /** Busy ms of the proxy's stages. */
   busy: Partial<Record<Stage, number>>;
+  /** Blocks each filter dropped, by its `filters:` name (`SourceCounters.filtered`). */
+  filtered?: Record<string, number>;
 }
 
 /** One disk the backup server hands to the repository service. */
@@ -126,7 +131,7 @@ export interface DiskOrder {
   compressor: { name: string; level: number };
   blockSize: number;
   /** Candidate base for an incremental run (the server checked what needs no open disk). */
-  base?: { point: string; disk: import('../../repository/repository.js').RestorePointDisk; reason: string; extents?: Extent[] };
+  base?: { point: string; disk: RestorePointDisk; reason: string; extents?: Extent[] };
   /** Why the run is full, when there is no base. */
   fullReason?: string;
 }
@@ -147,9 +152,215 @@ export interface CommitDisk {
   diskId: string;
   name: string;
   zeroBlocks: number;
+  /** Filters other than `zero` that dropped blocks (the manifest's `filtered`). */
+  filtered?: Record<string, number>;
   transport: string;
   mode: 'full' | 'incremental';
   changeTracking?: ChangeTracking;
+}
+
+/**
+ * The control verbs (backup server → repository service): the request header of each (besides
+ * `id` and `op`) and what the answer's `result` holds. `ControlChannel.request` takes them, so a
+ * sender's misspelt verb or field is a compile error; the service checks every header on receipt
+ * (`controlRequestProblem`) and the channel checks the answers it relies on (`controlReplyProblem`).
+ */
+export interface ControlVerbs {
+  'session.open': { req: { job: string; session: string; vms: string[] }; res: { location: string } };
+  'points.list': { req: { vm?: string }; res: { points: RestorePoint[]; damaged?: DamagedPoint[] } };
+  'disk.receive': { req: { order: DiskOrder }; res: DiskOutcome };
+  'point.commit': { req: { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks' | 'vm'>; disks: CommitDisk[] }; res: { point: RestorePoint } };
+  'point.discard': { req: { diskIds: string[] }; res: Record<string, never> };
+  'session.abort': { req: Record<string, never>; res: Record<string, never> };
+  'session.end': {
+    req: { vms: string[]; retention?: RetentionPolicy; verify?: { samplePercent: number }; points?: { vm: string; id: string }[] };
+    res: { retention?: RetentionOutcome; verify?: VerifyOutcome };
+  };
+  'restore.open': { req: RestoreRequest; res: { blocks: number } };
+}
+
+export type ControlVerb = keyof ControlVerbs;
+export type ControlRequest<V extends ControlVerb> = ControlVerbs[V]['req'];
+export type ControlReply<V extends ControlVerb> = ControlVerbs[V]['res'];
+
+/** `restore.open`: `from` and `restoreId` are set when a client resumes after a dropped connection. */
+export interface RestoreRequest {
+  vm: string;
+  disk: string;
+  point: string;
+  from?: number;
+  restoreId?: string;
+}
+
+/**
+ * One check of a received value: undefined when it holds, else the path below the value and what is
+ * wrong (`[2] must be a string`, `.order.blockSize must be ...`), so a problem names its field.
+ */
+type Check = (v: unknown) => string | undefined;
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const str: Check = (v) => (typeof v === 'string' ? undefined : ' must be a string');
+const name: Check = (v) => (typeof v === 'string' && v !== '' ? undefined : ' must be a non-empty string');
+const bool: Check = (v) => (typeof v === 'boolean' ? undefined : ' must be true or false');
+const num: Check = (v) => (typeof v === 'number' && Number.isFinite(v) ? undefined : ' must be a number');
+const int =
+  (lo = 0, hi = Number.MAX_SAFE_INTEGER): Check =>
+  (v) =>
+    Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi ? undefined : ` must be an integer from ${lo} to ${hi}`;
+const oneOf =
+  (...values: string[]): Check =>
+  (v) =>
+    values.includes(v as string) ? undefined : ` must be one of ${values.join(', ')}`;
+const optional =
+  (c: Check): Check =>
+  (v) =>
+    v === undefined ? undefined : c(v);
+const arrayOf =
+  (c: Check): Check =>
+  (v) => {
+    if (!Array.isArray(v)) return ' must be an array';
+    for (let i = 0; i < v.length; i++) {
+      const p = c(v[i]);
+      if (p) return `[${i}]${p}`;
+    }
+    return undefined;
+  };
+const obj =
+  (fields: Record<string, Check>): Check =>
+  (v) => {
+    if (!isObject(v)) return ' must be an object';
+    for (const [k, c] of Object.entries(fields)) {
+      const p = c(v[k]);
+      if (p) return `.${k}${p}`;
+    }
+    return undefined;
+  };
+/** Values of a string-keyed record (changeTracking, filtered counts). */
+const recordOf =
+  (c: Check): Check =>
+  (v) => {
+    if (!isObject(v)) return ' must be an object';
+    for (const [k, x] of Object.entries(v)) {
+      const p = c(x);
+      if (p) return `.${k}${p}`;
+    }
+    return undefined;
+  };
+const blockSize: Check = (v) =>
+  int(MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)(v) === undefined && ((v as number) & ((v as number) - 1)) === 0
+    ? undefined
+    : ` must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
+const extents = arrayOf(obj({ offset: int(), length: int(1) }));
+const mode = oneOf('full', 'incremental');
+const sourceDisk = obj({ name, size: optional(int()), path: optional(str), format: optional(str) });
+const pointDisk = obj({
+  name,
+  sizeBytes: int(),
+  blockSize,
+  map: name,
+  mapSha256: name,
+  blocks: int(),
+  zeroBlocks: int(),
+  filtered: optional(recordOf(int())),
+  transport: str,
+  mode,
+  changeTracking: optional(recordOf(str)),
+});
+const restorePoint = obj({ id: name, job: str, vm: name, session: str, createdAt: str, disks: arrayOf(pointDisk) });
+
+const REQUESTS: { [V in ControlVerb]: Check } = {
+  'session.open': obj({ job: name, session: name, vms: arrayOf(name) }),
+  'points.list': obj({ vm: optional(name) }),
+  'disk.receive': obj({
+    order: obj({
+      session: name,
+      vm: name,
+      disk: sourceDisk,
+      proxy: name,
+      transport: name,
+      filters: arrayOf(name),
+      compressor: obj({ name, level: int(-1000, 1000) }),
+      blockSize,
+      base: optional(obj({ point: name, disk: pointDisk, reason: str, extents: optional(extents) })),
+      fullReason: optional(str),
+    }),
+  }),
+  'point.commit': obj({
+    vm: name,
+    point: obj({ id: name, job: str, session: str, createdAt: str }),
+    disks: arrayOf(obj({ diskId: name, name, zeroBlocks: int(), filtered: optional(recordOf(int())), transport: str, mode, changeTracking: optional(recordOf(str)) })),
+  }),
+  'point.discard': obj({ diskIds: arrayOf(str) }),
+  'session.abort': obj({}),
+  'session.end': obj({
+    vms: arrayOf(name),
+    retention: optional(obj({ restorePoints: int(1), weekly: optional(int()), monthly: optional(int()), yearly: optional(int()) })),
+    verify: optional(obj({ samplePercent: num })),
+    points: optional(arrayOf(obj({ vm: name, id: name }))),
+  }),
+  'restore.open': obj({ vm: name, disk: name, point: name, from: optional(int()), restoreId: optional(str) }),
+};
+
+const taskInfo = obj({ sizeBytes: int(), transport: str, transportReason: str, mode, modeReason: str });
+const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num), filtered: optional(recordOf(int())) });
+
+/** Answers the server acts on; the rest it only reports. */
+const REPLIES: Partial<{ [V in ControlVerb]: Check }> = {
+  'session.open': obj({ location: str }),
+  'points.list': obj({ points: arrayOf(restorePoint) }),
+  'disk.receive': obj({
+    diskId: name,
+    info: taskInfo,
+    summary: taskSummary,
+    target: obj({ bytesWritten: int(), blocksNew: int(), blocksDeduped: int(), blocksZero: int(), blocksUnchanged: int(), healed: int() }),
+    blocks: int(),
+    reconnects: int(),
+    stages: arrayOf(obj({ stage: oneOf(...STAGES), busyMs: num, busyShare: num })),
+  }),
+  'point.commit': obj({ point: restorePoint }),
+  'restore.open': obj({ blocks: int() }),
+};
+
+function isVerb(op: unknown): op is ControlVerb {
+  return typeof op === 'string' && Object.hasOwn(REQUESTS, op);
+}
+
+/**
+ * What the repository service checks before it acts on a control request (an authenticated peer may
+ * still send nonsense): PIPE_PROTOCOL naming the verb and the field, or undefined.
+ */
+export function controlRequestProblem(header: unknown): FerryError | undefined {
+  if (!isObject(header)) return new FerryError('PIPE_PROTOCOL', 'a request without a header object');
+  const { id, op, ...args } = header;
+  if (!isVerb(op)) return new FerryError('PIPE_PROTOCOL', `unknown request "${String(op)}"`);
+  if (!Number.isInteger(id)) return new FerryError('PIPE_PROTOCOL', `${op}: header.id must be an integer`);
+  const p = REQUESTS[op](args);
+  return p ? new FerryError('PIPE_PROTOCOL', `${op}: header${p}`) : undefined;
+}
+
+/** What the backup server checks in an answer before it uses it: PIPE_PROTOCOL, or undefined. */
+export function controlReplyProblem(op: string, result: unknown, where: ErrorLocation = {}): FerryError | undefined {
+  const check = isVerb(op) ? REPLIES[op] : undefined;
+  const p = check?.(result);
+  return p ? new FerryError('PIPE_PROTOCOL', `${op} answer: result${p}`, where) : undefined;
+}
+
+/**
+ * Data-pipe messages checked on receipt (the read task has `readTaskProblem`; block records are
+ * checked where they are placed in the map). Proxy side: `known!`, `ack`; repository side: the
+ * task's figures.
+ */
+const PIPE_MESSAGES: Record<string, Check> = {
+  'known!': obj({ q: int(1), have: arrayOf(bool) }),
+  ack: obj({ upTo: int() }),
+  'task.ok': taskInfo,
+  end: taskSummary,
+};
+
+/** A data-pipe message of a checked type with a malformed header: PIPE_PROTOCOL naming the field, or undefined. */
+export function pipeMessageProblem(m: WireMessage, where: ErrorLocation = {}): FerryError | undefined {
+  const p = Object.hasOwn(PIPE_MESSAGES, m.type) ? PIPE_MESSAGES[m.type](m.header ?? {}) : undefined;
+  return p ? new FerryError('PIPE_PROTOCOL', `${m.type}: header${p}`, where) : undefined;
 }
 
 /** An error as it crosses a connection. */
@@ -185,7 +396,7 @@ export async function receiveOrFail(conn: Connection, wanted: string, where: Err
  */
 export class ControlChannel {
   private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; onMessage?: (m: WireMessage) => void }>();
+  private readonly waiting = new Map<number, { op: string; resolve: (v: unknown) => void; reject: (e: Error) => void; onMessage?: (m: WireMessage) => void }>();
   private failed?: Error;
   private readonly pump: Promise<void>;
 
@@ -196,11 +407,11 @@ export class ControlChannel {
     this.pump = this.run();
   }
 
-  request<T>(op: string, args: Record<string, unknown> = {}, opts: { body?: Uint8Array; onMessage?: (m: WireMessage) => void } = {}): Promise<T> {
+  request<V extends ControlVerb>(op: V, args: ControlRequest<V>, opts: { body?: Uint8Array; onMessage?: (m: WireMessage) => void } = {}): Promise<ControlReply<V>> {
     if (this.failed) return Promise.reject(this.failed);
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, onMessage: opts.onMessage });
+    return new Promise<ControlReply<V>>((resolve, reject) => {
+      this.waiting.set(id, { op, resolve: resolve as (v: unknown) => void, reject, onMessage: opts.onMessage });
       this.conn.send({ type: 'req', header: { id, op, ...args }, body: opts.body }).catch((err) => this.fail(err as Error));
     });
   }
@@ -220,7 +431,9 @@ export class ControlChannel {
         if (!w) continue;
         if (m.type === 'res') {
           this.waiting.delete(id);
-          if (m.header?.ok) w.resolve(m.header.result);
+          const bad = m.header?.ok ? controlReplyProblem(w.op, m.header.result, this.where) : undefined;
+          if (bad) w.reject(bad);
+          else if (m.header?.ok) w.resolve(m.header.result);
           else w.reject(errorFromWire(m.header?.error as ReportedError, this.where));
         } else {
           w.onMessage?.(m);

@@ -4,7 +4,7 @@ import type { BlockStore } from '../../repository/block-store.js';
 import { BusyMeter } from '../../pipe/stage-meter.js';
 import type { BlockVerifier } from './block-verifier.js';
 import { connect, type ConnectOptions, type Connection, type PeerAuth, type WireMessage } from '../wire/index.js';
-import { errorFromWire, fromHex, receiveOrFail, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { errorFromWire, fromHex, pipeMessageProblem, receiveOrFail, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 
 export interface ProxyPipeOptions {
   /** Proxy address `host:port`. */
@@ -110,7 +110,7 @@ export class ProxyPipe {
           }
           case 'end':
             if (this.next !== count) throw new FerryError('PIPE_PROTOCOL', `the proxy ended the disk after ${this.next} of ${count} blocks`, this.where);
-            this.summary = m.header as unknown as TaskSummary;
+            this.summary = checkedHeader(m, this.where) as unknown as TaskSummary;
             await this.conn!.send({ type: 'done' }).catch(() => undefined);
             return;
           case 'error':
@@ -166,7 +166,7 @@ export class ProxyPipe {
           const m = await receiveOrFail(conn, 'the answer to the read task', this.where);
           if (m.type === 'error') throw reported(errorFromWire(m.header?.error as never, this.where));
           if (m.type !== 'task.ok') throw unexpected(m, 'task.ok', this.where);
-          const info = m.header as unknown as TaskInfo;
+          const info = checkedHeader(m, this.where) as unknown as TaskInfo;
           if (this.info && (info.sizeBytes !== this.info.sizeBytes || info.mode !== this.info.mode)) {
             throw new FerryError('REMOTE_RESUME_FAILED', `the disk looks different after reconnecting (${info.sizeBytes} bytes, ${info.mode})`, this.where);
           }
@@ -301,4 +301,11 @@ class Inbox {
 function asBuffer(b: Uint8Array | undefined): Buffer {
   if (!b) return Buffer.alloc(0);
   return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/** The header of a message whose type has a check in the protocol, or PIPE_PROTOCOL naming the field. */
+function checkedHeader(m: WireMessage, where: ErrorLocation): Record<string, unknown> {
+  const bad = pipeMessageProblem(m, where);
+  if (bad) throw bad;
+  return m.header ?? {};
 }

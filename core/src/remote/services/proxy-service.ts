@@ -13,7 +13,7 @@ import { newStageMeters, type StageMeters } from '../../pipe/stage-meter.js';
 import { chooseMode, chooseTransport, skipExtents } from '../../plan/disk-plan.js';
 import { Tokens } from '../../tokens.js';
 import { PIPE_VERSION, type Connection, type WireMessage } from '../wire/index.js';
-import { errorToWire, hex, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { errorToWire, hex, pipeMessageProblem, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 import { Slots } from './slots.js';
 
 /** How long a finished or broken task's figures are kept for a resume. */
@@ -121,6 +121,7 @@ export class ProxyService {
         zeroBytesSkipped: state.counters.zeroBytesSkipped,
         bytesTransferred: state.counters.bytesTransferred,
         resentBlocks: state.resentBlocks,
+        ...(state.counters.filtered && { filtered: { ...state.counters.filtered } }),
         busy: {
           'source read': Math.round(state.meters['source read'].busyMs),
           processing: Math.round(state.meters.processing.busyMs),
@@ -131,9 +132,11 @@ export class ProxyService {
       const done = await pipe.next();
       if (done?.type === 'done') this.tasks.delete(task.taskId);
     } catch (err) {
-      if (pipe.broken) throw pipe.broken;
+      // A dropped pipe is the repository side's to resume; a malformed message is answered.
+      const failed = pipe.broken ?? err;
+      if (pipe.broken && !(failed instanceof FerryError && failed.code === 'PIPE_PROTOCOL')) throw failed;
       // A read or plugin failure: the repository side fails the disk (a resume would not help).
-      await conn.send({ type: 'error', header: { error: errorToWire(err instanceof FerryError ? err.at(where) : err) } }).catch(() => undefined);
+      await conn.send({ type: 'error', header: { error: errorToWire(failed instanceof FerryError ? failed.at(where) : failed) } }).catch(() => undefined);
     } finally {
       pipe.stop();
       await handle?.close().catch(() => undefined);
@@ -301,12 +304,15 @@ class PipeReader {
       while (!this.stopped) {
         const m = await this.conn.receive();
         if (!m) throw new FerryError('PIPE_CLOSED', 'the repository service closed the data pipe');
+        const bad = pipeMessageProblem(m);
+        if (bad) throw bad;
         if (m.type === 'known!') {
-          const q = this.queries.get(Number(m.header?.q));
-          this.queries.delete(Number(m.header?.q));
-          q?.resolve((m.header?.have as boolean[]) ?? []);
+          const h = m.header as { q: number; have: boolean[] };
+          const q = this.queries.get(h.q);
+          this.queries.delete(h.q);
+          q?.resolve(h.have);
         } else if (m.type === 'ack') {
-          this.acked = Math.max(this.acked, Number(m.header?.upTo) || 0);
+          this.acked = Math.max(this.acked, (m.header as { upTo: number }).upTo);
           while (this.inFlight.length && this.inFlight[0] < this.acked) this.inFlight.shift();
           this.wake();
         } else {

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import { FerryError, type ErrorLocation } from '../../errors.js';
-import type { RetentionPolicy } from '../../maintenance/retention-policy.js';
 import { prunePoints } from '../../maintenance/prune.js';
 import { runVerify } from '../../maintenance/verify.js';
 import type { BlockCodec } from '../../repository/block-codec.js';
@@ -8,13 +7,28 @@ import { defaultReadAhead } from '../../pipe/source-mover.js';
 import { TargetMover, type TargetCounters } from '../../pipe/target-mover.js';
 import type { BlockMap } from '../../repository/block-map.js';
 import type { WriteMeter } from '../../repository/block-store.js';
-import { Repository, type RestorePoint, type RestorePointDisk } from '../../repository/repository.js';
+import { Repository, type RestorePointDisk } from '../../repository/repository.js';
 import { lockForReading, RepositoryLock } from '../../repository/repository-lock.js';
-import type { RetentionOutcome, VerifyOutcome } from '../../report/session-report.js';
+import type { VerifyOutcome } from '../../report/session-report.js';
 import { BusyMeter } from '../../pipe/stage-meter.js';
 import { fullRead, incrementalCandidate, readBase } from '../../plan/disk-plan.js';
 import { PIPE_VERSION, type Connection, type PeerAuth, type WireMessage } from '../wire/index.js';
-import { errorToWire, hex, stagesFromBusy, type CommitDisk, type DiskOrder, type DiskOutcome, type ReadTask } from './protocol.js';
+import {
+  controlRequestProblem,
+  errorToWire,
+  hex,
+  stagesFromBusy,
+  type ControlReply,
+  type ControlRequest,
+  type ControlVerb,
+  type DiskOrder,
+  type DiskOutcome,
+  type ReadTask,
+  type RestoreRequest,
+} from './protocol.js';
+
+/** A checked control request: its verb's header with `id` and `op`. */
+type ControlHeader = { [V in ControlVerb]: ControlRequest<V> & { op: V; id: number } }[ControlVerb];
 import { BlockVerifier } from './block-verifier.js';
 import { ProxyPipe, type Dial } from './proxy-pipe.js';
 
@@ -92,15 +106,6 @@ export class RepositoryService {
   }
 }
 
-/** `restore.open`: `from` and `restoreId` are set when a client resumes after a dropped connection. */
-interface RestoreRequest {
-  vm: string;
-  disk: string;
-  point: string;
-  from?: number;
-  restoreId?: string;
-}
-
 interface KeptDisk {
   map: BlockMap;
   vm: string;
@@ -159,37 +164,38 @@ class ControlSession {
     const h = (m.header ?? {}) as Record<string, unknown>;
     const id = h.id;
     try {
-      const result = await this.dispatch(String(h.op), h, Number(id));
+      // Checked before the switch: past this line every header has its verb's type.
+      const bad = controlRequestProblem(m.header);
+      if (bad) throw bad;
+      const result = await this.dispatch(h as unknown as ControlHeader);
       await this.conn.send({ type: 'res', header: { id, ok: true, result } });
     } catch (err) {
       await this.conn.send({ type: 'res', header: { id, ok: false, error: errorToWire(err) } }).catch(() => undefined);
     }
   }
 
-  private dispatch(op: string, h: Record<string, unknown>, id: number): Promise<unknown> {
-    switch (op) {
+  private dispatch(h: ControlHeader): Promise<unknown> {
+    switch (h.op) {
       case 'session.open':
-        return this.openSession(h as { job: string; session: string; vms: string[] });
+        return this.openSession(h);
       case 'points.list':
-        return this.repository(false).then((r) => r.listPointsChecked(typeof h.vm === 'string' ? h.vm : undefined));
+        return this.repository(false).then((r) => r.listPointsChecked(h.vm));
       case 'disk.receive':
-        return this.receiveDisk(h.order as DiskOrder, id);
+        return this.receiveDisk(h.order, h.id);
       case 'point.commit':
-        return this.commit(h as { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] });
+        return this.commit(h);
       case 'session.abort':
         // The backup server was interrupted: running disks stop, nothing more is committed.
         this.aborted = true;
         this.abort.abort(new Error('the backup server was interrupted'));
         return Promise.resolve({});
       case 'point.discard':
-        for (const d of (h.diskIds as string[]) ?? []) this.kept.delete(d);
+        for (const d of h.diskIds) this.kept.delete(d);
         return Promise.resolve({});
       case 'session.end':
-        return this.endSession(h as { vms: string[]; retention?: RetentionPolicy; verify?: { samplePercent: number }; points?: { vm: string; id: string }[] });
+        return this.endSession(h);
       case 'restore.open':
-        return this.restore(h as unknown as RestoreRequest, id);
-      default:
-        return Promise.reject(new FerryError('PIPE_PROTOCOL', `unknown request "${op}"`));
+        return this.restore(h, h.id);
     }
   }
 
@@ -198,7 +204,7 @@ class ControlSession {
     return this.repo;
   }
 
-  private async openSession(h: { job: string; session: string; vms: string[] }): Promise<{ location: string }> {
+  private async openSession(h: ControlRequest<'session.open'>): Promise<ControlReply<'session.open'>> {
     if (this.lock) throw new FerryError('PIPE_PROTOCOL', 'a session is already open on this connection');
     const repo = await this.repository(true);
     this.job = h.job;
@@ -283,7 +289,7 @@ class ControlSession {
     return { base: read.map, fullReason: '', incremental: incrementalCandidate(order.base, read.heal) };
   }
 
-  private async commit(h: { vm: string; point: Omit<RestorePoint, 'format' | 'version' | 'disks'>; disks: CommitDisk[] }): Promise<{ point: RestorePoint }> {
+  private async commit(h: ControlRequest<'point.commit'>): Promise<ControlReply<'point.commit'>> {
     if (!this.lock) throw new FerryError('PIPE_PROTOCOL', 'point.commit before session.open');
     if (this.aborted) throw new FerryError('SESSION_INTERRUPTED', 'the backup server interrupted the session; nothing more is committed', { vm: h.vm });
     const maps: BlockMap[] = [];
@@ -298,6 +304,7 @@ class ControlSession {
         blockSize: kept.map.blockSize,
         blocks: kept.map.blockCount,
         zeroBlocks: d.zeroBlocks,
+        ...(d.filtered && { filtered: d.filtered }),
         transport: d.transport,
         mode: d.mode,
         ...(d.changeTracking && { changeTracking: d.changeTracking }),
@@ -310,13 +317,8 @@ class ControlSession {
     return { point };
   }
 
-  private async endSession(h: {
-    vms: string[];
-    retention?: RetentionPolicy;
-    verify?: { samplePercent: number };
-    points?: { vm: string; id: string }[];
-  }): Promise<{ retention?: RetentionOutcome; verify?: VerifyOutcome }> {
-    const out: { retention?: RetentionOutcome; verify?: VerifyOutcome } = {};
+  private async endSession(h: ControlRequest<'session.end'>): Promise<ControlReply<'session.end'>> {
+    const out: ControlReply<'session.end'> = {};
     const repo = await this.repository(true);
     if (h.retention && this.lock) {
       try {

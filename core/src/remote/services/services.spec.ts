@@ -79,8 +79,8 @@ describe('data-mover services (in memory)', function () {
     const c = control(svc);
     try {
       await c.request('session.open', { job: 'j', session, vms: ['vm1'] });
-      const outcome = await c.request<DiskOutcome>('disk.receive', { order: o });
-      const { point } = await c.request<{ point: RestorePoint }>('point.commit', {
+      const outcome = await c.request('disk.receive', { order: o });
+      const { point } = await c.request('point.commit', {
         vm: 'vm1',
         point: { id: session, job: 'j', session, createdAt: new Date().toISOString() },
         disks: [{ diskId: outcome.diskId, name: 'disk0.raw', zeroBlocks: outcome.target.blocksZero, transport: outcome.info.transport, mode: outcome.info.mode }],
@@ -205,7 +205,7 @@ describe('data-mover services (in memory)', function () {
     const c = control(svc);
     try {
       await c.request('session.open', { job: 'j', session: 's1', vms: ['vm1'] });
-      const failed = await c.request<DiskOutcome>('disk.receive', { order: order('s1') }).then(
+      const failed = await c.request('disk.receive', { order: order('s1') }).then(
         () => undefined,
         (e: FerryError) => e,
       );
