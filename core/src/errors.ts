@@ -60,6 +60,7 @@ export const ERROR_CODES = {
   REMOTE_RESUME_FAILED: 'the data pipe to a proxy, or a restore\'s connection to the repository service, dropped (or never came up) and could not be resumed within the retry window',
   REMOTE_SESSION_LOST: 'the repository service went away during the session; nothing unfinished was committed',
   REMOTE_BLOCK_MISMATCH: 'a proxy sent a block whose content does not match the id (SHA-256, or HMAC of an encrypted repository) it names; nothing was stored for it',
+  REMOTE_PLUGIN_OPTIONS: "a proxy's own version of a transport or block filter does not accept the options the job gives it (a key its configSchema does not know, a value of the wrong type, a path that does not exist on the proxy host); the message names proxy, plugin and key",
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
 } as const;

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, cpSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
@@ -15,10 +15,22 @@ interface Report {
   status: string;
   healedBlocks: number;
   vms: { vm: string; status: string; restorePoint: string | null; error?: { code: string } }[];
-  disks: { vm: string; disk: string; status: string; mode: string; modeReason: string; restorePoint: string | null; blocks: { new: number; healed: number; total: number; filtered?: Record<string, number> }; error?: { code: string } }[];
+  disks: {
+    vm: string;
+    disk: string;
+    status: string;
+    mode: string;
+    modeReason: string;
+    restorePoint: string | null;
+    blocks: { new: number; healed: number; total: number; filtered?: Record<string, number> };
+    error?: { code: string; message: string; where: Record<string, unknown> };
+  }[];
 }
 
 const MiB = 1024 * 1024;
+/** A third party's block filter with options (`marker`, `at`): the job's `plugins:` and the proxy's FERRY_PLUGIN_PATH name it. */
+const MARKER_FILTER = path.join(ROOT, 'test', 'fixtures', 'third-party', 'ferry-marker-filter');
+const MARKER = 'SCRATCH-7';
 
 /** The disk entries of one point's manifest (unencrypted, read from the file). */
 function manifestDisks(repo: string, vm: string, point: string): Record<string, unknown>[] {
@@ -49,8 +61,9 @@ function sessionSpec(placement: Placement): void {
       await makeVmImage(tracked, { sizeBytes: 16 * MiB, seed: 84, holes: 0.1 });
       if (placement === 'remote') {
         await initCerts(certs);
-        // The proxy reads through the test-only transports too.
-        services.push(await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs], 20_000, { FERRY_PLUGIN_PATH: FIXTURE_PLUGINS }));
+        // The proxy reads through the test-only transports and the job's third-party filter too.
+        const pluginPath = [FIXTURE_PLUGINS, MARKER_FILTER].join(path.delimiter);
+        services.push(await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs], 20_000, { FERRY_PLUGIN_PATH: pluginPath }));
         services.push(await startService(['repository', 'serve', '--listen', '127.0.0.1:0', '--certs', certs, '--repository', repo]));
       }
     });
@@ -67,7 +80,7 @@ function sessionSpec(placement: Placement): void {
         placement === 'embedded'
           ? ['repository: { type: filesystem, path: ./repo }']
           : [`repository: { server: ${JSON.stringify(services[1].address)} }`, `proxies: [ { address: ${JSON.stringify(services[0].address)} } ]`, `certs: ${certs}`];
-      return writeJob(t.dir, [`job: ${name}`, `plugins: [${FIXTURE_PLUGINS}]`, ...lines, ...where, 'storage: { blockSize: 256KiB, compression: optimal }'].join('\n'), `${name}.yaml`);
+      return writeJob(t.dir, [`job: ${name}`, `plugins: [${FIXTURE_PLUGINS}, ${MARKER_FILTER}]`, ...lines, ...where, 'storage: { blockSize: 256KiB, compression: optimal }'].join('\n'), `${name}.yaml`);
     }
 
     const gatedJob = (): string =>
@@ -226,6 +239,62 @@ function sessionSpec(placement: Placement): void {
       const entry = manifestDisks(repo, 'vmd', disk.restorePoint!)[0];
       expect(entry?.filtered).to.deep.equal({ 'scratch-marker': 2 }); // the built-in zero filter drops no data
     });
+
+    /** A 4 MiB disk whose block 3 carries the marker at byte 16 and block 5 at byte 0. */
+    async function markedAt(file: string): Promise<void> {
+      mkdirSync(path.dirname(file), { recursive: true });
+      await makeVmImage(file, { sizeBytes: 4 * MiB, seed: 86, holes: 0 });
+      const fd = openSync(file, 'r+');
+      writeSync(fd, Buffer.from(MARKER), 0, MARKER.length, 3 * 256 * 1024 + 16);
+      writeSync(fd, Buffer.from(MARKER), 0, MARKER.length, 5 * 256 * 1024);
+      closeSync(fd);
+    }
+
+    it('configures a filter from the job file alone: its options reach it wherever it runs', async function () {
+      await markedAt(path.join(ds, 'vme', 'e1.raw'));
+      const j = job('optioned', ['source: { host: file, datastore: ./images, vms: [ { name: vme, disks: [vme/e1.raw] } ] }', `filters: [zero, { name: marker, marker: ${MARKER}, at: 16 }]`]);
+      const r = await runFerry(['backup', j, '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
+      const disk = json<Report>(r).disks[0];
+      // block 3 carries the marker where the job says (at 16): dropped; block 5 (at 0) is kept
+      expect(disk.blocks.filtered?.marker, JSON.stringify(disk)).to.equal(1);
+      expect(manifestDisks(repo, 'vme', disk.restorePoint!)[0]?.filtered).to.deep.equal({ marker: 1 });
+    });
+
+    if (placement === 'remote') {
+      it("fails the disk with REMOTE_PLUGIN_OPTIONS when the proxy's version of a filter refuses an option", async function () {
+        // The proxy has an older ferry-marker-filter whose configSchema does not know `at`.
+        const old = path.join(t.dir, 'old-plugins', 'ferry-marker-filter');
+        cpSync(MARKER_FILTER, old, { recursive: true });
+        const index = readFileSync(path.join(old, 'index.js'), 'utf8');
+        const withoutAt = index.replace(/^ *at: \{[^\n]*\n/m, '');
+        expect(withoutAt).to.not.equal(index);
+        writeFileSync(path.join(old, 'index.js'), withoutAt);
+        const proxy = await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs], 20_000, { FERRY_PLUGIN_PATH: [FIXTURE_PLUGINS, old].join(path.delimiter) });
+        services.push(proxy);
+        await markedAt(path.join(ds, 'vmf', 'f1.raw'));
+        const j = writeJob(
+          t.dir,
+          [
+            'job: old-proxy',
+            `plugins: [${FIXTURE_PLUGINS}, ${MARKER_FILTER}]`,
+            'source: { host: file, datastore: ./images, vms: [ { name: vmf, disks: [vmf/f1.raw] } ] }',
+            `filters: [zero, { name: marker, marker: ${MARKER}, at: 16 }]`,
+            `repository: { server: ${JSON.stringify(services[1].address)} }`,
+            `proxies: [ { address: ${JSON.stringify(proxy.address)} } ]`,
+            `certs: ${certs}`,
+          ].join('\n'),
+          'old-proxy.yaml',
+        );
+        const r = await runFerry(['backup', j, '--json']);
+        expect(r.code, r.stdout + r.stderr).to.not.equal(0);
+        const disk = json<Report>(r).disks[0];
+        expect(disk.status).to.equal('failed');
+        expect(disk.error?.code, JSON.stringify(disk.error)).to.equal('REMOTE_PLUGIN_OPTIONS');
+        expect(disk.error?.where).to.include({ host: proxy.address, plugin: 'ferry-marker-filter', path: 'filters[1].at', vm: 'vmf', disk: 'vmf/f1.raw' });
+        expect(disk.error?.message).to.include('filters[1].at').and.include('ferry-marker-filter');
+      });
+    }
   });
 }
 

@@ -1,4 +1,4 @@
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError, JobRuntime, runBackup, type ErrorLocation } from '@ferry/core';
@@ -67,6 +67,30 @@ describe('malformed job files (test/jobs/<case>)', function () {
       if (expected.message) expect(got.message).to.include(expected.message);
     });
   }
+
+  it('a remote job resolves paths in transport options against its folder and leaves them to the proxy host', async function () {
+    const dir = path.join(t.dir, 'remote-tls-paths');
+    mkdirSync(path.join(dir, 'images'), { recursive: true });
+    await makeVmImage(path.join(dir, 'images', 'web01.raw'), { sizeBytes: 1024 * 1024, seed: 3 });
+    const jobFile = path.join(dir, 'job.yaml');
+    writeFileSync(
+      jobFile,
+      [
+        'job: nightly',
+        'source: { host: file, datastore: ./images, vms: [ { name: web01, disks: [web01.raw] } ] }',
+        'repository: { server: repo-host:7300 }',
+        'certs: ./images',
+        // no pki/ here: the CA file must exist where the proxy runs, which checks it
+        'transport: { name: nbd, connections: 2, tls: { ca: ./pki/ca-cert.pem } }',
+      ].join('\n'),
+    );
+    const rt = await JobRuntime.open(jobFile);
+    try {
+      expect(rt.spec.transportOptions).to.deep.equal({ connections: 2, tls: { ca: path.join(dir, 'pki', 'ca-cert.pem') } });
+    } finally {
+      await rt.close();
+    }
+  });
 
   it('the CLI prints the location and exits 2 on a malformed job', async function () {
     const r = await runFerry(['validate', path.join(JOBS, 'unknown-top-key', 'job.yaml')]);

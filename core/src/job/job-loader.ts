@@ -197,7 +197,6 @@ export class JobFile {
       );
     }
     const { host, vms, ...sourceConfig } = d.source as { host: string; vms: Record<string, unknown>[] };
-    this.checkOptionsStayLocal();
     const { type, encryption, immutability, ...repoConfig } = d.repository as { type: string } & Pick<JobSpec['repository'], 'encryption' | 'immutability'>;
     return {
       file: this.file,
@@ -249,24 +248,6 @@ export class JobFile {
     }
     if (this.data.proxies !== undefined && repo.server === undefined) {
       throw new FerryError('JOB_INVALID', 'proxies need a repository service (repository: { server: host:port }) that connects to them', this.whereKey([], 'proxies'));
-    }
-  }
-
-  /**
-   * Transports and filters run on the proxies when the job names a repository service; the read task
-   * carries their names only, so options would be dropped there without a word.
-   */
-  private checkOptionsStayLocal(): void {
-    if ((this.data.repository as { server?: string }).server === undefined) return;
-    const choices: [PluginChoice | undefined, DocPath][] = [
-      [this.data.transport as PluginChoice | undefined, ['transport']],
-      ...((this.data.filters as PluginChoice[] | undefined) ?? []).map((f, i): [PluginChoice, DocPath] => [f, ['filters', i]]),
-    ];
-    for (const [c, at] of choices) {
-      const key = c === undefined ? undefined : Object.keys(choiceOptions(c))[0];
-      if (key !== undefined) {
-        throw new FerryError('JOB_INVALID', `options of transports and filters are not sent to proxies yet: give the name alone with repository.server`, this.whereKey(at, key));
-      }
     }
   }
 
@@ -324,6 +305,7 @@ export class JobFile {
     const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false, verbose: true });
     const pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
     const baseDir = this.dir;
+    const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
     ajv.addKeyword({
       keyword: 'ferryPath',
       modifying: true,
@@ -333,7 +315,10 @@ export class JobFile {
         const resolved = path.resolve(baseDir, value);
         (ctx.parentData as Record<string | number, unknown>)[ctx.parentDataProperty] = resolved;
         const docPath = pointerToPath(ctx.instancePath);
-        const skip = this.opts.sourceMayBeGone && docPath[0] === 'source';
+        // With a repository service the transport and filters run on the proxies: their paths are
+        // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
+        const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
+        const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
         if (!skip && (kind === 'directory' || kind === 'file')) {
           let ok = false;
           try {

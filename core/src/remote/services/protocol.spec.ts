@@ -9,7 +9,7 @@ import { createPluginHost } from '../../session/job-runtime.js';
 import { MemoryBackend } from '../../testing/memory-backend.js';
 import { makeVmImage } from '../../testing/vm-image.js';
 import { connectionPair, PIPE_VERSION, type Connection, type WireMessage } from '../wire/index.js';
-import { ControlChannel, controlRequestProblem, type ReadTask } from './protocol.js';
+import { ControlChannel, controlRequestProblem, readTaskProblem, type ReadTask } from './protocol.js';
 import { ProxyService } from './proxy-service.js';
 import { RepositoryService } from './repository-service.js';
 
@@ -71,6 +71,8 @@ describe('typed protocol: malformed messages', function () {
     ['points.list', { vm: 7 }, 'points.list: header.vm must be a non-empty string'],
     ['disk.receive', { order: { session: 's', vm: 'vm1', disk: { name: 'd' }, proxy: 'p:1', transport: 'auto', filters: ['zero'], compressor: { name: 'zstd', level: 3 }, blockSize: 3000 } }, 'disk.receive: header.order.blockSize must be a power of two'],
     ['disk.receive', { order: null }, 'disk.receive: header.order must be an object'],
+    ['disk.receive', { order: { session: 's', vm: 'vm1', disk: { name: 'd' }, proxy: 'p:1', transport: 'nbd', transportOptions: [4], filters: ['zero'], compressor: { name: 'zstd', level: 3 }, blockSize: 262144 } }, 'disk.receive: header.order.transportOptions must be an object'],
+    ['disk.receive', { order: { session: 's', vm: 'vm1', disk: { name: 'd' }, proxy: 'p:1', transport: 'auto', filters: ['zero'], filterOptions: ['x'], compressor: { name: 'zstd', level: 3 }, blockSize: 262144 } }, 'disk.receive: header.order.filterOptions[0] must be an object'],
     ['point.commit', { vm: 'vm1', point: { id: 'p', job: 'j', session: 's', createdAt: 'now' }, disks: [{ diskId: 'x', name: 'd', zeroBlocks: -1, transport: 't', mode: 'full' }] }, 'point.commit: header.disks[0].zeroBlocks must be an integer'],
     ['session.end', { vms: [], retention: { restorePoints: 0 } }, 'session.end: header.retention.restorePoints must be an integer from 1'],
     ['restore.open', { vm: 'vm1', disk: 'd', point: 'p', from: 1.5 }, 'restore.open: header.from must be an integer'],
@@ -88,6 +90,15 @@ describe('typed protocol: malformed messages', function () {
     expect(controlRequestProblem({ id: 'one', op: 'session.abort' })?.detail).to.equal('session.abort: header.id must be an integer');
     expect(controlRequestProblem({ id: 1, op: 'toString' })?.detail).to.equal('unknown request "toString"');
     expect(controlRequestProblem(null)?.code).to.equal('PIPE_PROTOCOL');
+  });
+
+  it('a read task carries an options object for its transport and one for each filter', function () {
+    const task: ReadTask = { version: PIPE_VERSION, taskId: 't', vm: 'vm1', disk: { name: 'd' }, transport: 'nbd', filters: ['zero', 'marker'], compressor: { name: 'zstd', level: 3 }, blockSize: 262144, readAhead: 4, window: 8, resumeFrom: 0 };
+    expect(readTaskProblem(task)).to.equal(undefined);
+    expect(readTaskProblem({ ...task, transportOptions: { connections: 2 }, filterOptions: [{}, { marker: 'SCRATCH-7' }] })).to.equal(undefined);
+    expect(readTaskProblem({ ...task, transportOptions: 'tls' as never })).to.equal('transportOptions must be an object');
+    expect(readTaskProblem({ ...task, filterOptions: [{ marker: 'SCRATCH-7' }] })).to.equal('filterOptions must be an object for each of filters');
+    expect(readTaskProblem({ ...task, filterOptions: [{}, null as never] })).to.equal('filterOptions must be an object for each of filters');
   });
 
   it('the repository service answers each malformed request with PIPE_PROTOCOL and keeps serving the connection', async function () {

@@ -46,7 +46,11 @@ export interface ReadTask {
   vm: string;
   disk: SourceDisk;
   transport: string;
+  /** The job's options of the named transport (none for `auto`), paths made absolute by the job loader. */
+  transportOptions?: PluginOptions;
   filters: string[];
+  /** The job's options of each filter, by position in `filters` (`{}` for a plain name). */
+  filterOptions?: PluginOptions[];
   compressor: { name: string; level: number };
   blockSize: number;
   /** Blocks read ahead of sending. */
@@ -71,6 +75,10 @@ export function readTaskProblem(t: ReadTask): string | undefined {
   if (typeof t.taskId !== 'string' || !t.taskId) return 'taskId must be a string';
   if (typeof t.vm !== 'string' || typeof t.disk?.name !== 'string') return 'vm and disk.name must be strings';
   if (typeof t.transport !== 'string' || !Array.isArray(t.filters) || !t.filters.every((f) => typeof f === 'string')) return 'transport and filters must be names';
+  if (t.transportOptions !== undefined && !isObject(t.transportOptions)) return 'transportOptions must be an object';
+  if (t.filterOptions !== undefined && (!Array.isArray(t.filterOptions) || t.filterOptions.length !== t.filters.length || !t.filterOptions.every(isObject))) {
+    return 'filterOptions must be an object for each of filters';
+  }
   if (typeof t.compressor?.name !== 'string' || typeof t.compressor.level !== 'number') return 'compressor must be { name, level }';
   if (!int(t.blockSize, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE) || (t.blockSize & (t.blockSize - 1)) !== 0) return `blockSize ${t.blockSize} is not a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
   if (!int(t.readAhead, 1, 64)) return 'readAhead must be 1..64';
@@ -119,6 +127,13 @@ export interface TaskSummary {
   filtered?: Record<string, number>;
 }
 
+/**
+ * A plugin's options as a job gives them (`transport: { name, ...options }`, a `filters:` item): JSON
+ * values the backup server validated against its own plugin's `configSchema`; the proxy validates
+ * them again against its own (`docs/job-file.md`, "Plugin options").
+ */
+export type PluginOptions = Record<string, unknown>;
+
 /** One disk the backup server hands to the repository service. */
 export interface DiskOrder {
   session: string;
@@ -127,7 +142,10 @@ export interface DiskOrder {
   /** Proxy address `host:port`. */
   proxy: string;
   transport: string;
+  transportOptions?: PluginOptions;
   filters: string[];
+  /** By position in `filters`. */
+  filterOptions?: PluginOptions[];
   compressor: { name: string; level: number };
   blockSize: number;
   /** Candidate base for an incremental run (the server checked what needs no open disk). */
@@ -252,6 +270,8 @@ const blockSize: Check = (v) =>
     : ` must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
 const extents = arrayOf(obj({ offset: int(), length: int(1) }));
 const mode = oneOf('full', 'incremental');
+/** Plugin options: any JSON object (its keys are the plugin's to check, against its configSchema). */
+const options: Check = (v) => (isObject(v) ? undefined : ' must be an object');
 const sourceDisk = obj({ name, size: optional(int()), path: optional(str), format: optional(str) });
 const pointDisk = obj({
   name,
@@ -278,7 +298,9 @@ const REQUESTS: { [V in ControlVerb]: Check } = {
       disk: sourceDisk,
       proxy: name,
       transport: name,
+      transportOptions: optional(options),
       filters: arrayOf(name),
+      filterOptions: optional(arrayOf(options)),
       compressor: obj({ name, level: int(-1000, 1000) }),
       blockSize,
       base: optional(obj({ point: name, disk: pointDisk, reason: str, extents: optional(extents) })),

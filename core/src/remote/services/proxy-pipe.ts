@@ -60,6 +60,11 @@ export class ProxyPipe {
     opts.signal?.addEventListener('abort', () => void this.conn?.close('the session ended').catch(() => undefined), { once: true });
   }
 
+  /** Where an error the proxy reports happened: on the proxy the job names (its address as `host`). */
+  private proxyWhere(): ErrorLocation {
+    return { ...this.where, host: this.opts.address };
+  }
+
   /** Connects, sends the task and waits for the proxy's answer (transport, size, mode). */
   async start(): Promise<TaskInfo> {
     await this.open(false);
@@ -114,7 +119,7 @@ export class ProxyPipe {
             await this.conn!.send({ type: 'done' }).catch(() => undefined);
             return;
           case 'error':
-            throw errorFromWire(m.header?.error as never, this.where);
+            throw errorFromWire(m.header?.error as never, this.proxyWhere());
           default:
             throw unexpected(m, 'a block record', this.where);
         }
@@ -164,7 +169,7 @@ export class ProxyPipe {
         try {
           await conn.send({ type: 'task', header: { ...this.opts.task, resumeFrom: this.next } });
           const m = await receiveOrFail(conn, 'the answer to the read task', this.where);
-          if (m.type === 'error') throw reported(errorFromWire(m.header?.error as never, this.where));
+          if (m.type === 'error') throw reported(errorFromWire(m.header?.error as never, this.proxyWhere()));
           if (m.type !== 'task.ok') throw unexpected(m, 'task.ok', this.where);
           const info = checkedHeader(m, this.where) as unknown as TaskInfo;
           if (this.info && (info.sizeBytes !== this.info.sizeBytes || info.mode !== this.info.mode)) {

@@ -13,7 +13,8 @@ import { newStageMeters, type StageMeters } from '../../pipe/stage-meter.js';
 import { chooseMode, chooseTransport, skipExtents } from '../../plan/disk-plan.js';
 import { Tokens } from '../../tokens.js';
 import { PIPE_VERSION, type Connection, type WireMessage } from '../wire/index.js';
-import { errorToWire, hex, pipeMessageProblem, readTaskProblem, unexpected, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { errorToWire, hex, pipeMessageProblem, readTaskProblem, unexpected, type PluginOptions, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
+import { proxyPluginOptions } from './proxy-options.js';
 import { Slots } from './slots.js';
 
 /** How long a finished or broken task's figures are kept for a resume. */
@@ -208,7 +209,8 @@ export class ProxyService {
       task.disk,
       {
         available: () => plugins.available('transport').map((t) => t.name),
-        create: (name) => plugins.create('transport', name, container, {}, where),
+        // The job's options reach only the transport it names; `auto` tries others without options.
+        create: async (name) => plugins.create('transport', name, container, name === task.transport ? await this.options('transport', name, task.transportOptions, 'transport', where) : {}, where),
         providerOf: (name) => plugins.providerOf('transport', name),
         reader: 'this proxy',
       },
@@ -219,7 +221,19 @@ export class ProxyService {
   }
 
   private async filters(container: DependencyContainer, task: ReadTask, where: ErrorLocation): Promise<{ name: string; impl: BlockFilter }[]> {
-    return Promise.all(task.filters.map(async (name) => ({ name, impl: await this.opts.plugins.create('block-filter', name, container, {}, where) })));
+    // per item: one filter listed twice with different options is two instances
+    return Promise.all(
+      task.filters.map(async (name, i) => {
+        const config = await this.options('block-filter', name, task.filterOptions?.[i], `filters[${i}]`, where);
+        return { name, impl: await this.opts.plugins.create('block-filter', name, container, config, where) };
+      }),
+    );
+  }
+
+  /** The task's options for `kind` `name`, checked against the configSchema of this proxy's plugin. */
+  private async options(kind: 'transport' | 'block-filter', name: string, given: PluginOptions | undefined, at: string, where: ErrorLocation): Promise<PluginOptions> {
+    const reg = await this.opts.plugins.registration(kind, name, where);
+    return proxyPluginOptions(reg.options.configSchema, given, { path: at, what: `${kind} "${name}"`, plugin: reg.plugin }, where);
   }
 }
 
