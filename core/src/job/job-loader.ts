@@ -1,4 +1,4 @@
-import { realpathSync, statSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document, type Node } from 'yaml';
@@ -21,6 +21,7 @@ import { formatSize, parsePercent, parseSize } from './size.js';
 import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, readJobText } from './yaml-limits.js';
 
 import type { DocPath } from './job-context.js';
+import { addFerryPathKeyword, pathExists } from './ferry-path.js';
 export type { DocPath };
 
 export interface JobLoadOptions {
@@ -306,31 +307,15 @@ export class JobFile {
     const pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
     const baseDir = this.dir;
     const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
-    ajv.addKeyword({
-      keyword: 'ferryPath',
-      modifying: true,
-      schemaType: 'string',
-      validate: (kind: string, value: unknown, _s: unknown, ctx?: { instancePath: string; parentData: unknown; parentDataProperty: string | number }) => {
-        if (typeof value !== 'string' || !ctx) return true;
-        const resolved = path.resolve(baseDir, value);
-        (ctx.parentData as Record<string | number, unknown>)[ctx.parentDataProperty] = resolved;
-        const docPath = pointerToPath(ctx.instancePath);
-        // With a repository service the transport and filters run on the proxies: their paths are
-        // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
-        const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
-        const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
-        if (!skip && (kind === 'directory' || kind === 'file')) {
-          let ok = false;
-          try {
-            const st = statSync(resolved);
-            ok = kind === 'directory' ? st.isDirectory() : st.isFile() || st.isBlockDevice();
-          } catch {
-            ok = false;
-          }
-          if (!ok) pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
-        }
-        return true;
-      },
+    addFerryPathKeyword(ajv, baseDir, (kind, resolved, pointer) => {
+      const docPath = pointerToPath(pointer);
+      // With a repository service the transport and filters run on the proxies: their paths are
+      // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
+      const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
+      const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
+      if (!skip && (kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
+        pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
+      }
     });
     // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
     // symbolic links followed unless the source may be gone. The value is left as written.

@@ -1,8 +1,7 @@
-import { statSync } from 'node:fs';
-import path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import type { JsonSchema } from '../../contracts/plugin.js';
 import { FerryError, type ErrorLocation } from '../../errors.js';
+import { addFerryPathKeyword, pathExists } from '../../job/ferry-path.js';
 import type { PluginOptions } from './protocol.js';
 
 /** Which options are checked: where they sit in the job, and the implementation they configure. */
@@ -35,19 +34,11 @@ export function proxyPluginOptions(schema: JsonSchema | undefined, given: Plugin
   }
   const missing: { key: string; problem: string }[] = [];
   const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false });
-  ajv.addKeyword({
-    keyword: 'ferryPath',
-    modifying: true,
-    schemaType: 'string',
-    validate: (kind: string, value: unknown, _s: unknown, ctx?: { instancePath: string; parentData: unknown; parentDataProperty: string | number }) => {
-      if (typeof value !== 'string' || !ctx) return true;
-      const resolved = path.resolve(value);
-      (ctx.parentData as Record<string | number, unknown>)[ctx.parentDataProperty] = resolved;
-      if ((kind === 'directory' || kind === 'file') && !exists(resolved, kind)) {
-        missing.push({ key: `${of.path}${keyPath(ctx.instancePath)}`, problem: `${kind} not found on the proxy host: ${resolved}` });
-      }
-      return true;
-    },
+  // Paths arrive absolute (the job loader resolved them); they must exist on this host.
+  addFerryPathKeyword(ajv, process.cwd(), (kind, resolved, pointer) => {
+    if ((kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
+      missing.push({ key: `${of.path}${keyPath(pointer)}`, problem: `${kind} not found on the proxy host: ${resolved}` });
+    }
   });
   // The job's plugin sections are closed whatever the plugin's schema says (`composeJobSchema`).
   const validate = ajv.compile({ type: 'object', ...schema, additionalProperties: false });
@@ -78,13 +69,4 @@ function keyPath(pointer: string): string {
     .map((k) => k.replace(/~1/g, '/').replace(/~0/g, '~'))
     .map((k) => (/^\d+$/.test(k) ? `[${k}]` : `.${k}`))
     .join('');
-}
-
-function exists(p: string, kind: 'directory' | 'file'): boolean {
-  try {
-    const st = statSync(p);
-    return kind === 'directory' ? st.isDirectory() : st.isFile() || st.isBlockDevice();
-  } catch {
-    return false;
-  }
 }
