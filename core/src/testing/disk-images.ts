@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { truncate, writeFile } from 'node:fs/promises';
+import { open, truncate, writeFile } from 'node:fs/promises';
 
 /**
  * Real disk images for tests, made by the real tools (`sfdisk` from Debian's fdisk package). Callers
@@ -40,4 +40,31 @@ export function ntfsFreeBytes(image: string): number {
   const m = /bytes of free space\s*:\s*(\d+)/.exec(run('ntfscluster', ['-i', image]));
   if (!m) throw new Error(`ntfscluster -i ${image}: no free space figure`);
   return Number(m[1]);
+}
+
+/**
+ * Copies the bytes of `source` into `disk` at `offset` (a partition's start), skipping all-zero
+ * 64 KiB chunks so sparse images stay sparse.
+ */
+export async function writeImageAt(disk: string, offset: number, source: string): Promise<void> {
+  const [src, dst] = [await open(source, 'r'), await open(disk, 'r+')];
+  try {
+    const buf = Buffer.alloc(64 * 1024);
+    for (let at = 0; ; at += buf.length) {
+      const { bytesRead } = await src.read(buf, 0, buf.length, at);
+      if (bytesRead === 0) break;
+      const chunk = buf.subarray(0, bytesRead);
+      if (chunk.some((b) => b !== 0)) await dst.write(chunk, 0, bytesRead, offset + at);
+    }
+  } finally {
+    await src.close();
+    await dst.close();
+  }
+}
+
+/** A Linux swap area of `size` bytes made by `mkswap` (util-linux) in `file`; extra `args` such as `['-L', label]`. */
+export async function mkswapImage(file: string, size: number, args: string[] = []): Promise<void> {
+  await writeFile(file, '');
+  await truncate(file, size);
+  run('mkswap', [...args, file]);
 }
