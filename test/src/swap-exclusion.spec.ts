@@ -20,6 +20,7 @@ interface DiskJson {
   bytesRead: number;
   bytesWritten: number;
   swapBytesSkipped: number;
+  swapNotes?: string[];
   restorePoint: string;
   blocks: { filtered?: Record<string, number> };
 }
@@ -149,6 +150,8 @@ describe('swap and pagefile exclusion (filters: [zero, swap] by default)', funct
     expect(a!.swapBytesSkipped).to.equal(swapA.length - PAGE);
     expect(b!.swapBytesSkipped).to.equal(swapB.length - PAGE + pagefileBytes);
     expect(report.totals.swapBytesSkipped).to.equal(a!.swapBytesSkipped + b!.swapBytesSkipped);
+    expect(a!.swapNotes).to.deep.equal([`skipped partition 2 (linux-swap): ${swapA.length - PAGE} bytes`]);
+    expect(b!.swapNotes).to.deep.equal([`skipped partition 1 (ntfs): /pagefile.sys: ${pagefileBytes} bytes`, `skipped partition 5 (linux-swap): ${swapB.length - PAGE} bytes`]);
     for (const d of report.disks) {
       expect(d.bytesRead + d.swapBytesSkipped, d.disk).to.be.at.most(d.sizeBytes);
       // Nothing of the random swap or pagefile bytes was stored: only the file systems' data is new.
@@ -215,6 +218,7 @@ describe('swap and pagefile exclusion (filters: [zero, swap] by default)', funct
       expect(rep.status, r.stderr + JSON.stringify(rep.error)).to.equal('success');
       expect(rep.disks[0]!.swapBytesSkipped).to.equal(swapA.length - PAGE);
       expect(rep.totals.swapBytesSkipped).to.equal(swapA.length - PAGE);
+      expect(rep.disks[0]!.swapNotes).to.deep.equal([`skipped partition 2 (linux-swap): ${swapA.length - PAGE} bytes`]);
       expect(rep.disks[0]!.bytesRead + rep.disks[0]!.swapBytesSkipped).to.be.at.most(rep.disks[0]!.sizeBytes);
     });
   });

@@ -39,4 +39,9 @@ export interface SkipContext {
    * `[0, size)`; a failure is `TRANSPORT_READ_FAILED`). Counted in the disk's `bytesRead`.
    */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * One line for the disk's report (`swapNotes`): what the filter found, skipped or kept, and why
+   * (`skipped partition 2 (linux-swap): 16773120 bytes`). Optional to call.
+   */
+  note(message: string): void;
 }

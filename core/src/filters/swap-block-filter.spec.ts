@@ -38,7 +38,7 @@ async function skipped(file: string, options: SwapAreaOptions = {}): Promise<{ e
   const f = await openFileReader(file);
   try {
     const filter = new SwapBlockFilter(options);
-    const context: SkipContext = { size: f.size, read: f.read };
+    const context: SkipContext = { size: f.size, read: f.read, note: () => undefined };
     return { extents: await filter.skipExtents({ name: path.basename(file) }, context), filter };
   } finally {
     await f.close();

@@ -23,6 +23,8 @@ export class SwapBlockFilter implements BlockFilter {
     const notes: string[] = [];
     const areas = await findSwapAreas((o, l) => context.read(o, l), context.size, this.options, notes);
     this.found.set(disk.name, { areas, notes });
+    for (const a of areas) context.note?.(`skipped ${a.where}: ${a.extents.reduce((n, e) => n + e.length, 0)} bytes`);
+    for (const n of notes) context.note?.(n);
     return mergeInside(areas.flatMap((a) => a.extents), context.size);
   }
 }

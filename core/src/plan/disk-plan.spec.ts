@@ -236,7 +236,7 @@ describe('disk plan', function () {
   });
 
   describe('skip extents', function () {
-    const ctx = { size: 64 * BLOCK, read: async (_o: number, l: number): Promise<Uint8Array> => new Uint8Array(l) };
+    const ctx = { size: 64 * BLOCK, read: async (_o: number, l: number): Promise<Uint8Array> => new Uint8Array(l), note: (): void => undefined };
 
     it("merges the filters' ranges in offset order; filters without skipExtents skip nothing", async function () {
       const filters = [

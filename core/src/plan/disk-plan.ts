@@ -102,10 +102,16 @@ export async function skipExtents(
 /** The name under which `SourceDisk.skipExtents` (ranges a guest runtime reported) count in `blocks.filtered`. */
 export const GUEST_SKIP = 'guest';
 
-/** A `SkipContext` over an open disk whose reads count in `counters.bytesRead`. */
-export function skipContext(handle: DiskHandle, counters: { bytesRead: number }): SkipContext {
+/** Notes kept per disk (a disk with hundreds of partitions must not bloat the report). */
+const MAX_SKIP_NOTES = 64;
+
+/** A `SkipContext` over an open disk whose reads count in `counters.bytesRead` and whose notes go to `notes`. */
+export function skipContext(handle: DiskHandle, counters: { bytesRead: number }, notes: string[]): SkipContext {
   return {
     size: handle.size,
+    note: (message) => {
+      if (notes.length < MAX_SKIP_NOTES) notes.push(String(message).slice(0, 500));
+    },
     read: async (offset, length) => {
       const bytes = await handle.read(offset, length);
       counters.bytesRead += bytes.length;

@@ -25,6 +25,8 @@ export interface DiskReport {
    * incremental run's unchanged blocks do not count).
    */
   swapBytesSkipped: number;
+  /** What the filters found before reading (swap areas and paging files skipped or kept, and why), one line each; absent when none. */
+  swapNotes?: string[];
   /** Compressed block bytes sent through the data pipe. */
   bytesTransferred: number;
   /** New block bytes the repository stored (the rest deduplicated). */

@@ -75,6 +75,7 @@ export class EmbeddedBackup implements BackupPlacement {
     let handle: DiskHandle | undefined;
     let map: BlockMap | undefined;
     const healedBefore = s.repo.blocks.healed;
+    const swapNotes: string[] = [];
     try {
       const chosen = await chooseTransport(this.rt.spec.transport, disk, this.transports(), where);
       report.transport = chosen.name;
@@ -89,7 +90,7 @@ export class EmbeddedBackup implements BackupPlacement {
       report.sizeBytes = handle.size;
       report.blocks.total = Math.ceil(handle.size / s.mover.blockSize);
       this.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: handle.size, transport: chosen.name });
-      const skip = await skipExtents(s.mover.filters, disk, where, skipContext(handle, src));
+      const skip = await skipExtents(s.mover.filters, disk, where, skipContext(handle, src, swapNotes));
       const plan = await planMode(disk, previous, s.mover.blockSize, s.repo, handle);
       report.mode = plan.mode;
       report.modeReason = plan.reason;
@@ -116,6 +117,7 @@ export class EmbeddedBackup implements BackupPlacement {
       healed: s.repo.blocks.healed - healedBefore,
       filtered: { ...filtered },
     };
+    if (swapNotes.length) report.swapNotes = swapNotes;
     this.onProgress({ type: 'disk-end', report });
     return { report, ...(map && { kept: { disk, report, ref: map } }) };
   }

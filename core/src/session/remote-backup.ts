@@ -133,6 +133,7 @@ export class RemoteBackup implements BackupPlacement {
         healed: target.healed,
         filtered: { ...src.filtered },
       };
+      if (src.swapNotes?.length) report.swapNotes = src.swapNotes;
     } catch (err) {
       report.status = 'failed';
       report.error = this.reportedError(this.signal?.aborted ? interrupted(where) : err instanceof FerryError ? err.at(where) : err);

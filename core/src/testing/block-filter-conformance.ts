@@ -92,6 +92,7 @@ export function runBlockFilterConformance(
         try {
           const context: SkipContext = {
             size,
+            note: () => undefined,
             read: async (offset, length) => {
               const buf = Buffer.alloc(length);
               await f.read(buf, 0, length, offset);

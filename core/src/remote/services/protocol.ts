@@ -127,6 +127,8 @@ export interface TaskSummary {
   filtered?: Record<string, number>;
   /** Bytes of the filters' skip ranges not read (`SourceCounters.skippedBytes`); missing from older proxies: 0. */
   swapBytesSkipped?: number;
+  /** What the filters' `skipExtents` noted (`SkipContext.note`), for the disk's report. */
+  swapNotes?: string[];
 }
 
 /**
@@ -326,7 +328,7 @@ const REQUESTS: { [V in ControlVerb]: Check } = {
 };
 
 const taskInfo = obj({ sizeBytes: int(), transport: str, transportReason: str, mode, modeReason: str });
-const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num), filtered: optional(recordOf(int())), swapBytesSkipped: optional(int()) });
+const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num), filtered: optional(recordOf(int())), swapBytesSkipped: optional(int()), swapNotes: optional(arrayOf(str)) });
 
 /** Answers the server acts on; the rest it only reports. */
 const REPLIES: Partial<{ [V in ControlVerb]: Check }> = {

@@ -102,7 +102,8 @@ export class ProxyService {
       const opened = await this.openDisk(container, task, where);
       handle = opened.handle;
       const filters = await this.filters(container, task, where);
-      const skip = await skipExtents(filters, task.disk, where, skipContext(handle, state.counters));
+      const swapNotes: string[] = [];
+      const skip = await skipExtents(filters, task.disk, where, skipContext(handle, state.counters, swapNotes));
       const { info, changed } = this.plan(task, handle, opened);
       await conn.send({ type: 'task.ok', header: { ...info } });
       const mover = new SourceMover(
@@ -124,6 +125,7 @@ export class ProxyService {
         resentBlocks: state.resentBlocks,
         ...(state.counters.filtered && { filtered: { ...state.counters.filtered } }),
         swapBytesSkipped: state.counters.skippedBytes ?? 0,
+        ...(swapNotes.length && { swapNotes }),
         busy: {
           'source read': Math.round(state.meters['source read'].busyMs),
           processing: Math.round(state.meters.processing.busyMs),
