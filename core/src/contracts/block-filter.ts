@@ -36,7 +36,8 @@ export interface SkipContext {
   readonly size: number;
   /**
    * Reads `length` bytes at `offset` of the snapshot through the session's open transport (inside
-   * `[0, size)`; a failure is `TRANSPORT_READ_FAILED`). Counted in the disk's `bytesRead`.
+   * `[0, size)`; a failure is `TRANSPORT_READ_FAILED`). Not counted in the disk's `bytesRead`:
+   * read only the metadata you need (the `swap` filter reads tens of KiB per disk).
    */
   read(offset: number, length: number): Promise<Uint8Array>;
   /**

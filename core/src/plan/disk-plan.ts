@@ -105,18 +105,18 @@ export const GUEST_SKIP = 'guest';
 /** Notes kept per disk (a disk with hundreds of partitions must not bloat the report). */
 const MAX_SKIP_NOTES = 64;
 
-/** A `SkipContext` over an open disk whose reads count in `counters.bytesRead` and whose notes go to `notes`. */
-export function skipContext(handle: DiskHandle, counters: { bytesRead: number }, notes: string[]): SkipContext {
+/**
+ * A `SkipContext` over an open disk whose notes go to `notes`. Its reads (a partition table, swap
+ * headers, file system metadata: tens of KiB) are not counted in `bytesRead`, which stays the bytes
+ * of the blocks the session read, so an incremental run still reports only what changed.
+ */
+export function skipContext(handle: DiskHandle, notes: string[]): SkipContext {
   return {
     size: handle.size,
     note: (message) => {
       if (notes.length < MAX_SKIP_NOTES) notes.push(String(message).slice(0, 500));
     },
-    read: async (offset, length) => {
-      const bytes = await handle.read(offset, length);
-      counters.bytesRead += bytes.length;
-      return bytes;
-    },
+    read: (offset, length) => handle.read(offset, length),
   };
 }
 

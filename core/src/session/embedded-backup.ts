@@ -90,7 +90,7 @@ export class EmbeddedBackup implements BackupPlacement {
       report.sizeBytes = handle.size;
       report.blocks.total = Math.ceil(handle.size / s.mover.blockSize);
       this.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: handle.size, transport: chosen.name });
-      const skip = await skipExtents(s.mover.filters, disk, where, skipContext(handle, src, swapNotes));
+      const skip = await skipExtents(s.mover.filters, disk, where, skipContext(handle, swapNotes));
       const plan = await planMode(disk, previous, s.mover.blockSize, s.repo, handle);
       report.mode = plan.mode;
       report.modeReason = plan.reason;

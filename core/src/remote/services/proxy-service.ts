@@ -103,7 +103,7 @@ export class ProxyService {
       handle = opened.handle;
       const filters = await this.filters(container, task, where);
       const swapNotes: string[] = [];
-      const skip = await skipExtents(filters, task.disk, where, skipContext(handle, state.counters, swapNotes));
+      const skip = await skipExtents(filters, task.disk, where, skipContext(handle, swapNotes));
       const { info, changed } = this.plan(task, handle, opened);
       await conn.send({ type: 'task.ok', header: { ...info } });
       const mover = new SourceMover(
