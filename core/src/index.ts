@@ -57,3 +57,9 @@ export * from './session/repository-runtime.js';
 export * as wire from './remote/wire/index.js';
 export { RemoteBackup, connectRepositoryService, type RemoteSpec } from './session/remote-backup.js';
 export { RemoteRestore, listRemotePoints } from './session/remote-restore.js';
+/** Disk formats read without the guest: partition tables, swap headers, NTFS (`core/src/disk-formats/`). */
+export * from './disk-formats/disk-reader.js';
+export * from './disk-formats/partitions.js';
+export * from './disk-formats/swap.js';
+export * from './disk-formats/ntfs.js';
+export * from './disk-formats/swap-areas.js';
