@@ -18,6 +18,7 @@ declare -A need=([qemu-img]=qemu-utils [qemu-storage-daemon]=qemu-system-common 
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done
 [ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)   # one package may ship several tools
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "ferry: missing Debian packages (tests that need them will skip): ${missing[*]}" >&2
   exit 0
