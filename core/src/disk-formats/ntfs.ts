@@ -71,6 +71,7 @@ interface Stream {
 
 const ROOT = 5;
 const CACHE_RECORDS = 1024;
+const CACHE_DIRECTORIES = 16;
 const MAX_DEPTH = 64;
 /** Far above what any file needs (an entry per attribute piece, ~32 bytes each). */
 const MAX_ATTRIBUTE_LIST = 4 * 1024 * 1024;
@@ -79,6 +80,8 @@ export class NtfsVolume {
   readonly boot: BootSector;
   private mftRuns: Run[] = [];
   private readonly cache = new Map<number, MftRecord>();
+  /** The names of the directories looked in last (a walk that stats every child re-reads no index). */
+  private readonly dirCache = new Map<number, Promise<{ record: number; name: string }[]>>();
 
   private constructor(
     private readonly read: DiskReader,
@@ -221,8 +224,22 @@ export class NtfsVolume {
     return entries.find((e) => e.name.toUpperCase() === upper);
   }
 
-  /** Every name of a directory's $I30 index, walking its B-tree in order. */
-  private async indexEntries(dir: number): Promise<{ record: number; name: string }[]> {
+  /** Every name of a directory's $I30 index, in order; the last few directories are cached. */
+  private indexEntries(dir: number): Promise<{ record: number; name: string }[]> {
+    let p = this.dirCache.get(dir);
+    if (p) {
+      this.dirCache.delete(dir);
+    } else {
+      p = this.walkIndex(dir);
+      p.catch(() => this.dirCache.delete(dir));
+    }
+    this.dirCache.set(dir, p);
+    if (this.dirCache.size > CACHE_DIRECTORIES) this.dirCache.delete(this.dirCache.keys().next().value!);
+    return p;
+  }
+
+  /** Walks a directory's $I30 B-tree in order. */
+  private async walkIndex(dir: number): Promise<{ record: number; name: string }[]> {
     const streams = await this.streams(dir);
     const root = streams.get(`${ATTR.INDEX_ROOT}:$I30`);
     if (!root?.value) throw invalid(`MFT record ${dir}`, 'directory without a resident $INDEX_ROOT:$I30', this.recordOffset(dir));
