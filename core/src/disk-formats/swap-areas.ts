@@ -102,6 +102,10 @@ async function linuxSwap(read: DiskReader, v: Volume, match: 'signature' | 'both
     return undefined;
   }
   if (probe.kind === 'swap') {
+    if (probe.otherSignature) {
+      notes.push(`${v.label}: a swap header beside a ${probe.otherSignature} signature (ambivalent, as blkid says): kept`);
+      return undefined;
+    }
     if (match === 'both' && !typed) return undefined;
     const extents = probe.size > probe.headerSize ? [{ offset: v.start + probe.headerSize, length: probe.size - probe.headerSize }] : [];
     return { kind: 'linux-swap', where: v.label, extents };

@@ -69,6 +69,16 @@ describe('Linux swap headers against mkswap and blkid', function () {
     expect(await probe(file)).to.include({ kind: 'swap', littleEndian: false, lastPage: 511, size: 2 * MiB, label: 'be' });
   });
 
+  it('names a file system signature beside the swap magic (ext4 made over swap without wiping it)', async function () {
+    const file = await mkswap('ext.swap', 4 * MiB, []);
+    expect(await probe(file)).to.not.have.property('otherSignature');
+    await patch(file, 1080, Buffer.from([0x53, 0xef]));
+    expect(await probe(file)).to.include({ kind: 'swap', otherSignature: 'ext2/3/4' });
+    const xfs = await mkswap('btrfs.swap', 4 * MiB, []);
+    await patch(xfs, 65536 + 64, Buffer.from('_BHRfS_M'));
+    expect(await probe(xfs)).to.include({ otherSignature: 'btrfs' });
+  });
+
   it('reports a hibernation image as hibernated, not as swap to drop', async function () {
     const file = await mkswap('hib.swap', 4 * MiB, []);
     await patch(file, 4096 - 10, Buffer.from('S1SUSPEND\0', 'latin1'));

@@ -30,6 +30,12 @@ export interface SwapArea {
   uuid?: string;
   label?: string;
   littleEndian: boolean;
+  /**
+   * A file system's signature found beside the swap magic (ext2/3/4, XFS, btrfs, NTFS): the area was
+   * reformatted by a tool that left the old magic, or the other way round. `blkid` calls such a
+   * device ambivalent; whoever skips swap must not trust it.
+   */
+  otherSignature?: string;
 }
 
 export interface HibernatedSwap {
@@ -52,8 +58,12 @@ export async function probeSwap(read: DiskReader, size: number): Promise<SwapPro
   const head = await readExactly(read, 0, fits[fits.length - 1]!, 'swap header');
   for (const pageSize of fits) {
     const tail = Buffer.from(head.subarray(pageSize - 10, pageSize)).toString('latin1');
-    if (tail === 'SWAPSPACE2') return parseV1(head, pageSize, size);
-    if (tail === 'SWAP-SPACE') return parseV0(head, pageSize, size);
+    if (tail === 'SWAPSPACE2' || tail === 'SWAP-SPACE') {
+      const area = tail === 'SWAPSPACE2' ? parseV1(head, pageSize, size) : parseV0(head, pageSize, size);
+      const other = await otherSignature(read, size, head);
+      if (other) area.otherSignature = other;
+      return area;
+    }
     const hib = HIBERNATION.find((m) => tail.endsWith(m) || tail.startsWith(m));
     if (hib) return { kind: 'hibernated', pageSize, signature: hib };
   }
@@ -105,6 +115,16 @@ function parseV0(head: Uint8Array, pageSize: number, size: number): SwapArea {
     badPages: 0,
     littleEndian: true,
   };
+}
+
+/** Superblock magics of file systems whose first 64 KiB overlap a swap header page. */
+async function otherSignature(read: DiskReader, size: number, head: Uint8Array): Promise<string | undefined> {
+  const text = (from: number, to: number): string => Buffer.from(head.subarray(from, to)).toString('latin1');
+  if (head.length > 1081 && head[1080] === 0x53 && head[1081] === 0xef) return 'ext2/3/4';
+  if (text(0, 4) === 'XFSB') return 'xfs';
+  if (text(3, 11) === 'NTFS    ') return 'ntfs';
+  if (size >= 65536 + 72 && Buffer.from(await readExactly(read, 65536 + 64, 8, 'btrfs superblock')).toString('latin1') === '_BHRfS_M') return 'btrfs';
+  return undefined;
 }
 
 function formatUuid(b: Buffer): string {

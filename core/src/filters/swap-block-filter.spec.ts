@@ -137,6 +137,15 @@ describe('swap block filter: swap areas and paging files found on real disks', f
     expect(filter.found.get('hibernated.img')!.notes.join('\n')).to.match(/hibernation image \(S1SUSPEND\).*\n?.*hiberfil.sys holds a hibernation image/s);
   });
 
+  it('keeps a swap partition that also carries a file system signature (ambivalent)', async function () {
+    const copy = path.join(dir, 'ambivalent.img');
+    await copyFile(gpt, copy);
+    await patch(copy, 10240 * 512 + 1080, Buffer.from([0x53, 0xef]));
+    const { extents, filter } = await skipped(copy);
+    expect(extents.some((e) => e.offset < 14336 * 512 && e.offset + e.length > 10240 * 512)).to.equal(false);
+    expect(filter.found.get('ambivalent.img')!.notes.join('\n')).to.match(/partition 2 \(linux-swap\): a swap header beside a ext2\/3\/4 signature/);
+  });
+
   it('finds a logical swap partition of an MBR, and swap on a whole disk', async function () {
     const mbr = path.join(dir, 'mbr.img');
     await sfdiskImage(mbr, 16 * MiB, ['label: dos', 'start=2048, size=4096, type=83', 'start=6144, size=24576, type=5', 'start=8192, size=8192, type=82'].join('\n'));
