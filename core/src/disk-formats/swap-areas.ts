@@ -117,12 +117,18 @@ async function linuxSwap(read: DiskReader, v: Volume, match: 'signature' | 'both
 
 async function pagingFiles(read: DiskReader, v: Volume, opts: Required<SwapAreaOptions>, notes: string[]): Promise<SwapAreaFound[]> {
   const volume = await NtfsVolume.open(read, v.size);
+  // The clusters no paging file may share: the boot sector and the file system's own journal and
+  // record tables. A paging file whose runs reach into them is damaged metadata, not something to drop.
+  const reserved = [{ volumeOffset: 0, length: volume.clusterSize }];
+  for (const system of ['$MFT', '$MFTMirr', '$LogFile']) reserved.push(...(await volume.extents(`/${system}`)));
   const out: SwapAreaFound[] = [];
   for (const [name, kind] of PAGING_FILES) {
     if (kind === 'hiberfil' ? !opts.hibernation : !opts.windowsPaging) continue;
     try {
       const area = await pagingFile(volume, name, kind, v, notes);
-      if (area) out.push(area);
+      const clash = area?.extents.find((e) => reserved.some((r) => e.offset < v.start + r.volumeOffset + r.length && v.start + r.volumeOffset < e.offset + e.length));
+      if (clash) notes.push(`${area!.where}: its clusters at ${clash.offset} overlap the file system's own metadata: kept`);
+      else if (area) out.push(area);
     } catch (err) {
       // One unreadable file (a damaged record, a compressed hiberfil.sys) keeps the others skippable.
       if (!isFormatError(err)) throw err;

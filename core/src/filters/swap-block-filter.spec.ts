@@ -146,6 +146,37 @@ describe('swap block filter: swap areas and paging files found on real disks', f
     expect(filter.found.get('ambivalent.img')!.notes.join('\n')).to.match(/partition 2 \(linux-swap\): a swap header beside a ext2\/3\/4 signature/);
   });
 
+  it('keeps a pagefile whose data runs point into the MFT (damaged metadata)', async function () {
+    const copy = path.join(dir, 'clash.img');
+    await copyFile(gpt, copy);
+    const f = await openFileReader(copy);
+    const v = await NtfsVolume.open(sliceReader(f.read, ntfsPart), 16 * MiB);
+    const record = (await v.stat('/pagefile.sys')).record;
+    await f.close();
+    const boot = Buffer.alloc(512);
+    const h = await open(copy, 'r+');
+    try {
+      await h.read(boot, 0, 512, ntfsPart);
+      const mftLcn = Number(boot.readBigUInt64LE(0x30));
+      const at = ntfsPart + mftLcn * 4096 + record * 1024;
+      const rec = Buffer.alloc(1024);
+      await h.read(rec, 0, 1024, at);
+      let attr = rec.readUInt16LE(0x14);
+      while (rec.readUInt32LE(attr) !== 0x80) attr += rec.readUInt32LE(attr + 4);
+      const runs = attr + rec.readUInt16LE(attr + 0x20);
+      // One run: 1 cluster at the MFT's first cluster (header 0x41: 1 length byte, 4 offset bytes).
+      const run = Buffer.from([0x41, 0x01, 0, 0, 0, 0, 0x00]);
+      run.writeUInt32LE(mftLcn, 2);
+      expect(runs + run.length).to.be.below(510); // clear of the first stride's fixup bytes
+      await h.write(run, 0, run.length, at + runs);
+    } finally {
+      await h.close();
+    }
+    const { extents, filter } = await skipped(copy);
+    expect(extents.some((e) => e.offset >= ntfsPart && e.offset < ntfsPart + 16 * MiB && e.length < 2 * 4096)).to.equal(false);
+    expect(filter.found.get('clash.img')!.notes.join('\n')).to.match(/\/pagefile.sys: its clusters at \d+ overlap the file system's own metadata: kept/);
+  });
+
   it('finds a logical swap partition of an MBR, and swap on a whole disk', async function () {
     const mbr = path.join(dir, 'mbr.img');
     await sfdiskImage(mbr, 16 * MiB, ['label: dos', 'start=2048, size=4096, type=83', 'start=6144, size=24576, type=5', 'start=8192, size=8192, type=82'].join('\n'));
