@@ -7,13 +7,14 @@
 #   openssl             certificates for TLS tests
 #   qemu-system-x86     qemu-system-x86_64: a real Linux guest under TCG (test/src/support/test-vm.ts)
 #   e2fsprogs           mkfs.ext4, e2fsck, debugfs for the guest's data disk
-#   fdisk               sfdisk                             (partition tables for file-level restore tests)
-#   ntfs-3g             mkntfs, ntfscp, ntfsls             (NTFS images for file-level restore tests)
+#   fdisk               sfdisk: real MBR and GPT partition tables (disk-format and swap-filter tests)
+#   ntfs-3g             mkntfs, ntfscp: real NTFS images holding a pagefile.sys
+#   util-linux          mkswap, blkid: Linux swap areas and their headers
 # Without root (or apt-get), it prints what is missing and the tests that need it skip, saying so.
 set -u
 declare -A need=([qemu-img]=qemu-utils [qemu-storage-daemon]=qemu-system-common [nbdkit]=nbdkit [nbdinfo]=libnbd-bin
   [openssl]=openssl [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs
-  [sfdisk]=fdisk [mkntfs]=ntfs-3g)
+  [sfdisk]=fdisk [mkntfs]=ntfs-3g [ntfscp]=ntfs-3g [mkswap]=util-linux [blkid]=util-linux)
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -65,6 +65,10 @@ export const ERROR_CODES = {
   REMOTE_SESSION_LOST: 'the repository service went away during the session; nothing unfinished was committed',
   REMOTE_BLOCK_MISMATCH: 'a proxy sent a block whose content does not match the id (SHA-256, or HMAC of an encrypted repository) it names; nothing was stored for it',
   REMOTE_PLUGIN_OPTIONS: "a proxy's own version of a transport or block filter does not accept the options the job gives it (a key its configSchema does not know, a value of the wrong type, a path that does not exist on the proxy host); the message names proxy, plugin and key",
+  // disk formats (partition tables, swap areas, file systems read from a disk image)
+  DISK_FORMAT_INVALID: 'a partition table, swap header or file system on the disk is malformed (bad signature or checksum, a field out of range, a structure past the end of the disk): the message names the structure and its byte offset',
+  DISK_FORMAT_UNSUPPORTED: 'a structure on the disk is well-formed but uses a feature Ferry cannot read (for example a compressed or encrypted NTFS file)',
+  DISK_PATH_NOT_FOUND: 'a path looked up inside a file system on the disk does not exist or is not of the kind asked for (a file where a directory was expected)',
   CLI_USAGE: 'the command line is missing an argument or has a wrong one',
   INTERNAL: 'an unexpected internal error; please report it',
 } as const;
