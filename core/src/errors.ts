@@ -51,6 +51,7 @@ export const ERROR_CODES = {
   FS_CORRUPT: 'a file system structure read from a restore point is malformed (the message names the structure and where)',
   FS_NOT_FOUND: 'the path, partition or file asked for is not in the file system, or has another type (a file where a folder was expected)',
   FS_UNSAFE_NAME: "extracting would write outside the target folder (a name with '/', '..' or NUL, or a symlink that points out of it); nothing was written for that entry",
+  READ_OUT_OF_RANGE: 'a read of a served or opened restore point asked for bytes beyond the end of its disk',
   RESTORE_INCOMPLETE: 'a restore ended without every block of the block map written (a repository service that skipped one); the target is incomplete',
   // data pipe between the data movers
   PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order, a header that does not match its verb: the message names verb and field)',

@@ -57,3 +57,7 @@ export * from './session/repository-runtime.js';
 export * as wire from './remote/wire/index.js';
 export { RemoteBackup, connectRepositoryService, type RemoteSpec } from './session/remote-backup.js';
 export { RemoteRestore, listRemotePoints } from './session/remote-restore.js';
+export * from './restore-access/disk-image.js';
+export * from './restore-access/block-cache.js';
+export * from './restore-access/point-reader.js';
+export * from './restore-access/point-access.js';
