@@ -181,9 +181,9 @@ describe('ext4 reader (images made by mkfs -d, checked against debugfs)', functi
     try {
       const fs = await Ext4FileSystem.open(read);
       const missing = await fs.stat('/nope').catch((e: unknown) => e);
-      expect(isFerryError(missing, 'FS_NOT_FOUND')).to.equal(true);
+      expect(isFerryError(missing, 'DISK_PATH_NOT_FOUND')).to.equal(true);
       const notDir = await fs.list('/lost+found/x').catch((e: unknown) => e);
-      expect(isFerryError(notDir, 'FS_NOT_FOUND')).to.equal(true);
+      expect(isFerryError(notDir, 'DISK_PATH_NOT_FOUND')).to.equal(true);
     } finally {
       read.close();
     }
@@ -194,7 +194,7 @@ describe('ext4 reader (images made by mkfs -d, checked against debugfs)', functi
     const read2 = fileReader(image);
     try {
       const err = await Ext4FileSystem.open(read2).catch((e: unknown) => e);
-      expect(isFerryError(err, 'FS_UNSUPPORTED')).to.equal(true);
+      expect(isFerryError(err, 'DISK_FORMAT_UNSUPPORTED')).to.equal(true);
       expect(String(err)).to.contain('dirdata');
     } finally {
       read2.close();

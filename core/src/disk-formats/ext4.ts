@@ -15,7 +15,7 @@ import { joinPath, splitPath } from './file-system.js';
 const SUPERBLOCK_OFFSET = 1024;
 const EXT4_MAGIC = 0xef53;
 
-/** INCOMPAT features this reader understands; any other set bit is refused (FS_UNSUPPORTED). */
+/** INCOMPAT features this reader understands; any other set bit is refused (DISK_FORMAT_UNSUPPORTED). */
 const INCOMPAT = {
   FILETYPE: 0x2,
   RECOVER: 0x4,
@@ -82,7 +82,7 @@ function i32(b: Uint8Array, o: number): number {
 }
 
 function corrupt(detail: string): FerryError {
-  return new FerryError('FS_CORRUPT', `ext4: ${detail}`);
+  return new FerryError('DISK_FORMAT_INVALID', `ext4: ${detail}`);
 }
 
 /** True when the bytes at the superblock position carry the ext2/3/4 magic. */
@@ -106,10 +106,10 @@ export class Ext4FileSystem implements FileSystem {
     private readonly sb: Uint8Array,
   ) {}
 
-  /** Reads and checks the superblock; refuses unknown INCOMPAT features with FS_UNSUPPORTED. */
+  /** Reads and checks the superblock; refuses unknown INCOMPAT features with DISK_FORMAT_UNSUPPORTED. */
   static async open(read: ByteReader): Promise<Ext4FileSystem> {
     const sb = await read(SUPERBLOCK_OFFSET, 1024);
-    if (sb.length < 1024 || u16(sb, 0x38) !== EXT4_MAGIC) throw new FerryError('FS_UNSUPPORTED', 'no ext2/ext3/ext4 superblock (magic 0xEF53) at byte 1024');
+    if (sb.length < 1024 || u16(sb, 0x38) !== EXT4_MAGIC) throw new FerryError('DISK_FORMAT_UNSUPPORTED', 'no ext2/ext3/ext4 superblock (magic 0xEF53) at byte 1024');
     const rev = u32(sb, 0x4c);
     const incompat = rev >= 1 ? u32(sb, 0x60) : 0;
     const unknown = incompat & ~KNOWN_INCOMPAT;
@@ -119,7 +119,7 @@ export class Ext4FileSystem implements FileSystem {
         if (unknown & bit) names.push(INCOMPAT_NAMES[bit] ?? `0x${bit.toString(16)}`);
         if (bit === 0x80000000) break;
       }
-      throw new FerryError('FS_UNSUPPORTED', `ext4: incompatible feature(s) this reader does not support: ${names.join(', ')}`);
+      throw new FerryError('DISK_FORMAT_UNSUPPORTED', `ext4: incompatible feature(s) this reader does not support: ${names.join(', ')}`);
     }
     const logBlock = u32(sb, 0x18);
     if (logBlock > 6) throw corrupt(`block size 2^(10+${logBlock}) is out of range`);
@@ -361,7 +361,7 @@ export class Ext4FileSystem implements FileSystem {
   }
 
   private async *chunksOf(inode: Inode): AsyncGenerator<FileData> {
-    if (inode.flags & INODE_FLAG.ENCRYPT) throw new FerryError('FS_UNSUPPORTED', `ext4: inode ${inode.ino} is encrypted (fscrypt)`);
+    if (inode.flags & INODE_FLAG.ENCRYPT) throw new FerryError('DISK_FORMAT_UNSUPPORTED', `ext4: inode ${inode.ino} is encrypted (fscrypt)`);
     if (inode.flags & INODE_FLAG.INLINE_DATA) {
       const data = this.inlineBytes(inode);
       if (data.length) yield { offset: 0, data };
@@ -378,7 +378,7 @@ export class Ext4FileSystem implements FileSystem {
   }
 
   private async entriesOf(dir: Inode): Promise<Array<{ name: string; ino: number }>> {
-    if ((dir.mode & 0xf000) !== 0x4000) throw new FerryError('FS_NOT_FOUND', `ext4: inode ${dir.ino} is not a directory`);
+    if ((dir.mode & 0xf000) !== 0x4000) throw new FerryError('DISK_PATH_NOT_FOUND', `ext4: inode ${dir.ino} is not a directory`);
     const filetype = (this.info.incompat & INCOMPAT.FILETYPE) !== 0;
     const out: Array<{ name: string; ino: number }> = [];
     const parse = (buf: Uint8Array, blockLen: number): void => {
@@ -418,12 +418,12 @@ export class Ext4FileSystem implements FileSystem {
     for (let i = 0; i < parts.length; i++) {
       const part = parts[i]!;
       const entries = await this.entriesOf(inode).catch((err: unknown) => {
-        if (err instanceof FerryError && err.code === 'FS_NOT_FOUND')
-          throw new FerryError('FS_NOT_FOUND', `${joinPath(parts.slice(0, i))} is not a directory`);
+        if (err instanceof FerryError && err.code === 'DISK_PATH_NOT_FOUND')
+          throw new FerryError('DISK_PATH_NOT_FOUND', `${joinPath(parts.slice(0, i))} is not a directory`);
         throw err;
       });
       const hit = entries.find((e) => e.name === part);
-      if (!hit) throw new FerryError('FS_NOT_FOUND', `no ${joinPath(parts.slice(0, i + 1))} in the file system`);
+      if (!hit) throw new FerryError('DISK_PATH_NOT_FOUND', `no ${joinPath(parts.slice(0, i + 1))} in the file system`);
       inode = await this.inode(hit.ino);
       name = part;
     }
@@ -445,7 +445,7 @@ export class Ext4FileSystem implements FileSystem {
 
   async readLink(path: string): Promise<string> {
     const { inode } = await this.lookup(path);
-    if ((inode.mode & 0xf000) !== 0xa000) throw new FerryError('FS_NOT_FOUND', `${path} is not a symbolic link`);
+    if ((inode.mode & 0xf000) !== 0xa000) throw new FerryError('DISK_PATH_NOT_FOUND', `${path} is not a symbolic link`);
     // Fast symlinks (under 60 bytes) keep their target in i_block; longer ones in data blocks.
     const bytes =
       inode.flags & INODE_FLAG.INLINE_DATA
@@ -458,7 +458,7 @@ export class Ext4FileSystem implements FileSystem {
 
   async *readFile(path: string): AsyncGenerator<FileData> {
     const { inode } = await this.lookup(path);
-    if ((inode.mode & 0xf000) !== 0x8000) throw new FerryError('FS_NOT_FOUND', `${path} is not a regular file`);
+    if ((inode.mode & 0xf000) !== 0x8000) throw new FerryError('DISK_PATH_NOT_FOUND', `${path} is not a regular file`);
     yield* this.chunksOf(inode);
   }
 }

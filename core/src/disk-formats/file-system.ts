@@ -1,11 +1,9 @@
 import { FerryError } from '../errors.js';
 
-/**
- * Reads `length` bytes at `offset` of a disk or partition. It may return fewer bytes only at the end
- * of the device. Every reader in this folder fetches through one, so a caller that counts the calls
- * knows exactly what was read.
- */
-export type ByteReader = (offset: number, length: number) => Promise<Uint8Array>;
+import type { DiskReader } from './disk-reader.js';
+
+/** The readers in this folder fetch through a `DiskReader`, so a caller that counts its calls knows what was read. */
+export type ByteReader = DiskReader;
 
 export type FileType = 'file' | 'dir' | 'symlink' | 'other';
 
@@ -36,8 +34,8 @@ export interface FileData {
 
 /**
  * A read-only file system inside a disk image. Paths are absolute with `/` separators; `/` is the root.
- * Every method throws FerryError FS_NOT_FOUND for a path that does not exist or has the wrong type,
- * FS_CORRUPT for malformed structures and FS_UNSUPPORTED for features the reader does not handle.
+ * Every method throws FerryError DISK_PATH_NOT_FOUND for a path that does not exist or has the wrong type,
+ * DISK_FORMAT_INVALID for malformed structures and DISK_FORMAT_UNSUPPORTED for features the reader does not handle.
  */
 export interface FileSystem {
   readonly kind: 'ext4' | 'ntfs';
@@ -52,18 +50,10 @@ export interface FileSystem {
 /** The components of an absolute path; `.` is dropped and `..` refused (paths are never resolved upwards). */
 export function splitPath(path: string): string[] {
   const parts = path.split('/').filter((p) => p !== '' && p !== '.');
-  if (parts.includes('..')) throw new FerryError('CLI_USAGE', `path ${path} contains '..'`);
+  if (parts.includes('..')) throw new FerryError('DISK_PATH_NOT_FOUND', `path ${path} contains '..': paths inside a file system are absolute`);
   return parts;
 }
 
 export function joinPath(parts: string[]): string {
   return '/' + parts.join('/');
-}
-
-/** A reader over the window [start, start + size) of another reader (a partition of a disk). */
-export function sliceReader(read: ByteReader, start: number, size: number): ByteReader {
-  return async (offset, length) => {
-    if (offset >= size) return new Uint8Array(0);
-    return read(start + offset, Math.min(length, size - offset));
-  };
 }
