@@ -174,43 +174,86 @@ describe('ext4 reader (images made by mkfs -d, checked against debugfs)', functi
     }
   });
 
-  it('refuses an unknown incompatible feature and a path that is not there, with codes', async function () {
-    const image = path.join(dir, 'feat.img');
-    execFileSync(tools['mkfs.ext4']!, ['-q', '-F', image, '8M'], { stdio: 'ignore' });
-    const read = fileReader(image);
-    try {
-      const fs = await Ext4FileSystem.open(read);
-      const missing = await fs.stat('/nope').catch((e: unknown) => e);
-      expect(isFerryError(missing, 'DISK_PATH_NOT_FOUND')).to.equal(true);
-      const notDir = await fs.list('/lost+found/x').catch((e: unknown) => e);
-      expect(isFerryError(notDir, 'DISK_PATH_NOT_FOUND')).to.equal(true);
-    } finally {
-      read.close();
+  for (const mkfs of ['mkfs.ext4', 'mkfs.ext3']) {
+    it(`replays committed journal transactions (with a revoke) in memory, as e2fsck does on disk (${mkfs})`, async function () {
+      const image = path.join(dir, `journal-${mkfs}.img`);
+      execFileSync(tools[mkfs]!, ['-q', '-F', '-b', '4096', '-d', src, image, '32M'], { stdio: 'ignore' });
+      const files = ['/etc/hostname', '/etc/nested/a/b/deep.txt', '/many/file-0001.txt'];
+      const debugfs = (cmd: string, img = image): string =>
+        execFileSync(tools['debugfs']!, ['-R', cmd, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      const blocks = files.map((f) => debugfs(`bmap ${f} 0`).trim());
+      const payload = path.join(dir, 'payload');
+      writeFileSync(payload, Buffer.concat([Buffer.alloc(4096, 0x41), Buffer.alloc(4096, 0x42)]));
+      // Three transactions: two blocks logged, then the second revoked, then a third block logged.
+      const script = ['jo', `jw -b ${blocks[0]},${blocks[1]} ${payload}`, 'jc', 'jo', `jw -r ${blocks[1]}`, 'jc', 'jo', `jw -b ${blocks[2]} ${payload}`, 'jc'].join('\n');
+      execFileSync(tools['debugfs']!, ['-w', '-f', '-', image], { input: script, stdio: ['pipe', 'ignore', 'ignore'] });
+      const recovered = path.join(dir, `journal-${mkfs}-recovered.img`);
+      writeFileSync(recovered, readFileSync(image));
+      try {
+        execFileSync(tools['e2fsck']!, ['-fy', recovered], { stdio: 'ignore' });
+      } catch {
+        /* exit 1: errors corrected (the journal was replayed) */
+      }
+      const contents = async (img: string, replayJournal: boolean): Promise<string[]> => {
+        const read = fileReader(img);
+        try {
+          const fs = await Ext4FileSystem.open(read, { replayJournal });
+          return await Promise.all(files.map(async (f) => (await readAll(fs, f, (await fs.stat(f)).size)).toString('latin1')));
+        } finally {
+          read.close();
+        }
+      };
+      const want = await contents(recovered, false);
+      expect(want).to.deep.equal(['AAAAAA', 'deep\n', 'AAA']);
+      expect(await contents(image, false)).to.not.deep.equal(want);
+      expect(await contents(image, true)).to.deep.equal(want);
+      const read = fileReader(image);
+      try {
+        const fs = await Ext4FileSystem.open(read);
+        expect(fs.info.journal).to.deep.include({ transactions: 3, blocks: 2 });
+      } finally {
+        read.close();
+      }
+    });
     }
-    // Set INCOMPAT bit 0x1000 (dirdata) in the superblock: this reader must refuse it, naming it.
-    const buf = readFileSync(image);
-    buf.writeUInt32LE(buf.readUInt32LE(1024 + 0x60) | 0x1000, 1024 + 0x60);
-    writeFileSync(image, buf);
-    const read2 = fileReader(image);
-    try {
-      const err = await Ext4FileSystem.open(read2).catch((e: unknown) => e);
-      expect(isFerryError(err, 'DISK_FORMAT_UNSUPPORTED')).to.equal(true);
-      expect(String(err)).to.contain('dirdata');
-    } finally {
-      read2.close();
-    }
-  });
 
-  it('reads only the blocks it needs for one small file', async function () {
-    const image = path.join(dir, 'count.img');
-    execFileSync(tools['mkfs.ext4']!, ['-q', '-F', '-d', src, image, '64M'], { stdio: 'ignore' });
-    const read = fileReader(image);
-    try {
-      const fs = await Ext4FileSystem.open(read);
-      await readAll(fs, '/etc/nested/a/b/deep.txt', 5);
-      expect(read.bytes).to.be.below(64 * 1024);
-    } finally {
-      read.close();
-    }
+    it('refuses an unknown incompatible feature and a path that is not there, with codes', async function () {
+      const image = path.join(dir, 'feat.img');
+      execFileSync(tools['mkfs.ext4']!, ['-q', '-F', image, '8M'], { stdio: 'ignore' });
+      const read = fileReader(image);
+      try {
+        const fs = await Ext4FileSystem.open(read);
+        const missing = await fs.stat('/nope').catch((e: unknown) => e);
+        expect(isFerryError(missing, 'DISK_PATH_NOT_FOUND')).to.equal(true);
+        const notDir = await fs.list('/lost+found/x').catch((e: unknown) => e);
+        expect(isFerryError(notDir, 'DISK_PATH_NOT_FOUND')).to.equal(true);
+      } finally {
+        read.close();
+      }
+      // Set INCOMPAT bit 0x1000 (dirdata) in the superblock: this reader must refuse it, naming it.
+      const buf = readFileSync(image);
+      buf.writeUInt32LE(buf.readUInt32LE(1024 + 0x60) | 0x1000, 1024 + 0x60);
+      writeFileSync(image, buf);
+      const read2 = fileReader(image);
+      try {
+        const err = await Ext4FileSystem.open(read2).catch((e: unknown) => e);
+        expect(isFerryError(err, 'DISK_FORMAT_UNSUPPORTED')).to.equal(true);
+        expect(String(err)).to.contain('dirdata');
+      } finally {
+        read2.close();
+      }
+    });
+
+    it('reads only the blocks it needs for one small file', async function () {
+      const image = path.join(dir, 'count.img');
+      execFileSync(tools['mkfs.ext4']!, ['-q', '-F', '-d', src, image, '64M'], { stdio: 'ignore' });
+      const read = fileReader(image);
+      try {
+        const fs = await Ext4FileSystem.open(read);
+        await readAll(fs, '/etc/nested/a/b/deep.txt', 5);
+        expect(read.bytes).to.be.below(64 * 1024);
+      } finally {
+        read.close();
+      }
+    });
   });
-});

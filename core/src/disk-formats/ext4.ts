@@ -1,6 +1,7 @@
 import { FerryError } from '../errors.js';
 import type { ByteReader, FileData, FileStat, FileSystem, FileType } from './file-system.js';
 import { joinPath, splitPath } from './file-system.js';
+import { journaledReader, replayJournal } from './ext4-journal.js';
 
 /**
  * A read-only ext2/ext3/ext4 reader written from the kernel's on-disk format documentation
@@ -8,8 +9,8 @@ import { joinPath, splitPath } from './file-system.js';
  * It reads through a byte reader, so only the superblock, the group descriptors it needs, the inode
  * table blocks of the inodes it visits and the blocks of the files it reads are fetched.
  *
- * The journal is not replayed: a file system backed up while mounted shows its last checkpointed state
- * (`needsRecovery` says when the journal held more).
+ * A file system backed up while mounted (`needsRecovery`) is read with its journal replayed in memory
+ * (`ext4-journal.ts`), as the kernel would see it after mounting; nothing is written.
  */
 
 const SUPERBLOCK_OFFSET = 1024;
@@ -54,6 +55,13 @@ export interface Ext4Info {
   /** The journal holds transactions not yet written to their place (the file system was mounted). */
   needsRecovery: boolean;
   incompat: number;
+  /** When the journal was replayed in memory: committed transactions and blocks taken from it. */
+  journal?: { transactions: number; blocks: number; notes: string[] };
+}
+
+export interface Ext4OpenOptions {
+  /** Lay the journal's committed transactions over their home blocks (default true). */
+  replayJournal?: boolean;
 }
 
 interface Inode {
@@ -107,7 +115,25 @@ export class Ext4FileSystem implements FileSystem {
   ) {}
 
   /** Reads and checks the superblock; refuses unknown INCOMPAT features with DISK_FORMAT_UNSUPPORTED. */
-  static async open(read: ByteReader): Promise<Ext4FileSystem> {
+  static async open(read: ByteReader, opts: Ext4OpenOptions = {}): Promise<Ext4FileSystem> {
+    const fs = await Ext4FileSystem.openRaw(read);
+    const journalInode = u32(fs.sb, 0xe0);
+    if (!fs.info.needsRecovery || opts.replayJournal === false || journalInode === 0) return fs;
+    const journal = await fs.inode(journalInode);
+    const runs = await fs.runs(journal);
+    const bs = fs.info.blockSize;
+    const replay = await replayJournal(read, bs, (logical) => {
+      const at = logical * bs;
+      const run = runs.find((r) => at >= r.fileOffset && at < r.fileOffset + r.length);
+      return run && run.diskOffset !== null ? run.diskOffset + (at - run.fileOffset) : null;
+    });
+    const replayed = await Ext4FileSystem.openRaw(journaledReader(read, bs, replay.blocks));
+    replayed.info.needsRecovery = true;
+    replayed.info.journal = { transactions: replay.transactions, blocks: replay.blocks.size, notes: replay.notes };
+    return replayed;
+  }
+
+  private static async openRaw(read: ByteReader): Promise<Ext4FileSystem> {
     const sb = await read(SUPERBLOCK_OFFSET, 1024);
     if (sb.length < 1024 || u16(sb, 0x38) !== EXT4_MAGIC) throw new FerryError('DISK_FORMAT_UNSUPPORTED', 'no ext2/ext3/ext4 superblock (magic 0xEF53) at byte 1024');
     const rev = u32(sb, 0x4c);
