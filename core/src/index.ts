@@ -68,3 +68,4 @@ export * from './disk-formats/ext4.js';
 export * from './disk-formats/volumes.js';
 export * from './file-restore/extract-files.js';
 export * from './file-restore/point-files.js';
+export * from './disk-formats/ntfs-file-system.js';

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Prng, skipForMissingTools } from '@ferry/core/testing';
+import { Prng, mkntfsImage, ntfscp, run, sfdiskImage, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 
 const MiB = 1024 * 1024;
@@ -254,3 +254,73 @@ describe('ferry files: list and extract from ext4 in a GPT disk of a restore poi
   });
 });
 
+
+describe('ferry files: list and extract from NTFS (mkntfs + ntfscp) in an MBR disk', function () {
+  this.timeout(180_000);
+  const t = tempDir('ferry-files-ntfs-');
+  const images = path.join(t.dir, 'images');
+  const disk = path.join(images, 'win.raw');
+  const part = path.join(t.dir, 'ntfs.img');
+  const src = path.join(t.dir, 'src');
+  let job: string;
+
+  const files = (...args: string[]): ReturnType<typeof runFerry> => runFerry(['files', job, '--vm', 'win01', '--disk', 'win.raw', '--json', ...args]);
+
+  before(async function () {
+    skipUnlessTools(this, { mkntfs: 'ntfs-3g', ntfscp: 'ntfs-3g', ntfsls: 'ntfs-3g', sfdisk: 'fdisk' });
+    mkdirSync(images);
+    mkdirSync(src);
+    const rng = new Prng(11);
+    writeFileSync(path.join(src, 'readme.txt'), 'hello from NTFS\r\n');
+    writeFileSync(path.join(src, 'report.bin'), rng.fill(Buffer.alloc(3 * MiB + 123)));
+    writeFileSync(path.join(src, 'empty.txt'), '');
+    await mkntfsImage(part, 24 * MiB, { label: 'win' });
+    for (const name of ['readme.txt', 'report.bin', 'empty.txt']) ntfscp(part, path.join(src, name), name);
+    await sfdiskImage(disk, 26 * MiB, `label: dos\nstart=2048, size=${(24 * MiB) / 512}, type=7\n`);
+    execFileSync('dd', [`if=${part}`, `of=${disk}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
+    job = writeJob(
+      t.dir,
+      [
+        'job: files-ntfs',
+        'source: { host: file, datastore: ./images, vms: [ { name: win01, disks: [win.raw] } ] }',
+        'repository: { type: filesystem, path: ./repo }',
+        'storage: { blockSize: 256KiB, compression: optimal }',
+      ].join('\n'),
+    );
+    const r = await runFerry(['backup', job, '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+  });
+  after(() => t.cleanup());
+
+  it('finds NTFS in the MBR partition and lists the root as ntfsls does', async function () {
+    const r = await files('--path', '/');
+    expect(r.code, r.stderr + r.stdout).to.equal(0);
+    const j = json<FilesJson>(r);
+    expect(j.scheme).to.equal('mbr');
+    expect(j.partitions[0]).to.include({ partition: 1, start: MiB, type: 'ntfs', fileSystem: 'ntfs' });
+    // ntfsls -l: "SIZE DATE TIME NAME" per file, system files left out.
+    const expected = run('ntfsls', ['-l', part])
+      .split('\n')
+      .map((l) => /^\s*(\d+)\s+\S+\s+\d+\s+\S+\s+\d+\s+(.+)$/.exec(l))
+      .filter((m): m is RegExpExecArray => !!m)
+      .map((m) => [m[2], Number(m[1])]);
+    expect(j.entries!.map((e) => [e.name, e.size])).to.have.deep.members(expected);
+    expect(j.entries!.find((e) => e.name === 'readme.txt')).to.include({ type: 'file', mode: 0o644 });
+  });
+
+  it('extracts the files byte-identical with their modification times', async function () {
+    const to = path.join(t.dir, 'out');
+    mkdirSync(to);
+    const r = await files('--extract', '/', '--to', to);
+    expect(r.code, r.stderr + r.stdout).to.equal(0);
+    const j = json<FilesJson>(r);
+    expect(j.extracted!.files).to.equal(3);
+    const listing = json<FilesJson>(await files('--path', '/')).entries!;
+    for (const name of ['readme.txt', 'report.bin', 'empty.txt']) {
+      expect(readFileSync(path.join(to, name)).equals(readFileSync(path.join(src, name))), name).to.equal(true);
+      // utimes takes seconds as a double: at today's dates that keeps about a microsecond.
+      expect(statSync(path.join(to, name)).mtimeMs).to.be.closeTo(Date.parse(listing.find((e) => e.name === name)!.mtime), 0.01);
+    }
+    expect(readdirSync(to).sort()).to.deep.equal(['empty.txt', 'readme.txt', 'report.bin']);
+  });
+});

@@ -31,7 +31,7 @@ interface EntryJson {
 export function filesCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
     command: 'files <job>',
-    describe: 'list the partitions and files of a disk of a restore point (ext2/3/4), or extract files and folders, without mounting',
+    describe: 'list the partitions and files of a disk of a restore point (ext2/3/4, NTFS), or extract files and folders, without mounting',
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

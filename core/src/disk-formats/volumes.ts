@@ -2,6 +2,8 @@ import { FerryError } from '../errors.js';
 import { readExactly, sliceReader, type DiskReader } from './disk-reader.js';
 import { Ext4FileSystem, isExt4 } from './ext4.js';
 import type { FileSystem } from './file-system.js';
+import { NtfsFileSystem } from './ntfs-file-system.js';
+import { NtfsVolume } from './ntfs.js';
 import { readPartitionTable, type Partition, type PartitionTable } from './partitions.js';
 
 export type FileSystemKind = 'ext4' | 'ntfs';
@@ -45,10 +47,7 @@ export async function findVolumes(read: DiskReader, diskSize: number): Promise<{
 
 /** The file system at the start of `read` by its signature, or null. */
 export async function detectFileSystem(read: DiskReader, size: number): Promise<FileSystemKind | null> {
-  if (size >= 512) {
-    const boot = await read(0, 512);
-    if (Buffer.from(boot.subarray(3, 11)).toString('latin1') === 'NTFS    ') return 'ntfs';
-  }
+  if (await NtfsVolume.probe(read, size)) return 'ntfs';
   if (size >= 2048 && (await isExt4(read))) return 'ext4';
   return null;
 }
@@ -67,11 +66,10 @@ export async function openFileSystem(read: DiskReader, volume: Volume): Promise<
   switch (volume.fileSystem) {
     case 'ext4':
       return Ext4FileSystem.open(bounded);
+    case 'ntfs':
+      return NtfsFileSystem.open(bounded, volume.size);
     default:
-      throw new FerryError(
-        'DISK_FORMAT_UNSUPPORTED',
-        `${describeVolume(volume)} (${volume.typeName}) holds no file system Ferry can read (ext2/3/4${volume.fileSystem === 'ntfs' ? '' : ', NTFS'})`,
-      );
+      throw new FerryError('DISK_FORMAT_UNSUPPORTED', `${describeVolume(volume)} (${volume.typeName}) holds no file system Ferry can read (ext2/3/4, NTFS)`);
   }
 }
 
