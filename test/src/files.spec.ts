@@ -255,7 +255,7 @@ describe('ferry files: list and extract from ext4 in a GPT disk of a restore poi
 });
 
 
-describe('ferry files: list and extract from NTFS (mkntfs + ntfscp) in an MBR disk', function () {
+describe('ferry files: NTFS (mkntfs + ntfscp) beside ext4 in an MBR disk', function () {
   this.timeout(180_000);
   const t = tempDir('ferry-files-ntfs-');
   const images = path.join(t.dir, 'images');
@@ -276,8 +276,17 @@ describe('ferry files: list and extract from NTFS (mkntfs + ntfscp) in an MBR di
     writeFileSync(path.join(src, 'empty.txt'), '');
     await mkntfsImage(part, 24 * MiB, { label: 'win' });
     for (const name of ['readme.txt', 'report.bin', 'empty.txt']) ntfscp(part, path.join(src, name), name);
-    await sfdiskImage(disk, 26 * MiB, `label: dos\nstart=2048, size=${(24 * MiB) / 512}, type=7\n`);
+    // Partition 2: a small ext4 with a file of the same name, to show both are read and told apart.
+    const linuxSrc = path.join(t.dir, 'linux-src');
+    mkdirSync(linuxSrc);
+    writeFileSync(path.join(linuxSrc, 'readme.txt'), 'hello from ext4\n');
+    const linuxPart = path.join(t.dir, 'ext4.img');
+    const mkfs = sbin('mkfs.ext4');
+    if (!mkfs) skipForMissingTools(this, { 'mkfs.ext4': 'e2fsprogs' });
+    execFileSync(mkfs!, ['-q', '-F', '-d', linuxSrc, linuxPart, '8M'], { stdio: 'ignore' });
+    await sfdiskImage(disk, 34 * MiB, `label: dos\nstart=2048, size=${(24 * MiB) / 512}, type=7\nstart=${(25 * MiB) / 512}, size=${(8 * MiB) / 512}, type=83\n`);
     execFileSync('dd', [`if=${part}`, `of=${disk}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
+    execFileSync('dd', [`if=${linuxPart}`, `of=${disk}`, 'bs=1M', 'seek=25', 'conv=notrunc,sparse', 'status=none']);
     job = writeJob(
       t.dir,
       [
@@ -292,8 +301,27 @@ describe('ferry files: list and extract from NTFS (mkntfs + ntfscp) in an MBR di
   });
   after(() => t.cleanup());
 
+  it('lists a path in each partition with a file system; --extract asks which one', async function () {
+    const r = await files('--path', '/readme.txt');
+    expect(r.code, r.stderr + r.stdout).to.equal(0);
+    const j = json<FilesJson & { listings: { partition: number; fileSystem: string; entries: Entry[] }[] }>(r);
+    expect(j.listings.map((l) => [l.partition, l.fileSystem, l.entries[0]!.size])).to.deep.equal([
+      [1, 'ntfs', 17],
+      [2, 'ext4', 16],
+    ]);
+    expect(j.entries).to.equal(undefined);
+    const e = await files('--extract', '/readme.txt', '--to', t.dir);
+    expect(e.code).to.equal(2);
+    expect(json<{ error: { code: string; message: string } }>(e).error.message).to.include('--partition');
+    const to = path.join(t.dir, 'out-p2');
+    mkdirSync(to);
+    const p2 = await files('--extract', '/readme.txt', '--to', to, '--partition', '2');
+    expect(p2.code, p2.stderr + p2.stdout).to.equal(0);
+    expect(readFileSync(path.join(to, 'readme.txt'), 'utf8')).to.equal('hello from ext4\n');
+  });
+
   it('finds NTFS in the MBR partition and lists the root as ntfsls does', async function () {
-    const r = await files('--path', '/');
+    const r = await files('--path', '/', '--partition', '1');
     expect(r.code, r.stderr + r.stdout).to.equal(0);
     const j = json<FilesJson>(r);
     expect(j.scheme).to.equal('mbr');
@@ -311,11 +339,11 @@ describe('ferry files: list and extract from NTFS (mkntfs + ntfscp) in an MBR di
   it('extracts the files byte-identical with their modification times', async function () {
     const to = path.join(t.dir, 'out');
     mkdirSync(to);
-    const r = await files('--extract', '/', '--to', to);
+    const r = await files('--extract', '/', '--to', to, '--partition', '1');
     expect(r.code, r.stderr + r.stdout).to.equal(0);
     const j = json<FilesJson>(r);
     expect(j.extracted!.files).to.equal(3);
-    const listing = json<FilesJson>(await files('--path', '/')).entries!;
+    const listing = json<FilesJson>(await files('--path', '/', '--partition', '1')).entries!;
     for (const name of ['readme.txt', 'report.bin', 'empty.txt']) {
       expect(readFileSync(path.join(to, name)).equals(readFileSync(path.join(src, name))), name).to.equal(true);
       // utimes takes seconds as a double: at today's dates that keeps about a microsecond.

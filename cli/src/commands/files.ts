@@ -15,6 +15,14 @@ interface Args {
   json: boolean;
 }
 
+interface Listing {
+  partition: number;
+  fileSystem: string | null;
+  path: string;
+  entries?: EntryJson[];
+  error?: { code: string; message: string };
+}
+
 /** One entry of a listing as --json prints it (documented in docs/cli.md). */
 interface EntryJson {
   name: string;
@@ -100,15 +108,25 @@ function printPartitions(head: Head): void {
 }
 
 async function list(pf: PointFiles, args: Args, head: Head): Promise<void> {
-  const listings = [];
-  for (const volume of pf.select(args.partition)) {
-    const fs = await pf.fileSystem(volume);
-    const st = await fs.stat(args.path!);
-    const stats = st.type === 'dir' ? await fs.list(args.path!) : [st];
-    const entries: EntryJson[] = [];
-    for (const e of stats) entries.push(await entryJson(fs, args.path!, st.type === 'dir', e));
-    listings.push({ partition: volume.partition, fileSystem: fs.kind, path: args.path!, entries });
+  const listings: Listing[] = [];
+  const volumes = pf.select(args.partition);
+  const errors: FerryError[] = [];
+  for (const volume of volumes) {
+    try {
+      const fs = await pf.fileSystem(volume);
+      const st = await fs.stat(args.path!);
+      const stats = st.type === 'dir' ? await fs.list(args.path!) : [st];
+      const entries: EntryJson[] = [];
+      for (const e of stats) entries.push(await entryJson(fs, args.path!, st.type === 'dir', e));
+      listings.push({ partition: volume.partition, fileSystem: fs.kind, path: args.path!, entries });
+    } catch (err) {
+      // Of several volumes, one without the path (or unreadable) is reported beside the others.
+      if (volumes.length === 1 || !(err instanceof FerryError)) throw err;
+      errors.push(err);
+      listings.push({ partition: volume.partition, fileSystem: volume.fileSystem, path: args.path!, error: { code: err.code, message: err.message } });
+    }
   }
+  if (errors.length === listings.length) throw errors[0];
   if (args.json) {
     const one = listings.length === 1 ? { partition: listings[0]!.partition, fileSystem: listings[0]!.fileSystem, path: listings[0]!.path, entries: listings[0]!.entries } : {};
     printJson({ ...head, ...one, listings, read: pf.figures });
@@ -116,10 +134,14 @@ async function list(pf: PointFiles, args: Args, head: Head): Promise<void> {
   }
   for (const l of listings) {
     process.stdout.write(`partition ${l.partition} (${l.fileSystem}) ${l.path}\n`);
+    if (l.error) {
+      process.stdout.write(`  ${l.error.message}\n`);
+      continue;
+    }
     process.stdout.write(
       table(
         ['MODE', 'UID', 'GID', 'SIZE', 'MODIFIED', 'NAME'],
-        l.entries.map((e) => [e.modeString, String(e.uid), String(e.gid), String(e.size), e.mtime, e.target !== undefined ? `${e.name} -> ${e.target}` : e.name]),
+        l.entries!.map((e) => [e.modeString, String(e.uid), String(e.gid), String(e.size), e.mtime, e.target !== undefined ? `${e.name} -> ${e.target}` : e.name]),
       ),
     );
   }

@@ -107,6 +107,8 @@ export class Ext4FileSystem implements FileSystem {
   readonly kind = 'ext4';
   private readonly blockCache = new Map<number, Uint8Array>();
   private readonly descCache = new Map<number, Uint8Array>();
+  /** Name → inode of recently read folders, so walking a big folder's files does not re-read it per file. */
+  private readonly dirCache = new Map<number, Map<string, number>>();
 
   private constructor(
     private readonly read: ByteReader,
@@ -403,6 +405,15 @@ export class Ext4FileSystem implements FileSystem {
     }
   }
 
+  private async namesOf(dir: Inode): Promise<Map<string, number>> {
+    const hit = this.dirCache.get(dir.ino);
+    if (hit) return hit;
+    const names = new Map((await this.entriesOf(dir)).map((e) => [e.name, e.ino] as const));
+    if (this.dirCache.size >= 64) this.dirCache.delete(this.dirCache.keys().next().value as number);
+    this.dirCache.set(dir.ino, names);
+    return names;
+  }
+
   private async entriesOf(dir: Inode): Promise<Array<{ name: string; ino: number }>> {
     if ((dir.mode & 0xf000) !== 0x4000) throw new FerryError('DISK_PATH_NOT_FOUND', `ext4: inode ${dir.ino} is not a directory`);
     const filetype = (this.info.incompat & INCOMPAT.FILETYPE) !== 0;
@@ -443,14 +454,14 @@ export class Ext4FileSystem implements FileSystem {
     const parts = splitPath(path);
     for (let i = 0; i < parts.length; i++) {
       const part = parts[i]!;
-      const entries = await this.entriesOf(inode).catch((err: unknown) => {
+      const entries = await this.namesOf(inode).catch((err: unknown) => {
         if (err instanceof FerryError && err.code === 'DISK_PATH_NOT_FOUND')
           throw new FerryError('DISK_PATH_NOT_FOUND', `${joinPath(parts.slice(0, i))} is not a directory`);
         throw err;
       });
-      const hit = entries.find((e) => e.name === part);
-      if (!hit) throw new FerryError('DISK_PATH_NOT_FOUND', `no ${joinPath(parts.slice(0, i + 1))} in the file system`);
-      inode = await this.inode(hit.ino);
+      const ino = entries.get(part);
+      if (ino === undefined) throw new FerryError('DISK_PATH_NOT_FOUND', `no ${joinPath(parts.slice(0, i + 1))} in the file system`);
+      inode = await this.inode(ino);
       name = part;
     }
     return { inode, name };

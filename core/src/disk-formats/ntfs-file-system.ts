@@ -7,6 +7,8 @@ import { NtfsVolume, type NtfsEntry } from './ntfs.js';
 const FIRST_USER_RECORD = 16;
 const READ_ONLY = 0x1;
 const CHUNK = 1 << 20;
+/** Entries of listed folders kept by path, so reading each file of a big folder does not walk its index again. */
+const MAX_CACHED_ENTRIES = 100_000;
 
 /**
  * `NtfsVolume` behind the `FileSystem` interface. NTFS keeps no POSIX modes or owners: files read as
@@ -17,6 +19,8 @@ const CHUNK = 1 << 20;
 export class NtfsFileSystem implements FileSystem {
   readonly kind = 'ntfs';
 
+  private readonly known = new Map<string, NtfsEntry>();
+
   private constructor(readonly volume: NtfsVolume) {}
 
   static async open(read: DiskReader, size: number): Promise<NtfsFileSystem> {
@@ -24,11 +28,13 @@ export class NtfsFileSystem implements FileSystem {
   }
 
   async stat(path: string): Promise<FileStat> {
-    return toStat(await this.volume.stat(path));
+    return toStat(await this.entry(path));
   }
 
   async list(path: string): Promise<FileStat[]> {
     const entries = await this.volume.list(path);
+    if (this.known.size + entries.length > MAX_CACHED_ENTRIES) this.known.clear();
+    for (const e of entries) this.known.set(e.path, e);
     return entries
       .filter((e) => e.record >= FIRST_USER_RECORD)
       .map(toStat)
@@ -40,7 +46,7 @@ export class NtfsFileSystem implements FileSystem {
   }
 
   async *readFile(path: string): AsyncGenerator<FileData> {
-    const entry = await this.volume.stat(path);
+    const entry = await this.entry(path);
     if (entry.isDirectory) throw new FerryError('DISK_PATH_NOT_FOUND', `NTFS: ${entry.path} is a directory, not a file`);
     if (entry.size === 0) return;
     const extents = await this.volume.extents(entry);
@@ -56,6 +62,10 @@ export class NtfsFileSystem implements FileSystem {
         if (data.length) yield { offset, data };
       }
     }
+  }
+
+  private async entry(path: string): Promise<NtfsEntry> {
+    return this.known.get(path) ?? (await this.volume.stat(path));
   }
 }
 
