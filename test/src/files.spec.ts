@@ -3,7 +3,9 @@ import { chmodSync, closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, o
 import path from 'node:path';
 import { expect } from 'chai';
 import { Prng, mkntfsImage, ntfscp, run, sfdiskImage, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
+import { initCerts } from '@ferry/core/remote/wire';
 import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { startService } from './support/remote-services.js';
 
 const MiB = 1024 * 1024;
 const PART_START = MiB;
@@ -232,6 +234,33 @@ describe('ferry files: list and extract from ext4 in a GPT disk of a restore poi
     expect(json<{ error: { code: string } }>(r).error.code).to.equal('DISK_PATH_NOT_FOUND');
     const p = await files('--path', '/', '--partition', '3');
     expect(json<{ error: { code: string } }>(p).error.code).to.equal('DISK_PATH_NOT_FOUND');
+  });
+
+  it('reads through a repository service too (repository.server in the job)', async function () {
+    const certs = path.join(t.dir, 'certs');
+    await initCerts(certs);
+    const service = await startService(['repository', 'serve', '--listen', '127.0.0.1:0', '--certs', certs, '--repository', path.join(t.dir, 'repo')]);
+    try {
+      // Restores need no proxy: only the repository service is named.
+      const remote = writeJob(
+        t.dir,
+        [
+          'job: files-remote',
+          'source: { host: file, datastore: ./images, vms: [ { name: web01, disks: [vm.raw] } ] }',
+          `repository: { server: ${JSON.stringify(service.address)} }`,
+          `certs: ${certs}`,
+        ].join('\n'),
+        'remote.yaml',
+      );
+      const to = path.join(t.dir, 'out-remote');
+      mkdirSync(to);
+      const r = await runFerry(['files', remote, '--vm', 'web01', '--disk', 'vm.raw', '--point', firstPoint, '--extract', '/etc/hostname', '--to', to, '--json']);
+      expect(r.code, r.stderr + r.stdout).to.equal(0);
+      expect(readFileSync(path.join(to, 'hostname'), 'utf8')).to.equal('web01\n');
+      expect(json<FilesJson>(r).read.blocks).to.be.at.most(8);
+    } finally {
+      await service.stop();
+    }
   });
 
   it('reads an incremental point: a changed file shows there, the first point keeps the old one', async function () {
