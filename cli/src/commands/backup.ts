@@ -81,6 +81,7 @@ function summary(r: SessionReport): string {
     );
   }
   for (const d of r.disks) if (d.transportReason) out += `  ${d.vm}/${d.disk}: transport ${d.transport}: ${d.transportReason}\n`;
+  for (const d of r.disks) if (d.swapBytesSkipped) out += `  ${d.vm}/${d.disk}: ${humanSize(d.swapBytesSkipped)} of swap, pagefile or hibernation file neither read nor stored (restored as zeros)\n`;
   for (const d of r.disks) {
     if (!d.proxy) continue;
     const stages = (d.stages ?? []).map((s) => `${s.stage} ${Math.round(s.busyShare * 100)}%`).join(', ');

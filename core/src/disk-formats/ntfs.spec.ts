@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '../errors.js';
-import { mkntfsImage, ntfscp, run } from '../testing/disk-images.js';
+import { mkntfsImage, ntfscp, runTool } from '../testing/disk-images.js';
 import { skipBecause, skipUnlessTools } from '../testing/test-skips.js';
 import { openFileReader } from './disk-reader.js';
 import { NtfsVolume } from './ntfs.js';
@@ -35,7 +35,7 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<FerryError
 
 /** Names `ntfsls` lists in a directory (Win32/POSIX names, no 8.3 aliases), sorted. */
 function ntfsls(image: string, dir: string): string[] {
-  return run('ntfsls', ['-a', '-s', '-p', dir, image]).split('\n').filter((l) => l !== '' && l !== '.' && l !== '..').sort();
+  return runTool('ntfsls', ['-a', '-s', '-p', dir, image]).split('\n').filter((l) => l !== '' && l !== '.' && l !== '..').sort();
 }
 
 describe('NTFS reader against mkntfs and ntfscp', function () {
@@ -73,13 +73,13 @@ describe('NTFS reader against mkntfs and ntfscp', function () {
     expect(n).to.be.within(20, 399);
     // ntfscp does not place them in name order: empty every other one in cluster order.
     const byCluster = [...Array(n).keys()].map((i) => {
-      const info = run('ntfsinfo', ['-F', `/hole-${i}.bin`, '-v', image]);
+      const info = runTool('ntfsinfo', ['-F', `/hole-${i}.bin`, '-v', image]);
       const lcn = /Runlist:.*\n\s+0x[0-9a-f]+\s+0x([0-9a-f]+)/.exec(info)![1]!;
       return { i, lcn: Number.parseInt(lcn, 16), inode: /Inode (\d+)/.exec(info)![1]! };
     });
     byCluster.sort((a, b) => a.lcn - b.lcn);
     for (let k = 0; k < byCluster.length; k += 2) {
-      run('ntfstruncate', [image, byCluster[k]!.inode, '0']);
+      runTool('ntfstruncate', [image, byCluster[k]!.inode, '0']);
       files.set(`hole-${byCluster[k]!.i}.bin`, Buffer.alloc(0));
     }
     await put('pagefile.sys', randomBytes(200_003));
@@ -137,7 +137,7 @@ describe('NTFS reader against mkntfs and ntfscp', function () {
       expect(covered).to.equal((await v.stat('/pagefile.sys')).allocatedSize);
       expect(covered).to.be.at.least(data.length);
       // ntfsinfo's run list for the same file names the same clusters.
-      const runs = [...run('ntfsinfo', ['-F', '/pagefile.sys', '-v', image]).matchAll(/^\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)$/gm)];
+      const runs = [...runTool('ntfsinfo', ['-F', '/pagefile.sys', '-v', image]).matchAll(/^\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)$/gm)];
       const clusters = runs.reduce((n, m) => n + Number.parseInt(m[3]!, 16), 0);
       expect(clusters * 4096).to.equal(covered);
     });
@@ -193,7 +193,7 @@ describe('NTFS reader on a tree written through ntfs-3g (FUSE)', function () {
     const mnt = path.join(dir, 'mnt');
     await mkdir(mnt);
     try {
-      run('ntfs-3g', [image, mnt]);
+      runTool('ntfs-3g', [image, mnt]);
     } catch (err) {
       skipBecause(this, `ntfs-3g cannot mount here (no FUSE?): ${(err as Error).message.split('\n')[0]}`);
     }
@@ -227,7 +227,7 @@ describe('NTFS reader on a tree written through ntfs-3g (FUSE)', function () {
       closeSync(s);
       content.set('/sparse.bin', Buffer.concat([Buffer.alloc(5 * MiB), Buffer.from('end')]));
     } finally {
-      run('umount', [mnt]);
+      runTool('umount', [mnt]);
     }
   });
   after(async function () {
@@ -235,7 +235,7 @@ describe('NTFS reader on a tree written through ntfs-3g (FUSE)', function () {
   });
 
   it('reads nested directories, hard links, sparse and fragmented files, and attribute lists', async function () {
-    expect(run('ntfsinfo', ['-F', '/frag-a.bin', image])).to.match(/\$ATTRIBUTE_LIST/);
+    expect(runTool('ntfsinfo', ['-F', '/frag-a.bin', image])).to.match(/\$ATTRIBUTE_LIST/);
     await withVolume(image, async (v, read) => {
       for (const [p, data] of content) {
         const e = await v.stat(p);

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '../errors.js';
-import { run } from '../testing/disk-images.js';
+import { runTool } from '../testing/disk-images.js';
 import { skipUnlessTools } from '../testing/test-skips.js';
 import { openFileReader } from './disk-reader.js';
 import { probeSwap, type SwapProbe } from './swap.js';
@@ -42,14 +42,14 @@ describe('Linux swap headers against mkswap and blkid', function () {
     const file = path.join(dir, name);
     await writeFile(file, '');
     await truncate(file, size);
-    run('mkswap', [...args, file]);
+    runTool('mkswap', [...args, file]);
     return file;
   }
 
   it('reads version, size, uuid and label as blkid sees them', async function () {
     const file = await mkswap('a.swap', 4 * MiB + 1000, ['-L', 'ferry-swap', '-U', '0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9']);
     const found = await probe(file);
-    const blkid = run('blkid', ['-p', '-o', 'export', file]);
+    const blkid = runTool('blkid', ['-p', '-o', 'export', file]);
     expect(blkid).to.match(/TYPE=swap/);
     expect(found).to.include({ kind: 'swap', version: 1, pageSize: 4096, lastPage: 1023, size: 4 * MiB, headerSize: 4096, littleEndian: true });
     expect(found).to.include({ uuid: /UUID=(\S+)/.exec(blkid)![1], label: /LABEL=(\S+)/.exec(blkid)![1] });

@@ -217,8 +217,8 @@ export class JobFile {
       repository: { type, config: repoConfig, ...(encryption && { encryption }), ...(immutability && { immutability }) },
       storage: { blockSize, ...compressionOf(storage.compression ?? 'optimal', schemas.compressor) },
       parallelDisks: this.parallelDisks(),
-      filters: (d.filters ?? ['zero']).map(choiceName),
-      filterOptions: (d.filters ?? ['zero']).map(choiceOptions),
+      filters: (d.filters ?? DEFAULT_FILTERS).map(choiceName),
+      filterOptions: (d.filters ?? DEFAULT_FILTERS).map(choiceOptions),
       ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
       verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
       ...this.remote(),
@@ -384,6 +384,9 @@ export class JobFile {
     }
   }
 }
+
+/** The block filters of a job without `filters:`: zero blocks, then swap and pagefile areas found on the disk. */
+export const DEFAULT_FILTERS: readonly PluginChoice[] = ['zero', 'swap'];
 
 /** `transport:` or a `filters:` item: a plugin's name, or a mapping of its name and options. */
 export type PluginChoice = string | ({ name: string } & Record<string, unknown>);

@@ -121,6 +121,49 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
     expect(kinds.filter((k) => k === 'zero')).to.have.length(4 + 3 + 1);
   });
 
+  it('never reads the bytes of a skip range: a block covered in part keeps the rest and stores zeros there', async function () {
+    const { handle, bytes } = memoryDisk(true);
+    const asked: [number, number][] = [];
+    const read = handle.readInto!.bind(handle);
+    handle.readInto = async (o, into) => {
+      asked.push([o, into.length]);
+      await read(o, into);
+    };
+    const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec, filters: [], readAhead: 6 }, newStageMeters());
+    const counters: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+    // A swap area whose header page (4 KiB) starts block 6: the rest of 6, all of 7, and block 8 up to
+    // 100 bytes before its hole (8's second half); a second range inside block 12 only.
+    const skip = [
+      { offset: 6 * BLOCK + 4096, length: 2 * BLOCK + BLOCK / 2 - 4096 - 100 },
+      { offset: 12 * BLOCK + 1000, length: 5000 },
+    ];
+    const records = new Map<number, Buffer>();
+    const kinds = new Map<number, string>();
+    for await (const r of mover.blocks(handle, skip, counters)) {
+      kinds.set(r.index, r.kind);
+      if (r.kind === 'data') records.set(r.index, Buffer.from(decodeBlock(r.encoded, `block ${r.index}`, compressors)));
+    }
+    for (const [o, l] of asked) {
+      for (const s of skip) expect(o + l <= s.offset || o >= s.offset + s.length, `read ${o}+${l} overlaps a skip range`).to.equal(true);
+    }
+    const expected = (i: number): Buffer => {
+      const b = Buffer.from(bytes.subarray(i * BLOCK, (i + 1) * BLOCK));
+      for (const s of skip) {
+        const from = Math.max(s.offset, i * BLOCK) - i * BLOCK;
+        const to = Math.min(s.offset + s.length, (i + 1) * BLOCK) - i * BLOCK;
+        if (from < to) b.fill(0, from, to);
+      }
+      return b;
+    };
+    expect(records.get(6)!.equals(expected(6)), 'block 6: header page kept, the rest zeros').to.equal(true);
+    expect(records.get(6)!.subarray(0, 4096).equals(bytes.subarray(6 * BLOCK, 6 * BLOCK + 4096))).to.equal(true);
+    expect(kinds.get(7)).to.equal('zero');
+    expect(records.get(8)!.equals(expected(8)), 'block 8: 100 bytes kept before its hole').to.equal(true);
+    expect(records.get(12)!.equals(expected(12)), 'block 12: 5000 bytes zeroed inside').to.equal(true);
+    for (const i of [5, 9, 11, 13]) expect(records.get(i)?.equals(bytes.subarray(i * BLOCK, (i + 1) * BLOCK)) ?? kinds.get(i) === 'zero', `block ${i} untouched`).to.equal(true);
+    expect(counters.skippedBytes).to.equal(skip[0]!.length + skip[1]!.length);
+  });
+
   it('gives the slots back: a second disk after the first reuses them instead of allocating more', async function () {
     await collect(true, true, false);
     const after1 = (codec as unknown as { slotCount: number }).slotCount;

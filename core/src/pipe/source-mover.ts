@@ -46,6 +46,11 @@ export interface SourceCounters {
    * or the block lay wholly in a range its `skipExtents` returned. Also counted as zero blocks.
    */
   filtered?: Record<string, number>;
+  /**
+   * Bytes inside the filters' skip ranges (swap, pagefile) that were not read, in whole skipped
+   * blocks and in parts of blocks; blocks an incremental run carried over unread do not count.
+   */
+  skippedBytes?: number;
 }
 
 /**
@@ -92,13 +97,14 @@ export class SourceMover {
     const count = Math.ceil(handle.size / this.opts.blockSize);
     const alloc = new AllocationCursor(handle);
     const changes = changed && new ChangeCursor(changed, handle.size);
+    const merged = mergeRanges(skip);
     const window: Promise<Produced>[] = [];
     let next = Math.max(0, from);
     let lent: BlockSlot | undefined;
     try {
       while (next < count || window.length > 0) {
         while (next < count && window.length < this.readAhead) {
-          const plan = await this.plan(next++, handle.size, alloc, skip, changes);
+          const plan = await this.plan(next++, handle.size, alloc, skip, merged, changes, counters);
           const p = this.produce(handle, plan, counters);
           p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
           window.push(p);
@@ -117,13 +123,31 @@ export class SourceMover {
     }
   }
 
-  private async plan(index: number, size: number, alloc: AllocationCursor, skip: Extent[], changes?: ChangeCursor): Promise<BlockPlan> {
+  /**
+   * A block wholly inside the skip ranges is not read; one they cover in part is read without the
+   * covered bytes, which stay zeros in the stored block (the block-filter contract).
+   */
+  private async plan(
+    index: number,
+    size: number,
+    alloc: AllocationCursor,
+    skip: Extent[],
+    merged: Extent[],
+    changes: ChangeCursor | undefined,
+    counters: SourceCounters,
+  ): Promise<BlockPlan> {
     const offset = index * this.opts.blockSize;
     const length = Math.min(this.opts.blockSize, size - offset);
     if (changes && !(await changes.touches(offset, offset + length))) return { index, offset, length, data: [], unchanged: true };
-    const skipped = skip.find((s) => s.offset <= offset && s.offset + s.length >= offset + length);
-    if (skipped) return { index, offset, length, data: [], skippedBy: skipRangeFilter.get(skipped) };
-    return { index, offset, length, data: await alloc.dataIn(offset, offset + length) };
+    const covering = clip(merged, offset, offset + length);
+    if (covering.length === 0) return { index, offset, length, data: await alloc.dataIn(offset, offset + length) };
+    counters.skippedBytes = (counters.skippedBytes ?? 0) + covering.reduce((n, e) => n + e.length, 0);
+    const by = skip.find((s) => s.offset < offset + length && s.offset + s.length > offset);
+    const skippedBy = by && skipRangeFilter.get(by);
+    const whole = covering.length === 1 && covering[0]!.offset === offset && covering[0]!.length === length;
+    if (whole) return { index, offset, length, data: [], skippedBy };
+    const data = subtract(await alloc.dataIn(offset, offset + length), covering);
+    return data.length ? { index, offset, length, data } : { index, offset, length, data: [], skippedBy };
   }
 
   private async produce(handle: DiskHandle, plan: BlockPlan, counters: SourceCounters): Promise<Produced> {
@@ -310,4 +334,43 @@ function blockError(plan: BlockPlan, err: unknown): FerryError {
 function countFiltered(counters: SourceCounters, filter: string): void {
   counters.filtered ??= {};
   counters.filtered[filter] = (counters.filtered[filter] ?? 0) + 1;
+}
+
+/** Ranges sorted and merged where they touch or overlap. */
+export function mergeRanges(ranges: readonly Extent[]): Extent[] {
+  const out: Extent[] = [];
+  for (const r of [...ranges].sort((a, b) => a.offset - b.offset)) {
+    const last = out.at(-1);
+    if (last && r.offset <= last.offset + last.length) last.length = Math.max(last.length, r.offset + r.length - last.offset);
+    else out.push({ offset: r.offset, length: r.length });
+  }
+  return out;
+}
+
+/** The parts of sorted, merged `ranges` inside `[start, end)`. */
+function clip(ranges: readonly Extent[], start: number, end: number): Extent[] {
+  const out: Extent[] = [];
+  for (const r of ranges) {
+    if (r.offset >= end) break;
+    const s = Math.max(start, r.offset);
+    const t = Math.min(end, r.offset + r.length);
+    if (s < t) out.push({ offset: s, length: t - s });
+  }
+  return out;
+}
+
+/** `data` without the bytes of sorted, merged `cut`. */
+export function subtract(data: readonly Extent[], cut: readonly Extent[]): Extent[] {
+  const out: Extent[] = [];
+  for (const d of data) {
+    let at = d.offset;
+    const end = d.offset + d.length;
+    for (const c of cut) {
+      if (c.offset + c.length <= at || c.offset >= end) continue;
+      if (c.offset > at) out.push({ offset: at, length: c.offset - at });
+      at = Math.max(at, c.offset + c.length);
+    }
+    if (at < end) out.push({ offset: at, length: end - at });
+  }
+  return out;
 }

@@ -236,23 +236,41 @@ describe('disk plan', function () {
   });
 
   describe('skip extents', function () {
+    const ctx = { size: 64 * BLOCK, read: async (_o: number, l: number): Promise<Uint8Array> => new Uint8Array(l) };
+
     it("merges the filters' ranges in offset order; filters without skipExtents skip nothing", async function () {
       const filters = [
         { name: 'zero', impl: { classify: (): 'keep' => 'keep' } },
         { name: 'swap', impl: { skipExtents: async () => [{ offset: 4 * BLOCK, length: BLOCK }] } },
         { name: 'pagefile', impl: { skipExtents: async () => [{ offset: BLOCK, length: BLOCK }] } },
       ];
-      expect(await skipExtents(filters, disk(), {})).to.deep.equal([
+      expect(await skipExtents(filters, disk(), {}, ctx)).to.deep.equal([
         { offset: BLOCK, length: BLOCK },
         { offset: 4 * BLOCK, length: BLOCK },
       ]);
-      expect(await skipExtents([], disk(), {})).to.deep.equal([]);
+      expect(await skipExtents([], disk(), {}, ctx)).to.deep.equal([]);
     });
 
     it('a filter that throws is stamped with its name and the hook', async function () {
       const filters = [{ name: 'swap', impl: { skipExtents: async (): Promise<Extent[]> => Promise.reject(new Error('no guest')) } }];
-      const err = (await skipExtents(filters, disk(), { vm: 'vm1', disk: 'd0' }).catch((e: FerryError) => e)) as FerryError;
+      const err = (await skipExtents(filters, disk(), { vm: 'vm1', disk: 'd0' }, ctx).catch((e: FerryError) => e)) as FerryError;
       expect(err.where).to.include({ plugin: 'swap', hook: 'skipExtents', disk: 'd0' });
+    });
+
+    it('hands the filter the open disk, and refuses ranges outside it (PLUGIN_CONTRACT)', async function () {
+      let seen: number | undefined;
+      const reader = { name: 'swap', impl: { skipExtents: async (_d: unknown, c: { size: number; read: (o: number, l: number) => Promise<Uint8Array> }) => {
+        seen = (await c.read(0, 512)).length + c.size;
+        return [];
+      } } };
+      await skipExtents([reader], disk(), {}, ctx);
+      expect(seen).to.equal(512 + 64 * BLOCK);
+      for (const bad of [{ offset: 63 * BLOCK, length: 2 * BLOCK }, { offset: -1, length: 2 }, { offset: 0, length: 0 }, { offset: 0.5, length: 1 }]) {
+        const filters = [{ name: 'swap', impl: { skipExtents: async () => [bad] } }];
+        const err = (await skipExtents(filters, disk(), {}, ctx).catch((e: FerryError) => e)) as FerryError;
+        expect(err.code, JSON.stringify(bad)).to.equal('PLUGIN_CONTRACT');
+        expect(err.where).to.include({ plugin: 'swap', hook: 'skipExtents' });
+      }
     });
   });
 });

@@ -1,4 +1,4 @@
-import type { BlockFilter } from '../contracts/block-filter.js';
+import type { BlockFilter, SkipContext } from '../contracts/block-filter.js';
 import type { Extent } from '../contracts/extent.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
@@ -70,16 +70,44 @@ export async function chooseTransport(wanted: string, disk: SourceDisk, from: Tr
   );
 }
 
-/** Ranges the job's filters skip before reading (swap, pagefile), in offset order; `skipRangeFilter` names each one's filter. */
-export async function skipExtents(filters: readonly { name: string; impl: BlockFilter }[], disk: SourceDisk, where: ErrorLocation): Promise<Extent[]> {
+/**
+ * Ranges the job's filters skip before reading (swap, pagefile), in offset order; `skipRangeFilter`
+ * names each one's filter. `context` reads the open disk. A range outside the disk, empty or not in
+ * whole bytes is the filter's bug: `PLUGIN_CONTRACT`, naming the filter and the range.
+ */
+export async function skipExtents(
+  filters: readonly { name: string; impl: BlockFilter }[],
+  disk: SourceDisk,
+  where: ErrorLocation,
+  context: SkipContext,
+): Promise<Extent[]> {
   const out: Extent[] = [];
   for (const f of filters) {
     if (!f.impl.skipExtents) continue;
-    const ranges = await f.impl.skipExtents(disk).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)));
-    for (const e of ranges) if (typeof e === 'object' && e !== null) skipRangeFilter.set(e, f.name);
+    const ranges = await f.impl.skipExtents(disk, context).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)));
+    if (!Array.isArray(ranges)) throw new FerryError('PLUGIN_CONTRACT', `skipExtents returned ${typeof ranges}, not an array of ranges`, { ...where, plugin: f.name, hook: 'skipExtents' });
+    for (const e of ranges) {
+      const ok = typeof e === 'object' && e !== null && Number.isSafeInteger(e.offset) && Number.isSafeInteger(e.length) && e.offset >= 0 && e.length > 0 && e.offset + e.length <= context.size;
+      if (!ok) {
+        throw new FerryError('PLUGIN_CONTRACT', `skipExtents returned ${JSON.stringify(e)}, not a range inside the disk's ${context.size} bytes`, { ...where, plugin: f.name, hook: 'skipExtents' });
+      }
+      skipRangeFilter.set(e, f.name);
+    }
     out.push(...ranges);
   }
   return out.sort((a, b) => a.offset - b.offset);
+}
+
+/** A `SkipContext` over an open disk whose reads count in `counters.bytesRead`. */
+export function skipContext(handle: DiskHandle, counters: { bytesRead: number }): SkipContext {
+  return {
+    size: handle.size,
+    read: async (offset, length) => {
+      const bytes = await handle.read(offset, length);
+      counters.bytesRead += bytes.length;
+      return bytes;
+    },
+  };
 }
 
 /** The reason line of a full run. */

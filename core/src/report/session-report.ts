@@ -19,6 +19,12 @@ export interface DiskReport {
   bytesRead: number;
   /** Bytes not sent because they were holes, all-zero blocks or filtered out. */
   zeroBytesSkipped: number;
+  /**
+   * Bytes of swap areas, pagefiles and hibernation files (the filters' skip ranges) that were
+   * neither read nor stored; a restore writes zeros there. Counted per block read this run (an
+   * incremental run's unchanged blocks do not count).
+   */
+  swapBytesSkipped: number;
   /** Compressed block bytes sent through the data pipe. */
   bytesTransferred: number;
   /** New block bytes the repository stored (the rest deduplicated). */
@@ -65,7 +71,7 @@ export interface SessionReport {
   blockSize: number;
   vms: VmReport[];
   disks: DiskReport[];
-  totals: { sizeBytes: number; bytesRead: number; zeroBytesSkipped: number; bytesTransferred: number; bytesWritten: number };
+  totals: { sizeBytes: number; bytesRead: number; zeroBytesSkipped: number; swapBytesSkipped: number; bytesTransferred: number; bytesWritten: number };
   stages: StageReport[];
   bottleneck: Stage | null;
   /** Damaged blocks this session stored again (self-heal), over all disks. */

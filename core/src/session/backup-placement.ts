@@ -87,6 +87,7 @@ export function newDiskReport(vm: string, disk: SourceDisk, blockSize: number): 
     blockSize,
     bytesRead: 0,
     zeroBytesSkipped: 0,
+    swapBytesSkipped: 0,
     bytesTransferred: 0,
     bytesWritten: 0,
     blocks: { total: 0, zero: 0, new: 0, deduped: 0, unchanged: 0, healed: 0 },

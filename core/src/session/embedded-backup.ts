@@ -9,7 +9,7 @@ import type { BlockMap } from '../repository/block-map.js';
 import type { Repository, RestorePoint, RestorePointDisk } from '../repository/repository.js';
 import type { RepositoryLock } from '../repository/repository-lock.js';
 import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
-import { chooseTransport, planMode, skipExtents, type TransportSource } from '../plan/disk-plan.js';
+import { chooseTransport, planMode, skipContext, skipExtents, type TransportSource } from '../plan/disk-plan.js';
 import type { JobRuntime } from './job-runtime.js';
 import { errorSummary, interrupted } from './session-common.js';
 import type { ProgressEvent, ReportedError, SessionReport } from '../report/session-report.js';
@@ -89,7 +89,7 @@ export class EmbeddedBackup implements BackupPlacement {
       report.sizeBytes = handle.size;
       report.blocks.total = Math.ceil(handle.size / s.mover.blockSize);
       this.onProgress({ type: 'disk-start', vm, disk: disk.name, sizeBytes: handle.size, transport: chosen.name });
-      const skip = await skipExtents(s.mover.filters, disk, where);
+      const skip = await skipExtents(s.mover.filters, disk, where, skipContext(handle, src));
       const plan = await planMode(disk, previous, s.mover.blockSize, s.repo, handle);
       report.mode = plan.mode;
       report.modeReason = plan.reason;
@@ -105,8 +105,8 @@ export class EmbeddedBackup implements BackupPlacement {
     } finally {
       await handle?.close().catch(() => undefined);
     }
-    const { filtered, ...read } = src;
-    Object.assign(report, read, { bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
+    const { filtered, skippedBytes, ...read } = src;
+    Object.assign(report, read, { swapBytesSkipped: skippedBytes ?? 0, bytesWritten: dst.bytesWritten, durationMs: Math.round(performance.now() - t0) });
     report.blocks = {
       total: report.blocks.total,
       zero: dst.blocksZero,

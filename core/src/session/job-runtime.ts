@@ -6,7 +6,7 @@ import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
-import { choiceName, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
+import { choiceName, DEFAULT_FILTERS, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
 import type { PluginSchemas } from '../job/job-schema.js';
 import { FerryError } from '../errors.js';
 import type { PluginHost } from '../plugins/plugin-host.js';
@@ -146,7 +146,7 @@ async function pluginSchemas(plugins: PluginHost, jobFile: JobFile): Promise<Plu
   const transport = raw.transport ?? 'auto';
   const t = choiceName(transport) === 'auto' ? undefined : await plugins.registration('transport', choiceName(transport), jobFile.where(at(transport, ['transport'])));
   const filters: (JsonSchema | undefined)[] = [];
-  for (const [i, f] of (raw.filters ?? ['zero']).entries()) {
+  for (const [i, f] of (raw.filters ?? DEFAULT_FILTERS).entries()) {
     filters.push((await plugins.registration('block-filter', choiceName(f), jobFile.where(at(f, ['filters', i])))).options.configSchema);
   }
   const compression = raw.storage?.compression ?? 'optimal';

@@ -116,6 +116,7 @@ export class RemoteBackup implements BackupPlacement {
         sizeBytes: info.sizeBytes,
         bytesRead: src.bytesRead,
         zeroBytesSkipped: src.zeroBytesSkipped,
+        swapBytesSkipped: src.swapBytesSkipped ?? 0,
         bytesTransferred: src.bytesTransferred,
         bytesWritten: target.bytesWritten,
         reconnects: outcome.reconnects,

@@ -24,7 +24,7 @@ export function newSessionReport(rt: JobRuntime, started: Date, repository: stri
     blockSize: rt.spec.storage.blockSize,
     vms: [],
     disks: [],
-    totals: { sizeBytes: 0, bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0, bytesWritten: 0 },
+    totals: { sizeBytes: 0, bytesRead: 0, zeroBytesSkipped: 0, swapBytesSkipped: 0, bytesTransferred: 0, bytesWritten: 0 },
     stages: [],
     bottleneck: null,
     healedBlocks: 0,

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { BlockFilter } from '../contracts/block-filter.js';
+import type { BlockFilter, SkipContext } from '../contracts/block-filter.js';
+import type { Extent } from '../contracts/extent.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import { skipBecause, skipUnlessTools } from './test-skips.js';
 import type { ConformanceOptions } from './transport-conformance.js';
@@ -16,6 +17,13 @@ export interface BlockFilterConformanceOptions extends ConformanceOptions {
   drops?: Uint8Array[];
   /** The disk `skipExtents` is asked about; gets a raw image file. Missing: `{ name, path, size, format: 'raw' }`. */
   disk?: (file: string, size: number) => SourceDisk | Promise<SourceDisk>;
+  /**
+   * Writes the raw image of `size` bytes `skipExtents` looks at (a disk holding what the filter
+   * skips: a swap partition, a pagefile). Missing: a VM-like image from `makeVmImage`.
+   */
+  image?: (file: string, size: number) => Promise<void>;
+  /** At least this many ranges `skipExtents` must return for the image. Default 0. */
+  minSkipRanges?: number;
 }
 
 const KiB = 1024;
@@ -76,10 +84,26 @@ export function runBlockFilterConformance(
       try {
         const size = 8 * 1024 * KiB + 4 * KiB;
         const file = path.join(dir, 'disk.raw');
-        await makeVmImage(file, { sizeBytes: size, seed: 3 });
+        if (options.image) await options.image(file, size);
+        else await makeVmImage(file, { sizeBytes: size, seed: 3 });
         const disk = options.disk ? await options.disk(file, size) : { name: 'disk0', path: file, size, format: 'raw' };
-        const extents = await filter.skipExtents!(disk);
+        const f = await open(file, 'r');
+        let extents: Extent[];
+        try {
+          const context: SkipContext = {
+            size,
+            read: async (offset, length) => {
+              const buf = Buffer.alloc(length);
+              await f.read(buf, 0, length, offset);
+              return buf;
+            },
+          };
+          extents = await filter.skipExtents!(disk, context);
+        } finally {
+          await f.close();
+        }
         assert.ok(Array.isArray(extents), 'skipExtents must resolve to an array');
+        assert.ok(extents.length >= (options.minSkipRanges ?? 0), `skipExtents found ${extents.length} ranges, expected at least ${options.minSkipRanges}`);
         let end = 0;
         for (const [i, e] of extents.entries()) {
           assert.ok(Number.isSafeInteger(e.offset) && Number.isSafeInteger(e.length), `extent ${i}: integer offset and length`);

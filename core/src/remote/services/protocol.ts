@@ -130,6 +130,8 @@ export interface TaskSummary {
   busy: Partial<Record<Stage, number>>;
   /** Blocks each filter dropped, by its `filters:` name (`SourceCounters.filtered`). */
   filtered?: Record<string, number>;
+  /** Bytes of the filters' skip ranges not read (`SourceCounters.skippedBytes`); missing from older proxies: 0. */
+  swapBytesSkipped?: number;
 }
 
 /**
@@ -343,7 +345,7 @@ const REQUESTS: { [V in ControlVerb]: Check } = {
 };
 
 const taskInfo = obj({ sizeBytes: int(), transport: str, transportReason: str, mode, modeReason: str });
-const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num), filtered: optional(recordOf(int())) });
+const taskSummary = obj({ bytesRead: int(), zeroBytesSkipped: int(), bytesTransferred: int(), resentBlocks: int(), busy: recordOf(num), filtered: optional(recordOf(int())), swapBytesSkipped: optional(int()) });
 
 /** Answers the server acts on; the rest it only reports. */
 const REPLIES: Partial<{ [V in ControlVerb]: Check }> = {

@@ -10,7 +10,7 @@ import { guardHandle } from '../../pipe/guarded-handle.js';
 import { SourceMover, type ChangedRanges, type SourceCounters } from '../../pipe/source-mover.js';
 import type { PluginHost } from '../../plugins/plugin-host.js';
 import { newStageMeters, type StageMeters } from '../../pipe/stage-meter.js';
-import { chooseMode, chooseTransport, skipExtents } from '../../plan/disk-plan.js';
+import { chooseMode, chooseTransport, skipContext, skipExtents } from '../../plan/disk-plan.js';
 import { Tokens } from '../../tokens.js';
 import { PIPE_VERSION, type Connection, type WireMessage } from '../wire/index.js';
 import { errorToWire, hex, pipeMessageProblem, readTaskProblem, unexpected, type PluginOptions, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
@@ -102,7 +102,7 @@ export class ProxyService {
       const opened = await this.openDisk(container, task, where);
       handle = opened.handle;
       const filters = await this.filters(container, task, where);
-      const skip = await skipExtents(filters, task.disk, where);
+      const skip = await skipExtents(filters, task.disk, where, skipContext(handle, state.counters));
       const { info, changed } = this.plan(task, handle, opened);
       await conn.send({ type: 'task.ok', header: { ...info } });
       const mover = new SourceMover(
@@ -123,6 +123,7 @@ export class ProxyService {
         bytesTransferred: state.counters.bytesTransferred,
         resentBlocks: state.resentBlocks,
         ...(state.counters.filtered && { filtered: { ...state.counters.filtered } }),
+        swapBytesSkipped: state.counters.skippedBytes ?? 0,
         busy: {
           'source read': Math.round(state.meters['source read'].busyMs),
           processing: Math.round(state.meters.processing.busyMs),
