@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Prng, mkntfsImage, ntfscp, run, sfdiskImage, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
+import { Prng, mkntfsImage, ntfscp, runTool, sfdiskImage, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import { initCerts } from '@ferry/core/remote/wire';
 import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { startService } from './support/remote-services.js';
@@ -356,7 +356,7 @@ describe('ferry files: NTFS (mkntfs + ntfscp) beside ext4 in an MBR disk', funct
     expect(j.scheme).to.equal('mbr');
     expect(j.partitions[0]).to.include({ partition: 1, start: MiB, type: 'ntfs', fileSystem: 'ntfs' });
     // ntfsls -l: "SIZE DATE TIME NAME" per file, system files left out.
-    const expected = run('ntfsls', ['-l', part])
+    const expected = runTool('ntfsls', ['-l', part])
       .split('\n')
       .map((l) => /^\s*(\d+)\s+\S+\s+\d+\s+\S+\s+\d+\s+(.+)$/.exec(l))
       .filter((m): m is RegExpExecArray => !!m)
