@@ -3,7 +3,7 @@ import { mkdtempSync, mkdirSync, openSync, readFileSync, readSync, closeSync, rm
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { isFerryError } from '../errors.js';
+import { FerryError, isFerryError } from '../errors.js';
 import { skipForMissingTools } from '../testing/test-skips.js';
 import { Ext4FileSystem, isExt4 } from './ext4.js';
 import type { ByteReader, FileSystem } from './file-system.js';
@@ -244,7 +244,48 @@ describe('ext4 reader (images made by mkfs -d, checked against debugfs)', functi
       }
     });
 
-    it('reads only the blocks it needs for one small file', async function () {
+    it('fails on damaged images with DISK_FORMAT_* codes only, never another error', async function () {
+    const image = path.join(dir, 'fuzz.img');
+    execFileSync(tools['mkfs.ext4']!, ['-q', '-F', '-b', '1024', '-d', src, image, '16M'], { stdio: 'ignore' });
+    const pristine = readFileSync(image);
+    let seed = 7;
+    const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * n;
+    const deadline = Date.now() + 10_000;
+    for (let iter = 0; iter < 60 && Date.now() < deadline; iter++) {
+      const img = Buffer.from(pristine);
+      // The first 600 KiB hold the superblock, descriptors, bitmaps, inode table and folders.
+      for (let k = 0; k < 20; k++) img[Math.floor(rnd(600 * 1024))] = Math.floor(rnd(256));
+      const read: ByteReader = async (offset, length) => {
+        if (offset < 0 || offset + length > img.length) throw new FerryError('DISK_FORMAT_INVALID', 'past the end');
+        return img.subarray(offset, offset + length);
+      };
+      const codes = (err: unknown): void => {
+        if (!isFerryError(err) || !err.code.startsWith('DISK_')) throw err;
+      };
+      let visited = 0;
+      const walk = async (fs: FileSystem, p: string, depth: number): Promise<void> => {
+        if (depth > 6 || visited > 1000) return;
+        for (const e of await fs.list(p)) {
+          visited++;
+          const child = p === '/' ? `/${e.name}` : `${p}/${e.name}`;
+          try {
+            if (e.type === 'dir') await walk(fs, child, depth + 1);
+            else if (e.type === 'file') for await (const c of fs.readFile(child)) void c;
+            else if (e.type === 'symlink') await fs.readLink(child);
+          } catch (err) {
+            codes(err);
+          }
+        }
+      };
+      try {
+        await walk(await Ext4FileSystem.open(read), '/', 0);
+      } catch (err) {
+        codes(err);
+      }
+    }
+  });
+
+  it('reads only the blocks it needs for one small file', async function () {
       const image = path.join(dir, 'count.img');
       execFileSync(tools['mkfs.ext4']!, ['-q', '-F', '-d', src, image, '64M'], { stdio: 'ignore' });
       const read = fileReader(image);
