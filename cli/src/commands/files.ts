@@ -52,7 +52,7 @@ export function filesCommand(setCode: (c: number) => void): CommandModule<object
         })
         .option('path', { type: 'string', describe: 'folder (or file) to list inside the file system, e.g. /etc' })
         .option('extract', { type: 'string', describe: 'file, folder (recursively) or symlink to extract; needs --to' })
-        .option('to', { type: 'string', describe: 'existing local folder to extract into' })
+        .option('to', { type: 'string', describe: 'local folder to extract into (created when missing)' })
         .option('force', { type: 'boolean', default: false, describe: 'replace existing files and links under --to (folders are merged into)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON on stdout' }) as never,
     handler: async (args) => {

@@ -122,10 +122,15 @@ describe('extractFiles: never writes outside the target folder', function () {
     expect(readFileSync(path.join(to, 'ok'), 'utf8')).to.equal('fine');
   });
 
-  it('wants an existing target folder', async function () {
-    const err = await extractFiles(evil, '/top', path.join(dir, 'missing')).catch((e: unknown) => e);
+  it('creates a missing target folder, refuses a target that is a file', async function () {
+    await extractFiles(evil, '/top/ok', path.join(dir, 'new/folder'));
+    expect(readFileSync(path.join(dir, 'new/folder/ok'), 'utf8')).to.equal('fine');
+    writeFileSync(path.join(dir, 'plain'), 'x');
+    const err = await extractFiles(evil, '/top', path.join(dir, 'plain')).catch((e: unknown) => e);
     expect(isFerryError(err, 'RESTORE_TARGET')).to.equal(true);
-    expect(existsSync(path.join(dir, 'missing'))).to.equal(false);
+    const missing = await extractFiles(evil, '/nope', path.join(dir, 'not-made')).catch((e: unknown) => e);
+    expect(isFerryError(missing, 'DISK_PATH_NOT_FOUND')).to.equal(true);
+    expect(existsSync(path.join(dir, 'not-made'))).to.equal(false);
   });
 });
 

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { chmod, lchown, lstat, lutimes, mkdir, open, symlink, unlink, utimes } from 'node:fs/promises';
+import { chmod, lchown, lstat, lutimes, mkdir, open, stat, symlink, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, isFerryError } from '../errors.js';
 import type { FileStat, FileSystem } from '../disk-formats/file-system.js';
@@ -32,7 +32,8 @@ export interface ExtractResult {
 }
 
 /**
- * Copies a file, folder (recursively) or symlink of a file system into `toDir`, keeping modes and
+ * Copies a file, folder (recursively) or symlink of a file system into `toDir` (created when missing;
+ * it may itself be a link to a folder, as the user named it), keeping modes and
  * times (and owners when `owners`). It never writes outside `toDir`: names with `/`, NUL, `.` or `..`
  * and symlinks whose target is absolute or climbs out of `toDir` are skipped as FS_UNSAFE_NAME;
  * existing path components are checked to be real folders (never followed links); files are created
@@ -40,10 +41,11 @@ export interface ExtractResult {
  */
 export async function extractFiles(fs: FileSystem, fsPath: string, toDir: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
   const root = path.resolve(toDir);
-  const rootStat = await lstat(root).catch(() => undefined);
-  if (!rootStat?.isDirectory()) throw new FerryError('RESTORE_TARGET', `the target folder ${root} does not exist or is not a folder`);
   const parts = splitPath(fsPath);
   const top = await fs.stat(fsPath);
+  const rootStat = await stat(root).catch(() => undefined);
+  if (!rootStat) await mkdir(root, { recursive: true });
+  else if (!rootStat.isDirectory()) throw new FerryError('RESTORE_TARGET', `the target ${root} is not a folder`);
   const result: ExtractResult = { path: '/' + parts.join('/'), to: root, files: 0, dirs: 0, symlinks: 0, bytesWritten: 0, skipped: [] };
   const owners = opts.owners ?? process.getuid?.() === 0;
   const ex = new Extractor(fs, root, opts.force ?? false, owners, result);
