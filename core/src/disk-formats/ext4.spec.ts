@@ -63,6 +63,9 @@ function makeTree(root: string): void {
   for (let i = 0; i < 300; i++) writeFileSync(path.join(root, `many/file-${String(i).padStart(4, '0')}.txt`), `n${i}\n`);
   symlinkSync('etc/hostname', path.join(root, 'short-link'));
   symlinkSync(`${'x'.repeat(100)}/target`, path.join(root, 'long-link'));
+  symlinkSync('etc/nested/a', path.join(root, 'dir-link'));
+  symlinkSync('/etc/./nested/../nested', path.join(root, 'etc/abs-dir-link'));
+  symlinkSync('loop', path.join(root, 'loop'));
   utimesSync(path.join(root, 'etc/hostname'), 1700000000, 1600000000);
 }
 
@@ -149,6 +152,12 @@ describe('ext4 reader (images made by mkfs -d, checked against debugfs)', functi
         expect((await fs.stat('/etc/hostname')).mtimeMs).to.equal(1600000000 * 1000);
         expect(await fs.readLink('/short-link')).to.equal('etc/hostname');
         expect(await fs.readLink('/long-link')).to.equal(`${'x'.repeat(100)}/target`);
+        // Links among the folders of a path are followed; the last one is not.
+        expect((await fs.list('/dir-link/b')).map((e) => e.name)).to.deep.equal(['deep.txt']);
+        expect((await fs.stat('/etc/abs-dir-link/a/b/deep.txt')).size).to.equal(5);
+        expect((await fs.stat('/dir-link')).type).to.equal('symlink');
+        const loop = await fs.stat('/loop/x').catch((e: unknown) => e);
+        expect(isFerryError(loop, 'DISK_PATH_NOT_FOUND')).to.equal(true);
         // The sparse file's holes are not read: only its data comes back.
         let dataBytes = 0;
         for await (const c of fs.readFile('/sparse.bin')) dataBytes += c.data.length;

@@ -448,23 +448,39 @@ export class Ext4FileSystem implements FileSystem {
     return out;
   }
 
+  /**
+   * The inode at `path`. Symlinks among the folders on the way are followed as the guest would
+   * (`/lib/systemd` where `/lib` links to `usr/lib`), at most 40 of them, never above the root; the
+   * last component is not followed (stat and list see the link itself).
+   */
   private async lookup(path: string): Promise<{ inode: Inode; name: string }> {
-    let inode = await this.inode(ROOT_INODE);
-    let name = '/';
-    const parts = splitPath(path);
-    for (let i = 0; i < parts.length; i++) {
-      const part = parts[i]!;
-      const entries = await this.namesOf(inode).catch((err: unknown) => {
-        if (err instanceof FerryError && err.code === 'DISK_PATH_NOT_FOUND')
-          throw new FerryError('DISK_PATH_NOT_FOUND', `${joinPath(parts.slice(0, i))} is not a directory`);
-        throw err;
-      });
-      const ino = entries.get(part);
-      if (ino === undefined) throw new FerryError('DISK_PATH_NOT_FOUND', `no ${joinPath(parts.slice(0, i + 1))} in the file system`);
-      inode = await this.inode(ino);
-      name = part;
+    let parts = splitPath(path);
+    for (let hops = 0; ; hops++) {
+      let inode = await this.inode(ROOT_INODE);
+      let name = '/';
+      let followed = false;
+      for (let i = 0; i < parts.length; i++) {
+        const part = parts[i]!;
+        if ((inode.mode & 0xf000) === 0xa000) {
+          if (hops >= 40) throw new FerryError('DISK_PATH_NOT_FOUND', `too many symbolic links in ${path}`);
+          const target = Buffer.from(await this.linkBytes(inode)).toString('utf8');
+          const base = target.startsWith('/') ? [] : parts.slice(0, i - 1);
+          parts = normalize([...base, ...target.split('/'), ...parts.slice(i)]);
+          followed = true;
+          break;
+        }
+        const entries = await this.namesOf(inode).catch((err: unknown) => {
+          if (err instanceof FerryError && err.code === 'DISK_PATH_NOT_FOUND')
+            throw new FerryError('DISK_PATH_NOT_FOUND', `${joinPath(parts.slice(0, i))} is not a directory`);
+          throw err;
+        });
+        const ino = entries.get(part);
+        if (ino === undefined) throw new FerryError('DISK_PATH_NOT_FOUND', `no ${joinPath(parts.slice(0, i + 1))} in the file system`);
+        inode = await this.inode(ino);
+        name = part;
+      }
+      if (!followed) return { inode, name };
     }
-    return { inode, name };
   }
 
   async stat(path: string): Promise<FileStat> {
@@ -483,14 +499,14 @@ export class Ext4FileSystem implements FileSystem {
   async readLink(path: string): Promise<string> {
     const { inode } = await this.lookup(path);
     if ((inode.mode & 0xf000) !== 0xa000) throw new FerryError('DISK_PATH_NOT_FOUND', `${path} is not a symbolic link`);
-    // Fast symlinks (under 60 bytes) keep their target in i_block; longer ones in data blocks.
-    const bytes =
-      inode.flags & INODE_FLAG.INLINE_DATA
-        ? this.inlineBytes(inode)
-        : inode.size < 60
-          ? inode.raw.subarray(0x28, 0x28 + inode.size)
-          : await this.readAll(inode);
-    return Buffer.from(bytes).toString('utf8');
+    return Buffer.from(await this.linkBytes(inode)).toString('utf8');
+  }
+
+  /** A link's target: in i_block for fast links (under 60 bytes), inline data, or data blocks. */
+  private async linkBytes(inode: Inode): Promise<Uint8Array> {
+    if (inode.flags & INODE_FLAG.INLINE_DATA) return this.inlineBytes(inode);
+    if (inode.size < 60) return inode.raw.subarray(0x28, 0x28 + inode.size);
+    return this.readAll(inode);
   }
 
   async *readFile(path: string): AsyncGenerator<FileData> {
@@ -498,6 +514,17 @@ export class Ext4FileSystem implements FileSystem {
     if ((inode.mode & 0xf000) !== 0x8000) throw new FerryError('DISK_PATH_NOT_FOUND', `${path} is not a regular file`);
     yield* this.chunksOf(inode);
   }
+}
+
+/** Path components with `.` dropped and `..` applied; `..` at the root stays at the root, as in a kernel. */
+function normalize(parts: string[]): string[] {
+  const out: string[] = [];
+  for (const p of parts) {
+    if (p === '' || p === '.') continue;
+    if (p === '..') out.pop();
+    else out.push(p);
+  }
+  return out;
 }
 
 function fileType(mode: number): FileType {
