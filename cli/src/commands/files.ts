@@ -58,6 +58,7 @@ export function filesCommand(setCode: (c: number) => void): CommandModule<object
     handler: async (args) => {
       if (args.extract !== undefined && args.to === undefined) throw new FerryError('CLI_USAGE', '--extract needs --to DIR');
       if (args.to !== undefined && args.extract === undefined) throw new FerryError('CLI_USAGE', '--to is only used with --extract PATH');
+      if (args.path !== undefined && args.extract !== undefined) throw new FerryError('CLI_USAGE', 'give --path (list) or --extract (copy out), not both');
       if (args.partition !== undefined && (!Number.isInteger(args.partition) || args.partition < 0)) {
         throw new FerryError('CLI_USAGE', `--partition must be a partition number (0 or more), not ${args.partition}`);
       }
@@ -72,7 +73,9 @@ export function filesCommand(setCode: (c: number) => void): CommandModule<object
             diskSize: pf.diskSize,
             scheme: pf.table.scheme,
             partitions: pf.volumes.map(volumeJson),
+            warnings: pf.table.warnings,
           };
+          if (!args.json) for (const w of head.warnings) process.stderr.write(`ferry: partition table: ${w}\n`);
           if (args.extract !== undefined) await extract(pf, args, head);
           else if (args.path !== undefined) await list(pf, args, head);
           else {
@@ -91,7 +94,7 @@ export function filesCommand(setCode: (c: number) => void): CommandModule<object
   };
 }
 
-type Head = { vm: string; disk: string; restorePoint: string; diskSize: number; scheme: string; partitions: ReturnType<typeof volumeJson>[] };
+type Head = { vm: string; disk: string; restorePoint: string; diskSize: number; scheme: string; partitions: ReturnType<typeof volumeJson>[]; warnings: string[] };
 
 function volumeJson(v: Volume): { partition: number; start: number; size: number; type: string; name?: string; fileSystem: string | null } {
   return { partition: v.partition, start: v.start, size: v.size, type: v.typeName, ...(v.name ? { name: v.name } : {}), fileSystem: v.fileSystem };
