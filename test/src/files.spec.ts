@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, linkSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Prng, mkntfsImage, ntfscp, runTool, sfdiskImage, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
@@ -57,6 +57,7 @@ function makeTree(root: string, seed: number): void {
   writeFileSync(path.join(root, 'etc/nested/deeper/app.conf'), 'key = value\n'.repeat(500));
   chmodSync(path.join(root, 'etc/nested'), 0o750);
   chmodSync(path.join(root, 'etc/nested/deeper/app.conf'), 0o4755);
+  linkSync(path.join(root, 'etc/hostname'), path.join(root, 'etc/hostname-hard'));
   symlinkSync('hostname', path.join(root, 'etc/name-link'));
   symlinkSync(`nested/deeper/${'x'.repeat(80)}`, path.join(root, 'etc/long-link'));
   symlinkSync('/etc/passwd', path.join(root, 'etc/absolute-link'));
@@ -194,6 +195,8 @@ describe('ferry files: list and extract from ext4 in a GPT disk of a restore poi
       }
     }
     expect(existsSync(path.join(to, 'etc/absolute-link'))).to.equal(false);
+    // Two names of one inode come out as two names of one file.
+    expect(statSync(path.join(to, 'etc/hostname-hard')).ino).to.equal(statSync(path.join(to, 'etc/hostname')).ino);
     const want = snapshot(src, ['etc/absolute-link']);
     const got = snapshot(to);
     expect([...got.keys()]).to.deep.equal([...want.keys()]);

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { chmod, lchown, lstat, lutimes, mkdir, open, stat, symlink, unlink, utimes } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, stat, symlink, unlink, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, isFerryError } from '../errors.js';
 import type { FileStat, FileSystem } from '../disk-formats/file-system.js';
@@ -26,6 +26,8 @@ export interface ExtractResult {
   files: number;
   dirs: number;
   symlinks: number;
+  /** Files written as hard links to a file extracted before them (the same inode in the file system). */
+  hardLinks: number;
   /** Bytes of file content written (holes are left as holes and not counted). */
   bytesWritten: number;
   skipped: SkippedEntry[];
@@ -46,7 +48,7 @@ export async function extractFiles(fs: FileSystem, fsPath: string, toDir: string
   const rootStat = await stat(root).catch(() => undefined);
   if (!rootStat) await mkdir(root, { recursive: true });
   else if (!rootStat.isDirectory()) throw new FerryError('RESTORE_TARGET', `the target ${root} is not a folder`);
-  const result: ExtractResult = { path: '/' + parts.join('/'), to: root, files: 0, dirs: 0, symlinks: 0, bytesWritten: 0, skipped: [] };
+  const result: ExtractResult = { path: '/' + parts.join('/'), to: root, files: 0, dirs: 0, symlinks: 0, hardLinks: 0, bytesWritten: 0, skipped: [] };
   const owners = opts.owners ?? process.getuid?.() === 0;
   const ex = new Extractor(fs, root, opts.force ?? false, owners, result);
   if (parts.length === 0) await ex.dirContents('/', root, []);
@@ -55,6 +57,9 @@ export async function extractFiles(fs: FileSystem, fsPath: string, toDir: string
 }
 
 class Extractor {
+  /** Local path of each multiply linked file written so far, by its number in the file system. */
+  private readonly linked = new Map<number, string>();
+
   constructor(
     private readonly fs: FileSystem,
     private readonly root: string,
@@ -76,12 +81,20 @@ class Extractor {
         this.result.dirs++;
         return;
       }
-      case 'file':
+      case 'file': {
         await this.clear(local);
+        const first = st.links > 1 ? this.linked.get(st.id) : undefined;
+        if (first !== undefined) {
+          await link(first, local);
+          this.result.hardLinks++;
+          return;
+        }
         await this.writeFile(fsPath, st, local);
         await this.finish(local, st, false);
+        if (st.links > 1) this.linked.set(st.id, local);
         this.result.files++;
         return;
+      }
       case 'symlink': {
         const target = await this.fs.readLink(fsPath);
         if (!safeLinkTarget(rel, target)) {
