@@ -71,6 +71,13 @@ export interface SourceDisk {
   changes?: { since: string; extents?: Extent[] };
   /** Why changed-block tracking cannot be used this time (missing or foreign bitmap, ...). */
   fullReason?: string;
+  /**
+   * Ranges the session already knows need not be stored, for example the swap and pagefile extents
+   * a guest runtime reported (`GuestSession.skipExtents`; keep a swap area's header page out of
+   * them). Treated as the skip ranges of a filter named `guest`: merged with the filters' ranges,
+   * never read, stored as zeros, counted in `swapBytesSkipped`. Missing: none.
+   */
+  skipExtents?: Extent[];
 }
 
 /** Host-specific facts that identify a change-tracking state, e.g. `{ id: bitmap, node: 'disk0' }`. */

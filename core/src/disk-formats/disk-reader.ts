@@ -5,6 +5,8 @@ import { FerryError } from '../errors.js';
  * Reads `length` bytes at byte `offset` of a disk (or of a partition, a file system volume). It must
  * resolve to exactly `length` bytes when the range lies inside the disk; the parsers in this folder
  * check every range against the disk size before asking, so a reader need not handle reads past the end.
+ * The bytes may be a view of memory the reader keeps (a cache, a block buffer): the parsers never
+ * change them.
  */
 export type DiskReader = (offset: number, length: number) => Promise<Uint8Array>;
 

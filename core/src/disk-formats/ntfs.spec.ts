@@ -180,6 +180,36 @@ describe('NTFS reader against mkntfs and ntfscp', function () {
   });
 });
 
+describe('NTFS reader with small and large clusters (index block VCNs in clusters or in 512-byte units)', function () {
+  let dir: string;
+  before(async function () {
+    skipUnlessTools(this, { mkntfs: 'ntfs-3g', ntfscp: 'ntfs-3g', ntfsls: 'ntfs-3g' });
+    dir = await mkdtemp(path.join(os.tmpdir(), 'ferry-ntfs-clusters-'));
+  });
+  after(async function () {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  for (const clusterSize of [512, 65536]) {
+    it(`reads a volume of ${clusterSize}-byte clusters`, async function () {
+      const image = path.join(dir, `c${clusterSize}.img`);
+      await mkntfsImage(image, 32 * MiB, { clusterSize });
+      const data = randomBytes(300_001);
+      const src = path.join(dir, 'src');
+      await writeFile(src, data);
+      for (let i = 0; i < 40; i++) ntfscp(image, src, `a-long-enough-name-to-fill-index-blocks-${i}.bin`);
+      await withVolume(image, async (v, read) => {
+        expect(v.clusterSize).to.equal(clusterSize);
+        expect((await v.list('/')).map((e) => e.name).sort()).to.deep.equal(ntfsls(image, '/'));
+        const e = await v.stat('/a-long-enough-name-to-fill-index-blocks-39.bin');
+        expect(Buffer.from(await v.readFile(e, 0, data.length)).equals(data)).to.equal(true);
+        const parts = await Promise.all((await v.extents(e)).map((x) => read(x.volumeOffset, x.length)));
+        expect(Buffer.concat(parts).subarray(0, data.length).equals(data)).to.equal(true);
+      });
+    });
+  }
+});
+
 describe('NTFS reader on a tree written through ntfs-3g (FUSE)', function () {
   let dir: string;
   let image: string;

@@ -72,6 +72,8 @@ interface Stream {
 const ROOT = 5;
 const CACHE_RECORDS = 1024;
 const MAX_DEPTH = 64;
+/** Far above what any file needs (an entry per attribute piece, ~32 bytes each). */
+const MAX_ATTRIBUTE_LIST = 4 * 1024 * 1024;
 
 export class NtfsVolume {
   readonly boot: BootSector;
@@ -93,6 +95,10 @@ export class NtfsVolume {
 
   /** Opens the volume: boot sector, then $MFT's own record for the MFT's layout. */
   static async open(read: DiskReader, size: number): Promise<NtfsVolume> {
+    return malformed(() => NtfsVolume.openVolume(read, size));
+  }
+
+  private static async openVolume(read: DiskReader, size: number): Promise<NtfsVolume> {
     if (size < 512) throw invalid('boot sector', `volume of ${size} bytes`, 0);
     const boot = parseBootSector(await readExactly(read, 0, 512, 'NTFS boot sector'));
     const fsSize = boot.totalSectors * boot.bytesPerSector;
@@ -100,7 +106,8 @@ export class NtfsVolume {
     const vol = new NtfsVolume(read, boot, size);
     const at = boot.mftLcn * boot.clusterSize;
     vol.checkRange(at, boot.recordSize, '$MFT record 0');
-    const rec0 = parseMftRecord(await readExactly(read, at, boot.recordSize, 'MFT record 0'), 0, at);
+    // A copy: fixups are undone in place, and a reader may hand out a view of memory it keeps.
+    const rec0 = parseMftRecord(new Uint8Array(await readExactly(read, at, boot.recordSize, 'MFT record 0')), 0, at);
     const first = rec0.attributes.find((a) => a.type === ATTR.DATA && a.name === '' && a.nonResident);
     if (!first?.runs?.length) throw invalid('MFT record 0', '$MFT has no non-resident $DATA', at);
     vol.mftRuns = first.runs;
@@ -119,7 +126,11 @@ export class NtfsVolume {
   }
 
   /** Looks up `path`: a file or directory. Missing: `DISK_PATH_NOT_FOUND`. */
-  async stat(path: string): Promise<NtfsEntry> {
+  stat(path: string): Promise<NtfsEntry> {
+    return malformed(() => this.lookup(path));
+  }
+
+  private async lookup(path: string): Promise<NtfsEntry> {
     const parts = splitPath(path);
     let entry = await this.entry(ROOT, '', '/');
     for (const part of parts) {
@@ -132,8 +143,12 @@ export class NtfsVolume {
   }
 
   /** The entries of the directory at `path`, in index order, without `.` and 8.3 aliases. */
-  async list(path: string): Promise<NtfsEntry[]> {
-    const dir = await this.stat(path);
+  list(path: string): Promise<NtfsEntry[]> {
+    return malformed(() => this.listDir(path));
+  }
+
+  private async listDir(path: string): Promise<NtfsEntry[]> {
+    const dir = await this.lookup(path);
     if (!dir.isDirectory) throw new FerryError('DISK_PATH_NOT_FOUND', `NTFS: ${dir.path} is not a directory`);
     const out: NtfsEntry[] = [];
     for (const e of await this.indexEntries(dir.record)) out.push(await this.entry(e.record, e.name, joinPath(dir.path, e.name)));
@@ -141,8 +156,12 @@ export class NtfsVolume {
   }
 
   /** Where the unnamed $DATA of a file lies on the volume, in file order; sparse parts have none. */
-  async extents(path: string | NtfsEntry): Promise<NtfsExtent[]> {
-    const entry = typeof path === 'string' ? await this.stat(path) : path;
+  extents(path: string | NtfsEntry): Promise<NtfsExtent[]> {
+    return malformed(() => this.dataExtents(path));
+  }
+
+  private async dataExtents(path: string | NtfsEntry): Promise<NtfsExtent[]> {
+    const entry = typeof path === 'string' ? await this.lookup(path) : path;
     const data = (await this.streams(entry.record)).get(`${ATTR.DATA}:`);
     if (!data || data.value) return [];
     const cs = this.clusterSize;
@@ -158,8 +177,12 @@ export class NtfsVolume {
   }
 
   /** `length` bytes of a file from `offset` (fewer at its end; by default up to 16 MiB). */
-  async readFile(path: string | NtfsEntry, offset = 0, length = 16 * 1024 * 1024): Promise<Uint8Array> {
-    const entry = typeof path === 'string' ? await this.stat(path) : path;
+  readFile(path: string | NtfsEntry, offset = 0, length = 16 * 1024 * 1024): Promise<Uint8Array> {
+    return malformed(() => this.readData(path, offset, length));
+  }
+
+  private async readData(path: string | NtfsEntry, offset: number, length: number): Promise<Uint8Array> {
+    const entry = typeof path === 'string' ? await this.lookup(path) : path;
     if (entry.isDirectory) throw new FerryError('DISK_PATH_NOT_FOUND', `NTFS: ${entry.path} is a directory, not a file`);
     const data = (await this.streams(entry.record)).get(`${ATTR.DATA}:`);
     if (!data) return new Uint8Array(0);
@@ -239,6 +262,7 @@ export class NtfsVolume {
     const list = base.attributes.find((a) => a.type === ATTR.ATTRIBUTE_LIST);
     if (list) {
       const listStream = toStreams([list]).get(`${ATTR.ATTRIBUTE_LIST}:`)!;
+      if (listStream.dataSize > MAX_ATTRIBUTE_LIST) throw invalid(`MFT record ${recordNumber}`, `$ATTRIBUTE_LIST of ${listStream.dataSize} bytes`, this.recordOffset(recordNumber));
       const bytes = listStream.value ?? (await this.readStream(listStream, 0, listStream.dataSize, `$ATTRIBUTE_LIST of record ${recordNumber}`));
       attrs = [];
       for (const e of parseAttributeList(bytes, this.recordOffset(recordNumber))) {
@@ -290,7 +314,8 @@ export class NtfsVolume {
 
   /** Bytes `[offset, offset+length)` of a stream, cut at its data size; past the initialized size and in sparse runs: zeros. */
   private async readStream(s: Stream, offset: number, length: number, what: string): Promise<Uint8Array> {
-    if (s.value) return s.value.slice(Math.min(offset, s.value.length), Math.min(offset + length, s.value.length));
+    // A copy (`Buffer#slice` would share memory): the caller may change what it gets.
+    if (s.value) return new Uint8Array(s.value.subarray(Math.min(offset, s.value.length), Math.min(offset + length, s.value.length)));
     const end = Math.min(offset + length, s.dataSize);
     if (end <= offset) return new Uint8Array(0);
     const out = new Uint8Array(end - offset);
@@ -348,4 +373,18 @@ function splitPath(path: string): string[] {
 
 function joinPath(dir: string, name: string): string {
   return dir === '/' ? `/${name}` : `${dir}/${name}`;
+}
+
+/**
+ * A field that points outside its structure makes a DataView or typed-array access throw
+ * RangeError deep in the decoders: that is a malformed volume, not a bug, so it becomes
+ * `DISK_FORMAT_INVALID` (every other check names its structure itself).
+ */
+async function malformed<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof RangeError) throw new FerryError('DISK_FORMAT_INVALID', `NTFS: a structure points outside itself (${err.message})`, {}, { cause: err });
+    throw err;
+  }
 }

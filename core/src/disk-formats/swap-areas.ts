@@ -116,25 +116,36 @@ async function pagingFiles(read: DiskReader, v: Volume, opts: Required<SwapAreaO
   const out: SwapAreaFound[] = [];
   for (const [name, kind] of PAGING_FILES) {
     if (kind === 'hiberfil' ? !opts.hibernation : !opts.windowsPaging) continue;
-    let entry;
     try {
-      entry = await volume.stat(`/${name}`);
+      const area = await pagingFile(volume, name, kind, v, notes);
+      if (area) out.push(area);
     } catch (err) {
-      if (err instanceof FerryError && err.code === 'DISK_PATH_NOT_FOUND') continue;
-      throw err;
+      // One unreadable file (a damaged record, a compressed hiberfil.sys) keeps the others skippable.
+      if (!isFormatError(err)) throw err;
+      notes.push(`${v.label}: /${name} not read, kept: ${err.message}`);
     }
-    if (entry.isDirectory) continue;
-    if (kind === 'hiberfil') {
-      const magic = Buffer.from(await volume.readFile(entry, 0, 4)).toString('latin1').toLowerCase();
-      if (magic === 'hibr' || magic === 'rstr') {
-        notes.push(`${v.label}: /${entry.name} holds a hibernation image to resume from (${magic}): kept`);
-        continue;
-      }
-    }
-    const extents = (await volume.extents(entry)).map((e) => ({ offset: v.start + e.volumeOffset, length: e.length }));
-    out.push({ kind, where: `${v.label}: /${entry.name}`, extents: extents.sort((a, b) => a.offset - b.offset) });
   }
   return out;
+}
+
+async function pagingFile(volume: NtfsVolume, name: string, kind: SwapAreaKind, v: Volume, notes: string[]): Promise<SwapAreaFound | undefined> {
+  let entry;
+  try {
+    entry = await volume.stat(`/${name}`);
+  } catch (err) {
+    if (err instanceof FerryError && err.code === 'DISK_PATH_NOT_FOUND') return undefined;
+    throw err;
+  }
+  if (entry.isDirectory) return undefined;
+  if (kind === 'hiberfil') {
+    const magic = Buffer.from(await volume.readFile(entry, 0, 4)).toString('latin1').toLowerCase();
+    if (magic === 'hibr' || magic === 'rstr') {
+      notes.push(`${v.label}: /${entry.name} holds a hibernation image to resume from (${magic}): kept`);
+      return undefined;
+    }
+  }
+  const extents = (await volume.extents(entry)).map((e) => ({ offset: v.start + e.volumeOffset, length: e.length }));
+  return { kind, where: `${v.label}: /${entry.name}`, extents: extents.sort((a, b) => a.offset - b.offset) };
 }
 
 function isFormatError(err: unknown): err is FerryError {

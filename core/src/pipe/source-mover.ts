@@ -97,14 +97,14 @@ export class SourceMover {
     const count = Math.ceil(handle.size / this.opts.blockSize);
     const alloc = new AllocationCursor(handle);
     const changes = changed && new ChangeCursor(changed, handle.size);
-    const merged = mergeRanges(skip);
+    const skipCursor = new SkipCursor(skip);
     const window: Promise<Produced>[] = [];
     let next = Math.max(0, from);
     let lent: BlockSlot | undefined;
     try {
       while (next < count || window.length > 0) {
         while (next < count && window.length < this.readAhead) {
-          const plan = await this.plan(next++, handle.size, alloc, skip, merged, changes, counters);
+          const plan = await this.plan(next++, handle.size, alloc, skipCursor, changes, counters);
           const p = this.produce(handle, plan, counters);
           p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
           window.push(p);
@@ -131,18 +131,16 @@ export class SourceMover {
     index: number,
     size: number,
     alloc: AllocationCursor,
-    skip: Extent[],
-    merged: Extent[],
+    skip: SkipCursor,
     changes: ChangeCursor | undefined,
     counters: SourceCounters,
   ): Promise<BlockPlan> {
     const offset = index * this.opts.blockSize;
     const length = Math.min(this.opts.blockSize, size - offset);
     if (changes && !(await changes.touches(offset, offset + length))) return { index, offset, length, data: [], unchanged: true };
-    const covering = clip(merged, offset, offset + length);
+    const { covering, by } = skip.within(offset, offset + length);
     if (covering.length === 0) return { index, offset, length, data: await alloc.dataIn(offset, offset + length) };
     counters.skippedBytes = (counters.skippedBytes ?? 0) + covering.reduce((n, e) => n + e.length, 0);
-    const by = skip.find((s) => s.offset < offset + length && s.offset + s.length > offset);
     const skippedBy = by && skipRangeFilter.get(by);
     const whole = covering.length === 1 && covering[0]!.offset === offset && covering[0]!.length === length;
     if (whole) return { index, offset, length, data: [], skippedBy };
@@ -347,16 +345,39 @@ export function mergeRanges(ranges: readonly Extent[]): Extent[] {
   return out;
 }
 
-/** The parts of sorted, merged `ranges` inside `[start, end)`. */
-function clip(ranges: readonly Extent[], start: number, end: number): Extent[] {
-  const out: Extent[] = [];
-  for (const r of ranges) {
-    if (r.offset >= end) break;
-    const s = Math.max(start, r.offset);
-    const t = Math.min(end, r.offset + r.length);
-    if (s < t) out.push({ offset: s, length: t - s });
+/**
+ * Walks the skip ranges front to back as blocks are planned in order (thousands of pagefile
+ * fragments cost one step each, not one scan per block).
+ */
+class SkipCursor {
+  private readonly merged: Extent[];
+  private readonly sorted: Extent[];
+  private m = 0;
+  private s = 0;
+
+  constructor(skip: readonly Extent[]) {
+    this.sorted = [...skip].sort((a, b) => a.offset - b.offset);
+    this.merged = mergeRanges(skip);
   }
-  return out;
+
+  /** The skipped parts of `[start, end)`, and a range of a filter that covers some of it (to name the filter). */
+  within(start: number, end: number): { covering: Extent[]; by?: Extent } {
+    while (this.m < this.merged.length && this.merged[this.m]!.offset + this.merged[this.m]!.length <= start) this.m++;
+    while (this.s < this.sorted.length && this.sorted[this.s]!.offset + this.sorted[this.s]!.length <= start && this.sorted[this.s]!.offset < start) this.s++;
+    const covering: Extent[] = [];
+    for (let i = this.m; i < this.merged.length && this.merged[i]!.offset < end; i++) {
+      const r = this.merged[i]!;
+      const s = Math.max(start, r.offset);
+      const t = Math.min(end, r.offset + r.length);
+      if (s < t) covering.push({ offset: s, length: t - s });
+    }
+    if (covering.length === 0) return { covering };
+    for (let i = this.s; i < this.sorted.length && this.sorted[i]!.offset < end; i++) {
+      const r = this.sorted[i]!;
+      if (r.offset + r.length > start) return { covering, by: r };
+    }
+    return { covering };
+  }
 }
 
 /** `data` without the bytes of sorted, merged `cut`. */

@@ -3,7 +3,7 @@ import type { Extent } from '../contracts/extent.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import type { DiskHandle, ProbeResult, Transport } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
-import type { ChangedRanges } from '../pipe/source-mover.js';
+import { skipRangeFilter, type ChangedRanges } from '../pipe/source-mover.js';
 import { BlockMap } from '../repository/block-map.js';
 import type { RestorePoint, RestorePointDisk } from '../repository/repository.js';
 import {
@@ -255,6 +255,18 @@ describe('disk plan', function () {
       const filters = [{ name: 'swap', impl: { skipExtents: async (): Promise<Extent[]> => Promise.reject(new Error('no guest')) } }];
       const err = (await skipExtents(filters, disk(), { vm: 'vm1', disk: 'd0' }, ctx).catch((e: FerryError) => e)) as FerryError;
       expect(err.where).to.include({ plugin: 'swap', hook: 'skipExtents', disk: 'd0' });
+    });
+
+    it("adds the disk's own skipExtents (a guest runtime's report) as the ranges of filter 'guest'", async function () {
+      const filters = [{ name: 'swap', impl: { skipExtents: async () => [{ offset: 4 * BLOCK, length: BLOCK }] } }];
+      const d = { ...disk(), skipExtents: [{ offset: BLOCK + 4096, length: BLOCK }] };
+      const got = await skipExtents(filters, d, {}, ctx);
+      expect(got).to.deep.equal([{ offset: BLOCK + 4096, length: BLOCK }, { offset: 4 * BLOCK, length: BLOCK }]);
+      expect(skipRangeFilter.get(got[0]!)).to.equal('guest');
+      const bad = { ...disk(), skipExtents: [{ offset: 64 * BLOCK, length: 1 }] };
+      const err = (await skipExtents([], bad, {}, ctx).catch((e: FerryError) => e)) as FerryError;
+      expect(err.code).to.equal('PLUGIN_CONTRACT');
+      expect(err.where).to.include({ plugin: 'guest' });
     });
 
     it('hands the filter the open disk, and refuses ranges outside it (PLUGIN_CONTRACT)', async function () {

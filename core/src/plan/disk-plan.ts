@@ -82,7 +82,8 @@ export async function skipExtents(
   context: SkipContext,
 ): Promise<Extent[]> {
   const out: Extent[] = [];
-  for (const f of filters) {
+  const known = disk.skipExtents ? [{ name: GUEST_SKIP, impl: { skipExtents: async () => disk.skipExtents!.map((e) => ({ ...e })) } }] : [];
+  for (const f of [...filters, ...known]) {
     if (!f.impl.skipExtents) continue;
     const ranges = await f.impl.skipExtents(disk, context).catch((err) => Promise.reject(pluginError(err, f.name, 'skipExtents', where)));
     if (!Array.isArray(ranges)) throw new FerryError('PLUGIN_CONTRACT', `skipExtents returned ${typeof ranges}, not an array of ranges`, { ...where, plugin: f.name, hook: 'skipExtents' });
@@ -97,6 +98,9 @@ export async function skipExtents(
   }
   return out.sort((a, b) => a.offset - b.offset);
 }
+
+/** The name under which `SourceDisk.skipExtents` (ranges a guest runtime reported) count in `blocks.filtered`. */
+export const GUEST_SKIP = 'guest';
 
 /** A `SkipContext` over an open disk whose reads count in `counters.bytesRead`. */
 export function skipContext(handle: DiskHandle, counters: { bytesRead: number }): SkipContext {

@@ -285,7 +285,7 @@ const extents = arrayOf(obj({ offset: int(), length: int(1) }));
 const mode = oneOf('full', 'incremental');
 /** Plugin options: any JSON object (its keys are the plugin's to check, against its configSchema). */
 const options: Check = (v) => (isObject(v) ? undefined : ' must be an object');
-const sourceDisk = obj({ name, size: optional(int()), path: optional(str), format: optional(str) });
+const sourceDisk = obj({ name, size: optional(int()), path: optional(str), format: optional(str), skipExtents: optional(extents) });
 const pointDisk = obj({
   name,
   sizeBytes: int(),
