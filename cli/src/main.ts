@@ -4,6 +4,7 @@ import { backupCommand } from './commands/backup.js';
 import { listCommand } from './commands/list.js';
 import { pluginsCommand } from './commands/plugins.js';
 import { restoreCommand } from './commands/restore.js';
+import { filesCommand } from './commands/files.js';
 import { validateCommand } from './commands/validate.js';
 import { verifyCommand } from './commands/verify.js';
 import { pruneCommand } from './commands/prune.js';
@@ -26,6 +27,7 @@ export async function main(argv: string[]): Promise<number> {
     .command(backupCommand((c) => (code = c)))
     .command(listCommand((c) => (code = c)))
     .command(restoreCommand((c) => (code = c)))
+    .command(filesCommand((c) => (code = c)))
     .command(pluginsCommand((c) => (code = c)))
     .command(validateCommand((c) => (code = c)))
     .command(verifyCommand((c) => (code = c)))
@@ -37,7 +39,7 @@ export async function main(argv: string[]): Promise<number> {
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
+    .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
     .strict()
     .help()
     .alias('h', 'help')

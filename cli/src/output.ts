@@ -21,6 +21,7 @@ const BAD_INPUT = new Set<string>([
   'REPO_POINT_NOT_FOUND',
   'RESTORE_NOT_FOUND',
   'RESTORE_TARGET_EXISTS',
+  'DISK_PATH_NOT_FOUND',
   // what the admin typed or configured, not a failed session: a passphrase, or settings the repository was made with
   'REPO_PASSPHRASE_REQUIRED',
   'REPO_WRONG_PASSPHRASE',

@@ -24,6 +24,11 @@ import type { Connection, WireMessage } from '../wire/index.js';
  *     non-zero block from `from` on, then `res`; the client sends `restore.ack` {id, done} as it
  *     writes. After a drop the client asks again with `from` = its first block not written and the
  *     same `restoreId`; `resent` counts the blocks of earlier streams sent again.
+ *   point.open {vm, point} → {point, idKey?}: random access to one restore point (`ferry serve`); the
+ *     service takes a `restore` lock held until the connection ends
+ *   point.map {vm, point, disk} → `restore.map` {point} (block map in the body), then {blocks}
+ *   blocks.read {hashes} → `restore.block` {h} with the stored block object in the body for each
+ *     (after `point.open`; the client checks and decodes them as a restore does), then {blocks}
  *
  * Data pipe (repository service → proxy; the repository service connects, DESIGN.md step 3):
  *   R→P `task` ReadTask; P→R `task.ok` TaskInfo, then records in index order:
@@ -199,7 +204,13 @@ export interface ControlVerbs {
     res: { retention?: RetentionOutcome; verify?: VerifyOutcome };
   };
   'restore.open': { req: RestoreRequest; res: { blocks: number } };
+  'point.open': { req: { vm: string; point: string }; res: { point: RestorePoint; idKey?: string } };
+  'point.map': { req: { vm: string; point: string; disk: string }; res: { blocks: number } };
+  'blocks.read': { req: { hashes: string[] }; res: { blocks: number } };
 }
+
+/** Block ids one `blocks.read` may ask for. */
+export const MAX_BLOCKS_PER_READ = 64;
 
 export type ControlVerb = keyof ControlVerbs;
 export type ControlRequest<V extends ControlVerb> = ControlVerbs[V]['req'];
@@ -325,6 +336,14 @@ const REQUESTS: { [V in ControlVerb]: Check } = {
     points: optional(arrayOf(obj({ vm: name, id: name }))),
   }),
   'restore.open': obj({ vm: name, disk: name, point: name, from: optional(int()), restoreId: optional(str) }),
+  'point.open': obj({ vm: name, point: name }),
+  'point.map': obj({ vm: name, point: name, disk: name }),
+  'blocks.read': obj({
+    hashes: (v) =>
+      Array.isArray(v) && v.length >= 1 && v.length <= MAX_BLOCKS_PER_READ && v.every((x) => typeof x === 'string' && /^[0-9a-f]{64}$/.test(x))
+        ? undefined
+        : ` must be 1 to ${MAX_BLOCKS_PER_READ} block ids (SHA-256 in hex)`,
+  }),
 };
 
 const taskInfo = obj({ sizeBytes: int(), transport: str, transportReason: str, mode, modeReason: str });
@@ -345,6 +364,9 @@ const REPLIES: Partial<{ [V in ControlVerb]: Check }> = {
   }),
   'point.commit': obj({ point: restorePoint }),
   'restore.open': obj({ blocks: int() }),
+  'point.open': obj({ point: restorePoint, idKey: optional(str) }),
+  'point.map': obj({ blocks: int() }),
+  'blocks.read': obj({ blocks: int() }),
 };
 
 function isVerb(op: unknown): op is ControlVerb {

@@ -123,6 +123,8 @@ class ControlSession {
   private aborted = false;
   /** Running restores: a client's ack (blocks written) by request id. */
   private readonly restoreAcks = new Map<number, (done: number) => void>();
+  /** `point.open`: read locks held until the connection ends. */
+  private readonly readLocks: RepositoryLock[] = [];
 
   constructor(
     private readonly opts: RepositoryServiceOptions,
@@ -158,6 +160,7 @@ class ControlSession {
     this.kept.clear();
     await this.lock?.release().catch(() => undefined);
     this.lock = undefined;
+    await Promise.all(this.readLocks.splice(0).map((l) => l.release().catch(() => undefined)));
   }
 
   private async answer(m: WireMessage): Promise<void> {
@@ -196,7 +199,45 @@ class ControlSession {
         return this.endSession(h);
       case 'restore.open':
         return this.restore(h, h.id);
+      case 'point.open':
+        return this.openPoint(h);
+      case 'point.map':
+        return this.pointMap(h, h.id);
+      case 'blocks.read':
+        return this.readBlocks(h, h.id);
     }
+  }
+
+  /**
+   * Random access to a point (`ferry serve` against this service): a `restore` lock, held until the
+   * connection ends, keeps garbage collection from deleting what the client may still read.
+   */
+  private async openPoint(h: ControlRequest<'point.open'>): Promise<ControlReply<'point.open'>> {
+    const repo = await this.repository(false);
+    const lock = await lockForReading(repo.backend, { operation: 'restore', vms: [h.vm] });
+    if (lock) this.readLocks.push(lock);
+    const point = await repo.getPoint(h.vm, h.point);
+    await repo.blocks.load();
+    return { point, ...(repo.idKey && { idKey: hex(repo.idKey) }) };
+  }
+
+  private async pointMap(h: ControlRequest<'point.map'>, id: number): Promise<ControlReply<'point.map'>> {
+    const repo = await this.repository(false);
+    const { point, disk } = await repo.getPointDisk(h.vm, h.point, h.disk);
+    const map = await repo.readMap(disk);
+    await this.conn.send({ type: 'restore.map', header: { id, point: point.id }, body: map.encode() });
+    return { blocks: map.blockCount };
+  }
+
+  /** Stored block objects by id, as stored: the client checks and decodes them against its map. */
+  private async readBlocks(h: ControlRequest<'blocks.read'>, id: number): Promise<ControlReply<'blocks.read'>> {
+    if (this.readLocks.length === 0 && !this.lock) throw new FerryError('PIPE_PROTOCOL', 'blocks.read before point.open');
+    const repo = await this.repository(false);
+    for (const h0 of h.hashes) {
+      const { record } = await repo.blocks.readRecord(Buffer.from(h0, 'hex'));
+      await this.conn.send({ type: 'restore.block', header: { id, h: h0 }, body: record });
+    }
+    return { blocks: h.hashes.length };
   }
 
   private repository(create: boolean): Promise<Repository> {
