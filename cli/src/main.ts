@@ -15,6 +15,7 @@ import { keyCommand } from './commands/key.js';
 import { proxyCommand } from './commands/proxy.js';
 import { repositoryServeCommand } from './commands/repository-serve.js';
 import { serveCommand } from './commands/serve.js';
+import { instantRecoverCommand } from './commands/instant-recover.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -39,7 +40,8 @@ export async function main(argv: string[]): Promise<number> {
     .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
     .command(serveCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve')
+    .command(instantRecoverCommand((c) => (code = c)))
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover')
     .strict()
     .help()
     .alias('h', 'help')

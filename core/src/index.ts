@@ -67,3 +67,4 @@ export * from './serve/point-server.js';
 export * from './serve/overlay-image.js';
 export * from './serve/overlay-dir.js';
 export * from './serve/commit-view.js';
+export * from './serve/qemu-attach.js';

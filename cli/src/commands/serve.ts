@@ -111,7 +111,7 @@ export function announce(server: PointServer, json: boolean): void {
   }
 }
 
-function cacheBytes(v: string): number {
+export function cacheBytes(v: string): number {
   const n = parseSize(v);
   if (n === undefined || n < 1024 * 1024) throw new FerryError('CLI_USAGE', `--cache ${JSON.stringify(v)} is not a size of at least 1MiB (e.g. 256MiB)`);
   return n;
