@@ -16,6 +16,7 @@ import { proxyCommand } from './commands/proxy.js';
 import { repositoryServeCommand } from './commands/repository-serve.js';
 import { serveCommand } from './commands/serve.js';
 import { instantRecoverCommand } from './commands/instant-recover.js';
+import { mountCommand } from './commands/mount.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -41,7 +42,8 @@ export async function main(argv: string[]): Promise<number> {
     .command(keyCommand((c) => (code = c)))
     .command(serveCommand((c) => (code = c)))
     .command(instantRecoverCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover')
+    .command(mountCommand((c) => (code = c)))
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover, mount')
     .strict()
     .help()
     .alias('h', 'help')

@@ -68,3 +68,4 @@ export * from './serve/overlay-image.js';
 export * from './serve/overlay-dir.js';
 export * from './serve/commit-view.js';
 export * from './serve/qemu-attach.js';
+export * from './serve/kernel-nbd.js';

@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
-import { copyFileSync, cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
-import { changeVmImage, makeVmImage, skipUnlessTools } from '@ferry/core/testing';
+import { changeVmImage, makeVmImage, skipBecause, skipUnlessTools } from '@ferry/core/testing';
 import { basicJob, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { startService, type ServiceProcess } from './support/remote-services.js';
 
@@ -184,6 +184,15 @@ describe('ferry serve: a restore point as an NBD export', function () {
     await serve('--listen', `unix:${sock('busy')}`);
     const busy = await runFerry(['serve', job, '--vm', 'web01', '--disk', 'vm.raw', '--listen', `unix:${sock('busy')}`, '--json']);
     expect(json<{ error: { code: string } }>(busy).error.code).to.equal('SERVE_LISTEN');
+  });
+
+  it('ferry mount says clearly when the kernel nbd module is not there (MOUNT_UNAVAILABLE)', async function () {
+    if (existsSync('/sys/module/nbd')) skipBecause(this, 'the kernel nbd module is loaded here: attaching a device is left to a manual check (root, a free /dev/nbdN)');
+    const r = await runFerry(['mount', job, '--vm', 'web01', '--disk', 'vm.raw', '--json']);
+    expect(r.code).to.equal(1);
+    const { error } = json<{ error: { code: string; message: string } }>(r);
+    expect(error.code).to.equal('MOUNT_UNAVAILABLE');
+    expect(error.message).to.include('nbd module').and.to.include('ferry serve');
   });
 
   it('serves through a repository service (repository.server in the job)', async function () {
