@@ -50,6 +50,8 @@ export interface SessionHost {
 
 /** Requests of one connection handled at once; the next request is read when one finishes. */
 const IN_FLIGHT = 32;
+/** Bytes of reads and writes of one connection in flight at once (one larger request runs alone). */
+const IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 /** Extents one block-status reply describes at most (the client asks again for the rest). */
 const MAX_EXTENTS = 4096;
 const META_ID = 1;
@@ -79,6 +81,7 @@ export class NbdSession {
   private meta?: { exportName: string; allocation: boolean };
   private export?: NbdExport;
   private inFlight = 0;
+  private inFlightBytes = 0;
   private slotFree?: () => void;
   private drained?: Promise<void>;
   private readonly settled = new Set<Promise<void>>();
@@ -223,6 +226,9 @@ export class NbdSession {
     this.socket = secure;
     this.reader = new StreamReader(secure);
     this.tlsDone = true;
+    // What was negotiated in the clear does not carry over into the TLS session.
+    this.structured = false;
+    this.meta = undefined;
   }
 
   /** NBD_OPT_INFO / NBD_OPT_GO: true when GO selected an export (transmission follows). */
@@ -308,7 +314,7 @@ export class NbdSession {
 
   private async transmit(): Promise<void> {
     for (;;) {
-      if (this.inFlight >= IN_FLIGHT) await new Promise<void>((r) => (this.slotFree = r));
+      while (this.inFlight >= IN_FLIGHT || (this.inFlight > 0 && this.inFlightBytes >= IN_FLIGHT_BYTES)) await new Promise<void>((r) => (this.slotFree = r));
       if (this.drained) await this.drained;
       if (this.closed) return;
       const head = await this.reader.read(REQUEST_SIZE);
@@ -328,11 +334,14 @@ export class NbdSession {
         payload = Buffer.from(await this.need(req.length));
       }
       if (req.type === CMD.DISC) return;
+      const bytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
       this.inFlight++;
+      this.inFlightBytes += bytes;
       const p = this.serve(req, payload)
         .catch((err) => this.fail(req, err))
         .finally(() => {
           this.inFlight--;
+          this.inFlightBytes -= bytes;
           this.settled.delete(p);
           const free = this.slotFree;
           this.slotFree = undefined;
