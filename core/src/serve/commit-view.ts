@@ -11,6 +11,8 @@ export interface CommitOptions {
   /** Overwrite an existing file or a block device (as `ferry restore --force`). */
   force?: boolean;
   onProgress?: (doneBytes: number, sizeBytes: number) => void;
+  /** Called before each pass; `final`: the pass that holds writes back (called before they are held). */
+  onPass?: (pass: number, final: boolean) => void;
 }
 
 export interface CommitReport {
@@ -67,12 +69,19 @@ export async function commitView(rt: JobRuntime, image: DiskImage, opts: CommitO
       await Promise.all(Array.from({ length: LANES }, lane));
       report.passes++;
     };
+    opts.onPass?.(1, false);
     await copy(
       Array.from({ length: Math.ceil(size / UNIT) }, (_, i) => i),
       false,
     );
-    for (let pass = 0; overlay && dirty.size > FINAL_UNITS && pass < MAX_LIVE_PASSES; pass++) await copy(take(dirty), true);
-    if (overlay && dirty.size) await overlay.exclusive(() => copy(take(dirty), true));
+    for (let pass = 0; overlay && dirty.size > FINAL_UNITS && pass < MAX_LIVE_PASSES; pass++) {
+      opts.onPass?.(report.passes + 1, false);
+      await copy(take(dirty), true);
+    }
+    if (overlay && dirty.size) {
+      opts.onPass?.(report.passes + 1, true);
+      await overlay.exclusive(() => copy(take(dirty), true));
+    }
     await sink.finish(true);
   } catch (err) {
     throw withTargetState(err, await sink.finish(false).catch(() => undefined));
