@@ -3,7 +3,6 @@ import os from 'node:os';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { FerryError, JobRuntime, qemuCommandLine, qemuDisks, shellQuote, startPointServer, type PointServer, type QemuTls } from '@ferry/core';
-import { QmpClient } from '@ferry/source-qemu';
 import { EXIT } from '../output.js';
 import { announce, cacheBytes, line, waitForSignal } from './serve.js';
 
@@ -91,6 +90,8 @@ export function instantRecoverCommand(setCode: (c: number) => void): CommandModu
  * device still uses stays, and the message says so.
  */
 async function attach(qmp: string, server: PointServer, tls?: QemuTls): Promise<() => Promise<void>> {
+  // Loaded here: the other commands never need the QEMU plugin's code.
+  const { QmpClient } = await import('@ferry/source-qemu');
   const disks = qemuDisks(server, tls);
   const added: string[] = [];
   let objectAdded = false;
