@@ -1,9 +1,10 @@
 import type { Socket } from 'node:net';
-import { createServer as createTlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
+import type { TLSSocket, TlsOptions } from 'node:tls';
 import { FerryError } from '../errors.js';
 import type { Allocation } from '../restore-access/disk-image.js';
 import { isWritable, type NbdExport } from './nbd-export.js';
 import { StreamReader } from './stream-reader.js';
+import { chunkHeader, Disconnect, simpleHeader, u16, u32, u64, upgrade } from './nbd-frames.js';
 import {
   BASE_ALLOCATION,
   CMD,
@@ -26,10 +27,8 @@ import {
   REPLY_TYPE,
   REQUEST_MAGIC,
   REQUEST_SIZE,
-  SIMPLE_REPLY_MAGIC,
   STATE_HOLE,
   STATE_ZERO,
-  STRUCTURED_REPLY_MAGIC,
   TFLAG,
 } from './nbd-wire.js';
 
@@ -55,8 +54,6 @@ const IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 /** Extents one block-status reply describes at most (the client asks again for the rest). */
 const MAX_EXTENTS = 4096;
 const META_ID = 1;
-
-class Disconnect extends Error {}
 
 interface Request {
   flags: number;
@@ -450,67 +447,4 @@ export class NbdSession {
       });
     }
   }
-}
-
-/**
- * The server side of a TLS handshake on a connected socket: a `tls.Server` that never listens is
- * handed the socket, so client certificates are verified as for any TLS listener (`authorized`).
- */
-function upgrade(socket: Socket, options: TlsOptions): Promise<TLSSocket> {
-  const tls = createTlsServer({ ...options, requestCert: true, rejectUnauthorized: true });
-  return new Promise<TLSSocket>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Disconnect('the TLS handshake did not finish within 30 s'));
-    }, 30_000);
-    tls.once('secureConnection', (secure: TLSSocket) => {
-      clearTimeout(timer);
-      if (!secure.authorized) {
-        secure.destroy();
-        reject(new Disconnect(`the client's certificate was refused: ${String(secure.authorizationError)}`));
-      } else resolve(secure);
-    });
-    tls.once('tlsClientError', (err: Error) => {
-      clearTimeout(timer);
-      socket.destroy();
-      reject(new Disconnect(`TLS handshake failed: ${err.message}`));
-    });
-    tls.emit('connection', socket);
-  });
-}
-
-function u16(v: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(v);
-  return b;
-}
-
-function u32(v: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(v >>> 0);
-  return b;
-}
-
-function u64(v: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(BigInt(v));
-  return b;
-}
-
-function simpleHeader(errno: number, cookie: Buffer): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(errno, 4);
-  cookie.copy(b, 8);
-  return b;
-}
-
-function chunkHeader(flags: number, type: number, cookie: Buffer, length: number): Buffer {
-  const b = Buffer.alloc(20);
-  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
-  b.writeUInt16BE(flags, 4);
-  b.writeUInt16BE(type, 6);
-  cookie.copy(b, 8);
-  b.writeUInt32BE(length, 16);
-  return b;
 }
