@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -10,7 +10,7 @@ import { startService, type ServiceProcess } from './support/remote-services.js'
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-const TOOLS = { 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', openssl: 'openssl' };
+const TOOLS = { 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils', 'qemu-nbd': 'qemu-utils', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', openssl: 'openssl' };
 
 /** `nbd+unix` URI of an export on a unix socket (`nbds+unix` with TLS certificates in qemu/libnbd layout). */
 function uri(sock: string, name = 'vm.raw', tlsDir?: string): string {
@@ -167,6 +167,22 @@ describe('ferry serve: a restore point as an NBD export', function () {
     expect(c.stdout()).to.match(/"event":"committed"/);
     expect(readFileSync(out).equals(readFileSync(expected))).to.equal(true);
     await sh('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', expected, uri(sock('commit'))]);
+    await c.stop();
+    // An NBD target (qemu-nbd over a file of the disk's size) takes the same view.
+    const tgt = path.join(t.dir, 'nbd-target.raw');
+    writeFileSync(tgt, '');
+    await run('truncate', ['-s', String(readFileSync(expected).length), tgt]);
+    const qn = spawn('qemu-nbd', ['-f', 'raw', '-x', 'tgt', '-k', sock('tgt'), tgt], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100 && !existsSync(sock('tgt')); i++) await new Promise((r) => setTimeout(r, 50));
+      const n = await serve('--listen', `unix:${sock('commit2')}`, '--writable', '--overlay', overlay, '--commit-to', `nbd+unix:///tgt?socket=${sock('tgt')}`, '--json');
+      const until = Date.now() + 30_000;
+      while (!/"event":"committed"/.test(n.stdout()) && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+      expect(n.stdout()).to.match(/"event":"committed"/);
+    } finally {
+      qn.kill();
+    }
+    expect(readFileSync(tgt).equals(readFileSync(expected))).to.equal(true);
     // An existing target without --force is refused, as restore refuses it.
     writeFileSync(path.join(t.dir, 'taken.raw'), 'x');
     const refused = await runFerry(['serve', job, '--vm', 'web01', '--disk', 'vm.raw', '--listen', `unix:${sock('taken')}`, '--writable', '--overlay', overlay, '--commit-to', path.join(t.dir, 'taken.raw'), '--json']);
