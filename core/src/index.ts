@@ -61,6 +61,7 @@ export * from './restore-access/disk-image.js';
 export * from './restore-access/block-cache.js';
 export * from './restore-access/point-reader.js';
 export * from './restore-access/point-access.js';
+export * from './restore-access/file-image.js';
 export * from './nbd-server/nbd-export.js';
 export { NbdServer, parseListen, type NbdServerOptions, type ListenAddress } from './nbd-server/nbd-server.js';
 export * from './serve/point-server.js';
