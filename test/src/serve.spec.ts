@@ -4,7 +4,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
-import { changeVmImage, makeVmImage, skipBecause, skipUnlessTools } from '@ferry/core/testing';
+import { changeVmImage, makeVmImage, Prng, skipBecause, skipUnlessTools } from '@ferry/core/testing';
+import { flipBit, pointDisks, storedBlocks } from './support/repo-inspect.js';
 import { basicJob, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { startService, type ServiceProcess } from './support/remote-services.js';
 
@@ -200,6 +201,24 @@ describe('ferry serve: a restore point as an NBD export', function () {
     await serve('--listen', `unix:${sock('busy')}`);
     const busy = await runFerry(['serve', job, '--vm', 'web01', '--disk', 'vm.raw', '--listen', `unix:${sock('busy')}`, '--json']);
     expect(json<{ error: { code: string } }>(busy).error.code).to.equal('SERVE_LISTEN');
+  });
+
+  it('a damaged block answers its reads with EIO and names object and offset in the log; other blocks are served', async function () {
+    cpSync(path.join(t.dir, 'repo'), path.join(t.dir, 'repo-damaged'), { recursive: true });
+    const damagedJob = writeJob(t.dir, basicJob({ disks: ['vm.raw'], repo: './repo-damaged' }), 'damaged.yaml');
+    const disk = pointDisks(path.join(t.dir, 'repo-damaged')).find((d) => d.point === points[1]!.id)!;
+    const i = disk.hashes.findIndex((h, n) => h && disk.hashes.indexOf(h) === n && n > 0);
+    flipBit(storedBlocks(path.join(t.dir, 'repo-damaged')).find((b) => b.hash === disk.hashes[i])!, new Prng(3));
+    const s = await startService(['serve', damagedJob, '--vm', 'web01', '--disk', 'vm.raw', '--listen', `unix:${sock('damaged')}`]);
+    services.push(s);
+    const bad = await run('qemu-io', ['-f', 'raw', '-r', '-c', `read ${i * disk.blockSize} 4096`, uri(sock('damaged'))]).then(
+      (r) => r.stdout + r.stderr,
+      (err: { stdout: string; stderr: string }) => err.stdout + err.stderr,
+    );
+    expect(bad).to.match(/Input\/output error/);
+    expect(s.stderr()).to.include('REPO_CORRUPT_OBJECT').and.to.include(`offset ${i * disk.blockSize}`);
+    const good = await sh('qemu-io', ['-f', 'raw', '-r', '-c', 'read 0 4096', uri(sock('damaged'))]);
+    expect(good).to.match(/read 4096\/4096 bytes/);
   });
 
   it('ferry mount says clearly when the kernel nbd module is not there (MOUNT_UNAVAILABLE)', async function () {
