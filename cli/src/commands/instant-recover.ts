@@ -43,6 +43,8 @@ export function instantRecoverCommand(setCode: (c: number) => void): CommandModu
         .conflicts('qmp', 'print') as never,
     handler: async (args) => {
       if (!args.qmp && !args.print) throw new FerryError('CLI_USAGE', 'name where the disks go: --qmp unix:PATH (a running QEMU) or --print (a QEMU command line)');
+      // From here on a signal stops the command cleanly, also one that arrives while it starts.
+      const stop = waitForSignal();
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       let server: PointServer | undefined;
       let tls: QemuTls | undefined;
@@ -60,7 +62,6 @@ export function instantRecoverCommand(setCode: (c: number) => void): CommandModu
           log: (l) => process.stderr.write(`ferry instant-recover: ${l}\n`),
         });
         if (args.certs) tls = qemuTlsDir(path.resolve(args.certs));
-        const stop = waitForSignal();
         if (args.qmp) detach = await attach(args.qmp, server, tls);
         announce(server, args.json);
         const disks = qemuDisks(server, tls);

@@ -37,6 +37,8 @@ export function mountCommand(setCode: (c: number) => void): CommandModule<object
       const free = await kernelNbdDevices();
       const device = args.device ?? free[0]!;
       if (args.device && !free.includes(args.device)) throw new FerryError('CLI_USAGE', `${args.device} is not a free NBD device; free: ${free.join(', ')}`);
+      // From here on a signal stops the command cleanly, also one that arrives while it starts.
+      const stop = waitForSignal();
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       let server: PointServer | undefined;
       let attached = false;
@@ -50,7 +52,6 @@ export function mountCommand(setCode: (c: number) => void): CommandModule<object
           reader: { cacheBytes: cacheBytes(args.cache) },
           log: (l) => process.stderr.write(`ferry mount: ${l}\n`),
         });
-        const stop = waitForSignal();
         await attachNbdDevice(device, socket, args.disk);
         attached = true;
         if (args.json) line({ event: 'attached', device, readOnly: true, vm: args.vm, disk: args.disk, restorePoint: server.point.id });

@@ -46,6 +46,8 @@ export function serveCommand(setCode: (c: number) => void): CommandModule<object
       if (commitTarget && !args.force && existsSync(commitTarget)) {
         throw new FerryError('RESTORE_TARGET_EXISTS', `${commitTarget} already exists; pass --force to overwrite it`, { disk: args.disk });
       }
+      // From here on a signal stops the command cleanly, also one that arrives while it starts.
+      const stop = waitForSignal();
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       let server: PointServer | undefined;
       let failed = false;
@@ -62,7 +64,6 @@ export function serveCommand(setCode: (c: number) => void): CommandModule<object
           log: (line) => process.stderr.write(`ferry serve: ${line}\n`),
         });
         announce(server, args.json);
-        const stop = waitForSignal();
         const commitTo = args['commit-to'];
         if (commitTo) {
           const to = isTargetAddress(commitTo) ? commitTo : path.resolve(commitTo);
