@@ -51,6 +51,7 @@ export function serveCommand(setCode: (c: number) => void): CommandModule<object
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       let server: PointServer | undefined;
       let failed = false;
+      let committing: Promise<void> | undefined;
       try {
         server = await startPointServer(rt, {
           vm: args.vm,
@@ -68,7 +69,7 @@ export function serveCommand(setCode: (c: number) => void): CommandModule<object
         if (commitTo) {
           const to = isTargetAddress(commitTo) ? commitTo : path.resolve(commitTo);
           const d = server.disks[0]!;
-          const committing = commitView(rt, d.image, { vm: args.vm, disk: args.disk, to, force: args.force })
+          committing = commitView(rt, d.image, { vm: args.vm, disk: args.disk, to, force: args.force })
             .then((report) => {
               if (args.json) line({ event: 'committed', ...report });
               else process.stdout.write(`committed ${args.vm}/${args.disk} (point ${server!.point.id} + overlay) to ${report.to}: ${humanSize(report.sizeBytes)} in ${(report.durationMs / 1000).toFixed(1)} s, ${report.passes} pass(es); still serving\n`);
@@ -84,6 +85,8 @@ export function serveCommand(setCode: (c: number) => void): CommandModule<object
         process.stderr.write(`ferry serve: ${sig}: stopping\n`);
       } finally {
         await server?.close();
+        // A commit still running when the export stops fails (its target is reported as it is).
+        await committing;
         await rt.close();
       }
       if (args.json) line({ event: 'stopped' });
