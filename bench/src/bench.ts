@@ -31,6 +31,7 @@ import { CBT_TOOLS, changeTrackingRuns, missing, NBD_TOOLS, nbdReadRuns, type Nb
 import { mainTable, medians, printTable, stageTable, targets, targetTable, withRatios } from './report.js';
 import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images, type PassContext, type Row } from './scenarios.js';
 import { remoteRuns } from './remote-scenario.js';
+import { serveRuns, SERVE_TOOLS } from './serve-scenario.js';
 import { changeSet, derivedImage, generateImage, randomBytes, textBytes } from './vm-image.js';
 
 const MiB = 1024 * 1024;
@@ -40,7 +41,7 @@ const SIZE_MIB = Number(env.FERRY_BENCH_IMAGE_MIB ?? 2048);
 const SPARSE_GIB = Number(env.FERRY_BENCH_SPARSE_GIB ?? 64);
 const RUNS = Math.max(1, Number(env.FERRY_BENCH_RUNS ?? 1));
 const LEVELS = (env.FERRY_BENCH_LEVELS ?? COMPRESSION_LEVELS.join(',')).split(',').map((s) => s.trim());
-const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd,remote').split(',').map((s) => s.trim()));
+const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd,remote,serve').split(',').map((s) => s.trim()));
 const NBD_CONNECTIONS = (env.FERRY_BENCH_NBD_CONNECTIONS ?? '1').split(',').map(Number);
 // A diagnostic variant of the NBD read path with the repository in RAM: what the pipe does when the
 // repository disk's write speed is out of the picture. Off with FERRY_BENCH_TMPFS=none.
@@ -84,6 +85,7 @@ async function pass(ctx: PassContext, peers: PeerTool[], skipped: string[], n: n
   if (ONLY.has('sparse')) rows.push(...(await sparseRuns(ctx)));
   if (ONLY.has('nbd') && !skipped.some((s) => s.startsWith('NBD read'))) rows.push(...(await nbdReadRuns(ctx, nbdVariants())));
   if (ONLY.has('remote')) rows.push(...(await remoteRuns(ctx)));
+  if (ONLY.has('serve') && !skipped.some((s) => s.startsWith('ferry serve'))) rows.push(...(await serveRuns(ctx)));
   return rows;
 }
 
@@ -103,6 +105,8 @@ async function findPeers(work: string): Promise<{ peers: PeerTool[]; skipped: st
   if (ONLY.has('cbt') && cbtMissing) skipped.push(`change tracking: ${cbtMissing}`);
   const nbdMissing = missing(NBD_TOOLS);
   if (ONLY.has('nbd') && nbdMissing) skipped.push(`NBD read: ${nbdMissing}`);
+  const serveMissing = missing(SERVE_TOOLS);
+  if (ONLY.has('serve') && serveMissing) skipped.push(`ferry serve: ${serveMissing}`);
   for (const s of skipped) console.log(`Skipped ${s}`);
   return { peers, skipped, versions };
 }

@@ -36,6 +36,7 @@ const COMPARE: Partial<Record<Scenario, { tool: string; scenario: Scenario }[]>>
   [SCENARIOS.restore]: [{ tool: 'restic', scenario: SCENARIOS.restore }, { tool: 'borg', scenario: SCENARIOS.restore }],
   [SCENARIOS.nbd]: [{ tool: 'nbdcopy', scenario: SCENARIOS.nbd }],
   [SCENARIOS.nbdTransport]: [{ tool: 'nbdcopy', scenario: SCENARIOS.nbd }],
+  [SCENARIOS.serve]: [{ tool: 'nbdcopy', scenario: SCENARIOS.nbd }],
 };
 
 export function withRatios(rows: Row[]): TableRow[] {

@@ -19,6 +19,7 @@ export const SCENARIOS = {
   nbdTransport: 'NBD read, transport only',
   remoteEmbedded: 'full backup, embedded pipe (remote pair)',
   remote: 'full backup, proxy + repository services',
+  serve: 'NBD read, ferry serve of a point',
 } as const;
 export type Scenario = (typeof SCENARIOS)[keyof typeof SCENARIOS];
 

@@ -15,6 +15,9 @@ import { certsCommand } from './commands/certs.js';
 import { keyCommand } from './commands/key.js';
 import { proxyCommand } from './commands/proxy.js';
 import { repositoryServeCommand } from './commands/repository-serve.js';
+import { serveCommand } from './commands/serve.js';
+import { instantRecoverCommand } from './commands/instant-recover.js';
+import { mountCommand } from './commands/mount.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -39,7 +42,10 @@ export async function main(argv: string[]): Promise<number> {
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
+    .command(serveCommand((c) => (code = c)))
+    .command(instantRecoverCommand((c) => (code = c)))
+    .command(mountCommand((c) => (code = c)))
+    .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover, mount')
     .strict()
     .help()
     .alias('h', 'help')

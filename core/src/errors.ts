@@ -49,6 +49,9 @@ export const ERROR_CODES = {
   RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
   FS_UNSAFE_NAME: "extracting would write outside the target folder (a name with '/', '..' or NUL, or a symlink that points out of it); nothing was written for that entry",
   READ_OUT_OF_RANGE: 'a read of a served or opened restore point asked for bytes beyond the end of its disk',
+  SERVE_LISTEN: '`ferry serve` or `ferry instant-recover` cannot listen on the address given (in use, malformed, not permitted)',
+  SERVE_OVERLAY: "a writable export's overlay folder cannot be created, read or written, or it belongs to another restore point or disk",
+  MOUNT_UNAVAILABLE: "`ferry mount` cannot attach a block device here: the kernel's nbd module is not loaded and cannot be loaded, nbd-client is missing, no /dev/nbdN is free, or nbd-client failed",
   RESTORE_INCOMPLETE: 'a restore ended without every block of the block map written (a repository service that skipped one); the target is incomplete',
   // data pipe between the data movers
   PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order, a header that does not match its verb: the message names verb and field)',

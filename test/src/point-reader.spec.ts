@@ -48,6 +48,27 @@ describe('restore point reader: random access, embedded and through a repository
     t.cleanup();
   });
 
+  it('remote: a reader goes on after the repository service restarts (the connection is made again)', async function () {
+    const rt = await JobRuntime.open(remoteJob, { sourceMayBeGone: true });
+    try {
+      const reader = await openPointReader(rt, { vm: 'web01', point: points[1].id, disk: 'vm.raw' }, { cacheBytes: MiB, readAhead: 0 });
+      try {
+        const half = Math.floor(reader.size / 2);
+        expect((await reader.read(0, half)).equals(points[1].bytes.subarray(0, half))).to.equal(true);
+        const address = service!.address;
+        await service!.kill();
+        const restarted = startService(['repository', 'serve', '--listen', address, '--certs', certs, '--repository', path.join(t.dir, 'repo')]);
+        const rest = reader.read(half, reader.size - half);
+        service = await restarted;
+        expect((await rest).equals(points[1].bytes.subarray(half))).to.equal(true);
+      } finally {
+        await reader.close();
+      }
+    } finally {
+      await rt.close();
+    }
+  });
+
   for (const where of ['embedded', 'remote'] as const) {
     it(`${where}: random ranges of a full and an incremental point read byte-identical; allocation marks holes`, async function () {
       const rt = await JobRuntime.open(where === 'embedded' ? job : remoteJob, { sourceMayBeGone: true });

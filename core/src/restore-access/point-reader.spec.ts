@@ -1,8 +1,12 @@
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { BlockMap } from '../repository/block-map.js';
 import { BlockCache } from './block-cache.js';
+import { FileImage } from './file-image.js';
 import { PointReader, type BlockSource } from './point-reader.js';
 
 const BS = 4096;
@@ -96,6 +100,25 @@ describe('PointReader', () => {
       () => expect.fail('short block'),
       (err) => expect([err.code, err.where.offset]).to.deep.equal(['REPO_CORRUPT_OBJECT', 0]),
     );
+  });
+
+  it('FileImage reads a local raw file the same way', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-file-image-'));
+    try {
+      const { disk } = fixture(5, 77);
+      writeFileSync(path.join(dir, 'd.raw'), disk);
+      const img = await FileImage.open(path.join(dir, 'd.raw'));
+      expect(img.size).to.equal(disk.length);
+      expect((await img.read(BS - 5, 3 * BS)).equals(disk.subarray(BS - 5, 4 * BS - 5))).to.equal(true);
+      expect(img.allocation(0, img.size + 10)).to.deep.equal([{ offset: 0, length: disk.length, zero: false }]);
+      await img.read(disk.length - 1, 2).then(
+        () => expect.fail('read past the end'),
+        (err) => expect(err.code).to.equal('READ_OUT_OF_RANGE'),
+      );
+      await img.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('does not cache a failed fetch', async () => {

@@ -5,6 +5,7 @@ import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 import { hex, type ControlChannel } from '../remote/services/protocol.js';
 import type { WireMessage } from '../remote/wire/index.js';
 import { connectRepositoryService, type RemoteSpec } from '../session/remote-backup.js';
+import { isDrop, RESTORE_RESUME_WINDOW_MS } from '../session/remote-restore.js';
 import type { JobRuntime } from '../session/job-runtime.js';
 import { sha256 } from '../util/checksums.js';
 import { pointDisk, type PointAccess, type PointSelection } from './point-access.js';
@@ -22,7 +23,7 @@ export async function openRemotePointAccess(rt: JobRuntime, remote: RemoteSpec, 
   try {
     const { point, idKey } = await control.request('point.open', { vm: sel.vm, point: sel.point });
     const codec = new WorkerBlockCodec(rt.plugins.options, undefined, idKey ? Buffer.from(idKey, 'hex') : undefined);
-    return new RemotePointAccess(point, control, codec, remote.server);
+    return new RemotePointAccess(point, control, codec, remote);
   } catch (err) {
     await control.close();
     throw err;
@@ -31,13 +32,19 @@ export async function openRemotePointAccess(rt: JobRuntime, remote: RemoteSpec, 
 
 class RemotePointAccess implements PointAccess {
   private readonly readers = new Set<PointReader>();
+  private readonly server: string;
+  /** The connection being made again after a drop: every read waits for the same one. */
+  private reconnecting?: Promise<ControlChannel>;
+  private closed = false;
 
   constructor(
     readonly point: RestorePoint,
-    private readonly control: ControlChannel,
+    private control: ControlChannel,
     private readonly codec: WorkerBlockCodec,
-    private readonly server: string,
-  ) {}
+    private readonly remote: RemoteSpec,
+  ) {
+    this.server = remote.server;
+  }
 
   async openDisk(diskName: string, opts?: PointReaderOptions): Promise<PointReader> {
     const disk = pointDisk(this.point, diskName);
@@ -66,21 +73,68 @@ class RemotePointAccess implements PointAccess {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await Promise.all([...this.readers].map((r) => r.close()));
+    await this.reconnecting?.catch(() => undefined);
     await this.control.close();
     await this.codec.close().catch(() => undefined);
   }
 
+  /**
+   * One stored block object. After a dropped connection (a restarting service, a flapping path) the
+   * connection is made again within `RESTORE_RESUME_WINDOW_MS`, the same point is opened again and
+   * the read repeated; an export keeps serving across the drop, its readers only wait.
+   */
   private async fetch(hash: Buffer, where: { vm: string; disk: string; host: string; offset?: number }): Promise<Uint8Array> {
     const h = hex(hash);
     let record: Uint8Array | undefined;
     const onMessage = (m: WireMessage): void => {
       if (m.type === 'restore.block' && m.header?.h === h) record = m.body ?? new Uint8Array();
     };
-    await this.control.request('blocks.read', { hashes: [h] }, { onMessage }).catch((err) => {
-      throw err instanceof FerryError ? err.at(where) : err;
-    });
+    for (let attempt = 0; ; attempt++) {
+      const control = this.control;
+      try {
+        await control.request('blocks.read', { hashes: [h] }, { onMessage });
+        break;
+      } catch (err) {
+        if (this.closed || attempt >= 2 || !isDrop(err)) throw err instanceof FerryError ? err.at(where) : err;
+        await this.reconnect(control, err as Error, where);
+      }
+    }
     if (!record) throw new FerryError('PIPE_PROTOCOL', `the repository service did not send block ${h}`, where);
     return record;
+  }
+
+  private async reconnect(dropped: ControlChannel, cause: Error, where: { vm: string; disk: string; host: string }): Promise<void> {
+    if (this.control !== dropped) return; // another read made it again already
+    this.reconnecting ??= this.connectAgain(cause, where).finally(() => (this.reconnecting = undefined));
+    const fresh = await this.reconnecting;
+    if (this.control === dropped) {
+      this.control = fresh;
+      void dropped.close().catch(() => undefined);
+    }
+  }
+
+  private async connectAgain(cause: Error, where: { vm: string; disk: string; host: string }): Promise<ControlChannel> {
+    const deadline = Date.now() + RESTORE_RESUME_WINDOW_MS;
+    let last = cause;
+    for (let delay = 100; Date.now() + delay <= deadline; delay = Math.min(2000, delay * 2)) {
+      await new Promise((r) => setTimeout(r, delay));
+      try {
+        const c = await connectRepositoryService(this.remote);
+        try {
+          const { point } = await c.request('point.open', { vm: this.point.vm, point: this.point.id });
+          if (point.id !== this.point.id) throw new FerryError('REMOTE_RESUME_FAILED', `the repository service opened point ${point.id}, not ${this.point.id}`, where);
+          return c;
+        } catch (err) {
+          await c.close();
+          throw err;
+        }
+      } catch (err) {
+        if (!isDrop(err) && (err as FerryError).code !== 'PIPE_UNREACHABLE') throw err;
+        last = err as Error;
+      }
+    }
+    throw new FerryError('REMOTE_RESUME_FAILED', `the connection to the repository service dropped and could not be made again within ${RESTORE_RESUME_WINDOW_MS / 1000} s (${last.message})`, where, { cause: last });
   }
 }

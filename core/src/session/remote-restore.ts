@@ -15,7 +15,7 @@ import { connectRepositoryService, type RemoteSpec } from './remote-backup.js';
 export const RESTORE_RESUME_WINDOW_MS = 30_000;
 
 /** A drop the restore resumes after (a cut, a reset, a silent peer), as opposed to an answer. */
-function isDrop(err: unknown): boolean {
+export function isDrop(err: unknown): boolean {
   const code = (err as { code?: unknown })?.code;
   if (err instanceof FerryError) return code === 'PIPE_CLOSED' || code === 'PIPE_TIMEOUT';
   return typeof code === 'string' && /^E[A-Z]+$/.test(code);

@@ -7,6 +7,8 @@ export interface ServiceProcess {
   /** `host:port` it printed in its `listening on` line. */
   address: string;
   stderr(): string;
+  /** Everything it printed on stdout so far. */
+  stdout(): string;
   /** SIGTERM, then SIGKILL after 5 s; resolves when the process is gone. */
   stop(): Promise<void>;
   /** SIGKILL at once (a crash). */
@@ -37,7 +39,8 @@ export async function startService(args: string[], readyMs = 20_000, env: Record
     }, readyMs);
     child.stdout!.on('data', (d: Buffer) => {
       stdout += d.toString();
-      const m = /listening on (\S+)/.exec(stdout);
+      // `listening on ADDRESS`, or the `listening` event of a serve verb's --json lines.
+      const m = /listening on (\S+)/.exec(stdout) ?? /"event":"listening","address":"([^"]+)"/.exec(stdout);
       if (m) {
         clearTimeout(timer);
         resolve(m[1]);
@@ -48,7 +51,7 @@ export async function startService(args: string[], readyMs = 20_000, env: Record
       reject(new Error(`ferry ${args.join(' ')} exited with ${code} before listening: ${stderr}`));
     });
   });
-  return { child, address, stderr: () => stderr, stop: () => end('SIGTERM'), kill: () => end('SIGKILL') };
+  return { child, address, stderr: () => stderr, stdout: () => stdout, stop: () => end('SIGTERM'), kill: () => end('SIGKILL') };
 }
 
 /** A job that backs up through a repository service and proxies. */
