@@ -2,7 +2,7 @@
  * The core's plugin API version. A plugin built for `M.m` loads when `M` equals the core's major and
  * `m` is at most the core's minor (minors only add).
  */
-export const CORE_API_VERSION = '1.1';
+export const CORE_API_VERSION = '1.2';
 
 export function supportedApiRange(): string {
   const [major] = CORE_API_VERSION.split('.');
