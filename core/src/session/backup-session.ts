@@ -181,7 +181,8 @@ async function takeSnapshot(s: Session, vm: VmInventory, info: SessionInfo, gues
         else if (host.snapshot) return host.snapshot(vm, info).catch(stamp('snapshot'));
         return undefined;
       };
-      snapshot = guest ? await guest.snapshot(take) : await take();
+      if (!prepared && !host.snapshot) guest?.skip('snapshot', `${host.label} reads the disks at rest (no snapshot)`);
+      else snapshot = guest ? await guest.snapshot(take) : await take();
     } finally {
       await guest?.thaw();
     }

@@ -83,6 +83,11 @@ export class GuestProcessing {
     }
   }
 
+  /** A step that does not apply (`snapshot` of disks at rest), shown in the report as skipped. */
+  skip(step: GuestStep, detail: string): void {
+    this.report.steps.push({ step, status: 'skipped', durationMs: 0, detail });
+  }
+
   /** Thaws when `freeze` was called, never throws. */
   async thaw(): Promise<void> {
     if (!this.thawPending || !this.session) return;
