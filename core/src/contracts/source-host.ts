@@ -33,6 +33,12 @@ export interface SourceHost {
   readonly label: string;
   inventory(vms: readonly VmSelection[]): Promise<VmInventory[]>;
   snapshot?(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot>;
+  /**
+   * Since core API 1.2: the VM's QEMU guest agent socket (`unix:PATH`) when the host knows it, for a
+   * `guest:` with `via: qga` (or `freeze: agent`) that names no `agent:`. Missing or undefined: the
+   * job must name it.
+   */
+  guestAgent?(vm: string): Promise<string | undefined>;
   /** Since core API 1.2: the snapshot in three steps, so only `take` runs inside the guest's freeze window. */
   prepareSnapshot?(vm: VmInventory, session: SessionInfo): Promise<PreparedSnapshot>;
 }

@@ -150,6 +150,7 @@ function guestOf(s: Session, vm: string): GuestProcessing | undefined {
     vm,
     spec,
     runtime: () => s.rt.guestRuntime(spec.os, [...spec.at, 'os']),
+    ...(s.host.guestAgent && { hostAgent: () => s.host.guestAgent!(vm) }),
     plugin: s.rt.plugins.providerOf('guest-runtime', spec.os),
     where: (p) => s.rt.jobFile.where(p),
     reportedError: (err) => s.placement.reportedError(err),

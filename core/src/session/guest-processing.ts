@@ -11,6 +11,8 @@ export interface GuestContext {
   spec: GuestSpec;
   /** The runtime registered for `spec.os` (built on first use). */
   runtime: () => Promise<GuestRuntime>;
+  /** The source host's idea of the VM's agent socket (`SourceHost.guestAgent`), for a spec without `agent`. */
+  hostAgent?: () => Promise<string | undefined>;
   /** The plugin package providing it, for stamping its errors. */
   plugin: string;
   where: (p: (string | number)[]) => ErrorLocation;
@@ -42,7 +44,7 @@ export class GuestProcessing {
   async deploy(): Promise<void> {
     await this.step('deploy', true, async (signal) => {
       const runtime = await this.c.runtime();
-      const session = await runtime.connect(this.c.vm, this.options(), signal);
+      const session = await runtime.connect(this.c.vm, await this.options(), signal);
       if (signal.aborted) {
         // connected after the step was given up: nothing may stay behind in the guest
         await session.close().catch(() => undefined);
@@ -199,8 +201,16 @@ export class GuestProcessing {
   }
 
   /** The job's `guest:` key with the credentials read from the files and variable it names. */
-  private options(): GuestOptions {
+  private async options(): Promise<GuestOptions> {
     const g = this.c.spec;
+    const needsAgent = g.via === 'qga' || g.freeze === 'agent';
+    const agent = g.agent ?? (needsAgent ? await this.c.hostAgent?.() : undefined);
+    if (needsAgent && !agent) {
+      throw new FerryError('JOB_INVALID', `missing key "agent": the source host does not know the QEMU guest agent socket of vm ${this.c.vm}; name it (agent: unix:/path/to/qga.sock)`, {
+        ...this.c.where([...g.at, 'agent']),
+        vm: this.c.vm,
+      });
+    }
     const credentials: GuestCredentials = {};
     if (g.key) credentials.privateKey = readFileSync(g.key);
     if (g.knownHosts) credentials.knownHosts = readFileSync(g.knownHosts, 'utf8');
@@ -217,7 +227,7 @@ export class GuestProcessing {
     return {
       os: g.os,
       via: g.via,
-      ...(g.agent && { agent: g.agent }),
+      ...(agent && { agent }),
       ...(g.host !== undefined && { host: g.host, port: g.port, user: g.user }),
       credentials,
       freeze: g.freeze,
