@@ -95,6 +95,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
       'snapshot:skipped',
       'thaw:success',
       'postThaw:success',
+      'skipExtents:success',
       'postBackup:success',
       'remove:success',
     ]);

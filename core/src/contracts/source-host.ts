@@ -97,6 +97,12 @@ export interface SourceDisk {
   changes?: { since: string; extents?: Extent[] };
   /** Why changed-block tracking cannot be used this time (missing or foreign bitmap, ...). */
   fullReason?: string;
+  /**
+   * Set by the session, not by source hosts: the ranges the VM's guest runtime reported as swap or
+   * pagefile (`GuestSession.skipExtents`) at this snapshot. A block filter that drops swap (such as
+   * `swap`) returns them from its `skipExtents`, so they are never read and counted as its own.
+   */
+  guestSkip?: Extent[];
 }
 
 /** Host-specific facts that identify a change-tracking state, e.g. `{ id: bitmap, node: 'disk0' }`. */

@@ -113,6 +113,7 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
     snapshot = await takeSnapshot(s, vm, info, guest);
     await guest?.postThaw();
     if (snapshot) disks = snapshot.disks;
+    if (guest) disks = await guest.skipExtents(disks);
     // Each disk waits for one of the session's parallelDisks slots; a disk not started when the
     // session is interrupted is reported failed (SESSION_INTERRUPTED) and fails the VM.
     moved = await mapInOrder(disks, disks.length, (disk) => s.slots.run(() => (s.signal?.aborted ? notStarted(s, vm.name, disk) : s.placement.moveDisk(vm.name, disk, previous))));

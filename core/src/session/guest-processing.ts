@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { GuestCredentials, GuestOptions, GuestRuntime, GuestSession, GuestStepResult } from '../contracts/guest-runtime.js';
+import type { SourceDisk } from '../contracts/source-host.js';
 import { FerryError, isFerryError, pluginError, type ErrorLocation } from '../errors.js';
 import type { GuestSpec } from '../job/guest-spec.js';
 import type { GuestReport, GuestStep, ReportedError } from '../report/session-report.js';
@@ -106,6 +107,24 @@ export class GuestProcessing {
     this.postThawPending = false;
     const s = this.session;
     if (s.postThaw) await this.step('postThaw', false, (signal) => s.postThaw!(signal));
+  }
+
+  /**
+   * The guest's swap/pagefile ranges on each disk (`GuestSession.skipExtents`), put on the disks as
+   * `guestSkip`; one `skipExtents` step for all disks, its failure a warning (the disks are then
+   * read whole).
+   */
+  async skipExtents(disks: SourceDisk[]): Promise<SourceDisk[]> {
+    const s = this.active();
+    if (!s?.skipExtents) return disks;
+    let out = disks;
+    await this.step('skipExtents', false, async () => {
+      const found = await Promise.all(disks.map(async (d) => ({ d, extents: await s.skipExtents!({ name: d.name, ...(d.size !== undefined && { size: d.size }) }) })));
+      out = found.map(({ d, extents }) => (extents.length ? { ...d, guestSkip: extents } : d));
+      const said = found.filter((f) => f.extents.length).map((f) => `${f.d.name}: ${f.extents.length} range(s), ${f.extents.reduce((n, e) => n + e.length, 0)} bytes`);
+      return { detail: said.length ? `swap/pagefile ${said.join('; ')}` : 'no swap or pagefile on these disks' };
+    });
+    return out;
   }
 
   /** After the VM's point was committed; failures are warnings. */
