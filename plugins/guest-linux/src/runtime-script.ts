@@ -38,7 +38,10 @@ list() {
 arm() {
   limit=$1; shift
   list "$@" > "$DIR/mounts"
-  setsid sh -c 'sleep "$1"; while IFS= read -r m; do fsfreeze -u "$m" 2>/dev/null; done < "$2"' sh "$limit" "$DIR/mounts" \\
+  # the mounts travel as arguments: the watchdog must work after this folder is gone
+  set --
+  while IFS= read -r m; do set -- "$@" "$m"; done < "$DIR/mounts"
+  setsid sh -c 'sleep "$1"; shift; for m in "$@"; do fsfreeze -u "$m" 2>/dev/null; done' sh "$limit" "$@" \\
     </dev/null >/dev/null 2>&1 &
   echo $! > "$DIR/watchdog.pid"
 }
@@ -72,6 +75,7 @@ case "$cmd" in
   freeze)
     limit=$1; shift
     command -v fsfreeze >/dev/null 2>&1 || { echo "fsfreeze is not installed in the guest (util-linux)" >&2; exit 2; }
+    echo $$ > "$DIR/freeze.pid"
     arm "$limit" "$@"
     tac "$DIR/mounts" 2>/dev/null > "$DIR/order" || awk '{ l[NR] = $0 } END { for (i = NR; i > 0; i--) print l[i] }' "$DIR/mounts" > "$DIR/order"
     n=0
@@ -87,11 +91,24 @@ case "$cmd" in
     echo "frozen $n" ;;
   thaw)
     n=0
+    running=
+    # a freeze still under way (its step timed out) is stopped first; one of its fsfreeze calls may
+    # still complete after this thaw, so the watchdog then stays armed to thaw that too
+    if [ -f "$DIR/freeze.pid" ] && kill -0 "$(cat "$DIR/freeze.pid")" 2>/dev/null; then
+      kill -KILL "$(cat "$DIR/freeze.pid")" 2>/dev/null; running=yes
+    fi
     if [ -f "$DIR/mounts" ]; then
       while IFS= read -r m; do fsfreeze -u "$m" 2>/dev/null && n=$((n + 1)); done < "$DIR/mounts"
     fi
-    disarm
-    echo "thawed $n" ;;
+    if [ -n "$running" ]; then
+      sleep 1
+      while IFS= read -r m; do fsfreeze -u "$m" 2>/dev/null && n=$((n + 1)); done < "$DIR/mounts"
+      echo "thawed $n (a freeze was still running: the watchdog stays armed)"
+    else
+      disarm
+      rm -f "$DIR/freeze.pid"
+      echo "thawed $n"
+    fi ;;
   disarm) disarm ;;
   swaps)
     # each active swap area and where it lies on its whole disk (sizes in 512-byte sectors):
