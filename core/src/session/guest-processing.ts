@@ -164,6 +164,7 @@ export class GuestProcessing {
     const signals = critical && this.c.signal ? [limit.signal, this.c.signal] : [limit.signal];
     const signal = AbortSignal.any(signals);
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     const stopped = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => {
         const err = new FerryError('GUEST_TIMEOUT', `guest step ${step} took longer than ${this.c.spec.timeoutSeconds} s (guest.timeoutSeconds) and was stopped`, this.at());
@@ -171,7 +172,7 @@ export class GuestProcessing {
         reject(err);
       }, ms);
       if (critical && this.c.signal) {
-        const onAbort = (): void => reject(interrupted({ vm: this.c.vm }));
+        onAbort = (): void => reject(interrupted({ vm: this.c.vm }));
         if (this.c.signal.aborted) onAbort();
         else this.c.signal.addEventListener('abort', onAbort, { once: true });
       }
@@ -182,7 +183,7 @@ export class GuestProcessing {
       this.record(step, 'success', started, result);
     } catch (raw) {
       const kept = isFerryError(raw, 'SESSION_INTERRUPTED') || isFerryError(raw, 'GUEST_TIMEOUT') || isFerryError(raw, 'JOB_INVALID');
-      const err: FerryError = kept ? (raw as FerryError) : pluginError(raw, this.c.plugin, step, this.at());
+      const err: FerryError = kept ? (raw as FerryError).at({ vm: this.c.vm }) : pluginError(raw, this.c.plugin, step, this.at());
       if (!limit.signal.aborted) limit.abort(err);
       this.record(step, 'failed', started, { error: this.c.reportedError(err) });
       if (err.code === 'SESSION_INTERRUPTED') throw err;
@@ -196,6 +197,7 @@ export class GuestProcessing {
       }
     } finally {
       clearTimeout(timer);
+      if (onAbort) this.c.signal?.removeEventListener('abort', onAbort);
     }
   }
 
