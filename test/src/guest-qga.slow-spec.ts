@@ -42,6 +42,7 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
     await vm.waitForConsole((log) => lastWriterRound(log) > WRITER_LAYOUT.files + 1, 60_000);
     vm.releaseAgent();
     writeFileSync(path.join(t.dir, 'pre.sh'), '#!/bin/sh\necho "ferry pre-freeze marker" > /mnt/ferry-pre-freeze\nsync\necho pre done\n', { mode: 0o755 });
+    writeFileSync(path.join(t.dir, 'fail.sh'), '#!/bin/sh\necho "no quiescing today" >&2\nexit 5\n', { mode: 0o755 });
     writeFileSync(path.join(t.dir, 'post.sh'), '#!/bin/sh\necho post done; ls /tmp\n', { mode: 0o755 });
   });
 
@@ -108,6 +109,29 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
     const frozenSteps = g.steps.filter((s) => ['freeze', 'snapshot', 'thaw'].includes(s.step)).reduce((n, s) => n + s.durationMs, 0);
     expect(g.freezeWindowMs).to.be.at.least(frozenSteps).and.to.be.below(frozenSteps + 1000);
     console.log(`      freeze window ${g.freezeWindowMs} ms (freeze ${g.steps[2].durationMs}, snapshot ${g.steps[3].durationMs}, thaw ${g.steps[4].durationMs})`);
+  });
+
+  it('a failing script through the agent: its exit code and output in the error, nothing frozen, the folder removed', async function () {
+    this.timeout(120_000);
+    const job = writeJob(
+      t.dir,
+      [
+        'job: qga-fail',
+        `source: { host: qemu, vms: [ { name: guest, qmp: "unix:${vm!.qmpSocket}", disks: [disk0], guest: { os: linux, via: qga, scripts: { preFreeze: ./fail.sh } } } ] }`,
+        'repository: { type: filesystem, path: ./repo-fail }',
+      ].join('\n'),
+      'fail.yaml',
+    );
+    const r = await runFerry(['backup', job, '--json']);
+    const v = json<{ vms: { status: string; error?: { code: string; message: string }; guest: GuestOut }[] }>(r).vms[0];
+    expect(v.status).to.equal('failed');
+    expect(v.error?.code).to.equal('GUEST_STEP_FAILED');
+    expect(v.error?.message).to.match(/exited with 5/).and.to.match(/no quiescing today/);
+    expect(v.guest.steps.map((st) => `${st.step}:${st.status}`)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(await vm!.agent('guest-fsfreeze-status')).to.equal('thawed');
+    const ls = await guestExec(vm!, ['ls', '/tmp']);
+    expect(ls.out).to.not.match(/ferry-guest-/);
+    vm!.releaseAgent();
   });
 
   it('the restored ext4 passes e2fsck -fn and holds what the preFreeze script wrote', async function () {
