@@ -115,7 +115,8 @@ export class GuestProcessing {
    * read whole).
    */
   async skipExtents(disks: SourceDisk[]): Promise<SourceDisk[]> {
-    const s = this.active();
+    // also after a failed step under `continue`: a crash-consistent point need not hold swap either
+    const s = this.session;
     if (!s?.skipExtents) return disks;
     let out = disks;
     await this.step('skipExtents', false, async () => {
