@@ -122,7 +122,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(vm.restorePoint).to.equal(null);
     expect(vm.error?.code).to.equal('GUEST_STEP_FAILED');
     expect(vm.error?.message).to.match(/exited with 7/).and.to.match(/cannot quiesce/);
-    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'thaw:success', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
     expect(markers()).to.deep.equal(['pre-failed', 'post']);
   });
 
@@ -144,7 +144,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(Date.now() - t0).to.be.below(30_000);
     const vm = report.vms[0];
     expect(vm.error?.code).to.equal('GUEST_TIMEOUT');
-    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'thaw:success', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
     expect(markers()).to.deep.equal(['post']);
   });
 
