@@ -109,7 +109,8 @@ export class LinuxGuestSession implements GuestSession {
    * `swaps`; read once per session). Nothing when no guest disk, or more than one, has that size.
    */
   async skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
-    this.swaps ??= this.runtimeCommand(['swaps']).then(parseSwaps);
+    // a fragmented swap file lists many extents: keep the whole listing (bounded at 8 MiB)
+    this.swaps ??= this.runtimeCommand(['swaps'], undefined, 8 << 20).then(parseSwaps);
     const { disks } = await this.swaps;
     return matchDisk(disks, disk)?.extents ?? [];
   }
@@ -139,8 +140,8 @@ export class LinuxGuestSession implements GuestSession {
     return outcome;
   }
 
-  private async runtimeCommand(args: string[], signal?: AbortSignal): Promise<string> {
-    const r = await this.channel.exec(['sh', this.runtime, ...args], { signal });
+  private async runtimeCommand(args: string[], signal?: AbortSignal, maxOutput?: number): Promise<string> {
+    const r = await this.channel.exec(['sh', this.runtime, ...args], { signal, maxOutput });
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `ferry-guest.sh ${args[0]} failed (exit ${r.exitCode}): ${tail(r.output)}`);
     return r.output;
   }

@@ -6,6 +6,7 @@ import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/t
 import type { GuestOptions } from '@ferry/core/plugin';
 import { LinuxGuestRuntime } from './linux-guest-runtime.js';
 import { localBootId } from './own-machine.js';
+import type { GuestChannel } from './guest-channel.js';
 import type { LinuxGuestSession } from './linux-guest-session.js';
 import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from './testing/sshd-guest.js';
 
@@ -138,6 +139,20 @@ describe('guest-linux over SSH (sshd on loopback as the guest)', function () {
       await assert.rejects(s.freeze(), (err: Error & { code?: string }) => err.code === 'GUEST_STEP_FAILED');
       assert.equal(await fs.writable(3000), true);
       await s.thaw();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('keeps the last 4 KiB of a command\'s output, or all of it when asked (the runtime\'s own listings)', async function () {
+    const s = (await new LinuxGuestRuntime().connect('vm1', options())) as unknown as { channel: GuestChannel; close(): Promise<void> };
+    try {
+      const short = await s.channel.exec(['seq', '1', '5000']);
+      assert.equal(Buffer.byteLength(short.output), 4096);
+      assert.ok(short.output.endsWith('4999\n5000\n'));
+      const full = await s.channel.exec(['seq', '1', '5000'], { maxOutput: 1 << 20 });
+      assert.ok(full.output.startsWith('1\n2\n3\n'));
+      assert.equal(full.output.trim().split('\n').length, 5000);
     } finally {
       await s.close();
     }

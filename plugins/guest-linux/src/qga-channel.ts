@@ -1,5 +1,5 @@
 import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, type ExecResult, type GuestChannel } from './guest-channel.js';
+import { MAX_OUTPUT, type ExecOptions, type ExecResult, type GuestChannel } from './guest-channel.js';
 import { QgaClient } from './qga-client.js';
 
 /** Bytes per `guest-file-write` (base64 grows them by a third; the agent reads lines of up to 4 MiB). */
@@ -21,7 +21,7 @@ export class QgaChannel implements GuestChannel {
     return new QgaChannel(await QgaClient.connect(agent.replace(/^unix:/, ''), timeoutMs));
   }
 
-  async exec(argv: string[], opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  async exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const started = (await this.client.execute('guest-exec', {
       path: argv[0],
       arg: argv.slice(1),
@@ -38,7 +38,8 @@ export class QgaChannel implements GuestChannel {
       };
       if (st.exited) {
         const out = Buffer.concat([Buffer.from(st['out-data'] ?? '', 'base64'), Buffer.from(st['err-data'] ?? '', 'base64')]);
-        return { exitCode: st.exitcode ?? null, output: out.subarray(Math.max(0, out.length - MAX_OUTPUT)).toString('utf8') };
+        const max = opts.maxOutput ?? MAX_OUTPUT;
+        return { exitCode: st.exitcode ?? null, output: out.subarray(Math.max(0, out.length - max)).toString('utf8') };
       }
       if (opts.signal?.aborted) {
         // the agent cannot kill a process: the runtime script bounds its own children
