@@ -16,6 +16,11 @@ export const ERROR_CODES = {
   PLUGIN_LOAD_FAILED: "a plugin's entry module could not be imported or its register hook threw",
   PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares, an implementation lacks a member its kind requires (a transport without open, a disk handle without read), or a hook returned what its contract does not allow (a block filter verdict other than keep or zero)',
   PLUGIN_FAILED: 'a plugin hook threw an error while a job ran',
+  // guest processing
+  GUEST_UNREACHABLE: 'the guest (over SSH or its QEMU guest agent socket) cannot be reached or refused the credentials',
+  GUEST_HOST_KEY: "the guest's SSH host key is not in the job's knownHosts file or differs from it: the connection was refused",
+  GUEST_STEP_FAILED: 'a guest processing step failed (a script exited non-zero, quiescing or freezing failed), naming the VM and the step',
+  GUEST_TIMEOUT: "a guest processing step took longer than the VM's guest.timeoutSeconds and was stopped",
   // source hosts and transports
   SOURCE_VM_NOT_FOUND: 'the source host does not know the VM the job names',
   SOURCE_DISK_NOT_FOUND: 'the source host does not know the disk the job names',

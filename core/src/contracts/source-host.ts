@@ -21,12 +21,38 @@ import type { Extent } from './extent.js';
  * Optional members and their defaults:
  * - `snapshot` missing: the disks are at rest (powered-off VM, image files); the session reads the
  *   inventory's disks directly and releases nothing.
+ * - `prepareSnapshot` missing: `snapshot` does all its work while the guest's file systems are frozen
+ *   (when the VM has guest processing). Present, the session calls it before the freeze, then
+ *   `take` inside the freeze window and `open` after the thaw; `snapshot` is then not called.
+ *   `abandon` is called exactly once when `open` did not resolve (a failed `take`, an interrupt,
+ *   guest processing failing under `onGuestFailure: fail`); after `open` resolved, only the
+ *   `VmSnapshot`'s `release` cleans up.
  */
 export interface SourceHost {
   /** Name shown in reports and errors, for example `file:/srv/images` or `qemu:unix:/run/vm1.qmp`. */
   readonly label: string;
   inventory(vms: readonly VmSelection[]): Promise<VmInventory[]>;
   snapshot?(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot>;
+  /**
+   * Since core API 1.2: the VM's QEMU guest agent socket (`unix:PATH`) when the host knows it, for a
+   * `guest:` with `via: qga` (or `freeze: agent`) that names no `agent:`. Missing or undefined: the
+   * job must name it.
+   */
+  guestAgent?(vm: string): Promise<string | undefined>;
+  /** Since core API 1.2: the snapshot in three steps, so only `take` runs inside the guest's freeze window. */
+  prepareSnapshot?(vm: VmInventory, session: SessionInfo): Promise<PreparedSnapshot>;
+}
+
+/**
+ * A snapshot split around the guest's freeze. `prepareSnapshot` does what need not wait for the freeze
+ * (leftover clean-up, bitmap checks, creating overlays); `take` only the atomic point-in-time step
+ * (for QEMU the one `transaction`); `open` what makes the point readable (NBD exports, proofs).
+ */
+export interface PreparedSnapshot {
+  take(): Promise<void>;
+  open(): Promise<VmSnapshot>;
+  /** Removes what `prepareSnapshot` and `take` made (outcome `failed`); must not throw for nothing left. */
+  abandon(): Promise<void>;
 }
 
 /** One VM as the job names it. `disks` missing means every disk of the VM. */

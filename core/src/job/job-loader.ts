@@ -22,6 +22,7 @@ import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, r
 
 import type { DocPath } from './job-context.js';
 import { addFerryPathKeyword, pathExists } from './ferry-path.js';
+import { guestSpec, type GuestSpec } from './guest-spec.js';
 export type { DocPath };
 
 export interface JobLoadOptions {
@@ -72,6 +73,10 @@ export interface JobSpec {
    * repository service and proxies, and `repository.type` is empty. Absent: everything embedded.
    */
   remote?: { server: string; proxies: string[]; certs: string };
+  /** Guest processing per VM name (`source.vms[i].guest`); VMs without it are crash-consistent. */
+  guests: Record<string, GuestSpec>;
+  /** `guestProxies:` hosts that do the guest work instead of this one (`host:port`). */
+  guestProxies?: string[];
 }
 
 /**
@@ -208,10 +213,12 @@ export class JobFile {
         host,
         config: sourceConfig,
         vms: vms.map((v) => {
-          const { name, disks, ...options } = v as { name: string; disks?: string[] };
+          const { name, disks, guest: _guest, ...options } = v as { name: string; disks?: string[]; guest?: unknown };
           return { name, disks, options };
         }),
       },
+      guests: this.guests(vms),
+      ...(d.guestProxies && { guestProxies: (d.guestProxies as unknown as { address: string }[]).map((p) => p.address) }),
       transport: choiceName(d.transport ?? 'auto'),
       transportOptions: choiceOptions(d.transport ?? 'auto'),
       repository: { type, config: repoConfig, ...(encryption && { encryption }), ...(immutability && { immutability }) },
@@ -286,6 +293,14 @@ export class JobFile {
     if (server === undefined) return {};
     const proxies = ((this.data.proxies as { address: string }[] | undefined) ?? []).map((p) => p.address);
     return { remote: { server, proxies, certs: this.data.certs as string } };
+  }
+
+  private guests(vms: Record<string, unknown>[]): Record<string, GuestSpec> {
+    const out: Record<string, GuestSpec> = {};
+    for (const [i, v] of vms.entries()) {
+      if (v.guest) out[v.name as string] = guestSpec(v.guest as Parameters<typeof guestSpec>[0], this.dir, ['source', 'vms', i, 'guest'], (p) => this.where(p));
+    }
+    return out;
   }
 
   /** `parallelDisks` at the top level, or under `storage:` (the same key); both must agree. */

@@ -22,6 +22,54 @@ const LEVEL = { type: 'integer', minimum: -1000, maximum: 1000 };
 /** `host:port` or `[v6]:port` of a data-mover service. */
 const ADDRESS = { type: 'string', ferryAddress: true };
 
+const ENV_NAME = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' };
+const SCRIPT = { type: 'string', minLength: 1, ferryPath: 'file' };
+
+/**
+ * A VM's guest processing (`source.vms[i].guest`, docs/job-file.md). Credentials are only named here
+ * (a key file, a known_hosts file, an environment variable), never written into the job.
+ */
+export const GUEST_SCHEMA: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['os'],
+  properties: {
+    os: { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]*$' },
+    via: { enum: ['ssh', 'qga'] },
+    agent: { type: 'string', pattern: '^unix:.+' },
+    host: { type: 'string', minLength: 1, maxLength: 255 },
+    port: { type: 'integer', minimum: 1, maximum: 65535 },
+    user: { type: 'string', minLength: 1, maxLength: 64 },
+    key: { type: 'string', minLength: 1, ferryPath: 'file' },
+    knownHosts: { type: 'string', minLength: 1, ferryPath: 'file' },
+    passwordEnv: ENV_NAME,
+    // `{ env: NAME }`, the same as passwordEnv; a string here is refused by the loader, naming the key
+    password: {
+      if: { type: 'object' },
+      then: { type: 'object', additionalProperties: false, required: ['env'], properties: { env: ENV_NAME } },
+      else: { type: 'string' },
+    },
+    freeze: { enum: ['auto', 'fsfreeze', 'agent', 'none'] },
+    mounts: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+    scripts: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { preFreeze: SCRIPT, postThaw: SCRIPT, postBackup: SCRIPT },
+    },
+    applications: {
+      type: 'array',
+      items: {
+        if: { type: 'object' },
+        then: { type: 'object', required: ['name'], properties: { name: { type: 'string', minLength: 1 } } },
+        else: { type: 'string', minLength: 1 },
+      },
+    },
+    vssMode: { enum: ['full', 'copy'] },
+    timeoutSeconds: { type: 'integer', minimum: 1, maximum: 86400 },
+    onGuestFailure: { enum: ['fail', 'continue'] },
+  },
+};
+
 /**
  * The job file as the core sees it. `source` and `repository` accept further keys here; the second
  * pass (`composeJobSchema`) closes them with the chosen plugins' own schemas.
@@ -51,6 +99,7 @@ export function coreJobSchema(open: boolean): JsonSchema {
               properties: {
                 name: NAME,
                 disks: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+                guest: GUEST_SCHEMA,
               },
             },
           },
@@ -63,6 +112,11 @@ export function coreJobSchema(open: boolean): JsonSchema {
         items: { type: 'object', additionalProperties: false, required: ['address'], properties: { address: ADDRESS } },
       },
       certs: { type: 'string', ferryPath: 'directory' },
+      guestProxies: {
+        type: 'array',
+        minItems: 1,
+        items: { type: 'object', additionalProperties: false, required: ['address'], properties: { address: ADDRESS } },
+      },
       // `type` (a repository this process writes) or `server` (a repository service): the loader checks one is there
       repository: {
         type: 'object',

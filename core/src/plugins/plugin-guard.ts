@@ -2,6 +2,7 @@ import type { BlockFilter } from '../contracts/block-filter.js';
 import type { Compressor } from '../contracts/compressor.js';
 import type { PluginKind, PluginKindMap } from '../contracts/plugin.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
+import type { GuestRuntime, GuestSession } from '../contracts/guest-runtime.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
 
 /**
@@ -36,6 +37,7 @@ export function guardPlugin<K extends PluginKind>(kind: K, impl: PluginKindMap[K
   if (kind === 'block-filter') return guardFilter(impl as BlockFilter, plugin) as PluginKindMap[K];
   if (kind === 'compressor') return guardCompressor(impl as Compressor, plugin) as PluginKindMap[K];
   if (kind === 'transport') return guardTransport(impl as Transport, plugin) as PluginKindMap[K];
+  if (kind === 'guest-runtime') return guardGuestRuntime(impl as GuestRuntime, plugin) as PluginKindMap[K];
   return impl;
 }
 
@@ -53,6 +55,8 @@ export const REQUIRED_MEMBERS: { readonly [K in PluginKind]: readonly string[] }
   'guest-runtime': ['connect()'],
 };
 const BLOCK_FILTER_HOOKS = ['skipExtents()', 'classify()'];
+/** What a guest runtime's `connect` must return (`core/src/contracts/guest-runtime.ts`). */
+export const GUEST_SESSION_MEMBERS = ['label', 'freeze()', 'thaw()', 'close()'];
 /** What a transport's `open` must return. */
 export const DISK_HANDLE_MEMBERS = ['size', 'read()', 'close()'];
 
@@ -110,6 +114,28 @@ export function guardTransport(impl: Transport, plugin: string): Transport {
   if (impl.probe) out.probe = impl.probe.bind(impl);
   if (impl.openTarget) out.openTarget = impl.openTarget.bind(impl);
   return out;
+}
+
+/**
+ * A guest runtime whose `connect` checks the session it returns for `label`, `freeze`, `thaw` and
+ * `close` (closing an incomplete one) before the session loop relies on thawing through it.
+ */
+export function guardGuestRuntime(impl: GuestRuntime, plugin: string): GuestRuntime {
+  return {
+    connect: async (vm, options, signal) => {
+      const session: unknown = await impl.connect(vm, options, signal);
+      const missing = session !== null && typeof session === 'object' ? missingMembers(session, GUEST_SESSION_MEMBERS) : GUEST_SESSION_MEMBERS;
+      if (missing.length) {
+        await (session as Partial<GuestSession> | undefined)?.close?.().catch(() => undefined);
+        throw new FerryError(
+          'PLUGIN_CONTRACT',
+          `connect returned a guest session without ${missing.join(', ')}; a guest session must have ${GUEST_SESSION_MEMBERS.join(', ')}`,
+          { plugin, hook: 'connect', vm },
+        );
+      }
+      return session as GuestSession;
+    },
+  };
 }
 
 /**

@@ -58,6 +58,49 @@ export interface VmReport {
   status: 'success' | 'failed';
   restorePoint: string | null;
   error?: ReportedError;
+  /** Guest processing (`guest:` in the job), present for VMs that have it. */
+  guest?: GuestReport;
+}
+
+/** The guest processing steps of a session, in the order they run (docs/architecture.md). */
+export type GuestStep = 'deploy' | 'preFreeze' | 'freeze' | 'snapshot' | 'thaw' | 'postThaw' | 'skipExtents' | 'postBackup' | 'remove';
+
+/** A VM's guest processing: what ran, how long, and whether the point is application-consistent. */
+export interface GuestReport {
+  os: string;
+  via: string;
+  /** Where the runtime ran (`ssh root@db1:22`, `qga unix:/run/vm1-qga.sock`), once deployed. */
+  runtime?: string;
+  /** `application`: every step up to the thaw succeeded; `crash`: a step failed under `onGuestFailure: continue` (or no freeze). */
+  consistency: 'application' | 'crash';
+  steps: GuestStepReport[];
+  /**
+   * From the start of `freeze` to the end of `thaw` (the time guest writes may wait), in ms; null
+   * when nothing was frozen.
+   */
+  freezeWindowMs: number | null;
+  /** Per application and step: quiesced, resumed, post-processed. */
+  applications: GuestApplicationReport[];
+  /** Failed steps under `onGuestFailure: continue`, failed post-backup actions, runtime warnings. */
+  warnings: string[];
+}
+
+export interface GuestStepReport {
+  step: GuestStep;
+  status: 'success' | 'failed' | 'skipped';
+  durationMs: number;
+  detail?: string;
+  /** User scripts run in the step: exit code and the last 4 KiB of their output. */
+  scripts?: { script: string; exitCode: number | null; output: string; durationMs: number }[];
+  error?: ReportedError;
+}
+
+export interface GuestApplicationReport {
+  name: string;
+  step: GuestStep;
+  status: 'success' | 'failed' | 'skipped';
+  method: string;
+  detail?: string;
 }
 
 export interface SessionReport {

@@ -7,6 +7,7 @@ import { DiskSlots, mapInOrder } from './disk-slots.js';
 import { EmbeddedBackup } from './embedded-backup.js';
 import type { JobRuntime } from './job-runtime.js';
 import { interrupted, newSessionReport, previousPoint } from './session-common.js';
+import { GuestProcessing } from './guest-processing.js';
 import type { DiskReport, ProgressEvent, SessionReport, VmReport } from '../report/session-report.js';
 
 export interface BackupOptions {
@@ -87,21 +88,32 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
   return report;
 }
 
+/**
+ * One VM, in the order docs/architecture.md gives: guest runtime deployed, pre-freeze actions, the
+ * source host's snapshot preparation (outside the freeze), freeze, snapshot, thaw, post-thaw, its
+ * disks moved, the point committed, post-backup actions (only then), the runtime removed and the
+ * snapshot released on every path.
+ */
 async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmReport; disks: DiskReport[] }> {
   const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null };
   const provider = s.rt.plugins.providerOf('source-host', s.rt.spec.source.host);
+  const guest = guestOf(s, vm.name);
+  if (guest) vmReport.guest = guest.report;
   let moved: MovedDisk[] = [];
   let snapshot: VmSnapshot | undefined;
   try {
     let disks = vm.disks;
     const previous = previousOf(await s.placement.listPoints(vm.name), s.rt.spec.job);
-    if (s.host.snapshot) {
-      const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.id, previous: previous && previousPoint(previous) };
-      snapshot = await s.host.snapshot(vm, info).catch((err) => {
-        throw pluginError(err, provider, 'snapshot', { host: s.host.label, vm: vm.name });
-      });
-      disks = snapshot.disks;
+    if (guest) {
+      await guest.deploy();
+      await guest.preFreeze();
     }
+    if (s.signal?.aborted) throw interrupted({ vm: vm.name });
+    const info: SessionInfo = { job: s.rt.spec.job, sessionId: s.id, previous: previous && previousPoint(previous) };
+    snapshot = await takeSnapshot(s, vm, info, guest);
+    await guest?.postThaw();
+    if (snapshot) disks = snapshot.disks;
+    if (guest) disks = await guest.skipExtents(disks);
     // Each disk waits for one of the session's parallelDisks slots; a disk not started when the
     // session is interrupted is reported failed (SESSION_INTERRUPTED) and fails the VM.
     moved = await mapInOrder(disks, disks.length, (disk) => s.slots.run(() => (s.signal?.aborted ? notStarted(s, vm.name, disk) : s.placement.moveDisk(vm.name, disk, previous))));
@@ -115,11 +127,13 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
     const point = await s.placement.commit(vm.name, { id: s.id, createdAt: new Date().toISOString() }, kept(moved));
     vmReport.restorePoint = point.id;
     for (const d of moved) d.report.restorePoint = point.id;
+    await guest?.afterBackup();
   } catch (err) {
     vmReport.status = 'failed';
     vmReport.error = s.placement.reportedError(err);
     await s.placement.discard(kept(moved));
   } finally {
+    await guest?.close(vmReport.restorePoint !== null);
     if (snapshot) {
       await snapshot.release(vmReport.status).catch((err) => {
         vmReport.status = 'failed';
@@ -128,6 +142,57 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
     }
   }
   return { vmReport, disks: moved.map((d) => d.report) };
+}
+
+function guestOf(s: Session, vm: string): GuestProcessing | undefined {
+  const spec = s.rt.spec.guests[vm];
+  if (!spec) return undefined;
+  return new GuestProcessing({
+    vm,
+    spec,
+    runtime: () => s.rt.guestRuntime(spec.os, [...spec.at, 'os']),
+    ...(s.host.guestAgent && { hostAgent: () => s.host.guestAgent!(vm) }),
+    plugin: s.rt.plugins.providerOf('guest-runtime', spec.os),
+    where: (p) => s.rt.jobFile.where(p),
+    reportedError: (err) => s.placement.reportedError(err),
+    signal: s.signal,
+  });
+}
+
+/**
+ * The source host's snapshot with the guest frozen around its atomic step only: a host with
+ * `prepareSnapshot` prepares before the freeze and opens (exports) after the thaw; one without does
+ * all of `snapshot` in the freeze window. Thawed on every path; a prepared snapshot not opened is
+ * abandoned. Undefined when the host has no snapshots (disks at rest).
+ */
+async function takeSnapshot(s: Session, vm: VmInventory, info: SessionInfo, guest: GuestProcessing | undefined): Promise<VmSnapshot | undefined> {
+  const provider = s.rt.plugins.providerOf('source-host', s.rt.spec.source.host);
+  const stamp = (hook: string) => (err: unknown): never => {
+    throw pluginError(err, provider, hook, { host: s.host.label, vm: vm.name });
+  };
+  const host = s.host;
+  const prepared = host.prepareSnapshot ? await host.prepareSnapshot(vm, info).catch(stamp('prepareSnapshot')) : undefined;
+  let opened: VmSnapshot | undefined;
+  try {
+    let snapshot: VmSnapshot | undefined;
+    try {
+      await guest?.freeze();
+      if (s.signal?.aborted) throw interrupted({ vm: vm.name });
+      const take = async (): Promise<VmSnapshot | undefined> => {
+        if (prepared) await prepared.take().catch(stamp('take'));
+        else if (host.snapshot) return host.snapshot(vm, info).catch(stamp('snapshot'));
+        return undefined;
+      };
+      if (!prepared && !host.snapshot) guest?.skip('snapshot', `${host.label} reads the disks at rest (no snapshot)`);
+      else snapshot = guest ? await guest.snapshot(take) : await take();
+    } finally {
+      await guest?.thaw();
+    }
+    opened = prepared ? await prepared.open().catch(stamp('open')) : snapshot;
+    return opened;
+  } finally {
+    if (prepared && !opened) await prepared.abandon().catch(() => undefined);
+  }
 }
 
 function kept(moved: MovedDisk[]): KeptDisk[] {

@@ -4,6 +4,7 @@ import type { BlockFilter } from '../contracts/block-filter.js';
 import type { JsonSchema, PluginKind, PluginKindMap } from '../contracts/plugin.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
+import type { GuestRuntime } from '../contracts/guest-runtime.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
 import { choiceName, DEFAULT_FILTERS, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
@@ -102,6 +103,11 @@ export class JobRuntime {
     );
   }
 
+  /** The guest runtime a VM's `guest.os` names (`at`: where the key is). */
+  guestRuntime(os: string, at: (string | number)[]): Promise<GuestRuntime> {
+    return this.instance('guest-runtime', os, {}, at);
+  }
+
   /** Hashing and (de)compression on worker threads, one per core; created on first use. */
   codec(): Promise<BlockCodec> {
     this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey));
@@ -148,6 +154,11 @@ async function pluginSchemas(plugins: PluginHost, jobFile: JobFile): Promise<Plu
   const filters: (JsonSchema | undefined)[] = [];
   for (const [i, f] of (raw.filters ?? DEFAULT_FILTERS).entries()) {
     filters.push((await plugins.registration('block-filter', choiceName(f), jobFile.where(at(f, ['filters', i])))).options.configSchema);
+  }
+  // Guest runtimes by `guest.os`: an unknown one fails here, at its key, before any session step.
+  const vms = (jobFile.raw as { source: { vms: { guest?: { os?: string } }[] } }).source.vms;
+  for (const [i, vm] of vms.entries()) {
+    if (vm.guest?.os) await plugins.registration('guest-runtime', vm.guest.os, jobFile.where(['source', 'vms', i, 'guest', 'os']));
   }
   const compression = raw.storage?.compression ?? 'optimal';
   const compressor =

@@ -7,3 +7,4 @@ export * from './test-skips.js';
 export * from './block-filter-conformance.js';
 export * from './load-plugin.js';
 export * from './disk-images.js';
+export * from './guest-runtime-conformance.js';

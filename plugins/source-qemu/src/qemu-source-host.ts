@@ -1,6 +1,7 @@
 import {
   FerryError,
   type JobContext,
+  type PreparedSnapshot,
   type SessionInfo,
   type SourceHost,
   type VmInventory,
@@ -12,6 +13,7 @@ import { discoverDisks, readBlockState, resolveDisk, type BlockState, type Resol
 import { planTracking } from './change-tracking.js';
 import { overlayNames } from './ferry-names.js';
 import { cleanLeftovers } from './leftovers.js';
+import { findGuestAgentSocket } from './guest-agent-channel.js';
 import type { QmpClient } from './qmp-client.js';
 import { connectVm, QemuVmSnapshot, type DiskPlan, type QemuVm } from './qemu-vm-snapshot.js';
 import { chooseKind, SNAPSHOT_MODES, type SnapshotMode } from './snapshot-kind.js';
@@ -76,6 +78,59 @@ export class QemuSourceHost implements SourceHost {
     } finally {
       await qmp.close();
     }
+  }
+
+  /** The VM's guest agent socket as QEMU's own chardev names it (`guest.agent` defaults to it). */
+  async guestAgent(name: string): Promise<string | undefined> {
+    const vm = this.vms.get(name);
+    if (!vm) return undefined;
+    const qmp = await connectVm(vm);
+    try {
+      const socket = await findGuestAgentSocket(qmp);
+      return socket && `unix:${socket}`;
+    } finally {
+      await qmp.close();
+    }
+  }
+
+  /**
+   * The snapshot in three steps around a guest's freeze: leftovers, bitmap checks and overlays before
+   * it, only the transaction inside it, the NBD exports after it. One QMP connection is held from
+   * `prepareSnapshot` to `open` or `abandon`, so `take` costs one command.
+   */
+  async prepareSnapshot(inv: VmInventory, session: SessionInfo): Promise<PreparedSnapshot> {
+    const vm = this.vms.get(inv.name);
+    if (!vm) throw new FerryError('INTERNAL', `snapshot of VM ${inv.name} before its inventory`, { vm: inv.name });
+    const qmp = await connectVm(vm);
+    let snap: QemuVmSnapshot | undefined;
+    const undo = async (err?: unknown): Promise<void> => {
+      const log = new CleanupLog();
+      if (snap) await snap.teardown(qmp, 'failed', log).catch((e: unknown) => log.failures.push(String(e)));
+      await qmp.close();
+      if (err !== undefined) throw withCleanupFailures(err, log);
+      log.throwIfFailed(`abandoning the snapshot of session ${session.sessionId}`, { vm: vm.name, host: qmp.label });
+    };
+    try {
+      snap = new QemuVmSnapshot(vm, session, await this.prepare(qmp, vm, session));
+      await snap.addOverlays(qmp);
+    } catch (err) {
+      await undo(err);
+      throw err;
+    }
+    const s = snap;
+    let done = false;
+    return {
+      take: () => s.takePoint(qmp),
+      open: async () => {
+        await s.expose(qmp);
+        done = true;
+        await qmp.close();
+        return s;
+      },
+      abandon: async () => {
+        if (!done) await undo();
+      },
+    };
   }
 
   /**

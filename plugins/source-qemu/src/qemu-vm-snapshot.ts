@@ -72,13 +72,28 @@ export class QemuVmSnapshot implements VmSnapshot {
   }
 
   async build(qmp: QmpClient): Promise<void> {
+    await this.addOverlays(qmp);
+    await this.takePoint(qmp);
+    await this.expose(qmp);
+  }
+
+  /** Before the point in time (outside a guest's freeze window): the overlays, unused until `takePoint`. */
+  async addOverlays(qmp: QmpClient): Promise<void> {
     for (const p of this.parts) {
       const o = { node: p.names.node, fileNode: p.names.fileNode, file: p.names.file, size: p.disk.size };
       if (p.image) await addSnapshotOverlay(qmp, { ...o, backingFile: p.image });
       else await addOverlay(qmp, { ...o, backing: p.disk.node });
     }
+  }
+
+  /** The point in time: one transaction, the only step a guest's freeze window needs. */
+  async takePoint(qmp: QmpClient): Promise<void> {
     await qmp.execute('transaction', { actions: this.parts.flatMap((p) => snapshotActions(p)) });
     this.transactionDone = true;
+  }
+
+  /** After the point in time (the guest thawed): NBD exports and, for external snapshots, hot-add access. */
+  async expose(qmp: QmpClient): Promise<void> {
     this.startedServer = await ensureNbdServer(qmp, this.vm.nbd, { ...this.vm.where('nbd'), vm: this.vm.name });
     // An external snapshot's disk node no longer changes: it is the point-in-time view itself.
     for (const p of this.parts) await addNbdExport(qmp, p.names.exportId, p.image ? p.disk.node : p.names.node, p.plan.previousBitmap);

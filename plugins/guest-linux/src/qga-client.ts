@@ -1,0 +1,113 @@
+import { connect, type Socket } from 'node:net';
+import { FerryError } from '@ferry/core/plugin';
+
+/**
+ * A client of the QEMU guest agent's JSON protocol (`qemu-ga`, docs: QEMU's "QEMU Guest Agent
+ * Protocol Reference") on the unix socket of the VM's agent channel. One command at a time, as the
+ * agent answers in order. The agent keeps no notion of a connection, so a reply a previous client
+ * left unread could be taken for ours: `connect` first sends `guest-sync` with a random id and
+ * skips everything up to its reply.
+ */
+export class QgaClient {
+  private buffer = '';
+  private readonly waiting: { resolve: (v: unknown) => void; reject: (e: Error) => void }[] = [];
+  private closed = false;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly socket: Socket,
+    readonly path: string,
+  ) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => this.onData(d));
+    socket.on('close', () => this.fail(new FerryError('GUEST_UNREACHABLE', `the guest agent socket ${path} closed`)));
+    socket.on('error', (err) => this.fail(new FerryError('GUEST_UNREACHABLE', `the guest agent socket ${path} failed: ${err.message}`)));
+  }
+
+  static async connect(path: string, timeoutMs: number): Promise<QgaClient> {
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(path);
+      s.once('connect', () => resolve(s));
+      s.once('error', (err) => reject(new FerryError('GUEST_UNREACHABLE', `cannot open the guest agent socket ${path}: ${err.message}`)));
+    });
+    const c = new QgaClient(socket, path);
+    // 0xFF makes the agent drop any half-read command an earlier client left behind
+    socket.write(Buffer.from([0xff]));
+    // Replies of an earlier client may come first: read until the one with our id.
+    for (let i = 0; i < 8; i++) {
+      const id = Math.floor(Math.random() * 2 ** 31);
+      const got = await c.execute('guest-sync', { id }, timeoutMs).catch(async (err: unknown) => {
+        // the agent answers the 0xFF (or an earlier client's leftovers) with an error: read on
+        if (err instanceof FerryError && err.code === 'GUEST_STEP_FAILED') return undefined;
+        if (err instanceof FerryError && err.code === 'GUEST_TIMEOUT') {
+          await c.close();
+          throw new FerryError('GUEST_UNREACHABLE', `the guest agent on ${path} did not answer guest-sync within ${timeoutMs} ms (is qemu-ga running in the guest?)`);
+        }
+        await c.close();
+        throw err;
+      });
+      if (got === id) return c;
+    }
+    await c.close();
+    throw new FerryError('GUEST_UNREACHABLE', `the guest agent on ${path} answered guest-sync with other ids eight times`);
+  }
+
+  /** Sends one command and resolves with its `return`; an `error` reply is `GUEST_STEP_FAILED`. */
+  execute(command: string, args?: Record<string, unknown>, timeoutMs = 30_000): Promise<unknown> {
+    const run = (): Promise<unknown> =>
+      new Promise<unknown>((resolve, reject) => {
+        if (this.closed) return reject(new FerryError('GUEST_UNREACHABLE', `the guest agent socket ${this.path} is closed`));
+        const entry = { resolve, reject };
+        const timer = setTimeout(() => {
+          const i = this.waiting.indexOf(entry);
+          // a late reply would be taken for the next command's: this client is done
+          if (i >= 0) this.fail(new FerryError('GUEST_TIMEOUT', `the guest agent did not answer ${command} within ${timeoutMs} ms`));
+        }, timeoutMs);
+        entry.resolve = (v) => (clearTimeout(timer), resolve(v));
+        entry.reject = (e) => (clearTimeout(timer), reject(e));
+        this.waiting.push(entry);
+        this.socket.write(JSON.stringify({ execute: command, ...(args && { arguments: args }) }) + '\n');
+      });
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return new Promise((resolve) => {
+      if (this.socket.destroyed) return resolve();
+      this.socket.once('close', () => resolve());
+      this.socket.end();
+      setTimeout(() => (this.socket.destroy(), resolve()), 1000).unref();
+    });
+  }
+
+  private onData(d: string): void {
+    this.buffer += d;
+    if (this.buffer.length > 64 * 1024 * 1024) return this.fail(new FerryError('GUEST_STEP_FAILED', 'the guest agent sent an over-long reply'));
+    let nl: number;
+    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, nl).replace(/^[\xff\ufffd]+/, '').trim();
+      this.buffer = this.buffer.slice(nl + 1);
+      if (!line) continue;
+      let msg: { return?: unknown; error?: { class?: string; desc?: string } };
+      try {
+        msg = JSON.parse(line) as typeof msg;
+      } catch {
+        continue; // a partial line of an earlier client
+      }
+      const w = this.waiting.shift();
+      if (!w) continue;
+      if (msg.error) w.reject(new FerryError('GUEST_STEP_FAILED', `the guest agent refused: ${msg.error.class ?? 'Error'}: ${msg.error.desc ?? ''}`));
+      else w.resolve(msg.return);
+    }
+  }
+
+  private fail(err: FerryError): void {
+    if (this.closed && this.waiting.length === 0) return;
+    this.closed = true;
+    for (const w of this.waiting.splice(0)) w.reject(err);
+    this.socket.destroy();
+  }
+}
