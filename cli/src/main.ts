@@ -1,60 +1,77 @@
-import yargs from 'yargs';
-import { FerryError } from '@ferry/core';
-import { backupCommand } from './commands/backup.js';
-import { listCommand } from './commands/list.js';
-import { pluginsCommand } from './commands/plugins.js';
-import { restoreCommand } from './commands/restore.js';
-import { filesCommand } from './commands/files.js';
-import { validateCommand } from './commands/validate.js';
-import { verifyCommand } from './commands/verify.js';
-import { pruneCommand } from './commands/prune.js';
-import { forgetCommand } from './commands/forget.js';
-import { gcCommand } from './commands/gc.js';
-import { unlockCommand } from './commands/unlock.js';
-import { certsCommand } from './commands/certs.js';
-import { keyCommand } from './commands/key.js';
-import { proxyCommand } from './commands/proxy.js';
-import { repositoryServeCommand } from './commands/repository-serve.js';
-import { serveCommand } from './commands/serve.js';
-import { instantRecoverCommand } from './commands/instant-recover.js';
-import { mountCommand } from './commands/mount.js';
+import { readFileSync } from 'node:fs';
+import yargs, { type CommandModule } from 'yargs';
+import { FerryError } from '@ferry/core/errors';
 import { reportError } from './output.js';
+import { VERBS, type Verb } from './commands/verbs.js';
+
+type SetCode = (c: number) => void;
+type CommandFactory = (setCode: SetCode) => CommandModule<object, never>;
+
+/**
+ * Each verb's module, imported only when that verb runs: `ferry --version`, `ferry --help` and one
+ * verb do not pay for loading the others (nor @ferry/core's whole index).
+ */
+const LOADERS: Record<Verb, () => Promise<CommandFactory>> = {
+  backup: async () => (await import('./commands/backup.js')).backupCommand as CommandFactory,
+  list: async () => (await import('./commands/list.js')).listCommand as CommandFactory,
+  restore: async () => (await import('./commands/restore.js')).restoreCommand as CommandFactory,
+  files: async () => (await import('./commands/files.js')).filesCommand as CommandFactory,
+  plugins: async () => (await import('./commands/plugins.js')).pluginsCommand as CommandFactory,
+  validate: async () => (await import('./commands/validate.js')).validateCommand as CommandFactory,
+  verify: async () => (await import('./commands/verify.js')).verifyCommand as CommandFactory,
+  prune: async () => (await import('./commands/prune.js')).pruneCommand as CommandFactory,
+  forget: async () => (await import('./commands/forget.js')).forgetCommand as CommandFactory,
+  gc: async () => (await import('./commands/gc.js')).gcCommand as CommandFactory,
+  unlock: async () => (await import('./commands/unlock.js')).unlockCommand as CommandFactory,
+  certs: async () => (await import('./commands/certs.js')).certsCommand as CommandFactory,
+  proxy: async () => (await import('./commands/proxy.js')).proxyCommand as CommandFactory,
+  repository: async () => (await import('./commands/repository-serve.js')).repositoryServeCommand as CommandFactory,
+  key: async () => (await import('./commands/key.js')).keyCommand as CommandFactory,
+  serve: async () => (await import('./commands/serve.js')).serveCommand as CommandFactory,
+  'instant-recover': async () => (await import('./commands/instant-recover.js')).instantRecoverCommand as CommandFactory,
+  mount: async () => (await import('./commands/mount.js')).mountCommand as CommandFactory,
+};
+
+/** The CLI's version (the @ferry/cli package's). */
+export function cliVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
+/**
+ * Which commands to register in full. The verb is the first word that is not an option (the CLI
+ * has no global option that takes a value). No word: nothing can run, so every verb is listed from
+ * its table entry alone (help, usage errors). A word that names no verb: every module, as before,
+ * so that yargs reports exactly what it always did.
+ */
+async function commandsFor(argv: string[], setCode: SetCode): Promise<CommandModule<object, never>[]> {
+  const word = argv.find((a) => !a.startsWith('-'));
+  const verbs = Object.keys(VERBS) as Verb[];
+  if (word !== undefined && !(word in VERBS)) return Promise.all(verbs.map(async (v) => (await LOADERS[v]())(setCode)));
+  return Promise.all(
+    verbs.map(async (v) => (v === word ? (await LOADERS[v]())(setCode) : { ...VERBS[v], handler: () => undefined })),
+  );
+}
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
 export async function main(argv: string[]): Promise<number> {
   let code = 0;
   const wantsJson = argv.includes('--json');
-  const cli = yargs(argv)
-    .scriptName('ferry')
-    .usage('$0 <command> [options]\n\nOpen, plugin-based block-level backup for virtual machines.')
-    .command(backupCommand((c) => (code = c)))
-    .command(listCommand((c) => (code = c)))
-    .command(restoreCommand((c) => (code = c)))
-    .command(filesCommand((c) => (code = c)))
-    .command(pluginsCommand((c) => (code = c)))
-    .command(validateCommand((c) => (code = c)))
-    .command(verifyCommand((c) => (code = c)))
-    .command(pruneCommand((c) => (code = c)))
-    .command(forgetCommand((c) => (code = c)))
-    .command(gcCommand((c) => (code = c)))
-    .command(unlockCommand((c) => (code = c)))
-    .command(certsCommand((c) => (code = c)))
-    .command(proxyCommand((c) => (code = c)))
-    .command(repositoryServeCommand((c) => (code = c)))
-    .command(keyCommand((c) => (code = c)))
-    .command(serveCommand((c) => (code = c)))
-    .command(instantRecoverCommand((c) => (code = c)))
-    .command(mountCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover, mount')
-    .strict()
-    .help()
-    .alias('h', 'help')
-    .version()
-    .wrap(Math.min(110, process.stdout.columns || 100))
-    .fail((msg, err) => {
-      throw err ?? new FerryError('CLI_USAGE', msg);
-    });
   try {
+    const commands = await commandsFor(argv, (c) => (code = c));
+    const cli = yargs(argv)
+      .scriptName('ferry')
+      .usage('$0 <command> [options]\n\nOpen, plugin-based block-level backup for virtual machines.');
+    for (const c of commands) cli.command(c);
+    cli
+      .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover, mount')
+      .strict()
+      .help()
+      .alias('h', 'help')
+      .version(cliVersion())
+      .wrap(Math.min(110, process.stdout.columns || 100))
+      .fail((msg, err) => {
+        throw err ?? new FerryError('CLI_USAGE', msg);
+      });
     await cli.parseAsync();
   } catch (err) {
     code = reportError(err, wantsJson);

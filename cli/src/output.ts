@@ -1,4 +1,4 @@
-import { FerryError } from '@ferry/core';
+import { FerryError } from '@ferry/core/errors';
 
 /**
  * Exit codes: 0 success, 1 a session or disk failed, 2 bad input (job file, plugins, command line),

@@ -1,4 +1,5 @@
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type cliProgressT from 'cli-progress';
 import { humanSize, type ProgressEvent } from '@ferry/core';
 
 /**
@@ -6,7 +7,9 @@ import { humanSize, type ProgressEvent } from '@ferry/core';
  */
 export function progressReporter(enabled: boolean): { onProgress: (e: ProgressEvent) => void; stop: () => void } {
   if (!enabled || !process.stderr.isTTY) return { onProgress: () => undefined, stop: () => undefined };
-  let bar: cliProgress.SingleBar | undefined;
+  // Loaded only for a terminal: --json runs, CI logs and every other command never pay for it.
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof cliProgressT;
+  let bar: cliProgressT.SingleBar | undefined;
   // With parallelDisks several disks run at once: the bar follows the disk that started last.
   let shown = '';
   let lastUpdate = 0;

@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { JobRuntime, humanSize, runBackup, type GuestReport, type SessionReport } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
 import { progressReporter } from '../progress.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -10,8 +11,7 @@ interface Args {
 
 export function backupCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'backup <job>',
-    describe: 'run a backup job: one restore point per VM',
+    ...VERBS.backup,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { FerryError, wire } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
+import { VERBS } from './verbs.js';
 
 interface InitArgs {
   dir: string;
@@ -32,8 +33,7 @@ export function certsCommand(setCode: (c: number) => void): CommandModule<object
     },
   };
   return {
-    command: 'certs',
-    describe: 'make the CA, keys and certificates the data-pipe services authenticate with',
+    ...VERBS.certs,
     builder: (y) => y.command(init).demandCommand(1, 'name a certs command: init'),
     handler: () => undefined,
   };

@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { FerryError, JobRuntime, PointFiles, extractFiles, humanSize, type ExtractResult, type FileStat, type FileSystem, type Volume } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -38,8 +39,7 @@ interface EntryJson {
 
 export function filesCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'files <job>',
-    describe: 'list the partitions and files of a disk of a restore point (ext2/3/4, NTFS), or extract files and folders, without mounting',
+    ...VERBS.files,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { forgetPoint } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 import { openTarget } from './repository-target.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -12,8 +13,7 @@ interface Args {
 
 export function forgetCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'forget <job>',
-    describe: 'remove one restore point on purpose (also a damaged one); immutability still applies; `ferry gc` reclaims its space',
+    ...VERBS.forget,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

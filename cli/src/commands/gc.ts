@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { FerryError, humanSize, parseDuration, parsePercent, runGc, type GcReport } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 import { openTarget, TARGET_OPTIONS } from './repository-target.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job?: string;
@@ -15,8 +16,7 @@ interface Args {
 
 export function gcCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'gc [job]',
-    describe: 'garbage collection: remove packs no restore point needs, rewrite mostly unused ones (safe while backups run)',
+    ...VERBS.gc,
     builder: (y) =>
       y
         .positional('job', { type: 'string', describe: 'job file (YAML); its repository is collected' })

@@ -5,6 +5,7 @@ import type { CommandModule } from 'yargs';
 import { FerryError, JobRuntime, qemuCommandLine, qemuDisks, shellQuote, startPointServer, type PointServer, type QemuTls } from '@ferry/core';
 import { EXIT } from '../output.js';
 import { announce, cacheBytes, line, waitForSignal } from './serve.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -26,8 +27,7 @@ interface Args {
  */
 export function instantRecoverCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'instant-recover <job>',
-    describe: 'run a VM straight from a restore point: serve its disks over NBD and attach them to QEMU (--qmp) or print a QEMU command line (--print)',
+    ...VERBS['instant-recover'],
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

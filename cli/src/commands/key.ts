@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { FerryError, passphraseFile, RepositoryLock } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 import { openTarget, TARGET_OPTIONS } from './repository-target.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   action: string;
@@ -27,8 +28,7 @@ interface KeyChangeReport {
  */
 export function keyCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'key <action> [job]',
-    describe: "change the passphrase of an encrypted repository (rewraps its keys; data is not rewritten)",
+    ...VERBS.key,
     builder: (y) =>
       y
         .positional('action', { type: 'string', choices: ['change'], demandOption: true, describe: 'change: set a new passphrase' })

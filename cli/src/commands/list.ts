@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { JobRuntime, humanSize, listRemotePoints, sortPoints } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
+import { VERBS } from './verbs.js';
 
 type ListRow =
   | {
@@ -22,8 +23,7 @@ interface Args {
 
 export function listCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'list <job>',
-    describe: "list the restore points in the job's repository",
+    ...VERBS.list,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

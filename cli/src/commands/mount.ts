@@ -4,6 +4,7 @@ import type { CommandModule } from 'yargs';
 import { attachNbdDevice, detachNbdDevice, FerryError, JobRuntime, kernelNbdDevices, startPointServer, type PointServer } from '@ferry/core';
 import { EXIT } from '../output.js';
 import { cacheBytes, line, waitForSignal } from './serve.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -22,8 +23,7 @@ interface Args {
  */
 export function mountCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'mount <job>',
-    describe: 'attach a disk of a restore point read-only as /dev/nbdN (needs the kernel nbd module and nbd-client)',
+    ...VERBS.mount,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

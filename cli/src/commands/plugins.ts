@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { BUILTIN_PACKAGE, PLUGIN_KINDS, createPluginHost, JobFile, type FerryError, type PluginHost } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job?: string;
@@ -9,8 +10,7 @@ interface Args {
 
 export function pluginsCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'plugins',
-    describe: 'list the plugins found (without running them) and why any were refused',
+    ...VERBS.plugins,
     builder: (y) =>
       y
         .option('job', { type: 'string', describe: "also search the folders in this job file's plugins: key" })

@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { startProxyService } from '@ferry/core/remote/services';
 import { EXIT } from '../output.js';
 import { log, serveUntilSignal, serviceConfig, type ServeArgs } from './serve-support.js';
+import { VERBS } from './verbs.js';
 
 interface Args extends ServeArgs {
   action: string;
@@ -11,8 +12,7 @@ interface Args extends ServeArgs {
 /** `ferry proxy serve`: the source-side data mover as a service. */
 export function proxyCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'proxy <action>',
-    describe: 'run the source-side data mover (backup proxy): `ferry proxy serve --listen HOST:PORT --certs DIR`',
+    ...VERBS.proxy,
     builder: (y) =>
       y
         .positional('action', { type: 'string', choices: ['serve'], demandOption: true })

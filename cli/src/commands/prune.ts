@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { runPrune, type PruneReport } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 import { openTarget } from './repository-target.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -11,8 +12,7 @@ interface Args {
 
 export function pruneCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'prune <job>',
-    describe: "apply the job's retention policy: list (and delete) the restore points it does not keep, and why",
+    ...VERBS.prune,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

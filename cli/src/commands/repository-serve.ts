@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { startRepositoryService } from '@ferry/core/remote/services';
 import { EXIT } from '../output.js';
 import { log, serveUntilSignal, serviceConfig, type ServeArgs } from './serve-support.js';
+import { VERBS } from './verbs.js';
 
 interface Args extends ServeArgs {
   action: string;
@@ -11,8 +12,7 @@ interface Args extends ServeArgs {
 /** `ferry repository serve`: the target-side data mover as a service, in front of one repository. */
 export function repositoryServeCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'repository <action>',
-    describe: 'run the target-side data mover (repository service): `ferry repository serve --listen HOST:PORT --certs DIR --repository PATH|YAML`',
+    ...VERBS.repository,
     builder: (y) =>
       y
         .positional('action', { type: 'string', choices: ['serve'], demandOption: true })

@@ -2,6 +2,7 @@ import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { JobRuntime, humanSize, isTargetAddress, restoreDisk } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -15,8 +16,7 @@ interface Args {
 
 export function restoreCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'restore <job>',
-    describe: 'write a disk of a restore point to a file or block device, verifying every block',
+    ...VERBS.restore,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

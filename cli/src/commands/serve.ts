@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { FerryError, JobRuntime, humanSize, isTargetAddress, parseSize, startPointServer, commitView, type PointServer } from '@ferry/core';
 import { EXIT } from '../output.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -22,8 +23,7 @@ interface Args {
 /** `ferry serve`: one disk of a restore point as an NBD export, until SIGTERM/SIGINT. */
 export function serveCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'serve <job>',
-    describe: 'serve a disk of a restore point as an NBD export (read from the repository on demand, every block verified)',
+    ...VERBS.serve,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { FerryError, LOCKS_PREFIX, listLocks, type RepositoryBackend } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
 import { openTarget, TARGET_OPTIONS } from './repository-target.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job?: string;
@@ -29,8 +30,7 @@ interface LockRow {
 
 export function unlockCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'unlock [job]',
-    describe: 'show the locks on the repository and remove the stale ones (holder gone, no heartbeat)',
+    ...VERBS.unlock,
     builder: (y) =>
       y
         .positional('job', { type: 'string', describe: 'job file (YAML)' })

@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { JobRuntime } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job: string;
@@ -9,8 +10,7 @@ interface Args {
 
 export function validateCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'validate <job>',
-    describe: 'check a job file and the plugins it names, without running it',
+    ...VERBS.validate,
     builder: (y) =>
       y
         .positional('job', { type: 'string', demandOption: true, describe: 'job file (YAML)' })

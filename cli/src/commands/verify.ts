@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import { FerryError, humanSize, parsePercent, runVerify, type VerifyReport } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 import { openTarget, TARGET_OPTIONS } from './repository-target.js';
+import { VERBS } from './verbs.js';
 
 interface Args {
   job?: string;
@@ -13,8 +14,7 @@ interface Args {
 
 export function verifyCommand(setCode: (c: number) => void): CommandModule<object, Args> {
   return {
-    command: 'verify [job]',
-    describe: 'health check: read every block the restore points need (or a sample) and name any damage',
+    ...VERBS.verify,
     builder: (y) =>
       y
         .positional('job', { type: 'string', describe: 'job file (YAML); its repository is checked' })
