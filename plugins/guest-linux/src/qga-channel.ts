@@ -1,5 +1,5 @@
 import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, type ExecResult, type GuestChannel } from './guest-channel.js';
+import { MAX_OUTPUT, type ExecResult, type GuestChannel } from '@ferry/guest-ssh';
 import { QgaClient } from './qga-client.js';
 
 /** Bytes per `guest-file-write` (base64 grows them by a third; the agent reads lines of up to 4 MiB). */
