@@ -73,7 +73,15 @@ export class SshChannel implements GuestChannel {
   }
 
   exec(argv: string[], opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
-    return this.open(argv).then(
+    return this.execLine(shellLine(argv), opts);
+  }
+
+  /**
+   * Runs one command line as the guest's shell receives it (no POSIX quoting: a Windows guest's
+   * cmd.exe or PowerShell reads it), with the same output capture and abort as `exec`.
+   */
+  execLine(line: string, opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+    return this.openLine(line).then(
       (ch) =>
         new Promise<ExecResult>((resolve) => {
           const tail = new OutputTail();
@@ -98,7 +106,7 @@ export class SshChannel implements GuestChannel {
   }
 
   async hold(argv: string[]): Promise<HeldCommand> {
-    const ch = await this.open(argv);
+    const ch = await this.openLine(shellLine(argv));
     return heldChannel(ch);
   }
 
@@ -124,10 +132,6 @@ export class SshChannel implements GuestChannel {
       this.client.end();
       setTimeout(resolve, 2000).unref();
     });
-  }
-
-  private open(argv: string[]): Promise<ClientChannel> {
-    return this.openLine(shellLine(argv));
   }
 
   private openLine(line: string): Promise<ClientChannel> {

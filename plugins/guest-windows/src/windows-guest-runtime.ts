@@ -1,0 +1,62 @@
+import { randomBytes } from 'node:crypto';
+import { FerryError, type GuestOptions, type GuestRuntime, type GuestSession } from '@ferry/core/plugin';
+import { SshChannel } from '@ferry/guest-ssh';
+import { PowerShell, psQuote } from './powershell.js';
+import { RUNTIME_PS1 } from './runtime-script.js';
+import { windowsApplications } from './sqlserver.js';
+import { WindowsGuestSession } from './windows-guest-session.js';
+
+/** The session folder's name in the guest's `%TEMP%` (removed by `close`). */
+export const GUEST_FOLDER_PREFIX = 'ferry-';
+
+/**
+ * The Windows guest runtime: reaches the guest over OpenSSH (Win32-OpenSSH, the host key checked
+ * as for Linux guests), makes `%TEMP%\ferry-<random>` and writes `ferry-guest.ps1` into it (the
+ * `deploy` step). Only `via: ssh`: the guest agent path (`guest-fsfreeze-freeze` through qemu-ga's
+ * VSS provider) is not built yet.
+ */
+export class WindowsGuestRuntime implements GuestRuntime {
+  async connect(vm: string, o: GuestOptions, signal?: AbortSignal): Promise<GuestSession> {
+    if (o.via !== 'ssh') throw new FerryError('JOB_INVALID', `guest of vm ${vm}: guest-windows reaches guests over ssh only (via: ${o.via} is not built)`, { vm });
+    if (o.freeze !== 'auto' && o.freeze !== 'none') {
+      throw new FerryError('JOB_INVALID', `guest of vm ${vm}: freeze: ${o.freeze} is not one guest-windows knows (auto: a VSS snapshot set; none)`, { vm });
+    }
+    windowsApplications(o.applications);
+    if (!o.host || !o.credentials.knownHosts) throw new FerryError('INTERNAL', `guest of vm ${vm}: ssh without host or knownHosts passed the job checks`, { vm });
+    const channel = await SshChannel.connect(
+      {
+        host: o.host,
+        port: o.port ?? 22,
+        user: o.user ?? 'Administrator',
+        privateKey: o.credentials.privateKey,
+        password: o.credentials.password,
+        knownHosts: o.credentials.knownHosts,
+        timeoutMs: o.timeoutSeconds * 1000,
+      },
+      signal,
+    );
+    const ps = new PowerShell(channel, channel.label);
+    const name = `${GUEST_FOLDER_PREFIX}${randomBytes(6).toString('hex')}`;
+    let dir: string | undefined;
+    try {
+      const out = await ps.check(
+        'making the session folder',
+        [
+          `$d = Join-Path ([IO.Path]::GetTempPath()) ${psQuote(name)}`,
+          'New-Item -ItemType Directory -Path $d -Force | Out-Null',
+          '$b = [Console]::In.ReadToEnd()',
+          "[IO.File]::WriteAllBytes((Join-Path $d 'ferry-guest.ps1'), [Convert]::FromBase64String($b.Trim()))",
+          'Write-Output $d',
+        ].join('\n'),
+        { stdin: Buffer.from(RUNTIME_PS1).toString('base64'), signal },
+      );
+      dir = out.trim().split(/\r?\n/).pop()!.trim();
+      if (!dir.endsWith(name)) throw new FerryError('GUEST_STEP_FAILED', `the guest made the session folder but answered ${JSON.stringify(out.trim())}`, { vm });
+    } catch (err) {
+      if (dir) await ps.run(`Remove-Item -LiteralPath ${psQuote(dir)} -Recurse -Force`).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+      throw err;
+    }
+    return new WindowsGuestSession(ps, o, dir);
+  }
+}
