@@ -45,7 +45,7 @@ export class LinuxGuestRuntime implements GuestRuntime {
     }
     const dir = `${GUEST_FOLDER_PREFIX}${randomBytes(6).toString('hex')}`;
     try {
-      const made = await channel.exec(['mkdir', '-m', '700', dir], { signal });
+      const made = await channel.exec(['mkdir', '-p', '-m', '700', dir], { signal });
       if (made.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `cannot make ${dir} in the guest: ${made.output.trim()}`, { vm });
       await channel.writeFile(`${dir}/ferry-guest.sh`, Buffer.from(RUNTIME_SCRIPT), 0o700);
     } catch (err) {

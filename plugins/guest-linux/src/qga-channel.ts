@@ -60,7 +60,7 @@ export class QgaChannel implements GuestChannel {
     } finally {
       await this.client.execute('guest-file-close', { handle });
     }
-    const r = await this.exec(['/bin/chmod', mode.toString(8), path]);
+    const r = await this.exec(['chmod', mode.toString(8), path]);
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `chmod of ${path} in the guest failed: ${r.output.trim()}`);
   }
 

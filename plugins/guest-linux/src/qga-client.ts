@@ -31,14 +31,19 @@ export class QgaClient {
       s.once('error', (err) => reject(new FerryError('GUEST_UNREACHABLE', `cannot open the guest agent socket ${path}: ${err.message}`)));
     });
     const c = new QgaClient(socket, path);
+    // 0xFF makes the agent drop any half-read command an earlier client left behind
+    socket.write(Buffer.from([0xff]));
     // Replies of an earlier client may come first: read until the one with our id.
     for (let i = 0; i < 8; i++) {
       const id = Math.floor(Math.random() * 2 ** 31);
       const got = await c.execute('guest-sync', { id }, timeoutMs).catch(async (err: unknown) => {
-        await c.close();
+        // the agent answers the 0xFF (or an earlier client's leftovers) with an error: read on
+        if (err instanceof FerryError && err.code === 'GUEST_STEP_FAILED') return undefined;
         if (err instanceof FerryError && err.code === 'GUEST_TIMEOUT') {
+          await c.close();
           throw new FerryError('GUEST_UNREACHABLE', `the guest agent on ${path} did not answer guest-sync within ${timeoutMs} ms (is qemu-ga running in the guest?)`);
         }
+        await c.close();
         throw err;
       });
       if (got === id) return c;
@@ -83,7 +88,7 @@ export class QgaClient {
     if (this.buffer.length > 64 * 1024 * 1024) return this.fail(new FerryError('GUEST_STEP_FAILED', 'the guest agent sent an over-long reply'));
     let nl: number;
     while ((nl = this.buffer.indexOf('\n')) >= 0) {
-      const line = this.buffer.slice(0, nl).replace(/^\xff/, '').trim();
+      const line = this.buffer.slice(0, nl).replace(/^[\xff\ufffd]+/, '').trim();
       this.buffer = this.buffer.slice(nl + 1);
       if (!line) continue;
       let msg: { return?: unknown; error?: { class?: string; desc?: string } };

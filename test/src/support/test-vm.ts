@@ -72,6 +72,8 @@ export interface TestVm {
    * and power off (bounded), then kill. `graceful: false`: SIGKILL at once, like a host crash.
    */
   stop(opts?: { graceful?: boolean }): Promise<void>;
+  /** Lets go of the agent socket (it serves one client at a time) so another client, e.g. Ferry's guest runtime, can use it; the next `agent` call reconnects. */
+  releaseAgent(): void;
 }
 
 const running = new Set<ChildProcess>();
@@ -195,6 +197,10 @@ class RunningVm implements TestVm {
       if (Date.now() > deadline) throw new Error(`the console did not show ${until} within ${timeoutMs} ms:\n${this.tail()}`);
       await sleep(200);
     }
+  }
+
+  releaseAgent(): void {
+    this.client.close();
   }
 
   stop(opts: { graceful?: boolean } = {}): Promise<void> {

@@ -119,7 +119,8 @@ function accepts(port: number): Promise<boolean> {
 }
 
 /**
- * A small ext4 file system on a loop device under `dir`, made by the test: the only file system a
+ * A small ext4 file system on a loop device under `dir` (or `opts.image`; `existing`: mount an image
+ * already made, such as a restored one), made by the test: the only file system a
  * test may freeze (freezing this machine's own would stop everyone's work).
  */
 export interface LoopMount {
@@ -129,12 +130,14 @@ export interface LoopMount {
   remove(): void;
 }
 
-export function makeLoopMount(dir: string): LoopMount {
-  const image = path.join(dir, 'guest-fs.img');
-  const mountPoint = path.join(dir, 'guest-fs');
+export function makeLoopMount(dir: string, opts: { image?: string; sizeMiB?: number; mountPoint?: string; existing?: boolean } = {}): LoopMount {
+  const image = opts.image ?? path.join(dir, 'guest-fs.img');
+  const mountPoint = opts.mountPoint ?? path.join(dir, 'guest-fs');
   mkdirSync(mountPoint, { recursive: true });
-  execFileSync('truncate', ['-s', '16M', image]);
-  execFileSync('mkfs.ext4', ['-q', '-F', image], { stdio: 'ignore' });
+  if (!opts.existing) {
+    execFileSync('truncate', ['-s', `${opts.sizeMiB ?? 16}M`, image]);
+    execFileSync('mkfs.ext4', ['-q', '-F', image], { stdio: 'ignore' });
+  }
   execFileSync('mount', ['-o', 'loop', image, mountPoint]);
   const isLoopMount = (): boolean => readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mountPoint && l.startsWith('/dev/loop'));
   if (!isLoopMount()) throw new Error(`${mountPoint} is not the loop mount this test made`);
