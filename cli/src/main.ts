@@ -14,6 +14,7 @@ import { certsCommand } from './commands/certs.js';
 import { keyCommand } from './commands/key.js';
 import { proxyCommand } from './commands/proxy.js';
 import { repositoryServeCommand } from './commands/repository-serve.js';
+import { guestProxyCommand } from './commands/guest-proxy.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -36,8 +37,9 @@ export async function main(argv: string[]): Promise<number> {
     .command(certsCommand((c) => (code = c)))
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
+    .command(guestProxyCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve')
+    .demandCommand(1, 'name a command: backup, list, restore, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, guest-proxy serve')
     .strict()
     .help()
     .alias('h', 'help')

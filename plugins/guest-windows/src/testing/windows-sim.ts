@@ -28,6 +28,8 @@ export interface SimConfig {
     writerFails?: { name: string; error: string };
     /** `BACKUP LOG` fails. */
     truncationFails?: boolean;
+    /** The runtime's `freeze` answers only this long after the set was created (the set is held meanwhile). */
+    freezeDelayMs?: number;
   };
 }
 
@@ -199,6 +201,7 @@ async function runtime(dir: string, args: string[]): Promise<number> {
     const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'hold', d, limit, mode], { detached: true, stdio: 'ignore', env: process.env });
     writeFileSync(path.join(d, 'diskshadow.pid'), String(child.pid));
     child.unref();
+    if (c.faults.freezeDelayMs) await new Promise((r) => setTimeout(r, c.faults.freezeDelayMs));
     out(text);
     return 0;
   }
