@@ -4,7 +4,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { makeVmImage, skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import { initCerts } from '@ferry/core/remote/wire';
-import { SSHD } from '@ferry/guest-ssh/testing';
+import { SSHD } from '@ferry/guest-common/testing';
 import { startWindowsSimGuest, type WindowsSimGuest } from '@ferry/guest-windows/testing';
 import { basicJob, FERRY_BIN, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { startService, type ServiceProcess } from './support/remote-services.js';

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { makeVmImage, skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
-import { SSHD } from '@ferry/guest-ssh/testing';
+import { SSHD } from '@ferry/guest-common/testing';
 import { startWindowsSimGuest, type WindowsSimGuest } from '@ferry/guest-windows/testing';
 import { basicJob, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { FerryError, type ApplicationOutcome, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
 import { quiescerFor, type Quiescer } from './applications.js';
-import type { GuestChannel } from '@ferry/guest-ssh';
+import type { GuestChannel } from '@ferry/guest-common';
 import { QgaChannel } from './qga-channel.js';
 
 /**

@@ -1,5 +1,5 @@
 import { FerryError, type GuestOptions } from '@ferry/core/plugin';
-import type { ExecResult } from '@ferry/guest-ssh';
+import type { ExecResult } from '@ferry/guest-common';
 
 /**
  * How every command reaches a Windows guest over OpenSSH: one `powershell.exe` per command with

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { FerryError, type GuestOptions, type GuestRuntime, type GuestSession } from '@ferry/core/plugin';
-import { SshChannel } from '@ferry/guest-ssh';
+import { SshChannel } from '@ferry/guest-common';
 import { PowerShell, psQuote } from './powershell.js';
 import { RUNTIME_PS1 } from './runtime-script.js';
 import { windowsApplications } from './sqlserver.js';

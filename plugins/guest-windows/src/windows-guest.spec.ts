@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import type { GuestOptions } from '@ferry/core/plugin';
-import { SSHD } from '@ferry/guest-ssh/testing';
+import { SSHD } from '@ferry/guest-common/testing';
 import { defaultSimConfig, startWindowsSimGuest, type WindowsSimGuest } from './testing/windows-sim-guest.js';
 import { WindowsGuestRuntime } from './windows-guest-runtime.js';
 

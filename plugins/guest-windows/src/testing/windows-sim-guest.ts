@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startSshdGuest, type SshdGuest } from '@ferry/guest-ssh/testing';
+import { startSshdGuest, type SshdGuest } from '@ferry/guest-common/testing';
 import type { SimConfig } from './windows-sim.js';
 
 export type { SimConfig } from './windows-sim.js';
