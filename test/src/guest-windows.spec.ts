@@ -99,4 +99,30 @@ describe('Windows guest processing in a backup session (ferry backup, simulated 
     expect(guest.events().some((e) => e.startsWith('BACKUP LOG'))).to.equal(false);
     expect(guest.events().some((e) => e.startsWith('release ')), JSON.stringify([guest.events(), vm.guest], null, 1)).to.equal(true);
   });
+
+  it('freeze through the guest agent: writers held by qemu-ga VSS; VSS letting go first makes a crash-consistent point', async function () {
+    guest.configure({ faults: {} });
+    const qga = await guest.startAgent();
+    try {
+      const ok = await backup('agent-ok', [`agent: ${qga.agent}`, 'freeze: agent']);
+      expect(ok.code, ok.out).to.equal(0);
+      expect(ok.report.vms[0].guest!.consistency).to.equal('application');
+      expect(guest.events().filter((e) => e.startsWith('agent '))).to.deep.equal(['agent freeze VSS_BT_FULL 1 volume(s)', 'agent thaw BackupComplete (full)']);
+    } finally {
+      await qga.close();
+    }
+    // VSS lets go at once: every thaw comes too late
+    const slow = await guest.startAgent({ holdLimitMs: 0 });
+    try {
+      const late = await backup('agent-late', [`agent: ${slow.agent}`, 'freeze: agent']);
+      expect(late.code, late.out).to.equal(0);
+      const vm = late.report.vms[0];
+      expect(vm.restorePoint).to.be.a('string');
+      expect(vm.guest!.consistency).to.equal('crash');
+      expect(vm.guest!.warnings.join('\n')).to.match(/limited up to 10 seconds/);
+      expect(guest.events().some((e) => e.startsWith('BACKUP LOG'))).to.equal(false);
+    } finally {
+      await slow.close();
+    }
+  });
 });

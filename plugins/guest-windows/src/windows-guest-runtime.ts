@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { FerryError, type GuestOptions, type GuestRuntime, type GuestSession } from '@ferry/core/plugin';
-import { SshChannel } from '@ferry/guest-common';
+import { QgaClient, SshChannel } from '@ferry/guest-common';
 import { PowerShell, psQuote } from './powershell.js';
 import { RUNTIME_PS1 } from './runtime-script.js';
 import { windowsApplications } from './sqlserver.js';
@@ -12,15 +12,17 @@ export const GUEST_FOLDER_PREFIX = 'ferry-';
 /**
  * The Windows guest runtime: reaches the guest over OpenSSH (Win32-OpenSSH, the host key checked
  * as for Linux guests), makes `%TEMP%\ferry-<random>` and writes `ferry-guest.ps1` into it (the
- * `deploy` step). Only `via: ssh`: the guest agent path (`guest-fsfreeze-freeze` through qemu-ga's
- * VSS provider) is not built yet.
+ * `deploy` step). `via: ssh` only; with an `agent` socket the freeze goes through qemu-ga's VSS
+ * provider (`guest-fsfreeze-freeze`), which holds the writers across the hypervisor's snapshot.
  */
 export class WindowsGuestRuntime implements GuestRuntime {
   async connect(vm: string, o: GuestOptions, signal?: AbortSignal): Promise<GuestSession> {
     if (o.via !== 'ssh') throw new FerryError('JOB_INVALID', `guest of vm ${vm}: guest-windows reaches guests over ssh only (via: ${o.via} is not built)`, { vm });
-    if (o.freeze !== 'auto' && o.freeze !== 'none') {
-      throw new FerryError('JOB_INVALID', `guest of vm ${vm}: freeze: ${o.freeze} is not one guest-windows knows (auto: a VSS snapshot set; none)`, { vm });
+    if (o.freeze === 'fsfreeze') {
+      throw new FerryError('JOB_INVALID', `guest of vm ${vm}: freeze: fsfreeze is Linux's; guest-windows knows auto (the agent's VSS freeze when agent is known, else a DiskShadow set), agent and none`, { vm });
     }
+    const useAgent = o.freeze === 'agent' || (o.freeze === 'auto' && o.agent !== undefined);
+    if (useAgent && !o.agent) throw new FerryError('INTERNAL', `guest of vm ${vm}: freeze: agent without an agent socket passed the job checks`, { vm });
     windowsApplications(o.applications);
     if (!o.host || !o.credentials.knownHosts) throw new FerryError('INTERNAL', `guest of vm ${vm}: ssh without host or knownHosts passed the job checks`, { vm });
     const channel = await SshChannel.connect(
@@ -36,6 +38,13 @@ export class WindowsGuestRuntime implements GuestRuntime {
       signal,
     );
     const ps = new PowerShell(channel, channel.label);
+    let agent: QgaClient | undefined;
+    if (useAgent) {
+      agent = await QgaClient.connect(o.agent!.replace(/^unix:/, ''), Math.min(o.timeoutSeconds * 1000, 10_000)).catch(async (err: unknown) => {
+        await channel.close().catch(() => undefined);
+        throw err;
+      });
+    }
     const name = `${GUEST_FOLDER_PREFIX}${randomBytes(6).toString('hex')}`;
     let dir: string | undefined;
     try {
@@ -55,8 +64,9 @@ export class WindowsGuestRuntime implements GuestRuntime {
     } catch (err) {
       if (dir) await ps.run(`Remove-Item -LiteralPath ${psQuote(dir)} -Recurse -Force`).catch(() => undefined);
       await channel.close().catch(() => undefined);
+      await agent?.close().catch(() => undefined);
       throw err;
     }
-    return new WindowsGuestSession(ps, o, dir);
+    return new WindowsGuestSession(ps, o, dir, agent);
   }
 }

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import type { QgaClient } from '@ferry/guest-common';
 import { FerryError, type ApplicationOutcome, type Extent, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
 import { diskExtents, extentsScript, LAYOUT_SCRIPT, parseLayout, type GuestLayout } from './extents.js';
 import { commandLimit, psQuote, tail, type PowerShell } from './powershell.js';
@@ -10,10 +11,17 @@ import { describeWriter, diskShadowErrors, parseShadowSet, parseWriters, writerF
 const VOLUMES_SCRIPT =
   "@(Get-Volume | Where-Object { $_.DriveType -eq 'Fixed' -and $_.DriveLetter -and ($_.FileSystemType -eq 'NTFS' -or $_.FileSystemType -eq 'ReFS') } | ForEach-Object { [string]$_.DriveLetter + ':' }) -join ' '";
 
+/** Where qemu-ga's VSS provider reads the backup type (QEMU qga/vss-win32: `VssOption`, a VSS_BACKUP_TYPE). */
+export const QGA_VSS_KEY = 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\QEMU Guest Agent VSS Provider';
+/** VSS_BACKUP_TYPE (vss.h): VSS_BT_FULL = 1, VSS_BT_COPY = 5. */
+const VSS_BT = { full: 1, copy: 5 } as const;
+
 /**
  * One session's runtime in a Windows guest: `ferry-guest.ps1` and the user scripts in `dir`
  * (`%TEMP%\ferry-<random>`), run through PowerShell over SSH. The freeze is a VSS snapshot set
- * with writers (DiskShadow, held by the runtime until `thaw` or its watchdog).
+ * with writers (DiskShadow, held by the runtime until `thaw` or its watchdog), or, with the guest agent
+ * (`agent`), qemu-ga's `guest-fsfreeze-freeze`, whose VSS provider holds the writers frozen until
+ * `guest-fsfreeze-thaw` (VSS itself lets go after 10 s).
  */
 export class WindowsGuestSession implements GuestSession {
   private set?: ShadowSet;
@@ -26,6 +34,7 @@ export class WindowsGuestSession implements GuestSession {
     private readonly ps: PowerShell,
     private readonly o: GuestOptions,
     private readonly dir: string,
+    private readonly agent?: QgaClient,
   ) {
     windowsApplications(o.applications);
   }
@@ -58,6 +67,7 @@ export class WindowsGuestSession implements GuestSession {
   }
 
   async freeze(signal?: AbortSignal): Promise<GuestStepResult & { frozen: number }> {
+    if (this.agent) return this.agentFreeze(this.agent, signal);
     const volumes = this.o.mounts ?? (await this.ps.check('listing volumes', VOLUMES_SCRIPT, { signal })).trim().split(/\s+/).filter(Boolean);
     if (!volumes.length) throw new FerryError('GUEST_STEP_FAILED', 'the guest has no fixed NTFS or ReFS volume with a drive letter to snapshot');
     this.held = true;
@@ -87,6 +97,7 @@ export class WindowsGuestSession implements GuestSession {
   async thaw(signal?: AbortSignal): Promise<GuestStepResult> {
     if (!this.held) return { detail: 'nothing frozen' };
     this.held = false;
+    if (this.agent) return this.agentThaw(this.agent, signal);
     const r = await this.runtime(['thaw'], signal);
     const warnings = /released the set already/.test(r.output) ? [`the guest's watchdog had released the VSS snapshot set after ${this.o.timeoutSeconds} s`] : [];
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `releasing the VSS snapshot set failed (exit ${r.exitCode ?? 'none'}): ${tail(r.output)}`);
@@ -128,10 +139,63 @@ export class WindowsGuestSession implements GuestSession {
 
   async close(): Promise<void> {
     try {
-      if (this.held) await this.runtime(['abort']).catch(() => undefined);
+      if (this.held && this.agent) await this.agent.execute('guest-fsfreeze-thaw', undefined, 15_000).catch(() => undefined);
+      else if (this.held) await this.runtime(['abort']).catch(() => undefined);
       await this.ps.run(`Remove-Item -LiteralPath ${psQuote(this.dir)} -Recurse -Force`).catch(() => undefined);
     } finally {
       await this.ps.channel.close().catch(() => undefined);
+      await this.agent?.close().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Through qemu-ga: writers checked first (a failed one would fail the set), the provider's backup
+   * type set in the registry (`VssOption`, read at each freeze), then `guest-fsfreeze-freeze`
+   * (`-freeze-list` of `mounts`). A refusal names the writers that failed.
+   */
+  private async agentFreeze(agent: QgaClient, signal?: AbortSignal): Promise<GuestStepResult & { frozen: number }> {
+    const before = (await this.writers(signal)).filter(writerFailed);
+    if (before.length) throw new FerryError('GUEST_STEP_FAILED', `VSS writers failed before the freeze: ${before.map(describeWriter).join('; ')}`);
+    await this.ps.check(
+      "setting qemu-ga's VSS backup type",
+      `Set-ItemProperty -LiteralPath ${psQuote(QGA_VSS_KEY)} -Name VssOption -Value ${VSS_BT[this.mode]} -Type DWord -ErrorAction Stop`,
+      { signal },
+    );
+    this.held = true;
+    const ms = this.o.timeoutSeconds * 1000;
+    let frozen: number;
+    try {
+      frozen = (await (this.o.mounts
+        ? agent.execute('guest-fsfreeze-freeze-list', { mountpoints: this.o.mounts }, ms)
+        : agent.execute('guest-fsfreeze-freeze', undefined, ms))) as number;
+    } catch (err) {
+      const failed = (await this.writers().catch(() => [])).filter(writerFailed);
+      const why = failed.length ? `; VSS writer${failed.length > 1 ? 's' : ''} failed: ${failed.map(describeWriter).join('; ')}` : '';
+      throw new FerryError('GUEST_STEP_FAILED', `qemu-ga guest-fsfreeze-freeze (VSS ${this.mode}) failed: ${(err as Error).message}${why}`);
+    }
+    this.consistent = true;
+    const applications: ApplicationOutcome[] = this.sqlServer ? [{ name: 'sqlserver', status: 'success', method: `VSS writer ${SQLSERVER_WRITER}`, detail: 'held frozen by qemu-ga' }] : [];
+    return { frozen, applications, detail: `qemu-ga VSS ${this.mode} freeze of ${frozen} volume(s): writers held until thaw (VSS lets go of writes after 10 s)` };
+  }
+
+  /** `guest-fsfreeze-thaw`: an error means VSS let go before it (over 10 s): a crash-consistent point, said so. */
+  private async agentThaw(agent: QgaClient, signal?: AbortSignal): Promise<GuestStepResult> {
+    try {
+      const n = (await agent.execute('guest-fsfreeze-thaw', undefined, this.o.timeoutSeconds * 1000)) as number;
+      const failed = (await this.writers(signal)).filter(writerFailed);
+      if (failed.length) {
+        this.consistent = false;
+        return { crashConsistent: true, warnings: failed.map((w) => `VSS writer failed during the freeze: ${describeWriter(w)}`), detail: `guest-fsfreeze-thaw: ${n} volume(s)` };
+      }
+      return { detail: `guest-fsfreeze-thaw: ${n} volume(s); ${this.mode === 'full' ? 'BackupComplete: writers record a full backup' : 'copy: writers record nothing'}` };
+    } catch (err) {
+      // thawed all the same (VSS let go by itself): the step is done, the point is not what was asked
+      this.consistent = false;
+      return {
+        crashConsistent: true,
+        warnings: [`qemu-ga guest-fsfreeze-thaw: ${(err as Error).message}; the writes were not held until the snapshot: the point is only crash-consistent`],
+        detail: 'guest-fsfreeze-thaw: VSS had let go of the writes already',
+      };
     }
   }
 

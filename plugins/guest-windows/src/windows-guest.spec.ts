@@ -151,4 +151,59 @@ describe('guest-windows over SSH (sshd on loopback + the Windows simulator)', fu
     await s.close();
     assert.ok(guest.events().some((e) => e.startsWith('remove ')));
   });
+
+  describe('freeze through the guest agent (qemu-ga VSS provider)', function () {
+    it('sets the backup type, holds the writers across the snapshot, thaws with BackupComplete', async function () {
+      const qga = await guest.startAgent();
+      for (const [mode, type] of [['copy', 'VSS_BT_COPY'], ['full', 'VSS_BT_FULL']] as const) {
+        writeFileSync(path.join(guest.sim, 'events.log'), '');
+        const s = await new WindowsGuestRuntime().connect('vm1', options({ vssMode: mode, agent: qga.agent, freeze: 'agent' }));
+        await s.preFreeze!();
+        const f = await s.freeze();
+        assert.equal(f.frozen, 1);
+        assert.match(f.detail!, new RegExp(`qemu-ga VSS ${mode} freeze of 1 volume`));
+        const t = await s.thaw();
+        assert.match(t.detail!, /guest-fsfreeze-thaw: 1 volume/);
+        const ab = await s.afterBackup!();
+        assert.equal(ab.applications![0].status, 'success');
+        await s.close();
+        const ev = guest.events().map((e) => e.replace(/ferry-[0-9a-f]+/, 'ferry-X'));
+        assert.deepEqual(ev.slice(0, 4), ['deploy ferry-X', `registry VssOption=${mode === 'copy' ? 5 : 1}`, `agent freeze ${type} 1 volume(s)`, ev[3]]);
+        assert.match(ev[3], /^agent thaw BackupComplete/);
+        assert.ok(ev.indexOf(ev.find((e) => e.startsWith('BACKUP LOG'))!) > 3, ev.join('\n'));
+      }
+      await qga.close();
+    });
+
+    it('VSS letting go of the writes before the thaw: the point is reported crash-consistent, logs kept', async function () {
+      const qga = await guest.startAgent({ holdLimitMs: 200 });
+      const s = await new WindowsGuestRuntime().connect('vm1', options({ agent: qga.agent, freeze: 'auto' }));
+      await s.freeze();
+      await new Promise((r) => setTimeout(r, 500));
+      const t = await s.thaw();
+      assert.equal(t.crashConsistent, true);
+      assert.match(t.warnings!.join(' '), /limited up to 10 seconds.*crash-consistent/);
+      const ab = await s.afterBackup!();
+      assert.equal(ab.applications![0].status, 'skipped');
+      await s.close();
+      assert.ok(!guest.events().some((e) => e.startsWith('BACKUP LOG')));
+      await qga.close();
+    });
+
+    it('a failing writer fails the agent freeze naming it; no provider installed is refused', async function () {
+      const qga = await guest.startAgent();
+      guest.configure({ faults: { writerFails: { name: 'SqlServerWriter', error: 'Retryable error' } } });
+      const s = await new WindowsGuestRuntime().connect('vm1', options({ agent: qga.agent, freeze: 'agent' }));
+      await assert.rejects(s.freeze(), (err: Error & { code?: string }) => err.code === 'GUEST_STEP_FAILED' && /Frozen event.*SqlServerWriter: \[9\] Failed, Retryable error/.test(err.message));
+      await s.thaw();
+      await s.close();
+      guest.configure({ faults: {}, agentProvider: false });
+      rmSync(path.join(guest.sim, 'writers.json'), { force: true });
+      const s2 = await new WindowsGuestRuntime().connect('vm1', options({ agent: qga.agent, freeze: 'agent' }));
+      await assert.rejects(s2.freeze(), (err: Error & { code?: string }) => err.code === 'GUEST_STEP_FAILED' && /VSS backup type.*Cannot find path/.test(err.message));
+      await s2.close();
+      guest.configure({ agentProvider: true });
+      await qga.close();
+    });
+  });
 });

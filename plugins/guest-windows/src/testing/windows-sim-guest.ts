@@ -2,9 +2,11 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startSshdGuest, type SshdGuest } from '@ferry/guest-common/testing';
+import { startFakeQga, type FakeQga } from './fake-qga.js';
 import type { SimConfig } from './windows-sim.js';
 
 export type { SimConfig } from './windows-sim.js';
+export { startFakeQga, VSS_HOLD_LIMIT_MS, type FakeQga } from './fake-qga.js';
 
 /** A real sshd on loopback whose every session is answered by the Windows simulator (`windows-sim.ts`). */
 export interface WindowsSimGuest extends SshdGuest {
@@ -14,6 +16,8 @@ export interface WindowsSimGuest extends SshdGuest {
   events(): string[];
   /** Replaces parts of `sim.json` (faults, writers, ...). */
   configure(change: Partial<SimConfig>): void;
+  /** Starts a QEMU guest agent socket answering as qemu-ga on this simulated Windows (stopped with the guest). */
+  startAgent(opts?: { holdLimitMs?: number }): Promise<FakeQga>;
 }
 
 const WRITERS = [
@@ -54,8 +58,18 @@ export async function startWindowsSimGuest(dir: string, config: SimConfig = defa
   writeFileSync(path.join(sim, 'events.log'), '');
   const program = fileURLToPath(new URL('./windows-sim.js', import.meta.url));
   const sshd = await startSshdGuest(path.join(dir, 'sshd'), { forceCommand: `FERRY_WINSIM='${sim}' '${process.execPath}' '${program}'` });
+  const agents: FakeQga[] = [];
   return {
     ...sshd,
+    stop: async () => {
+      for (const a of agents.splice(0)) await a.close();
+      await sshd.stop();
+    },
+    startAgent: async (opts) => {
+      const a = await startFakeQga(sim, opts);
+      agents.push(a);
+      return a;
+    },
     sim,
     events: () => readFileSync(path.join(sim, 'events.log'), 'utf8').split('\n').filter(Boolean),
     configure: (change) => {

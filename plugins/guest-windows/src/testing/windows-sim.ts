@@ -23,6 +23,8 @@ export interface SimConfig {
   disks: { Number: number; SerialNumber: string; Size: number }[];
   partitions: { DriveLetter: string; DiskNumber: number; Offset: number; clusterSize: number; files: Record<string, [number, number, number][]> }[];
   databases: { name: string; recovery: 'FULL' | 'SIMPLE' | 'BULK_LOGGED' }[];
+  /** qemu-ga's VSS provider is installed (its service key exists in the registry); default true. */
+  agentProvider?: boolean;
   faults: {
     /** This writer fails in `create` (VSS_WS_FAILED_AT_FREEZE with this last error). */
     writerFails?: { name: string; error: string };
@@ -306,6 +308,17 @@ async function main(): Promise<number> {
     const [dir] = psStrings(script);
     rmSync(local(dir), { recursive: true, force: true });
     event(`remove ${path.win32.basename(dir)}`);
+    return 0;
+  }
+  if (script.startsWith('Set-ItemProperty -LiteralPath ')) {
+    const [key] = psStrings(script);
+    const m2 = /-Name VssOption -Value (\d+) -Type DWord/.exec(script);
+    if (c.agentProvider === false || !m2 || !key.endsWith('\\QEMU Guest Agent VSS Provider')) {
+      process.stderr.write(`Set-ItemProperty : Cannot find path '${key}' because it does not exist.\r\n`);
+      return 1;
+    }
+    writeFileSync(path.join(SIM, 'registry.json'), JSON.stringify({ VssOption: Number(m2[1]) }));
+    event(`registry VssOption=${m2[1]}`);
     return 0;
   }
   if (script.includes('Get-Volume')) {
