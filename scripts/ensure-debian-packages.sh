@@ -9,10 +9,11 @@
 #   e2fsprogs           mkfs.ext4, e2fsck, debugfs for the guest's data disk
 #   openssh-server      sshd on loopback acting as a Linux guest (plugins/guest-linux); ssh-keygen
 #   postgresql          a PostgreSQL server in the "guest", quiesced and restored (test/src/guest-postgres)
+#   mariadb-server      a MariaDB server in the "guest", locked across the snapshot (test/src/guest-mariadb)
 # Without root (or apt-get), it prints what is missing and the tests that need it skip, saying so.
 set -u
 declare -A need=([qemu-img]=qemu-utils [qemu-storage-daemon]=qemu-system-common [nbdkit]=nbdkit [nbdinfo]=libnbd-bin
-  [openssl]=openssl [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs [/usr/sbin/sshd]=openssh-server [pg_ctlcluster]=postgresql)
+  [openssl]=openssl [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs [/usr/sbin/sshd]=openssh-server [pg_ctlcluster]=postgresql [mariadb-install-db]=mariadb-server)
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -1,7 +1,7 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { hostTool, skipUnlessGuestCanBoot } from './support/guest-tools.js';
 import { lastWriterRound, makeDataDisk, startVm, WRITER_LAYOUT, type TestVm } from './support/test-vm.js';
 
@@ -18,6 +18,17 @@ interface GuestOut {
  * around the source host's transaction only, the runtime removed; the restored ext4 is clean
  * without journal replay and holds what the preFreeze script wrote.
  */
+/** Runs `argv` in the guest through its agent and waits (bounded) for it; resolves its exit code and output. */
+async function guestExec(vm: TestVm, argv: string[]): Promise<{ code: number; out: string }> {
+  const { pid } = await vm.agent<{ pid: number }>('guest-exec', { path: argv[0], arg: argv.slice(1), 'capture-output': true });
+  for (let i = 0; i < 600; i++) {
+    const st = await vm.agent<{ exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid });
+    if (st.exited) return { code: st.exitcode ?? -1, out: Buffer.from(st['out-data'] ?? '', 'base64').toString() + Buffer.from(st['err-data'] ?? '', 'base64').toString() };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${argv.join(' ')} did not finish in the guest`);
+}
+
 describe('guest processing through the QEMU guest agent of a live guest (slow)', function () {
   const t = tempDir('ferry-qga-');
   let vm: TestVm | undefined;
@@ -31,11 +42,13 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
     await vm.waitForConsole((log) => lastWriterRound(log) > WRITER_LAYOUT.files + 1, 60_000);
     vm.releaseAgent();
     writeFileSync(path.join(t.dir, 'pre.sh'), '#!/bin/sh\necho "ferry pre-freeze marker" > /mnt/ferry-pre-freeze\nsync\necho pre done\n', { mode: 0o755 });
+    writeFileSync(path.join(t.dir, 'fail.sh'), '#!/bin/sh\necho "no quiescing today" >&2\nexit 5\n', { mode: 0o755 });
     writeFileSync(path.join(t.dir, 'post.sh'), '#!/bin/sh\necho post done; ls /tmp\n', { mode: 0o755 });
   });
 
   after(async function () {
     this.timeout(60_000);
+    if (vm) await guestExec(vm, ['swapoff', '-a']).catch(() => undefined);
     await vm?.stop();
     t.cleanup();
   });
@@ -55,7 +68,7 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
         '      guest:',
         '        os: linux',
         '        via: qga',
-        `        agent: "unix:${vm!.qgaSocket}"`,
+        // no agent: the source host finds the agent's socket from QEMU's own chardev
         '        scripts: { preFreeze: ./pre.sh, postThaw: ./post.sh }',
         '        timeoutSeconds: 60',
         'transport: auto',
@@ -74,6 +87,7 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
       'snapshot:success',
       'thaw:success',
       'postThaw:success',
+      'skipExtents:success',
       'postBackup:success',
       'remove:success',
     ]);
@@ -97,6 +111,29 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
     console.log(`      freeze window ${g.freezeWindowMs} ms (freeze ${g.steps[2].durationMs}, snapshot ${g.steps[3].durationMs}, thaw ${g.steps[4].durationMs})`);
   });
 
+  it('a failing script through the agent: its exit code and output in the error, nothing frozen, the folder removed', async function () {
+    this.timeout(120_000);
+    const job = writeJob(
+      t.dir,
+      [
+        'job: qga-fail',
+        `source: { host: qemu, vms: [ { name: guest, qmp: "unix:${vm!.qmpSocket}", disks: [disk0], guest: { os: linux, via: qga, scripts: { preFreeze: ./fail.sh } } } ] }`,
+        'repository: { type: filesystem, path: ./repo-fail }',
+      ].join('\n'),
+      'fail.yaml',
+    );
+    const r = await runFerry(['backup', job, '--json']);
+    const v = json<{ vms: { status: string; error?: { code: string; message: string }; guest: GuestOut }[] }>(r).vms[0];
+    expect(v.status).to.equal('failed');
+    expect(v.error?.code).to.equal('GUEST_STEP_FAILED');
+    expect(v.error?.message).to.match(/exited with 5/).and.to.match(/no quiescing today/);
+    expect(v.guest.steps.map((st) => `${st.step}:${st.status}`)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(await vm!.agent('guest-fsfreeze-status')).to.equal('thawed');
+    const ls = await guestExec(vm!, ['ls', '/tmp']);
+    expect(ls.out).to.not.match(/ferry-guest-/);
+    vm!.releaseAgent();
+  });
+
   it('the restored ext4 passes e2fsck -fn and holds what the preFreeze script wrote', async function () {
     this.timeout(120_000);
     const raw = path.join(t.dir, 'restored.raw');
@@ -107,5 +144,52 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
     expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
     const cat = await hostTool('debugfs', ['-R', 'cat /ferry-pre-freeze', raw]);
     expect(cat.stdout).to.include('ferry pre-freeze marker');
+  });
+
+  it("drops the guest's swap file: its extents (filefrag in the guest) reach the filter, its header page stays", async function () {
+    this.timeout(180_000);
+    // the guest's busybox has no filefrag: e2fsprogs' (it needs only libc, which the guest has)
+    const handle = await vm!.agent<number>('guest-file-open', { path: '/bin/filefrag', mode: 'w' });
+    await vm!.agent('guest-file-write', { handle, 'buf-b64': readFileSync('/usr/sbin/filefrag').toString('base64') });
+    await vm!.agent('guest-file-close', { handle });
+    const made = await guestExec(vm!, ['sh', '-c', 'chmod 755 /bin/filefrag && dd if=/dev/urandom of=/mnt/swapfile bs=1M count=8 2>/dev/null && chmod 600 /mnt/swapfile && mkswap /mnt/swapfile && swapon /mnt/swapfile && sync && cat /proc/swaps']);
+    expect(made.code, made.out).to.equal(0);
+    vm!.releaseAgent();
+    const job = writeJob(
+      t.dir,
+      [
+        'job: qga-swap',
+        `plugins: [${path.join(ROOT, 'test', 'fixtures', 'plugins')}]`,
+        'source:',
+        '  host: qemu',
+        '  vms:',
+        `    - name: guest`,
+        `      qmp: "unix:${vm!.qmpSocket}"`,
+        '      disks: [disk0]',
+        '      guest: { os: linux, via: qga, timeoutSeconds: 60 }',
+        'filters: [zero, guest-ranges]',
+        'repository: { type: filesystem, path: ./repo-swap }',
+        'storage: { blockSize: 256KiB, compression: optimal }',
+      ].join('\n'),
+      'swap.yaml',
+    );
+    const r = await runFerry(['backup', job, '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const out = json<{ vms: { restorePoint: string; guest: GuestOut }[]; disks: { blocks: { filtered?: Record<string, number> } }[] }>(r);
+    const step = out.vms[0].guest.steps.find((st) => st.step === 'skipExtents')!;
+    expect(step.status).to.equal('success');
+    expect(step.detail).to.match(/disk0: \d+ range\(s\), 8384512 bytes/); // 8 MiB without the header page
+    // 8 MiB of 256 KiB blocks, less the (at most two) blocks the swap file only partly covers
+    expect(out.disks[0].blocks.filtered?.['guest-ranges']).to.be.within(30, 32);
+    const raw = path.join(t.dir, 'restored-swap.raw');
+    const rr = await runFerry(['restore', job, '--vm', 'guest', '--disk', 'disk0', '--point', out.vms[0].restorePoint, '--to', raw]);
+    expect(rr.code, rr.stderr).to.equal(0);
+    const fsck = await hostTool('e2fsck', ['-fn', raw]);
+    expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
+    const swap = Buffer.from((await hostTool('debugfs', ['-R', 'cat /swapfile', raw])).stdout, 'latin1');
+    expect(swap.length).to.equal(8 * 1024 * 1024);
+    expect(swap.subarray(4086, 4096).toString('latin1')).to.equal('SWAPSPACE2');
+    const zeroPages = Array.from({ length: swap.length / 4096 }, (_v, i) => swap.subarray(i * 4096, (i + 1) * 4096).every((b) => b === 0)).filter(Boolean).length;
+    expect(zeroPages).to.be.at.least(30 * 64); // the dropped blocks restore as zeros
   });
 });

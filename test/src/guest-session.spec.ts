@@ -36,7 +36,8 @@ for (const placement of ['embedded', 'remote'] as const) {
       await makeVmImage(path.join(t.dir, 'images', 'vm.raw'), { sizeBytes: 2 * 1024 * 1024, seed: 9, holes: 0 });
       if (placement === 'remote') {
         await initCerts(certs);
-        services.push(await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs]));
+        // the proxy runs the job's filters, the fixture's guest-ranges among them
+        services.push(await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs], 20_000, { FERRY_PLUGIN_PATH: FIXTURE_PLUGINS }));
         services.push(await startService(['repository', 'serve', '--listen', '127.0.0.1:0', '--certs', certs, '--repository', path.join(t.dir, 'repo')]));
       }
     });
@@ -46,7 +47,7 @@ for (const placement of ['embedded', 'remote'] as const) {
       t.cleanup();
     });
 
-    function job(guest: string): string {
+    function job(guest: string, extra: string[] = []): string {
       const where =
         placement === 'embedded'
           ? ['repository: { type: filesystem, path: ./repo }']
@@ -58,15 +59,17 @@ for (const placement of ['embedded', 'remote'] as const) {
           `plugins: [${FIXTURE_PLUGINS}]`,
           `source: { host: snap-sim, datastore: ./images, vms: [ { name: vm1, disks: [vm.raw], guest: { os: sim, via: qga, agent: "unix:/nonexistent", ${guest} } } ] }`,
           ...where,
+          ...extra,
           'storage: { blockSize: 256KiB, compression: optimal }',
         ].join('\n'),
       );
     }
 
-    async function backup(guest: string, env: Record<string, string> = {}): Promise<{ report: Report; calls: string[] }> {
+    async function backup(guest: string, env: Record<string, string> = {}, extra: string[] = []): Promise<{ report: Report; calls: string[]; disks: { blocks: { filtered?: Record<string, number> } }[] }> {
       writeFileSync(journal, '');
-      const r = await runFerry(['backup', job(guest), '--json'], { env: { ...process.env, FERRY_GUEST_SIM_JOURNAL: journal, ...env } });
-      return { report: json<Report>(r), calls: readFileSync(journal, 'utf8').trim().split('\n') };
+      const r = await runFerry(['backup', job(guest, extra), '--json'], { env: { ...process.env, FERRY_GUEST_SIM_JOURNAL: journal, ...env } });
+      const report = json<Report & { disks: { blocks: { filtered?: Record<string, number> } }[] }>(r);
+      return { report, calls: readFileSync(journal, 'utf8').trim().split('\n'), disks: report.disks };
     }
 
     it('runs the steps in order, the source host prepared before the freeze and opened after the thaw', async function () {
@@ -78,6 +81,14 @@ for (const placement of ['embedded', 'remote'] as const) {
       expect(vm.guest!.consistency).to.equal('application');
       expect(vm.guest!.freezeWindowMs).to.be.a('number');
       expect(vm.guest!.applications.map((a) => `${a.step}:${a.method}`)).to.deep.equal(['preFreeze:SIM LOCK', 'postThaw:SIM UNLOCK']);
+    });
+
+    it("the guest's swap ranges reach the disk and the filter that drops swap never reads them", async function () {
+      const skip = JSON.stringify([{ offset: 512 * 1024, length: 1024 * 1024 }]);
+      const { report, calls, disks } = await backup('timeoutSeconds: 10', { FERRY_GUEST_SIM_SKIP: skip }, ['filters: [zero, guest-ranges]']);
+      expect(calls).to.deep.equal(['connect', 'preFreeze', 'prepareSnapshot', 'freeze', 'take', 'thaw', 'open', 'postThaw', 'skipExtents', 'afterBackup', 'close', 'release success']);
+      expect(report.vms[0].guest!.steps.map((s) => s.step)).to.include('skipExtents');
+      expect(disks[0].blocks.filtered?.['guest-ranges']).to.equal(4); // 1 MiB of 256 KiB blocks
     });
 
     it('a failed snapshot is thawed, abandoned and gets no post-backup actions', async function () {

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { makeVmImage, skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
@@ -95,6 +95,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
       'snapshot:skipped',
       'thaw:success',
       'postThaw:success',
+      'skipExtents:success',
       'postBackup:success',
       'remove:success',
     ]);
@@ -106,9 +107,11 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(g.steps.find((s) => s.step === 'freeze')!.detail).to.match(/fsfreeze of 1 file system/);
     expect(markers()).to.deep.equal(['pre', 'post', 'post-backup']);
     expect(await fs.writable(3000)).to.equal(true);
-    // the credentials stay where the job names them
-    const key = readFileSync(sshd.userKey, 'utf8');
-    expect(stdout).to.not.include(key.split('\n')[1]);
+    // the credentials stay where the job names them: not in the report, not in the repository
+    const secret = readFileSync(sshd.userKey, 'utf8').split('\n')[1];
+    expect(stdout).to.not.include(secret);
+    const files = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+    for (const f of files(path.join(t.dir, 'repo-ok'))) expect(readFileSync(f).includes(secret), f).to.equal(false);
   });
 
   it('onGuestFailure fail: a failing preFreeze script fails the VM, post-thaw still runs, post-backup does not', async function () {
@@ -165,6 +168,21 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(vm.error?.code).to.equal('GUEST_HOST_KEY');
     expect(vm.error?.message).to.match(/vm web01/);
     expect(steps(vm.guest!)).to.deep.equal(['deploy:failed']);
+  });
+
+  it('reads a password only from the environment variable passwordEnv names, and says when it is unset', async function () {
+    const text = readFileSync(job('password', []), 'utf8').replace(/^ *key:.*\n/m, '        passwordEnv: FERRY_TEST_GUEST_PASSWORD_UNSET\n');
+    writeFileSync(path.join(t.dir, 'password.yaml'), text);
+    const env = { ...process.env };
+    delete env.FERRY_TEST_GUEST_PASSWORD_UNSET;
+    const r = await runFerry(['backup', path.join(t.dir, 'password.yaml'), '--json'], { env });
+    const vm = json<Report>(r).vms[0];
+    expect(vm.error?.code).to.equal('JOB_INVALID');
+    expect(vm.error?.message).to.match(/FERRY_TEST_GUEST_PASSWORD_UNSET/).and.to.match(/guest\.passwordEnv/);
+    // set, it is tried (this sshd takes keys only) and never shown
+    const r2 = await runFerry(['backup', path.join(t.dir, 'password.yaml'), '--json'], { env: { ...env, FERRY_TEST_GUEST_PASSWORD_UNSET: 'pw-7f3a9c' } });
+    expect(json<Report>(r2).vms[0].error?.code).to.equal('GUEST_UNREACHABLE');
+    expect(r2.stdout + r2.stderr).to.not.include('pw-7f3a9c');
   });
 
   it('names the key path of a guest key the job leaves out (JOB_INVALID)', async function () {

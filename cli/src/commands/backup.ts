@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { JobRuntime, humanSize, runBackup, type SessionReport } from '@ferry/core';
+import { JobRuntime, humanSize, runBackup, type GuestReport, type SessionReport } from '@ferry/core';
 import { EXIT, printJson, table } from '../output.js';
 import { progressReporter } from '../progress.js';
 
@@ -57,6 +57,15 @@ function interruptible(): { signal: AbortSignal; dispose: () => void } {
   };
 }
 
+/** One line per VM with guest processing (and its warnings): consistency, freeze window, each step. */
+function guestLine(vm: string, g: GuestReport): string {
+  const steps = g.steps.map((st) => `${st.step}${st.status === 'success' ? '' : ` ${st.status.toUpperCase()}`} ${st.durationMs} ms`).join(', ');
+  const window = g.freezeWindowMs === null ? 'nothing frozen' : `frozen ${g.freezeWindowMs} ms`;
+  let out = `  vm ${vm}: guest ${g.consistency}-consistent, ${window}; ${steps}\n`;
+  for (const w of g.warnings) out += `  vm ${vm}: warning: ${w}\n`;
+  return out;
+}
+
 function summary(r: SessionReport): string {
   const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
   let out = `Session ${r.session} of job ${r.job}: ${r.status} in ${secs(r.durationMs)}`;
@@ -86,6 +95,7 @@ function summary(r: SessionReport): string {
     const stages = (d.stages ?? []).map((s) => `${s.stage} ${Math.round(s.busyShare * 100)}%`).join(', ');
     out += `  ${d.vm}/${d.disk}: via proxy ${d.proxy}; ${d.reconnects ?? 0} reconnect(s)${d.resentBlocks ? `, ${d.resentBlocks} block(s) sent again` : ''}; busy ${stages}${d.bottleneck ? ` (bottleneck: ${d.bottleneck})` : ''}\n`;
   }
+  for (const v of r.vms) if (v.guest) out += guestLine(v.vm, v.guest);
   for (const d of r.disks) if (d.error) out += `  ${d.vm}/${d.disk} failed: ${d.error.message}\n`;
   for (const v of r.vms) if (v.error && !r.disks.some((d) => d.vm === v.vm && d.error)) out += `  vm ${v.vm} failed: ${v.error.message}\n`;
   if (r.healedBlocks) out += `Healed ${r.healedBlocks} damaged block(s): read from the source again and stored anew\n`;

@@ -9,7 +9,8 @@ import type { Extent } from './extent.js';
  * Order in a session (the session loop in `core/src/session/backup-session.ts` is the only caller):
  *
  *   connect (deploy) → preFreeze → [source host prepares its snapshot] → freeze → snapshot → thaw
- *   → postThaw → data movement → commit → afterBackup (only after the commit) → close (remove)
+ *   → postThaw → skipExtents (per disk) → data movement → commit → afterBackup (only after the
+ *   commit) → close (remove)
  *
  * Invariants the session keeps:
  * - `thaw` is called whenever `freeze` was called (also when `freeze` itself failed or timed out,
@@ -140,8 +141,14 @@ export interface GuestSession {
   postThaw?(signal?: AbortSignal): Promise<GuestStepResult>;
   /** The point is committed: post-backup actions (log truncation, the `postBackup` script). */
   afterBackup?(signal?: AbortSignal): Promise<GuestStepResult>;
-  /** Disk ranges of swap/pagefile on the VM's disk `disk` (its name in the inventory). */
-  skipExtents?(disk: string): Promise<Extent[]>;
+  /**
+   * Byte ranges of the VM's disk `disk` (name and size as the snapshot gives them) that hold swap or
+   * a pagefile, as of the snapshot, each area's header page left out so a restored one stays valid.
+   * Called after `postThaw`, once per disk; an empty list when the runtime cannot tell which guest
+   * disk this is. The session puts them on the disk (`SourceDisk.guestSkip`) for the block filter
+   * that drops swap.
+   */
+  skipExtents?(disk: { name: string; size?: number }): Promise<Extent[]>;
   /** Removes the runtime and closes the connection (the session's `remove` step). */
   close(): Promise<void>;
 }

@@ -33,6 +33,12 @@ export interface SourceHost {
   readonly label: string;
   inventory(vms: readonly VmSelection[]): Promise<VmInventory[]>;
   snapshot?(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot>;
+  /**
+   * Since core API 1.2: the VM's QEMU guest agent socket (`unix:PATH`) when the host knows it, for a
+   * `guest:` with `via: qga` (or `freeze: agent`) that names no `agent:`. Missing or undefined: the
+   * job must name it.
+   */
+  guestAgent?(vm: string): Promise<string | undefined>;
   /** Since core API 1.2: the snapshot in three steps, so only `take` runs inside the guest's freeze window. */
   prepareSnapshot?(vm: VmInventory, session: SessionInfo): Promise<PreparedSnapshot>;
 }
@@ -91,6 +97,12 @@ export interface SourceDisk {
   changes?: { since: string; extents?: Extent[] };
   /** Why changed-block tracking cannot be used this time (missing or foreign bitmap, ...). */
   fullReason?: string;
+  /**
+   * Set by the session, not by source hosts: the ranges the VM's guest runtime reported as swap or
+   * pagefile (`GuestSession.skipExtents`) at this snapshot. A block filter that drops swap (such as
+   * `swap`) returns them from its `skipExtents`, so they are never read and counted as its own.
+   */
+  guestSkip?: Extent[];
 }
 
 /** Host-specific facts that identify a change-tracking state, e.g. `{ id: bitmap, node: 'disk0' }`. */

@@ -46,8 +46,7 @@ export function guestSpec(raw: RawGuest, dir: string, at: DocPath, where: (p: Do
     if (raw.knownHosts === undefined) throw missing('knownHosts', "the guest's SSH host key is always checked against a known_hosts file");
     if (raw.key === undefined && raw.passwordEnv === undefined) throw missing('key', 'name a private key file (or passwordEnv, an environment variable holding the password)');
   }
-  if (via === 'qga' && raw.agent === undefined) throw missing('agent', 'guest processing over qga needs the agent socket (agent: unix:/path/to/qga.sock)');
-  if (raw.freeze === 'agent' && raw.agent === undefined) throw missing('agent', 'freeze: agent needs the QEMU guest agent socket');
+  // `agent` may be left out when the source host knows the VM's agent channel: checked when the session connects
   for (const [i, m] of (raw.mounts ?? []).entries()) {
     if (raw.os === 'linux' && !m.startsWith('/')) throw new FerryError('JOB_INVALID', `mount "${m}" must be an absolute path in the guest`, where([...at, 'mounts', i]));
   }

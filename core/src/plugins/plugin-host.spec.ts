@@ -30,6 +30,7 @@ describe('plugin host: required members', function () {
     writePlugin(dir, 'compressor', 'half', '{ compress: (d) => d }');
     writePlugin(dir, 'repository-backend', 'old', `{ location: 'x', get: ${fn}, put: ${fn}, has: ${fn}, list: ${fn}, delete: ${fn} }`);
     writePlugin(dir, 'guest-runtime', 'nothing', 'undefined');
+    writePlugin(dir, 'guest-runtime', 'no-thaw', `{ connect: async () => { globalThis.noThawClosed = false; return { label: 'x', freeze: ${fn}, close: async () => { globalThis.noThawClosed = true; } }; } }`);
     host = await PluginHost.create({ installRoot: path.join(dir, 'nowhere'), envPath: dir }, () => undefined);
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
@@ -63,6 +64,16 @@ describe('plugin host: required members', function () {
     expect(err.code).to.equal('PLUGIN_CONTRACT');
     expect(err.where).to.include({ plugin: 'p-transport-bad-handle', hook: 'open', disk: 'vda' });
     expect(err.detail).to.include('without read()');
+  });
+
+  it('refuses a guest session without thaw when the runtime connects, closing it, naming the VM', async function () {
+    const g = await host.create('guest-runtime', 'no-thaw', host.container);
+    const options = { os: 'no-thaw', via: 'ssh', credentials: {}, freeze: 'auto' as const, scripts: {}, applications: [], timeoutSeconds: 5 };
+    const err = (await g.connect('vm1', options).catch((e: unknown) => e)) as FerryError;
+    expect(err.code).to.equal('PLUGIN_CONTRACT');
+    expect(err.where).to.include({ plugin: 'p-guest-runtime-no-thaw', hook: 'connect', vm: 'vm1' });
+    expect(err.detail).to.include('without thaw()');
+    expect((globalThis as { noThawClosed?: boolean }).noThawClosed).to.equal(true);
   });
 
   it('passes a complete transport through, optional members absent', async function () {

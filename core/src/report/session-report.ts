@@ -55,7 +55,7 @@ export interface VmReport {
 }
 
 /** The guest processing steps of a session, in the order they run (docs/architecture.md). */
-export type GuestStep = 'deploy' | 'preFreeze' | 'freeze' | 'snapshot' | 'thaw' | 'postThaw' | 'postBackup' | 'remove';
+export type GuestStep = 'deploy' | 'preFreeze' | 'freeze' | 'snapshot' | 'thaw' | 'postThaw' | 'skipExtents' | 'postBackup' | 'remove';
 
 /** A VM's guest processing: what ran, how long, and whether the point is application-consistent. */
 export interface GuestReport {

@@ -113,6 +113,7 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
     snapshot = await takeSnapshot(s, vm, info, guest);
     await guest?.postThaw();
     if (snapshot) disks = snapshot.disks;
+    if (guest) disks = await guest.skipExtents(disks);
     // Each disk waits for one of the session's parallelDisks slots; a disk not started when the
     // session is interrupted is reported failed (SESSION_INTERRUPTED) and fails the VM.
     moved = await mapInOrder(disks, disks.length, (disk) => s.slots.run(() => (s.signal?.aborted ? notStarted(s, vm.name, disk) : s.placement.moveDisk(vm.name, disk, previous))));
@@ -150,6 +151,7 @@ function guestOf(s: Session, vm: string): GuestProcessing | undefined {
     vm,
     spec,
     runtime: () => s.rt.guestRuntime(spec.os, [...spec.at, 'os']),
+    ...(s.host.guestAgent && { hostAgent: () => s.host.guestAgent!(vm) }),
     plugin: s.rt.plugins.providerOf('guest-runtime', spec.os),
     where: (p) => s.rt.jobFile.where(p),
     reportedError: (err) => s.placement.reportedError(err),

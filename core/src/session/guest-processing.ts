@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { GuestCredentials, GuestOptions, GuestRuntime, GuestSession, GuestStepResult } from '../contracts/guest-runtime.js';
+import type { SourceDisk } from '../contracts/source-host.js';
 import { FerryError, isFerryError, pluginError, type ErrorLocation } from '../errors.js';
 import type { GuestSpec } from '../job/guest-spec.js';
 import type { GuestReport, GuestStep, ReportedError } from '../report/session-report.js';
@@ -11,6 +12,8 @@ export interface GuestContext {
   spec: GuestSpec;
   /** The runtime registered for `spec.os` (built on first use). */
   runtime: () => Promise<GuestRuntime>;
+  /** The source host's idea of the VM's agent socket (`SourceHost.guestAgent`), for a spec without `agent`. */
+  hostAgent?: () => Promise<string | undefined>;
   /** The plugin package providing it, for stamping its errors. */
   plugin: string;
   where: (p: (string | number)[]) => ErrorLocation;
@@ -42,7 +45,7 @@ export class GuestProcessing {
   async deploy(): Promise<void> {
     await this.step('deploy', true, async (signal) => {
       const runtime = await this.c.runtime();
-      const session = await runtime.connect(this.c.vm, this.options(), signal);
+      const session = await runtime.connect(this.c.vm, await this.options(), signal);
       if (signal.aborted) {
         // connected after the step was given up: nothing may stay behind in the guest
         await session.close().catch(() => undefined);
@@ -106,6 +109,24 @@ export class GuestProcessing {
     if (s.postThaw) await this.step('postThaw', false, (signal) => s.postThaw!(signal));
   }
 
+  /**
+   * The guest's swap/pagefile ranges on each disk (`GuestSession.skipExtents`), put on the disks as
+   * `guestSkip`; one `skipExtents` step for all disks, its failure a warning (the disks are then
+   * read whole).
+   */
+  async skipExtents(disks: SourceDisk[]): Promise<SourceDisk[]> {
+    const s = this.active();
+    if (!s?.skipExtents) return disks;
+    let out = disks;
+    await this.step('skipExtents', false, async () => {
+      const found = await Promise.all(disks.map(async (d) => ({ d, extents: await s.skipExtents!({ name: d.name, ...(d.size !== undefined && { size: d.size }) }) })));
+      out = found.map(({ d, extents }) => (extents.length ? { ...d, guestSkip: extents } : d));
+      const said = found.filter((f) => f.extents.length).map((f) => `${f.d.name}: ${f.extents.length} range(s), ${f.extents.reduce((n, e) => n + e.length, 0)} bytes`);
+      return { detail: said.length ? `swap/pagefile ${said.join('; ')}` : 'no swap or pagefile on these disks' };
+    });
+    return out;
+  }
+
   /** After the VM's point was committed; failures are warnings. */
   async afterBackup(): Promise<void> {
     const s = this.session;
@@ -143,6 +164,7 @@ export class GuestProcessing {
     const signals = critical && this.c.signal ? [limit.signal, this.c.signal] : [limit.signal];
     const signal = AbortSignal.any(signals);
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     const stopped = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => {
         const err = new FerryError('GUEST_TIMEOUT', `guest step ${step} took longer than ${this.c.spec.timeoutSeconds} s (guest.timeoutSeconds) and was stopped`, this.at());
@@ -150,7 +172,7 @@ export class GuestProcessing {
         reject(err);
       }, ms);
       if (critical && this.c.signal) {
-        const onAbort = (): void => reject(interrupted({ vm: this.c.vm }));
+        onAbort = (): void => reject(interrupted({ vm: this.c.vm }));
         if (this.c.signal.aborted) onAbort();
         else this.c.signal.addEventListener('abort', onAbort, { once: true });
       }
@@ -161,7 +183,7 @@ export class GuestProcessing {
       this.record(step, 'success', started, result);
     } catch (raw) {
       const kept = isFerryError(raw, 'SESSION_INTERRUPTED') || isFerryError(raw, 'GUEST_TIMEOUT') || isFerryError(raw, 'JOB_INVALID');
-      const err: FerryError = kept ? (raw as FerryError) : pluginError(raw, this.c.plugin, step, this.at());
+      const err: FerryError = kept ? (raw as FerryError).at({ vm: this.c.vm }) : pluginError(raw, this.c.plugin, step, this.at());
       if (!limit.signal.aborted) limit.abort(err);
       this.record(step, 'failed', started, { error: this.c.reportedError(err) });
       if (err.code === 'SESSION_INTERRUPTED') throw err;
@@ -175,6 +197,7 @@ export class GuestProcessing {
       }
     } finally {
       clearTimeout(timer);
+      if (onAbort) this.c.signal?.removeEventListener('abort', onAbort);
     }
   }
 
@@ -200,8 +223,16 @@ export class GuestProcessing {
   }
 
   /** The job's `guest:` key with the credentials read from the files and variable it names. */
-  private options(): GuestOptions {
+  private async options(): Promise<GuestOptions> {
     const g = this.c.spec;
+    const needsAgent = g.via === 'qga' || g.freeze === 'agent';
+    const agent = g.agent ?? (needsAgent ? await this.c.hostAgent?.() : undefined);
+    if (needsAgent && !agent) {
+      throw new FerryError('JOB_INVALID', `missing key "agent": the source host does not know the QEMU guest agent socket of vm ${this.c.vm}; name it (agent: unix:/path/to/qga.sock)`, {
+        ...this.c.where([...g.at, 'agent']),
+        vm: this.c.vm,
+      });
+    }
     const credentials: GuestCredentials = {};
     if (g.key) credentials.privateKey = readFileSync(g.key);
     if (g.knownHosts) credentials.knownHosts = readFileSync(g.knownHosts, 'utf8');
@@ -218,7 +249,7 @@ export class GuestProcessing {
     return {
       os: g.os,
       via: g.via,
-      ...(g.agent && { agent: g.agent }),
+      ...(agent && { agent }),
       ...(g.host !== undefined && { host: g.host, port: g.port, user: g.user }),
       credentials,
       freeze: g.freeze,

@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { FerryError, type ApplicationOutcome, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
+import { FerryError, type Extent, type ApplicationOutcome, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
 import { quiescerFor, type Quiescer } from './applications.js';
 import type { GuestChannel } from '@ferry/guest-common';
 import { QgaChannel } from './qga-channel.js';
+import { matchDisk, parseSwaps } from './swap-extents.js';
 
 /**
  * One session's runtime in a Linux guest: the runtime script and the user scripts in `dir` (a
@@ -14,6 +15,7 @@ import { QgaChannel } from './qga-channel.js';
 export class LinuxGuestSession implements GuestSession {
   private readonly quiesced: Quiescer[] = [];
   private frozenBy?: 'fsfreeze' | 'agent';
+  private swaps?: Promise<ReturnType<typeof parseSwaps>>;
 
   constructor(
     private readonly channel: GuestChannel,
@@ -95,6 +97,16 @@ export class LinuxGuestSession implements GuestSession {
     if (!this.o.scripts.postBackup) return { detail: 'nothing to do' };
     const s = await this.runScript('postBackup', this.o.scripts.postBackup, signal);
     return { scripts: [s], detail: 'postBackup script' };
+  }
+
+  /**
+   * Swap partitions and swap files of the guest on the VM's disk of the same size (the runtime's
+   * `swaps`; read once per session). Nothing when no guest disk, or more than one, has that size.
+   */
+  async skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
+    this.swaps ??= this.runtimeCommand(['swaps']).then(parseSwaps);
+    const { disks } = await this.swaps;
+    return matchDisk(disks, disk)?.extents ?? [];
   }
 
   async close(): Promise<void> {

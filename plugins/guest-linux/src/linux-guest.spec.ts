@@ -119,6 +119,8 @@ describe('guest-linux over SSH (sshd on loopback as the guest)', function () {
     assert.equal(await fs.writable(500), false);
     // the connection dies as with a killed backup server: no thaw, no clean-up
     await (s as unknown as { channel: { close(): Promise<void> } }).channel.close();
+    // and even the session folder is gone (a clean-up that could not thaw): the watchdog still works
+    rmSync((s as unknown as { dir: string }).dir, { recursive: true, force: true });
     const deadline = Date.now() + 8000;
     let thawed = false;
     while (!thawed && Date.now() < deadline) thawed = await fs.writable(1000);

@@ -14,7 +14,8 @@
  * - `thaw`: `fsfreeze -u` every mount `freeze`/`arm` listed (errors for mounts not frozen are
  *   ignored), then stops the watchdog. Prints `thawed N`.
  * - `disarm`: stops the watchdog only (the agent thawed).
- * - `swaps`: the guest's active swap areas (`/proc/swaps`).
+ * - `swaps`: the guest's active swap areas and where each lies on its whole disk (partition start,
+ *   or a swap file's extents from `filefrag -e` plus its file system's partition start).
  *
  * While frozen, nothing here writes to a file system: the mount list and the watchdog's pid are
  * written before the freeze, and `thaw` only reads them until every mount is thawed.
@@ -37,7 +38,10 @@ list() {
 arm() {
   limit=$1; shift
   list "$@" > "$DIR/mounts"
-  setsid sh -c 'sleep "$1"; while IFS= read -r m; do fsfreeze -u "$m" 2>/dev/null; done < "$2"' sh "$limit" "$DIR/mounts" \\
+  # the mounts travel as arguments: the watchdog must work after this folder is gone
+  set --
+  while IFS= read -r m; do set -- "$@" "$m"; done < "$DIR/mounts"
+  setsid sh -c 'sleep "$1"; shift; for m in "$@"; do fsfreeze -u "$m" 2>/dev/null; done' sh "$limit" "$@" \\
     </dev/null >/dev/null 2>&1 &
   echo $! > "$DIR/watchdog.pid"
 }
@@ -71,6 +75,7 @@ case "$cmd" in
   freeze)
     limit=$1; shift
     command -v fsfreeze >/dev/null 2>&1 || { echo "fsfreeze is not installed in the guest (util-linux)" >&2; exit 2; }
+    echo $$ > "$DIR/freeze.pid"
     arm "$limit" "$@"
     tac "$DIR/mounts" 2>/dev/null > "$DIR/order" || awk '{ l[NR] = $0 } END { for (i = NR; i > 0; i--) print l[i] }' "$DIR/mounts" > "$DIR/order"
     n=0
@@ -86,13 +91,57 @@ case "$cmd" in
     echo "frozen $n" ;;
   thaw)
     n=0
+    running=
+    # a freeze still under way (its step timed out) is stopped first; one of its fsfreeze calls may
+    # still complete after this thaw, so the watchdog then stays armed to thaw that too
+    if [ -f "$DIR/freeze.pid" ] && kill -0 "$(cat "$DIR/freeze.pid")" 2>/dev/null; then
+      kill -KILL "$(cat "$DIR/freeze.pid")" 2>/dev/null; running=yes
+    fi
     if [ -f "$DIR/mounts" ]; then
       while IFS= read -r m; do fsfreeze -u "$m" 2>/dev/null && n=$((n + 1)); done < "$DIR/mounts"
     fi
-    disarm
-    echo "thawed $n" ;;
+    if [ -n "$running" ]; then
+      sleep 1
+      while IFS= read -r m; do fsfreeze -u "$m" 2>/dev/null && n=$((n + 1)); done < "$DIR/mounts"
+      echo "thawed $n (a freeze was still running: the watchdog stays armed)"
+    else
+      disarm
+      rm -f "$DIR/freeze.pid"
+      echo "thawed $n"
+    fi ;;
   disarm) disarm ;;
-  swaps) cat /proc/swaps ;;
+  swaps)
+    # each active swap area and where it lies on its whole disk (sizes in 512-byte sectors):
+    #   part DISK DISK_SECTORS START SECTORS | file DISK DISK_SECTORS FS_START PATH, then filefrag lines
+    #   (prefixed '|') | unknown NAME WHY
+    tail -n +2 /proc/swaps | while read -r name type rest; do
+      case "$type" in
+        partition)
+          dev=$(basename "$(readlink -f "$name")"); sys=/sys/class/block/$dev
+          if [ -f "$sys/partition" ]; then
+            disk=$(basename "$(dirname "$(readlink -f "$sys")")")
+            echo "part $disk $(cat "/sys/class/block/$disk/size") $(cat "$sys/start") $(cat "$sys/size")"
+          elif [ -f "$sys/size" ] && [ ! -d "$sys/slaves" -o -z "$(ls "$sys/slaves" 2>/dev/null)" ]; then
+            echo "part $dev $(cat "$sys/size") 0 $(cat "$sys/size")"
+          else
+            echo "unknown $name on a mapped device (LVM, dm-crypt, md)"
+          fi ;;
+        file)
+          fsdev=$(df -P "$name" | tail -n 1 | awk '{ print $1 }')
+          dev=$(basename "$(readlink -f "$fsdev")"); sys=/sys/class/block/$dev
+          if ! command -v filefrag >/dev/null 2>&1; then echo "unknown $name filefrag (e2fsprogs) is not installed"; continue; fi
+          if [ -f "$sys/partition" ]; then
+            disk=$(basename "$(dirname "$(readlink -f "$sys")")"); start=$(cat "$sys/start")
+          elif [ -f "$sys/size" ] && [ -z "$(ls "$sys/slaves" 2>/dev/null)" ]; then
+            disk=$dev; start=0
+          else
+            echo "unknown $name on a mapped device (LVM, dm-crypt, md)"; continue
+          fi
+          echo "file $disk $(cat "/sys/class/block/$disk/size") $start $name"
+          filefrag -e "$name" | sed 's/^/|/' ;;
+        *) echo "unknown $name type $type" ;;
+      esac
+    done ;;
   *) echo "usage: ferry-guest.sh run|mounts|arm|freeze|thaw|disarm|swaps" >&2; exit 2 ;;
 esac
 `;

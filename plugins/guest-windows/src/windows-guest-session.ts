@@ -124,13 +124,16 @@ export class WindowsGuestSession implements GuestSession {
   }
 
   /**
-   * pagefile.sys, swapfile.sys and hiberfil.sys on the partitions of the guest disk whose serial
-   * number is `disk` (QEMU's `serial=` of the VM's disk). No disk with that serial: nothing is
-   * skipped (a guess could drop live data).
+   * pagefile.sys, swapfile.sys and hiberfil.sys on the partitions of the guest disk that is this VM
+   * disk: the one whose serial number is the disk's name (QEMU's `serial=`), else the only guest disk
+   * of the disk's size. No such disk (or two of that size): nothing is skipped (a guess could drop
+   * live data).
    */
-  async skipExtents(disk: string): Promise<Extent[]> {
+  async skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
     this.layout ??= parseLayout(await this.ps.check('reading the partition layout', LAYOUT_SCRIPT));
-    const guestDisk = this.layout.Disks.find((d) => (d.SerialNumber ?? '').trim() === disk);
+    const bySerial = this.layout.Disks.find((d) => (d.SerialNumber ?? '').trim() === disk.name);
+    const bySize = this.layout.Disks.filter((d) => disk.size !== undefined && d.Size === disk.size);
+    const guestDisk = bySerial ?? (bySize.length === 1 ? bySize[0] : undefined);
     if (!guestDisk) return [];
     const script = extentsScript(this.layout, guestDisk.Number);
     if (!script) return [];

@@ -130,18 +130,22 @@ describe('guest-windows over SSH (sshd on loopback + the Windows simulator)', fu
     await s.close();
   });
 
-  it('reports pagefile.sys, hiberfil.sys and swapfile.sys extents at their disk offsets, per disk by serial', async function () {
+  it('reports pagefile.sys, hiberfil.sys and swapfile.sys extents at their disk offsets, per disk by serial or size', async function () {
     const s = await new WindowsGuestRuntime().connect('vm1', options({ applications: [] }));
     const c = defaultSimConfig();
     assert.equal(c.partitions[0].Offset, 1048576);
     // disk0: C: at 1 MiB, 4 KiB clusters: pagefile LCN 0x2000 (0x100 clusters) and 0x5000 (0x80), hiberfil 0x2100 (0x40)
-    assert.deepEqual(await s.skipExtents!('disk0'), [
+    assert.deepEqual(await s.skipExtents!({ name: 'disk0' }), [
       { offset: 1048576 + 0x2000 * 4096, length: (0x100 + 0x40) * 4096 },
       { offset: 1048576 + 0x5000 * 4096, length: 0x80 * 4096 },
     ]);
     // disk1: D: at 16 MiB, 64 KiB clusters; the sparse run (LCN -1) is left out
-    assert.deepEqual(await s.skipExtents!('disk1'), [{ offset: 16 * 1048576 + 0x30 * 65536, length: 0x10 * 65536 }]);
-    assert.deepEqual(await s.skipExtents!('vdz'), []);
+    const d1 = [{ offset: 16 * 1048576 + 0x30 * 65536, length: 0x10 * 65536 }];
+    assert.deepEqual(await s.skipExtents!({ name: 'disk1' }), d1);
+    // no serial match: the only guest disk of that size
+    assert.deepEqual(await s.skipExtents!({ name: 'vdb', size: c.disks[1].Size }), d1);
+    assert.deepEqual(await s.skipExtents!({ name: 'vdz' }), []);
+    assert.deepEqual(await s.skipExtents!({ name: 'vdz', size: 12345 }), []);
     await s.close();
   });
 

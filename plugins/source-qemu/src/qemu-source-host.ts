@@ -13,6 +13,7 @@ import { discoverDisks, readBlockState, resolveDisk, type BlockState, type Resol
 import { planTracking } from './change-tracking.js';
 import { overlayNames } from './ferry-names.js';
 import { cleanLeftovers } from './leftovers.js';
+import { findGuestAgentSocket } from './guest-agent-channel.js';
 import type { QmpClient } from './qmp-client.js';
 import { connectVm, QemuVmSnapshot, type DiskPlan, type QemuVm } from './qemu-vm-snapshot.js';
 import { chooseKind, SNAPSHOT_MODES, type SnapshotMode } from './snapshot-kind.js';
@@ -74,6 +75,19 @@ export class QemuSourceHost implements SourceHost {
         throw withCleanupFailures(err, log);
       });
       return snap;
+    } finally {
+      await qmp.close();
+    }
+  }
+
+  /** The VM's guest agent socket as QEMU's own chardev names it (`guest.agent` defaults to it). */
+  async guestAgent(name: string): Promise<string | undefined> {
+    const vm = this.vms.get(name);
+    if (!vm) return undefined;
+    const qmp = await connectVm(vm);
+    try {
+      const socket = await findGuestAgentSocket(qmp);
+      return socket && `unix:${socket}`;
     } finally {
       await qmp.close();
     }

@@ -94,7 +94,7 @@ class ServedSession {
     const ctl = new AbortController();
     this.inflight.set(id, ctl);
     try {
-      const result = m.type === 'guest.connect' ? await this.connect(m.header!.vm as string, m.header!.options as WireGuestOptions, ctl.signal) : await this.call(m.header!.method as GuestMethod, m.header!.disk as string | undefined, ctl.signal);
+      const result = m.type === 'guest.connect' ? await this.connect(m.header!.vm as string, m.header!.options as WireGuestOptions, ctl.signal) : await this.call(m.header!.method as GuestMethod, m.header!.disk as { name: string; size?: number } | undefined, ctl.signal);
       await this.answer(id, result);
     } catch (err) {
       await this.answer(id, undefined, err);
@@ -119,7 +119,7 @@ class ServedSession {
     return { label: session.label };
   }
 
-  private async call(method: GuestMethod, disk: string | undefined, signal: AbortSignal): Promise<unknown> {
+  private async call(method: GuestMethod, disk: { name: string; size?: number } | undefined, signal: AbortSignal): Promise<unknown> {
     const s = this.session;
     if (!s) throw new FerryError('PIPE_PROTOCOL', `guest.call ${method} before guest.connect`);
     switch (method) {

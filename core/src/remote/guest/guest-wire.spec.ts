@@ -7,7 +7,7 @@ describe('guest proxy requests are checked before the proxy acts', function () {
   it('accepts well-formed connect, call and abort requests', function () {
     assert.equal(guestRequestProblem('guest.connect', { id: 1, vm: 'vm1', options }), undefined);
     assert.equal(guestRequestProblem('guest.call', { id: 2, method: 'freeze' }), undefined);
-    assert.equal(guestRequestProblem('guest.call', { id: 3, method: 'skipExtents', disk: 'disk0' }), undefined);
+    assert.equal(guestRequestProblem('guest.call', { id: 3, method: 'skipExtents', disk: { name: 'disk0', size: 1048576 } }), undefined);
     assert.equal(guestRequestProblem('guest.abort', { id: 2 }), undefined);
   });
 

@@ -7,7 +7,7 @@ import { FerryError, type ErrorCode, type ErrorLocation, type ReportedError } fr
  * connection carries one guest session; the backup server sends requests, the proxy answers each:
  *
  *   `guest.connect` {id, vm, options} → `guest.res` {id, ok, result: {label}} (runtime deployed)
- *   `guest.call` {id, method, disk?} → `guest.res` {id, ok, result} (a GuestSession member)
+ *   `guest.call` {id, method, disk?: {name, size?}} → `guest.res` {id, ok, result} (a GuestSession member)
  *   `guest.abort` {id}: the request `id` is given up (its signal aborts); its answer still comes
  *   failures: `guest.res` {id, ok: false, error: {code, message, where}}
  *
@@ -39,7 +39,9 @@ export function guestRequestProblem(type: string, h: unknown): string | undefine
   if (type === 'guest.abort') return undefined;
   if (type === 'guest.call') {
     if (!(GUEST_METHODS as readonly string[]).includes(h.method as string)) return `guest.call: header.method must be one of ${GUEST_METHODS.join(', ')}`;
-    if (h.method === 'skipExtents' && typeof h.disk !== 'string') return 'guest.call: header.disk must be a string for skipExtents';
+    if (h.method === 'skipExtents' && (!isObject(h.disk) || typeof h.disk.name !== 'string' || (h.disk.size !== undefined && !Number.isSafeInteger(h.disk.size)))) {
+      return 'guest.call: header.disk must be {name, size?} for skipExtents';
+    }
     return undefined;
   }
   if (type === 'guest.connect') {

@@ -146,7 +146,7 @@ class RemoteGuestSession implements GuestSession {
     return this.call('afterBackup', signal);
   }
 
-  skipExtents(disk: string): Promise<Extent[]> {
+  skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
     return this.call('skipExtents', undefined, { disk });
   }
 
