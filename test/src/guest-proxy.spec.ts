@@ -43,7 +43,7 @@ describe('guest interaction proxy (ferry guest-proxy serve on loopback)', functi
     t.cleanup();
   });
 
-  function job(name: string, extra: string[] = []): string {
+  function job(name: string, extra: string[] = [], address = proxy.address): string {
     writeFileSync(path.join(guest.sim, 'events.log'), '');
     rmSync(path.join(guest.sim, 'writers.json'), { force: true });
     const lines = [
@@ -61,7 +61,7 @@ describe('guest interaction proxy (ferry guest-proxy serve on loopback)', functi
       '        timeoutSeconds: 60',
       ...extra.map((l) => `        ${l}`),
     ];
-    const base = basicJob({ disks: ['vm.raw'], repo: `./repo-${name}`, extra: `guestProxies: [ { address: "${proxy.address}" } ]\ncerts: ./certs` });
+    const base = basicJob({ disks: ['vm.raw'], repo: `./repo-${name}`, extra: `guestProxies: [ { address: "${address}" } ]\ncerts: ./certs` });
     return writeJob(t.dir, base.replace('      disks: [vm.raw]', `      disks: [vm.raw]\n${lines.join('\n')}`), `${name}.yaml`);
   }
 
@@ -119,5 +119,17 @@ describe('guest interaction proxy (ferry guest-proxy serve on loopback)', functi
     expect(ev.indexOf(release!)).to.be.lessThan(ev.indexOf('remove ferry-X'));
     expect(ev.some((e) => e.startsWith('BACKUP LOG'))).to.equal(false);
     expect(proxy.stderr()).to.match(/left without closing the guest session.*thawing/);
+  });
+
+  it('no guest proxy answering: the deploy step fails naming it (onGuestFailure continue: a crash-consistent point)', async function () {
+    guest.configure({ faults: {} });
+    const r = await runFerry(['backup', job('unreachable', ['onGuestFailure: continue'], '127.0.0.1:1'), '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const vm = json<Report>(r).vms[0];
+    expect(vm.restorePoint).to.be.a('string');
+    expect(vm.guest!.consistency).to.equal('crash');
+    expect(vm.guest!.steps[0]).to.include({ step: 'deploy', status: 'failed' });
+    expect(JSON.stringify(vm.guest)).to.match(/PIPE_UNREACHABLE.*127\.0\.0\.1:1/);
+    expect(guest.events()).to.deep.equal([]);
   });
 });
