@@ -27,13 +27,15 @@ export function psQuote(s: string): string {
   return `'${s.replace(/'/g, "''")}'`;
 }
 
-/** A channel that runs a command line as the guest's shell gets it (`SshChannel`). */
+/** A channel that runs a command line as the guest's shell gets it (`SshChannel`, `QgaLineChannel`). */
 export interface LineChannel {
+  /** `ssh Administrator@db1:22` or `qga unix:/path`. */
+  readonly label: string;
   execLine(line: string, opts?: { stdin?: string; signal?: AbortSignal }): Promise<ExecResult>;
   close(): Promise<void>;
 }
 
-/** Runs PowerShell scripts in the guest through a command channel (an SSH connection). */
+/** Runs PowerShell scripts in the guest through a command channel (SSH, or the agent's guest-exec). */
 export class PowerShell {
   constructor(
     readonly channel: LineChannel,

@@ -12,7 +12,7 @@ import { WindowsGuestRuntime } from './windows-guest-runtime.js';
  * The Windows runtime against a real sshd on loopback whose sessions the Windows simulator answers
  * (testing/windows-sim.ts): the protocol, not real Windows (README, "What was verified").
  */
-describe('guest-windows over SSH (sshd on loopback + the Windows simulator)', function () {
+describe('guest-windows (the Windows simulator behind sshd on loopback, and a fake qemu-ga)', function () {
   this.timeout(60_000);
   let dir: string;
   let guest: WindowsSimGuest;
@@ -209,5 +209,35 @@ describe('guest-windows over SSH (sshd on loopback + the Windows simulator)', fu
       guest.configure({ agentProvider: true });
       await qga.close();
     });
+  });
+
+  it('via: qga only: PowerShell through guest-exec, the freeze through the agent, the runtime removed', async function () {
+    const qga = await guest.startAgent();
+    const s = await new WindowsGuestRuntime().connect('vm1', {
+      ...options({ scripts: { preFreeze: script('pre-qga.ps1', 'echo through the agent') } }),
+      via: 'qga',
+      agent: qga.agent,
+      host: undefined,
+      credentials: {},
+    });
+    assert.match(s.label, /^qga unix:/);
+    const pf = await s.preFreeze!();
+    assert.match(pf.scripts![0].output, /through the agent/);
+    assert.equal((await s.freeze()).frozen, 1);
+    await s.thaw();
+    await s.afterBackup!();
+    await s.close();
+    const ev = guest.events().map((e) => e.replace(/ferry-[0-9a-f]+/, 'ferry-X'));
+    assert.deepEqual(ev, [
+      'deploy ferry-X',
+      'run preFreeze-pre-qga.ps1',
+      'registry VssOption=1',
+      'agent freeze VSS_BT_FULL 1 volume(s)',
+      'agent thaw BackupComplete (full)',
+      "BACKUP LOG [sales] TO DISK = N'NUL'",
+      'remove ferry-X',
+    ]);
+    assert.deepEqual(sessionFolders(), []);
+    await qga.close();
   });
 });

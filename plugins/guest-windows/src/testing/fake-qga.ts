@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { createServer, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import type { SimConfig } from './windows-sim.js';
@@ -9,7 +11,8 @@ import type { SimConfig } from './windows-sim.js';
  * (backup type from the registry value `VssOption` of `HKLM\SYSTEM\CurrentControlSet\Services\QEMU
  * Guest Agent VSS Provider`, default VSS_BT_FULL), `guest-fsfreeze-status`, `guest-fsfreeze-thaw`
  * (BackupComplete; `couldn't hold writes: fsfreeze is limited up to 10 seconds` when VSS let go of
- * the writes first). Shares the simulator's state folder (writers, events, registry).
+ * the writes first), and `guest-exec`/`guest-exec-status`, whose command lines the simulator program
+ * answers as it does behind sshd. Shares the simulator's state folder (writers, events, registry).
  */
 export interface FakeQga {
   /** `unix:PATH` for the job's `agent:`. */
@@ -39,10 +42,35 @@ export async function startFakeQga(sim: string, opts: { holdLimitMs?: number } =
     const v = existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as { VssOption?: number }).VssOption : undefined;
     return v !== undefined && v > 0 && v < 6 ? v : 1; // VSS_BT_FULL unless a valid VSS_BACKUP_TYPE is set
   };
+  // guest-exec: the simulator program answers the command line as it does behind sshd
+  const program = fileURLToPath(new URL('./windows-sim.js', import.meta.url));
+  const procs = new Map<number, { exited: boolean; exitcode?: number; out: Buffer[]; err: Buffer[] }>();
+  let nextPid = 4000;
+  const exec = (args: Record<string, unknown>): number => {
+    const pid = nextPid++;
+    const p = { exited: false, exitcode: undefined as number | undefined, out: [] as Buffer[], err: [] as Buffer[] };
+    procs.set(pid, p);
+    const line = [args.path as string, ...((args.arg as string[]) ?? [])].join(' ');
+    const child = spawn(process.execPath, [program], { env: { ...process.env, FERRY_WINSIM: sim, SSH_ORIGINAL_COMMAND: line }, stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdout.on('data', (d: Buffer) => p.out.push(d));
+    child.stderr.on('data', (d: Buffer) => p.err.push(d));
+    child.on('close', (code) => Object.assign(p, { exited: true, exitcode: code ?? 1 }));
+    child.stdin.end(args['input-data'] ? Buffer.from(args['input-data'] as string, 'base64') : undefined);
+    return pid;
+  };
   const handle = (cmd: { execute: string; arguments?: Record<string, unknown> }): { return?: unknown; error?: { class: string; desc: string } } => {
     switch (cmd.execute) {
       case 'guest-sync':
         return { return: cmd.arguments?.id };
+      case 'guest-exec':
+        return { return: { pid: exec(cmd.arguments ?? {}) } };
+      case 'guest-exec-status': {
+        const p = procs.get(cmd.arguments?.pid as number);
+        if (!p) return { error: { class: 'GenericError', desc: 'Invalid parameter \'pid\'' } };
+        if (!p.exited) return { return: { exited: false } };
+        procs.delete(cmd.arguments?.pid as number);
+        return { return: { exited: true, exitcode: p.exitcode, 'out-data': Buffer.concat(p.out).toString('base64'), 'err-data': Buffer.concat(p.err).toString('base64') } };
+      }
       case 'guest-fsfreeze-status':
         return { return: frozen && !frozen.released ? 'frozen' : 'thawed' };
       case 'guest-fsfreeze-freeze':
