@@ -137,7 +137,8 @@ export class WindowsGuestSession implements GuestSession {
     if (!guestDisk) return [];
     const script = extentsScript(this.layout, guestDisk.Number);
     if (!script) return [];
-    return diskExtents(await this.ps.check('fsutil file queryextents', script), this.layout, guestDisk.Number).extents;
+    // not `check`: a file fsutil cannot query (in use, gone) only contributes nothing
+    return diskExtents((await this.ps.run(script)).output, this.layout, guestDisk.Number).extents;
   }
 
   async close(): Promise<void> {

@@ -147,6 +147,14 @@ describe('guest-windows (the Windows simulator behind sshd on loopback, and a fa
     assert.deepEqual(await s.skipExtents!({ name: 'vdz' }), []);
     assert.deepEqual(await s.skipExtents!({ name: 'vdz', size: 12345 }), []);
     await s.close();
+    // a file fsutil cannot open contributes nothing; the others still count (hiberfil.sys is last on C:)
+    guest.configure({ faults: { queryFails: ['hiberfil.sys'] } });
+    const s2 = await new WindowsGuestRuntime().connect('vm1', options({ applications: [] }));
+    assert.deepEqual(await s2.skipExtents!({ name: 'disk0' }), [
+      { offset: 1048576 + 0x2000 * 4096, length: 0x100 * 4096 },
+      { offset: 1048576 + 0x5000 * 4096, length: 0x80 * 4096 },
+    ]);
+    await s2.close();
   });
 
   it('a hanging script is stopped at its limit (GUEST_TIMEOUT) and the runtime still removed', async function () {

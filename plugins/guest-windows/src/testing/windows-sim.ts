@@ -30,6 +30,8 @@ export interface SimConfig {
     writerFails?: { name: string; error: string };
     /** `BACKUP LOG` fails. */
     truncationFails?: boolean;
+    /** `fsutil file queryextents` of these files fails as for a file another process holds. */
+    queryFails?: string[];
     /** The runtime's `freeze` answers only this long after the set was created (the set is held meanwhile). */
     freezeDelayMs?: number;
   };
@@ -241,6 +243,10 @@ function fsutil(args: string): void {
     lastExit = 0;
   } else if ((m = /^file queryextents ([A-Z]):\\(.+)$/i.exec(args))) {
     const p = c.partitions.find((x) => x.DriveLetter === m![1].toUpperCase());
+    if (c.faults.queryFails?.includes(m[2].toLowerCase())) {
+      lastExit = 1;
+      return out('Error:  The process cannot access the file because it is being used by another process.');
+    }
     const runs = p?.files[m[2].toLowerCase()];
     if (!runs) return void ((lastExit = 1), out('Error:  The system cannot find the file specified.'));
     const hex = (n: number): string => `0x${n.toString(16)}`;
