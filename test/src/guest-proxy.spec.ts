@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { makeVmImage, skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import { initCerts } from '@ferry/core/remote/wire';
-import { SSHD } from '@ferry/guest-common/testing';
+import { makeLoopMount, SSHD, startSshdGuest } from '@ferry/guest-common/testing';
 import { startWindowsSimGuest, type WindowsSimGuest } from '@ferry/guest-windows/testing';
 import { basicJob, FERRY_BIN, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { startService, type ServiceProcess } from './support/remote-services.js';
@@ -15,8 +15,8 @@ interface Report {
 
 /**
  * `ferry guest-proxy serve` on loopback between `ferry backup` and the guest (the Windows simulator
- * behind a real sshd): the steps run on the proxy in order, and a backup server killed while the
- * guest is frozen leaves the proxy to thaw and remove the runtime.
+ * behind a real sshd, and a Linux sshd guest): the steps run on the proxy in order, and a backup
+ * server killed while the guest is frozen leaves the proxy to thaw and remove the runtime.
  */
 describe('guest interaction proxy (ferry guest-proxy serve on loopback)', function () {
   this.timeout(120_000);
@@ -131,5 +131,42 @@ describe('guest interaction proxy (ferry guest-proxy serve on loopback)', functi
     expect(vm.guest!.steps[0]).to.include({ step: 'deploy', status: 'failed' });
     expect(JSON.stringify(vm.guest)).to.match(/PIPE_UNREACHABLE.*127\.0\.0\.1:1/);
     expect(guest.events()).to.deep.equal([]);
+  });
+
+  it('a Linux guest (sshd on loopback) through the proxy: scripts in order, a loop mount frozen and thawed', async function () {
+    skipUnlessTools(this, { fsfreeze: 'util-linux', 'mkfs.ext4': 'e2fsprogs' });
+    const linux = await startSshdGuest(path.join(t.dir, 'linux-sshd'));
+    const fs = makeLoopMount(t.dir);
+    const log = path.join(t.dir, 'linux-order.log');
+    try {
+      for (const s of ['pre', 'post', 'post-backup']) writeFileSync(path.join(t.dir, `${s}.sh`), `#!/bin/sh\necho ${s} >> ${log}\n`, { mode: 0o755 });
+      writeFileSync(log, '');
+      const lines = [
+        '      guest:',
+        '        os: linux',
+        `        host: ${linux.host}`,
+        `        port: ${linux.port}`,
+        `        key: ${path.relative(t.dir, linux.userKey)}`,
+        `        knownHosts: ${path.relative(t.dir, linux.knownHosts)}`,
+        '        freeze: fsfreeze',
+        `        mounts: [${fs.mountPoint}]`,
+        '        scripts: { preFreeze: ./pre.sh, postThaw: ./post.sh, postBackup: ./post-backup.sh }',
+        '        timeoutSeconds: 30',
+      ];
+      const base = basicJob({ disks: ['vm.raw'], repo: './repo-linux', extra: `guestProxies: [ { address: "${proxy.address}" } ]\ncerts: ./certs` });
+      const file = writeJob(t.dir, base.replace('      disks: [vm.raw]', `      disks: [vm.raw]\n${lines.join('\n')}`), 'linux.yaml');
+      const r = await runFerry(['backup', file, '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
+      const vm = json<Report>(r).vms[0];
+      expect(vm.guest!.runtime).to.match(/via guest proxy/);
+      expect(vm.guest!.steps.filter((x) => x.step !== 'skipExtents').map((x) => `${x.step}:${x.status}`)).to.deep.equal([
+        'deploy:success', 'preFreeze:success', 'freeze:success', 'snapshot:skipped', 'thaw:success', 'postThaw:success', 'postBackup:success', 'remove:success',
+      ]);
+      expect(readFileSync(log, 'utf8').trim().split('\n')).to.deep.equal(['pre', 'post', 'post-backup']);
+      expect(await fs.writable(3000)).to.equal(true);
+    } finally {
+      fs.remove();
+      await linux.stop();
+    }
   });
 });
