@@ -12,7 +12,8 @@ import { errorToWire, guestRequestProblem, type GuestMethod, type WireGuestOptio
 const ABORT_GRACE_MS = 2000;
 
 export interface GuestProxyOptions {
-  plugins: PluginHost;
+  /** The guest runtime registered for `os` on this host (`startGuestProxyService`: from its plugins). */
+  runtimeFor(os: string, vm: string): Promise<GuestRuntime>;
   log?: (line: string) => void;
 }
 
@@ -112,7 +113,7 @@ class ServedSession {
     if (this.session) throw new FerryError('PIPE_PROTOCOL', 'one guest session per connection: this one has one already');
     this.vm = vm;
     this.options = this.materialize(w);
-    const runtime: GuestRuntime = await this.o.plugins.create('guest-runtime', w.os, this.o.plugins.container, {}, { vm });
+    const runtime = await this.o.runtimeFor(w.os, vm);
     const session = await runtime.connect(vm, this.options, signal);
     this.session = session;
     this.log(`vm ${vm}: guest runtime deployed (${session.label}) for ${this.conn.peer.name}`);
@@ -218,8 +219,8 @@ export interface RunningGuestProxy {
 export async function startGuestProxyService(c: GuestProxyConfig, log: (line: string) => void = () => undefined): Promise<RunningGuestProxy> {
   if (!c.listen) throw new FerryError('CLI_USAGE', 'missing --listen HOST:PORT');
   if (!c.certs) throw new FerryError('CLI_USAGE', 'name --certs DIR (made by `ferry certs init DIR`)');
-  const plugins = await createPluginHost();
-  const service = new GuestProxyService({ plugins, log });
+  const plugins: PluginHost = await createPluginHost();
+  const service = new GuestProxyService({ runtimeFor: (os, vm) => plugins.create('guest-runtime', os, plugins.container, {}, { vm }), log });
   const listener = await listen({
     listen: c.listen,
     auth: { kind: 'certs', dir: path.resolve(c.certs), role: 'proxy' },
