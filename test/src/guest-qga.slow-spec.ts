@@ -127,7 +127,7 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
     expect(v.status).to.equal('failed');
     expect(v.error?.code).to.equal('GUEST_STEP_FAILED');
     expect(v.error?.message).to.match(/exited with 5/).and.to.match(/no quiescing today/);
-    expect(v.guest.steps.map((st) => `${st.step}:${st.status}`)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(v.guest.steps.map((st) => `${st.step}:${st.status}`)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'thaw:success', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
     expect(await vm!.agent('guest-fsfreeze-status')).to.equal('thawed');
     const ls = await guestExec(vm!, ['ls', '/tmp']);
     expect(ls.out).to.not.match(/ferry-guest-/);

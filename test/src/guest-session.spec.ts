@@ -98,6 +98,12 @@ for (const placement of ['embedded', 'remote'] as const) {
       expect(report.vms[0].error?.message).to.match(/take failed as the test asked/);
     });
 
+    it('a VM that fails before its freeze is thawed all the same, and gets no snapshot', async function () {
+      const { report, calls } = await backup('timeoutSeconds: 10', { FERRY_GUEST_SIM_FAIL: 'preFreeze' });
+      expect(calls).to.deep.equal(['connect', 'preFreeze', 'thaw', 'postThaw', 'close']);
+      expect(report.vms[0].guest!.freezeWindowMs).to.equal(null);
+    });
+
     it('a freeze that hangs is stopped at timeoutSeconds (GUEST_TIMEOUT) and thawed', async function () {
       const t0 = Date.now();
       const { report, calls } = await backup('timeoutSeconds: 1', { FERRY_GUEST_SIM_HANG: 'freeze' });

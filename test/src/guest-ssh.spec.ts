@@ -122,7 +122,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(vm.restorePoint).to.equal(null);
     expect(vm.error?.code).to.equal('GUEST_STEP_FAILED');
     expect(vm.error?.message).to.match(/exited with 7/).and.to.match(/cannot quiesce/);
-    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'thaw:success', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
     expect(markers()).to.deep.equal(['pre-failed', 'post']);
   });
 
@@ -135,7 +135,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(vm.guest!.consistency).to.equal('crash');
     expect(vm.guest!.freezeWindowMs).to.equal(null);
     expect(vm.guest!.warnings.join(' ')).to.match(/preFreeze failed.*crash-consistent/);
-    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'snapshot:skipped', 'postThaw:success', 'postBackup:success', 'remove:success']);
+    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'snapshot:skipped', 'postThaw:success', 'skipExtents:success', 'postBackup:success', 'remove:success']);
   });
 
   it('a hanging script is cut at timeoutSeconds (GUEST_TIMEOUT) and the guest is left as it was', async function () {
@@ -144,7 +144,7 @@ describe('guest processing over SSH in a backup session (ferry backup, sshd on l
     expect(Date.now() - t0).to.be.below(30_000);
     const vm = report.vms[0];
     expect(vm.error?.code).to.equal('GUEST_TIMEOUT');
-    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
+    expect(steps(vm.guest!)).to.deep.equal(['deploy:success', 'preFreeze:failed', 'thaw:success', 'postThaw:success', 'postBackup:skipped', 'remove:success']);
     expect(markers()).to.deep.equal(['post']);
   });
 

@@ -15,7 +15,8 @@ import type { Extent } from './extent.js';
  * Invariants the session keeps:
  * - `thaw` is called whenever `freeze` was called (also when `freeze` itself failed or timed out,
  *   the snapshot failed, or the session was interrupted), at most once, before anything else of the
- *   session runs. `close` is called whenever `connect` resolved, last, on every path.
+ *   session runs; a VM that fails before its freeze is thawed once all the same (unless `freeze:
+ *   none`). `close` is called whenever `connect` resolved, last, on every path.
  * - Every call is bounded by `GuestOptions.timeoutSeconds` and the session's abort signal: the
  *   session stops waiting, records the step as failed and goes on with `thaw`/`close`. A runtime
  *   should stop its own work when `signal` aborts.

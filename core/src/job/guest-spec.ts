@@ -32,7 +32,10 @@ export interface GuestSpec {
   at: DocPath;
 }
 
-type RawGuest = Partial<Omit<GuestSpec, 'applications' | 'at'>> & { applications?: (string | ({ name: string } & Record<string, unknown>))[] };
+type RawGuest = Partial<Omit<GuestSpec, 'applications' | 'at'>> & {
+  applications?: (string | ({ name: string } & Record<string, unknown>))[];
+  password?: string | { env: string };
+};
 
 /**
  * Checks what the schema cannot say (which keys each `via` needs) and applies defaults: `via` is
@@ -40,6 +43,15 @@ type RawGuest = Partial<Omit<GuestSpec, 'applications' | 'at'>> & { applications
  */
 export function guestSpec(raw: RawGuest, dir: string, at: DocPath, where: (p: DocPath) => ErrorLocation): GuestSpec {
   const missing = (key: string, why: string): FerryError => new FerryError('JOB_INVALID', `missing key "${key}": ${why}`, where([...at, key]));
+  if (raw.password !== undefined) {
+    if (typeof raw.password === 'string') {
+      throw new FerryError('JOB_INVALID', 'a password is never written into the job file: name the environment variable that holds it (password: { env: NAME }, or passwordEnv: NAME)', where([...at, 'password']));
+    }
+    if (raw.passwordEnv !== undefined && raw.passwordEnv !== raw.password.env) {
+      throw new FerryError('JOB_INVALID', 'give the password\'s environment variable once (password.env or passwordEnv)', where([...at, 'password']));
+    }
+    raw = { ...raw, passwordEnv: raw.password.env };
+  }
   const via = raw.via ?? (raw.host !== undefined ? 'ssh' : 'qga');
   if (via === 'ssh') {
     if (raw.host === undefined) throw missing('host', 'guest processing over ssh needs the guest\'s address');

@@ -43,6 +43,12 @@ export const GUEST_SCHEMA: JsonSchema = {
     key: { type: 'string', minLength: 1, ferryPath: 'file' },
     knownHosts: { type: 'string', minLength: 1, ferryPath: 'file' },
     passwordEnv: ENV_NAME,
+    // `{ env: NAME }`, the same as passwordEnv; a string here is refused by the loader, naming the key
+    password: {
+      if: { type: 'object' },
+      then: { type: 'object', additionalProperties: false, required: ['env'], properties: { env: ENV_NAME } },
+      else: { type: 'string' },
+    },
     freeze: { enum: ['auto', 'fsfreeze', 'agent', 'none'] },
     mounts: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
     scripts: {

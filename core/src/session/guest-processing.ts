@@ -25,8 +25,8 @@ export interface GuestContext {
  * One VM's guest processing inside the session loop (`backup-session.ts`): runs each step of the
  * guest runtime bounded by `timeoutSeconds` (and the session's abort signal, except for the clean-up
  * steps `thaw`, `postThaw` and `remove`), records it in the VM report, and keeps the contract's
- * invariants: `thaw` after every `freeze`, `postThaw` after every `preFreeze`, `close` after every
- * `connect`, each at most once, whatever failed before.
+ * invariants: `thaw` after every `freeze` (and once on a failed VM that never froze), `postThaw`
+ * after every `preFreeze`, `close` after every `connect`, each at most once, whatever failed before.
  */
 export class GuestProcessing {
   readonly report: GuestReport;
@@ -35,6 +35,7 @@ export class GuestProcessing {
   private degraded = false;
   private frozeAt?: number;
   private thawPending = false;
+  private thawCalled = false;
   private postThawPending = false;
 
   constructor(private readonly c: GuestContext) {
@@ -95,9 +96,10 @@ export class GuestProcessing {
   async thaw(): Promise<void> {
     if (!this.thawPending || !this.session) return;
     this.thawPending = false;
+    this.thawCalled = true;
     const s = this.session;
     await this.step('thaw', false, (signal) => s.thaw(signal));
-    this.report.freezeWindowMs = Date.now() - this.frozeAt!;
+    if (this.frozeAt !== undefined) this.report.freezeWindowMs = Date.now() - this.frozeAt;
   }
 
   /** Releases quiescing when `preFreeze` was called, after the thaw; never throws. */
@@ -115,7 +117,8 @@ export class GuestProcessing {
    * read whole).
    */
   async skipExtents(disks: SourceDisk[]): Promise<SourceDisk[]> {
-    const s = this.active();
+    // also after a failed step under `continue`: a crash-consistent point need not hold swap either
+    const s = this.session;
     if (!s?.skipExtents) return disks;
     let out = disks;
     await this.step('skipExtents', false, async () => {
@@ -136,6 +139,9 @@ export class GuestProcessing {
 
   /** Every path's end: thaw and post-thaw if still due, then the runtime removed. Never throws. */
   async close(committed: boolean): Promise<void> {
+    // A VM that failed before its freeze is thawed all the same: whatever went wrong (a step given up
+    // while it ran, a runtime that froze more than it said), the guest is left thawed.
+    if (!committed && !this.thawCalled && this.session && this.c.spec.freeze !== 'none') this.thawPending = true;
     await this.postThaw();
     if (!committed && this.session?.afterBackup) {
       this.report.steps.push({ step: 'postBackup', status: 'skipped', durationMs: 0, detail: 'the VM got no restore point: post-backup actions run only after success' });

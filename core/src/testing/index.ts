@@ -6,3 +6,4 @@ export * from './compressor-conformance.js';
 export * from './test-skips.js';
 export * from './block-filter-conformance.js';
 export * from './load-plugin.js';
+export * from './guest-runtime-conformance.js';

@@ -91,8 +91,7 @@ export class SshChannel implements GuestChannel {
           ch.on('exit', (code: number | null) => (exitCode = code));
           const onAbort = (): void => {
             // ends the channel; the runtime script's own timeout kills what it started
-            ch.signal('KILL');
-            ch.close();
+            kill(ch);
           };
           opts.signal?.addEventListener('abort', onAbort, { once: true });
           ch.on('close', () => {
@@ -144,6 +143,16 @@ export class SshChannel implements GuestChannel {
   }
 }
 
+/** Asks the server to kill the command (OpenSSH 7.9+ honours it) and closes the channel either way. */
+function kill(ch: ClientChannel): void {
+  try {
+    ch.signal('KILL');
+  } catch {
+    /* the channel is gone already */
+  }
+  ch.close();
+}
+
 function heldChannel(ch: ClientChannel): HeldCommand {
   const tail = new OutputTail();
   let seen = '';
@@ -175,15 +184,12 @@ function heldChannel(ch: ClientChannel): HeldCommand {
           else if (signal?.aborted) reject(signal.reason);
           else waiters.push(check);
         };
-        signal?.addEventListener('abort', () => waiters.push(check) && check(), { once: true });
+        signal?.addEventListener('abort', () => check(), { once: true });
         check();
       }),
     end: async (graceMs) => {
       ch.end();
-      const t = setTimeout(() => {
-        ch.signal('KILL');
-        ch.close();
-      }, graceMs);
+      const t = setTimeout(() => kill(ch), graceMs);
       await done;
       clearTimeout(t);
       return { exitCode, output: tail.text() };
