@@ -20,6 +20,7 @@ export interface SshTarget {
  */
 export class SshChannel implements GuestChannel {
   readonly label: string;
+  private closing?: Promise<void>;
 
   private constructor(
     private readonly client: Client,
@@ -125,12 +126,14 @@ export class SshChannel implements GuestChannel {
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `writing ${path} in the guest failed (exit ${r.exitCode}): ${r.output.trim()}`);
   }
 
+  /** Ends the connection; a second call resolves with the first (no wait for a 'close' already seen). */
   close(): Promise<void> {
-    return new Promise((resolve) => {
+    this.closing ??= new Promise((resolve) => {
       this.client.once('close', () => resolve());
       this.client.end();
       setTimeout(resolve, 2000).unref();
     });
+    return this.closing;
   }
 
   private openLine(line: string): Promise<ClientChannel> {

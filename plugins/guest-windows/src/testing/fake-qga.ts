@@ -17,6 +17,8 @@ import type { SimConfig } from './windows-sim.js';
 export interface FakeQga {
   /** `unix:PATH` for the job's `agent:`. */
   agent: string;
+  /** What `guest-fsfreeze-status` would answer now (VSS letting go counts as thawed). */
+  status(): 'frozen' | 'thawed';
   close(): Promise<void>;
 }
 
@@ -134,6 +136,7 @@ export async function startFakeQga(sim: string, opts: { holdLimitMs?: number } =
   await new Promise<void>((resolve) => server.listen(sock, resolve));
   return {
     agent: `unix:${sock}`,
+    status: () => (frozen && !frozen.released && Date.now() - frozen.at < limit ? 'frozen' : 'thawed'),
     close: () =>
       new Promise<void>((resolve) => {
         if (frozen) clearTimeout(frozen.timer);
