@@ -18,6 +18,13 @@ export interface HeldCommand {
 /** At most this much of a command's output is kept (the last bytes, where errors usually are). */
 export const MAX_OUTPUT = 4096;
 
+export interface ExecOptions {
+  stdin?: string;
+  signal?: AbortSignal;
+  /** Output bytes kept (the last ones); default `MAX_OUTPUT`. The runtime's own listings need more. */
+  maxOutput?: number;
+}
+
 /**
  * How the runtime reaches a Linux guest: an SSH connection (`ssh-channel.ts`) or the QEMU guest
  * agent (`qga-channel.ts`). Commands are argument vectors run without a shell in between (the agent
@@ -26,7 +33,7 @@ export const MAX_OUTPUT = 4096;
 export interface GuestChannel {
   /** `ssh root@host:22` or `qga unix:/path`. */
   readonly label: string;
-  exec(argv: string[], opts?: { stdin?: string; signal?: AbortSignal }): Promise<ExecResult>;
+  exec(argv: string[], opts?: ExecOptions): Promise<ExecResult>;
   /** Runs `argv` and keeps it running; not every channel can (`undefined`: it cannot). */
   hold?(argv: string[]): Promise<HeldCommand>;
   writeFile(path: string, data: Buffer, mode: number): Promise<void>;
@@ -38,15 +45,17 @@ export class OutputTail {
   private chunks: Buffer[] = [];
   private bytes = 0;
 
+  constructor(private readonly max = MAX_OUTPUT) {}
+
   push(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.bytes += chunk.length;
-    while (this.bytes - this.chunks[0].length >= MAX_OUTPUT) this.bytes -= this.chunks.shift()!.length;
+    while (this.bytes - this.chunks[0].length >= this.max) this.bytes -= this.chunks.shift()!.length;
   }
 
   text(): string {
     const all = Buffer.concat(this.chunks);
-    return all.subarray(Math.max(0, all.length - MAX_OUTPUT)).toString('utf8');
+    return all.subarray(Math.max(0, all.length - this.max)).toString('utf8');
   }
 }
 

@@ -4,7 +4,7 @@
  * agent's JSON protocol client. Not a plugin (its package.json has no `ferry` key): a library both
  * plugins import, so these exist once.
  */
-export { MAX_OUTPUT, OutputTail, shellLine, type ExecResult, type GuestChannel, type HeldCommand } from './guest-channel.js';
+export { MAX_OUTPUT, OutputTail, shellLine, type ExecOptions, type ExecResult, type GuestChannel, type HeldCommand } from './guest-channel.js';
 export { checkHostKey, keysFor } from './known-hosts.js';
 export { SshChannel, type SshTarget } from './ssh-channel.js';
 export { QgaClient } from './qga-client.js';

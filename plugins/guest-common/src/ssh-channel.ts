@@ -1,6 +1,6 @@
 import { FerryError } from '@ferry/core/plugin';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
-import { OutputTail, shellLine, type ExecResult, type GuestChannel, type HeldCommand } from './guest-channel.js';
+import { OutputTail, shellLine, type ExecOptions, type ExecResult, type GuestChannel, type HeldCommand } from './guest-channel.js';
 import { checkHostKey } from './known-hosts.js';
 
 export interface SshTarget {
@@ -73,7 +73,7 @@ export class SshChannel implements GuestChannel {
     });
   }
 
-  exec(argv: string[], opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     return this.execLine(shellLine(argv), opts);
   }
 
@@ -81,11 +81,11 @@ export class SshChannel implements GuestChannel {
    * Runs one command line as the guest's shell receives it (no POSIX quoting: a Windows guest's
    * cmd.exe or PowerShell reads it), with the same output capture and abort as `exec`.
    */
-  execLine(line: string, opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  execLine(line: string, opts: ExecOptions = {}): Promise<ExecResult> {
     return this.openLine(line).then(
       (ch) =>
         new Promise<ExecResult>((resolve) => {
-          const tail = new OutputTail();
+          const tail = new OutputTail(opts.maxOutput);
           let exitCode: number | null = null;
           ch.on('data', (d: Buffer) => tail.push(d));
           ch.stderr.on('data', (d: Buffer) => tail.push(d));

@@ -12,7 +12,7 @@ const PACKAGE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 runGuestRuntimeConformance(
   'linux over ssh',
   async () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-guest-conformance-'));
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-conformance-guest-'));
     const sshd = await startSshdGuest(path.join(dir, 'sshd'));
     const fs = makeLoopMount(dir);
     return {
@@ -31,8 +31,13 @@ runGuestRuntimeConformance(
         timeoutSeconds: 3,
       },
       isFrozen: async () => !(await fs.writable(700)),
-      // the connection dies as with a killed backup server (the runtime's own channel, closed under it)
-      abandon: async (s) => (s as unknown as { channel: { close(): Promise<void> } }).channel.close(),
+      // the connection dies as with a killed backup server (the runtime's own channel, closed under
+      // it); its folder is removed too, as nobody will
+      abandon: async (s) => {
+        const session = s as unknown as { channel: { close(): Promise<void> }; dir: string };
+        await session.channel.close();
+        rmSync(session.dir, { recursive: true, force: true });
+      },
       cleanup: async () => {
         fs.remove();
         await sshd.stop();

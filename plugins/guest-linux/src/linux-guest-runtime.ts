@@ -54,6 +54,7 @@ export class LinuxGuestRuntime implements GuestRuntime {
       if (agent && agent !== channel) await agent.close().catch(() => undefined);
       throw err;
     }
-    return new LinuxGuestSession(channel, agent, o, dir);
+    const boot = await channel.exec(['cat', '/proc/sys/kernel/random/boot_id']).catch(() => undefined);
+    return new LinuxGuestSession(channel, agent, o, dir, boot?.exitCode === 0 ? boot.output.trim() : undefined);
   }
 }

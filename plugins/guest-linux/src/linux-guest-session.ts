@@ -5,6 +5,7 @@ import { quiescerFor, type Quiescer } from './applications.js';
 import type { GuestChannel } from '@ferry/guest-common';
 import { QgaChannel } from './qga-channel.js';
 import { matchDisk, parseSwaps } from './swap-extents.js';
+import { localBootId, ownMachineRefusal } from './own-machine.js';
 
 /**
  * One session's runtime in a Linux guest: the runtime script and the user scripts in `dir` (a
@@ -22,6 +23,8 @@ export class LinuxGuestSession implements GuestSession {
     private readonly agent: QgaChannel | undefined,
     private readonly o: GuestOptions,
     private readonly dir: string,
+    /** The guest's boot id, to tell when the guest is this very machine (`ownMachineRefusal`). */
+    private readonly bootId?: string,
   ) {}
 
   get label(): string {
@@ -58,6 +61,8 @@ export class LinuxGuestSession implements GuestSession {
       const frozen = await this.agent.agentFreeze(this.o.mounts, this.o.timeoutSeconds * 1000);
       return { frozen, detail: `guest-fsfreeze-freeze${this.o.mounts ? `-list of ${this.o.mounts.join(', ')}` : ''}: ${frozen} file system(s); watchdog thaws after ${this.o.timeoutSeconds} s` };
     }
+    const refusal = ownMachineRefusal(this.bootId, localBootId(), this.o.mounts);
+    if (refusal) throw new FerryError('GUEST_STEP_FAILED', refusal);
     this.frozenBy = 'fsfreeze';
     const out = await this.runtimeCommand(['freeze', String(this.o.timeoutSeconds), ...(this.o.mounts ?? [])], signal);
     const frozen = Number(/frozen (\d+)/.exec(out)?.[1] ?? 0);
@@ -104,7 +109,8 @@ export class LinuxGuestSession implements GuestSession {
    * `swaps`; read once per session). Nothing when no guest disk, or more than one, has that size.
    */
   async skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
-    this.swaps ??= this.runtimeCommand(['swaps']).then(parseSwaps);
+    // a fragmented swap file lists many extents: keep the whole listing (bounded at 8 MiB)
+    this.swaps ??= this.runtimeCommand(['swaps'], undefined, 8 << 20).then(parseSwaps);
     const { disks } = await this.swaps;
     return matchDisk(disks, disk)?.extents ?? [];
   }
@@ -134,8 +140,8 @@ export class LinuxGuestSession implements GuestSession {
     return outcome;
   }
 
-  private async runtimeCommand(args: string[], signal?: AbortSignal): Promise<string> {
-    const r = await this.channel.exec(['sh', this.runtime, ...args], { signal });
+  private async runtimeCommand(args: string[], signal?: AbortSignal, maxOutput?: number): Promise<string> {
+    const r = await this.channel.exec(['sh', this.runtime, ...args], { signal, maxOutput });
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `ferry-guest.sh ${args[0]} failed (exit ${r.exitCode}): ${tail(r.output)}`);
     return r.output;
   }

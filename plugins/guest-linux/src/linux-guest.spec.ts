@@ -5,6 +5,8 @@ import path from 'node:path';
 import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import type { GuestOptions } from '@ferry/core/plugin';
 import { LinuxGuestRuntime } from './linux-guest-runtime.js';
+import { localBootId } from './own-machine.js';
+import type { GuestChannel } from '@ferry/guest-common';
 import type { LinuxGuestSession } from './linux-guest-session.js';
 import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-common/testing';
 
@@ -57,7 +59,8 @@ describe('guest-linux over SSH (sshd on loopback as the guest)', function () {
   }
 
   function ferryFolders(): string[] {
-    return readdirSync('/tmp').filter((n) => n.startsWith('ferry-guest-') && !n.startsWith('ferry-guest-linux-'));
+    // exactly the runtime's session folders (GUEST_FOLDER_PREFIX + 12 hex digits), not test temp folders
+    return readdirSync('/tmp').filter((n) => /^ferry-guest-[0-9a-f]{12}$/.test(n));
   }
 
   it('deploys, runs the scripts in order with output captured, freezes and thaws, and removes the runtime', async function () {
@@ -74,6 +77,9 @@ describe('guest-linux over SSH (sshd on loopback as the guest)', function () {
       }),
     )) as LinuxGuestSession;
     assert.equal(ferryFolders().length, before.length + 1, 'the runtime folder exists while the session runs');
+    // this "guest" is the machine the test runs on: the session knows it (and so refuses to freeze
+    // anything but the named loop mount; that refusal is tested as a function, never by trying)
+    assert.equal((s as unknown as { bootId?: string }).bootId, localBootId());
     const pre = await s.preFreeze();
     assert.equal(pre.scripts?.[0].exitCode, 0);
     assert.match(pre.scripts![0].output, /pre says hello/);
@@ -133,6 +139,20 @@ describe('guest-linux over SSH (sshd on loopback as the guest)', function () {
       await assert.rejects(s.freeze(), (err: Error & { code?: string }) => err.code === 'GUEST_STEP_FAILED');
       assert.equal(await fs.writable(3000), true);
       await s.thaw();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('keeps the last 4 KiB of a command\'s output, or all of it when asked (the runtime\'s own listings)', async function () {
+    const s = (await new LinuxGuestRuntime().connect('vm1', options())) as unknown as { channel: GuestChannel; close(): Promise<void> };
+    try {
+      const short = await s.channel.exec(['seq', '1', '5000']);
+      assert.equal(Buffer.byteLength(short.output), 4096);
+      assert.ok(short.output.endsWith('4999\n5000\n'));
+      const full = await s.channel.exec(['seq', '1', '5000'], { maxOutput: 1 << 20 });
+      assert.ok(full.output.startsWith('1\n2\n3\n'));
+      assert.equal(full.output.trim().split('\n').length, 5000);
     } finally {
       await s.close();
     }

@@ -1,6 +1,5 @@
 import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, type ExecResult, type GuestChannel } from '@ferry/guest-common';
-import { QgaClient } from '@ferry/guest-common';
+import { MAX_OUTPUT, QgaClient, type ExecOptions, type ExecResult, type GuestChannel } from '@ferry/guest-common';
 
 /** Bytes per `guest-file-write` (base64 grows them by a third; the agent reads lines of up to 4 MiB). */
 const WRITE_CHUNK = 48 * 1024;
@@ -21,7 +20,7 @@ export class QgaChannel implements GuestChannel {
     return new QgaChannel(await QgaClient.connect(agent.replace(/^unix:/, ''), timeoutMs));
   }
 
-  async exec(argv: string[], opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  async exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const started = (await this.client.execute('guest-exec', {
       path: argv[0],
       arg: argv.slice(1),
@@ -38,7 +37,8 @@ export class QgaChannel implements GuestChannel {
       };
       if (st.exited) {
         const out = Buffer.concat([Buffer.from(st['out-data'] ?? '', 'base64'), Buffer.from(st['err-data'] ?? '', 'base64')]);
-        return { exitCode: st.exitcode ?? null, output: out.subarray(Math.max(0, out.length - MAX_OUTPUT)).toString('utf8') };
+        const max = opts.maxOutput ?? MAX_OUTPUT;
+        return { exitCode: st.exitcode ?? null, output: out.subarray(Math.max(0, out.length - max)).toString('utf8') };
       }
       if (opts.signal?.aborted) {
         // the agent cannot kill a process: the runtime script bounds its own children

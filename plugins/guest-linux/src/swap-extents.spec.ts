@@ -47,3 +47,15 @@ describe('guest-linux swap extents', function () {
     assert.deepEqual(merge([{ offset: 10, length: 5 }, { offset: 0, length: 10 }, { offset: 20, length: 1 }]), [{ offset: 0, length: 15 }, { offset: 20, length: 1 }]);
   });
 });
+
+describe('guest-linux on the backup server itself', function () {
+  it('refuses to freeze all file systems, or /, of the machine the backup runs on', async function () {
+    const { ownMachineRefusal } = await import('./own-machine.js');
+    assert.match(ownMachineRefusal('b1', 'b1', undefined)!, /name the file systems to freeze/);
+    assert.match(ownMachineRefusal('b1', 'b1', ['/srv/data', '/'])!, /root file system/);
+    assert.match(ownMachineRefusal('b1', 'b1', ['//'])!, /root file system/);
+    assert.equal(ownMachineRefusal('b1', 'b1', ['/srv/data']), undefined);
+    assert.equal(ownMachineRefusal('b1', 'b2', undefined), undefined);
+    assert.equal(ownMachineRefusal(undefined, 'b2', undefined), undefined);
+  });
+});

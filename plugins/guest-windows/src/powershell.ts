@@ -1,5 +1,5 @@
 import { FerryError, type GuestOptions } from '@ferry/core/plugin';
-import type { ExecResult } from '@ferry/guest-common';
+import type { ExecOptions, ExecResult } from '@ferry/guest-common';
 
 /**
  * How every command reaches a Windows guest over OpenSSH: one `powershell.exe` per command with
@@ -31,7 +31,7 @@ export function psQuote(s: string): string {
 export interface LineChannel {
   /** `ssh Administrator@db1:22` or `qga unix:/path`. */
   readonly label: string;
-  execLine(line: string, opts?: { stdin?: string; signal?: AbortSignal }): Promise<ExecResult>;
+  execLine(line: string, opts?: ExecOptions): Promise<ExecResult>;
   close(): Promise<void>;
 }
 
@@ -43,13 +43,16 @@ export class PowerShell {
     readonly label: string,
   ) {}
 
-  /** Runs `script`; stdin, when given, is what `[Console]::In.ReadToEnd()` reads in it. */
-  run(script: string, opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  /**
+   * Runs `script`; stdin, when given, is what `[Console]::In.ReadToEnd()` reads in it. Output is
+   * the last 4 KiB unless `maxOutput` says more (listings that are parsed: `LISTING_BYTES`).
+   */
+  run(script: string, opts: ExecOptions = {}): Promise<ExecResult> {
     return this.channel.execLine(encodedCommand(script), opts);
   }
 
   /** Runs `script` and throws `GUEST_STEP_FAILED` naming `what` when it exits non-zero. */
-  async check(what: string, script: string, opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<string> {
+  async check(what: string, script: string, opts: ExecOptions = {}): Promise<string> {
     const r = await this.run(script, opts);
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `${what} failed in the guest (exit ${r.exitCode ?? 'none'}): ${tail(r.output)}`);
     return r.output;
@@ -62,6 +65,9 @@ export class PowerShell {
     });
   }
 }
+
+/** Output kept of a command whose listing is parsed (writers, layout, extents, DiskShadow's log): all of it, in practice. */
+export const LISTING_BYTES = 4 * 1024 * 1024;
 
 /** The last 400 characters of a command's output, for error messages. */
 export function tail(output: string): string {

@@ -1,5 +1,5 @@
 import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, type ExecResult, type QgaClient } from '@ferry/guest-common';
+import { MAX_OUTPUT, type ExecOptions, type ExecResult, type QgaClient } from '@ferry/guest-common';
 import type { LineChannel } from './powershell.js';
 
 /**
@@ -16,7 +16,7 @@ export class QgaLineChannel implements LineChannel {
     this.label = `qga unix:${client.path}`;
   }
 
-  async execLine(line: string, opts: { stdin?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  async execLine(line: string, opts: ExecOptions = {}): Promise<ExecResult> {
     const [path, ...arg] = line.split(' ');
     const started = (await this.client.execute('guest-exec', {
       path,
@@ -28,7 +28,7 @@ export class QgaLineChannel implements LineChannel {
       const st = (await this.client.execute('guest-exec-status', { pid: started.pid })) as { exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string };
       if (st.exited) {
         const out = Buffer.concat([Buffer.from(st['out-data'] ?? '', 'base64'), Buffer.from(st['err-data'] ?? '', 'base64')]);
-        return { exitCode: st.exitcode ?? null, output: out.subarray(Math.max(0, out.length - MAX_OUTPUT)).toString('utf8') };
+        return { exitCode: st.exitcode ?? null, output: out.subarray(Math.max(0, out.length - (opts.maxOutput ?? MAX_OUTPUT))).toString('utf8') };
       }
       if (opts.signal?.aborted) throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('GUEST_TIMEOUT', `${path} was given up`);
       await new Promise((r) => setTimeout(r, delay));

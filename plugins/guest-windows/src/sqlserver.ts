@@ -1,5 +1,5 @@
 import { FerryError, type ApplicationOutcome, type GuestApplication } from '@ferry/core/plugin';
-import { psQuote, tail, type PowerShell } from './powershell.js';
+import { LISTING_BYTES, psQuote, tail, type PowerShell } from './powershell.js';
 
 /** The SQL Server VSS writer's name as `vssadmin list writers` prints it. */
 export const SQLSERVER_WRITER = 'SqlServerWriter';
@@ -30,7 +30,7 @@ function sqlcmd(instance: string, query: string, extra: string[] = []): string {
  * database is the VM's restore point. Runs only from `afterBackup`.
  */
 export async function sqlServerTruncation(ps: PowerShell, instance: string, signal?: AbortSignal): Promise<ApplicationOutcome> {
-  const listed = await ps.run(sqlcmd(instance, LIST_QUERY, ['-h', '-1', '-W']), { signal });
+  const listed = await ps.run(sqlcmd(instance, LIST_QUERY, ['-h', '-1', '-W']), { signal, maxOutput: LISTING_BYTES });
   if (listed.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `sqlserver: listing databases on ${instance} failed (exit ${listed.exitCode ?? 'none'}): ${tail(listed.output)}`);
   const dbs = listed.output.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
   if (!dbs.length) return { name: 'sqlserver', status: 'skipped', method: 'log truncation', detail: 'no database in FULL or BULK_LOGGED recovery' };

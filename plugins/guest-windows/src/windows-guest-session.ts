@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { QgaClient } from '@ferry/guest-common';
 import { FerryError, type ApplicationOutcome, type Extent, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
 import { diskExtents, extentsScript, LAYOUT_SCRIPT, parseLayout, type GuestLayout } from './extents.js';
-import { commandLimit, psQuote, tail, type PowerShell } from './powershell.js';
+import { commandLimit, LISTING_BYTES, psQuote, tail, type PowerShell } from './powershell.js';
 import { sqlServerTruncation, SQLSERVER_WRITER, windowsApplications } from './sqlserver.js';
 import { describeWriter, diskShadowErrors, parseShadowSet, parseWriters, writerFailed, type ShadowSet, type WriterStatus } from './vss.js';
 
@@ -130,7 +130,7 @@ export class WindowsGuestSession implements GuestSession {
    * live data).
    */
   async skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
-    this.layout ??= parseLayout(await this.ps.check('reading the partition layout', LAYOUT_SCRIPT));
+    this.layout ??= parseLayout(await this.ps.check('reading the partition layout', LAYOUT_SCRIPT, { maxOutput: LISTING_BYTES }));
     const bySerial = this.layout.Disks.find((d) => (d.SerialNumber ?? '').trim() === disk.name);
     const bySize = this.layout.Disks.filter((d) => disk.size !== undefined && d.Size === disk.size);
     const guestDisk = bySerial ?? (bySize.length === 1 ? bySize[0] : undefined);
@@ -138,7 +138,7 @@ export class WindowsGuestSession implements GuestSession {
     const script = extentsScript(this.layout, guestDisk.Number);
     if (!script) return [];
     // not `check`: a file fsutil cannot query (in use, gone) only contributes nothing
-    return diskExtents((await this.ps.run(script)).output, this.layout, guestDisk.Number).extents;
+    return diskExtents((await this.ps.run(script, { maxOutput: LISTING_BYTES })).output, this.layout, guestDisk.Number).extents;
   }
 
   async close(): Promise<void> {
@@ -204,12 +204,13 @@ export class WindowsGuestSession implements GuestSession {
   }
 
   private async writers(signal?: AbortSignal): Promise<WriterStatus[]> {
-    const out = await this.ps.check('vssadmin list writers', 'vssadmin list writers', { signal });
+    const out = await this.ps.check('vssadmin list writers', 'vssadmin list writers', { signal, maxOutput: LISTING_BYTES });
     return parseWriters(out);
   }
 
+  /** The runtime's output is kept whole (DiskShadow's log is parsed); a user script's is its last 4 KiB. */
   private runtime(args: string[], signal?: AbortSignal): ReturnType<PowerShell['run']> {
-    return this.ps.run(`& ${psQuote(`${this.dir}\\ferry-guest.ps1`)} ${args.map(psQuote).join(' ')}; exit $LASTEXITCODE`, { signal });
+    return this.ps.run(`& ${psQuote(`${this.dir}\\ferry-guest.ps1`)} ${args.map(psQuote).join(' ')}; exit $LASTEXITCODE`, { signal, ...(args[0] !== 'run' && { maxOutput: LISTING_BYTES }) });
   }
 
   /** Copies a user script into the guest and runs it bounded by the step's limit; a non-zero exit throws. */

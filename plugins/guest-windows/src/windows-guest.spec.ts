@@ -106,7 +106,9 @@ describe('guest-windows (the Windows simulator behind sshd on loopback, and a fa
   });
 
   it('a failing VSS writer fails freeze naming it; thaw still releases the set; no log truncation', async function () {
-    guest.configure({ faults: { writerFails: { name: 'SqlServerWriter', error: 'Timed out' } } });
+    // first of many: a listing longer than a script's 4 KiB output tail must still be read whole
+    const many = [{ name: 'SqlServerWriter', id: '{a65faa63-5ea8-4ebc-9dbd-a0c4db26912a}' }, ...Array.from({ length: 40 }, (_v, i) => ({ name: `Writer ${i}`, id: `{00000000-0000-0000-0000-${String(i).padStart(12, '0')}}` }))];
+    guest.configure({ writers: many, faults: { writerFails: { name: 'SqlServerWriter', error: 'Timed out' } } });
     const s = await new WindowsGuestRuntime().connect('vm1', options());
     await s.preFreeze!();
     await assert.rejects(s.freeze(), (err: Error & { code?: string }) => err.code === 'GUEST_STEP_FAILED' && /SqlServerWriter: \[9\] Failed, Timed out/.test(err.message));
@@ -117,6 +119,7 @@ describe('guest-windows (the Windows simulator behind sshd on loopback, and a fa
     const ev = guest.events();
     assert.ok(ev.some((e) => e.startsWith('release ')), ev.join('\n'));
     assert.ok(!ev.some((e) => e.startsWith('BACKUP LOG')), ev.join('\n'));
+    guest.configure({ writers: defaultSimConfig().writers });
   });
 
   it('the watchdog releases the set when no thaw comes; thaw then warns', async function () {
