@@ -91,6 +91,13 @@ for (const placement of ['embedded', 'remote'] as const) {
       expect(disks[0].blocks.filtered?.['guest-ranges']).to.equal(4); // 1 MiB of 256 KiB blocks
     });
 
+    it('swap ranges with warnings: the ranges are used and the warnings reach the report', async function () {
+      const skip = JSON.stringify([{ offset: 0, length: 512 * 1024 }]);
+      const { report, disks } = await backup('timeoutSeconds: 10', { FERRY_GUEST_SIM_SKIP: skip, FERRY_GUEST_SIM_SKIP_WARNING: 'swap /dev/dm-1 on a mapped device: read as data' }, ['filters: [zero, guest-ranges]']);
+      expect(disks[0].blocks.filtered?.['guest-ranges']).to.equal(2);
+      expect(report.vms[0].guest!.warnings).to.deep.equal(['swap /dev/dm-1 on a mapped device: read as data']);
+    });
+
     it('a failed snapshot is thawed, abandoned and gets no post-backup actions', async function () {
       const { report, calls } = await backup('timeoutSeconds: 10', { FERRY_GUEST_SIM_FAIL: 'take' });
       expect(calls).to.deep.equal(['connect', 'preFreeze', 'prepareSnapshot', 'freeze', 'take', 'thaw', 'abandon', 'postThaw', 'close']);

@@ -147,9 +147,10 @@ export interface GuestSession {
    * a pagefile, as of the snapshot, each area's header page left out so a restored one stays valid.
    * Called after `postThaw`, once per disk; an empty list when the runtime cannot tell which guest
    * disk this is. The session puts them on the disk (`SourceDisk.guestSkip`) for the block filter
-   * that drops swap.
+   * that drops swap. `warnings` (in the object form) name swap areas that could not be placed; the
+   * report shows them.
    */
-  skipExtents?(disk: { name: string; size?: number }): Promise<Extent[]>;
+  skipExtents?(disk: { name: string; size?: number }): Promise<Extent[] | { extents: Extent[]; warnings?: string[] }>;
   /** Removes the runtime and closes the connection (the session's `remove` step). */
   close(): Promise<void>;
 }

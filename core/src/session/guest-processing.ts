@@ -122,10 +122,18 @@ export class GuestProcessing {
     if (!s?.skipExtents) return disks;
     let out = disks;
     await this.step('skipExtents', false, async () => {
-      const found = await Promise.all(disks.map(async (d) => ({ d, extents: await s.skipExtents!({ name: d.name, ...(d.size !== undefined && { size: d.size }) }) })));
+      const found = await Promise.all(
+        disks.map(async (d) => {
+          const got = await s.skipExtents!({ name: d.name, ...(d.size !== undefined && { size: d.size }) });
+          return { d, ...(Array.isArray(got) ? { extents: got, warnings: [] } : { extents: got.extents, warnings: got.warnings ?? [] }) };
+        }),
+      );
       out = found.map(({ d, extents }) => (extents.length ? { ...d, guestSkip: extents } : d));
       const said = found.filter((f) => f.extents.length).map((f) => `${f.d.name}: ${f.extents.length} range(s), ${f.extents.reduce((n, e) => n + e.length, 0)} bytes`);
-      return { detail: said.length ? `swap/pagefile ${said.join('; ')}` : 'no swap or pagefile on these disks' };
+      return {
+        detail: said.length ? `swap/pagefile ${said.join('; ')}` : 'no swap or pagefile on these disks',
+        warnings: [...new Set(found.flatMap((f) => f.warnings))],
+      };
     });
     return out;
   }

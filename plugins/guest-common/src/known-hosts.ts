@@ -51,3 +51,23 @@ export function checkHostKey(text: string, host: string, port: number, blob: Buf
   if (!listed.length) return 'unknown';
   return listed.some((k) => k.key === presented) ? 'ok' : 'mismatch';
 }
+
+/** SSH host key algorithms that present a key of each known_hosts key type. */
+const ALGORITHMS: Record<string, string[]> = {
+  'ssh-ed25519': ['ssh-ed25519'],
+  'ecdsa-sha2-nistp256': ['ecdsa-sha2-nistp256'],
+  'ecdsa-sha2-nistp384': ['ecdsa-sha2-nistp384'],
+  'ecdsa-sha2-nistp521': ['ecdsa-sha2-nistp521'],
+  'ssh-rsa': ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'],
+};
+
+/**
+ * The host key algorithms to offer for `host`: those of the key types the file lists for it (as the
+ * OpenSSH client prefers them), so a server with several host keys presents one the file knows.
+ * Undefined when the file lists none we know (the connection then fails the check, as it must).
+ */
+export function hostKeyAlgorithms(text: string, host: string, port: number): string[] | undefined {
+  const types = new Set(keysFor(text, host, port).filter((k) => !k.revoked).map((k) => k.type));
+  const out = [...types].flatMap((t) => ALGORITHMS[t] ?? []);
+  return out.length ? out : undefined;
+}

@@ -1,7 +1,7 @@
 import { FerryError } from '@ferry/core/plugin';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { OutputTail, shellLine, type ExecOptions, type ExecResult, type GuestChannel, type HeldCommand } from './guest-channel.js';
-import { checkHostKey } from './known-hosts.js';
+import { checkHostKey, hostKeyAlgorithms } from './known-hosts.js';
 
 export interface SshTarget {
   host: string;
@@ -50,7 +50,9 @@ export class SshChannel implements GuestChannel {
         else if (err.level === 'client-authentication') fail(new FerryError('GUEST_UNREACHABLE', `${t.host}:${t.port} refused the credentials of user ${t.user}`, where));
         else fail(new FerryError('GUEST_UNREACHABLE', `cannot reach ${t.host}:${t.port} over SSH: ${err.message}`, where));
       });
+      const algorithms = hostKeyAlgorithms(t.knownHosts, t.host, t.port);
       const config: ConnectConfig = {
+        ...(algorithms && { algorithms: { serverHostKey: algorithms as NonNullable<ConnectConfig['algorithms']>['serverHostKey'] } }),
         host: t.host,
         port: t.port,
         username: t.user,

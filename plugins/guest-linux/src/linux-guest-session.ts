@@ -108,11 +108,11 @@ export class LinuxGuestSession implements GuestSession {
    * Swap partitions and swap files of the guest on the VM's disk of the same size (the runtime's
    * `swaps`; read once per session). Nothing when no guest disk, or more than one, has that size.
    */
-  async skipExtents(disk: { name: string; size?: number }): Promise<Extent[]> {
+  async skipExtents(disk: { name: string; size?: number }): Promise<{ extents: Extent[]; warnings: string[] }> {
     // a fragmented swap file lists many extents: keep the whole listing (bounded at 8 MiB)
     this.swaps ??= this.runtimeCommand(['swaps'], undefined, 8 << 20).then(parseSwaps);
-    const { disks } = await this.swaps;
-    return matchDisk(disks, disk)?.extents ?? [];
+    const { disks, problems } = await this.swaps;
+    return { extents: matchDisk(disks, disk)?.extents ?? [], warnings: problems.map((p) => `${p}: read as data`) };
   }
 
   async close(): Promise<void> {

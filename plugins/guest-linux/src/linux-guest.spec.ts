@@ -167,6 +167,11 @@ describe('guest-linux over SSH (sshd on loopback as the guest)', function () {
     }
   });
 
+  it('connects when knownHosts lists only another of the host\'s key types (here ECDSA beside ed25519)', async function () {
+    const s = await new LinuxGuestRuntime().connect('vm1', options({ credentials: { privateKey: readFileSync(sshd.userKey), knownHosts: readFileSync(sshd.ecdsaKnownHosts, 'utf8') } }));
+    await s.close();
+  });
+
   it('refuses a key the guest does not accept with GUEST_UNREACHABLE', async function () {
     await assert.rejects(
       new LinuxGuestRuntime().connect('vm1', options({ credentials: { privateKey: readFileSync(path.join(dir, 'sshd', 'other_host_key')), knownHosts: readFileSync(sshd.knownHosts, 'utf8') } })),

@@ -17,11 +17,13 @@ export interface SshdGuest {
   knownHosts: string;
   /** A known_hosts file naming the same host with another key. */
   wrongKnownHosts: string;
+  /** A known_hosts file with only the daemon's second host key, an ECDSA one. */
+  ecdsaKnownHosts: string;
   stop(): Promise<void>;
 }
 
-function keygen(file: string): void {
-  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'ferry-test', '-f', file], { stdio: 'ignore' });
+function keygen(file: string, type = 'ed25519'): void {
+  execFileSync('ssh-keygen', ['-q', '-t', type, '-N', '', '-C', 'ferry-test', '-f', file], { stdio: 'ignore' });
 }
 
 async function freePort(): Promise<number> {
@@ -48,7 +50,9 @@ export async function startSshdGuest(dir: string, opts: { forceCommand?: string 
   const hostKey = path.join(dir, 'host_key');
   const userKey = path.join(dir, 'id_ed25519');
   const otherKey = path.join(dir, 'other_host_key');
+  const ecdsaKey = path.join(dir, 'host_key_ecdsa');
   for (const k of [hostKey, userKey, otherKey]) keygen(k);
+  keygen(ecdsaKey, 'ecdsa');
   writeFileSync(path.join(dir, 'authorized_keys'), readFileSync(`${userKey}.pub`));
   const port = await freePort();
   const config = path.join(dir, 'sshd_config');
@@ -58,6 +62,7 @@ export async function startSshdGuest(dir: string, opts: { forceCommand?: string 
       `Port ${port}`,
       'ListenAddress 127.0.0.1',
       `HostKey ${hostKey}`,
+      `HostKey ${ecdsaKey}`,
       `PidFile ${path.join(dir, 'sshd.pid')}`,
       `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
       'PermitRootLogin prohibit-password',
@@ -74,6 +79,8 @@ export async function startSshdGuest(dir: string, opts: { forceCommand?: string 
   const pub = (f: string): string => readFileSync(`${f}.pub`, 'utf8').split(' ').slice(0, 2).join(' ');
   const knownHosts = path.join(dir, 'known_hosts');
   writeFileSync(knownHosts, `[127.0.0.1]:${port} ${pub(hostKey)}\n`);
+  const ecdsaKnownHosts = path.join(dir, 'ecdsa_known_hosts');
+  writeFileSync(ecdsaKnownHosts, `[127.0.0.1]:${port} ${pub(ecdsaKey)}\n`);
   const wrongKnownHosts = path.join(dir, 'wrong_known_hosts');
   writeFileSync(wrongKnownHosts, `[127.0.0.1]:${port} ${pub(otherKey)}\n`);
   const child: ChildProcess = spawn(SSHD, ['-D', '-e', '-f', config], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -107,7 +114,7 @@ export async function startSshdGuest(dir: string, opts: { forceCommand?: string 
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { host: '127.0.0.1', port, user: 'root', userKey, knownHosts, wrongKnownHosts, stop };
+  return { host: '127.0.0.1', port, user: 'root', userKey, knownHosts, wrongKnownHosts, ecdsaKnownHosts, stop };
 }
 
 function accepts(port: number): Promise<boolean> {
