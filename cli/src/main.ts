@@ -18,6 +18,7 @@ import { repositoryServeCommand } from './commands/repository-serve.js';
 import { serveCommand } from './commands/serve.js';
 import { instantRecoverCommand } from './commands/instant-recover.js';
 import { mountCommand } from './commands/mount.js';
+import { guestProxyCommand } from './commands/guest-proxy.js';
 import { reportError } from './output.js';
 
 /** Runs the CLI and returns its exit code (tests call this in-process). */
@@ -41,11 +42,12 @@ export async function main(argv: string[]): Promise<number> {
     .command(certsCommand((c) => (code = c)))
     .command(proxyCommand((c) => (code = c)))
     .command(repositoryServeCommand((c) => (code = c)))
+    .command(guestProxyCommand((c) => (code = c)))
     .command(keyCommand((c) => (code = c)))
     .command(serveCommand((c) => (code = c)))
     .command(instantRecoverCommand((c) => (code = c)))
     .command(mountCommand((c) => (code = c)))
-    .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover, mount')
+    .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, guest-proxy serve, serve, instant-recover, mount')
     .strict()
     .help()
     .alias('h', 'help')

@@ -77,6 +77,8 @@ export interface JobSpec {
   guests: Record<string, GuestSpec>;
   /** `guestProxies:` hosts that do the guest work instead of this one (`host:port`). */
   guestProxies?: string[];
+  /** The job's `certs:` folder (mutual TLS to a repository service, proxies and guest proxies). */
+  certs?: string;
 }
 
 /**
@@ -219,6 +221,7 @@ export class JobFile {
       },
       guests: this.guests(vms),
       ...(d.guestProxies && { guestProxies: (d.guestProxies as unknown as { address: string }[]).map((p) => p.address) }),
+      ...(d.certs !== undefined && { certs: d.certs as unknown as string }),
       transport: choiceName(d.transport ?? 'auto'),
       transportOptions: choiceOptions(d.transport ?? 'auto'),
       repository: { type, config: repoConfig, ...(encryption && { encryption }), ...(immutability && { immutability }) },
@@ -253,6 +256,9 @@ export class JobFile {
         ...this.where([]),
         path: 'certs',
       });
+    }
+    if (this.data.guestProxies !== undefined && this.data.certs === undefined) {
+      throw new FerryError('JOB_INVALID', 'missing key "certs": guest proxies are reached over mutual TLS (ferry certs init DIR)', { ...this.where([]), path: 'certs' });
     }
     if (this.data.proxies !== undefined && repo.server === undefined) {
       throw new FerryError('JOB_INVALID', 'proxies need a repository service (repository: { server: host:port }) that connects to them', this.whereKey([], 'proxies'));

@@ -5,6 +5,7 @@ import type { JsonSchema, PluginKind, PluginKindMap } from '../contracts/plugin.
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
 import type { GuestRuntime } from '../contracts/guest-runtime.js';
+import { RemoteGuestRuntime } from '../remote/guest/remote-guest-runtime.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
 import { choiceName, DEFAULT_FILTERS, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
@@ -105,6 +106,8 @@ export class JobRuntime {
 
   /** The guest runtime a VM's `guest.os` names (`at`: where the key is). */
   guestRuntime(os: string, at: (string | number)[]): Promise<GuestRuntime> {
+    // `guestProxies:`: the steps run there, with that host's guest plugins
+    if (this.spec.guestProxies && this.spec.certs) return Promise.resolve(new RemoteGuestRuntime(this.spec.guestProxies, this.spec.certs));
     return this.instance('guest-runtime', os, {}, at);
   }
 
