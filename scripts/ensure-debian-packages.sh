@@ -7,13 +7,25 @@
 #   openssl             certificates for TLS tests
 #   qemu-system-x86     qemu-system-x86_64: a real Linux guest under TCG (test/src/support/test-vm.ts)
 #   e2fsprogs           mkfs.ext4, e2fsck, debugfs for the guest's data disk
+#   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
+#                       libvirtd, virtlogd, virsh          (libvirt source host in tests; needs the
+#                                                          user libvirt-qemu and group kvm, made below)
 # Without root (or apt-get), it prints what is missing and the tests that need it skip, saying so.
 set -u
 declare -A need=([qemu-img]=qemu-utils [qemu-storage-daemon]=qemu-system-common [nbdkit]=nbdkit [nbdinfo]=libnbd-bin
-  [openssl]=openssl [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs)
+  [openssl]=openssl [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs
+  [libvirtd]=libvirt-daemon [virsh]=libvirt-clients)
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done
-[ ${#missing[@]} -eq 0 ] && exit 0
+compgen -G '/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so' >/dev/null || missing+=(libvirt-daemon-driver-qemu)
+# libvirtd's QEMU driver refuses to start without them (Debian's package scripts make them, but
+# --no-install-recommends containers may lack the user).
+libvirt_users() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  getent group kvm >/dev/null || groupadd --system kvm
+  getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home --gid kvm --shell /usr/sbin/nologin libvirt-qemu
+}
+if [ ${#missing[@]} -eq 0 ]; then libvirt_users; exit 0; fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "ferry: missing Debian packages (tests that need them will skip): ${missing[*]}" >&2
   exit 0
@@ -22,3 +34,4 @@ echo "ferry: installing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
   || { echo "ferry: apt-get install failed for: ${missing[*]}" >&2; exit 1; }
+libvirt_users
