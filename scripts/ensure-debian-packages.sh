@@ -23,6 +23,7 @@ compgen -G '/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so' >/dev/n
 libvirt_users() {
   [ "$(id -u)" -eq 0 ] || return 0
   getent group kvm >/dev/null || groupadd --system kvm
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
   getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home --gid kvm --shell /usr/sbin/nologin libvirt-qemu
 }
 if [ ${#missing[@]} -eq 0 ]; then libvirt_users; exit 0; fi
