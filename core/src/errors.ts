@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   SOURCE_VM_NOT_FOUND: 'the source host does not know the VM the job names',
   SOURCE_DISK_NOT_FOUND: 'the source host does not know the disk the job names',
   SOURCE_UNREACHABLE: 'the source host cannot be reached',
+  SOURCE_COMMAND_FAILED: 'a command the source host runs failed, timed out or answered what cannot be parsed (a libvirt `virsh` call: the message names the command and the domain)',
   TRANSPORT_UNAVAILABLE: 'no transport mode can read the disk from this proxy',
   TRANSPORT_READ_FAILED: 'reading the disk through the transport failed',
   TRANSPORT_UNSUPPORTED_FORMAT: 'the transport cannot read this disk image format',

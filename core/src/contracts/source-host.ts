@@ -40,6 +40,8 @@ export interface VmSelection {
 export interface VmInventory {
   name: string;
   disks: SourceDisk[];
+  /** What the report should say about the VM as found, e.g. disks left out and why. */
+  notes?: string[];
 }
 
 /**
@@ -93,6 +95,8 @@ export interface PreviousPoint {
 
 export interface VmSnapshot {
   disks: SourceDisk[];
+  /** What the report should say about this snapshot: how it was taken, leftovers of an interrupted session cleaned. */
+  notes?: string[];
   /**
    * Called after every disk was read and before the restore point is committed: throw when the
    * point-in-time view may not have held (for QEMU: the fleecing job died), and the VM's point is

@@ -50,6 +50,8 @@ export interface VmReport {
   status: 'success' | 'failed';
   restorePoint: string | null;
   error?: ReportedError;
+  /** The source host's notes on the VM and its snapshot (disks left out, leftovers cleaned, how it was read). */
+  notes?: string[];
 }
 
 export interface SessionReport {

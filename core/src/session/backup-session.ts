@@ -88,7 +88,7 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
 }
 
 async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmReport; disks: DiskReport[] }> {
-  const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null };
+  const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null, ...(vm.notes?.length && { notes: [...vm.notes] }) };
   const provider = s.rt.plugins.providerOf('source-host', s.rt.spec.source.host);
   let moved: MovedDisk[] = [];
   let snapshot: VmSnapshot | undefined;
@@ -101,6 +101,7 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
         throw pluginError(err, provider, 'snapshot', { host: s.host.label, vm: vm.name });
       });
       disks = snapshot.disks;
+      if (snapshot.notes?.length) vmReport.notes = [...(vmReport.notes ?? []), ...snapshot.notes];
     }
     // Each disk waits for one of the session's parallelDisks slots; a disk not started when the
     // session is interrupted is reported failed (SESSION_INTERRUPTED) and fails the VM.

@@ -189,6 +189,7 @@ export function diskOnlyDomainXml(name: string, disks: TestDomainDisk[], opts: {
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
 ${diskXml.join('\n')}
@@ -206,8 +207,11 @@ ${opts.agentSocket ? `    <channel type='unix'><source mode='bind' path='${opts.
  */
 export function guestWrite(d: LibvirtDaemon, domain: string, dev: string, offset: number, length: number, pattern: number): void {
   const qdev = `/machine/peripheral/${diskAlias(d, domain, dev)}/virtio-backend`;
-  const out = d.virsh('qemu-monitor-command', domain, '--hmp', `qemu-io -d ${qdev} "write -P ${pattern} ${offset} ${length}"`);
-  if (out.trim()) throw new Error(`qemu-io on ${domain}/${dev}: ${out.trim()}`);
+  // then a flush: QEMU's qcow2 metadata cache reaches the image, so `qemu-img compare -U` sees the write
+  for (const cmd of [`write -P ${pattern} ${offset} ${length}`, 'flush']) {
+    const out = d.virsh('qemu-monitor-command', domain, '--hmp', `qemu-io -d ${qdev} "${cmd}"`);
+    if (out.trim()) throw new Error(`qemu-io ${cmd} on ${domain}/${dev}: ${out.trim()}`);
+  }
 }
 
 function diskAlias(d: LibvirtDaemon, domain: string, dev: string): string {

@@ -1,0 +1,134 @@
+import os from 'node:os';
+import { FerryError, type JobContext, type SessionInfo, type SourceHost, type VmInventory, type VmSelection, type VmSnapshot } from '@ferry/core/plugin';
+import { Domain } from './domain.js';
+import { unusableReason, type DomainDisk, type DomainInfo } from './libvirt-xml.js';
+import { LiveBackup, type PlannedDisk } from './live-backup.js';
+import { OfflineRead } from './offline-read.js';
+import { Virsh } from './virsh.js';
+
+/** The `source:` keys of `host: libvirt` (validated by the registered `configSchema`). */
+export interface LibvirtSourceConfig {
+  /** libvirt connection URI; default `qemu:///system`. */
+  uri?: string;
+  /** Folder for the NBD socket and scratch images of running domains' backups; default the system temp folder. */
+  scratchDir?: string;
+}
+
+export const DEFAULT_URI = 'qemu:///system';
+
+/** Domain states in which QEMU does not run: the disks are images at rest. */
+const AT_REST = new Set(['shut off', 'crashed']);
+
+interface KnownDomain {
+  domain: Domain;
+  info: DomainInfo;
+  /** Target devs the job backs up. */
+  devs: string[];
+  index: number;
+}
+
+/**
+ * Source host for the domains of a libvirt daemon (`qemu:///system`, `qemu+ssh://...`), reached
+ * through `virsh`. Running domains are snapshotted with libvirt's own backup API: a checkpoint per
+ * session and a pull-mode backup job exporting NBD (`LiveBackup`). Shut-off domains are read from
+ * their images (`OfflineRead`). Ferry never talks to the domain's QEMU behind libvirt's back.
+ */
+export class LibvirtSourceHost implements SourceHost {
+  private readonly virsh: Virsh;
+  private readonly known = new Map<string, KnownDomain>();
+  private readonly scratchDir: string;
+
+  constructor(
+    config: LibvirtSourceConfig,
+    private readonly job: JobContext,
+  ) {
+    this.virsh = new Virsh(config.uri ?? DEFAULT_URI, job.where(['source', 'uri']));
+    this.scratchDir = config.scratchDir ?? os.tmpdir();
+  }
+
+  get label(): string {
+    return `libvirt:${this.virsh.uri}`;
+  }
+
+  async inventory(selections: readonly VmSelection[]): Promise<VmInventory[]> {
+    const out: VmInventory[] = [];
+    for (const [index, sel] of selections.entries()) {
+      const domain = new Domain(this.virsh, sel.name);
+      const info = await domain.info().catch((err: unknown) => {
+        if (err instanceof FerryError) throw new FerryError(err.code, err.detail, { ...err.where, ...this.job.where(['source', 'vms', index, 'name']) }, { cause: err });
+        throw err;
+      });
+      const { devs, notes } = this.chooseDisks(sel, info, index);
+      const disks = [];
+      for (const dev of devs) {
+        const d = info.disks.find((x) => x.dev === dev)!;
+        disks.push({ name: dev, size: await domain.diskSize(dev), ...(d.format && { format: d.format }) });
+      }
+      if (info.agent) notes.push(`guest agent channel: ${info.agent.type}${info.agent.path ? ` ${info.agent.path}` : ''}`);
+      this.known.set(sel.name, { domain, info, devs, index });
+      out.push({ name: sel.name, disks, ...(notes.length && { notes }) });
+    }
+    return out;
+  }
+
+  /** The guest agent channel of a domain the inventory found (for guest processing). */
+  agentChannel(vm: string): DomainInfo['agent'] {
+    return this.known.get(vm)?.info.agent;
+  }
+
+  async snapshot(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot> {
+    const k = this.known.get(vm.name);
+    if (!k) throw new FerryError('INTERNAL', `snapshot of domain ${vm.name} before its inventory`, { vm: vm.name });
+    const info = await k.domain.info();
+    const disks: PlannedDisk[] = [];
+    for (const dev of k.devs) {
+      const d = info.disks.find((x) => x.dev === dev);
+      if (!d) throw new FerryError('SOURCE_DISK_NOT_FOUND', `disk ${dev} of domain ${vm.name} disappeared after the inventory`, { ...this.virsh.context({ domain: vm.name }), disk: dev });
+      disks.push({ dev, size: await k.domain.diskSize(dev), ...(d.format && { format: d.format }), ...(d.path && { path: d.path }) });
+    }
+    const state = await k.domain.state();
+    if (AT_REST.has(state)) {
+      const read = new OfflineRead({ domain: k.domain, info, disks: disks.map((p) => ({ ...p, source: info.disks.find((x) => x.dev === p.dev)! })), session, state });
+      await read.start();
+      return read;
+    }
+    const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir });
+    await live.start();
+    return live;
+  }
+
+  /** The disks named in the job, or every disk that can be backed up; the rest with the reason. */
+  private chooseDisks(sel: VmSelection, info: DomainInfo, index: number): { devs: string[]; notes: string[] } {
+    const where = (at: (string | number)[]): ReturnType<JobContext['where']> => ({ ...this.virsh.context({ domain: sel.name }), ...this.job.where(at) });
+    if (sel.disks) {
+      const devs = sel.disks.map((dev, j) => {
+        const d = info.disks.find((x) => x.dev === dev);
+        if (!d) {
+          throw new FerryError('SOURCE_DISK_NOT_FOUND', `domain ${sel.name} has no disk with target ${dev} (it has: ${known(info.disks)})`, {
+            ...where(['source', 'vms', index, 'disks', j]),
+            disk: dev,
+          });
+        }
+        const why = unusableReason(d);
+        if (why) throw new FerryError('SOURCE_DISK_NOT_FOUND', `disk ${dev} of domain ${sel.name} cannot be backed up: ${why}`, { ...where(['source', 'vms', index, 'disks', j]), disk: dev });
+        return dev;
+      });
+      return { devs, notes: [] };
+    }
+    const notes: string[] = [];
+    const devs: string[] = [];
+    for (const d of info.disks) {
+      const why = unusableReason(d);
+      if (why) notes.push(`disk ${d.dev} left out: ${why}`);
+      else devs.push(d.dev);
+    }
+    if (!devs.length) {
+      throw new FerryError('SOURCE_VM_NOT_FOUND', `domain ${sel.name} has no disk that can be backed up (${notes.join('; ') || 'no disks'})`, where(['source', 'vms', index, 'name']));
+    }
+    return { devs, notes };
+  }
+}
+
+function known(disks: DomainDisk[]): string {
+  return disks.map((d) => `${d.dev} (${d.device})`).join(', ') || 'none';
+}

@@ -1,0 +1,283 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { expect } from 'chai';
+import { skipUnlessTools } from '@ferry/core/testing';
+import { sessionFiles } from '@ferry/source-libvirt';
+import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { diskOnlyDomainXml, guestWrite, skipUnlessLibvirt, startLibvirtd, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
+
+/**
+ * The libvirt source host against a private libvirtd (started here) and TCG domains with disks and
+ * no OS: they idle `running`, which is all libvirt's backup API needs; the "guest's" writes go in
+ * through QEMU's block layer (`guestWrite`). Each case checks the report's mode and reason and that
+ * the point restores to the disk as it was (nothing writes between a backup and its restore).
+ */
+interface DiskJson {
+  disk: string;
+  status: string;
+  transport: string;
+  mode: string;
+  modeReason: string;
+  bytesRead: number;
+  restorePoint: string;
+  error?: { code: string; message: string };
+}
+interface ReportJson {
+  status: string;
+  vms: { vm: string; status: string; notes?: string[]; error?: { code: string; message: string } }[];
+  disks: DiskJson[];
+}
+
+const MiB = 1024 * 1024;
+
+describe('libvirt source host: checkpoints and pull-mode backups, end to end', function () {
+  this.timeout(300_000);
+  let t: ReturnType<typeof tempDir>;
+  let d: LibvirtDaemon;
+  let scratch: string;
+
+  before(async function () {
+    skipUnlessLibvirt(this);
+    skipUnlessTools(this, { 'qemu-img': 'qemu-utils' });
+    t = tempDir('ferry-libvirt-');
+    scratch = path.join(t.dir, 'scratch');
+    spawnSync('mkdir', ['-p', scratch]);
+    d = await startLibvirtd(path.join(t.dir, 'daemon'));
+  });
+  after(async () => {
+    await d?.stop();
+    t?.cleanup();
+  });
+
+  function image(name: string, format: 'qcow2' | 'raw', sizeMiB: number, writes: [number, number, number][] = []): string {
+    const file = path.join(t.dir, name);
+    run('qemu-img', ['create', '-q', '-f', format, file, `${sizeMiB}M`]);
+    for (const [off, len, pat] of writes) run('qemu-io', ['-f', format, '-c', `write -P ${pat} ${off} ${len}`, file]);
+    return file;
+  }
+
+  function domain(name: string, disks: TestDomainDisk[], how: 'create' | 'define' = 'create'): void {
+    const file = path.join(t.dir, `${name}.xml`);
+    writeFileSync(file, diskOnlyDomainXml(name, disks));
+    d.virsh(how, file);
+    if (how === 'define') d.virsh('start', name);
+  }
+
+  function job(name: string, vm: string, disks?: string[]): string {
+    return writeJob(
+      t.dir,
+      [
+        `job: ${name}`,
+        'source:',
+        '  host: libvirt',
+        `  uri: "${d.uri}"`,
+        `  scratchDir: ${scratch}`,
+        `  vms: [{ name: ${vm}${disks ? `, disks: [${disks.join(', ')}]` : ''} }]`,
+        'transport: auto',
+        'repository: { type: filesystem, path: ./repo }',
+        'storage: { blockSize: 256KiB }',
+      ].join('\n'),
+      `${name}.yaml`,
+    );
+  }
+
+  async function backup(jobFile: string): Promise<ReportJson> {
+    const r = await runFerry(['backup', jobFile, '--json']);
+    const report = json<ReportJson>(r);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    return report;
+  }
+
+  function disk(r: ReportJson, name: string): DiskJson {
+    const found = r.disks.find((x) => x.disk === name);
+    if (!found) throw new Error(`no disk ${name} in ${JSON.stringify(r)}`);
+    return found;
+  }
+
+  /** Restores the point's disk and compares it with the domain's image as it is now. */
+  async function expectRestores(jobFile: string, vm: string, dev: string, point: string, source: string): Promise<void> {
+    const out = path.join(t.dir, `restored-${vm}-${dev}-${point}.raw`);
+    const r = await runFerry(['restore', jobFile, '--vm', vm, '--disk', dev, '--point', point, '--to', out]);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const cmp = spawnSync('qemu-img', ['compare', '-U', '-f', 'raw', out, source], { encoding: 'utf8' });
+    expect(cmp.status, `${cmp.stdout}${cmp.stderr}`).to.equal(0);
+  }
+
+  function leftoverFiles(): string[] {
+    return readdirSync(scratch);
+  }
+
+  function checkpoints(vm: string): string[] {
+    return d.virsh('checkpoint-list', vm, '--name').split('\n').map((s) => s.trim()).filter(Boolean);
+  }
+
+  it('backs up a running domain in full, then incrementally; a raw disk is read in full each time, a cdrom left out', async () => {
+    const a = image('web1-a.qcow2', 'qcow2', 32, [[0, 4 * MiB, 0x11], [20 * MiB, 2 * MiB, 0x12]]);
+    const b = image('web1-b.raw', 'raw', 8, [[MiB, MiB, 0x21]]);
+    const iso = image('web1.iso', 'raw', 1);
+    domain('web1', [{ dev: 'vda', file: a, format: 'qcow2' }, { dev: 'vdb', file: b, format: 'raw' }, { dev: 'sda', file: iso, format: 'raw', device: 'cdrom', readonly: true }]);
+    const jf = job('lv1', 'web1');
+    const full = await backup(jf);
+    expect(full.vms[0].notes!.join('\n')).to.include('disk sda left out: it is a cdrom');
+    expect(disk(full, 'vda')).to.include({ mode: 'full', transport: 'nbd' });
+    expect(disk(full, 'vda').modeReason).to.include('no earlier restore point');
+    await expectRestores(jf, 'web1', 'vda', disk(full, 'vda').restorePoint, a);
+    await expectRestores(jf, 'web1', 'vdb', disk(full, 'vdb').restorePoint, b);
+    expect(checkpoints('web1')).to.have.length(1);
+
+    guestWrite(d, 'web1', 'vda', 8 * MiB, 512 * 1024, 0x31);
+    guestWrite(d, 'web1', 'vdb', 0, 4096, 0x32);
+    const inc = await backup(jf);
+    expect(disk(inc, 'vda').mode).to.equal('incremental');
+    expect(disk(inc, 'vda').bytesRead).to.be.at.most(MiB);
+    expect(disk(inc, 'vdb').mode).to.equal('full');
+    expect(disk(inc, 'vdb').modeReason).to.include('only in qcow2 images');
+    await expectRestores(jf, 'web1', 'vda', disk(inc, 'vda').restorePoint, a);
+    await expectRestores(jf, 'web1', 'vdb', disk(inc, 'vdb').restorePoint, b);
+    expect(checkpoints('web1'), 'only the newest point is counted from').to.have.length(1);
+    expect(d.tryVirsh('backup-dumpxml', 'web1').status, 'the backup job ended').to.not.equal(0);
+    expect(leftoverFiles()).to.deep.equal([]);
+  });
+
+  it('two jobs on one domain keep separate checkpoint chains', async () => {
+    const a = image('two-a.qcow2', 'qcow2', 16, [[0, MiB, 0x41]]);
+    domain('two', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+    const j1 = job('chain-a', 'two');
+    const j2 = job('chain-b', 'two');
+    expect(disk(await backup(j1), 'vda').mode).to.equal('full');
+    expect(disk(await backup(j2), 'vda').mode).to.equal('full');
+    guestWrite(d, 'two', 'vda', 2 * MiB, 65536, 0x42);
+    const r1 = disk(await backup(j1), 'vda');
+    guestWrite(d, 'two', 'vda', 4 * MiB, 65536, 0x43);
+    const r2 = disk(await backup(j2), 'vda');
+    expect([r1.mode, r2.mode]).to.deep.equal(['incremental', 'incremental']);
+    await expectRestores(j2, 'two', 'vda', r2.restorePoint, a);
+    expect(checkpoints('two').map((n) => n.split('.')[1]).sort()).to.deep.equal(['chain-a', 'chain-b']);
+  });
+
+  it('a deleted checkpoint, a resized disk, a hot-added disk each give an explained full, then incrementals again', async () => {
+    const a = image('brk-a.qcow2', 'qcow2', 16, [[0, MiB, 0x51]]);
+    domain('brk', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+    const jf = job('breaks', 'brk');
+    await backup(jf);
+    for (const cp of checkpoints('brk')) d.virsh('checkpoint-delete', 'brk', cp);
+    const afterDelete = disk(await backup(jf), 'vda');
+    expect(afterDelete.mode).to.equal('full');
+    expect(afterDelete.modeReason).to.match(/checkpoint ferry\.breaks\.\S+ of the previous restore point is missing/);
+    expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
+
+    d.virsh('blockresize', 'brk', 'vda', '24M');
+    guestWrite(d, 'brk', 'vda', 20 * MiB, 65536, 0x52);
+    const resized = disk(await backup(jf), 'vda');
+    expect(resized.mode).to.equal('full');
+    expect(resized.modeReason).to.include(`was resized (${16 * MiB} → ${24 * MiB} bytes)`);
+    await expectRestores(jf, 'brk', 'vda', resized.restorePoint, a);
+
+    const c = image('brk-c.qcow2', 'qcow2', 8, [[0, MiB, 0x53]]);
+    d.virsh('attach-disk', 'brk', c, 'vdc', '--driver', 'qemu', '--subdriver', 'qcow2', '--live');
+    const added = await backup(jf);
+    expect(disk(added, 'vda').mode).to.equal('incremental');
+    expect(disk(added, 'vdc').mode).to.equal('full');
+    expect(disk(added, 'vdc').modeReason).to.include('no earlier restore point of this disk');
+    guestWrite(d, 'brk', 'vdc', 4 * MiB, 65536, 0x54);
+    const again = await backup(jf);
+    expect([disk(again, 'vda').mode, disk(again, 'vdc').mode]).to.deep.equal(['incremental', 'incremental']);
+    await expectRestores(jf, 'brk', 'vdc', disk(again, 'vdc').restorePoint, c);
+  });
+
+  it('a restarted transient domain loses its checkpoints: an explained full, then incremental', async () => {
+    const a = image('tr-a.qcow2', 'qcow2', 16, [[0, MiB, 0x61]]);
+    const xml = path.join(t.dir, 'tr.xml');
+    writeFileSync(xml, diskOnlyDomainXml('tr', [{ dev: 'vda', file: a, format: 'qcow2' }]).replace('<name>tr</name>', '<name>tr</name>\n  <uuid>6c4d1b0e-3a8f-4c52-9a61-0d1e2f3a4b5c</uuid>'));
+    d.virsh('create', xml);
+    const jf = job('restart', 'tr');
+    await backup(jf);
+    d.virsh('destroy', 'tr');
+    d.virsh('create', xml);
+    const r = disk(await backup(jf), 'vda');
+    expect(r.mode).to.equal('full');
+    expect(r.modeReason).to.include('transient domain loses its checkpoints');
+    await expectRestores(jf, 'tr', 'vda', r.restorePoint, a);
+    guestWrite(d, 'tr', 'vda', MiB, 65536, 0x62);
+    expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
+  });
+
+  it("cleans a killed session's backup job, checkpoint and files, says so, reads in full, then incremental", async () => {
+    const a = image('kill-a.qcow2', 'qcow2', 16, [[0, MiB, 0x71]]);
+    domain('kill', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+    const jf = job('killed', 'kill');
+    await backup(jf);
+    // What a session killed after backup-begin leaves: its checkpoint, its running export, its files.
+    const dead = '20990101T000000000Z-dead00';
+    const files = sessionFiles(scratch, 'killed', d.virsh('domuuid', 'kill').trim(), dead);
+    const bx = path.join(t.dir, 'dead-backup.xml');
+    const cx = path.join(t.dir, 'dead-cp.xml');
+    writeFileSync(bx, `<domainbackup mode='pull'><server transport='unix' socket='${files.socket}'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${files.scratch('vda')}'/></disk></disks></domainbackup>`);
+    writeFileSync(cx, `<domaincheckpoint><name>ferry.killed.${dead}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>`);
+    d.virsh('backup-begin', 'kill', bx, cx);
+    expect(existsSync(files.socket)).to.equal(true);
+    guestWrite(d, 'kill', 'vda', 3 * MiB, 65536, 0x72);
+    const r = await backup(jf);
+    const notes = r.vms[0].notes!.join('\n');
+    expect(notes).to.include('aborted the backup job left running');
+    expect(notes).to.include(`deleted checkpoint ferry.killed.${dead}`);
+    expect(disk(r, 'vda').mode).to.equal('full');
+    expect(disk(r, 'vda').modeReason).to.include("an interrupted session's leftovers were cleaned");
+    await expectRestores(jf, 'kill', 'vda', disk(r, 'vda').restorePoint, a);
+    expect(checkpoints('kill')).to.have.length(1);
+    expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
+    expect(leftoverFiles()).to.deep.equal([]);
+  });
+
+  it('refuses to touch another tool\'s backup job, naming the domain', async () => {
+    const a = image('busy-a.qcow2', 'qcow2', 8);
+    domain('busy', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+    const bx = path.join(t.dir, 'busy-backup.xml');
+    writeFileSync(bx, `<domainbackup mode='pull'><server transport='unix' socket='${t.dir}/other.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${t.dir}/other.scratch'/></disk></disks></domainbackup>`);
+    d.virsh('backup-begin', 'busy', bx);
+    const r = await runFerry(['backup', job('busy', 'busy'), '--json']);
+    expect(r.code).to.not.equal(0);
+    const vm = json<ReportJson>(r).vms[0];
+    expect(vm.error!.message).to.include('runs another backup job');
+    expect(vm.error!.message).to.include('busy');
+    expect(d.tryVirsh('backup-dumpxml', 'busy').status, 'the other job still runs').to.equal(0);
+    d.virsh('domjobabort', 'busy');
+  });
+
+  it('names an unknown domain and an unknown disk', async () => {
+    const r1 = await runFerry(['backup', job('nodom', 'no-such-domain'), '--json']);
+    expect(r1.code).to.not.equal(0);
+    expect(r1.stdout + r1.stderr).to.include('SOURCE_VM_NOT_FOUND');
+    const a = image('nd-a.qcow2', 'qcow2', 8);
+    domain('nd', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+    const r2 = await runFerry(['backup', job('nodisk', 'nd', ['vdz']), '--json']);
+    expect(r2.stdout + r2.stderr).to.include('SOURCE_DISK_NOT_FOUND');
+    expect(r2.stdout + r2.stderr).to.include('vdz');
+  });
+
+  it('reads a shut-off domain from its images, then a running one incrementally from the checkpoint QEMU saved', async () => {
+    const a = image('off-a.qcow2', 'qcow2', 16, [[0, MiB, 0x81]]);
+    domain('off', [{ dev: 'vda', file: a, format: 'qcow2' }], 'define');
+    const jf = job('offline', 'off');
+    await backup(jf);
+    guestWrite(d, 'off', 'vda', 5 * MiB, 65536, 0x82);
+    // a clean QEMU exit (as a guest's poweroff) saves the bitmaps into the qcow2
+    d.virsh('qemu-monitor-command', 'off', '--hmp', 'quit');
+    for (let i = 0; i < 50 && d.virsh('domstate', 'off').trim() !== 'shut off'; i++) await new Promise((r) => setTimeout(r, 100));
+    const offline = disk(await backup(jf), 'vda');
+    expect(offline).to.include({ mode: 'full', transport: 'hotadd' });
+    expect(offline.modeReason).to.include('is shut off');
+    await expectRestores(jf, 'off', 'vda', offline.restorePoint, a);
+    d.virsh('start', 'off');
+    guestWrite(d, 'off', 'vda', 6 * MiB, 65536, 0x83);
+    const back = disk(await backup(jf), 'vda');
+    expect(back.mode, back.modeReason).to.equal('incremental');
+    await expectRestores(jf, 'off', 'vda', back.restorePoint, a);
+  });
+});
+
+function run(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+}
