@@ -57,9 +57,9 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     return file;
   }
 
-  function domain(name: string, disks: TestDomainDisk[], how: 'create' | 'define' = 'create'): void {
+  function domain(name: string, disks: TestDomainDisk[], how: 'create' | 'define' = 'create', extra: Parameters<typeof diskOnlyDomainXml>[2] = {}): void {
     const file = path.join(t.dir, `${name}.xml`);
-    writeFileSync(file, diskOnlyDomainXml(name, disks));
+    writeFileSync(file, diskOnlyDomainXml(name, disks, extra));
     d.virsh(how, file);
     if (how === 'define') d.virsh('start', name);
   }
@@ -274,6 +274,37 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     const back = disk(await backup(jf), 'vda');
     expect(back.mode, back.modeReason).to.equal('incremental');
     await expectRestores(jf, 'off', 'vda', back.restorePoint, a);
+  });
+
+  it('restore --define makes a new domain from the saved definition: restored files, new UUID and MAC', async () => {
+    const a = image('def-a.qcow2', 'qcow2', 16, [[0, MiB, 0x91], [9 * MiB, MiB, 0x92]]);
+    const iso = image('def.iso', 'raw', 1);
+    const mac = '52:54:00:12:34:56';
+    domain('def1', [{ dev: 'vda', file: a, format: 'qcow2' }, { dev: 'sda', file: iso, format: 'raw', device: 'cdrom', readonly: true }], 'create', { mac });
+    const jf = job('define', 'def1');
+    const point = disk(await backup(jf), 'vda').restorePoint;
+    const out = path.join(t.dir, 'defined');
+    const r = await runFerry(['restore', jf, '--vm', 'def1', '--point', point, '--to', out, '--define', 'def1-copy', '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const rep = json<{ restorePoint: string; defined: { name: string; id: string; notes: string[] }; disks: { disk: string; to: string }[] }>(r);
+    expect(rep.restorePoint).to.equal(point);
+    expect(rep.disks.map((x) => x.to)).to.deep.equal([path.join(out, 'def1-copy-vda.raw')]);
+    const cmp = spawnSync('qemu-img', ['compare', '-U', '-f', 'raw', rep.disks[0].to, a], { encoding: 'utf8' });
+    expect(cmp.status, cmp.stdout + cmp.stderr).to.equal(0);
+    expect(rep.defined.id).to.not.equal(d.virsh('domuuid', 'def1').trim());
+    expect(d.virsh('domuuid', 'def1-copy').trim()).to.equal(rep.defined.id);
+    const blk = d.virsh('domblklist', 'def1-copy', '--details');
+    expect(blk).to.include(rep.disks[0].to);
+    expect(blk).to.include(iso);
+    const iface = d.virsh('domiflist', 'def1-copy');
+    expect(iface).to.include('52:54:00');
+    expect(iface).to.not.include(mac);
+    d.virsh('start', 'def1-copy');
+    expect(d.virsh('domstate', 'def1-copy').trim()).to.equal('running');
+    const again = await runFerry(['restore', jf, '--vm', 'def1', '--to', path.join(t.dir, 'defined2'), '--define', 'def1-copy', '--json']);
+    expect(again.code).to.not.equal(0);
+    expect(again.stdout + again.stderr).to.include('RESTORE_TARGET_EXISTS');
+    expect(existsSync(path.join(t.dir, 'defined2')), 'checked before any disk was written').to.equal(false);
   });
 });
 

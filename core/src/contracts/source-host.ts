@@ -27,6 +27,35 @@ export interface SourceHost {
   readonly label: string;
   inventory(vms: readonly VmSelection[]): Promise<VmInventory[]>;
   snapshot?(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot>;
+  /**
+   * Defines a new VM from a restore point's `VmDefinition` with its disks at the restored files
+   * (`ferry restore --define NAME`): a new identity (UUID, MAC addresses), never over an existing VM
+   * of that name (RESTORE_TARGET_EXISTS). Missing: the host cannot define VMs.
+   */
+  defineVm?(definition: VmDefinition, target: DefineTarget): Promise<DefinedVm>;
+}
+
+/** A VM's definition as its host describes it (libvirt: the domain XML), kept with the restore point. */
+export interface VmDefinition {
+  /** What `text` is, e.g. `libvirt-domain-xml`; a host defines only formats it knows. */
+  format: string;
+  text: string;
+}
+
+export interface DefineTarget {
+  name: string;
+  /** Only check that the VM could be defined (name free, definition usable); define nothing. */
+  dryRun?: boolean;
+  /** The point's disks, restored: by the disk's name in the point. */
+  disks: { name: string; path: string; format: 'raw' | 'qcow2' | string }[];
+}
+
+export interface DefinedVm {
+  name: string;
+  /** The host's id of the new VM (libvirt: its UUID). */
+  id?: string;
+  /** What the definition kept or changed (devices not in the point, regenerated identities). */
+  notes: string[];
 }
 
 /** One VM as the job names it. `disks` missing means every disk of the VM. */
@@ -97,6 +126,8 @@ export interface VmSnapshot {
   disks: SourceDisk[];
   /** What the report should say about this snapshot: how it was taken, leftovers of an interrupted session cleaned. */
   notes?: string[];
+  /** The VM's definition at the snapshot, stored with the restore point (for `ferry restore --define`). */
+  definition?: VmDefinition;
   /**
    * Called after every disk was read and before the restore point is committed: throw when the
    * point-in-time view may not have held (for QEMU: the fleecing job died), and the VM's point is

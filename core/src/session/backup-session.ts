@@ -113,7 +113,8 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
       throw pluginError(err, provider, 'check', { host: s.host.label, vm: vm.name });
     });
     if (s.signal?.aborted) throw interrupted({ vm: vm.name });
-    const point = await s.placement.commit(vm.name, { id: s.id, createdAt: new Date().toISOString() }, kept(moved));
+    const header = { id: s.id, createdAt: new Date().toISOString(), ...(snapshot?.definition && { definition: snapshot.definition }) };
+    const point = await s.placement.commit(vm.name, header, kept(moved));
     vmReport.restorePoint = point.id;
     for (const d of moved) d.report.restorePoint = point.id;
   } catch (err) {

@@ -1,4 +1,5 @@
-import { FerryError } from '@ferry/core/plugin';
+import { FerryError, type VmDefinition } from '@ferry/core/plugin';
+import { DOMAIN_XML_FORMAT } from './domain-definition.js';
 import { parseBackupJob, parseCheckpoint, parseDomain, type BackupJob, type CheckpointInfo, type DomainInfo } from './libvirt-xml.js';
 import { keyValue, lines, type Virsh } from './virsh.js';
 
@@ -30,9 +31,13 @@ export class Domain {
     return this.parse('dumpxml', () => parseDomain(r.stdout));
   }
 
-  /** The definition with secure details and without the runtime state, for restore points. */
-  async definition(): Promise<string> {
-    return this.virsh.run(['dumpxml', '--inactive', '--security-info', this.ref], this.call());
+  /**
+   * The definition for restore points: `--migratable` is the domain as it runs (hot-added disks
+   * included) without runtime-only details, fit to be defined elsewhere; no secrets (passwords of
+   * graphics consoles are left out without `--security-info`).
+   */
+  async definition(): Promise<VmDefinition> {
+    return { format: DOMAIN_XML_FORMAT, text: await this.virsh.run(['dumpxml', '--migratable', this.ref], this.call()) };
   }
 
   /** `running`, `paused`, `shut off`, ... as virsh words it. */

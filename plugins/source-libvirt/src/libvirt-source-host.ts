@@ -1,5 +1,17 @@
 import os from 'node:os';
-import { FerryError, type JobContext, type SessionInfo, type SourceHost, type VmInventory, type VmSelection, type VmSnapshot } from '@ferry/core/plugin';
+import {
+  FerryError,
+  type DefinedVm,
+  type DefineTarget,
+  type JobContext,
+  type SessionInfo,
+  type SourceHost,
+  type VmDefinition,
+  type VmInventory,
+  type VmSelection,
+  type VmSnapshot,
+} from '@ferry/core/plugin';
+import { DOMAIN_XML_FORMAT, redefine } from './domain-definition.js';
 import { Domain } from './domain.js';
 import { unusableReason, type DomainDisk, type DomainInfo } from './libvirt-xml.js';
 import { LiveBackup, type PlannedDisk } from './live-backup.js';
@@ -95,6 +107,28 @@ export class LibvirtSourceHost implements SourceHost {
     const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir });
     await live.start();
     return live;
+  }
+
+  async defineVm(definition: VmDefinition, target: DefineTarget): Promise<DefinedVm> {
+    const call = { domain: target.name };
+    if (definition.format !== DOMAIN_XML_FORMAT) {
+      throw new FerryError('RESTORE_NOT_FOUND', `the restore point holds a ${definition.format} definition; libvirt defines domains from ${DOMAIN_XML_FORMAT}`, this.virsh.context(call));
+    }
+    const existing = await this.virsh.tryRun(['domuuid', target.name], call);
+    if (existing.ok) {
+      throw new FerryError('RESTORE_TARGET_EXISTS', `libvirt at ${this.virsh.uri} has a domain named ${target.name} already (UUID ${existing.stdout.trim()}); choose another name for --define`, this.virsh.context(call));
+    }
+    let out;
+    try {
+      out = redefine(definition.text, target);
+    } catch (err) {
+      throw new FerryError('RESTORE_NOT_FOUND', `the restore point's domain definition cannot be used: ${err instanceof Error ? err.message : String(err)}`, this.virsh.context(call));
+    }
+    if (target.dryRun) return { name: target.name, notes: out.notes };
+    const r = await this.virsh.runWithXml([out.xml], (files) => ['define', files[0]], call);
+    if (!r.ok) throw new FerryError('SOURCE_COMMAND_FAILED', `virsh define ${target.name} failed: ${r.stderr.trim()}`, this.virsh.context(call));
+    const uuid = (await this.virsh.run(['domuuid', target.name], call)).trim();
+    return { name: target.name, id: uuid, notes: out.notes };
   }
 
   /** The disks named in the job, or every disk that can be backed up; the rest with the reason. */

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError, isJobTrackingName, trackingName, type SessionInfo, type SourceDisk, type VmSnapshot } from '@ferry/core/plugin';
+import { FerryError, isJobTrackingName, trackingName, type SessionInfo, type SourceDisk, type VmDefinition, type VmSnapshot } from '@ferry/core/plugin';
 import { BITMAP_FORMATS, previousCheckpoints, sessionFiles, tracking, whyFull, type SessionFiles } from './chain.js';
 import type { Domain } from './domain.js';
 import { backupXml, checkpointXml, type CheckpointInfo, type DomainInfo } from './libvirt-xml.js';
@@ -40,6 +40,7 @@ interface DiskChoice {
 export class LiveBackup implements VmSnapshot {
   disks: SourceDisk[] = [];
   notes: string[] = [];
+  definition?: VmDefinition;
   private readonly files: SessionFiles;
   private readonly checkpoint: string;
   private created = false;
@@ -97,6 +98,7 @@ export class LiveBackup implements VmSnapshot {
       else d.fullReason = c.fullReason;
       return d;
     });
+    this.definition = await domain.definition();
     this.notes.push(`domain ${this.name} is running: libvirt pull-mode backup${this.created ? ` with checkpoint ${this.checkpoint}` : ''}, NBD on ${this.files.socket}`);
   }
 

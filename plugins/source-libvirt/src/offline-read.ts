@@ -1,4 +1,4 @@
-import { FerryError, isJobTrackingName, type SessionInfo, type SourceDisk, type VmSnapshot } from '@ferry/core/plugin';
+import { FerryError, isJobTrackingName, type SessionInfo, type SourceDisk, type VmDefinition, type VmSnapshot } from '@ferry/core/plugin';
 import { previousCheckpoints, tracking, whyFull } from './chain.js';
 import type { Domain } from './domain.js';
 import type { CheckpointInfo, DomainDisk, DomainInfo } from './libvirt-xml.js';
@@ -23,6 +23,7 @@ export interface OfflineReadInput {
 export class OfflineRead implements VmSnapshot {
   disks: SourceDisk[] = [];
   notes: string[] = [];
+  definition?: VmDefinition;
 
   constructor(private readonly input: OfflineReadInput) {}
 
@@ -48,6 +49,7 @@ export class OfflineRead implements VmSnapshot {
         ...(keep && { changeTracking: tracking(keep, info.uuid) }),
       });
     }
+    this.definition = await domain.definition();
     this.notes.push(`domain ${info.name} is ${this.input.state}: disks read from their images, no checkpoint taken (libvirt takes none of an inactive domain)`);
   }
 

@@ -174,7 +174,7 @@ export interface TestDomainDisk {
  * `running` state, which is all a pull-mode backup needs. `agentSocket` adds the guest agent
  * channel at that path (a host path: libvirt's default would be inside the daemon's namespace).
  */
-export function diskOnlyDomainXml(name: string, disks: TestDomainDisk[], opts: { agentSocket?: string; console?: string } = {}): string {
+export function diskOnlyDomainXml(name: string, disks: TestDomainDisk[], opts: { agentSocket?: string; console?: string; mac?: string } = {}): string {
   const diskXml = disks.map((d) => {
     const device = d.device ?? 'disk';
     const bus = device === 'cdrom' ? 'sata' : 'virtio';
@@ -194,6 +194,7 @@ export function diskOnlyDomainXml(name: string, disks: TestDomainDisk[], opts: {
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
 ${diskXml.join('\n')}
 ${opts.console ? `    <serial type='file'><source path='${opts.console}'/></serial>` : ''}
+${opts.mac ? `    <interface type='user'><mac address='${opts.mac}'/><model type='virtio'/></interface>` : ''}
 ${opts.agentSocket ? `    <channel type='unix'><source mode='bind' path='${opts.agentSocket}'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>` : ''}
   </devices>
 </domain>
