@@ -64,7 +64,7 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     if (how === 'define') d.virsh('start', name);
   }
 
-  function job(name: string, vm: string, disks?: string[]): string {
+  function job(name: string, vm: string, disks?: string[], vms?: string): string {
     return writeJob(
       t.dir,
       [
@@ -73,7 +73,7 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
         '  host: libvirt',
         `  uri: "${d.uri}"`,
         `  scratchDir: ${scratch}`,
-        `  vms: [{ name: ${vm}${disks ? `, disks: [${disks.join(', ')}]` : ''} }]`,
+        `  vms: ${vms ?? `[{ name: ${vm}${disks ? `, disks: [${disks.join(', ')}]` : ''} }]`}`,
         'transport: auto',
         'repository: { type: filesystem, path: ./repo }',
         'storage: { blockSize: 256KiB }',
@@ -274,6 +274,17 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     const back = disk(await backup(jf), 'vda');
     expect(back.mode, back.modeReason).to.equal('incremental');
     await expectRestores(jf, 'off', 'vda', back.restorePoint, a);
+  });
+
+  it('vms: { match } backs up the domains whose names match, running or shut off', async () => {
+    for (const n of ['mt-a', 'mt-b']) domain(n, [{ dev: 'vda', file: image(`${n}.qcow2`, 'qcow2', 8, [[0, 65536, 0xa1]]), format: 'qcow2' }], n === 'mt-b' ? 'define' : 'create');
+    d.virsh('destroy', 'mt-b');
+    const r = await backup(job('match', '', undefined, '{ match: "mt-?" }'));
+    expect(r.vms.map((v) => [v.vm, v.status])).to.deep.equal([['mt-a', 'success'], ['mt-b', 'success']]);
+    expect(r.disks.map((x) => x.transport)).to.deep.equal(['nbd', 'hotadd']);
+    const none = await runFerry(['backup', job('nomatch', '', undefined, '{ match: "zz*" }'), '--json']);
+    expect(none.code).to.not.equal(0);
+    expect(none.stdout + none.stderr).to.include('SOURCE_VM_NOT_FOUND');
   });
 
   it('restore --define makes a new domain from the saved definition: restored files, new UUID and MAC', async () => {

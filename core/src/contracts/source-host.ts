@@ -21,12 +21,18 @@ import type { Extent } from './extent.js';
  * Optional members and their defaults:
  * - `snapshot` missing: the disks are at rest (powered-off VM, image files); the session reads the
  *   inventory's disks directly and releases nothing.
+ * - `listVms` missing: jobs on this host name their VMs; `defineVm` missing: no `restore --define`.
  */
 export interface SourceHost {
   /** Name shown in reports and errors, for example `file:/srv/images` or `qemu:unix:/run/vm1.qmp`. */
   readonly label: string;
   inventory(vms: readonly VmSelection[]): Promise<VmInventory[]>;
   snapshot?(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot>;
+  /**
+   * Names of every VM the host has, for a job's `vms: all` or `vms: { match: GLOB }`. Missing: the
+   * job must list its VMs (JOB_INVALID names the key).
+   */
+  listVms?(): Promise<string[]>;
   /**
    * Defines a new VM from a restore point's `VmDefinition` with its disks at the restored files
    * (`ferry restore --define NAME`): a new identity (UUID, MAC addresses), never over an existing VM

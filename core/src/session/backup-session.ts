@@ -51,6 +51,7 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
   try {
     const host = await rt.sourceHost();
     report.source = host.label;
+    await rt.resolveVms(host);
     report.repository = await placement.open(report.session);
     const s: Session = { rt, id: report.session, host, placement, slots: new DiskSlots(rt.spec.parallelDisks), signal: opts.signal };
     const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {

@@ -16,7 +16,7 @@ import { Domain } from './domain.js';
 import { unusableReason, type DomainDisk, type DomainInfo } from './libvirt-xml.js';
 import { LiveBackup, type PlannedDisk } from './live-backup.js';
 import { OfflineRead } from './offline-read.js';
-import { Virsh } from './virsh.js';
+import { lines, Virsh } from './virsh.js';
 
 /** The `source:` keys of `host: libvirt` (validated by the registered `configSchema`). */
 export interface LibvirtSourceConfig {
@@ -81,6 +81,11 @@ export class LibvirtSourceHost implements SourceHost {
       out.push({ name: sel.name, disks, ...(notes.length && { notes }) });
     }
     return out;
+  }
+
+  /** Every domain libvirt knows, running or not (`vms: all`, `vms: { match }`). */
+  async listVms(): Promise<string[]> {
+    return lines(await this.virsh.run(['list', '--all', '--name']));
   }
 
   /** The guest agent channel of a domain the inventory found (for guest processing). */
