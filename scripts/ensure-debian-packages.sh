@@ -10,11 +10,12 @@
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
 #                       libvirtd, virtlogd, virsh          (libvirt source host in tests; needs the
 #                                                          user libvirt-qemu and group kvm, made below)
+#   openssh-server, openssh-client  sshd, ssh, ssh-keygen  (qemu+ssh:// to a test's libvirtd)
 # Without root (or apt-get), it prints what is missing and the tests that need it skip, saying so.
 set -u
 declare -A need=([qemu-img]=qemu-utils [qemu-storage-daemon]=qemu-system-common [nbdkit]=nbdkit [nbdinfo]=libnbd-bin
   [openssl]=openssl [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs
-  [libvirtd]=libvirt-daemon [virsh]=libvirt-clients)
+  [libvirtd]=libvirt-daemon [virsh]=libvirt-clients [sshd]=openssh-server [ssh]=openssh-client)
 missing=()
 for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done
 compgen -G '/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so' >/dev/null || missing+=(libvirt-daemon-driver-qemu)

@@ -5,7 +5,7 @@ import { expect } from 'chai';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { sessionFiles } from '@ferry/source-libvirt';
 import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
-import { diskOnlyDomainXml, guestWrite, skipUnlessLibvirt, startLibvirtd, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
+import { diskOnlyDomainXml, guestWrite, skipUnlessLibvirt, SSH_TOOLS, startLibvirtd, startSshFront, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
 
 /**
  * The libvirt source host against a private libvirtd (started here) and TCG domains with disks and
@@ -64,14 +64,14 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     if (how === 'define') d.virsh('start', name);
   }
 
-  function job(name: string, vm: string, disks?: string[], vms?: string): string {
+  function job(name: string, vm: string, disks?: string[], vms?: string, uri = d.uri): string {
     return writeJob(
       t.dir,
       [
         `job: ${name}`,
         'source:',
         '  host: libvirt',
-        `  uri: "${d.uri}"`,
+        `  uri: "${uri}"`,
         `  scratchDir: ${scratch}`,
         `  vms: ${vms ?? `[{ name: ${vm}${disks ? `, disks: [${disks.join(', ')}]` : ''} }]`}`,
         'transport: auto',
@@ -285,6 +285,24 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     const none = await runFerry(['backup', job('nomatch', '', undefined, '{ match: "zz*" }'), '--json']);
     expect(none.code).to.not.equal(0);
     expect(none.stdout + none.stderr).to.include('SOURCE_VM_NOT_FOUND');
+  });
+
+  it('reaches a domain through qemu+ssh:// (an sshd on loopback with the test\'s own keys)', async function () {
+    skipUnlessTools(this, SSH_TOOLS);
+    const ssh = await startSshFront(d, path.join(t.dir, 'ssh'));
+    try {
+      const a = image('ssh-a.qcow2', 'qcow2', 16, [[0, MiB, 0xb1]]);
+      domain('sshdom', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+      const jf = job('overssh', 'sshdom', undefined, undefined, ssh.uri);
+      const full = await backup(jf);
+      expect(full.vms[0].notes!.join('\n')).to.include('running: libvirt pull-mode backup');
+      guestWrite(d, 'sshdom', 'vda', 2 * MiB, 65536, 0xb2);
+      const inc = disk(await backup(jf), 'vda');
+      expect(inc.mode, inc.modeReason).to.equal('incremental');
+      await expectRestores(jf, 'sshdom', 'vda', inc.restorePoint, a);
+    } finally {
+      await ssh.stop();
+    }
   });
 
   it('restore --define makes a new domain from the saved definition: restored files, new UUID and MAC', async () => {

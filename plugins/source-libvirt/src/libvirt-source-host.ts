@@ -110,7 +110,13 @@ export class LibvirtSourceHost implements SourceHost {
       return read;
     }
     const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir });
-    await live.start();
+    // A snapshot that fails half-way is never handed to the core, which would release it: undo here.
+    await live.start().catch(async (err: unknown) => {
+      await live.release('failed').catch((e: unknown) => {
+        if (err instanceof FerryError) throw new FerryError(err.code, `${err.detail}; undoing the backup also failed: ${e instanceof Error ? e.message : String(e)}`, err.where, { cause: err });
+      });
+      throw err;
+    });
     return live;
   }
 

@@ -1,5 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { skipBecause, skipUnlessTools } from '@ferry/core/testing';
 import { ROOT } from './helpers.js';
@@ -222,4 +223,69 @@ function diskAlias(d: LibvirtDaemon, domain: string, dev: string): string {
   const alias = at < 0 ? null : /<alias name='([^']+)'\/>/.exec(xml.slice(at));
   if (!alias) throw new Error(`no disk ${dev} in domain ${domain}`);
   return alias[1];
+}
+
+export const SSH_TOOLS = { sshd: 'openssh-server', ssh: 'openssh-client', 'ssh-keygen': 'openssh-client', nsenter: 'util-linux' };
+
+export interface SshFront {
+  /** `qemu+ssh://root@127.0.0.1:PORT/system?keyfile=...`: the daemon reached over SSH. */
+  uri: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * An sshd on loopback with its own host key, client key and config, running in the daemon's mount
+ * namespace: there libvirt's default socket (/run/libvirt/libvirt-sock) is this daemon's, so
+ * `qemu+ssh://.../system` reaches it as a remote host's daemon would be reached (libvirt's
+ * `virt-ssh-helper` on the far side, `proxy=native`). Stopped by process group.
+ */
+export async function startSshFront(d: LibvirtDaemon, dir: string): Promise<SshFront> {
+  mkdirSync(dir, { recursive: true });
+  mkdirSync('/run/sshd', { recursive: true });
+  for (const k of ['host_key', 'client_key']) {
+    const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(dir, k)], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`ssh-keygen: ${r.stderr}`);
+  }
+  writeFileSync(path.join(dir, 'authorized_keys'), readFileSync(path.join(dir, 'client_key.pub')));
+  const port = await freePort();
+  writeFileSync(
+    path.join(dir, 'sshd_config'),
+    [`Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${dir}/host_key`, `AuthorizedKeysFile ${dir}/authorized_keys`, 'PermitRootLogin prohibit-password', 'PasswordAuthentication no', 'StrictModes no', 'UsePAM no', `PidFile ${dir}/sshd.pid`, ''].join('\n'),
+  );
+  const pid = readFileSync(path.join(d.dir, 'libvirtd.pid'), 'utf8').trim();
+  const child = spawn('nsenter', [`--mount=/proc/${pid}/ns/mnt`, '/usr/sbin/sshd', '-D', '-e', '-f', path.join(dir, 'sshd_config')], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => {
+    if (stderr.length < 100_000) stderr += b.toString();
+  });
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+    const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      return;
+    }
+    await gone;
+  };
+  const deadline = Date.now() + 10_000;
+  while (!stderr.includes('Server listening')) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stop();
+      throw new Error(`sshd did not start: ${stderr}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { uri: `qemu+ssh://root@127.0.0.1:${port}/system?keyfile=${dir}/client_key&no_verify=1&proxy=native`, stop };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }
