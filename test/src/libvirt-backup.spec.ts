@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { skipUnlessTools } from '@ferry/core/testing';
@@ -106,6 +106,11 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
 
   function leftoverFiles(): string[] {
     return readdirSync(scratch);
+  }
+
+  async function waitShutOff(vm: string): Promise<void> {
+    for (let i = 0; i < 100 && d.virsh('domstate', vm).trim() !== 'shut off'; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(d.virsh('domstate', vm).trim()).to.equal('shut off');
   }
 
   function checkpoints(vm: string): string[] {
@@ -223,7 +228,7 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     expect(notes).to.include('aborted the backup job left running');
     expect(notes).to.include(`deleted checkpoint ferry.killed.${dead}`);
     expect(disk(r, 'vda').mode).to.equal('full');
-    expect(disk(r, 'vda').modeReason).to.include("an interrupted session's leftovers were cleaned");
+    expect(disk(r, 'vda').modeReason).to.include("an earlier session's leftovers were cleaned");
     await expectRestores(jf, 'kill', 'vda', disk(r, 'vda').restorePoint, a);
     expect(checkpoints('kill')).to.have.length(1);
     expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
@@ -256,24 +261,40 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     expect(r2.stdout + r2.stderr).to.include('vdz');
   });
 
-  it('reads a shut-off domain from its images, then a running one incrementally from the checkpoint QEMU saved', async () => {
+  it('a shut-off domain: incremental from the bitmap QEMU saved, in full after a crash, each said so', async () => {
     const a = image('off-a.qcow2', 'qcow2', 16, [[0, MiB, 0x81]]);
     domain('off', [{ dev: 'vda', file: a, format: 'qcow2' }], 'define');
     const jf = job('offline', 'off');
     await backup(jf);
     guestWrite(d, 'off', 'vda', 5 * MiB, 65536, 0x82);
     // a clean QEMU exit (as a guest's poweroff) saves the bitmaps into the qcow2
-    d.virsh('qemu-monitor-command', 'off', '--hmp', 'quit');
-    for (let i = 0; i < 50 && d.virsh('domstate', 'off').trim() !== 'shut off'; i++) await new Promise((r) => setTimeout(r, 100));
-    const offline = disk(await backup(jf), 'vda');
-    expect(offline).to.include({ mode: 'full', transport: 'hotadd' });
-    expect(offline.modeReason).to.include('is shut off');
-    await expectRestores(jf, 'off', 'vda', offline.restorePoint, a);
+    d.tryVirsh('qemu-monitor-command', 'off', '--hmp', 'quit'); // the monitor may close before it answers
+    await waitShutOff('off');
+    const saved = await backup(jf);
+    expect(disk(saved, 'vda')).to.include({ mode: 'incremental', transport: 'nbd' });
+    expect(disk(saved, 'vda').bytesRead).to.be.at.most(MiB);
+    expect(saved.vms[0].notes!.join('\n')).to.include('vda incrementally from bitmap ferry.offline.');
+    await expectRestores(jf, 'off', 'vda', disk(saved, 'vda').restorePoint, a);
+    expect(leftoverFiles(), 'qemu-nbd stopped, its socket gone').to.deep.equal([]);
+
     d.virsh('start', 'off');
     guestWrite(d, 'off', 'vda', 6 * MiB, 65536, 0x83);
     const back = disk(await backup(jf), 'vda');
     expect(back.mode, back.modeReason).to.equal('incremental');
     await expectRestores(jf, 'off', 'vda', back.restorePoint, a);
+
+    // QEMU killed: the bitmaps stay marked in use in the image
+    guestWrite(d, 'off', 'vda', 7 * MiB, 65536, 0x84);
+    process.kill(Number(readFileSync(path.join(d.dir, 'run', 'qemu', 'off.pid'), 'utf8')), 'SIGKILL');
+    await waitShutOff('off');
+    const crashed = disk(await backup(jf), 'vda');
+    expect(crashed).to.include({ mode: 'full', transport: 'hotadd' });
+    expect(crashed.modeReason).to.include('is shut off').and.match(/holds no bitmap ferry\.offline\.\S+ \(QEMU stopped without saving it\)|marked in use/);
+    await expectRestores(jf, 'off', 'vda', crashed.restorePoint, a);
+    d.virsh('start', 'off');
+    expect(disk(await backup(jf), 'vda').mode).to.equal('full');
+    guestWrite(d, 'off', 'vda', 8 * MiB, 65536, 0x85);
+    expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
   });
 
   it('vms: { match } backs up the domains whose names match, running or shut off', async () => {

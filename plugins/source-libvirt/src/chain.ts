@@ -16,12 +16,14 @@ export interface SessionFiles {
   prefix: string;
   socket: string;
   scratch(dev: string): string;
+  /** A shut-off domain's disk served by qemu-nbd. */
+  imageSocket(dev: string): string;
 }
 
 export function sessionFiles(folder: string, job: string, domainUuid: string, sessionId: string): SessionFiles {
   const prefix = `ferry-${tag(`job\0${job}`)}-${tag(`domain\0${domainUuid}`)}-`;
   const base = path.join(folder, `${prefix}${tag(`session\0${sessionId}`)}`);
-  return { prefix, socket: `${base}.sock`, scratch: (dev) => `${base}-${dev}.scratch.qcow2` };
+  return { prefix, socket: `${base}.sock`, scratch: (dev) => `${base}-${dev}.scratch.qcow2`, imageSocket: (dev) => `${base}-${dev}.sock` };
 }
 
 function tag(text: string): string {

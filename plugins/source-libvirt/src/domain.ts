@@ -63,11 +63,19 @@ export class Domain {
     return this.parse(`checkpoint-dumpxml ${name}`, () => parseCheckpoint(xml));
   }
 
-  /** Deletes a checkpoint; libvirt merges its bitmap into its parent's. False when it was gone already. */
-  async deleteCheckpoint(name: string): Promise<boolean> {
+  /**
+   * Deletes a checkpoint; libvirt merges its bitmap into its parent's. A checkpoint whose bitmap is
+   * gone from the images (QEMU killed before it saved it) can only lose its metadata. Resolves
+   * `metadata` in that case, false when the checkpoint was gone already.
+   */
+  async deleteCheckpoint(name: string): Promise<boolean | 'metadata'> {
     const r = await this.virsh.tryRun(['checkpoint-delete', this.ref, name], this.call());
     if (r.ok) return true;
     if (!(await this.checkpointNames()).includes(name)) return false;
+    if (r.stderr.includes(`bitmap '${name}' not found`)) {
+      await this.virsh.run(['checkpoint-delete', this.ref, name, '--metadata'], this.call());
+      return 'metadata';
+    }
     throw new FerryError('SOURCE_COMMAND_FAILED', `virsh checkpoint-delete ${this.ref} ${name} failed: ${r.stderr.trim()}`, this.virsh.context(this.call()));
   }
 

@@ -105,8 +105,11 @@ export class LibvirtSourceHost implements SourceHost {
     }
     const state = await k.domain.state();
     if (AT_REST.has(state)) {
-      const read = new OfflineRead({ domain: k.domain, info, disks: disks.map((p) => ({ ...p, source: info.disks.find((x) => x.dev === p.dev)! })), session, state });
-      await read.start();
+      const read = new OfflineRead({ domain: k.domain, info, disks: disks.map((p) => ({ ...p, source: info.disks.find((x) => x.dev === p.dev)! })), session, state, scratchDir: this.scratchDir });
+      await read.start().catch(async (err: unknown) => {
+        await read.release();
+        throw err;
+      });
       return read;
     }
     const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir });

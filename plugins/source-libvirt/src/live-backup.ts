@@ -62,7 +62,7 @@ export class LiveBackup implements VmSnapshot {
     let choices = this.input.disks.map((disk): DiskChoice => {
       const reason =
         whyFull({ job: session.job, domain: this.input.info, disk, previous: session.previous, checkpoints }) ??
-        (cleaned.length ? `an interrupted session's leftovers were cleaned (${cleaned.join('; ')}): a full read starts the chain afresh` : undefined);
+        (cleaned.length ? `an earlier session's leftovers were cleaned (${cleaned.join('; ')}): a full read starts the chain afresh` : undefined);
       if (reason) return { disk, fullReason: reason };
       return { disk, incremental: session.previous!.disks.find((d) => d.name === disk.dev)!.changeTracking!.id };
     });
@@ -161,11 +161,12 @@ export class LiveBackup implements VmSnapshot {
     const keep = previousCheckpoints(session.previous, session.job, info.uuid);
     const names = (await domain.checkpointNames()).filter((n) => isJobTrackingName(session.job, n) && !keep.has(n));
     for (const name of names.sort().reverse()) {
-      if (await domain.deleteCheckpoint(name)) done.push(`deleted checkpoint ${name}, which no restore point counts from`);
+      const gone = await domain.deleteCheckpoint(name);
+      if (gone) done.push(`deleted checkpoint ${name}, which no restore point counts from${gone === 'metadata' ? ' (its bitmap was lost with QEMU: metadata only)' : ''}`);
     }
     const left = await this.removeFiles(true);
     if (left.length) done.push(`removed ${left.join(', ')}`);
-    if (done.length) this.notes.push(`leftovers of an interrupted session of job ${session.job} on domain ${this.name}: ${done.join('; ')}`);
+    if (done.length) this.notes.push(`leftovers of an earlier session of job ${session.job} on domain ${this.name}: ${done.join('; ')}`);
     return done;
   }
 

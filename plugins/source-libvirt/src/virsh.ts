@@ -57,7 +57,7 @@ export class Virsh {
     const err = r.err;
     if (!err) return r;
     if (err.code === 'ENOENT') {
-      throw new FerryError('SOURCE_UNREACHABLE', `${this.binary} is not installed (Debian package libvirt-clients); it is how Ferry talks to libvirt at ${this.uri}`, this.context(call));
+      throw new FerryError('SOURCE_UNREACHABLE', `${this.binary} is not installed (Debian package libvirt-clients); it is how Ferry talks to libvirt at ${this.uri}`, this.context(call, true));
     }
     if (err.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') {
       throw new FerryError('SOURCE_COMMAND_FAILED', `${this.describe(args, call)} printed more than ${VIRSH_MAX_OUTPUT} bytes`, this.context(call));
@@ -66,7 +66,7 @@ export class Virsh {
       throw new FerryError('SOURCE_COMMAND_FAILED', `${this.describe(args, call)} did not finish within ${timeout / 1000} s`, this.context(call));
     }
     if (r.stderr.toLowerCase().includes('failed to connect to the hypervisor')) {
-      throw new FerryError('SOURCE_UNREACHABLE', `libvirt at ${this.uri} cannot be reached: ${firstLines(r.stderr)}`, this.context(call));
+      throw new FerryError('SOURCE_UNREACHABLE', `libvirt at ${this.uri} cannot be reached: ${firstLines(r.stderr)}`, this.context(call, true));
     }
     return { ok: false, stdout: r.stdout, stderr: r.stderr };
   }
@@ -96,8 +96,9 @@ export class Virsh {
     return `virsh ${args.join(' ')}${call.domain ? ` (domain ${call.domain})` : ''}`;
   }
 
-  context(call: VirshCall = {}): ErrorLocation {
-    return { ...this.where, host: this.uri, ...(call.domain && { vm: call.domain }) };
+  /** Where an error happened: the host and domain (the job file's `uri` line only for an unreachable host). */
+  context(call: VirshCall = {}, atUri = false): ErrorLocation {
+    return { ...(atUri && this.where), host: this.uri, ...(call.domain && { vm: call.domain }) };
   }
 }
 
