@@ -5,7 +5,8 @@ import { expect } from 'chai';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { sessionFiles } from '@ferry/source-libvirt';
 import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
-import { diskOnlyDomainXml, guestWrite, skipUnlessLibvirt, SSH_TOOLS, startLibvirtd, startSshFront, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
+import { makeTestCerts } from '@ferry/transport-nbd/dist/test-support/tls-certs.js';
+import { diskOnlyDomainXml, freePort, guestWrite, skipUnlessLibvirt, SSH_TOOLS, startLibvirtd, startSshFront, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
 
 /**
  * The libvirt source host against a private libvirtd (started here) and TCG domains with disks and
@@ -64,7 +65,7 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     if (how === 'define') d.virsh('start', name);
   }
 
-  function job(name: string, vm: string, disks?: string[], vms?: string, uri = d.uri): string {
+  function job(name: string, vm: string, disks?: string[], vms?: string, uri = d.uri, extra: string[] = []): string {
     return writeJob(
       t.dir,
       [
@@ -74,7 +75,7 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
         `  uri: "${uri}"`,
         `  scratchDir: ${scratch}`,
         `  vms: ${vms ?? `[{ name: ${vm}${disks ? `, disks: [${disks.join(', ')}]` : ''} }]`}`,
-        'transport: auto',
+        ...(extra.length ? extra : ['transport: auto']),
         'repository: { type: filesystem, path: ./repo }',
         'storage: { blockSize: 256KiB }',
       ].join('\n'),
@@ -323,6 +324,36 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
       await expectRestores(jf, 'sshdom', 'vda', inc.restorePoint, a);
     } finally {
       await ssh.stop();
+    }
+  });
+
+  it('exports over TCP with TLS for readers on other machines (nbd: { host, port, tls })', async function () {
+    skipUnlessTools(this, { openssl: 'openssl' });
+    const certs = makeTestCerts(path.join(t.dir, 'pki'));
+    const d2 = await startLibvirtd(path.join(t.dir, 'daemon-tls'), { qemuConf: `backup_tls_x509_cert_dir = "${certs.serverDir}"\nbackup_tls_x509_verify = 1\n` });
+    try {
+      const a = image('tls-a.qcow2', 'qcow2', 16, [[0, MiB, 0xc1]]);
+      const xml = path.join(t.dir, 'tls.xml');
+      writeFileSync(xml, diskOnlyDomainXml('tlsdom', [{ dev: 'vda', file: a, format: 'qcow2' }]));
+      d2.virsh('create', xml);
+      const port = await freePort();
+      const jf = job('overtls', 'tlsdom', undefined, undefined, d2.uri, [
+        `  nbd: { host: 127.0.0.1, port: ${port}, tls: true }`,
+        `transport: { name: nbd, tls: { dir: ${certs.clientDir} } }`,
+      ]);
+      const full = await backup(jf);
+      expect(full.vms[0].notes!.join('\n')).to.include(`NBD on tcp:127.0.0.1:${port} (TLS)`);
+      guestWrite(d2, 'tlsdom', 'vda', 3 * MiB, 65536, 0xc2);
+      const inc = disk(await backup(jf), 'vda');
+      expect(inc).to.include({ mode: 'incremental', transport: 'nbd' });
+      await expectRestores(jf, 'tlsdom', 'vda', inc.restorePoint, a);
+      // without the client certificate the export refuses the reader: the VM fails, named
+      const noCert = job('overtls', 'tlsdom', undefined, undefined, d2.uri, [`  nbd: { host: 127.0.0.1, port: ${port}, tls: true }`, `transport: { name: nbd, tls: { dir: ${certs.caOnlyDir} } }`]);
+      const r = await runFerry(['backup', noCert, '--json']);
+      expect(r.code).to.not.equal(0);
+      expect(d2.tryVirsh('backup-dumpxml', 'tlsdom').status, 'the failed session ended its backup job').to.not.equal(0);
+    } finally {
+      await d2.stop();
     }
   });
 

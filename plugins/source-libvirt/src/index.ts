@@ -21,6 +21,12 @@ export function register(r: PluginRegistrar): void {
         properties: {
           uri: { type: 'string', minLength: 1 },
           scratchDir: { type: 'string', minLength: 1, ferryPath: 'directory' },
+          nbd: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['host', 'port'],
+            properties: { host: { type: 'string', minLength: 1 }, port: { type: 'integer', minimum: 1, maximum: 65535 }, tls: { type: 'boolean' } },
+          },
         },
       },
     },

@@ -24,6 +24,13 @@ export interface LibvirtSourceConfig {
   uri?: string;
   /** Folder for the NBD socket and scratch images of running domains' backups; default the system temp folder. */
   scratchDir?: string;
+  /**
+   * Export running domains' disks over TCP instead of a unix socket: QEMU listens on `host`, port
+   * `port` + the VM's place in `vms:` (several VMs of a session back up at once); `tls` uses the
+   * certificates of libvirt's `backup_tls_x509_cert_dir` (qemu.conf) and needs the job's
+   * `transport.tls` on the reading side.
+   */
+  nbd?: { host: string; port: number; tls?: boolean };
 }
 
 export const DEFAULT_URI = 'qemu:///system';
@@ -49,6 +56,7 @@ export class LibvirtSourceHost implements SourceHost {
   private readonly virsh: Virsh;
   private readonly known = new Map<string, KnownDomain>();
   private readonly scratchDir: string;
+  private readonly nbd?: LibvirtSourceConfig['nbd'];
 
   constructor(
     config: LibvirtSourceConfig,
@@ -56,6 +64,7 @@ export class LibvirtSourceHost implements SourceHost {
   ) {
     this.virsh = new Virsh(config.uri ?? DEFAULT_URI, job.where(['source', 'uri']));
     this.scratchDir = config.scratchDir ?? os.tmpdir();
+    this.nbd = config.nbd;
   }
 
   get label(): string {
@@ -112,7 +121,8 @@ export class LibvirtSourceHost implements SourceHost {
       });
       return read;
     }
-    const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir });
+    const tcp = this.nbd && { host: this.nbd.host, port: this.nbd.port + k.index, tls: this.nbd.tls === true };
+    const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir, ...(tcp && { tcp }) });
     // A snapshot that fails half-way is never handed to the core, which would release it: undo here.
     await live.start().catch(async (err: unknown) => {
       await live.release('failed').catch((e: unknown) => {

@@ -41,16 +41,18 @@ describe('libvirt XML', () => {
     expect(cp.parent).to.equal('c1');
     expect([...cp.bitmaps]).to.deep.equal(['vda']);
     const job = parseBackupJob(`<domainbackup mode='pull'><server transport='unix' socket='/s.sock'/><disks><disk name='vda' backup='yes' type='file' backupmode='incremental' incremental='c1' exportname='vda' exportbitmap='backup-vda' index='3'><scratch file='/x'/></disk><disk name='sda' backup='no'/></disks></domainbackup>`);
-    expect(job).to.deep.equal({ socket: '/s.sock', disks: [{ dev: 'vda', exportName: 'vda', exportBitmap: 'backup-vda', mode: 'incremental', incremental: 'c1' }] });
+    expect(job).to.deep.equal({ socket: '/s.sock', disks: [{ dev: 'vda', scratch: '/x', exportName: 'vda', exportBitmap: 'backup-vda', mode: 'incremental', incremental: 'c1' }] });
   });
 
   it('writes backup and checkpoint definitions that read back, escaping names', () => {
-    const b = parseBackupJob(backupXml("/tmp/a'b.sock", [{ dev: 'vda', scratch: '/tmp/s', incremental: 'ferry.j.1' }, { dev: 'vdb', scratch: '/tmp/t' }, { dev: 'sda' }]));
+    const b = parseBackupJob(backupXml({ socket: "/tmp/a'b.sock" }, [{ dev: 'vda', scratch: '/tmp/s', incremental: 'ferry.j.1' }, { dev: 'vdb', scratch: '/tmp/t' }, { dev: 'sda' }]));
     expect(b.socket).to.equal("/tmp/a'b.sock");
     expect(b.disks).to.deep.equal([
-      { dev: 'vda', mode: 'incremental', incremental: 'ferry.j.1' },
-      { dev: 'vdb', mode: 'full' },
+      { dev: 'vda', scratch: '/tmp/s', mode: 'incremental', incremental: 'ferry.j.1' },
+      { dev: 'vdb', scratch: '/tmp/t', mode: 'full' },
     ]);
+    const tcp = parseBackupJob(backupXml({ host: '::1', port: 10810, tls: true }, [{ dev: 'vda', scratch: '/s' }]));
+    expect(tcp.tcp).to.equal('::1:10810');
     const c = parseCheckpoint(checkpointXml('ferry.j.<1>', 'job & session', ['vda', 'vdb'], new Set(['vdb'])));
     expect(c.name).to.equal('ferry.j.<1>');
     expect([...c.bitmaps]).to.deep.equal(['vdb']);

@@ -159,6 +159,8 @@ export function parseCheckpoint(xml: string): CheckpointInfo {
 
 export interface BackupJobDisk {
   dev: string;
+  /** The scratch image (copy-before-write target) of the disk. */
+  scratch?: string;
   exportName?: string;
   exportBitmap?: string;
   mode?: string;
@@ -179,6 +181,7 @@ export function parseBackupJob(xml: string): BackupJob {
     .filter((d) => attr(d, 'backup') !== 'no')
     .map((d) => ({
       dev: attr(d, 'name') ?? '',
+      ...(attr(child(d, 'scratch'), 'file') && { scratch: attr(child(d, 'scratch'), 'file') }),
       ...(attr(d, 'exportname') && { exportName: attr(d, 'exportname') }),
       ...(attr(d, 'exportbitmap') && { exportBitmap: attr(d, 'exportbitmap') }),
       ...(attr(d, 'backupmode') && { mode: attr(d, 'backupmode') }),
@@ -197,12 +200,18 @@ export interface BackupDiskPlan {
   incremental?: string;
 }
 
-/** `<domainbackup mode='pull'>` exporting the planned disks over NBD on a unix socket. */
-export function backupXml(socket: string, disks: BackupDiskPlan[]): string {
+/** Where the backup's NBD server listens: a unix socket, or TCP (optionally with TLS). */
+export type BackupServer = { socket: string } | { host: string; port: number; tls: boolean };
+
+/** `<domainbackup mode='pull'>` exporting the planned disks over NBD. */
+export function backupXml(server: BackupServer, disks: BackupDiskPlan[]): string {
   return builder.build({
     domainbackup: {
       '@_mode': 'pull',
-      server: { '@_transport': 'unix', '@_socket': socket },
+      server:
+        'socket' in server
+          ? { '@_transport': 'unix', '@_socket': server.socket }
+          : { '@_transport': 'tcp', '@_name': server.host, '@_port': String(server.port), ...(server.tls && { '@_tls': 'yes' }) },
       disks: {
         disk: disks.map((d) =>
           d.scratch

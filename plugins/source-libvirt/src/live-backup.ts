@@ -3,7 +3,7 @@ import path from 'node:path';
 import { FerryError, isJobTrackingName, trackingName, type SessionInfo, type SourceDisk, type VmDefinition, type VmSnapshot } from '@ferry/core/plugin';
 import { BITMAP_FORMATS, previousCheckpoints, sessionFiles, tracking, whyFull, type SessionFiles } from './chain.js';
 import type { Domain } from './domain.js';
-import { backupXml, checkpointXml, type CheckpointInfo, type DomainInfo } from './libvirt-xml.js';
+import { backupXml, checkpointXml, type BackupJob, type CheckpointInfo, type DomainInfo } from './libvirt-xml.js';
 import { firstLines } from './virsh.js';
 
 /** One disk of the domain the job backs up, as found at the snapshot. */
@@ -21,6 +21,8 @@ export interface LiveBackupInput {
   session: SessionInfo;
   /** Folder for the NBD socket and the scratch images (QEMU writes there). */
   scratchDir: string;
+  /** NBD over TCP (for proxies on other machines, remote hosts) instead of the unix socket. */
+  tcp?: { host: string; port: number; tls: boolean };
 }
 
 interface DiskChoice {
@@ -82,8 +84,8 @@ export class LiveBackup implements VmSnapshot {
     }
     this.created = this.tracked(choices).size > 0;
     const job = await domain.backupJob();
-    if (!job || job.socket !== this.files.socket) {
-      throw new FerryError('SOURCE_COMMAND_FAILED', `the backup job of domain ${this.name} did not start as asked (its export is at ${job?.socket ?? 'nowhere'})`, domain.virsh.context({ domain: this.name }));
+    if (!job || !this.isOurs(job)) {
+      throw new FerryError('SOURCE_COMMAND_FAILED', `the backup job of domain ${this.name} did not start as asked (its export is at ${job ? exportOf(job) : 'nowhere'})`, domain.virsh.context({ domain: this.name }));
     }
     this.disks = choices.map((c) => {
       const exp = job.disks.find((d) => d.dev === c.disk.dev);
@@ -91,7 +93,12 @@ export class LiveBackup implements VmSnapshot {
         name: c.disk.dev,
         size: c.disk.size,
         format: 'raw',
-        nbd: { address: `unix:${this.files.socket}`, exportName: exp?.exportName ?? c.disk.dev, ...(c.incremental && { bitmap: exp?.exportBitmap ?? `backup-${c.disk.dev}` }) },
+        nbd: {
+          address: this.address,
+          exportName: exp?.exportName ?? c.disk.dev,
+          ...(c.incremental && { bitmap: exp?.exportBitmap ?? `backup-${c.disk.dev}` }),
+          ...(this.input.tcp?.tls && { tls: true }),
+        },
       };
       if (this.tracked(choices).has(c.disk.dev)) d.changeTracking = tracking(this.checkpoint, this.input.info.uuid);
       if (c.incremental) d.changes = { since: session.previous!.id };
@@ -99,7 +106,19 @@ export class LiveBackup implements VmSnapshot {
       return d;
     });
     this.definition = await domain.definition();
-    this.notes.push(`domain ${this.name} is running: libvirt pull-mode backup${this.created ? ` with checkpoint ${this.checkpoint}` : ''}, NBD on ${this.files.socket}`);
+    this.notes.push(`domain ${this.name} is running: libvirt pull-mode backup${this.created ? ` with checkpoint ${this.checkpoint}` : ''}, NBD on ${this.address}${this.input.tcp?.tls ? ' (TLS)' : ''}`);
+  }
+
+  /** Where the proxy reads the export. */
+  private get address(): string {
+    const tcp = this.input.tcp;
+    return tcp ? `tcp:${tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host}:${tcp.port}` : `unix:${this.files.socket}`;
+  }
+
+  /** This session's backup job: its scratch images are this session's. */
+  private isOurs(job: BackupJob): boolean {
+    const own = new Set(this.input.disks.map((d) => this.files.scratch(d.dev)));
+    return job.disks.length > 0 && job.disks.every((d) => d.scratch !== undefined && own.has(d.scratch));
   }
 
   /** Disks that get a bitmap in this session's checkpoint. */
@@ -111,7 +130,7 @@ export class LiveBackup implements VmSnapshot {
     const { domain, info } = this.input;
     const planned = new Map(choices.map((c) => [c.disk.dev, c]));
     const backup = backupXml(
-      this.files.socket,
+      this.input.tcp ?? { socket: this.files.socket },
       info.disks.map((d) => {
         const c = planned.get(d.dev);
         return c ? { dev: d.dev, scratch: this.files.scratch(d.dev), ...(c.incremental && { incremental: c.incremental }) } : { dev: d.dev };
@@ -148,15 +167,16 @@ export class LiveBackup implements VmSnapshot {
     const done: string[] = [];
     const job = await domain.backupJob();
     if (job) {
-      const base = job.socket ? path.basename(job.socket) : '';
-      if (!base.startsWith(this.files.prefix)) {
+      // one of this job's sessions: its scratch images carry the job's and domain's prefix
+      const jobs = job.disks.length > 0 && job.disks.every((d) => d.scratch !== undefined && path.basename(d.scratch).startsWith(this.files.prefix));
+      if (!jobs) {
         throw new FerryError(
           'SOURCE_COMMAND_FAILED',
-          `domain ${this.name} runs another backup job (export ${job.socket ?? job.tcp ?? 'unknown'}), and libvirt runs one backup job per domain: wait for it or end it with virsh domjobabort`,
+          `domain ${this.name} runs another backup job (export ${exportOf(job)}), and libvirt runs one backup job per domain: wait for it or end it with virsh domjobabort`,
           domain.virsh.context({ domain: this.name }),
         );
       }
-      if (await domain.abortJob()) done.push(`aborted the backup job left running (export ${job.socket})`);
+      if (await domain.abortJob()) done.push(`aborted the backup job left running (export ${exportOf(job)})`);
     }
     const keep = previousCheckpoints(session.previous, session.job, info.uuid);
     const names = (await domain.checkpointNames()).filter((n) => isJobTrackingName(session.job, n) && !keep.has(n));
@@ -186,7 +206,7 @@ export class LiveBackup implements VmSnapshot {
   /** The export must still be there after the reads: a domain that stopped meanwhile ended it. */
   async check(): Promise<void> {
     const job = await this.input.domain.backupJob();
-    if (!job || job.socket !== this.files.socket) {
+    if (!job || !this.isOurs(job)) {
       throw new FerryError('SOURCE_COMMAND_FAILED', `the backup job of domain ${this.name} ended before the session finished (was the domain stopped?)`, {
         ...this.input.domain.virsh.context({ domain: this.name }),
       });
@@ -208,7 +228,7 @@ export class LiveBackup implements VmSnapshot {
     };
     await step('ending the backup job', async () => {
       const job = await domain.backupJob();
-      if (job?.socket === this.files.socket) await domain.abortJob();
+      if (job && this.isOurs(job)) await domain.abortJob();
     });
     if (outcome === 'success' && this.created) {
       await step('deleting older checkpoints', async () => {
@@ -223,4 +243,8 @@ export class LiveBackup implements VmSnapshot {
       throw new FerryError('SOURCE_COMMAND_FAILED', `releasing the backup of domain ${this.name} failed: ${failures.join('; ')}`, domain.virsh.context({ domain: this.name }));
     }
   }
+}
+
+function exportOf(job: BackupJob): string {
+  return job.socket ?? job.tcp ?? 'unknown';
 }

@@ -83,12 +83,16 @@ exec libvirtd -f "$D/etc/libvirtd.conf" -p "$D/libvirtd.pid"
  */
 export const LIBVIRT_CACHE_DIR = path.join(ROOT, '.cache', 'libvirt');
 
-/** Starts the daemon in `dir` (a fresh temp folder the caller removes) and waits for its socket. */
-export async function startLibvirtd(dir: string, readyMs = 30_000): Promise<LibvirtDaemon> {
+/**
+ * Starts the daemon in `dir` (a fresh temp folder the caller removes) and waits for its socket.
+ * `qemuConf`: more qemu.conf lines (e.g. `backup_tls_x509_cert_dir`).
+ */
+export async function startLibvirtd(dir: string, opts: { qemuConf?: string; readyMs?: number } = {}): Promise<LibvirtDaemon> {
+  const readyMs = opts.readyMs ?? 30_000;
   for (const sub of ['run', 'lib', 'log', 'etc']) mkdirSync(path.join(dir, sub), { recursive: true });
   mkdirSync(LIBVIRT_CACHE_DIR, { recursive: true });
   writeFileSync(path.join(dir, 'etc', 'libvirtd.conf'), LIBVIRTD_CONF);
-  writeFileSync(path.join(dir, 'etc', 'qemu.conf'), QEMU_CONF);
+  writeFileSync(path.join(dir, 'etc', 'qemu.conf'), QEMU_CONF + (opts.qemuConf ?? ''));
   writeFileSync(path.join(dir, 'start.sh'), START);
   const socket = path.join(dir, 'run', 'libvirt-sock');
   const uri = `qemu:///system?socket=${socket}`;
@@ -279,7 +283,7 @@ export async function startSshFront(d: LibvirtDaemon, dir: string): Promise<SshF
   return { uri: `qemu+ssh://root@127.0.0.1:${port}/system?keyfile=${dir}/client_key&no_verify=1&proxy=native`, stop };
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.once('error', reject);
