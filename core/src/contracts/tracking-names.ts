@@ -1,5 +1,5 @@
 /**
- * Names of the change-tracking objects a source host creates on the hypervisor for a job's session
+ * Part of the source host contract: names of the change-tracking objects a source host creates on the hypervisor for a job's session
  * (a QEMU dirty bitmap, a libvirt checkpoint): `ferry.<job>.<session>`. The job in the name keeps
  * two jobs on one VM apart; the session tells a crashed session's object from the running one's.
  * Job names hold no `/` and session ids (restore point ids) no dot, so the name is a valid bitmap
