@@ -1,10 +1,9 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { skipUnlessTools } from '@ferry/core/testing';
-import { sessionFiles } from '@ferry/source-libvirt';
-import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { FERRY_BIN, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { makeTestCerts } from '@ferry/transport-nbd/dist/test-support/tls-certs.js';
 import { diskOnlyDomainXml, freePort, guestWrite, skipUnlessLibvirt, SSH_TOOLS, startLibvirtd, startSshFront, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
 
@@ -209,30 +208,37 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
   });
 
-  it("cleans a killed session's backup job, checkpoint and files, says so, reads in full, then incremental", async () => {
-    const a = image('kill-a.qcow2', 'qcow2', 16, [[0, MiB, 0x71]]);
-    domain('kill', [{ dev: 'vda', file: a, format: 'qcow2' }]);
-    const jf = job('killed', 'kill');
+  it('a backup killed with SIGKILL while it reads: the next run cleans up after it, reads in full, then incremental', async () => {
+    const raw = path.join(t.dir, 'sig-a.raw');
+    run('dd', ['if=/dev/urandom', `of=${raw}`, 'bs=1M', 'count=96', 'status=none']);
+    const a = path.join(t.dir, 'sig-a.qcow2');
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, a]);
+    domain('sig', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+    const jf = job('sigkill', 'sig');
     await backup(jf);
-    // What a session killed after backup-begin leaves: its checkpoint, its running export, its files.
-    const dead = '20990101T000000000Z-dead00';
-    const files = sessionFiles(scratch, 'killed', d.virsh('domuuid', 'kill').trim(), dead);
-    const bx = path.join(t.dir, 'dead-backup.xml');
-    const cx = path.join(t.dir, 'dead-cp.xml');
-    writeFileSync(bx, `<domainbackup mode='pull'><server transport='unix' socket='${files.socket}'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${files.scratch('vda')}'/></disk></disks></domainbackup>`);
-    writeFileSync(cx, `<domaincheckpoint><name>ferry.killed.${dead}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>`);
-    d.virsh('backup-begin', 'kill', bx, cx);
-    expect(existsSync(files.socket)).to.equal(true);
-    guestWrite(d, 'kill', 'vda', 3 * MiB, 65536, 0x72);
+    guestWrite(d, 'sig', 'vda', 0, MiB, 0xd1);
+    const child = spawn(process.execPath, [FERRY_BIN, 'backup', jf, '--json'], { stdio: 'ignore' });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const deadline = Date.now() + 60_000;
+    while (d.tryVirsh('backup-dumpxml', 'sig').status !== 0) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error('the backup ended before it could be killed');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.kill('SIGKILL');
+    await exited;
+    expect(d.tryVirsh('backup-dumpxml', 'sig').status, 'the killed session left its backup job').to.equal(0);
+    expect(checkpoints('sig')).to.have.length(2);
     const r = await backup(jf);
     const notes = r.vms[0].notes!.join('\n');
-    expect(notes).to.include('aborted the backup job left running');
-    expect(notes).to.include(`deleted checkpoint ferry.killed.${dead}`);
+    expect(notes).to.include('aborted the backup job left running').and.include('deleted checkpoint ferry.sigkill.');
     expect(disk(r, 'vda').mode).to.equal('full');
     expect(disk(r, 'vda').modeReason).to.include("an earlier session's leftovers were cleaned");
-    await expectRestores(jf, 'kill', 'vda', disk(r, 'vda').restorePoint, a);
-    expect(checkpoints('kill')).to.have.length(1);
-    expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
+    await expectRestores(jf, 'sig', 'vda', disk(r, 'vda').restorePoint, a);
+    guestWrite(d, 'sig', 'vda', 2 * MiB, MiB, 0xd2);
+    const inc = disk(await backup(jf), 'vda');
+    expect(inc.mode).to.equal('incremental');
+    await expectRestores(jf, 'sig', 'vda', inc.restorePoint, a);
+    expect(checkpoints('sig')).to.have.length(1);
     expect(leftoverFiles()).to.deep.equal([]);
   });
 
