@@ -4,6 +4,8 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { FERRY_BIN, json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { startService, type ServiceProcess } from './support/remote-services.js';
+import { initCerts } from '@ferry/core/remote/wire';
 import { makeTestCerts } from '@ferry/transport-nbd/dist/test-support/tls-certs.js';
 import { diskOnlyDomainXml, freePort, guestWrite, skipUnlessLibvirt, SSH_TOOLS, startLibvirtd, startSshFront, type LibvirtDaemon, type TestDomainDisk } from './support/libvirt-daemon.js';
 
@@ -360,6 +362,45 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
       expect(d2.tryVirsh('backup-dumpxml', 'tlsdom').status, 'the failed session ended its backup job').to.not.equal(0);
     } finally {
       await d2.stop();
+    }
+  });
+
+  it('through a repository service and a proxy: the definition travels with the point, --define restores through the service', async () => {
+    const certs = path.join(t.dir, 'svc-certs');
+    await initCerts(certs);
+    const services: ServiceProcess[] = [];
+    try {
+      services.push(await startService(['proxy', 'serve', '--listen', '127.0.0.1:0', '--certs', certs]));
+      services.push(await startService(['repository', 'serve', '--listen', '127.0.0.1:0', '--certs', certs, '--repository', path.join(t.dir, 'svc-repo')]));
+      const a = image('svc-a.qcow2', 'qcow2', 16, [[0, MiB, 0xe1]]);
+      domain('svc', [{ dev: 'vda', file: a, format: 'qcow2' }]);
+      const jf = writeJob(
+        t.dir,
+        [
+          'job: viaservice',
+          `source: { host: libvirt, uri: "${d.uri}", scratchDir: ${scratch}, vms: [{ name: svc }] }`,
+          'transport: auto',
+          `repository: { server: "${services[1].address}" }`,
+          `proxies: [{ address: "${services[0].address}" }]`,
+          `certs: ${certs}`,
+          'storage: { blockSize: 256KiB }',
+        ].join('\n'),
+        'viaservice.yaml',
+      );
+      expect(disk(await backup(jf), 'vda').mode).to.equal('full');
+      guestWrite(d, 'svc', 'vda', 4 * MiB, 65536, 0xe2);
+      const inc = disk(await backup(jf), 'vda');
+      expect(inc.mode).to.equal('incremental');
+      const out = path.join(t.dir, 'svc-defined');
+      const r = await runFerry(['restore', jf, '--vm', 'svc', '--to', out, '--define', 'svc-copy', '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
+      const rep = json<{ restorePoint: string; disks: { to: string }[] }>(r);
+      expect(rep.restorePoint).to.equal(inc.restorePoint);
+      const cmp = spawnSync('qemu-img', ['compare', '-U', '-f', 'raw', rep.disks[0].to, a], { encoding: 'utf8' });
+      expect(cmp.status, cmp.stdout + cmp.stderr).to.equal(0);
+      expect(d.virsh('domblklist', 'svc-copy')).to.include(rep.disks[0].to);
+    } finally {
+      await Promise.all(services.map((x) => x.stop()));
     }
   });
 
