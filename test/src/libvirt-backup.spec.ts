@@ -309,6 +309,7 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
   it('vms: { match } backs up the domains whose names match, running or shut off', async () => {
     for (const n of ['mt-a', 'mt-b']) domain(n, [{ dev: 'vda', file: image(`${n}.qcow2`, 'qcow2', 8, [[0, 65536, 0xa1]]), format: 'qcow2' }], n === 'mt-b' ? 'define' : 'create');
     d.virsh('destroy', 'mt-b');
+    domain('mt-c', [{ dev: 'sda', file: image('mt-c.iso', 'raw', 1), format: 'raw', device: 'cdrom', readonly: true }]); // nothing to back up: not taken
     const r = await backup(job('match', '', undefined, '{ match: "mt-?" }'));
     expect(r.vms.map((v) => [v.vm, v.status])).to.deep.equal([['mt-a', 'success'], ['mt-b', 'success']]);
     expect(r.disks.map((x) => x.transport)).to.deep.equal(['nbd', 'hotadd']);

@@ -92,9 +92,17 @@ export class LibvirtSourceHost implements SourceHost {
     return out;
   }
 
-  /** Every domain libvirt knows, running or not (`vms: all`, `vms: { match }`). */
+  /**
+   * Every domain libvirt knows, running or not, that has a disk to back up (`vms: all`,
+   * `vms: { match }`): a domain with only a cdrom would otherwise fail every run of the job.
+   */
   async listVms(): Promise<string[]> {
-    return lines(await this.virsh.run(['list', '--all', '--name']));
+    const out: string[] = [];
+    for (const name of lines(await this.virsh.run(['list', '--all', '--name']))) {
+      const info = await new Domain(this.virsh, name).info().catch(() => undefined);
+      if (info?.disks.some((d) => !unusableReason(d))) out.push(name);
+    }
+    return out;
   }
 
   /** The guest agent channel of a domain the inventory found (for guest processing). */
