@@ -46,8 +46,8 @@ export const ERROR_CODES = {
   SESSION_INTERRUPTED: 'the session was stopped (Ctrl-C, SIGTERM) and cleaned up; nothing unfinished was committed',
   WORKER_FAILED: 'a worker thread of the data pipe died (exited, or threw outside a task); its blocks and every later one fail instead of waiting',
   RESTORE_TARGET: 'the restore target cannot be written',
-  RESTORE_TARGET_EXISTS: 'the restore target is an existing file or a block device, and --force was not given',
-  RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point',
+  RESTORE_TARGET_EXISTS: 'the restore target is an existing file or a block device, and --force was not given; or (`restore --define`) the source host has a VM of that name already',
+  RESTORE_NOT_FOUND: 'the VM or disk asked for is not in the restore point, or (`restore --define`) the point holds no VM definition the source host can use',
   RESTORE_INCOMPLETE: 'a restore ended without every block of the block map written (a repository service that skipped one); the target is incomplete',
   // data pipe between the data movers
   PIPE_PROTOCOL: 'a data-pipe peer sent something that is not a valid frame or message (garbage, bad CRC-32, oversize frame, out of order, a header that does not match its verb: the message names verb and field)',
