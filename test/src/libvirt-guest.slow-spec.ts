@@ -139,6 +139,25 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
     expect(lastWriterRound(console()), 'the guest kept writing').to.be.greaterThan(points[1].frozenAt);
   });
 
+  it("the host reaches the guest's agent through libvirt, for guest processing", async () => {
+    const { JobRuntime } = await import('@ferry/core');
+    const { LibvirtSourceHost } = await import('@ferry/source-libvirt');
+    const rt = await JobRuntime.open(job);
+    try {
+      const host = (await rt.sourceHost()) as InstanceType<typeof LibvirtSourceHost>;
+      const [inv] = await host.inventory(rt.spec.source.vms);
+      expect(inv.notes!.join('\n')).to.include('guest agent channel: unix ');
+      expect(host.agentChannel('guest')).to.include({ type: 'unix', state: 'connected' });
+      expect(await host.agentCommand('guest', 'guest-ping')).to.deep.equal({});
+      expect(await host.agentCommand('guest', 'guest-fsfreeze-status')).to.equal('thawed');
+      const err = await host.agentCommand('guest', 'guest-no-such-command').then(() => undefined, (e: unknown) => e as { code?: string; message: string });
+      expect(err?.code).to.equal('SOURCE_COMMAND_FAILED');
+      expect(err?.message).to.include('guest-no-such-command');
+    } finally {
+      await rt.close();
+    }
+  });
+
   it('each point restores byte for byte to the frozen disk, and its ext4 passes e2fsck', async () => {
     expect(points).to.have.length(2);
     for (const p of points) {

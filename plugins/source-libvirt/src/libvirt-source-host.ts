@@ -105,9 +105,30 @@ export class LibvirtSourceHost implements SourceHost {
     return out;
   }
 
-  /** The guest agent channel of a domain the inventory found (for guest processing). */
+  /**
+   * The guest agent channel of a domain the inventory found (for guest processing). While the
+   * domain runs, libvirtd itself holds the connection to that socket: talk to the agent through
+   * `agentCommand`, not the path.
+   */
   agentChannel(vm: string): DomainInfo['agent'] {
     return this.known.get(vm)?.info.agent;
+  }
+
+  /**
+   * One QEMU guest agent command through libvirt (`virsh qemu-agent-command --timeout`), e.g.
+   * `guest-fsfreeze-freeze`: its `return` value. The agent's own errors and a guest that does not
+   * answer within `timeoutSec` are SOURCE_COMMAND_FAILED naming the command and the domain.
+   */
+  async agentCommand(vm: string, command: string, args?: Record<string, unknown>, timeoutSec = 30): Promise<unknown> {
+    const ref = this.known.get(vm)?.domain.ref ?? vm;
+    const call = { domain: vm, timeoutMs: (timeoutSec + 30) * 1000 };
+    const text = JSON.stringify({ execute: command, ...(args && { arguments: args }) });
+    const out = await this.virsh.run(['qemu-agent-command', '--timeout', String(timeoutSec), ref, text], call);
+    try {
+      return (JSON.parse(out) as { return?: unknown }).return;
+    } catch {
+      throw new FerryError('SOURCE_COMMAND_FAILED', `the guest agent of domain ${vm} answered ${command} with what is not JSON: ${out.slice(0, 200)}`, this.virsh.context(call));
+    }
   }
 
   async snapshot(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot> {
