@@ -210,6 +210,26 @@ describe('libvirt source host: checkpoints and pull-mode backups, end to end', f
     expect(disk(await backup(jf), 'vda').mode).to.equal('incremental');
   });
 
+  it('a persistent domain whose QEMU was killed and started again: libvirt refuses the lost bitmap, an explained full, then incremental', async () => {
+    const a = image('crash-a.qcow2', 'qcow2', 16, [[0, MiB, 0xf1]]);
+    domain('crash', [{ dev: 'vda', file: a, format: 'qcow2' }], 'define');
+    const jf = job('crashed', 'crash');
+    await backup(jf);
+    guestWrite(d, 'crash', 'vda', 3 * MiB, 65536, 0xf2);
+    process.kill(Number(readFileSync(path.join(d.dir, 'run', 'qemu', 'crash.pid'), 'utf8')), 'SIGKILL');
+    await waitShutOff('crash');
+    d.virsh('start', 'crash');
+    const r = disk(await backup(jf), 'vda');
+    expect(r.mode).to.equal('full');
+    expect(r.modeReason).to.include('libvirt refused the incremental backup');
+    await expectRestores(jf, 'crash', 'vda', r.restorePoint, a);
+    expect(checkpoints('crash'), 'the lost checkpoint is gone (metadata only)').to.have.length(1);
+    guestWrite(d, 'crash', 'vda', 5 * MiB, 65536, 0xf3);
+    const inc = disk(await backup(jf), 'vda');
+    expect(inc.mode, inc.modeReason).to.equal('incremental');
+    await expectRestores(jf, 'crash', 'vda', inc.restorePoint, a);
+  });
+
   it('a backup killed with SIGKILL while it reads: the next run cleans up after it, reads in full, then incremental', async () => {
     const raw = path.join(t.dir, 'sig-a.raw');
     run('dd', ['if=/dev/urandom', `of=${raw}`, 'bs=1M', 'count=96', 'status=none']);

@@ -130,6 +130,7 @@ export function parseDomain(xml: string): DomainInfo {
 /** Why a disk is not backed up, or undefined when it can be. */
 export function unusableReason(d: DomainDisk): string | undefined {
   if (d.device !== 'disk') return `it is a ${d.device}, not a disk`;
+  if (d.type === 'vhostuser') return "it is a vhost-user disk, served outside QEMU's block layer, which libvirt's backups read";
   if (d.readonly) return 'it is read-only';
   if (d.transient) return 'it is transient (its writes are discarded when the domain stops)';
   if (d.shareable) return 'it is shared with other domains, so no snapshot of it is consistent';
