@@ -82,6 +82,8 @@ export interface DomainDisk {
   readonly: boolean;
   shareable: boolean;
   transient: boolean;
+  /** The device's id in the running QEMU (`virtio-disk0`), when the domain runs. */
+  alias?: string;
 }
 
 export interface DomainInfo {
@@ -115,6 +117,7 @@ export function parseDomain(xml: string): DomainInfo {
         readonly: has(d, 'readonly'),
         shareable: has(d, 'shareable'),
         transient: has(d, 'transient'),
+        ...(attr(child(d, 'alias'), 'name') && { alias: attr(child(d, 'alias'), 'name') }),
       },
     ];
   });

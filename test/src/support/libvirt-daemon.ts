@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import net from 'node:net';
 import path from 'node:path';
 import { skipBecause, skipUnlessTools } from '@ferry/core/testing';
+import { parseDomain } from '@ferry/source-libvirt';
 import { ROOT } from './helpers.js';
 
 /**
@@ -221,12 +222,9 @@ export function guestWrite(d: LibvirtDaemon, domain: string, dev: string, offset
 }
 
 function diskAlias(d: LibvirtDaemon, domain: string, dev: string): string {
-  const xml = d.virsh('dumpxml', domain);
-  // test-only lookup in libvirt's own output: the alias of the disk with this target
-  const at = xml.indexOf(`<target dev='${dev}'`);
-  const alias = at < 0 ? null : /<alias name='([^']+)'\/>/.exec(xml.slice(at));
-  if (!alias) throw new Error(`no disk ${dev} in domain ${domain}`);
-  return alias[1];
+  const alias = parseDomain(d.virsh('dumpxml', domain)).disks.find((x) => x.dev === dev)?.alias;
+  if (!alias) throw new Error(`no running disk ${dev} in domain ${domain}`);
+  return alias;
 }
 
 export const SSH_TOOLS = { sshd: 'openssh-server', ssh: 'openssh-client', 'ssh-keygen': 'openssh-client', nsenter: 'util-linux' };
