@@ -13,6 +13,7 @@ const SAVED = `<domain type='qemu'>
       <backingStore type='file'><format type='qcow2'/><source file='/base.qcow2'/></backingStore>
       <target dev='vda' bus='virtio'/>
     </disk>
+    <disk type='network' device='disk'><driver name='qemu' type='raw'/><auth username='admin'><secret type='ceph' uuid='2ec115d7-3a88-3ceb-bc12-0ac909a6fd87'/></auth><source protocol='rbd' name='pool/img'><host name='mon1' port='6789'/></source><target dev='vdc' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/iso/x.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/img/shared.raw'/><target dev='vdb' bus='virtio'/><shareable/></disk>
     <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/><model type='virtio'/></interface>
@@ -23,16 +24,24 @@ const SAVED = `<domain type='qemu'>
 
 describe('libvirt domain definition for restore --define', () => {
   it('renames, drops UUID and MACs, points restored disks at their files and keeps the rest', () => {
-    const { xml, notes } = redefine(SAVED, { name: 'web1-copy', disks: [{ name: 'vda', path: '/restore/web1-copy-vda.raw', format: 'raw' }] });
+    const { xml, notes } = redefine(SAVED, {
+      name: 'web1-copy',
+      disks: [
+        { name: 'vda', path: '/restore/web1-copy-vda.raw', format: 'raw' },
+        { name: 'vdc', path: '/restore/web1-copy-vdc.raw', format: 'raw' },
+      ],
+    });
     const d = parseDomain(xml.replace('<name>web1-copy</name>', '<name>web1-copy</name><uuid>x</uuid>'));
     expect(d.name).to.equal('web1-copy');
     expect(xml).to.not.include('6c4d1b0e');
     expect(xml).to.not.include('52:54:00:aa:bb:cc');
     expect(xml).to.not.include('backingStore');
     expect(xml).to.not.include('/run/web1.agent');
+    expect(xml).to.not.include('ceph').and.not.include('mon1');
     expect(xml).to.include("cache=\"none\"");
     expect(d.disks.map((x) => [x.dev, x.type, x.path, x.format])).to.deep.equal([
       ['vda', 'file', '/restore/web1-copy-vda.raw', 'raw'],
+      ['vdc', 'file', '/restore/web1-copy-vdc.raw', 'raw'],
       ['sda', 'file', '/iso/x.iso', 'raw'],
       ['vdb', 'file', '/img/shared.raw', 'raw'],
     ]);

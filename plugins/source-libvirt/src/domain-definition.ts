@@ -87,7 +87,8 @@ export function redefine(definition: string, target: DefineTarget): Redefined {
       }
       used.add(r.name);
       dev[':@'] = { ...attrs(dev), '@_type': 'file' };
-      const kids = children(dev).filter((c) => !['source', 'backingStore'].includes(tagOf(c) ?? ''));
+      // the restored file holds the guest's plain view: no network source, backing chain, auth or encryption
+      const kids = children(dev).filter((c) => !['source', 'backingStore', 'auth', 'encryption'].includes(tagOf(c) ?? ''));
       const driver = kids.find((c) => tagOf(c) === 'driver');
       if (driver) driver[':@'] = { ...attrs(driver), '@_type': r.format };
       else kids.unshift(element('driver', { name: 'qemu', type: r.format }));
