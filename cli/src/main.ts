@@ -26,6 +26,7 @@ const LOADERS: Record<Verb, () => Promise<CommandFactory>> = {
   certs: async () => (await import('./commands/certs.js')).certsCommand as CommandFactory,
   proxy: async () => (await import('./commands/proxy.js')).proxyCommand as CommandFactory,
   repository: async () => (await import('./commands/repository-serve.js')).repositoryServeCommand as CommandFactory,
+  'guest-proxy': async () => (await import('./commands/guest-proxy.js')).guestProxyCommand as CommandFactory,
   key: async () => (await import('./commands/key.js')).keyCommand as CommandFactory,
   serve: async () => (await import('./commands/serve.js')).serveCommand as CommandFactory,
   'instant-recover': async () => (await import('./commands/instant-recover.js')).instantRecoverCommand as CommandFactory,
@@ -63,7 +64,7 @@ export async function main(argv: string[]): Promise<number> {
       .usage('$0 <command> [options]\n\nOpen, plugin-based block-level backup for virtual machines.');
     for (const c of commands) cli.command(c);
     cli
-      .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, serve, instant-recover, mount')
+      .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, guest-proxy serve, serve, instant-recover, mount')
       .strict()
       .help()
       .alias('h', 'help')

@@ -36,6 +36,7 @@ export type * from './report/session-report.js';
 export * from './session/job-runtime.js';
 export * from './session/backup-session.js';
 export * from './session/restore-session.js';
+export { restoreVm, type RestoreVmOptions, type RestoreVmReport } from './session/restore-vm.js';
 export * from './session/restore-sink.js';
 export * from './repository/damaged-blocks.js';
 export * from './repository/lock-record.js';

@@ -38,7 +38,7 @@ describe('@ferry/core/plugin', function () {
 
   it('exports the values a plugin uses and no internals', function () {
     expect(Object.keys(surface).sort()).to.deep.equal(
-      ['CORE_API_VERSION', 'ERROR_CODES', 'FerryError', 'PLUGIN_KINDS', 'Tokens', 'inject', 'injectable', 'isApiCompatible', 'isFerryError', 'supportedApiRange'],
+      ['CORE_API_VERSION', 'ERROR_CODES', 'FerryError', 'PLUGIN_KINDS', 'Tokens', 'inject', 'injectable', 'isApiCompatible', 'isFerryError', 'isJobTrackingName', 'supportedApiRange', 'trackingName'],
     );
   });
 });

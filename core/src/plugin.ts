@@ -33,3 +33,4 @@ export {
   type RegistrationOptions,
 } from './contracts/plugin.js';
 export type { DocPath, JobContext } from './job/job-context.js';
+export { isJobTrackingName, trackingName } from './contracts/tracking-names.js';

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
-import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-linux/dist/testing/sshd-guest.js';
+import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-common/testing';
 import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 
 const FIXTURE_PLUGINS = path.join(ROOT, 'test', 'fixtures', 'plugins');

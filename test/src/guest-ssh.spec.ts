@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import path from 'node:path';
 import { expect } from 'chai';
 import { makeVmImage, skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
-import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-linux/dist/testing/sshd-guest.js';
+import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-common/testing';
 import { basicJob, json, runFerry, tempDir, writeJob } from './support/helpers.js';
 
 interface GuestOut {

@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { runPrune, type PruneReport } from '@ferry/core';
+import { globMatcher, runPrune, type PruneReport } from '@ferry/core';
 import { EXIT, printJson } from '../output.js';
 import { openTarget } from './repository-target.js';
 import { VERBS } from './verbs.js';
@@ -23,7 +23,12 @@ export function pruneCommand(setCode: (c: number) => void): CommandModule<object
       let report: PruneReport;
       try {
         const spec = target.spec!;
-        report = await runPrune(target.repo, { job: spec.job, vms: spec.source.vms.map((v) => v.name), policy: spec.retention, dryRun: args.dryRun });
+        // `vms: all` / `{ match }`: the VMs this job has points of (the host may be gone by now).
+        const select = spec.source.select;
+        const vms = select
+          ? [...new Set((await target.repo.listPointsChecked()).points.filter((p) => p.job === spec.job).map((p) => p.vm))].filter(select === 'all' ? () => true : globMatcher(select.match))
+          : spec.source.vms.map((v) => v.name);
+        report = await runPrune(target.repo, { job: spec.job, vms, policy: spec.retention, dryRun: args.dryRun });
       } finally {
         await target.close();
       }

@@ -18,6 +18,7 @@ export const VERBS = {
   certs: { command: 'certs', describe: 'make the CA, keys and certificates the data-pipe services authenticate with' },
   proxy: { command: 'proxy <action>', describe: 'run the source-side data mover (backup proxy): `ferry proxy serve --listen HOST:PORT --certs DIR`' },
   repository: { command: 'repository <action>', describe: 'run the target-side data mover (repository service): `ferry repository serve --listen HOST:PORT --certs DIR --repository PATH|YAML`' },
+  'guest-proxy': { command: 'guest-proxy <action>', describe: 'run the guest interaction proxy: `ferry guest-proxy serve --listen HOST:PORT --certs DIR`' },
   key: { command: 'key <action> [job]', describe: 'change the passphrase of an encrypted repository (rewraps its keys; data is not rewritten)' },
   serve: { command: 'serve <job>', describe: 'serve a disk of a restore point as an NBD export (read from the repository on demand, every block verified)' },
   'instant-recover': { command: 'instant-recover <job>', describe: 'run a VM straight from a restore point: serve its disks over NBD and attach them to QEMU (--qmp) or print a QEMU command line (--print)' },

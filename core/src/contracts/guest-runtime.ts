@@ -107,6 +107,11 @@ export interface GuestStepResult {
   scripts?: ScriptOutcome[];
   /** Things the report shows as warnings (the step still counts as done). */
   warnings?: string[];
+  /**
+   * The step learned that the point can only be crash-consistent (for example VSS let go of the
+   * held writes before the thaw came); the report's `consistency` says `crash`.
+   */
+  crashConsistent?: boolean;
 }
 
 export interface ApplicationOutcome {

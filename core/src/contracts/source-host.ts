@@ -27,6 +27,7 @@ import type { Extent } from './extent.js';
  *   `abandon` is called exactly once when `open` did not resolve (a failed `take`, an interrupt,
  *   guest processing failing under `onGuestFailure: fail`); after `open` resolved, only the
  *   `VmSnapshot`'s `release` cleans up.
+ * - `listVms` missing: jobs on this host name their VMs; `defineVm` missing: no `restore --define`.
  */
 export interface SourceHost {
   /** Name shown in reports and errors, for example `file:/srv/images` or `qemu:unix:/run/vm1.qmp`. */
@@ -41,6 +42,17 @@ export interface SourceHost {
   guestAgent?(vm: string): Promise<string | undefined>;
   /** Since core API 1.2: the snapshot in three steps, so only `take` runs inside the guest's freeze window. */
   prepareSnapshot?(vm: VmInventory, session: SessionInfo): Promise<PreparedSnapshot>;
+  /**
+   * Names of every VM the host has, for a job's `vms: all` or `vms: { match: GLOB }`. Missing: the
+   * job must list its VMs (JOB_INVALID names the key).
+   */
+  listVms?(): Promise<string[]>;
+  /**
+   * Defines a new VM from a restore point's `VmDefinition` with its disks at the restored files
+   * (`ferry restore --define NAME`): a new identity (UUID, MAC addresses), never over an existing VM
+   * of that name (RESTORE_TARGET_EXISTS). Missing: the host cannot define VMs.
+   */
+  defineVm?(definition: VmDefinition, target: DefineTarget): Promise<DefinedVm>;
 }
 
 /**
@@ -55,6 +67,29 @@ export interface PreparedSnapshot {
   abandon(): Promise<void>;
 }
 
+/** A VM's definition as its host describes it (libvirt: the domain XML), kept with the restore point. */
+export interface VmDefinition {
+  /** What `text` is, e.g. `libvirt-domain-xml`; a host defines only formats it knows. */
+  format: string;
+  text: string;
+}
+
+export interface DefineTarget {
+  name: string;
+  /** Only check that the VM could be defined (name free, definition usable); define nothing. */
+  dryRun?: boolean;
+  /** The point's disks, restored: by the disk's name in the point. */
+  disks: { name: string; path: string; format: 'raw' | 'qcow2' | string }[];
+}
+
+export interface DefinedVm {
+  name: string;
+  /** The host's id of the new VM (libvirt: its UUID). */
+  id?: string;
+  /** What the definition kept or changed (devices not in the point, regenerated identities). */
+  notes: string[];
+}
+
 /** One VM as the job names it. `disks` missing means every disk of the VM. */
 export interface VmSelection {
   name: string;
@@ -66,6 +101,8 @@ export interface VmSelection {
 export interface VmInventory {
   name: string;
   disks: SourceDisk[];
+  /** What the report should say about the VM as found, e.g. disks left out and why. */
+  notes?: string[];
 }
 
 /**
@@ -126,6 +163,10 @@ export interface PreviousPoint {
 
 export interface VmSnapshot {
   disks: SourceDisk[];
+  /** What the report should say about this snapshot: how it was taken, leftovers of an interrupted session cleaned. */
+  notes?: string[];
+  /** The VM's definition at the snapshot, stored with the restore point (for `ferry restore --define`). */
+  definition?: VmDefinition;
   /**
    * Called after every disk was read and before the restore point is committed: throw when the
    * point-in-time view may not have held (for QEMU: the fleecing job died), and the VM's point is

@@ -25,6 +25,9 @@ import { addFerryPathKeyword, pathExists } from './ferry-path.js';
 import { guestSpec, type GuestSpec } from './guest-spec.js';
 export type { DocPath };
 
+/** `vms: all`, or `vms: { match: "web*" }` (`*` any characters, `?` one). */
+export type VmPattern = 'all' | { match: string };
+
 export interface JobLoadOptions {
   /**
    * Commands that only read the repository (list, restore) must work when the source is gone (the
@@ -39,7 +42,11 @@ export interface JobSpec {
   dir: string;
   job: string;
   pluginDirs: string[];
-  source: { host: string; config: Record<string, unknown>; vms: VmSelection[] };
+  /**
+   * `vms`: the VMs the job lists; with `select` (`vms: all` or `vms: { match: GLOB }`) empty until
+   * `JobRuntime.resolveVms` asks the source host for its VMs.
+   */
+  source: { host: string; config: Record<string, unknown>; vms: VmSelection[]; select?: VmPattern };
   /** Transport name (`auto`, `hotadd`, `nbd`, a plugin's), from `transport: NAME` or `{ name: NAME, ... }`. */
   transport: string;
   /** The transport's options (the mapping's other keys, validated by its `configSchema`); `{}` when none. */
@@ -77,6 +84,8 @@ export interface JobSpec {
   guests: Record<string, GuestSpec>;
   /** `guestProxies:` hosts that do the guest work instead of this one (`host:port`). */
   guestProxies?: string[];
+  /** The job's `certs:` folder (mutual TLS to a repository service, proxies and guest proxies). */
+  certs?: string;
 }
 
 /**
@@ -202,7 +211,7 @@ export class JobFile {
         this.where(['storage', 'blockSize']),
       );
     }
-    const { host, vms, ...sourceConfig } = d.source as { host: string; vms: Record<string, unknown>[] };
+    const { host, vms, ...sourceConfig } = d.source as { host: string; vms: Record<string, unknown>[] | VmPattern };
     const { type, encryption, immutability, ...repoConfig } = d.repository as { type: string } & Pick<JobSpec['repository'], 'encryption' | 'immutability'>;
     return {
       file: this.file,
@@ -212,13 +221,17 @@ export class JobFile {
       source: {
         host,
         config: sourceConfig,
-        vms: vms.map((v) => {
-          const { name, disks, guest: _guest, ...options } = v as { name: string; disks?: string[]; guest?: unknown };
-          return { name, disks, options };
-        }),
+        vms: Array.isArray(vms)
+          ? vms.map((v) => {
+              const { name, disks, guest: _guest, ...options } = v as { name: string; disks?: string[]; guest?: unknown };
+              return { name, disks, options };
+            })
+          : [],
+        ...(!Array.isArray(vms) && { select: vms }),
       },
-      guests: this.guests(vms),
+      guests: Array.isArray(vms) ? this.guests(vms) : {},
       ...(d.guestProxies && { guestProxies: (d.guestProxies as unknown as { address: string }[]).map((p) => p.address) }),
+      ...(d.certs !== undefined && { certs: d.certs as unknown as string }),
       transport: choiceName(d.transport ?? 'auto'),
       transportOptions: choiceOptions(d.transport ?? 'auto'),
       repository: { type, config: repoConfig, ...(encryption && { encryption }), ...(immutability && { immutability }) },
@@ -254,6 +267,9 @@ export class JobFile {
         path: 'certs',
       });
     }
+    if (this.data.guestProxies !== undefined && this.data.certs === undefined) {
+      throw new FerryError('JOB_INVALID', 'missing key "certs": guest proxies are reached over mutual TLS (ferry certs init DIR)', { ...this.where([]), path: 'certs' });
+    }
     if (this.data.proxies !== undefined && repo.server === undefined) {
       throw new FerryError('JOB_INVALID', 'proxies need a repository service (repository: { server: host:port }) that connects to them', this.whereKey([], 'proxies'));
     }
@@ -265,6 +281,7 @@ export class JobFile {
    */
   private checkVmsListedOnce(): void {
     const vms = (this.data.source as { vms: { name: string; disks?: string[] }[] }).vms;
+    if (!Array.isArray(vms)) return;
     const short = (l: ErrorLocation): string => `${path.basename(this.file)}:${l.line}:${l.column}`;
     const firstVm = new Map<string, number>();
     for (const [i, vm] of vms.entries()) {
@@ -365,6 +382,11 @@ export class JobFile {
       keyword: 'ferryAddress',
       validate: (_k: boolean, value: unknown) => typeof value === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$/.test(value),
       error: { message: 'must be an address host:port (or [v6 address]:port)' },
+    });
+    ajv.addKeyword({
+      keyword: 'ferryVms',
+      validate: (_k: boolean, value: unknown) => Array.isArray(value) || value === 'all' || (typeof value === 'object' && value !== null),
+      error: { message: 'must be a list of VMs (- name: web01), all, or { match: "web*" }' },
     });
     ajv.addKeyword({
       keyword: 'ferrySize',

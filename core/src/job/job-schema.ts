@@ -89,18 +89,27 @@ export function coreJobSchema(open: boolean): JsonSchema {
         additionalProperties: open,
         properties: {
           host: { type: 'string', minLength: 1 },
+          // A list of VMs, or every VM the host has (`all`) or those whose name matches (`{ match: "web*" }`).
           vms: {
-            type: 'array',
-            minItems: 1,
-            items: {
-              type: 'object',
-              required: ['name'],
-              additionalProperties: open,
-              properties: {
-                name: NAME,
-                disks: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
-                guest: GUEST_SCHEMA,
+            ferryVms: true,
+            if: { type: 'array' },
+            then: {
+              type: 'array',
+              minItems: 1,
+              items: {
+                type: 'object',
+                required: ['name'],
+                additionalProperties: open,
+                properties: {
+                  name: NAME,
+                  disks: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+                  guest: GUEST_SCHEMA,
+                },
               },
+            },
+            else: {
+              if: { type: 'object' },
+              then: { type: 'object', additionalProperties: false, required: ['match'], properties: { match: { type: 'string', minLength: 1, maxLength: 256 } } },
             },
           },
         },
@@ -216,7 +225,7 @@ export function composeJobSchema(schemas: PluginSchemas, raw: Record<string, unk
   const schema = coreJobSchema(false) as { properties: Record<string, Record<string, unknown>> };
   const src = schema.properties.source as { properties: Record<string, unknown>; required: string[] };
   merge(src, schemas.sourceConfig);
-  const vmItems = (src.properties.vms as { items: { properties: Record<string, unknown>; required: string[] } }).items;
+  const vmItems = (src.properties.vms as { then: { items: { properties: Record<string, unknown>; required: string[] } } }).then.items;
   merge(vmItems, schemas.sourceVm);
   merge(schema.properties.repository as { properties: Record<string, unknown>; required: string[] }, schemas.repository);
   merge(pluginMapping(schema.properties.transport), schemas.transport);

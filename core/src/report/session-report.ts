@@ -58,6 +58,8 @@ export interface VmReport {
   status: 'success' | 'failed';
   restorePoint: string | null;
   error?: ReportedError;
+  /** The source host's notes on the VM and its snapshot (disks left out, leftovers cleaned, how it was read). */
+  notes?: string[];
   /** Guest processing (`guest:` in the job), present for VMs that have it. */
   guest?: GuestReport;
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { ChangeTracking } from '../contracts/source-host.js';
+import type { ChangeTracking, VmDefinition } from '../contracts/source-host.js';
 import type { RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { sha256 } from '../util/checksums.js';
@@ -93,6 +93,8 @@ export interface RestorePoint {
   session: string;
   createdAt: string;
   disks: RestorePointDisk[];
+  /** The VM's definition as the source host gave it (`VmSnapshot.definition`), when it gave one. */
+  definition?: VmDefinition;
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { SourceDisk } from '../contracts/source-host.js';
+import type { SourceDisk, VmDefinition } from '../contracts/source-host.js';
 import type { RepositoryProtection, RestorePoint } from '../repository/repository.js';
 import type { DiskReport, ReportedError, SessionReport } from '../report/session-report.js';
 import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
@@ -31,7 +31,7 @@ export interface BackupPlacement {
    */
   moveDisk(vm: string, disk: SourceDisk, previous: RestorePoint | undefined): Promise<MovedDisk>;
   /** Commits the VM's restore point from its kept disks, atomically; checks the lock first. */
-  commit(vm: string, point: { id: string; createdAt: string }, disks: KeptDisk[]): Promise<RestorePoint>;
+  commit(vm: string, point: PointHeader, disks: KeptDisk[]): Promise<RestorePoint>;
   /** Drops kept disks of a VM that gets no point. Never throws. */
   discard(disks: KeptDisk[]): Promise<void>;
   /**
@@ -45,6 +45,13 @@ export interface BackupPlacement {
   reportedError(err: unknown): ReportedError;
   /** Releases whatever is still held (the lock after a failure, connections). Never throws. */
   close(): Promise<void>;
+}
+
+/** What a VM's restore point records besides its disks. */
+export interface PointHeader {
+  id: string;
+  createdAt: string;
+  definition?: VmDefinition;
 }
 
 /** A moved disk: its report, and (when it succeeded) what the target side kept for the commit. */

@@ -52,6 +52,7 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
   try {
     const host = await rt.sourceHost();
     report.source = host.label;
+    await rt.resolveVms(host);
     report.repository = await placement.open(report.session);
     const s: Session = { rt, id: report.session, host, placement, slots: new DiskSlots(rt.spec.parallelDisks), signal: opts.signal };
     const inventory = await host.inventory(rt.spec.source.vms).catch((err) => {
@@ -95,7 +96,7 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
  * snapshot released on every path.
  */
 async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmReport; disks: DiskReport[] }> {
-  const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null };
+  const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null, ...(vm.notes?.length && { notes: [...vm.notes] }) };
   const provider = s.rt.plugins.providerOf('source-host', s.rt.spec.source.host);
   const guest = guestOf(s, vm.name);
   if (guest) vmReport.guest = guest.report;
@@ -113,6 +114,7 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
     snapshot = await takeSnapshot(s, vm, info, guest);
     await guest?.postThaw();
     if (snapshot) disks = snapshot.disks;
+    if (snapshot?.notes?.length) vmReport.notes = [...(vmReport.notes ?? []), ...snapshot.notes];
     if (guest) disks = await guest.skipExtents(disks);
     // Each disk waits for one of the session's parallelDisks slots; a disk not started when the
     // session is interrupted is reported failed (SESSION_INTERRUPTED) and fails the VM.
@@ -124,7 +126,8 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
       throw pluginError(err, provider, 'check', { host: s.host.label, vm: vm.name });
     });
     if (s.signal?.aborted) throw interrupted({ vm: vm.name });
-    const point = await s.placement.commit(vm.name, { id: s.id, createdAt: new Date().toISOString() }, kept(moved));
+    const header = { id: s.id, createdAt: new Date().toISOString(), ...(snapshot?.definition && { definition: snapshot.definition }) };
+    const point = await s.placement.commit(vm.name, header, kept(moved));
     vmReport.restorePoint = point.id;
     for (const d of moved) d.report.restorePoint = point.id;
     await guest?.afterBackup();

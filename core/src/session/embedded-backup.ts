@@ -8,7 +8,7 @@ import { TargetMover, type TargetCounters } from '../pipe/target-mover.js';
 import type { BlockMap } from '../repository/block-map.js';
 import type { Repository, RestorePoint, RestorePointDisk } from '../repository/repository.js';
 import type { RepositoryLock } from '../repository/repository-lock.js';
-import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
+import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type PointHeader, type SessionEnd, type SessionFigures } from './backup-placement.js';
 import { chooseTransport, planMode, skipContext, skipExtents, type TransportSource } from '../plan/disk-plan.js';
 import type { JobRuntime } from './job-runtime.js';
 import { errorSummary, interrupted } from './session-common.js';
@@ -122,7 +122,7 @@ export class EmbeddedBackup implements BackupPlacement {
     return { report, ...(map && { kept: { disk, report, ref: map } }) };
   }
 
-  async commit(vm: string, point: { id: string; createdAt: string }, disks: KeptDisk[]): Promise<RestorePoint> {
+  async commit(vm: string, point: PointHeader, disks: KeptDisk[]): Promise<RestorePoint> {
     const s = this.parts();
     const maps = disks.map((d) => d.ref as BlockMap);
     const pointDisks = disks.map((d, i) => ({ ...pointDisk(d.report, maps[i]), ...(d.disk.changeTracking && { changeTracking: d.disk.changeTracking }) }));

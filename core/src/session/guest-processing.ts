@@ -226,6 +226,7 @@ export class GuestProcessing {
     });
     for (const a of r.applications ?? []) this.report.applications.push({ ...a, step });
     this.report.warnings.push(...(r.warnings ?? []));
+    if (r.crashConsistent) this.report.consistency = 'crash';
     if (step === 'freeze' && status === 'success' && (r as { frozen?: number }).frozen === 0) {
       this.report.warnings.push('freeze froze no file system');
     }

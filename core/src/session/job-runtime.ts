@@ -5,6 +5,7 @@ import type { JsonSchema, PluginKind, PluginKindMap } from '../contracts/plugin.
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
 import type { GuestRuntime } from '../contracts/guest-runtime.js';
+import { RemoteGuestRuntime } from '../remote/guest/remote-guest-runtime.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
 import { choiceName, DEFAULT_FILTERS, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
@@ -61,6 +62,26 @@ export class JobRuntime {
     return new JobRuntime(spec, jobFile, plugins, container);
   }
 
+  /**
+   * `vms: all` / `vms: { match }`: the source host's VMs that the pattern takes, in the host's
+   * order, become the job's VMs (each with every disk). Done once, before the session locks them.
+   */
+  async resolveVms(host: SourceHost): Promise<void> {
+    const select = this.spec.source.select;
+    if (select === undefined || this.spec.source.vms.length) return;
+    const at = this.jobFile.where(['source', 'vms']);
+    if (!host.listVms) {
+      throw new FerryError('JOB_INVALID', `source host ${this.spec.source.host} cannot list its VMs: name them under vms: (- name: ...)`, at);
+    }
+    const names = await host.listVms();
+    const picked = select === 'all' ? names : names.filter(globMatcher(select.match));
+    if (!picked.length) {
+      const what = select === 'all' ? 'has no VMs' : `has no VM whose name matches ${JSON.stringify(select.match)} (it has: ${names.join(', ') || 'none'})`;
+      throw new FerryError('SOURCE_VM_NOT_FOUND', `source host ${host.label} ${what}`, { ...at, host: host.label });
+    }
+    this.spec.source.vms = picked.map((name) => ({ name, options: {} }));
+  }
+
   sourceHost(): Promise<SourceHost> {
     return this.instance('source-host', this.spec.source.host, this.spec.source.config, ['source', 'host']);
   }
@@ -105,6 +126,8 @@ export class JobRuntime {
 
   /** The guest runtime a VM's `guest.os` names (`at`: where the key is). */
   guestRuntime(os: string, at: (string | number)[]): Promise<GuestRuntime> {
+    // `guestProxies:`: the steps run there, with that host's guest plugins
+    if (this.spec.guestProxies && this.spec.certs) return Promise.resolve(new RemoteGuestRuntime(this.spec.guestProxies, this.spec.certs));
     return this.instance('guest-runtime', os, {}, at);
   }
 
@@ -180,3 +203,10 @@ async function pluginSchemas(plugins: PluginHost, jobFile: JobFile): Promise<Plu
  * core package that has a `node_modules` folder (the workspace root, or the project that installed
  * Ferry).
  */
+
+/** `*` any run of characters, `?` one character, everything else itself; the whole name must match. */
+export function globMatcher(glob: string): (name: string) => boolean {
+  const body = [...glob].map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.|+()[\]{}]/g, '\\$&'))).join('');
+  const re = new RegExp(`^${body}$`, 's');
+  return (name) => re.test(name);
+}

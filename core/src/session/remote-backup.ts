@@ -1,7 +1,7 @@
 import type { SourceDisk } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
 import type { RestorePoint } from '../repository/repository.js';
-import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type SessionEnd, type SessionFigures } from './backup-placement.js';
+import { droppedData, newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk, type PointHeader, type SessionEnd, type SessionFigures } from './backup-placement.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { DiskReport, ProgressEvent, ReportedError, SessionReport } from '../report/session-report.js';
 import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
@@ -144,7 +144,7 @@ export class RemoteBackup implements BackupPlacement {
     return { report, ...(outcome && { kept: { disk, report, ref: outcome } }) };
   }
 
-  async commit(vm: string, point: { id: string; createdAt: string }, disks: KeptDisk[]): Promise<RestorePoint> {
+  async commit(vm: string, point: PointHeader, disks: KeptDisk[]): Promise<RestorePoint> {
     const received: CommitDisk[] = disks.map(({ disk, ref }) => {
       const outcome = ref as DiskOutcome;
       return {
@@ -159,7 +159,7 @@ export class RemoteBackup implements BackupPlacement {
     });
     const res = await this.channel().request('point.commit', {
       vm,
-      point: { id: point.id, job: this.rt.spec.job, session: point.id, createdAt: point.createdAt },
+      point: { id: point.id, job: this.rt.spec.job, session: point.id, createdAt: point.createdAt, ...(point.definition && { definition: point.definition }) },
       disks: received,
     });
     return res.point;

@@ -1,5 +1,5 @@
 import { FerryError, type ApplicationOutcome, type GuestApplication } from '@ferry/core/plugin';
-import type { GuestChannel, HeldCommand } from './guest-channel.js';
+import type { GuestChannel, HeldCommand } from '@ferry/guest-common';
 
 /** One application's quiescing: `quiesce` before the freeze, `resume` after the thaw (always, once quiesced). */
 export interface Quiescer {

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadPluginForTest, runGuestRuntimeConformance } from '@ferry/core/testing';
-import { makeLoopMount, SSHD, startSshdGuest } from './testing/sshd-guest.js';
+import { makeLoopMount, SSHD, startSshdGuest } from '@ferry/guest-common/testing';
 
 const PACKAGE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 

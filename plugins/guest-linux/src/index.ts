@@ -3,7 +3,7 @@ import { LinuxGuestRuntime } from './linux-guest-runtime.js';
 
 export { LinuxGuestRuntime } from './linux-guest-runtime.js';
 export { LinuxGuestSession } from './linux-guest-session.js';
-export { QgaClient } from './qga-client.js';
+export { QgaClient } from '@ferry/guest-common';
 export { RUNTIME_SCRIPT } from './runtime-script.js';
 
 export function register(r: PluginRegistrar): void {

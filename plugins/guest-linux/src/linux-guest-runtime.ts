@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { FerryError, type GuestOptions, type GuestRuntime, type GuestSession } from '@ferry/core/plugin';
-import type { GuestChannel } from './guest-channel.js';
+import type { GuestChannel } from '@ferry/guest-common';
 import { LinuxGuestSession } from './linux-guest-session.js';
 import { QgaChannel } from './qga-channel.js';
 import { RUNTIME_SCRIPT } from './runtime-script.js';
-import { SshChannel } from './ssh-channel.js';
+import { SshChannel } from '@ferry/guest-common';
 
 /** Where the session's folder is made in the guest (mode 0700, removed by `close`). */
 export const GUEST_FOLDER_PREFIX = '/tmp/ferry-guest-';

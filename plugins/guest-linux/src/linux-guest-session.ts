@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { FerryError, type Extent, type ApplicationOutcome, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
 import { quiescerFor, type Quiescer } from './applications.js';
-import type { GuestChannel } from './guest-channel.js';
+import type { GuestChannel } from '@ferry/guest-common';
 import { QgaChannel } from './qga-channel.js';
 import { matchDisk, parseSwaps } from './swap-extents.js';
 import { localBootId, ownMachineRefusal } from './own-machine.js';

@@ -6,9 +6,9 @@ import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/t
 import type { GuestOptions } from '@ferry/core/plugin';
 import { LinuxGuestRuntime } from './linux-guest-runtime.js';
 import { localBootId } from './own-machine.js';
-import type { GuestChannel } from './guest-channel.js';
+import type { GuestChannel } from '@ferry/guest-common';
 import type { LinuxGuestSession } from './linux-guest-session.js';
-import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from './testing/sshd-guest.js';
+import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-common/testing';
 
 /**
  * The Linux runtime against a real sshd on loopback acting as the guest (this machine, as root).

@@ -1,6 +1,5 @@
 import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, type ExecOptions, type ExecResult, type GuestChannel } from './guest-channel.js';
-import { QgaClient } from './qga-client.js';
+import { MAX_OUTPUT, QgaClient, type ExecOptions, type ExecResult, type GuestChannel } from '@ferry/guest-common';
 
 /** Bytes per `guest-file-write` (base64 grows them by a third; the agent reads lines of up to 4 MiB). */
 const WRITE_CHUNK = 48 * 1024;

@@ -24,18 +24,7 @@ export type SnapshotKind = 'fleecing' | 'external';
 const PREFIXES: Record<SnapshotKind, string> = { fleecing: FLEECE_PREFIX, external: SNAPSHOT_PREFIX };
 
 /** Persistent dirty bitmap of a job's session: records every write from that session's snapshot on. */
-export function bitmapName(job: string, sessionId: string): string {
-  return `ferry.${job}.${sessionId}`;
-}
-
-/**
- * True for a bitmap of `job` (any session). The rest after `ferry.<job>.` must hold no dot, so job
- * `a` never claims job `a.b`'s bitmaps (`ferry.a.b.<session>`); session ids never contain dots.
- */
-export function isJobBitmap(job: string, name: string | undefined): boolean {
-  const prefix = `ferry.${job}.`;
-  return name !== undefined && name.startsWith(prefix) && name.length > prefix.length && !name.slice(prefix.length).includes('.');
-}
+export { trackingName as bitmapName, isJobTrackingName as isJobBitmap } from '@ferry/core/plugin';
 
 export function jobTag(job: string): string {
   return tag(`job\0${job}`);

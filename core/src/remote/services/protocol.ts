@@ -324,7 +324,7 @@ const REQUESTS: { [V in ControlVerb]: Check } = {
   }),
   'point.commit': obj({
     vm: name,
-    point: obj({ id: name, job: str, session: str, createdAt: str }),
+    point: obj({ id: name, job: str, session: str, createdAt: str, definition: optional(obj({ format: str, text: str })) }),
     disks: arrayOf(obj({ diskId: name, name, zeroBlocks: int(), filtered: optional(recordOf(int())), transport: str, mode, changeTracking: optional(recordOf(str)) })),
   }),
   'point.discard': obj({ diskIds: arrayOf(str) }),

@@ -40,8 +40,10 @@ async function freePort(): Promise<number> {
 /**
  * Starts `sshd -D -e` as its own process group (stopped by group) and waits, bounded, until it
  * accepts connections. Runs as root (the test logs in as root with key authentication only).
+ * `forceCommand`: every session runs this command instead of the one the client sent (which it
+ * finds in `SSH_ORIGINAL_COMMAND`): a simulated guest OS (guest-windows' simulator).
  */
-export async function startSshdGuest(dir: string): Promise<SshdGuest> {
+export async function startSshdGuest(dir: string, opts: { forceCommand?: string } = {}): Promise<SshdGuest> {
   mkdirSync(dir, { recursive: true });
   // privilege separation folder Debian's sshd insists on
   if (!existsSync('/run/sshd')) mkdirSync('/run/sshd', { mode: 0o755 });
@@ -70,6 +72,7 @@ export async function startSshdGuest(dir: string): Promise<SshdGuest> {
       'StrictModes no',
       'PrintMotd no',
       'LogLevel ERROR',
+      ...(opts.forceCommand ? [`ForceCommand ${opts.forceCommand}`] : []),
       '',
     ].join('\n'),
   );

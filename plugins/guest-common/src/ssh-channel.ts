@@ -20,6 +20,7 @@ export interface SshTarget {
  */
 export class SshChannel implements GuestChannel {
   readonly label: string;
+  private closing?: Promise<void>;
 
   private constructor(
     private readonly client: Client,
@@ -75,7 +76,15 @@ export class SshChannel implements GuestChannel {
   }
 
   exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    return this.open(argv).then(
+    return this.execLine(shellLine(argv), opts);
+  }
+
+  /**
+   * Runs one command line as the guest's shell receives it (no POSIX quoting: a Windows guest's
+   * cmd.exe or PowerShell reads it), with the same output capture and abort as `exec`.
+   */
+  execLine(line: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    return this.openLine(line).then(
       (ch) =>
         new Promise<ExecResult>((resolve) => {
           const tail = new OutputTail(opts.maxOutput);
@@ -99,7 +108,7 @@ export class SshChannel implements GuestChannel {
   }
 
   async hold(argv: string[]): Promise<HeldCommand> {
-    const ch = await this.open(argv);
+    const ch = await this.openLine(shellLine(argv));
     return heldChannel(ch);
   }
 
@@ -119,16 +128,14 @@ export class SshChannel implements GuestChannel {
     if (r.exitCode !== 0) throw new FerryError('GUEST_STEP_FAILED', `writing ${path} in the guest failed (exit ${r.exitCode}): ${r.output.trim()}`);
   }
 
+  /** Ends the connection; a second call resolves with the first (no wait for a 'close' already seen). */
   close(): Promise<void> {
-    return new Promise((resolve) => {
+    this.closing ??= new Promise((resolve) => {
       this.client.once('close', () => resolve());
       this.client.end();
       setTimeout(resolve, 2000).unref();
     });
-  }
-
-  private open(argv: string[]): Promise<ClientChannel> {
-    return this.openLine(shellLine(argv));
+    return this.closing;
   }
 
   private openLine(line: string): Promise<ClientChannel> {

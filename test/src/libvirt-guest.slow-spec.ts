@@ -1,0 +1,191 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { expect } from 'chai';
+import { FERRY_BIN, json, runFerry, tempDir, writeJob, type CliResult } from './support/helpers.js';
+import { hostTool, skipUnlessGuestCanBoot } from './support/guest-tools.js';
+import { skipUnlessLibvirt, startLibvirtd, type LibvirtDaemon } from './support/libvirt-daemon.js';
+import { checkWriterFile, ensureGuestImage, lastWriterRound, makeDataDisk, WRITER_LAYOUT } from './support/test-vm.js';
+
+interface DiskJson {
+  mode: string;
+  modeReason: string;
+  transport: string;
+  bytesRead: number;
+  sizeBytes: number;
+  restorePoint: string;
+}
+
+/**
+ * The test guest (a Linux kernel and a busybox initramfs under TCG) as a libvirt domain, writing and
+ * syncing files in a loop on its ext4 data disk while Ferry backs it up through libvirt. Around each
+ * snapshot the guest's file systems are frozen through libvirt (`virsh domfsfreeze`, its agent
+ * channel): the frozen, flushed image is the oracle, copied with `qemu-img convert -U`; the freeze
+ * ends as soon as the backup job runs, so the guest writes while Ferry reads. Each point must
+ * restore byte for byte to its oracle, and the restored ext4 must pass e2fsck.
+ */
+describe('libvirt: a booted guest backed up while it writes (slow)', function () {
+  this.timeout(600_000);
+  let t: ReturnType<typeof tempDir>;
+  let d: LibvirtDaemon | undefined;
+  let job = '';
+  let consoleLog = '';
+  const points: { id: string; oracle: string; frozenAt: number }[] = [];
+
+  before(async function () {
+    skipUnlessLibvirt(this);
+    await skipUnlessGuestCanBoot(this);
+    this.timeout(300_000);
+    t = tempDir('ferry-lvguest-');
+    const image = await ensureGuestImage();
+    const disk = await makeDataDisk(path.join(t.dir, 'data.qcow2'), 64, 'qcow2');
+    consoleLog = path.join(t.dir, 'console.log');
+    d = await startLibvirtd(path.join(t.dir, 'daemon'));
+    const xml = path.join(t.dir, 'guest.xml');
+    writeFileSync(
+      xml,
+      `<domain type='qemu'>
+  <name>guest</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>${image.kernel}</kernel>
+    <initrd>${image.initrd}</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1 ferry.workload=writer</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk>
+    <serial type='file'><source path='${consoleLog}'/></serial>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+  </devices>
+</domain>
+`,
+    );
+    d.virsh('create', xml);
+    await waitFor(() => lastWriterRound(console()) > WRITER_LAYOUT.files + 1, 240_000, 'the guest writer to go round every file');
+    await waitFor(() => d!.tryVirsh('qemu-agent-command', 'guest', '{"execute":"guest-ping"}').status === 0, 60_000, 'the guest agent');
+    job = writeJob(
+      t.dir,
+      [
+        'job: lvguest',
+        'source:',
+        '  host: libvirt',
+        `  uri: "${d.uri}"`,
+        `  scratchDir: ${t.dir}`,
+        '  vms: [{ name: guest }]',
+        'transport: auto',
+        'repository: { type: filesystem, path: ./repo }',
+        'storage: { blockSize: 256KiB }',
+      ].join('\n'),
+    );
+  });
+  after(async function () {
+    this.timeout(60_000);
+    await d?.stop();
+    t?.cleanup();
+  });
+
+  function console(): string {
+    return existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
+  }
+
+  /** Freeze, copy the oracle, start the backup, thaw once libvirt's backup job runs; the backup's vda report. */
+  async function backupWhileWriting(n: number): Promise<DiskJson> {
+    d!.virsh('domfsfreeze', 'guest');
+    expect(JSON.parse(d!.virsh('qemu-agent-command', 'guest', '{"execute":"guest-fsfreeze-status"}')).return).to.equal('frozen');
+    let thawed = false;
+    const thaw = (): void => {
+      if (!thawed) d!.virsh('domfsthaw', 'guest');
+      thawed = true;
+    };
+    const frozenAt = lastWriterRound(console());
+    const oracle = path.join(t.dir, `oracle-${n}.raw`);
+    const run = (async (): Promise<CliResult> => {
+      try {
+        const conv = spawnSync('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', path.join(t.dir, 'data.qcow2'), oracle], { encoding: 'utf8' });
+        if (conv.status !== 0) throw new Error(`qemu-img convert: ${conv.stderr}`);
+        const child = spawn(process.execPath, [FERRY_BIN, 'backup', job, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (b) => (stdout += b));
+        child.stderr.on('data', (b) => (stderr += b));
+        const done = new Promise<CliResult>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+        const deadline = Date.now() + 120_000;
+        while (Date.now() < deadline && child.exitCode === null && d!.tryVirsh('backup-dumpxml', 'guest').status !== 0) await sleep(50);
+        thaw();
+        return await done;
+      } finally {
+        thaw();
+      }
+    })();
+    const r = await run;
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const disk = json<{ disks: DiskJson[] }>(r).disks[0];
+    points.push({ id: disk.restorePoint, oracle, frozenAt });
+    return disk;
+  }
+
+  it('a full backup, then an incremental one, each while the guest writes', async () => {
+    const full = await backupWhileWriting(1);
+    expect(full).to.include({ mode: 'full', transport: 'nbd' });
+    const before = lastWriterRound(console());
+    await waitFor(() => lastWriterRound(console()) >= before + 2, 120_000, 'the guest to write on');
+    const inc = await backupWhileWriting(2);
+    expect(inc.mode, inc.modeReason).to.equal('incremental');
+    expect(inc.bytesRead).to.be.lessThan(inc.sizeBytes / 4);
+    expect(lastWriterRound(console()), 'the guest kept writing').to.be.greaterThan(points[1].frozenAt);
+  });
+
+  it("the host reaches the guest's agent through libvirt, for guest processing", async () => {
+    const { JobRuntime } = await import('@ferry/core');
+    const { LibvirtSourceHost } = await import('@ferry/source-libvirt');
+    const rt = await JobRuntime.open(job);
+    try {
+      const host = (await rt.sourceHost()) as InstanceType<typeof LibvirtSourceHost>;
+      const [inv] = await host.inventory(rt.spec.source.vms);
+      expect(inv.notes!.join('\n')).to.include('guest agent channel: unix ');
+      expect(host.agentChannel('guest')).to.include({ type: 'unix', state: 'connected' });
+      expect(await host.agentCommand('guest', 'guest-ping')).to.deep.equal({});
+      expect(await host.agentCommand('guest', 'guest-fsfreeze-status')).to.equal('thawed');
+      const err = await host.agentCommand('guest', 'guest-no-such-command').then(() => undefined, (e: unknown) => e as { code?: string; message: string });
+      expect(err?.code).to.equal('SOURCE_COMMAND_FAILED');
+      expect(err?.message).to.include('guest-no-such-command');
+    } finally {
+      await rt.close();
+    }
+  });
+
+  it('each point restores byte for byte to the frozen disk, and its ext4 passes e2fsck', async () => {
+    expect(points).to.have.length(2);
+    for (const p of points) {
+      const out = path.join(t.dir, `restored-${p.id}.raw`);
+      const r = await runFerry(['restore', job, '--vm', 'guest', '--disk', 'vda', '--point', p.id, '--to', out]);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
+      const cmp = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', out, p.oracle], { encoding: 'utf8' });
+      expect(cmp.status, `${p.id}: ${cmp.stdout}${cmp.stderr}`).to.equal(0);
+      const fsck = await hostTool('e2fsck', ['-fn', out]);
+      expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
+      const rounds: number[] = [];
+      for (let f = 0; f < WRITER_LAYOUT.files; f++) {
+        const cat = await hostTool('debugfs', ['-R', `cat /${WRITER_LAYOUT.dir}/w${String(f).padStart(2, '0')}.dat`, out]);
+        rounds.push(checkWriterFile(Buffer.from(cat.stdout, 'latin1'), f));
+      }
+      expect(Math.max(...rounds), `${p.id}: the newest round in the point`).to.be.within(p.frozenAt, p.frozenAt + 1);
+    }
+  });
+});
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(250);
+  }
+}
