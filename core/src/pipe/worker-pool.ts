@@ -15,8 +15,13 @@ interface Slot {
 }
 
 /**
- * A fixed set of worker threads running one module, with a bounded queue per worker. Tasks go to the
+ * Up to `size` worker threads running one module, with a bounded queue per worker. Tasks go to the
  * least busy worker; buffers named in `transfer` move to the worker and back without copies.
+ *
+ * Threads start as work needs them: one at once, another only when a task arrives while every
+ * running thread is busy. A small job (one block) thus starts one thread, not one per core: each
+ * costs ~0.2 core-s of start-up (bootstrap, plugin discovery). Broadcast messages reach threads
+ * started later too, in the order they were sent.
  *
  * The worker module receives `{ id, task }` messages and answers `{ id, result }` or
  * `{ id, error: { message, code?, where? } }`.
@@ -24,6 +29,8 @@ interface Slot {
 export class WorkerPool<T, R> {
   private readonly slots: Slot[] = [];
   private readonly pending = new Map<number, Pending>();
+  /** Every broadcast so far, replayed to each thread started later. */
+  private readonly broadcasts: unknown[] = [];
   private nextId = 1;
   private failure?: Error;
   /** Time the threads spent on tasks, as they measured it (queueing and messaging excluded). */
@@ -31,38 +38,46 @@ export class WorkerPool<T, R> {
   private closed = false;
 
   constructor(
-    moduleUrl: URL,
-    workerData: unknown,
-    size = Math.max(1, os.availableParallelism()),
+    private readonly moduleUrl: URL,
+    private readonly workerData: unknown,
+    /** The most threads this pool starts. */
+    readonly maxSize = Math.max(1, os.availableParallelism()),
   ) {
-    for (let i = 0; i < size; i++) {
-      const worker = new Worker(moduleUrl, { workerData });
-      const slot: Slot = { worker, busy: 0 };
-      worker.on('message', (msg: { id: number; result?: unknown; error?: WorkerError; busyMs?: number }) => {
-        slot.busy--;
-        this.busyMs += msg.busyMs ?? 0;
-        const p = this.pending.get(msg.id);
-        this.pending.delete(msg.id);
-        if (!p) return;
-        if (msg.error) p.reject(reviveError(msg.error));
-        else p.resolve(msg.result);
-      });
-      // A thread that dies takes its queued tasks with it: fail them and every later one with a
-      // coded error instead of waiting for answers that never come. Not restarted: whatever killed
-      // it (a plugin calling process.exit, a native crash) would likely kill the next one too.
-      worker.on('error', (err) => {
-        slot.error ??= err;
-        this.fail(new FerryError('WORKER_FAILED', `worker thread ${i + 1} of ${size} died: uncaught ${err.name}: ${err.message}`, {}, { cause: err }));
-      });
-      worker.on('exit', (code) => {
-        if (this.closed) return;
-        const why = slot.error ? `after an uncaught ${slot.error.name}: ${slot.error.message}` : `with exit code ${code}`;
-        this.fail(new FerryError('WORKER_FAILED', `worker thread ${i + 1} of ${size} exited ${why}`));
-      });
-      this.slots.push(slot);
-    }
+    this.spawn();
   }
 
+  private spawn(): Slot {
+    const i = this.slots.length;
+    const size = this.maxSize;
+    const worker = new Worker(this.moduleUrl, { workerData: this.workerData });
+    const slot: Slot = { worker, busy: 0 };
+    worker.on('message', (msg: { id: number; result?: unknown; error?: WorkerError; busyMs?: number }) => {
+      slot.busy--;
+      this.busyMs += msg.busyMs ?? 0;
+      const p = this.pending.get(msg.id);
+      this.pending.delete(msg.id);
+      if (!p) return;
+      if (msg.error) p.reject(reviveError(msg.error));
+      else p.resolve(msg.result);
+    });
+    // A thread that dies takes its queued tasks with it: fail them and every later one with a
+    // coded error instead of waiting for answers that never come. Not restarted: whatever killed
+    // it (a plugin calling process.exit, a native crash) would likely kill the next one too.
+    worker.on('error', (err) => {
+      slot.error ??= err;
+      this.fail(new FerryError('WORKER_FAILED', `worker thread ${i + 1} of ${size} died: uncaught ${err.name}: ${err.message}`, {}, { cause: err }));
+    });
+    worker.on('exit', (code) => {
+      if (this.closed) return;
+      const why = slot.error ? `after an uncaught ${slot.error.name}: ${slot.error.message}` : `with exit code ${code}`;
+      this.fail(new FerryError('WORKER_FAILED', `worker thread ${i + 1} of ${size} exited ${why}`));
+    });
+    for (const message of this.broadcasts) worker.postMessage({ id: 0, task: message });
+    this.slots.push(slot);
+    return slot;
+  }
+
+  /** Threads started so far (at most `maxSize`). */
   get size(): number {
     return this.slots.length;
   }
@@ -70,7 +85,8 @@ export class WorkerPool<T, R> {
   run(task: T, transfer: TransferListItem[] = []): Promise<R> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new FerryError('INTERNAL', 'worker pool is closed'));
-    const slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    let slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    if (slot.busy > 0 && this.slots.length < this.maxSize) slot = this.spawn();
     const id = this.nextId++;
     return new Promise<R>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
@@ -82,6 +98,7 @@ export class WorkerPool<T, R> {
   /** Sends `message` to every thread, expecting no answer (e.g. shared memory they will need). */
   broadcast(message: unknown): void {
     if (this.failure || this.closed) return;
+    this.broadcasts.push(message);
     for (const s of this.slots) s.worker.postMessage({ id: 0, task: message });
   }
 
