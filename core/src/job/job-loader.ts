@@ -334,19 +334,45 @@ export class JobFile {
     return top ?? inStorage ?? DEFAULT_PARALLEL_DISKS;
   }
 
+  /** Problems the path keywords found during the current `validate` call. */
+  private pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
+  /**
+   * One Ajv for both passes (core keys, then plugin sections): Ajv compiles the JSON Schema
+   * meta-schema once per instance to check each schema it compiles (~55 ms of CPU), so a second
+   * instance cost that again on every job load.
+   */
+  private ajvInstance?: Ajv;
+
   private validate(schema: JsonSchema): void {
-    const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false, verbose: true });
-    const pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
+    this.pathErrors = [];
+    const ajv = (this.ajvInstance ??= this.newAjv());
+    const validate = ajv.compile(schema);
+    try {
+      if (!validate(this.data)) throw this.schemaError(validate.errors![0]);
+    } finally {
+      ajv.removeSchema(schema);
+    }
+    if (this.pathErrors.length) {
+      const e = this.pathErrors[0];
+      throw new FerryError(e.code, e.message, this.where(e.docPath));
+    }
+  }
+
+  private newAjv(): Ajv {
+    // `optimize: false`: the validator runs once per schema, so Ajv's pass over the generated code
+    // cost more than it saved (~70 ms of CPU per job load); what it checks is the same.
+    const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false, verbose: true, code: { optimize: false } });
     const baseDir = this.dir;
-    const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
     addFerryPathKeyword(ajv, baseDir, (kind, resolved, pointer) => {
+      // read when called: `remote` is known from the first pass's data
+      const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
       const docPath = pointerToPath(pointer);
       // With a repository service the transport and filters run on the proxies: their paths are
       // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
       const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
       const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
       if (!skip && (kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
-        pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
+        this.pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
       }
     });
     // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
@@ -364,7 +390,7 @@ export class JobFile {
         const follow = !(this.opts.sourceMayBeGone && docPath[0] === 'source');
         const escape = pathOutside(root, value, follow);
         if (escape) {
-          pathErrors.push({
+          this.pathErrors.push({
             docPath,
             code: 'JOB_INVALID',
             message: `"${value}" resolves to ${escape.to}${escape.viaLink ? ' (through a symbolic link)' : ''}, outside ${formatPath(basePath)} (${root}); name only files inside it`,
@@ -393,12 +419,7 @@ export class JobFile {
       validate: (_k: boolean, value: unknown) => parseSize(value) !== undefined,
       error: { message: 'must be a size such as 256KiB, 1MiB or 4MiB' },
     });
-    const validate = ajv.compile(schema);
-    if (!validate(this.data)) throw this.schemaError(validate.errors![0]);
-    if (pathErrors.length) {
-      const e = pathErrors[0];
-      throw new FerryError(e.code, e.message, this.where(e.docPath));
-    }
+    return ajv;
   }
 
   private schemaError(e: ErrorObject): FerryError {
