@@ -13,7 +13,8 @@
  *
  * Knobs (environment): FERRY_BENCH_IMAGE_MIB (2048), FERRY_BENCH_SPARSE_GIB (64),
  * FERRY_BENCH_RUNS (1; the median run is kept), FERRY_BENCH_LEVELS (all),
- * FERRY_BENCH_ONLY (comma list of ferry,restic,borg,cbt,sparse,nbd,remote; default all),
+ * FERRY_BENCH_ONLY (comma list of fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve; default all;
+ * `fixed` alone needs no image and runs in seconds), FERRY_BENCH_FIXED_RUNS (15),
  * FERRY_BENCH_NBD_CONNECTIONS (1), FERRY_BENCH_BORG_ENCRYPTION (none), FERRY_BENCH_KEEP=1 keeps the
  * work folder, TMPDIR picks its disk.
  */
@@ -32,6 +33,7 @@ import { mainTable, medians, printTable, stageTable, targets, targetTable, withR
 import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images, type PassContext, type Row } from './scenarios.js';
 import { remoteRuns } from './remote-scenario.js';
 import { serveRuns, SERVE_TOOLS } from './serve-scenario.js';
+import { fixedCostCase, fixedCostTable, type FixedCostResult } from './fixed-cost.js';
 import { changeSet, derivedImage, generateImage, randomBytes, textBytes } from './vm-image.js';
 
 const MiB = 1024 * 1024;
@@ -41,7 +43,8 @@ const SIZE_MIB = Number(env.FERRY_BENCH_IMAGE_MIB ?? 2048);
 const SPARSE_GIB = Number(env.FERRY_BENCH_SPARSE_GIB ?? 64);
 const RUNS = Math.max(1, Number(env.FERRY_BENCH_RUNS ?? 1));
 const LEVELS = (env.FERRY_BENCH_LEVELS ?? COMPRESSION_LEVELS.join(',')).split(',').map((s) => s.trim());
-const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd,remote,serve').split(',').map((s) => s.trim()));
+const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve').split(',').map((s) => s.trim()));
+const FIXED_RUNS = Math.max(1, Number(env.FERRY_BENCH_FIXED_RUNS ?? 15));
 const NBD_CONNECTIONS = (env.FERRY_BENCH_NBD_CONNECTIONS ?? '1').split(',').map(Number);
 // A diagnostic variant of the NBD read path with the repository in RAM: what the pipe does when the
 // repository disk's write speed is out of the picture. Off with FERRY_BENCH_TMPFS=none.
@@ -143,6 +146,17 @@ async function main(): Promise<void> {
   mkdirSync(work, { recursive: true });
   let result: object;
   try {
+    let fixed: FixedCostResult | undefined;
+    if (ONLY.has('fixed')) {
+      console.log(`Fixed cost (issue 18), ${FIXED_RUNS} runs of each in turn after a warm-up, load average ${loadNow().join(' ')}:`);
+      fixed = await fixedCostCase(work, FIXED_RUNS, log);
+      fixedCostTable(fixed);
+    }
+    if (![...ONLY].some((c) => c !== 'fixed')) {
+      // Only the fixed cost asked for: no image, no peers.
+      writeResult(started, { startedAt: started.toISOString(), machine: { ...m, loadAfter: loadNow() }, config: { only: [...ONLY], fixedRuns: FIXED_RUNS }, fixed });
+      return;
+    }
     const { peers, skipped, versions } = await findPeers(work);
     const images = await makeImages(work);
     const changedBytes = images.changes.reduce((n, c) => n + c.data.length, 0);
@@ -171,7 +185,7 @@ async function main(): Promise<void> {
     result = {
       startedAt: started.toISOString(),
       machine: { ...m, loadAfter, passLoads },
-      config: { imageMiB: SIZE_MIB, sparseGiB: SPARSE_GIB, runs: RUNS, levels: LEVELS, only: [...ONLY], blockSize: BLOCK, nbdConnections: NBD_CONNECTIONS },
+      config: { fixedRuns: FIXED_RUNS, imageMiB: SIZE_MIB, sparseGiB: SPARSE_GIB, runs: RUNS, levels: LEVELS, only: [...ONLY], blockSize: BLOCK, nbdConnections: NBD_CONNECTIONS },
       versions,
       skipped,
       images: {
@@ -187,11 +201,16 @@ async function main(): Promise<void> {
       rows,
       passes,
       targets: ts,
+      fixed,
     };
   } finally {
     if (env.FERRY_BENCH_KEEP === '1') console.log(`Kept ${work}`);
     else rmSync(work, { recursive: true, force: true });
   }
+  writeResult(started, result);
+}
+
+function writeResult(started: Date, result: object): void {
   const out = path.resolve(here, '..', 'results', `${started.toISOString().replace(/[:.]/g, '-')}.json`);
   mkdirSync(path.dirname(out), { recursive: true });
   writeFileSync(out, JSON.stringify(result, null, 2));
