@@ -1,0 +1,88 @@
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { compileCacheDir, enableCompileCache } from './compile-cache.js';
+import { VERBS } from './commands/verbs.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = path.join(ROOT, 'bin', 'ferry.js');
+
+/** Runs `ferry ARGS` and returns what it printed and every module URL it loaded (ESM loader hooks). */
+function runLogged(args: string[], dir: string): Promise<{ stdout: string; code: number; modules: string[] }> {
+  const log = path.join(dir, `modules-${Math.random().toString(36).slice(2)}.txt`);
+  const hooks = path.join(dir, 'hooks.mjs');
+  const register = path.join(dir, 'register.mjs');
+  if (!existsSync(register)) {
+    writeFileSync(hooks, `import { appendFileSync } from 'node:fs';\nexport async function load(url, ctx, next) { if (process.env.FERRY_TEST_MODULE_LOG) appendFileSync(process.env.FERRY_TEST_MODULE_LOG, url + '\\n'); return next(url, ctx); }\n`);
+    writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
+  }
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['--import', pathToFileURL(register).href, BIN, ...args], { env: { ...process.env, FERRY_TEST_MODULE_LOG: log } }, (err, stdout) => {
+      if (err && typeof err.code !== 'number') return reject(err);
+      const modules = existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
+      resolve({ stdout, code: err ? (err.code as number) : 0, modules });
+    });
+  });
+}
+
+describe('CLI start-up: only what the command needs is loaded', function () {
+  let dir: string;
+  before(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-startup-'))));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('`ferry --version` prints the version without loading yargs or @ferry/core', async function () {
+    const r = await runLogged(['--version'], dir);
+    const { version } = JSON.parse(readFileSync(path.join(ROOT, 'cli', 'package.json'), 'utf8')) as { version: string };
+    expect(r.code).to.equal(0);
+    expect(r.stdout).to.equal(`${version}\n`);
+    expect(r.modules.some((m) => m.includes('/cli/dist/bin.js')), 'the hook saw the CLI load').to.equal(true);
+    expect(r.modules.filter((m) => m.includes('/node_modules/yargs/') || m.includes('/core/dist/'))).to.deep.equal([]);
+  });
+
+  it('`ferry --help` lists every verb without loading a command module or the core index', async function () {
+    const r = await runLogged(['--help'], dir);
+    expect(r.code).to.equal(0);
+    for (const v of Object.values(VERBS)) expect(r.stdout).to.include(`ferry ${v.command}`);
+    expect(r.modules.filter((m) => m.includes('/cli/dist/commands/') && !m.endsWith('/verbs.js'))).to.deep.equal([]);
+    expect(r.modules.filter((m) => m.endsWith('/core/dist/index.js'))).to.deep.equal([]);
+  });
+
+  it('`ferry VERB` loads that verb’s module and no other', async function () {
+    const r = await runLogged(['plugins', '--help'], dir);
+    expect(r.code).to.equal(0);
+    expect(r.stdout).to.include('ferry plugins');
+    const commands = r.modules.filter((m) => m.includes('/cli/dist/commands/')).map((m) => path.basename(m));
+    expect(commands).to.include('plugins.js');
+    expect(commands.filter((c) => c !== 'plugins.js' && c !== 'verbs.js')).to.deep.equal([]);
+  });
+});
+
+describe('V8 compile cache', function () {
+  it('lives under $XDG_CACHE_HOME (absolute only), else ~/.cache', function () {
+    expect(compileCacheDir({ XDG_CACHE_HOME: '/var/cache/u' })).to.equal(path.join('/var/cache/u', 'ferry', 'v8'));
+    expect(compileCacheDir({ XDG_CACHE_HOME: 'relative' })).to.equal(path.join(os.homedir(), '.cache', 'ferry', 'v8'));
+    expect(compileCacheDir({})).to.equal(path.join(os.homedir(), '.cache', 'ferry', 'v8'));
+  });
+
+  it('is off with NODE_DISABLE_COMPILE_CACHE, and an unwritable folder neither throws nor stops the CLI', async function () {
+    expect(enableCompileCache({ NODE_DISABLE_COMPILE_CACHE: '1' })).to.equal(undefined);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-cc-'));
+    try {
+      const file = path.join(dir, 'not-a-folder');
+      writeFileSync(file, '');
+      // a cache "folder" below a regular file can never be made
+      const r = await new Promise<{ code: number; stdout: string }>((resolve) =>
+        execFile(process.execPath, [BIN, 'plugins', '--help'], { env: { ...process.env, XDG_CACHE_HOME: file } }, (err, stdout) =>
+          resolve({ code: err ? Number(err.code) : 0, stdout }),
+        ),
+      );
+      expect(r.code).to.equal(0);
+      expect(r.stdout).to.include('ferry plugins');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
