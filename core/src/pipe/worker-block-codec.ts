@@ -1,7 +1,24 @@
 import type { DiscoveryOptions } from '../plugins/discovery.js';
 import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from '../repository/block-codec.js';
-import type { BlockTask } from './block-worker.js';
+import type { Compressor } from '../contracts/compressor.js';
+import { BlockTasks, type BlockTask } from './block-tasks.js';
 import { WorkerPool } from './worker-pool.js';
+
+/**
+ * Work the calling thread does itself before any worker thread starts: a thread costs ~0.2 core-s
+ * to start (bootstrap, plugin discovery), more than hashing and compressing a few MiB, so a small
+ * job (a 1 MiB disk, a few changed blocks) never starts one. Past the budget every task goes to
+ * the threads.
+ */
+export interface InlineStart {
+  /** A compressor by name on the calling thread (as the workers build them). */
+  compressor: (name: string) => Promise<Compressor>;
+  /** Block bytes (raw for encoding, stored for decoding) handled here before the threads take over. */
+  bytes: number;
+}
+
+/** The inline budget a job's codec gets (`JobRuntime.codec`). */
+export const INLINE_CODEC_BYTES = 4 * 1024 * 1024;
 
 /**
  * Runs hashing, compression, decompression and verification on a pool of worker threads (one per
@@ -12,24 +29,53 @@ export class WorkerBlockCodec implements BlockCodec {
   private readonly pool: WorkerPool<BlockTask, unknown>;
   private readonly freeSlots: BlockSlot[] = [];
   private slotCount = 0;
+  private readonly inline?: BlockTasks;
+  private inlineLeft = 0;
+  private inlineBusyMs = 0;
 
-  /** `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). */
-  constructor(discovery: DiscoveryOptions, threads?: number, idKey?: Uint8Array) {
-    this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), idKey ? { ...discovery, idKey } : discovery, threads);
+  /**
+   * `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). `inline`: the
+   * first tasks run on the calling thread, and the first worker starts with the first task past it.
+   */
+  constructor(discovery: DiscoveryOptions, threads?: number, idKey?: Uint8Array, inline?: InlineStart) {
+    this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), idKey ? { ...discovery, idKey } : discovery, threads, inline ? 0 : 1);
+    if (inline) {
+      this.inline = new BlockTasks(inline.compressor, idKey);
+      this.inlineLeft = inline.bytes;
+    }
   }
 
+  /** Threads that worked on blocks: the workers started, or the calling thread alone. */
   get threads(): number {
+    return Math.max(1, this.pool.size);
+  }
+
+  /** Worker threads started so far. */
+  get workerThreads(): number {
     return this.pool.size;
   }
 
-  /** Thread time spent on blocks so far, summed over the threads. */
+  /** Thread time spent on blocks so far, summed over the threads (the calling thread's share included). */
   get busyMs(): number {
-    return this.pool.busyMs;
+    return this.pool.busyMs + this.inlineBusyMs;
+  }
+
+  private run(task: BlockTask, bytes: number, transfer: ArrayBuffer[] = []): Promise<unknown> {
+    if (this.inline && bytes <= this.inlineLeft) {
+      this.inlineLeft -= bytes;
+      const t0 = performance.now();
+      return this.inline.handle(task).then(({ result }) => {
+        this.inlineBusyMs += performance.now() - t0;
+        return result;
+      });
+    }
+    this.inlineLeft = 0; // past the budget: the threads from here on
+    return this.pool.run(task, transfer);
   }
 
   async encode(block: Buffer, compressor: string, level: number): Promise<{ hash: Buffer; encoded: Buffer }> {
     const data = movable(block);
-    const r = (await this.pool.run({ op: 'encode', block: data, compressor, level }, [data.buffer as ArrayBuffer])) as {
+    const r = (await this.run({ op: 'encode', block: data, compressor, level }, data.length, [data.buffer as ArrayBuffer])) as {
       hash: Uint8Array;
       encoded: Uint8Array;
     };
@@ -38,7 +84,7 @@ export class WorkerBlockCodec implements BlockCodec {
 
   async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
     const data = movable(encoded);
-    const r = (await this.pool.run({ op: 'decode', encoded: data, hash, object }, [data.buffer as ArrayBuffer])) as { raw: Uint8Array };
+    const r = (await this.run({ op: 'decode', encoded: data, hash, object }, data.length, [data.buffer as ArrayBuffer])) as { raw: Uint8Array };
     return asBuffer(r.raw);
   }
 
@@ -58,6 +104,7 @@ export class WorkerBlockCodec implements BlockCodec {
     const out = new SharedArrayBuffer(maxEncodedLength(length));
     const id = ++this.slotCount;
     this.pool.broadcast({ op: 'slot', slot: id, raw, out });
+    this.inline?.addSlot(id, raw, out);
     return { id, raw: Buffer.from(raw), out: Buffer.from(out) };
   }
 
@@ -66,13 +113,13 @@ export class WorkerBlockCodec implements BlockCodec {
   }
 
   async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }> {
-    const r = (await this.pool.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level })) as { hash?: Uint8Array; encodedLength?: number };
+    const r = (await this.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level }, length)) as { hash?: Uint8Array; encodedLength?: number };
     return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength };
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
     const data = movable(encoded);
-    const r = (await this.pool.run({ op: 'slot-decode', encoded: data, hash, object, slot: slot.id }, [data.buffer as ArrayBuffer])) as { rawLength: number };
+    const r = (await this.run({ op: 'slot-decode', encoded: data, hash, object, slot: slot.id }, data.length, [data.buffer as ArrayBuffer])) as { rawLength: number };
     return r.rawLength;
   }
 }

@@ -2,6 +2,8 @@ import { expect } from 'chai';
 import { createHash } from 'node:crypto';
 import { createPluginHost } from '../session/job-runtime.js';
 import { Prng } from '../testing/vm-image.js';
+import { NoneCompressor } from '../compression/none-compressor.js';
+import { RleCompressor } from '../compression/rle-compressor.js';
 import { WorkerBlockCodec } from './worker-block-codec.js';
 
 const BLOCK = 64 * 1024;
@@ -39,5 +41,51 @@ describe('WorkerPool: threads start as work needs them', function () {
     const results = await Promise.all(slots.map((s) => c.encodeSlot(s, BLOCK, 'hash', 'none', 0)));
     expect(c.threads).to.equal(3);
     results.forEach((r, i) => expect(r.hash!.equals(createHash('sha256').update(blocks[i]).digest()), `slot ${i}`).to.equal(true));
+  });
+});
+
+describe('WorkerBlockCodec with an inline budget: a small job starts no thread', function () {
+  let codec: WorkerBlockCodec | undefined;
+  afterEach(async () => {
+    await codec?.close();
+    codec = undefined;
+  });
+  const inline = (bytes: number) => ({ compressor: async (n: string) => (n === 'rle' ? new RleCompressor() : new NoneCompressor()), bytes });
+
+  it('does the first blocks on the calling thread, then hands over to the threads with the same results', async function () {
+    const host = await createPluginHost();
+    const threaded = new WorkerBlockCodec(host.options, 2);
+    codec = new WorkerBlockCodec(host.options, 2, undefined, inline(2 * BLOCK));
+    const c = codec;
+    try {
+      const text = Buffer.alloc(BLOCK, 'block text that compresses ');
+      const a = await c.encode(Buffer.from(text), 'rle', 1);
+      // a slot announced while no thread runs is known to the thread that starts later
+      const slot = c.takeSlot(BLOCK);
+      text.copy(slot.raw);
+      const b = await c.encodeSlot(slot, BLOCK, 'encode', 'rle', 1);
+      expect(c.workerThreads, 'two blocks within the budget').to.equal(0);
+      const later = c.takeSlot(BLOCK);
+      text.copy(later.raw);
+      const d = await c.encodeSlot(later, BLOCK, 'encode', 'rle', 1);
+      expect(c.workerThreads, 'past the budget').to.equal(1);
+      const ref = await threaded.encode(Buffer.from(text), 'rle', 1);
+      expect(a.hash.equals(ref.hash) && a.encoded.equals(ref.encoded)).to.equal(true);
+      expect(Buffer.from(b.hash!).equals(ref.hash) && Buffer.from(d.hash!).equals(ref.hash)).to.equal(true);
+      expect(slot.out.subarray(0, b.encodedLength).equals(ref.encoded)).to.equal(true);
+      expect(later.out.subarray(0, d.encodedLength).equals(ref.encoded)).to.equal(true);
+      expect((await c.decode(ref.encoded, ref.hash, 'x')).equals(text)).to.equal(true);
+    } finally {
+      await threaded.close();
+    }
+  });
+
+  it('checks blocks inline as strictly as the threads: a wrong hash is REPO_CORRUPT_OBJECT', async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 2, undefined, inline(4 * BLOCK));
+    const { encoded } = await codec.encode(block(7), 'none', 0);
+    let err: unknown;
+    await codec.decode(encoded, Buffer.alloc(32), 'block 7').catch((e: unknown) => (err = e));
+    expect((err as { code?: string }).code).to.equal('REPO_CORRUPT_OBJECT');
+    expect(codec.workerThreads).to.equal(0);
   });
 });

@@ -18,8 +18,8 @@ interface Slot {
  * Up to `size` worker threads running one module, with a bounded queue per worker. Tasks go to the
  * least busy worker; buffers named in `transfer` move to the worker and back without copies.
  *
- * Threads start as work needs them: one at once, another only when a task arrives while every
- * running thread is busy. A small job (one block) thus starts one thread, not one per core: each
+ * Threads start as work needs them: one at once (or at the first task), another only when a task
+ * arrives while every running thread is busy. A small job (one block) thus starts one thread, not one per core: each
  * costs ~0.2 core-s of start-up (bootstrap, plugin discovery). Broadcast messages reach threads
  * started later too, in the order they were sent.
  *
@@ -42,8 +42,10 @@ export class WorkerPool<T, R> {
     private readonly workerData: unknown,
     /** The most threads this pool starts. */
     readonly maxSize = Math.max(1, os.availableParallelism()),
+    /** Threads started at once (0: the first task starts one). */
+    startThreads = 1,
   ) {
-    this.spawn();
+    for (let i = 0; i < Math.min(startThreads, maxSize); i++) this.spawn();
   }
 
   private spawn(): Slot {
@@ -85,8 +87,8 @@ export class WorkerPool<T, R> {
   run(task: T, transfer: TransferListItem[] = []): Promise<R> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new FerryError('INTERNAL', 'worker pool is closed'));
-    let slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
-    if (slot.busy > 0 && this.slots.length < this.maxSize) slot = this.spawn();
+    let slot = this.slots.length ? this.slots.reduce((a, b) => (b.busy < a.busy ? b : a)) : undefined;
+    if (!slot || (slot.busy > 0 && this.slots.length < this.maxSize)) slot = this.spawn();
     const id = this.nextId++;
     return new Promise<R>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });

@@ -17,7 +17,7 @@ import { jobPassphrase } from '../repository/passphrase.js';
 import type { WriteMeter } from '../repository/block-store.js';
 import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../repository/block-codec.js';
-import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import { INLINE_CODEC_BYTES, WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 import { createPluginHost } from '../plugins/create-plugin-host.js';
 import { notHere } from './remote-backup.js';
 import { autoTransportOrder } from '../plan/disk-plan.js';
@@ -131,9 +131,13 @@ export class JobRuntime {
     return this.instance('guest-runtime', os, {}, at);
   }
 
-  /** Hashing and (de)compression on worker threads, one per core; created on first use. */
+  /**
+   * Hashing and (de)compression on worker threads, up to one per core, started as the work needs
+   * them; the first few MiB on this thread, so a small job starts none. Created on first use.
+   */
   codec(): Promise<BlockCodec> {
-    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey));
+    const inline = { compressor: (name: string) => this.plugins.create('compressor', name, this.plugins.container), bytes: INLINE_CODEC_BYTES };
+    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey, inline));
     return this.codecPromise;
   }
 

@@ -1,0 +1,82 @@
+import type { Compressor } from '../contracts/compressor.js';
+import { FerryError } from '../errors.js';
+import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from '../repository/block-codec.js';
+
+export type BlockTask =
+  | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
+  | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
+  | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
+  | { op: 'slot-decode'; encoded: Uint8Array; hash: Uint8Array; object: string; slot: number }
+  | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
+
+/**
+ * What a block task does, wherever it runs: on a worker thread (`block-worker.ts`) or on the
+ * calling thread while a job is still small (`WorkerBlockCodec`'s inline budget). One code path, so
+ * a block is hashed, compressed and checked the same way in both places.
+ */
+export class BlockTasks {
+  private readonly compressors = new Map<string, Promise<Compressor>>();
+  /** Block buffers shared with the main thread (`WorkerBlockCodec.takeSlot`), by slot id. */
+  private readonly slots = new Map<number, { raw: Buffer; out: Buffer }>();
+
+  /** `create`: a compressor by name (the plugin host stamps plugin and hook on what it throws). */
+  constructor(
+    private readonly create: (name: string) => Promise<Compressor>,
+    /** Encrypted repositories: block ids are HMAC-SHA256 under this key. */
+    private readonly idKey?: Uint8Array,
+  ) {}
+
+  addSlot(slot: number, raw: SharedArrayBuffer, out: SharedArrayBuffer): void {
+    this.slots.set(slot, { raw: Buffer.from(raw), out: Buffer.from(out) });
+  }
+
+  private compressor(name: string): Promise<Compressor> {
+    let c = this.compressors.get(name);
+    if (!c) {
+      c = this.create(name);
+      this.compressors.set(name, c);
+    }
+    return c;
+  }
+
+  async handle(task: BlockTask): Promise<{ result: unknown; transfer: ArrayBuffer[] }> {
+    const idKey = this.idKey;
+    if (task.op === 'slot-encode') {
+      const s = this.slots.get(task.slot);
+      if (!s || task.length > s.raw.length) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread or too small`);
+      const block = s.raw.subarray(0, task.length);
+      // A fresh 32-byte copy: a digest may be a view of a larger pooled buffer, which would be cloned whole.
+      const hash = task.work === 'compress' ? undefined : new Uint8Array(blockId(block, idKey));
+      if (task.work === 'hash') return { result: { hash }, transfer: [] };
+      const encodedLength = compressRawBlockInto(block, task.compressor, await this.compressor(task.compressor), task.level, s.out);
+      return { result: { hash, encodedLength }, transfer: [] };
+    }
+    if (task.op === 'slot-decode') {
+      const s = this.slots.get(task.slot);
+      if (!s) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread`);
+      const { name, c } = await this.decompressorOf(task.encoded, task.object);
+      return { result: { rawLength: decodeAndVerifyInto(task.encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
+    }
+    if (task.op === 'slot') throw new FerryError('INTERNAL', 'a slot announcement was sent as a task');
+    if (task.op === 'encode') {
+      const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await this.compressor(task.compressor), task.level, idKey);
+      return { result: { hash, encoded }, transfer: owned(encoded) };
+    }
+    const { name, c } = await this.decompressorOf(task.encoded, task.object);
+    const raw = decodeAndVerify(task.encoded, task.hash, task.object, c, name, idKey);
+    return { result: { raw }, transfer: owned(raw) };
+  }
+
+  /** The compressor a stored block names, or PLUGIN_NOT_FOUND naming the block. */
+  private async decompressorOf(encoded: Uint8Array, object: string): Promise<{ name: string; c: Compressor }> {
+    const name = compressorOf(encoded, object);
+    const c = await this.compressor(name).catch(() => undefined);
+    if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object });
+    return { name, c };
+  }
+}
+
+/** A buffer's memory can move back to the main thread only when it owns all of it. */
+function owned(b: Uint8Array): ArrayBuffer[] {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : [];
+}
