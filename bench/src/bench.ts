@@ -15,6 +15,7 @@
  * FERRY_BENCH_RUNS (1; the median run is kept), FERRY_BENCH_LEVELS (all),
  * FERRY_BENCH_ONLY (comma list of fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve; default all;
  * `fixed` alone needs no image and runs in seconds), FERRY_BENCH_FIXED_RUNS (15),
+ * FERRY_BENCH_FIXED_BASELINE (another built checkout's bin/ferry.js, compared in the same rotation),
  * FERRY_BENCH_NBD_CONNECTIONS (1), FERRY_BENCH_BORG_ENCRYPTION (none), FERRY_BENCH_KEEP=1 keeps the
  * work folder, TMPDIR picks its disk.
  */

@@ -3,7 +3,9 @@
  * each as a whole process, beside `node -e 0` (Node's own start-up, the floor), run in turn
  * (A B C A B C ...) so that drift in the machine's speed touches all three alike; medians of wall
  * and CPU (user + system, threads included). Needs no benchmark image: `FERRY_BENCH_ONLY=fixed`
- * runs it alone in seconds. FERRY_BENCH_FIXED_RUNS sets the count (15).
+ * runs it alone in seconds. FERRY_BENCH_FIXED_RUNS sets the count (15). FERRY_BENCH_FIXED_BASELINE
+ * names another checkout's `bin/ferry.js` (built): its two commands join the same rotation, for
+ * before/after figures from one run.
  */
 import { spawn } from 'node:child_process';
 import { promises as fs, mkdirSync } from 'node:fs';
@@ -87,29 +89,34 @@ export async function fixedCostCase(work: string, runs: number, log: (line: stri
   mkdirSync(ds, { recursive: true });
   await fs.writeFile(path.join(ds, 'tiny.raw'), randomBytes(1, 1, 1024 * 1024));
   const job = writeJob(work, { name: 'bench-fixed', source: { kind: 'file', datastore: ds, disk: 'tiny.raw' }, repo, level: 'optimal' });
-  const cases: { name: string; run: () => Promise<Usage>; targetS?: number }[] = [
-    { name: 'node -e 0 (peer)', run: () => run(process.execPath, ['-e', '0']) },
+  const ferryCases = (bin: string, label: string): { name: string; run: () => Promise<Usage>; targetS?: number }[] => [
     {
-      name: 'ferry --version',
+      name: `ferry --version${label}`,
       targetS: FIXED_TARGETS.version,
       run: async () => {
-        const r = await run(process.execPath, [FERRY, '--version']);
-        if (!/^\d+\.\d+\.\d+/.test(r.stdout)) throw new Error(`ferry --version printed ${JSON.stringify(r.stdout)}`);
+        const r = await run(process.execPath, [bin, '--version']);
+        if (!/^\d+\.\d+\.\d+/.test(r.stdout)) throw new Error(`${bin} --version printed ${JSON.stringify(r.stdout)}`);
         return r;
       },
     },
     {
-      name: 'full backup, 1 MiB image',
+      name: `full backup, 1 MiB image${label}`,
       targetS: FIXED_TARGETS.tinyBackup,
       run: async () => {
         await fs.rm(repo, { recursive: true, force: true }); // a full backup each time: a new repository
-        const r = await run(process.execPath, [FERRY, 'backup', job, '--json']);
+        const r = await run(process.execPath, [bin, 'backup', job, '--json']);
         if (r.code !== 0 || (JSON.parse(r.stdout) as { status: string }).status !== 'success') {
-          throw new Error(`ferry backup ${job} failed (${r.code}): ${r.stdout.slice(0, 2000)}${r.stderr.slice(-2000)}`);
+          throw new Error(`${bin} backup ${job} failed (${r.code}): ${r.stdout.slice(0, 2000)}${r.stderr.slice(-2000)}`);
         }
         return r;
       },
     },
+  ];
+  const baseline = process.env.FERRY_BENCH_FIXED_BASELINE;
+  const cases = [
+    { name: 'node -e 0 (peer)', run: () => run(process.execPath, ['-e', '0']) } as { name: string; run: () => Promise<Usage>; targetS?: number },
+    ...ferryCases(FERRY, ''),
+    ...(baseline ? ferryCases(path.resolve(baseline), ' (baseline)') : []),
   ];
   const samples = cases.map(() => [] as Usage[]);
   for (const c of cases) await c.run(); // one warm-up each (page cache, first-run effects)
