@@ -4,7 +4,7 @@
  */
 import 'reflect-metadata';
 import { parentPort, workerData } from 'node:worker_threads';
-import { registerBuiltins } from '../builtin.js';
+import { registerBuiltinCompressors } from '../compression/builtin-compressors.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { DiscoveryOptions } from '../plugins/discovery.js';
 import { BlockTasks, type BlockTask } from './block-tasks.js';
@@ -12,7 +12,8 @@ import { toWorkerError } from './worker-pool.js';
 
 export type { BlockTask } from './block-tasks.js';
 
-const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuiltins);
+// Compressors are all a worker builds: the built-in block filters (and the disk formats) stay unloaded.
+const hostReady = PluginHost.create(workerData as DiscoveryOptions, registerBuiltinCompressors);
 // The plugin host stamps plugin and hook on what a compressor throws (plugins/plugin-guard.ts).
 const tasks = new BlockTasks(
   (name) => hostReady.then((host) => host.create('compressor', name, host.container)),
