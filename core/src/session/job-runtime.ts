@@ -183,8 +183,9 @@ async function pluginSchemas(plugins: PluginHost, jobFile: JobFile): Promise<Plu
     filters.push((await plugins.registration('block-filter', choiceName(f), jobFile.where(at(f, ['filters', i])))).options.configSchema);
   }
   // Guest runtimes by `guest.os`: an unknown one fails here, at its key, before any session step.
-  const vms = (jobFile.raw as { source: { vms: { guest?: { os?: string } }[] } }).source.vms;
-  for (const [i, vm] of vms.entries()) {
+  // (`vms: all` and `vms: { match }` name no VM, so no guest either)
+  const vms = (jobFile.raw as { source: { vms: { guest?: { os?: string } }[] | object } }).source.vms;
+  for (const [i, vm] of (Array.isArray(vms) ? vms : []).entries()) {
     if (vm.guest?.os) await plugins.registration('guest-runtime', vm.guest.os, jobFile.where(['source', 'vms', i, 'guest', 'os']));
   }
   const compression = raw.storage?.compression ?? 'optimal';
