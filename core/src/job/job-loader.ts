@@ -1,7 +1,8 @@
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
-import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document, type Node } from 'yaml';
+import type { Ajv, ErrorObject } from 'ajv';
+import type { Document, LineCounter, Node } from 'yaml';
+import { ajvLib, yamlLib } from './yaml-lib.js';
 import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
@@ -111,6 +112,7 @@ export class JobFile {
   static parse(text: string, file: string, opts: JobLoadOptions = {}): JobFile {
     const bytes = Buffer.byteLength(text);
     if (bytes > MAX_JOB_FILE_BYTES) throw jobFileTooLarge(file, `${bytes} bytes`);
+    const { LineCounter, parseDocument } = yamlLib();
     const lines = new LineCounter();
     // `uniqueKeys` is checked by `toValues`, in linear time
     const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: false });
@@ -184,6 +186,7 @@ export class JobFile {
   whereKey(docPath: DocPath, key: string): ErrorLocation {
     const map = this.doc.getIn(docPath, true);
     const coll = docPath.length === 0 ? this.doc.contents : map;
+    const { isMap, isPair, isScalar } = yamlLib();
     if (isMap(coll)) {
       for (const item of coll.items) {
         if (isPair(item) && isScalar(item.key) && item.key.value === key && item.key.range) {
@@ -361,7 +364,7 @@ export class JobFile {
   private newAjv(): Ajv {
     // `optimize: false`: the validator runs once per schema, so Ajv's pass over the generated code
     // cost more than it saved (~70 ms of CPU per job load); what it checks is the same.
-    const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false, verbose: true, code: { optimize: false } });
+    const ajv = new (ajvLib().Ajv)({ allErrors: false, strict: false, useDefaults: false, verbose: true, code: { optimize: false } });
     const baseDir = this.dir;
     addFerryPathKeyword(ajv, baseDir, (kind, resolved, pointer) => {
       // read when called: `remote` is known from the first pass's data

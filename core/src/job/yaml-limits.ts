@@ -1,5 +1,6 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { isAlias, isMap, isPair, isScalar, isSeq, visit, type Alias, type Document, type Node } from 'yaml';
+import type { Alias, Document, Node } from 'yaml';
+import { yamlLib } from './yaml-lib.js';
 import { FerryError } from '../errors.js';
 import { formatSize } from './size.js';
 
@@ -74,9 +75,9 @@ export function checkAliases(doc: Document): AliasProblem | undefined {
   const targets = new Map<Alias, Node>();
   let anchorCount = 0;
   let problem: AliasProblem | undefined;
-  visit(doc, {
+  yamlLib().visit(doc, {
     Node(_key, node, ancestors) {
-      if (isAlias(node)) {
+      if (yamlLib().isAlias(node)) {
         const target = anchors.get(node.source);
         const at = (): AliasProblem['docPath'] => docPathOf(ancestors, node);
         if (!target) {
@@ -86,12 +87,12 @@ export function checkAliases(doc: Document): AliasProblem | undefined {
         } else if (targets.size >= MAX_JOB_ANCHORS) {
           problem = { detail: `more than ${MAX_JOB_ANCHORS} YAML aliases (*name); a job file needs a few at most`, offset: node.range?.[0], docPath: at() };
         }
-        if (problem) return visit.BREAK;
+        if (problem) return yamlLib().visit.BREAK;
         targets.set(node, target!);
       } else if (node.anchor) {
         if (++anchorCount > MAX_JOB_ANCHORS) {
           problem = { detail: `more than ${MAX_JOB_ANCHORS} YAML anchors (&name); a job file needs a few at most`, offset: node.range?.[0], docPath: docPathOf(ancestors, node) };
-          return visit.BREAK;
+          return yamlLib().visit.BREAK;
         }
         anchors.set(node.anchor, node);
       }
@@ -107,14 +108,14 @@ export function checkAliases(doc: Document): AliasProblem | undefined {
     const known = sizes.get(node);
     if (known !== undefined) return known;
     let n = 1;
-    if (isAlias(node)) n = size(targets.get(node));
-    else if (isPair(node)) n = size(node.key) + size(node.value);
-    else if (isMap(node) || isSeq(node)) for (const item of node.items) n = Math.min(n + size(item), MAX_ALIAS_EXPANSION + 1);
+    if (yamlLib().isAlias(node)) n = size(targets.get(node));
+    else if (yamlLib().isPair(node)) n = size(node.key) + size(node.value);
+    else if (yamlLib().isMap(node) || yamlLib().isSeq(node)) for (const item of node.items) n = Math.min(n + size(item), MAX_ALIAS_EXPANSION + 1);
     sizes.set(node, n);
     return n;
   };
   let total = 0;
-  visit(doc, {
+  yamlLib().visit(doc, {
     Alias(_key, node, ancestors) {
       total += size(node);
       if (total <= MAX_ALIAS_EXPANSION) return undefined;
@@ -125,7 +126,7 @@ export function checkAliases(doc: Document): AliasProblem | undefined {
         offset: node.range?.[0],
         docPath: docPathOf(ancestors, node),
       };
-      return visit.BREAK;
+      return yamlLib().visit.BREAK;
     },
   });
   return problem;
@@ -138,14 +139,14 @@ export function checkAliases(doc: Document): AliasProblem | undefined {
  */
 export function firstDuplicateKey(doc: Document): { key: string; offset?: number } | undefined {
   let found: { key: string; offset?: number } | undefined;
-  visit(doc, {
+  yamlLib().visit(doc, {
     Map(_key, map) {
       const seen = new Set<unknown>();
       for (const pair of map.items) {
-        if (!isScalar(pair.key)) continue;
+        if (!yamlLib().isScalar(pair.key)) continue;
         if (seen.has(pair.key.value)) {
           found = { key: String(pair.key.value), offset: pair.key.range?.[0] };
-          return visit.BREAK;
+          return yamlLib().visit.BREAK;
         }
         seen.add(pair.key.value);
       }
@@ -161,8 +162,8 @@ function docPathOf(ancestors: readonly unknown[], node: unknown): DocPath {
   for (let i = 0; i < ancestors.length; i++) {
     const a = ancestors[i];
     const child = i + 1 < ancestors.length ? ancestors[i + 1] : node;
-    if (isPair(a)) out.push(isScalar(a.key) ? String(a.key.value) : '?');
-    else if (isSeq(a)) out.push(a.items.indexOf(child as never));
+    if (yamlLib().isPair(a)) out.push(yamlLib().isScalar(a.key) ? String(a.key.value) : '?');
+    else if (yamlLib().isSeq(a)) out.push(a.items.indexOf(child as never));
   }
   return out;
 }
