@@ -1,6 +1,7 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
 import type { BlockCodec, BlockSlot } from './block-codec.js';
+import { BlockIndex } from './block-index.js';
 import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
 import { sha256 } from '../util/checksums.js';
 import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
@@ -20,9 +21,9 @@ export interface WriteMeter {
 
 interface IndexState {
   /** From `index/`: what sessions deduplicate against. An undamaged copy wins over a damaged one. */
-  live: Map<string, BlockLocation>;
+  live: BlockIndex;
   /** From `gc/condemned/`: packs gc is about to delete; read from only when no live copy exists. */
-  condemned: Map<string, BlockLocation>;
+  condemned: BlockIndex;
   damaged: DamageIndex;
 }
 
@@ -74,8 +75,8 @@ export class BlockStore {
   /** True when an undamaged copy is stored or the block is already reserved by this session. */
   async has(hash: Uint8Array): Promise<boolean> {
     await this.load();
-    const hex = Buffer.from(hash).toString('hex');
-    return this.hasGoodCopy(hex) || this.pending.has(hex);
+    if (this.hasGoodCopy(hash)) return true;
+    return this.pending.size > 0 && this.pending.has(Buffer.from(hash).toString('hex'));
   }
 
   /**
@@ -84,11 +85,13 @@ export class BlockStore {
    */
   reserve(hash: Uint8Array): boolean {
     if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.reserve before load');
+    if (this.hasGoodCopy(hash)) return false;
     const hex = Buffer.from(hash).toString('hex');
-    if (this.hasGoodCopy(hex) || this.pending.has(hex)) return false;
-    // Counted as healed only when a listed copy is what the repository would otherwise use.
+    if (this.pending.has(hex)) return false;
+    // Counted as healed only when a listed copy (or one in a missing pack) is what the repository
+    // would otherwise use.
     const listed = this.state.damaged.get(hex);
-    if (listed && (this.state.live.has(hex) || listed.has(''))) this.healed++;
+    if (this.state.live.packOf(hash) >= 0 || listed?.has('')) this.healed++;
     this.pending.add(hex);
     return true;
   }
@@ -96,20 +99,21 @@ export class BlockStore {
   /** True when no undamaged indexed copy exists: a backup must read this block again (self-heal). */
   needsHeal(hash: Uint8Array): boolean {
     if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.needsHeal before load');
-    const hex = Buffer.from(hash).toString('hex');
-    return !this.hasGoodCopy(hex) && !this.pending.has(hex);
+    return !this.hasGoodCopy(hash) && !this.pending.has(Buffer.from(hash).toString('hex'));
   }
 
   /** Where a read of `hash` goes: the preferred live copy, else a condemned pack's copy. */
   locate(hash: Uint8Array | string): BlockLocation | undefined {
     if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.locate before load');
-    const hex = typeof hash === 'string' ? hash : Buffer.from(hash).toString('hex');
-    return this.state.live.get(hex) ?? this.state.condemned.get(hex);
+    const bin = typeof hash === 'string' ? Buffer.from(hash, 'hex') : hash;
+    return this.state.live.get(bin) ?? this.state.condemned.get(bin);
   }
 
-  /** Whether the damaged-blocks list names this copy of the block. */
+  /** Whether the damaged-blocks list names this copy of the block, or its pack file is missing. */
   isKnownDamaged(hex: string, pack: string | null): boolean {
-    return this.state?.damaged.get(hex)?.has(pack ?? '') ?? false;
+    if (!this.state) return false;
+    if (pack !== null && this.state.live.isPackGone(pack)) return true;
+    return this.state.damaged.get(hex)?.has(pack ?? '') ?? false;
   }
 
   /**
@@ -181,16 +185,23 @@ export class BlockStore {
     return { record: this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded, object };
   }
 
-  private hasGoodCopy(hex: string): boolean {
-    const at = this.state!.live.get(hex);
-    return at !== undefined && !this.state!.damaged.get(hex)?.has(at.pack);
+  private hasGoodCopy(hash: Uint8Array): boolean {
+    const { live, damaged } = this.state!;
+    const pack = live.packOf(hash);
+    if (pack < 0 || live.isGone(pack)) return false;
+    return damaged.size === 0 || !damaged.get(Buffer.from(hash).toString('hex'))?.has(live.packId(pack));
   }
 
+  /**
+   * A pack just stored: its copies are indexed as the last word (a pack stored again replaces no
+   * earlier copy unless that one is known damaged, the rule of `readIndexes`).
+   */
   private stored(packId: string, entries: PackEntry[]): void {
+    const live = this.state!.live;
+    const n = live.packNumber(packId);
     for (const e of entries) {
-      const hex = e.hash.toString('hex');
-      this.state!.live.set(hex, { pack: packId, offset: e.offset, length: e.length });
-      this.pending.delete(hex);
+      live.add(e.hash, n, e.offset, e.length);
+      this.pending.delete(e.hash.toString('hex'));
     }
   }
 
@@ -207,6 +218,15 @@ export class BlockStore {
     const live = await this.readIndexes(liveKeys, damaged, files);
     const condemned = await this.readIndexes(condemnedKeys, damaged, files);
     return { live, condemned, damaged };
+  }
+
+  /** A new empty index: a copy known damaged (or in a missing pack) gives way to one that is not. */
+  private static newIndex(damaged: DamageIndex): BlockIndex {
+    const index: BlockIndex = new BlockIndex((hash, kept, cand) => {
+      const bad = (n: number): boolean => index.isGone(n) || (damaged.size > 0 && (damaged.get(Buffer.from(hash).toString('hex'))?.has(index.packId(n)) ?? false));
+      return bad(kept) && !bad(cand);
+    });
+    return index;
   }
 
   /** One index object; a damaged one is rebuilt from its pack when the pack is intact, else skipped. */
@@ -234,22 +254,17 @@ export class BlockStore {
     return out;
   }
 
-  private async readIndexes(keys: string[], damaged: DamageIndex, files: Set<string>): Promise<Map<string, BlockLocation>> {
-    const index = new Map<string, BlockLocation>();
+  private async readIndexes(keys: string[], damaged: DamageIndex, files: Set<string>): Promise<BlockIndex> {
+    const index = BlockStore.newIndex(damaged);
     for (let i = 0; i < keys.length; i += 16) {
       const batch = await Promise.all(keys.slice(i, i + 16).map((k) => this.readIndex(k)));
       for (const { packId, entries } of batch) {
-        const gone = !files.has(packId);
-        for (const e of entries) {
-          const hex = e.hash.toString('hex');
-          if (gone) damaged.set(hex, (damaged.get(hex) ?? new Set()).add(packId));
-          const known = index.get(hex);
-          // A second copy replaces the first only when the first is known damaged and it is not.
-          if (known && !(damaged.get(hex)?.has(known.pack) && !damaged.get(hex)?.has(packId))) continue;
-          index.set(hex, { pack: packId, offset: e.offset, length: e.length });
-        }
+        const n = index.packNumber(packId);
+        if (!files.has(packId)) index.markGone(n);
+        for (const e of entries) index.stage(e.hash, n, e.offset, e.length);
       }
     }
+    index.finishLoad();
     return index;
   }
 }
