@@ -83,6 +83,8 @@ async function scan(
   sample: string[],
   opts: VerifyOptions,
 ): Promise<{ findings: BlockFinding[]; counters: CheckCounters; scanMs: number }> {
+  // A health check reads the repository's index objects, not the local cache's copies.
+  repo.blocks.useCache = false;
   await repo.blocks.load();
   const byPack = new Map<string, BlockToCheck[]>();
   const findings: BlockFinding[] = [];

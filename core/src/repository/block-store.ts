@@ -3,10 +3,13 @@ import { FerryError } from '../errors.js';
 import type { BlockCodec, BlockSlot } from './block-codec.js';
 import { BlockIndex } from './block-index.js';
 import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
+import { createHash } from 'node:crypto';
 import { sha256 } from '../util/checksums.js';
 import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
 import { PackWriter, packIdOf, packKey } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
+import { RepositoryStorage } from './repository-storage.js';
+import type { IndexCache } from './index-cache.js';
 
 export interface BlockLocation {
   pack: string;
@@ -48,6 +51,10 @@ export class BlockStore {
   private readonly sealing = new Set<Promise<Buffer>>();
   /** Blocks stored again because every stored copy was known damaged. */
   healed = 0;
+  /** Whether `load` may use the local index cache (a health check reads every index object). */
+  useCache = true;
+  /** Index objects read from the repository (not the cache) by `load`. */
+  indexReads = 0;
   /**
    * Index objects that failed their checks. When the pack's own trailer is intact (the pack still
    * hashes to its id) the index was rebuilt from it in memory: `rebuilt` holds the entries, so a
@@ -60,7 +67,17 @@ export class BlockStore {
     meter?: WriteMeter,
     /** Encrypted repositories: block records are sealed on `add` and opened on `read`. */
     readonly cipher?: RepositoryCipher,
+    /**
+     * The local index cache: index objects are read from it when their key is listed, and the ones
+     * read or written here are added to it. `useCache = false` (a health check) reads the repository.
+     */
+    private readonly cache?: IndexCache,
   ) {
+    if (cache && backend instanceof RepositoryStorage) {
+      backend.onIndexWritten = (key, stored) => {
+        if (this.useCache && key.startsWith('index/')) return cache.write(key, stored);
+      };
+    }
     const put = (k: string, d: Uint8Array): Promise<boolean> => (meter ? meter.time(() => backend.putIfAbsent(k, d)) : backend.putIfAbsent(k, d));
     this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries), undefined, undefined, cipher);
   }
@@ -215,9 +232,46 @@ export class BlockStore {
     const liveKeys = await this.keys('index/');
     const condemnedKeys = await this.keys('gc/condemned/');
     const files = new Set((await this.keys('packs/')).map(packIdOf));
-    const live = await this.readIndexes(liveKeys, damaged, files);
+    const live = await this.loadLive(liveKeys, damaged, files);
     const condemned = await this.readIndexes(condemnedKeys, damaged, files);
+    if (this.cache && this.useCache) {
+      await this.cache.retainOnly('index', new Set(liveKeys));
+      await this.cache.retainOnly('gc', new Set(condemnedKeys));
+    }
     return { live, condemned, damaged };
+  }
+
+  /**
+   * The live index: from the cache's snapshot when it was built from a subset of the listed index
+   * objects under the same damage and missing packs (only the new objects are read and merged),
+   * else from every index object (each from the cache when it has it). A changed index is
+   * snapshotted again.
+   */
+  private async loadLive(keys: string[], damaged: DamageIndex, files: Set<string>): Promise<BlockIndex> {
+    const cache = this.useCache ? this.cache : undefined;
+    if (!cache) return this.readIndexes(keys, damaged, files);
+    const digest = stateDigest(keys, damaged, files);
+    const snap = await cache.readSnapshot();
+    const listed = new Set(keys);
+    if (snap && snap.digest === digest.state && snap.keys.every((k) => listed.has(k))) {
+      const index = BlockStore.newIndex(damaged);
+      index.importRun(snap.run, snap.prefix, snap.packs);
+      for (const id of snap.packs) if (!files.has(id)) index.markGone(index.packNumber(id));
+      const had = new Set(snap.keys);
+      const fresh = keys.filter((k) => !had.has(k));
+      await this.readIndexes(fresh, damaged, files, index);
+      if (fresh.length > 0) await this.snapshot(index, keys, digest.state);
+      return index;
+    }
+    const index = await this.readIndexes(keys, damaged, files);
+    await this.snapshot(index, keys, digest.state);
+    return index;
+  }
+
+  private async snapshot(index: BlockIndex, keys: string[], digest: string): Promise<void> {
+    if (index.overflowCount > 0) return; // rare; such an index is rebuilt from the cached objects
+    const { run, prefix, packs } = index.exportRun();
+    await this.cache!.writeSnapshot({ keys, digest, packs, prefix, run });
   }
 
   /** A new empty index: a copy known damaged (or in a missing pack) gives way to one that is not. */
@@ -232,7 +286,7 @@ export class BlockStore {
   /** One index object; a damaged one is rebuilt from its pack when the pack is intact, else skipped. */
   private async readIndex(key: string): Promise<{ packId: string; entries: PackEntry[] }> {
     try {
-      return decodeIndex(await this.backend.get(key), key);
+      return decodeIndex(await this.getIndexObject(key), key);
     } catch (err) {
       if (!(err instanceof FerryError) || err.code !== 'REPO_CORRUPT_OBJECT') throw err;
       const packId = packIdOf(key);
@@ -248,14 +302,38 @@ export class BlockStore {
     }
   }
 
+  /** An index object's plaintext: from the cache when it holds it, else read (and then cached). */
+  private async getIndexObject(key: string): Promise<Uint8Array> {
+    const storage = this.backend instanceof RepositoryStorage ? this.backend : undefined;
+    const cache = this.useCache && storage ? this.cache : undefined;
+    if (!cache) {
+      this.indexReads++;
+      return this.backend.get(key);
+    }
+    const cached = await cache.read(key);
+    if (cached) {
+      try {
+        return storage!.openStored(key, cached);
+      } catch {
+        // sealed under another key, or damaged despite its hash: read the repository's copy
+      }
+    }
+    this.indexReads++;
+    const stored = await storage!.getStored(key);
+    const plain = storage!.openStored(key, stored);
+    decodeIndex(plain, key); // only a good object is cached
+    await cache.write(key, stored);
+    return plain;
+  }
+
   private async keys(prefix: string): Promise<string[]> {
     const out: string[] = [];
     for await (const k of this.backend.list(prefix)) out.push(k);
     return out;
   }
 
-  private async readIndexes(keys: string[], damaged: DamageIndex, files: Set<string>): Promise<BlockIndex> {
-    const index = BlockStore.newIndex(damaged);
+  private async readIndexes(keys: string[], damaged: DamageIndex, files: Set<string>, into?: BlockIndex): Promise<BlockIndex> {
+    const index = into ?? BlockStore.newIndex(damaged);
     for (let i = 0; i < keys.length; i += 16) {
       const batch = await Promise.all(keys.slice(i, i + 16).map((k) => this.readIndex(k)));
       for (const { packId, entries } of batch) {
@@ -267,4 +345,17 @@ export class BlockStore {
     index.finishLoad();
     return index;
   }
+}
+
+/**
+ * What decided which copy of a block the index keeps besides the index objects themselves: the
+ * damaged-blocks list and which listed packs are missing. A snapshot built under another state is
+ * rebuilt (from cached objects) rather than reused.
+ */
+function stateDigest(keys: string[], damaged: DamageIndex, files: Set<string>): { state: string } {
+  const h = createHash('sha256');
+  for (const [hex, packs] of [...damaged].sort((a, b) => (a[0] < b[0] ? -1 : 1))) h.update(`${hex}:${[...packs].sort().join(',')}\n`);
+  h.update('gone\n');
+  for (const k of keys) if (!files.has(packIdOf(k))) h.update(`${k}\n`);
+  return { state: h.digest('hex') };
 }

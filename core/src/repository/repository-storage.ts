@@ -85,9 +85,25 @@ export class RepositoryStorage implements RepositoryBackend {
   /** Create-only put (sealed and protected like `put`); `false` when the key exists already. */
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
     const name = this.nameOf(key);
-    const created = await this.raw.putIfAbsent(key, name ? this.cipher!.sealObject(name, data) : data);
+    const stored = name ? this.cipher!.sealObject(name, data) : data;
+    const created = await this.raw.putIfAbsent(key, stored);
     if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
+    if (created) await this.onIndexWritten?.(key, stored);
     return created;
+  }
+
+  /** Told of every index object this process creates, as stored (the local index cache keeps it). */
+  onIndexWritten?: (key: string, stored: Uint8Array) => Promise<void> | void;
+
+  /** An object as the backend stores it (sealed in an encrypted repository): for the index cache. */
+  getStored(key: string): Promise<Uint8Array> {
+    return this.raw.get(key);
+  }
+
+  /** Opens an object read by `getStored` (or from the cache), as `get` would. */
+  openStored(key: string, stored: Uint8Array): Uint8Array {
+    const name = this.nameOf(key);
+    return name ? this.cipher!.openObject(name, stored, key) : stored;
   }
 
   /**

@@ -9,6 +9,7 @@ import { BlockStore, type WriteMeter } from './block-store.js';
 import { RepositoryCipher } from './repository-cipher.js';
 import { DEFAULT_SCRYPT, KEYS_PREFIX, newMasterKeys, openKeys, rewrapKeys, writeKeyObject, type ScryptParams } from './repository-keys.js';
 import { RepositoryStorage } from './repository-storage.js';
+import { IndexCache } from './index-cache.js';
 
 export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
 const FORMAT = 'ferry-repository';
@@ -118,7 +119,7 @@ export class Repository {
     readonly keyObject?: string,
   ) {
     this.backend = new RepositoryStorage(storage, cipher, config.immutability?.days, Boolean(config.encryption));
-    this.blocks = new BlockStore(this.backend, meter, cipher);
+    this.blocks = new BlockStore(this.backend, meter, cipher, IndexCache.forRepository(config.id));
   }
 
   get id(): string {
