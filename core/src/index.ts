@@ -22,6 +22,8 @@ export * from './repository/block-map.js';
 export * from './repository/block-object.js';
 export * from './repository/repository.js';
 export * from './repository/block-store.js';
+export * from './repository/block-index.js';
+export * from './repository/index-cache.js';
 export * from './repository/pack.js';
 export * from './repository/pack-writer.js';
 export * from './compression/levels.js';

@@ -9,7 +9,7 @@ import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
 import { PackWriter, packIdOf, packKey } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 import { RepositoryStorage } from './repository-storage.js';
-import type { IndexCache } from './index-cache.js';
+import { listDigest, type IndexCache } from './index-cache.js';
 
 export interface BlockLocation {
   pack: string;
@@ -82,6 +82,11 @@ export class BlockStore {
     this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries), undefined, undefined, cipher);
   }
 
+  /** Bytes the loaded index holds in its typed arrays (0 before `load`). */
+  get indexBytes(): number {
+    return this.state ? this.state.live.bytes + this.state.condemned.bytes : 0;
+  }
+
   /** Loads every index object, the condemned ones and the damaged-blocks list (once). */
   async load(): Promise<void> {
     if (this.state) return;
@@ -116,7 +121,7 @@ export class BlockStore {
   /** True when no undamaged indexed copy exists: a backup must read this block again (self-heal). */
   needsHeal(hash: Uint8Array): boolean {
     if (!this.state) throw new FerryError('INTERNAL', 'BlockStore.needsHeal before load');
-    return !this.hasGoodCopy(hash) && !this.pending.has(Buffer.from(hash).toString('hex'));
+    return !this.hasGoodCopy(hash) && !(this.pending.size > 0 && this.pending.has(Buffer.from(hash).toString('hex')));
   }
 
   /** Where a read of `hash` goes: the preferred live copy, else a condemned pack's copy. */
@@ -234,10 +239,7 @@ export class BlockStore {
     const files = new Set((await this.keys('packs/')).map(packIdOf));
     const live = await this.loadLive(liveKeys, damaged, files);
     const condemned = await this.readIndexes(condemnedKeys, damaged, files);
-    if (this.cache && this.useCache) {
-      await this.cache.retainOnly('index', new Set(liveKeys));
-      await this.cache.retainOnly('gc', new Set(condemnedKeys));
-    }
+    if (this.cache && this.useCache) await this.cache.retainOnly('gc', new Set(condemnedKeys));
     return { live, condemned, damaged };
   }
 
@@ -252,26 +254,34 @@ export class BlockStore {
     if (!cache) return this.readIndexes(keys, damaged, files);
     const digest = stateDigest(keys, damaged, files);
     const snap = await cache.readSnapshot();
-    const listed = new Set(keys);
-    if (snap && snap.digest === digest.state && snap.keys.every((k) => listed.has(k))) {
-      const index = BlockStore.newIndex(damaged);
-      index.importRun(snap.run, snap.prefix, snap.packs);
-      for (const id of snap.packs) if (!files.has(id)) index.markGone(index.packNumber(id));
-      const had = new Set(snap.keys);
-      const fresh = keys.filter((k) => !had.has(k));
-      await this.readIndexes(fresh, damaged, files, index);
-      if (fresh.length > 0) await this.snapshot(index, keys, digest.state);
-      return index;
+    if (snap && snap.digest === digest.state) {
+      // Usually the listing is the one the snapshot was made from; else it must cover the snapshot's.
+      const same = snap.listDigest === listDigest(keys);
+      const listed = same ? undefined : new Set(keys);
+      const had = same ? [] : snap.keys();
+      if (same || had.every((k) => listed!.has(k))) {
+        const index = BlockStore.newIndex(damaged);
+        index.importRun(snap.run, snap.prefix, snap.packs);
+        for (const id of snap.packs) if (!files.has(id)) index.markGone(index.packNumber(id));
+        if (same) return index;
+        const hadSet = new Set(had);
+        const fresh = keys.filter((k) => !hadSet.has(k));
+        await cache.forget(had.filter((k) => !listed!.has(k)));
+        await this.readIndexes(fresh, damaged, files, index);
+        if (fresh.length > 0 || had.length !== keys.length) await this.snapshot(index, keys, digest.state);
+        return index;
+      }
     }
     const index = await this.readIndexes(keys, damaged, files);
     await this.snapshot(index, keys, digest.state);
+    await cache.retainOnly('index', new Set(keys));
     return index;
   }
 
   private async snapshot(index: BlockIndex, keys: string[], digest: string): Promise<void> {
     if (index.overflowCount > 0) return; // rare; such an index is rebuilt from the cached objects
     const { run, prefix, packs } = index.exportRun();
-    await this.cache!.writeSnapshot({ keys, digest, packs, prefix, run });
+    await this.cache!.writeSnapshot({ keys: () => keys, listDigest: listDigest(keys), digest, packs, prefix, run });
   }
 
   /** A new empty index: a copy known damaged (or in a missing pack) gives way to one that is not. */

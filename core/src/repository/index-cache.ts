@@ -22,8 +22,11 @@ const SNAPSHOT_MAGIC = Buffer.from('FXC1', 'ascii');
 
 /** A snapshot of the built index: what it was built from, and its run (`BlockIndex.exportRun`). */
 export interface IndexSnapshot {
-  /** The index keys it covers, and a digest of everything else that decided it (damage, missing packs). */
-  keys: string[];
+  /** The index keys it covers (parsed on demand: `listDigest` usually decides alone). */
+  keys(): string[];
+  /** SHA-256 of the keys in listing order: equal to the current listing's means the same keys. */
+  listDigest: string;
+  /** A digest of everything else that decided it (damage, missing packs). */
   digest: string;
   packs: string[];
   prefix: Uint32Array;
@@ -65,6 +68,11 @@ export class IndexCache {
     await this.atomicWrite(this.file(key), [sha256(stored), stored]);
   }
 
+  /** Removes these cached objects (their keys are no longer listed). */
+  async forget(keys: string[]): Promise<void> {
+    for (const k of keys) await rm(this.file(k), { force: true }).catch(() => undefined);
+  }
+
   /** Removes cached objects under `prefix` whose key is not in `listed` (merged or condemned away). */
   async retainOnly(prefix: string, listed: Set<string>): Promise<void> {
     if (this.broken) return;
@@ -95,25 +103,36 @@ export class IndexCache {
       return undefined;
     }
     const headLength = body.readUInt32LE(4);
-    const head = JSON.parse(body.subarray(8, 8 + headLength).toString('utf8')) as { keys: string[]; digest: string; packs: string[] };
+    const head = JSON.parse(body.subarray(8, 8 + headLength).toString('utf8')) as { listDigest: string; digest: string; packs: string[] };
     let at = 8 + headLength;
+    const keysLength = body.readUInt32LE(at);
+    const keysJson = body.subarray(at + 4, at + 4 + keysLength);
+    at += 4 + keysLength;
     at += (4 - (at % 4)) % 4;
     const prefix = new Uint32Array(65537);
     Buffer.from(prefix.buffer).set(body.subarray(at, at + prefix.byteLength));
     at += prefix.byteLength;
-    return { ...head, prefix, run: body.subarray(at) };
+    return { ...head, keys: () => JSON.parse(keysJson.toString('utf8')) as string[], prefix, run: body.subarray(at) };
   }
 
+  /**
+   * `magic ‖ u32 head length ‖ head (JSON: digests, pack ids) ‖ u32 keys length ‖ keys (JSON) ‖ pad
+   * to 4 ‖ prefix table ‖ run ‖ SHA-256 of everything before it`.
+   */
   async writeSnapshot(s: IndexSnapshot): Promise<void> {
-    const head = Buffer.from(JSON.stringify({ keys: s.keys, digest: s.digest, packs: s.packs }), 'utf8');
+    const head = Buffer.from(JSON.stringify({ listDigest: s.listDigest, digest: s.digest, packs: s.packs }), 'utf8');
+    const keys = Buffer.from(JSON.stringify(s.keys()), 'utf8');
     const lead = Buffer.alloc(8);
     SNAPSHOT_MAGIC.copy(lead, 0);
     lead.writeUInt32LE(head.length, 4);
-    const pad = Buffer.alloc((4 - ((8 + head.length) % 4)) % 4);
+    const keysLead = Buffer.alloc(4);
+    keysLead.writeUInt32LE(keys.length, 0);
+    const pad = Buffer.alloc((4 - ((8 + head.length + 4 + keys.length) % 4)) % 4);
     const prefix = Buffer.from(s.prefix.buffer, s.prefix.byteOffset, s.prefix.byteLength);
+    const parts = [lead, head, keysLead, keys, pad, prefix, s.run];
     const hash = createHash('sha256');
-    for (const p of [lead, head, pad, prefix, s.run]) hash.update(p);
-    await this.atomicWrite(path.join(this.dir, SNAPSHOT), [lead, head, pad, prefix, s.run, hash.digest()]);
+    for (const p of parts) hash.update(p);
+    await this.atomicWrite(path.join(this.dir, SNAPSHOT), [...parts, hash.digest()]);
   }
 
   private file(key: string): string {
@@ -138,6 +157,13 @@ export class IndexCache {
       this.warn(`the index cache at ${this.dir} cannot be written (${(err as Error).message}); carrying on without it`);
     }
   }
+}
+
+/** The digest of a listing, in its order (`IndexSnapshot.listDigest`). */
+export function listDigest(keys: string[]): string {
+  const h = createHash('sha256');
+  for (const k of keys) h.update(`${k}\n`);
+  return h.digest('hex');
 }
 
 function sha256(data: Uint8Array): Buffer {
