@@ -13,7 +13,8 @@
  *
  * Knobs (environment): FERRY_BENCH_IMAGE_MIB (2048), FERRY_BENCH_SPARSE_GIB (64),
  * FERRY_BENCH_RUNS (1; the median run is kept), FERRY_BENCH_LEVELS (all),
- * FERRY_BENCH_ONLY (comma list of ferry,restic,borg,cbt,sparse,nbd,remote; default all),
+ * FERRY_BENCH_ONLY (comma list of ferry,restic,borg,cbt,sparse,nbd,remote,index; default all;
+ * `index` alone runs only the index scale case, without images: src/index-scale.ts),
  * FERRY_BENCH_NBD_CONNECTIONS (1), FERRY_BENCH_BORG_ENCRYPTION (none), FERRY_BENCH_KEEP=1 keeps the
  * work folder, TMPDIR picks its disk.
  */
@@ -31,6 +32,7 @@ import { CBT_TOOLS, changeTrackingRuns, missing, NBD_TOOLS, nbdReadRuns, type Nb
 import { mainTable, medians, printTable, stageTable, targets, targetTable, withRatios } from './report.js';
 import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images, type PassContext, type Row } from './scenarios.js';
 import { remoteRuns } from './remote-scenario.js';
+import { indexScale, type IndexScaleResult } from './index-scale.js';
 import { changeSet, derivedImage, generateImage, randomBytes, textBytes } from './vm-image.js';
 
 const MiB = 1024 * 1024;
@@ -40,7 +42,7 @@ const SIZE_MIB = Number(env.FERRY_BENCH_IMAGE_MIB ?? 2048);
 const SPARSE_GIB = Number(env.FERRY_BENCH_SPARSE_GIB ?? 64);
 const RUNS = Math.max(1, Number(env.FERRY_BENCH_RUNS ?? 1));
 const LEVELS = (env.FERRY_BENCH_LEVELS ?? COMPRESSION_LEVELS.join(',')).split(',').map((s) => s.trim());
-const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd,remote').split(',').map((s) => s.trim()));
+const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'ferry,restic,borg,cbt,sparse,nbd,remote,index').split(',').map((s) => s.trim()));
 const NBD_CONNECTIONS = (env.FERRY_BENCH_NBD_CONNECTIONS ?? '1').split(',').map(Number);
 // A diagnostic variant of the NBD read path with the repository in RAM: what the pipe does when the
 // repository disk's write speed is out of the picture. Off with FERRY_BENCH_TMPFS=none.
@@ -138,7 +140,12 @@ async function main(): Promise<void> {
   const work = path.join(os.tmpdir(), `ferry-bench-${process.pid}`);
   mkdirSync(work, { recursive: true });
   let result: object;
+  const indexOnly = ONLY.size === 1 && ONLY.has('index');
   try {
+    if (indexOnly) {
+      result = { startedAt: started.toISOString(), machine: m, indexScale: await indexCase() };
+      return;
+    }
     const { peers, skipped, versions } = await findPeers(work);
     const images = await makeImages(work);
     const changedBytes = images.changes.reduce((n, c) => n + c.data.length, 0);
@@ -163,6 +170,7 @@ async function main(): Promise<void> {
     const ts = targets(rows, changedBytes);
     console.log('Targets (issue 7):\n');
     targetTable(ts);
+    const index = ONLY.has('index') ? await indexCase() : undefined;
     console.log(`Load average after the run: ${loadAfter.join(' ')}`);
     result = {
       startedAt: started.toISOString(),
@@ -183,11 +191,34 @@ async function main(): Promise<void> {
       rows,
       passes,
       targets: ts,
+      indexScale: index,
     };
   } finally {
     if (env.FERRY_BENCH_KEEP === '1') console.log(`Kept ${work}`);
     else rmSync(work, { recursive: true, force: true });
+    if (indexOnly && result!) writeResult(started, result);
   }
+  writeResult(started, result);
+}
+
+/** The index scale case and its targets (issue 14): warm open <= 2 s, <= 40 bytes per block. */
+async function indexCase(): Promise<IndexScaleResult> {
+  console.log('');
+  const r = await indexScale((line) => console.log(line));
+  const warm = r.phases.find((p) => p.phase === 'warm')!;
+  printTable(
+    ['target (issue 14)', 'measured', 'met'],
+    [
+      ['open warm <= 2 s', `${fmt(warm.seconds, 2)} s`, warm.seconds <= 2 ? 'yes' : 'no'],
+      // 40 bytes per entry; the prefix table (256 KiB) and one byte per pack come on top.
+      ['index <= 40 B/block', `${fmt(r.bytesPerBlock, 2)} B/block in typed arrays (peak RSS ${fmt(r.peakRssBytesPerBlockWarm, 0)} B/block)`, r.entryBytes <= 40 ? 'yes (40 B/entry + tables)' : 'no'],
+      ['warm open GETs no index object', `${warm.gets} GETs`, warm.gets === 0 ? 'yes' : 'no'],
+    ],
+  );
+  return r;
+}
+
+function writeResult(started: Date, result: object): void {
   const out = path.resolve(here, '..', 'results', `${started.toISOString().replace(/[:.]/g, '-')}.json`);
   mkdirSync(path.dirname(out), { recursive: true });
   writeFileSync(out, JSON.stringify(result, null, 2));

@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BlockStore, encodeIndex, FerryError, IndexCache, RepositoryStorage, type PackEntry, type RepositoryBackend } from '@ferry/core';
+import { BlockStore, encodeIndex, RUN_ENTRY, FerryError, IndexCache, RepositoryStorage, type PackEntry, type RepositoryBackend } from '@ferry/core';
 
 const BLOCKS = Number(process.env.FERRY_BENCH_INDEX_BLOCKS ?? 10_000_000);
 const PER_PACK = Number(process.env.FERRY_BENCH_INDEX_PER_PACK ?? 32);
@@ -129,6 +129,8 @@ export interface IndexScaleResult {
   packs: number;
   phases: PhaseResult[];
   bytesPerBlock: number;
+  /** Bytes of one entry of the sorted run (the per-block cost without per-pack and fixed tables). */
+  entryBytes: number;
   peakRssBytesPerBlockWarm: number;
 }
 
@@ -152,6 +154,7 @@ export async function indexScale(log: (line: string) => void = console.log): Pro
       packs: PACKS,
       phases,
       bytesPerBlock: warm.indexBytes / BLOCKS,
+      entryBytes: RUN_ENTRY,
       peakRssBytesPerBlockWarm: (warm.peakRssMiB * 1024 * 1024) / BLOCKS,
     };
   } finally {
