@@ -253,7 +253,7 @@ export class BlockStore {
     const cache = this.useCache ? this.cache : undefined;
     if (!cache) return this.readIndexes(keys, damaged, files);
     const digest = stateDigest(keys, damaged, files);
-    const snap = await cache.readSnapshot();
+    const snap = this.cipher ? undefined : await cache.readSnapshot();
     if (snap && snap.digest === digest.state) {
       // Usually the listing is the one the snapshot was made from; else it must cover the snapshot's.
       const same = snap.listDigest === listDigest(keys);
@@ -279,7 +279,9 @@ export class BlockStore {
   }
 
   private async snapshot(index: BlockIndex, keys: string[], digest: string): Promise<void> {
-    if (index.overflowCount > 0) return; // rare; such an index is rebuilt from the cached objects
+    // Rare overflowed entries, and encrypted repositories (the snapshot is plaintext: block ids and
+    // their places must stay as secret as the sealed index objects): rebuilt from cached objects.
+    if (index.overflowCount > 0 || this.cipher) return;
     const { run, prefix, packs } = index.exportRun();
     await this.cache!.writeSnapshot({ keys: () => keys, listDigest: listDigest(keys), digest, packs, prefix, run });
   }

@@ -134,4 +134,20 @@ describe('local index cache', function () {
     expect(await repo.blocks.has(hash)).to.equal(false);
     expect(readdirSync(path.join(dir, repoId, 'objects', 'index'), { recursive: true }).map(String).some((f) => f.endsWith(pack))).to.equal(false);
   });
+
+  it('an encrypted repository caches sealed objects only (no plaintext snapshot) and still reads none warm', async function () {
+    const backend = new CountingBackend();
+    const passphrase = { describe: 'test', read: async (): Promise<string> => 'pw' };
+    const opts = { passphrase, scrypt: { N: 2 ** 12, r: 8, p: 1 } };
+    const repo = await Repository.open(backend, { create: true, settings: { encrypted: true }, ...opts });
+    await backup(repo, blocks.slice(0, 10));
+    backend.gets.clear();
+    const again = await Repository.open(backend, { create: false, ...opts });
+    await again.blocks.load();
+    expect(backend.indexGets()).to.equal(0);
+    expect(readdirSync(path.join(dir, repo.id))).to.not.include('index.snapshot');
+    for (const f of readdirSync(path.join(dir, repo.id, 'objects'), { recursive: true, withFileTypes: true }).filter((d) => d.isFile())) {
+      expect(readFileSync(path.join(f.parentPath, f.name)).subarray(32, 36).toString()).to.equal('FENC');
+    }
+  });
 });
