@@ -271,7 +271,7 @@ export class BlockIndex {
       const c = chunks[(i / STAGE_CHUNK) | 0];
       const o = (i % STAGE_CHUNK) * STAGE;
       const p = (c[o] << 8) | c[o + 1];
-      out.set(c.subarray(o, o + STAGE), starts[p]++ * STAGE);
+      copy(out, starts[p]++ * STAGE, c, o, STAGE);
     }
     this.staging = [];
     this.staged = 0;
@@ -321,7 +321,8 @@ export class BlockIndex {
         const kept = read24(old, i * RUN_ENTRY + SUFFIX);
         const cand = read24(staged, so + 32);
         const useNew = kept !== OVERFLOW && cand !== OVERFLOW && this.prefer(staged.subarray(so, so + 32), kept, cand);
-        out.set(useNew ? staged.subarray(so + 2, so + STAGE) : old.subarray(i * RUN_ENTRY, (i + 1) * RUN_ENTRY), w * RUN_ENTRY);
+        if (useNew) copy(out, w * RUN_ENTRY, staged, so + 2, RUN_ENTRY);
+        else copy(out, w * RUN_ENTRY, old, i * RUN_ENTRY, RUN_ENTRY);
         counts[p + 1]++;
         i++;
         j++;
@@ -329,12 +330,12 @@ export class BlockIndex {
         continue;
       }
       if (takeOld) {
-        out.set(old.subarray(i * RUN_ENTRY, (i + 1) * RUN_ENTRY), w * RUN_ENTRY);
+        copy(out, w * RUN_ENTRY, old, i * RUN_ENTRY, RUN_ENTRY);
         counts[p + 1]++;
         i++;
       } else {
         const so = j * STAGE;
-        out.set(staged.subarray(so + 2, so + STAGE), w * RUN_ENTRY);
+        copy(out, w * RUN_ENTRY, staged, so + 2, RUN_ENTRY);
         counts[((staged[so] << 8) | staged[so + 1]) + 1]++;
         j++;
       }
@@ -372,6 +373,11 @@ export class BlockIndex {
 
 function hex(hash: Uint8Array): string {
   return Buffer.from(hash.buffer, hash.byteOffset, 32).toString('hex');
+}
+
+/** A short copy between arrays without making a view per call (hot loops of 40-byte records). */
+function copy(dst: Uint8Array, at: number, src: Uint8Array, from: number, n: number): void {
+  for (let k = 0; k < n; k++) dst[at + k] = src[from + k];
 }
 
 function read24(b: Uint8Array, o: number): number {
@@ -440,7 +446,7 @@ function sortSlices(b: Uint8Array, bounds: Uint32Array, size: number, from: numb
     const pos = cnt.slice(0, 256);
     for (let i = 0; i < len; i++) {
       const o = (lo + i) * size;
-      buf.set(b.subarray(o, o + size), pos[b[o + from]]++ * size);
+      copy(buf, pos[b[o + from]]++ * size, b, o, size);
     }
     b.set(buf.subarray(0, len * size), lo * size);
     for (let k = 0; k < 256; k++) {

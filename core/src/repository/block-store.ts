@@ -5,7 +5,7 @@ import { BlockIndex } from './block-index.js';
 import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
 import { createHash } from 'node:crypto';
 import { sha256 } from '../util/checksums.js';
-import { decodeIndex, readPackTrailer, type PackEntry } from './pack.js';
+import { indexEntries, readPackTrailer, type IndexEntries, type PackEntry } from './pack.js';
 import { PackWriter, packIdOf, packKey } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 import { RepositoryStorage } from './repository-storage.js';
@@ -296,9 +296,9 @@ export class BlockStore {
   }
 
   /** One index object; a damaged one is rebuilt from its pack when the pack is intact, else skipped. */
-  private async readIndex(key: string): Promise<{ packId: string; entries: PackEntry[] }> {
+  private async readIndex(key: string): Promise<IndexEntries> {
     try {
-      return decodeIndex(await this.getIndexObject(key), key);
+      return indexEntries(await this.getIndexObject(key), key);
     } catch (err) {
       if (!(err instanceof FerryError) || err.code !== 'REPO_CORRUPT_OBJECT') throw err;
       const packId = packIdOf(key);
@@ -310,7 +310,8 @@ export class BlockStore {
       } catch {
         // the pack is damaged or gone too: its blocks count as not stored
       }
-      return { packId, entries: bad.rebuilt ?? [] };
+      const rebuilt = bad.rebuilt ?? [];
+      return { packId, count: rebuilt.length, forEach: (fn) => rebuilt.forEach((e) => fn(e.hash, e.offset, e.length)) };
     }
   }
 
@@ -333,7 +334,7 @@ export class BlockStore {
     this.indexReads++;
     const stored = await storage!.getStored(key);
     const plain = storage!.openStored(key, stored);
-    decodeIndex(plain, key); // only a good object is cached
+    indexEntries(plain, key); // only a good object is cached
     await cache.write(key, stored);
     return plain;
   }
@@ -348,10 +349,10 @@ export class BlockStore {
     const index = into ?? BlockStore.newIndex(damaged);
     for (let i = 0; i < keys.length; i += 16) {
       const batch = await Promise.all(keys.slice(i, i + 16).map((k) => this.readIndex(k)));
-      for (const { packId, entries } of batch) {
-        const n = index.packNumber(packId);
-        if (!files.has(packId)) index.markGone(n);
-        for (const e of entries) index.stage(e.hash, n, e.offset, e.length);
+      for (const entries of batch) {
+        const n = index.packNumber(entries.packId);
+        if (!files.has(entries.packId)) index.markGone(n);
+        entries.forEach((hash, offset, length) => index.stage(hash, n, offset, length));
       }
     }
     index.finishLoad();

@@ -187,6 +187,35 @@ export function decodeIndex(data: Uint8Array, object: string): { packId: string;
   return { packId: buf.subarray(8, 40).toString('hex'), entries: decodeEntries(buf.subarray(44, 44 + n * ENTRY), Infinity, object) };
 }
 
+/** A checked index object's entries without allocating per entry (opening a repository). */
+export interface IndexEntries {
+  packId: string;
+  count: number;
+  /** `hash` is a view valid only during the call. */
+  forEach(fn: (hash: Uint8Array, offset: number, length: number) => void): void;
+}
+
+/** `decodeIndex` with the same checks, for callers that only walk the entries once. */
+export function indexEntries(data: Uint8Array, object: string): IndexEntries {
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const bad = (why: string): FerryError => new FerryError('REPO_CORRUPT_OBJECT', `index object ${why}`, { object });
+  if (buf.length < 48 || !buf.subarray(0, 4).equals(INDEX_MAGIC)) throw bad('has no FIDX header');
+  if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) throw bad('fails its CRC-32 check');
+  if (buf.readUInt32LE(4) !== 1) throw bad(`has unsupported version ${buf.readUInt32LE(4)}`);
+  const n = buf.readUInt32LE(40);
+  if (buf.length !== 48 + n * ENTRY) throw bad('has an inconsistent entry count');
+  for (let i = 0, at = 44; i < n; i++, at += ENTRY) {
+    if (buf.readUInt32LE(at + 36) !== 0 || buf.readUInt32LE(at + 32) < PACK_HEADER) throw bad(`entry ${i} points outside the pack's blocks`);
+  }
+  return {
+    packId: buf.subarray(8, 40).toString('hex'),
+    count: n,
+    forEach(fn) {
+      for (let i = 0, at = 44; i < n; i++, at += ENTRY) fn(buf.subarray(at, at + 32), buf.readUInt32LE(at + 32), buf.readUInt32LE(at + 40));
+    },
+  };
+}
+
 function encodeEntries(entries: PackEntry[]): Buffer {
   const out = Buffer.allocUnsafe(entries.length * ENTRY);
   entries.forEach((e, i) => {
