@@ -10,6 +10,7 @@ import { PackWriter, packIdOf, packKey } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 import { RepositoryStorage } from './repository-storage.js';
 import { listDigest, type IndexCache } from './index-cache.js';
+import { decodeIndexV2, encodeIndexV2, indexObjectKey, INDEXES_PREFIX, type IndexedPack } from './index-object-v2.js';
 
 export interface BlockLocation {
   pack: string;
@@ -21,6 +22,9 @@ export interface BlockLocation {
 export interface WriteMeter {
   time<T>(op: () => Promise<T>): Promise<T>;
 }
+
+/** Format 2: a session writes a consolidated index object at least every this many packs. */
+export const PACKS_PER_INDEX_OBJECT = 256;
 
 interface IndexState {
   /** From `index/`: what sessions deduplicate against. An undamaged copy wins over a damaged one. */
@@ -47,6 +51,8 @@ export class BlockStore {
   /** Reserved by this session and not yet in a stored pack. */
   private readonly pending = new Set<string>();
   private readonly writer: PackWriter;
+  /** Create-only put of an object as stored (already sealed): format 2 index objects. */
+  private readonly timedPutStored: (key: string, stored: Uint8Array) => Promise<boolean>;
   /** Records being sealed (thread pool) on their way into the writer: `flush` waits for them. */
   private readonly sealing = new Set<Promise<Buffer>>();
   /** Blocks stored again because every stored copy was known damaged. */
@@ -55,6 +61,9 @@ export class BlockStore {
   useCache = true;
   /** Index objects read from the repository (not the cache) by `load`. */
   indexReads = 0;
+  /** Format 2: packs stored by this session and not yet in an index object. */
+  private unindexed: (IndexedPack & { entries: PackEntry[] })[] = [];
+  private indexing: Promise<void> = Promise.resolve();
   /**
    * Index objects that failed their checks. When the pack's own trailer is intact (the pack still
    * hashes to its id) the index was rebuilt from it in memory: `rebuilt` holds the entries, so a
@@ -72,14 +81,27 @@ export class BlockStore {
      * read or written here are added to it. `useCache = false` (a health check) reads the repository.
      */
     private readonly cache?: IndexCache,
+    /**
+     * Repository format. 2: packs with ids over header and tail, no per-pack index objects, a
+     * consolidated index object (`indexes/`) per `PACKS_PER_INDEX_OBJECT` packs and at every
+     * `flush`; opening lists `indexes/` and `gc/condemned/` only (never `packs/`).
+     */
+    readonly format: 1 | 2 = 1,
   ) {
     if (cache && backend instanceof RepositoryStorage) {
       backend.onIndexWritten = (key, stored) => {
-        if (this.useCache && key.startsWith('index/')) return cache.write(key, stored);
+        if (this.useCache && (key.startsWith('index/') || key.startsWith(INDEXES_PREFIX))) return cache.write(key, stored);
       };
     }
     const put = (k: string, d: Uint8Array): Promise<boolean> => (meter ? meter.time(() => backend.putIfAbsent(k, d)) : backend.putIfAbsent(k, d));
-    this.writer = new PackWriter(put, (id, entries) => this.stored(id, entries), undefined, undefined, cipher);
+    this.timedPutStored = (k, d) => {
+      const op = (): Promise<boolean> => (backend instanceof RepositoryStorage ? backend.putStoredIfAbsent(k, d) : backend.putIfAbsent(k, d));
+      return meter ? meter.time(op) : op();
+    };
+    this.writer = new PackWriter(put, (id, entries, bytes) => this.stored(id, entries, bytes), undefined, undefined, cipher, {
+      pack: format,
+      indexObjects: format === 1,
+    });
   }
 
   /** Bytes the loaded index holds in its typed arrays (0 before `load`). */
@@ -168,7 +190,10 @@ export class BlockStore {
     for (let round = 0; ; round++) {
       await Promise.allSettled([...this.sealing]);
       await this.writer.flush();
-      if (!reserved.some((hex) => this.pending.has(hex))) return;
+      if (!reserved.some((hex) => this.pending.has(hex))) {
+        this.writeIndexObject();
+        return this.indexing;
+      }
       if (round >= 1000) throw new FerryError('INTERNAL', `${reserved.filter((h) => this.pending.has(h)).length} reserved block(s) never reached a pack`);
       await new Promise((r) => setImmediate(r));
     }
@@ -218,13 +243,31 @@ export class BlockStore {
    * A pack just stored: its copies are indexed as the last word (a pack stored again replaces no
    * earlier copy unless that one is known damaged, the rule of `readIndexes`).
    */
-  private stored(packId: string, entries: PackEntry[]): void {
+  private stored(packId: string, entries: PackEntry[], bytes: number): void {
     const live = this.state!.live;
     const n = live.packNumber(packId);
     for (const e of entries) {
       live.add(e.hash, n, e.offset, e.length);
       this.pending.delete(e.hash.toString('hex'));
     }
+    if (this.format === 1) return;
+    this.unindexed.push({ id: packId, format: 2, size: bytes, entries });
+    if (this.unindexed.length >= PACKS_PER_INDEX_OBJECT) this.writeIndexObject();
+  }
+
+  /**
+   * Format 2: queues one consolidated index object for the packs stored since the last one. Its name
+   * is the SHA-256 of its bytes as stored (sealed in an encrypted repository, bound to `index`), so
+   * a cached copy is checked without the key. `flush` waits for it (a failure surfaces there).
+   */
+  private writeIndexObject(): void {
+    const packs = this.unindexed.splice(0);
+    if (packs.length === 0) return;
+    this.indexing = this.indexing.then(async () => {
+      const plain = encodeIndexV2(packs);
+      const stored = this.cipher ? this.cipher.sealObject(INDEX_OBJECT_NAME, plain) : plain;
+      await this.timedPutStored(indexObjectKey(sha256(stored).toString('hex')), stored);
+    });
   }
 
   /**
@@ -234,13 +277,55 @@ export class BlockStore {
    */
   private async readState(): Promise<IndexState> {
     const damaged = damageIndex(await readDamagedBlocks(this.backend));
+    if (this.format === 2) return this.readStateV2(damaged);
     const liveKeys = await this.keys('index/');
     const condemnedKeys = await this.keys('gc/condemned/');
     const files = new Set((await this.keys('packs/')).map(packIdOf));
-    const live = await this.loadLive(liveKeys, damaged, files);
+    const gone = liveKeys.filter((k) => !files.has(packIdOf(k)));
+    const live = await this.loadLive(liveKeys, damaged, gone.map(packIdOf), (keys, index) => this.readIndexes(keys, damaged, files, index));
     const condemned = await this.readIndexes(condemnedKeys, damaged, files);
     if (this.cache && this.useCache) await this.cache.retainOnly('gc', new Set(condemnedKeys));
     return { live, condemned, damaged };
+  }
+
+  /**
+   * Format 2: `indexes/` and `gc/condemned/` only. Packs gc condemned are never deduplicated
+   * against (they count as gone in the live index) but stay readable; a pack whose file is missing
+   * is found when a block is read from it, not by listing `packs/`.
+   */
+  private async readStateV2(damaged: DamageIndex): Promise<IndexState> {
+    const keys = await this.keys(INDEXES_PREFIX);
+    const condemnedKeys = await this.keys('gc/condemned/');
+    const condemnedIds = condemnedKeys.map(packIdOf).sort();
+    const condemned = await this.readIndexes(condemnedKeys, damaged, new Set(condemnedIds));
+    const live = await this.loadLive(keys, damaged, condemnedIds, (k, index) => this.readIndexObjects(k, index));
+    for (const id of condemnedIds) live.markGone(live.packNumber(id));
+    if (this.cache && this.useCache) await this.cache.retainOnly('gc', new Set(condemnedKeys));
+    return { live, condemned, damaged };
+  }
+
+  /** Format 2 index objects into `index`; a damaged one is skipped (its blocks count as not stored). */
+  private async readIndexObjects(keys: string[], index: BlockIndex): Promise<BlockIndex> {
+    for (let i = 0; i < keys.length; i += 16) {
+      const batch = await Promise.all(
+        keys.slice(i, i + 16).map(async (key) => {
+          try {
+            return decodeIndexV2(await this.getIndexObject(key), key);
+          } catch (err) {
+            if (!(err instanceof FerryError) || err.code !== 'REPO_CORRUPT_OBJECT') throw err;
+            this.badIndexes.push({ key, packId: '', detail: err.message });
+            return undefined;
+          }
+        }),
+      );
+      for (const decoded of batch) {
+        if (!decoded) continue;
+        const numbers = decoded.packs.map((p) => index.packNumber(p.id));
+        decoded.forEach((hash, pack, offset, length) => index.stage(hash, numbers[pack], offset, length));
+      }
+    }
+    index.finishLoad();
+    return index;
   }
 
   /**
@@ -249,10 +334,17 @@ export class BlockStore {
    * else from every index object (each from the cache when it has it). A changed index is
    * snapshotted again.
    */
-  private async loadLive(keys: string[], damaged: DamageIndex, files: Set<string>): Promise<BlockIndex> {
+  private async loadLive(
+    keys: string[],
+    damaged: DamageIndex,
+    /** Pack ids whose copies are not good ones (missing files; format 2: condemned), sorted. */
+    goneIds: string[],
+    read: (keys: string[], into: BlockIndex) => Promise<BlockIndex>,
+  ): Promise<BlockIndex> {
     const cache = this.useCache ? this.cache : undefined;
-    if (!cache) return this.readIndexes(keys, damaged, files);
-    const digest = stateDigest(keys, damaged, files);
+    if (!cache) return read(keys, BlockStore.newIndex(damaged));
+    const gone = new Set(goneIds);
+    const digest = stateDigest(damaged, goneIds);
     const snap = this.cipher ? undefined : await cache.readSnapshot();
     if (snap && snap.digest === digest.state) {
       // Usually the listing is the one the snapshot was made from; else it must cover the snapshot's.
@@ -262,19 +354,19 @@ export class BlockStore {
       if (same || had.every((k) => listed!.has(k))) {
         const index = BlockStore.newIndex(damaged);
         index.importRun(snap.run, snap.prefix, snap.packs);
-        for (const id of snap.packs) if (!files.has(id)) index.markGone(index.packNumber(id));
+        for (const id of snap.packs) if (gone.has(id)) index.markGone(index.packNumber(id));
         if (same) return index;
         const hadSet = new Set(had);
         const fresh = keys.filter((k) => !hadSet.has(k));
         await cache.forget(had.filter((k) => !listed!.has(k)));
-        await this.readIndexes(fresh, damaged, files, index);
+        await read(fresh, index);
         if (fresh.length > 0 || had.length !== keys.length) await this.snapshot(index, keys, digest.state);
         return index;
       }
     }
-    const index = await this.readIndexes(keys, damaged, files);
+    const index = await read(keys, BlockStore.newIndex(damaged));
     await this.snapshot(index, keys, digest.state);
-    await cache.retainOnly('index', new Set(keys));
+    await cache.retainOnly(this.format === 2 ? 'indexes' : 'index', new Set(keys));
     return index;
   }
 
@@ -321,10 +413,13 @@ export class BlockStore {
     const cache = this.useCache && storage ? this.cache : undefined;
     if (!cache) {
       this.indexReads++;
-      return this.backend.get(key);
+      if (!key.startsWith(INDEXES_PREFIX) || !storage) return this.backend.get(key);
+      const stored = await storage.getStored(key);
+      if (!contentMatches(key, stored)) throw new FerryError('REPO_CORRUPT_OBJECT', 'index object does not hash to its name', { object: key });
+      return storage.openStored(key, stored);
     }
     const cached = await cache.read(key);
-    if (cached) {
+    if (cached && contentMatches(key, cached)) {
       try {
         return storage!.openStored(key, cached);
       } catch {
@@ -333,8 +428,10 @@ export class BlockStore {
     }
     this.indexReads++;
     const stored = await storage!.getStored(key);
+    if (!contentMatches(key, stored)) throw new FerryError('REPO_CORRUPT_OBJECT', 'index object does not hash to its name', { object: key });
     const plain = storage!.openStored(key, stored);
-    indexEntries(plain, key); // only a good object is cached
+    if (key.startsWith(INDEXES_PREFIX)) decodeIndexV2(plain, key);
+    else indexEntries(plain, key); // only a good object is cached
     await cache.write(key, stored);
     return plain;
   }
@@ -365,10 +462,18 @@ export class BlockStore {
  * damaged-blocks list and which listed packs are missing. A snapshot built under another state is
  * rebuilt (from cached objects) rather than reused.
  */
-function stateDigest(keys: string[], damaged: DamageIndex, files: Set<string>): { state: string } {
+function stateDigest(damaged: DamageIndex, goneIds: string[]): { state: string } {
   const h = createHash('sha256');
   for (const [hex, packs] of [...damaged].sort((a, b) => (a[0] < b[0] ? -1 : 1))) h.update(`${hex}:${[...packs].sort().join(',')}\n`);
   h.update('gone\n');
-  for (const k of keys) if (!files.has(packIdOf(k))) h.update(`${k}\n`);
+  for (const id of goneIds) h.update(`${id}\n`);
   return { state: h.digest('hex') };
+}
+
+/** The name a format 2 index object is sealed to: its key is the hash of the sealed bytes. */
+const INDEX_OBJECT_NAME = 'index';
+
+/** Format 2 index objects are named by the SHA-256 of their stored bytes; format 1 ones are not. */
+function contentMatches(key: string, stored: Uint8Array): boolean {
+  return !key.startsWith(INDEXES_PREFIX) || sha256(stored).toString('hex') === key.slice(INDEXES_PREFIX.length);
 }

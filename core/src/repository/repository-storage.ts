@@ -92,6 +92,17 @@ export class RepositoryStorage implements RepositoryBackend {
     return created;
   }
 
+  /**
+   * Create-only put of an object already in its stored form (sealed by the caller): format 2 index
+   * objects, whose name is the hash of the sealed bytes. Protected like `putIfAbsent`.
+   */
+  async putStoredIfAbsent(key: string, stored: Uint8Array): Promise<boolean> {
+    const created = await this.raw.putIfAbsent(key, stored);
+    if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
+    if (created) await this.onIndexWritten?.(key, stored);
+    return created;
+  }
+
   /** Told of every index object this process creates, as stored (the local index cache keeps it). */
   onIndexWritten?: (key: string, stored: Uint8Array) => Promise<void> | void;
 
@@ -182,6 +193,7 @@ export class RepositoryStorage implements RepositoryBackend {
  */
 export function objectName(key: string): string | undefined {
   if (key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('locks/') || key.startsWith('packs/')) return undefined;
+  if (/^indexes\/[0-9a-f]{64}$/.test(key)) return 'index'; // format 2: named by the hash of the sealed bytes
   const index = /^(?:index|gc\/condemned)\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(key);
   if (index) return `pack-index:${index[1]}`;
   return key;
@@ -193,12 +205,12 @@ export function objectName(key: string): string | undefined {
  * pack's trailer with the same entries.)
  */
 export function isWriteOnce(key: string): boolean {
-  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('points/');
+  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('indexes/') || key.startsWith('points/');
 }
 
 /** Objects immutability protects: everything a committed restore point needs, and the config. */
 function isProtected(key: string): boolean {
-  return key === 'ferry-repository.json' || key.startsWith('packs/') || key.startsWith('index/') || key.startsWith('points/');
+  return key === 'ferry-repository.json' || key.startsWith('packs/') || key.startsWith('index/') || key.startsWith('indexes/') || key.startsWith('points/');
 }
 
 /** For a manifest key `points/<vm>/<id>.json`: the session start its id encodes plus the period. */
