@@ -12,15 +12,22 @@
  * Run it alone: `FERRY_BENCH_ONLY=index node bench/dist/bench.js` or `node bench/dist/index-scale.js`.
  */
 import { fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BlockStore, encodeIndex, RUN_ENTRY, FerryError, IndexCache, RepositoryStorage, type PackEntry, type RepositoryBackend } from '@ferry/core';
+import { BlockStore, encodeIndex, encodeIndexV2, RUN_ENTRY, FerryError, IndexCache, RepositoryStorage, type PackEntry, type RepositoryBackend } from '@ferry/core';
 
 const BLOCKS = Number(process.env.FERRY_BENCH_INDEX_BLOCKS ?? 10_000_000);
 const PER_PACK = Number(process.env.FERRY_BENCH_INDEX_PER_PACK ?? 32);
 const RECORD = 512 * 1024 + 40;
+/**
+ * Repository format of the synthetic index: 2 (default) consolidated index objects of 256 packs
+ * each, listed under `indexes/`; 1 one index object per pack and a `packs/` listing.
+ */
+const FORMAT = Number(process.env.FERRY_BENCH_INDEX_FORMAT ?? 2) === 1 ? 1 : 2;
+const PACKS_PER_OBJECT = 256;
 
 /** A fast deterministic fill (xorshift32): SHA-256-like uniform bytes without hashing anything. */
 function fill(out: Uint8Array, seed: number): void {
@@ -49,20 +56,37 @@ function blockHash(p: number, i: number, out = new Uint8Array(32)): Uint8Array {
 }
 
 const PACKS = Math.ceil(BLOCKS / PER_PACK);
+const OBJECTS = Math.ceil(PACKS / PACKS_PER_OBJECT);
 
-/** Serves `index/` and `packs/` of the synthetic repository; every index object made on demand. */
+function packEntries(p: number): PackEntry[] {
+  const n = Math.min(PER_PACK, BLOCKS - p * PER_PACK);
+  return Array.from({ length: n }, (_, i) => ({ hash: Buffer.from(blockHash(p, i)), offset: 8 + i * RECORD, length: RECORD }));
+}
+
+/** Format 2 index object `o`: packs `o * 256` onwards. */
+function v2Object(o: number): Buffer {
+  const packs = [];
+  for (let p = o * PACKS_PER_OBJECT; p < Math.min(PACKS, (o + 1) * PACKS_PER_OBJECT); p++) {
+    const entries = packEntries(p);
+    packs.push({ id: packId(p), format: 2 as const, size: 16 + entries.length * (RECORD + 44) + 8, entries });
+  }
+  return encodeIndexV2(packs);
+}
+
+/**
+ * Serves the synthetic repository's index: format 1 `index/` and `packs/`, or format 2 `indexes/`
+ * (names computed once by the parent: `names`). Every index object is made when it is read.
+ */
 class SyntheticIndexBackend implements RepositoryBackend {
   readonly location = 'synthetic:';
-  private readonly ids = Array.from({ length: PACKS }, (_, p) => packId(p));
+  private readonly ids = FORMAT === 1 ? Array.from({ length: PACKS }, (_, p) => packId(p)) : (JSON.parse(readFileSync(namesFile(), 'utf8')) as string[]);
   private readonly byId = new Map(this.ids.map((id, p) => [id, p]));
   gets = 0;
   async get(key: string): Promise<Uint8Array> {
     const p = this.byId.get(key.slice(key.lastIndexOf('/') + 1));
-    if (!key.startsWith('index/') || p === undefined) throw new FerryError('REPO_OBJECT_NOT_FOUND', `no ${key}`, { object: key });
+    if (!(key.startsWith('index/') || key.startsWith('indexes/')) || p === undefined) throw new FerryError('REPO_OBJECT_NOT_FOUND', `no ${key}`, { object: key });
     this.gets++;
-    const n = Math.min(PER_PACK, BLOCKS - p * PER_PACK);
-    const entries: PackEntry[] = Array.from({ length: n }, (_, i) => ({ hash: Buffer.from(blockHash(p, i)), offset: 8 + i * RECORD, length: RECORD }));
-    return encodeIndex(this.ids[p], entries);
+    return FORMAT === 1 ? encodeIndex(this.ids[p], packEntries(p)) : v2Object(p);
   }
   async put(): Promise<void> {}
   async putIfAbsent(): Promise<boolean> {
@@ -72,8 +96,8 @@ class SyntheticIndexBackend implements RepositoryBackend {
     return this.byId.has(key.slice(key.lastIndexOf('/') + 1));
   }
   async *list(prefix: string): AsyncIterable<string> {
-    if (prefix !== 'index/' && prefix !== 'packs/') return;
-    for (const id of this.ids) yield `${prefix}${id.slice(0, 2)}/${id}`;
+    if (FORMAT === 2 && prefix === 'indexes/') for (const id of this.ids) yield `indexes/${id}`;
+    if (FORMAT === 1 && (prefix === 'index/' || prefix === 'packs/')) for (const id of this.ids) yield `${prefix}${id.slice(0, 2)}/${id}`;
   }
   async delete(): Promise<void> {}
 }
@@ -92,7 +116,7 @@ async function runPhase(phase: string, cacheDir: string): Promise<PhaseResult> {
   const raw = new SyntheticIndexBackend();
   const storage = new RepositoryStorage(raw, undefined, undefined);
   const cache = phase === 'cold' ? undefined : new IndexCache(cacheDir);
-  const store = new BlockStore(storage, undefined, undefined, cache);
+  const store = new BlockStore(storage, undefined, undefined, cache, FORMAT);
   const t0 = performance.now();
   await store.load();
   const seconds = (performance.now() - t0) / 1000;
@@ -117,16 +141,23 @@ async function runPhase(phase: string, cacheDir: string): Promise<PhaseResult> {
 
 function child(phase: string, cacheDir: string): Promise<PhaseResult> {
   return new Promise((resolve, reject) => {
-    const p = fork(fileURLToPath(import.meta.url), ['--phase', phase, cacheDir], { execArgv: ['--max-old-space-size=8192'] });
+    const p = fork(fileURLToPath(import.meta.url), ['--phase', phase, cacheDir], { execArgv: ['--max-old-space-size=8192'], env: { ...process.env, FERRY_BENCH_INDEX_NAMES: namesFile(cacheDir) } });
     p.on('message', (m) => resolve(m as PhaseResult));
     p.on('error', reject);
     p.on('exit', (code) => code !== 0 && reject(new Error(`index scale phase ${phase} exited with ${code}`)));
   });
 }
 
+/** Where the parent leaves the format 2 index object names for the phases. */
+function namesFile(cacheDir?: string): string {
+  return process.env.FERRY_BENCH_INDEX_NAMES ?? path.join(cacheDir!, '..', `${path.basename(cacheDir!)}.names.json`);
+}
+
 export interface IndexScaleResult {
+  format: 1 | 2;
   blocks: number;
   packs: number;
+  indexObjects: number;
   phases: PhaseResult[];
   bytesPerBlock: number;
   /** Bytes of one entry of the sorted run (the per-block cost without per-pack and fixed tables). */
@@ -138,7 +169,17 @@ export interface IndexScaleResult {
 export async function indexScale(log: (line: string) => void = console.log): Promise<IndexScaleResult> {
   const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-index-'));
   try {
-    log(`Index scale: ${BLOCKS.toLocaleString('en')} blocks in ${PACKS.toLocaleString('en')} index objects (${PER_PACK} per pack), generated`);
+    const objects = FORMAT === 1 ? PACKS : OBJECTS;
+    if (FORMAT === 2) {
+      const t0 = performance.now();
+      const names = Array.from({ length: OBJECTS }, (_, o) => createHash('sha256').update(v2Object(o)).digest('hex'));
+      writeFileSync(namesFile(cacheDir), JSON.stringify(names));
+      log(`  (named ${OBJECTS} generated index objects in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    }
+    log(
+      `Index scale, format ${FORMAT}: ${BLOCKS.toLocaleString('en')} blocks (${PER_PACK} per pack, ${PACKS.toLocaleString('en')} packs) ` +
+        `in ${objects.toLocaleString('en')} index objects, generated`,
+    );
     const phases: PhaseResult[] = [];
     for (const phase of ['cold', 'fill', 'warm']) {
       const r = await child(phase, cacheDir);
@@ -150,8 +191,10 @@ export async function indexScale(log: (line: string) => void = console.log): Pro
     }
     const warm = phases[2];
     return {
+      format: FORMAT,
       blocks: BLOCKS,
       packs: PACKS,
+      indexObjects: objects,
       phases,
       bytesPerBlock: warm.indexBytes / BLOCKS,
       entryBytes: RUN_ENTRY,
@@ -159,6 +202,7 @@ export async function indexScale(log: (line: string) => void = console.log): Pro
     };
   } finally {
     rmSync(cacheDir, { recursive: true, force: true });
+    rmSync(namesFile(cacheDir), { force: true });
   }
 }
 

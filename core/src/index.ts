@@ -24,6 +24,7 @@ export * from './repository/repository.js';
 export * from './repository/block-store.js';
 export * from './repository/block-index.js';
 export * from './repository/index-cache.js';
+export * from './repository/index-object-v2.js';
 export * from './repository/pack.js';
 export * from './repository/pack-writer.js';
 export * from './compression/levels.js';
