@@ -148,6 +148,11 @@ function child(phase: string, cacheDir: string): Promise<PhaseResult> {
   });
 }
 
+/** The names of the format 2 index objects (their hashes), for the phases to list. */
+export function writeNames(file: string): void {
+  writeFileSync(file, JSON.stringify(Array.from({ length: OBJECTS }, (_, o) => createHash('sha256').update(v2Object(o)).digest('hex'))));
+}
+
 /** Where the parent leaves the format 2 index object names for the phases. */
 function namesFile(cacheDir?: string): string {
   return process.env.FERRY_BENCH_INDEX_NAMES ?? path.join(cacheDir!, '..', `${path.basename(cacheDir!)}.names.json`);
@@ -172,8 +177,7 @@ export async function indexScale(log: (line: string) => void = console.log): Pro
     const objects = FORMAT === 1 ? PACKS : OBJECTS;
     if (FORMAT === 2) {
       const t0 = performance.now();
-      const names = Array.from({ length: OBJECTS }, (_, o) => createHash('sha256').update(v2Object(o)).digest('hex'));
-      writeFileSync(namesFile(cacheDir), JSON.stringify(names));
+      writeNames(namesFile(cacheDir));
       log(`  (named ${OBJECTS} generated index objects in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     }
     log(
