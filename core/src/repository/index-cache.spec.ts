@@ -150,4 +150,24 @@ describe('local index cache', function () {
       expect(readFileSync(path.join(f.parentPath, f.name)).subarray(32, 36).toString()).to.equal('FENC');
     }
   });
+
+  it('a cache folder that cannot be written costs one warning, never the backup', async function () {
+    writeFileSync(path.join(dir, 'not-a-folder'), 'x');
+    process.env.FERRY_CACHE_DIR = path.join(dir, 'not-a-folder');
+    const backend = new CountingBackend();
+    const repo = await Repository.open(backend, { create: true });
+    const lines: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string): boolean => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
+    try {
+      await backup(repo, blocks.slice(0, 4));
+      await backup(repo, blocks.slice(0, 8));
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(lines.filter((l) => l.includes('index cache')).length).to.equal(1);
+    const again = await Repository.open(backend, { create: false });
+    const codec = new InlineBlockCodec(() => none);
+    for (const b of blocks.slice(0, 8)) expect(await again.blocks.has((await codec.encode(b, 'none', 0)).hash)).to.equal(true);
+  });
 });
