@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { RUN_ENTRY } from './block-index.js';
 
 /**
  * The local index cache (`docs/repository-format.md`, "Local index cache"): index objects as stored,
@@ -102,17 +103,24 @@ export class IndexCache {
       await rm(path.join(this.dir, SNAPSHOT), { force: true }).catch(() => undefined);
       return undefined;
     }
-    const headLength = body.readUInt32LE(4);
-    const head = JSON.parse(body.subarray(8, 8 + headLength).toString('utf8')) as { listDigest: string; digest: string; packs: string[] };
-    let at = 8 + headLength;
-    const keysLength = body.readUInt32LE(at);
-    const keysJson = body.subarray(at + 4, at + 4 + keysLength);
-    at += 4 + keysLength;
-    at += (4 - (at % 4)) % 4;
-    const prefix = new Uint32Array(65537);
-    Buffer.from(prefix.buffer).set(body.subarray(at, at + prefix.byteLength));
-    at += prefix.byteLength;
-    return { ...head, keys: () => JSON.parse(keysJson.toString('utf8')) as string[], prefix, run: body.subarray(at) };
+    try {
+      const headLength = body.readUInt32LE(4);
+      const head = JSON.parse(body.subarray(8, 8 + headLength).toString('utf8')) as { listDigest: string; digest: string; packs: string[] };
+      let at = 8 + headLength;
+      const keysLength = body.readUInt32LE(at);
+      const keysJson = body.subarray(at + 4, at + 4 + keysLength);
+      at += 4 + keysLength;
+      at += (4 - (at % 4)) % 4;
+      const prefix = new Uint32Array(65537);
+      Buffer.from(prefix.buffer).set(body.subarray(at, at + prefix.byteLength));
+      at += prefix.byteLength;
+      const run = body.subarray(at);
+      // Written by another layout (another Ferry version): not this one's snapshot.
+      if (!Array.isArray(head.packs) || run.length !== prefix[65536] * RUN_ENTRY) return undefined;
+      return { ...head, keys: () => JSON.parse(keysJson.toString('utf8')) as string[], prefix, run };
+    } catch {
+      return undefined;
+    }
   }
 
   /**
