@@ -40,8 +40,9 @@ const MIN_MERGE = 65536;
  * Two copies of one hash: the first kept wins unless `prefer(hash, kept pack, new pack)` says otherwise.
  */
 export class BlockIndex {
-  private readonly packs: string[] = [];
-  private readonly packNumbers = new Map<string, number>();
+  private packs: string[] = [];
+  /** Pack id → number; built on first use after `importRun` (a warm open needs no lookups by id). */
+  private numbers?: Map<string, number> = new Map();
   private gone = new Uint8Array(64);
   private run: Uint8Array = new Uint8Array(0);
   private runSize = 0;
@@ -75,13 +76,23 @@ export class BlockIndex {
       n = this.packs.length;
       this.packs.push(id);
       this.packNumbers.set(id, n);
-      if (n >= this.gone.length) {
-        const g = new Uint8Array(this.gone.length * 2);
-        g.set(this.gone);
-        this.gone = g;
-      }
+      this.growGone(n);
     }
     return n;
+  }
+
+  private get packNumbers(): Map<string, number> {
+    return (this.numbers ??= new Map(this.packs.map((id, n) => [id, n])));
+  }
+
+  /** Room in the gone flags for pack number `n`. */
+  private growGone(n: number): void {
+    if (n < this.gone.length) return;
+    let size = this.gone.length;
+    while (size <= n) size *= 2;
+    const g = new Uint8Array(size);
+    g.set(this.gone);
+    this.gone = g;
   }
 
   packId(n: number): string {
@@ -364,7 +375,9 @@ export class BlockIndex {
   importRun(run: Uint8Array, prefix: Uint32Array, packs: string[]): void {
     if (this.size !== 0 || this.packs.length !== 0) throw new FerryError('INTERNAL', 'BlockIndex.importRun into a non-empty index');
     if (prefix.length !== PREFIXES + 1 || prefix[PREFIXES] * RUN_ENTRY !== run.length) throw new FerryError('INTERNAL', 'BlockIndex.importRun: inconsistent tables');
-    for (const id of packs) this.packNumber(id);
+    this.packs = packs;
+    this.numbers = undefined;
+    this.growGone(packs.length);
     this.run = run;
     this.runSize = prefix[PREFIXES];
     this.prefix.set(prefix);
