@@ -191,6 +191,9 @@ export class S3Backend implements RepositoryBackend {
       responseChecksumValidation: 'WHEN_REQUIRED',
     };
     if (config.endpoint) clientConfig.endpoint = config.endpoint;
+    // The SDK warns once per process on Node < 22 (its releases after January 2027 will need 22);
+    // Ferry supports Node 20, and the warning would land in every command's output.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const creds = credentialsFor(config, options.env ?? process.env);
     if (creds) clientConfig.credentials = creds;
     this.client = new S3Client(clientConfig);
