@@ -185,7 +185,7 @@ export class S3Backend implements RepositoryBackend {
       forcePathStyle: config.forcePathStyle,
       // Ferry retries itself (below), so it can count, classify and bound every attempt.
       maxAttempts: 1,
-      requestHandler: { requestTimeout: this.opts.requestTimeoutMs, connectionTimeout: 30_000, httpsAgent: { maxSockets: requests, keepAlive: true }, httpAgent: { maxSockets: requests, keepAlive: true } },
+      requestHandler: { requestTimeout: this.opts.requestTimeoutMs, throwOnRequestTimeout: true, connectionTimeout: 30_000, httpsAgent: { maxSockets: requests, keepAlive: true }, httpAgent: { maxSockets: requests, keepAlive: true } },
       // Checksums only when an operation requires one: S3-compatible stores differ in what they accept.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
@@ -370,8 +370,11 @@ export class S3Backend implements RepositoryBackend {
       } catch (err) {
         const name = nameOf((err as { cause?: unknown }).cause ?? err);
         if (!(err instanceof FerryError) || (!err.detail.startsWith('permanent') && err.code !== 'REPO_OBJECT_NOT_FOUND')) throw err;
-        if (err.detail.startsWith('permanent') && !/ObjectLockConfigurationNotFound|NotImplemented|MethodNotAllowed|InvalidRequest/.test(err.message)) throw err;
-        why = /ObjectLockConfigurationNotFound/.test(String(err.message) + name) ? 'Object Lock is not enabled on it' : `the store does not support Object Lock (${name})`;
+        why = /ObjectLockConfigurationNotFound/.test(String(err.message) + name)
+          ? 'Object Lock is not enabled on it'
+          : /AccessDenied/.test(name)
+            ? 'these credentials may not read its Object Lock configuration (AccessDenied)'
+            : `the store does not support Object Lock (${name})`;
       }
       if (enabled) {
         this.objectLockActive = true;
@@ -452,16 +455,21 @@ export class S3Backend implements RepositoryBackend {
   /** PUT, as one request or (large objects) a multipart upload; `ifAbsent` adds `If-None-Match: *`. */
   private async upload(key: string, data: Uint8Array, ifAbsent: boolean, metadata?: Record<string, string>): Promise<boolean> {
     const Key = this.k(key);
-    const created = (err: unknown): boolean => {
-      if (ifAbsent && err instanceof FerryError && /PreconditionFailed|\b412\b/.test(err.message)) return false;
-      throw err;
+    const state = { retried: false };
+    // A 412 after a retry may answer our own first attempt, which landed while its answer was lost
+    // (a reset after the store acted): the object holding exactly our bytes means this call made it.
+    const created = async (err: unknown): Promise<boolean> => {
+      if (!(ifAbsent && err instanceof FerryError && /PreconditionFailed|\b412\b/.test(err.message))) throw err;
+      if (!state.retried) return false;
+      const now = await this.get(key).catch(() => undefined);
+      return now !== undefined && Buffer.from(now).equals(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
     };
     if (data.length < this.opts.multipartThreshold) {
       return this.send('PUT', key, async () => {
         await this.client.send(new PutObjectCommand({ Bucket: this.config.bucket, Key, Body: data, ContentLength: data.length, Metadata: metadata, ...(ifAbsent && { IfNoneMatch: '*' }) }));
         this.counts.bytesUp += data.length;
         return true;
-      }).catch(created);
+      }, false, state).catch(created);
     }
     const up = await this.send('PUT', key, () => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.config.bucket, Key, Metadata: metadata })));
     const UploadId = up.UploadId!;
@@ -484,7 +492,7 @@ export class S3Backend implements RepositoryBackend {
       return await this.send('PUT', key, async () => {
         await this.client.send(new CompleteMultipartUploadCommand({ Bucket: this.config.bucket, Key, UploadId, MultipartUpload: { Parts: parts }, ...(ifAbsent && { IfNoneMatch: '*' }) }));
         return true;
-      }).catch(created);
+      }, false, state).catch(created);
     } catch (err) {
       await this.send('DELETE', key, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.config.bucket, Key, UploadId }))).catch(() => undefined);
       throw err;
@@ -496,11 +504,14 @@ export class S3Backend implements RepositoryBackend {
    * backoff and full jitter. A permanent failure (403, NoSuchBucket, InvalidAccessKeyId ...) throws
    * at once; a 404 is REPO_OBJECT_NOT_FOUND; everything else REPO_IO, naming bucket and key.
    */
-  private async send<T>(kind: Kind, key: string, fn: () => Promise<T>, quiet = false): Promise<T> {
+  private async send<T>(kind: Kind, key: string, fn: () => Promise<T>, quiet = false, state?: { retried: boolean }): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
         this.counts[kind]++;
-        if (attempt > 1) this.counts.retries++;
+        if (attempt > 1) {
+          this.counts.retries++;
+          if (state) state.retried = true;
+        }
         return await this.slots.run(fn);
       } catch (err) {
         if (err instanceof FerryError) throw err;
