@@ -289,8 +289,10 @@ export class S3Backend implements RepositoryBackend {
    * a bucket without Object Lock, or `off`): the date is recorded in `mutable/retention/<key>` and
    * only `delete` here enforces it. A date is never shortened.
    */
-  async retain(keys: string[], until: Date): Promise<StorageProtection> {
+  async retain(keys: string[], requested: Date): Promise<StorageProtection> {
     await this.ready();
+    // S3 keeps retention dates to the second: round up, never down.
+    const until = new Date(Math.ceil(requested.getTime() / 1000) * 1000);
     await Promise.all(
       keys.map(async (key) => {
         const had = await this.retainedUntil(key);
