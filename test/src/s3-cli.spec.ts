@@ -20,6 +20,7 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
   let job: string;
   let repoFile: string;
   const points: { id: string; copy: string }[] = [];
+  const requests: { PUT: number; bytesUp: number }[] = [];
 
   before(async function () {
     s3 = await startS3Server();
@@ -45,7 +46,16 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
       const r = await runFerry(['backup', job, '--json'], { env });
       expect(r.code, r.stderr + r.stdout).to.equal(0);
       expect(r.stderr + r.stdout).not.to.include('S3RVER'); // the secret key never shows
-      const report = json<{ disks: { restorePoint: string; mode: string; blocks: { new: number } }[]; protection: { encrypted?: boolean } }>(r);
+      const report = json<{
+        disks: { restorePoint: string; mode: string; blocks: { new: number }; bytesWritten: number }[];
+        protection: { encrypted?: boolean };
+        requests: { GET: number; PUT: number; LIST: number; DELETE: number; HEAD: number; bytesUp: number; notes?: string[] };
+      }>(r);
+      // The report counts S3 requests by kind; an incremental run sends far fewer PUTs and bytes.
+      expect(report.requests.PUT).to.be.at.least(3);
+      expect(report.requests.bytesUp).to.be.at.least(report.disks[0].bytesWritten);
+      expect(report.requests.notes?.join(' ')).to.match(/no Object Lock/);
+      requests.push(report.requests);
       if (run === 0) expect(report.disks[0].mode).to.equal('full');
       expect(report.protection.encrypted).to.equal(true);
       if (run === 1) expect(report.disks[0].blocks.new).to.be.at.least(1).and.at.most(5);
@@ -53,6 +63,7 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
       cpSync(image, copy);
       points.push({ id: report.disks[0].restorePoint, copy });
     }
+    expect(requests[1].bytesUp).to.be.below(requests[0].bytesUp / 4);
     for (const p of points) {
       const out = path.join(t.dir, `restored-${p.id}`);
       const r = await runFerry(['restore', job, '--vm', 'web01', '--disk', 'web01.raw', '--point', p.id, '--to', out], { env });

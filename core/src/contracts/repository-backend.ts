@@ -76,6 +76,27 @@ export interface RepositoryBackend {
   retain?(keys: string[], until: Date): Promise<StorageProtection>;
   /** The retain-until date the storage holds for `key`; undefined when it has none. */
   retainedUntil?(key: string): Promise<Date | undefined>;
+  /**
+   * Object storage: requests sent since the backend was created, by kind, and what the backend found
+   * that a session report should say (S3: `objectLock: auto` on a bucket without Object Lock).
+   */
+  requestStats?(): BackendRequestStats;
+}
+
+/** What `RepositoryBackend.requestStats` reports (the session report's `requests`). */
+export interface BackendRequestStats {
+  GET: number;
+  PUT: number;
+  LIST: number;
+  DELETE: number;
+  HEAD: number;
+  /** Requests sent again after a transient failure (counted in the kinds too). */
+  retries: number;
+  /** Payload bytes sent and received. */
+  bytesUp: number;
+  bytesDown: number;
+  /** Findings for the report, e.g. "bucket b has no Object Lock ...". */
+  notes?: string[];
 }
 
 /** What `RepositoryBackend.protect` achieved. */

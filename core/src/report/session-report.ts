@@ -1,3 +1,4 @@
+import type { BackendRequestStats } from '../contracts/repository-backend.js';
 import type { ReportedError } from '../errors.js';
 import type { PrunedPoint } from '../maintenance/prune.js';
 import type { RepositoryProtection } from '../repository/repository.js';
@@ -78,6 +79,8 @@ export interface SessionReport {
   protection?: RepositoryProtection;
   /** The health check after the session (present with `verify: { afterBackup: true }`). */
   verify?: VerifyOutcome;
+  /** Object storage (S3): requests sent by kind, retries, bytes, and findings (`notes`). */
+  requests?: BackendRequestStats;
   /** A session-level failure (before or after the disks), if any. */
   error?: ReportedError;
 }

@@ -1,3 +1,4 @@
+import type { BackendRequestStats } from '../contracts/repository-backend.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import type { RepositoryProtection, RestorePoint } from '../repository/repository.js';
 import type { DiskReport, ReportedError, SessionReport } from '../report/session-report.js';
@@ -65,6 +66,8 @@ export interface SessionEnd {
   retention?: RetentionOutcome;
   verify?: VerifyOutcome;
   protection?: RepositoryProtection;
+  /** Object storage backends: requests by kind and bytes (`RepositoryBackend.requestStats`). */
+  requests?: BackendRequestStats;
 }
 
 export interface SessionFigures {

@@ -136,10 +136,11 @@ export class EmbeddedBackup implements BackupPlacement {
     const s = this.parts();
     const retention = await retentionAfterSession(this.rt, s.repo, s.lock, report);
     const protection = s.repo.protection();
+    const requests = s.repo.backend.raw.requestStats?.();
     await this.release();
     // After the release: the health check takes its own lock and must not hold up the next backup.
     const verify = await verifyAfterSession(this.rt, s.repo, s.mover.codec, report);
-    return { ...(retention && { retention }), ...(verify && { verify }), protection };
+    return { ...(retention && { retention }), ...(verify && { verify }), protection, ...(requests && { requests }) };
   }
 
   figures(_report: SessionReport, durationMs: number): SessionFigures {

@@ -16,7 +16,7 @@ import {
   UploadPartCommand,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
-import { FerryError, type RepositoryBackend, type StorageProtection } from '@ferry/core/plugin';
+import { FerryError, type BackendRequestStats, type RepositoryBackend, type StorageProtection } from '@ferry/core/plugin';
 
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 
@@ -202,6 +202,11 @@ export class S3Backend implements RepositoryBackend {
   /** Requests sent so far by kind, and bytes moved. */
   requestCounts(): S3RequestCounts {
     return { ...this.counts };
+  }
+
+  /** For the session report: the counts and what the backend found (Object Lock missing). */
+  requestStats(): BackendRequestStats {
+    return { ...this.counts, ...(this.notes.length && { notes: [...this.notes] }) };
   }
 
   async get(key: string): Promise<Uint8Array> {
