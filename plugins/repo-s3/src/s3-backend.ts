@@ -392,7 +392,7 @@ export class S3Backend implements RepositoryBackend {
           object: this.location,
         });
       }
-      this.notes.push(`bucket ${this.config.bucket} has no Object Lock (${why}): objects stay mutable at the store; Ferry's own rules keep retain-until dates`);
+      this.notes.push(`bucket ${this.config.bucket} has no Object Lock: ${why}; objects stay mutable at the store, and only Ferry's own rules keep retain-until dates`);
     })();
     return this.readyPromise;
   }
