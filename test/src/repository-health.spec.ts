@@ -3,7 +3,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { firstDifference, makeVmImage, Prng } from '@ferry/core/testing';
 import { basicJob, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
-import { fileSize, flipBit, pointDisks, repoFiles, storedBlocks, truncatePack, type PointDisk } from './support/repo-inspect.js';
+import { fileSize, flipBit, pointDisks, repoFiles, repoFormat, repoPath, storedBlocks, truncatePack, type PointDisk } from './support/repo-inspect.js';
 
 interface VerifyJson {
   status: string;
@@ -103,7 +103,7 @@ describe('health check, damage and self-heal (incremental runs heal too)', funct
     }
     expect(v.affectedPoints.length).to.be.at.least(1);
     expect(v.damagedBlocksObject).to.equal('health/damaged-blocks.json');
-    expect(existsSync(path.join(repo, 'health', 'damaged-blocks.json'))).to.equal(true);
+    expect(existsSync(repoPath(repo, 'health/damaged-blocks.json'))).to.equal(true);
   });
 
   it('restoring an affected point fails on a damaged block and names it', async function () {
@@ -179,6 +179,7 @@ describe('health check without a job file, and a full backup healing a lost pack
   });
 
   it('rebuilds a damaged index object from its intact pack, and says so', async function () {
+    if (repoFormat(repo) === 2) this.skip(); // format 1 layout: one index object per pack (format2.spec covers version 2)
     const index = repoFiles(repo, 'index').find((k) => existsSync(path.join(repo, k.replace(/^index/, 'packs'))))!; // not the lost pack's
     const file = path.join(repo, index);
     const bytes = readFileSync(file);

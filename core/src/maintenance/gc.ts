@@ -8,6 +8,7 @@ import { RepositoryLock } from '../repository/repository-lock.js';
 import { loadPackState, planCollection, type GcPlan, type PackState } from './gc-plan.js';
 import { condemn, sweep, type Condemned } from './gc-protocol.js';
 import { rewritePacks } from './gc-rewrite.js';
+import { compact, liveHashesV2, loadPackStateV2, type IndexObjectsV2 } from './gc-v2.js';
 import { loadPoints, referencedHashes, type LoadedPoints } from './points-reader.js';
 import { pointIdTime } from '../repository/point-id.js';
 
@@ -42,6 +43,8 @@ export interface GcReport {
   wasteBytesLeft: number;
   uncommittedMapsRemoved: number;
   temporaryFilesRemoved: number;
+  /** Format 2: index objects replaced by one merged object this run (deleted once it was durable). */
+  indexObjectsMerged?: number;
   durationMs: number;
 }
 
@@ -59,7 +62,7 @@ export async function runGc(repo: Repository, opts: GcOptions = {}): Promise<GcR
   const threshold = opts.rewriteThresholdPercent ?? 20;
   const lock = opts.dryRun ? undefined : await RepositoryLock.acquire(repo.backend, { operation: 'gc' });
   try {
-    const state = await loadPackState(repo.backend);
+    const state: PackState & { v2?: IndexObjectsV2 } = repo.format === 2 ? await loadPackStateV2(repo.backend) : await loadPackState(repo.backend);
     const loaded = await loadPoints(repo);
     const referenced = await referencedHashes(repo, loaded, true);
     const plan = planCollection(state, referenced, damageIndex(await readDamagedBlocks(repo.backend)), threshold / 100);
@@ -77,7 +80,7 @@ export async function runGc(repo: Repository, opts: GcOptions = {}): Promise<GcR
 interface GcRun {
   repo: Repository;
   lock: RepositoryLock;
-  state: PackState;
+  state: PackState & { v2?: IndexObjectsV2 };
   plan: GcPlan;
   loaded: LoadedPoints;
   referenced: Set<string>;
@@ -88,7 +91,7 @@ interface GcRun {
 async function collect(run: GcRun, report: GcReport): Promise<void> {
   const { repo, lock, state, plan } = run;
   const backend = repo.backend;
-  const rewritten = await rewritePacks(backend, plan.rewrite, repo.cipher);
+  const rewritten = await rewritePacks(backend, plan.rewrite, repo.cipher, repo.format);
   report.rewriteSkipped = rewritten.skipped;
   report.packs.rewritten = rewritten.done.length;
   report.bytesRewritten = rewritten.bytesWritten;
@@ -100,17 +103,22 @@ async function collect(run: GcRun, report: GcReport): Promise<void> {
     ...plan.adopt.map((id): Condemned => ({ id, reason: 'adopted', bytes: null })),
   ];
   await lock.assertHeld();
-  const batch = await condemn(backend, packs, lock.id);
+  const batch = await condemn(backend, packs, lock.id, repo.format);
   report.condemnedPacks = packs.length;
   const swept = await sweep(
     {
       backend,
       ownLock: lock.id,
       references: async () => union(run.referenced, await referencedHashes(repo, await loadPoints(repo, run.loaded.keys), true)),
-      liveHashes: () => liveHashes(backend, state),
+      liveHashes: () => (state.v2 ? liveHashesV2(backend, state.v2) : liveHashes(backend, state)),
+      format: repo.format,
     },
     [...state.batches, ...(batch ? [batch] : [])],
   );
+  if (state.v2) {
+    await lock.assertHeld();
+    report.indexObjectsMerged = await compact(backend, state.v2, swept.deletedIds, repo.cipher);
+  }
   for (const key of state.brokenBatches) await backend.delete(key);
   report.deletedPacks = swept.deleted;
   report.resurrectedPacks = swept.resurrected;

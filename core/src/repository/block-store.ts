@@ -10,7 +10,7 @@ import { PackWriter, packIdOf, packKey } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 import { RepositoryStorage } from './repository-storage.js';
 import { listDigest, type IndexCache } from './index-cache.js';
-import { decodeIndexV2, encodeIndexV2, indexObjectKey, INDEXES_PREFIX, type IndexedPack } from './index-object-v2.js';
+import { decodeIndexV2, INDEXES_PREFIX, storedIndexObject, type IndexedPack } from './index-object-v2.js';
 
 export interface BlockLocation {
   pack: string;
@@ -264,9 +264,8 @@ export class BlockStore {
     const packs = this.unindexed.splice(0);
     if (packs.length === 0) return;
     this.indexing = this.indexing.then(async () => {
-      const plain = encodeIndexV2(packs);
-      const stored = this.cipher ? this.cipher.sealObject(INDEX_OBJECT_NAME, plain) : plain;
-      await this.timedPutStored(indexObjectKey(sha256(stored).toString('hex')), stored);
+      const { key, stored } = storedIndexObject(packs, this.cipher && ((n, d) => this.cipher!.sealObject(n, d)));
+      await this.timedPutStored(key, stored);
     });
   }
 
@@ -469,9 +468,6 @@ function stateDigest(damaged: DamageIndex, goneIds: string[]): { state: string }
   for (const id of goneIds) h.update(`${id}\n`);
   return { state: h.digest('hex') };
 }
-
-/** The name a format 2 index object is sealed to: its key is the hash of the sealed bytes. */
-const INDEX_OBJECT_NAME = 'index';
 
 /** Format 2 index objects are named by the SHA-256 of their stored bytes; format 1 ones are not. */
 function contentMatches(key: string, stored: Uint8Array): boolean {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import { crc32 } from '../util/checksums.js';
 import type { PackEntry } from './pack.js';
@@ -96,4 +97,20 @@ export function decodeIndexV2(data: Uint8Array, object: string): DecodedIndexObj
       for (let i = 0, at = base; i < n; i++, at += ENTRY_ROW) fn(buf.subarray(at, at + 32), buf.readUInt32LE(at + 32), buf.readUInt32LE(at + 36), buf.readUInt32LE(at + 40));
     },
   };
+}
+
+/** The name a format 2 index object is sealed to: its key is the hash of the sealed bytes. */
+export const INDEX_OBJECT_NAME = 'index';
+
+/**
+ * Encodes, seals (encrypted repositories) and names a format 2 index object: its key is the SHA-256
+ * of the bytes as stored, so a copy (cached, or read back) is checked without the key.
+ */
+export function storedIndexObject(
+  packs: (IndexedPack & { entries: PackEntry[] })[],
+  seal?: (name: string, plain: Uint8Array) => Uint8Array,
+): { key: string; stored: Uint8Array } {
+  const plain = encodeIndexV2(packs);
+  const stored = seal ? seal(INDEX_OBJECT_NAME, plain) : plain;
+  return { key: indexObjectKey(createHash('sha256').update(stored).digest('hex')), stored };
 }

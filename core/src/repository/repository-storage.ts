@@ -34,6 +34,12 @@ export class RepositoryStorage implements RepositoryBackend {
     readonly immutabilityDays: number | undefined,
     private readonly sealed = Boolean(cipher),
     private readonly warn: (line: string) => void = (l) => process.stderr.write(`ferry: ${l}\n`),
+    /**
+     * Repository format. 2: the objects that change by design (locks, the damaged-blocks list, gc's
+     * state) live under `mutable/` (`mutable/locks/...`), which the rest of the core never sees:
+     * it keeps using `locks/`, `health/` and `gc/` keys, mapped here.
+     */
+    readonly format: 1 | 2 = 1,
   ) {
     if (typeof (raw as Partial<RepositoryBackend>).putIfAbsent !== 'function') {
       throw new FerryError(
@@ -49,9 +55,14 @@ export class RepositoryStorage implements RepositoryBackend {
     return this.raw.location;
   }
 
+  /** The key the backend stores `key` under (format 2: mutable objects under `mutable/`). */
+  physical(key: string): string {
+    return this.format === 2 && isMutable(key) ? MUTABLE_PREFIX + key : key;
+  }
+
   async get(key: string): Promise<Uint8Array> {
     const name = this.nameOf(key);
-    const data = await this.raw.get(key);
+    const data = await this.raw.get(this.physical(key));
     return name ? this.cipher!.openObject(name, data, key) : data;
   }
 
@@ -78,7 +89,7 @@ export class RepositoryStorage implements RepositoryBackend {
     const name = this.nameOf(key);
     const protect = this.immutabilityDays !== undefined && isProtected(key);
     if (protect && (await this.raw.has(key))) await this.raw.unprotect?.([key]);
-    await this.raw.put(key, name ? this.cipher!.sealObject(name, data) : data);
+    await this.raw.put(this.physical(key), name ? this.cipher!.sealObject(name, data) : data);
     if (protect) await this.protectObjects([key]);
   }
 
@@ -86,7 +97,7 @@ export class RepositoryStorage implements RepositoryBackend {
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
     const name = this.nameOf(key);
     const stored = name ? this.cipher!.sealObject(name, data) : data;
-    const created = await this.raw.putIfAbsent(key, stored);
+    const created = await this.raw.putIfAbsent(this.physical(key), stored);
     if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
     if (created) await this.onIndexWritten?.(key, stored);
     return created;
@@ -108,7 +119,7 @@ export class RepositoryStorage implements RepositoryBackend {
 
   /** An object as the backend stores it (sealed in an encrypted repository): for the index cache. */
   getStored(key: string): Promise<Uint8Array> {
-    return this.raw.get(key);
+    return this.raw.get(this.physical(key));
   }
 
   /** Opens an object read by `getStored` (or from the cache), as `get` would. */
@@ -130,11 +141,12 @@ export class RepositoryStorage implements RepositoryBackend {
   }
 
   has(key: string): Promise<boolean> {
-    return this.raw.has(key);
+    return this.raw.has(this.physical(key));
   }
 
   list(prefix: string): AsyncIterable<string> {
-    return this.raw.list(prefix);
+    if (this.format !== 2 || !isMutable(prefix)) return this.raw.list(prefix);
+    return stripMutable(this.raw.list(MUTABLE_PREFIX + prefix));
   }
 
   async delete(key: string): Promise<void> {
@@ -145,7 +157,7 @@ export class RepositoryStorage implements RepositoryBackend {
       }
       await this.raw.unprotect?.([key]);
     }
-    await this.raw.delete(key);
+    await this.raw.delete(this.physical(key));
   }
 
   close(): Promise<void> {
@@ -182,6 +194,18 @@ export class RepositoryStorage implements RepositoryBackend {
       );
     }
   }
+}
+
+/** Format 2: where objects that change by design live (`docs/repository-format.md`, "Layout"). */
+export const MUTABLE_PREFIX = 'mutable/';
+
+/** Keys the core writes for objects that change by design: locks, the health record, gc's state. */
+function isMutable(key: string): boolean {
+  return key.startsWith('locks/') || key.startsWith('health/') || key.startsWith('gc/');
+}
+
+async function* stripMutable(keys: AsyncIterable<string>): AsyncIterable<string> {
+  for await (const k of keys) yield k.slice(MUTABLE_PREFIX.length);
 }
 
 /**

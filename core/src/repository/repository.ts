@@ -13,13 +13,14 @@ import { IndexCache } from './index-cache.js';
 
 export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
 const FORMAT = 'ferry-repository';
-const FORMAT_VERSION = 1;
+/** Versions this Ferry opens; new repositories get `newRepositoryFormat()`. */
+const FORMAT_VERSIONS: readonly number[] = [1, 2];
 const DAY_MS = 86_400_000;
 
 /** `ferry-repository.json` (`docs/repository-format.md`, "Repository config"). */
 export interface RepositoryConfig {
   format: 'ferry-repository';
-  version: 1;
+  version: 1 | 2;
   id: string;
   createdAt: string;
   /** Present when the repository is encrypted (chosen at creation). */
@@ -53,7 +54,7 @@ export interface RepositoryOpenOptions {
    * from its config is REPO_SETTINGS_MISMATCH (a job that asks for encryption or immutability must
    * never silently write to a repository without it).
    */
-  settings?: { encrypted?: boolean; immutabilityDays?: number };
+  settings?: { encrypted?: boolean; immutabilityDays?: number; format?: 1 | 2 };
   /** scrypt cost of new key objects (default `DEFAULT_SCRYPT`; tests lower it). */
   scrypt?: ScryptParams;
   /**
@@ -118,12 +119,17 @@ export class Repository {
     /** The key object the passphrase opened (encrypted repositories). */
     readonly keyObject?: string,
   ) {
-    this.backend = new RepositoryStorage(storage, cipher, config.immutability?.days, Boolean(config.encryption));
-    this.blocks = new BlockStore(this.backend, meter, cipher, IndexCache.forRepository(config.id));
+    this.backend = new RepositoryStorage(storage, cipher, config.immutability?.days, Boolean(config.encryption), undefined, config.version);
+    this.blocks = new BlockStore(this.backend, meter, cipher, IndexCache.forRepository(config.id), config.version);
   }
 
   get id(): string {
     return this.config.id;
+  }
+
+  /** The repository format version (`ferry-repository.json`). */
+  get format(): 1 | 2 {
+    return this.config.version;
   }
 
   /** The block-id key of an encrypted repository: the block codec must hash with it. */
@@ -173,10 +179,10 @@ export class Repository {
         object: REPOSITORY_CONFIG_KEY,
       });
     }
-    if (config.version !== FORMAT_VERSION) {
+    if (!FORMAT_VERSIONS.includes(config.version)) {
       throw new FerryError(
         'REPO_FORMAT_UNSUPPORTED',
-        `repository format version ${config.version}; this Ferry reads version ${FORMAT_VERSION}`,
+        `repository format version ${config.version}; this Ferry reads versions ${FORMAT_VERSIONS.join(' and ')}`,
         { object: REPOSITORY_CONFIG_KEY },
       );
     }
@@ -197,7 +203,7 @@ export class Repository {
     const days = opts.settings?.immutabilityDays;
     const config: RepositoryConfig = {
       format: FORMAT,
-      version: FORMAT_VERSION,
+      version: opts.settings?.format ?? newRepositoryFormat(),
       id: randomUUID(),
       createdAt: new Date().toISOString(),
       ...(days !== undefined && { immutability: { days } }),
@@ -424,6 +430,17 @@ export class Repository {
     }
     return BlockMap.decode(bytes, disk.map);
   }
+}
+
+/**
+ * The format of repositories created without an explicit `settings.format`: `FERRY_REPOSITORY_FORMAT`
+ * (`1` or `2`) when set, else 1. Anything else is CLI_USAGE rather than a silent default.
+ */
+export function newRepositoryFormat(env: NodeJS.ProcessEnv = process.env): 1 | 2 {
+  const v = env.FERRY_REPOSITORY_FORMAT;
+  if (v === undefined || v === '') return 1;
+  if (v === '1' || v === '2') return Number(v) as 1 | 2;
+  throw new FerryError('CLI_USAGE', `FERRY_REPOSITORY_FORMAT is "${v}"; it must be 1 or 2 (the format of new repositories)`, {});
 }
 
 const MANIFEST_KEY = /^points\/[^/]+\/[^/]+\.json$/;
