@@ -8,6 +8,7 @@ import { validateCommand } from './commands/validate.js';
 import { verifyCommand } from './commands/verify.js';
 import { pruneCommand } from './commands/prune.js';
 import { forgetCommand } from './commands/forget.js';
+import { copyCommand } from './commands/copy.js';
 import { gcCommand } from './commands/gc.js';
 import { unlockCommand } from './commands/unlock.js';
 import { certsCommand } from './commands/certs.js';
@@ -31,6 +32,7 @@ export async function main(argv: string[]): Promise<number> {
     .command(verifyCommand((c) => (code = c)))
     .command(pruneCommand((c) => (code = c)))
     .command(forgetCommand((c) => (code = c)))
+    .command(copyCommand((c) => (code = c)))
     .command(gcCommand((c) => (code = c)))
     .command(unlockCommand((c) => (code = c)))
     .command(certsCommand((c) => (code = c)))

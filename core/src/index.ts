@@ -50,6 +50,7 @@ export * from './repository/passphrase.js';
 export * from './maintenance/retention-policy.js';
 export * from './maintenance/prune.js';
 export * from './maintenance/forget.js';
+export * from './maintenance/copy.js';
 export { comparePointIds, pointIdTime } from './repository/point-id.js';
 export * from './maintenance/verify.js';
 export type * from './maintenance/verify-results.js';

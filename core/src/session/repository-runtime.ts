@@ -64,6 +64,7 @@ export class RepositoryRuntime {
     private readonly passphrase: PassphraseSource,
     private readonly keyless = false,
     private readonly file?: string,
+    private readonly settings?: { encrypted?: boolean; immutabilityDays?: number },
   ) {}
 
   /** The repository folder (filesystem) or the repository file. */
@@ -95,7 +96,10 @@ export class RepositoryRuntime {
         throw new FerryError('CLI_USAGE', `repository${e.instancePath.replace(/\//g, '.')}${extra}`, { file: r.file });
       }
     }
-    return new RepositoryRuntime(host, r.type, r.config, opts.passphrase ?? jobPassphrase(r.encryption, r.file), opts.keyless, r.file);
+    return new RepositoryRuntime(host, r.type, r.config, opts.passphrase ?? jobPassphrase(r.encryption, r.file), opts.keyless, r.file, {
+      ...(r.encryption && { encrypted: true }),
+      ...(r.immutability && { immutabilityDays: r.immutability.days }),
+    });
   }
 
   /** `passphrase`: for an encrypted repository (`--passphrase-file`); default FERRY_PASSPHRASE. */
@@ -105,10 +109,20 @@ export class RepositoryRuntime {
     return new RepositoryRuntime(await createPluginHost(opts), 'filesystem', { path: abs }, opts.passphrase ?? passphraseEnv('FERRY_PASSPHRASE'), opts.keyless);
   }
 
-  async repository(_opts: { create: false } = { create: false }): Promise<Repository> {
+  /**
+   * `create` (a repository file only, for `ferry copy --to`): creates the repository when its
+   * location holds none, with the file's `encryption` and `immutability`.
+   */
+  async repository(opts: { create: boolean } = { create: false }): Promise<Repository> {
+    if (opts.create && !this.file) throw new FerryError('INTERNAL', 'a repository folder given by path is never created by a maintenance command');
     const backend = await this.host.create('repository-backend', this.backendType, this.host.container, this.backendConfig, this.file ? { file: this.file } : {});
     this.backends.push(backend);
-    const repo = await Repository.open(backend, { create: false, passphrase: this.passphrase, keyless: this.keyless });
+    const repo = await Repository.open(backend, {
+      create: opts.create,
+      passphrase: this.passphrase,
+      keyless: this.keyless,
+      ...(opts.create && { settings: this.settings }),
+    });
     if (this.codecPromise && repo.idKey && !this.idKey) throw new FerryError('INTERNAL', 'the block codec was created before the encrypted repository was opened');
     this.idKey = repo.idKey;
     return repo;

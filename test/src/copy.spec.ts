@@ -1,0 +1,87 @@
+import { cpSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { expect } from 'chai';
+import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
+import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { runAndKill } from './support/run-and-kill.js';
+import { startS3Server, type S3Server } from './support/s3-server.js';
+
+const MiB = 1024 * 1024;
+
+interface CopyJson {
+  points: { vm: string; restorePoint: string; status: string; blocksTransferred: number }[];
+  blocks: { total: number; transferred: number; present: number; zero: number };
+}
+
+describe('ferry copy: filesystem -> S3 (encrypted) -> filesystem', function () {
+  const t = tempDir('ferry-copy-');
+  const image = path.join(t.dir, 'images', 'web01.raw');
+  let s3: S3Server;
+  let env: NodeJS.ProcessEnv;
+  const copies: { id: string; file: string }[] = [];
+  const job = (name: string, repository: string): string =>
+    writeJob(t.dir, ['job: copy-test', 'source: { host: file, datastore: ./images, vms: [ { name: web01, disks: [web01.raw] } ] }', repository, 'storage: { blockSize: 256KiB }', ''].join('\n'), name);
+  let s3Repo: string;
+
+  before(async function () {
+    s3 = await startS3Server();
+    env = { ...s3.env, FERRY_CACHE_DIR: path.join(t.dir, 'cache'), COPY_PASS: 'copy secret' };
+    mkdirSync(path.join(t.dir, 'images'));
+    await makeVmImage(image, { sizeBytes: 16 * MiB, seed: 77, holes: 0.25 });
+    s3Repo = `repository: { type: s3, bucket: ${s3.bucket}, prefix: copy/, endpoint: '${s3.endpoint}', region: us-east-1, forcePathStyle: true, credentials: env, encryption: { passphraseEnv: COPY_PASS } }`;
+  });
+  after(async () => {
+    await s3?.stop();
+    t.cleanup();
+  });
+
+  it('copies every point to a new S3 repository; a second copy sends nothing', async function () {
+    const local = job('local.yaml', 'repository: { type: filesystem, path: ./local }');
+    for (let run = 0; run < 2; run++) {
+      if (run === 1) await changeVmImage(image, { count: 4, length: 8192, seed: 6 });
+      const r = await runFerry(['backup', local, '--json'], { env });
+      expect(r.code, r.stderr + r.stdout).to.equal(0);
+      const file = path.join(t.dir, `v${run}`);
+      cpSync(image, file);
+      copies.push({ id: json<{ disks: { restorePoint: string }[] }>(r).disks[0].restorePoint, file });
+    }
+    const target = writeJob(t.dir, s3Repo + '\n', 's3.yaml');
+    const first = await runFerry(['copy', local, '--to', target, '--point', 'all', '--json'], { env });
+    expect(first.code, first.stderr + first.stdout).to.equal(0);
+    const a = json<CopyJson>(first);
+    expect(a.points.map((p) => [p.restorePoint, p.status])).to.deep.equal(copies.map((c) => [c.id, 'copied']));
+    expect(a.blocks.transferred).to.be.at.least(20);
+    expect(a.blocks.transferred + a.blocks.present).to.equal(a.blocks.total);
+    // The second point shares most blocks with the first: few are sent for it.
+    expect(a.points[1].blocksTransferred).to.be.at.most(4);
+    const again = json<CopyJson>(await runFerry(['copy', local, '--to', target, '--point', 'all', '--json'], { env }));
+    expect(again.points.every((p) => p.status === 'present')).to.equal(true);
+    expect(again.blocks.transferred).to.equal(0);
+    const v = await runFerry(['verify', '--repository', target, '--json'], { env });
+    expect(v.code, v.stderr + v.stdout).to.equal(0);
+  });
+
+  it('copies back from S3 to a filesystem repository, resuming after a kill; restores are byte-identical', async function () {
+    const fromS3 = job('from-s3.yaml', s3Repo);
+    const back = writeJob(t.dir, 'type: filesystem\npath: ./back\n', 'back.yaml');
+    mkdirSync(path.join(t.dir, 'back'));
+    // runAndKill runs the CLI with this process's environment.
+    Object.assign(process.env, env);
+    const killed = await runAndKill(['copy', fromS3, '--to', back, '--point', 'all', '--json'], path.join(t.dir, 'back', 'locks'), { at: 'lock', afterMs: 400 });
+    expect(killed.outcome === 'killed' || killed.code === 0, killed.stderr).to.equal(true);
+    const r = await runFerry(['copy', fromS3, '--to', back, '--point', 'all', '--json'], { env });
+    expect(r.code, r.stderr + r.stdout).to.equal(0);
+    const rep = json<CopyJson>(r);
+    expect(rep.points.map((p) => p.restorePoint)).to.deep.equal(copies.map((c) => c.id));
+    expect(rep.blocks.transferred + rep.blocks.present).to.equal(rep.blocks.total);
+    const backJob = job('back-job.yaml', 'repository: { type: filesystem, path: ./back }');
+    for (const c of copies) {
+      const out = path.join(t.dir, `restored-${c.id}`);
+      const res = await runFerry(['restore', backJob, '--vm', 'web01', '--disk', 'web01.raw', '--point', c.id, '--to', out], { env });
+      expect(res.code, res.stderr).to.equal(0);
+      expect(await firstDifference(c.file, out)).to.equal(-1);
+    }
+    const v = await runFerry(['verify', backJob, '--json'], { env });
+    expect(v.code, v.stderr + v.stdout).to.equal(0);
+  });
+});
