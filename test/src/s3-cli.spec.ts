@@ -1,7 +1,9 @@
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
+import { RepositoryLock } from '@ferry/core';
 import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
+import { S3Backend, type S3RepositoryConfig } from '@ferry/repo-s3';
 import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { startS3Server, type S3Server } from './support/s3-server.js';
 
@@ -87,6 +89,21 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
     const typo = await runFerry(['verify', '--repository', path.join(t.dir, 'typo.yaml'), '--json'], { env });
     expect(typo.code).to.equal(2);
     expect(json<{ error: { message: string } }>(typo).error.message).to.include('bukket');
+  });
+
+  it('a live lock in the bucket stops a backup of its VM with REPO_LOCKED; unlock lists it', async function () {
+    const backend = new S3Backend(s3.repository('site-a/') as unknown as S3RepositoryConfig, { env: s3.env });
+    const lock = await RepositoryLock.acquire(backend, { operation: 'backup', vms: ['web01'], job: 'other', command: 'test holder' });
+    try {
+      const r = await runFerry(['backup', job, '--json'], { env });
+      expect(r.code).to.not.equal(0);
+      expect(r.stdout + r.stderr).to.include('REPO_LOCKED');
+      const u = json<Record<string, unknown>>(await runFerry(['unlock', '--repository', repoFile, '--json'], { env }));
+      expect(JSON.stringify(u)).to.include('test holder');
+    } finally {
+      await lock.release();
+      await backend.close();
+    }
   });
 
   it('prune, forget and gc remove points and their data from the bucket; verify stays clean', async function () {
