@@ -1,7 +1,7 @@
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { RepositoryLock } from '@ferry/core';
+import { Repository, RepositoryLock } from '@ferry/core';
 import { changeVmImage, firstDifference, makeVmImage } from '@ferry/core/testing';
 import { S3Backend, type S3RepositoryConfig } from '@ferry/repo-s3';
 import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
@@ -26,7 +26,9 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
 
   before(async function () {
     s3 = await startS3Server();
-    env = { ...s3.env, FERRY_CACHE_DIR: path.join(t.dir, 'cache'), S3_TEST_PASS: 'correct horse' };
+    // Format 2, the format meant for object storage (no full listing on the hot path); the copy spec
+    // covers format 1 on S3.
+    env = { ...s3.env, FERRY_CACHE_DIR: path.join(t.dir, 'cache'), S3_TEST_PASS: 'correct horse', FERRY_REPOSITORY_FORMAT: '2' };
     mkdirSync(path.join(t.dir, 'images'));
     await makeVmImage(image, { sizeBytes: 12 * MiB, seed: 15, holes: 0.3 });
     const repo = repoYaml(s3, 'site-a/', ', encryption: { passphraseEnv: S3_TEST_PASS }');
@@ -93,7 +95,9 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
 
   it('a live lock in the bucket stops a backup of its VM with REPO_LOCKED; unlock lists it', async function () {
     const backend = new S3Backend(s3.repository('site-a/') as unknown as S3RepositoryConfig, { env: s3.env });
-    const lock = await RepositoryLock.acquire(backend, { operation: 'backup', vms: ['web01'], job: 'other', command: 'test holder' });
+    // Through the repository's storage: format 2 keeps locks under its mutable prefix.
+    const repo = await Repository.open(backend, { create: false, keyless: true });
+    const lock = await RepositoryLock.acquire(repo.backend, { operation: 'backup', vms: ['web01'], job: 'other', command: 'test holder' });
     try {
       const r = await runFerry(['backup', job, '--json'], { env });
       expect(r.code).to.not.equal(0);
