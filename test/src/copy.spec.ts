@@ -61,6 +61,24 @@ describe('ferry copy: filesystem -> S3 (encrypted) -> filesystem', function () {
     expect(v.code, v.stderr + v.stdout).to.equal(0);
   });
 
+  it('copyTo: copies each new point after the session; a failing target fails the session', async function () {
+    writeJob(t.dir, s3Repo.replace('prefix: copy/', 'prefix: copy-to/') + '\n', 'copy-to.yaml');
+    const withCopy = job('with-copy.yaml', 'repository: { type: filesystem, path: ./local }\ncopyTo: [./copy-to.yaml]');
+    const r = await runFerry(['backup', withCopy, '--json'], { env });
+    expect(r.code, r.stderr + r.stdout).to.equal(0);
+    const rep = json<{ disks: { restorePoint: string }[]; copies: { to: string; points: number; blocksTransferred: number }[] }>(r);
+    expect(rep.copies).to.have.length(1);
+    expect(rep.copies[0]).to.include({ points: 1 });
+    expect(rep.copies[0].to).to.include('copy-to/');
+    const copyJob = job('copy-to-job.yaml', s3Repo.replace('prefix: copy/', 'prefix: copy-to/'));
+    const listed = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', copyJob, '--json'], { env }));
+    expect(listed.restorePoints.map((p) => p.id)).to.deep.equal([rep.disks[0].restorePoint]);
+    // Without the passphrase the copy cannot open its encrypted target: reported, exit 1.
+    const failed = await runFerry(['backup', withCopy, '--json'], { env: { ...env, COPY_PASS: 'wrong' } });
+    expect(failed.code).to.equal(1);
+    expect(json<{ copies: { error?: { code: string } }[] }>(failed).copies[0].error?.code).to.equal('REPO_WRONG_PASSPHRASE');
+  });
+
   it('copies back from S3 to a filesystem repository, resuming after a kill; restores are byte-identical', async function () {
     const fromS3 = job('from-s3.yaml', s3Repo);
     const back = writeJob(t.dir, 'type: filesystem\npath: ./back\n', 'back.yaml');

@@ -65,6 +65,8 @@ export interface JobSpec {
   filterOptions: Record<string, unknown>[];
   /** Restore points to keep per VM (`retention:`); absent: keep every point. */
   retention?: RetentionPolicy;
+  /** `copyTo:` repository YAML files (absolute) each new restore point is copied to after the session. */
+  copyTo?: string[];
   /** Health check after each successful session (`verify:`), on a sample of the blocks. */
   verify: { afterBackup: boolean; samplePercent: number };
   /**
@@ -220,6 +222,7 @@ export class JobFile {
       filters: (d.filters ?? ['zero']).map(choiceName),
       filterOptions: (d.filters ?? ['zero']).map(choiceOptions),
       ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
+      ...(d.copyTo && { copyTo: d.copyTo as unknown as string[] }),
       verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
       ...this.remote(),
     };

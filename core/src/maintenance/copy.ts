@@ -9,6 +9,8 @@ export interface CopyOptions {
   vm?: string;
   /** A point id, `latest` (each VM's newest, the default) or `all`. */
   point?: string;
+  /** Exactly these points (a session's new ones, `copyTo:`); instead of `vm` and `point`. */
+  points?: { vm: string; id: string }[];
   /** The compressor and level blocks are stored with in the target (the job's `storage.compression`). */
   compressor: { name: string; level: number };
   /** The job asking, recorded in the locks. */
@@ -131,6 +133,7 @@ export async function copyPoints(src: Repository, srcCodec: BlockCodec, dst: Rep
 }
 
 async function selectPoints(src: Repository, opts: CopyOptions): Promise<RestorePoint[]> {
+  if (opts.points) return Promise.all(opts.points.map((p) => src.getPoint(p.vm, p.id)));
   const all = await src.listPoints(opts.vm);
   const which = opts.point ?? 'latest';
   if (which === 'all') return all;

@@ -2,7 +2,7 @@ import type { BackendRequestStats } from '../contracts/repository-backend.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import type { RepositoryProtection, RestorePoint } from '../repository/repository.js';
 import type { DiskReport, ReportedError, SessionReport } from '../report/session-report.js';
-import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
+import type { CopyOutcome, RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
 import type { Stage, StageReport } from '../pipe/stage-meter.js';
 
 /**
@@ -66,6 +66,7 @@ export interface SessionEnd {
   retention?: RetentionOutcome;
   verify?: VerifyOutcome;
   protection?: RepositoryProtection;
+  copies?: CopyOutcome[];
   /** Object storage backends: requests by kind and bytes (`RepositoryBackend.requestStats`). */
   requests?: BackendRequestStats;
 }

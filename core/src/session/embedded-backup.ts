@@ -13,7 +13,7 @@ import { chooseTransport, planMode, skipExtents, type TransportSource } from '..
 import type { JobRuntime } from './job-runtime.js';
 import { errorSummary, interrupted } from './session-common.js';
 import type { ProgressEvent, ReportedError, SessionReport } from '../report/session-report.js';
-import { lockSession, retentionAfterSession, verifyAfterSession } from './session-upkeep.js';
+import { copyAfterSession, lockSession, retentionAfterSession, verifyAfterSession } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from '../pipe/stage-meter.js';
 
 interface Opened {
@@ -140,7 +140,8 @@ export class EmbeddedBackup implements BackupPlacement {
     await this.release();
     // After the release: the health check takes its own lock and must not hold up the next backup.
     const verify = await verifyAfterSession(this.rt, s.repo, s.mover.codec, report);
-    return { ...(retention && { retention }), ...(verify && { verify }), protection, ...(requests && { requests }) };
+    const copies = await copyAfterSession(this.rt, s.repo, s.mover.codec, report);
+    return { ...(retention && { retention }), ...(verify && { verify }), ...(copies && { copies }), protection, ...(requests && { requests }) };
   }
 
   figures(_report: SessionReport, durationMs: number): SessionFigures {

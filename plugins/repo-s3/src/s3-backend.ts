@@ -394,6 +394,8 @@ export class S3Backend implements RepositoryBackend {
       }
       this.notes.push(`bucket ${this.config.bucket} has no Object Lock: ${why}; objects stay mutable at the store, and only Ferry's own rules keep retain-until dates`);
     })();
+    // A failure is not remembered: the next operation checks again (after a network outage, say).
+    this.readyPromise.catch(() => (this.readyPromise = undefined));
     return this.readyPromise;
   }
 
@@ -419,6 +421,7 @@ export class S3Backend implements RepositoryBackend {
         await this.send('DELETE', probe, () => this.client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: this.prefix + probe }))).catch(() => undefined);
       }
     })();
+    this.conditionalPromise.catch(() => (this.conditionalPromise = undefined));
     return this.conditionalPromise;
   }
 
