@@ -65,6 +65,22 @@ describe('S3 faults: retries with backoff, permanent errors fail fast', function
     }
   });
 
+  it('a failed first check of the bucket is not remembered: the next operation checks again', async function () {
+    const proxy = await startFaultProxy(s3.endpoint, (n) => (n === 0 ? 'forbidden' : undefined));
+    const b = new S3Backend(config(proxy.endpoint, 'faults-r/'), { env: s3.env, backoffMs: 5 });
+    try {
+      await b.put('config', Buffer.from('x')).then(
+        () => expect.fail('the 403 on HEAD bucket went unnoticed'),
+        (err: FerryError) => expect(err.message).to.include('HTTP 403').and.include('not retried'),
+      );
+      await b.put('config', Buffer.from('y'));
+      expect(Buffer.from(await b.get('config')).toString()).to.equal('y');
+    } finally {
+      await b.close();
+      await proxy.stop();
+    }
+  });
+
   it('a timeout is retried', async function () {
     const proxy = await startFaultProxy(s3.endpoint, (n) => (n === 2 ? 'slow' : undefined));
     const b = new S3Backend(config(proxy.endpoint, 'faults-t/'), { env: s3.env, backoffMs: 5, requestTimeoutMs: 500 });
