@@ -118,7 +118,7 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
     const listed = json<{ restorePoints: { id: string }[] }>(await runFerry(['list', job, '--json'], { env }));
     expect(listed.restorePoints.map((p) => p.id)).not.to.include(points[0].id);
     expect(listed.restorePoints).to.have.length(2);
-    const f = await runFerry(['forget', job, '--vm', 'web01', '--point', listed.restorePoints[0].id, '--json'], { env });
+    const f = await runFerry(['forget', '--repository', repoFile, '--vm', 'web01', '--point', listed.restorePoints[0].id, '--json'], { env });
     expect(f.code, f.stderr + f.stdout).to.equal(0);
     const pr = await runFerry(['prune', job, '--json'], { env });
     expect(pr.code, pr.stderr + pr.stdout).to.equal(0);
