@@ -79,6 +79,27 @@ describe('ferry copy: filesystem -> S3 (encrypted) -> filesystem', function () {
     expect(json<{ copies: { error?: { code: string } }[] }>(failed).copies[0].error?.code).to.equal('REPO_WRONG_PASSPHRASE');
   });
 
+  it('between plain repositories, stores the same block ids and reads only what the target lacks', async function () {
+    const local = path.join(t.dir, 'local.yaml');
+    const plain = writeJob(t.dir, 'repository: { type: filesystem, path: ./plain }\n', 'plain.yaml');
+    const first = await runFerry(['copy', local, '--to', plain, '--point', copies[0].id, '--json'], { env });
+    expect(first.code, first.stderr + first.stdout).to.equal(0);
+    expect(first.stderr + first.stdout).not.to.include('REPO_');
+    const a = json<CopyJson>(first);
+    expect(a.points.map((p) => p.status)).to.deep.equal(['copied']);
+    // The newest point differs from the first in a few blocks: only those are sent.
+    // An existing repository folder is a target too.
+    const b = json<CopyJson>(await runFerry(['copy', local, '--to', path.join(t.dir, 'plain'), '--json'], { env }));
+    expect(b.points).to.have.length(1);
+    expect(b.blocks.transferred).to.be.at.least(1).and.at.most(8);
+    expect(b.blocks.present).to.be.at.least(a.blocks.transferred - 8);
+    const plainJob = job('plain-job.yaml', 'repository: { type: filesystem, path: ./plain }');
+    const out = path.join(t.dir, 'restored-plain');
+    const r = await runFerry(['restore', plainJob, '--vm', 'web01', '--disk', 'web01.raw', '--point', copies[0].id, '--to', out], { env });
+    expect(r.code, r.stderr).to.equal(0);
+    expect(await firstDifference(copies[0].file, out)).to.equal(-1);
+  });
+
   it('copies back from S3 to a filesystem repository, resuming after a kill; restores are byte-identical', async function () {
     const fromS3 = job('from-s3.yaml', s3Repo);
     const back = writeJob(t.dir, 'type: filesystem\npath: ./back\n', 'back.yaml');
