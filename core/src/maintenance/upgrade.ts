@@ -6,6 +6,7 @@ import { packIdOf, packKey } from '../repository/pack-writer.js';
 import { REPOSITORY_CONFIG_KEY, type Repository } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import { MUTABLE_PREFIX } from '../repository/repository-storage.js';
+import { pointRetainUntil } from '../repository/retention-dates.js';
 import { sha256 } from '../util/checksums.js';
 import { writeIndexObjectV2 } from './gc-v2.js';
 
@@ -22,6 +23,12 @@ export interface UpgradeReport {
   indexObjectsLost: string[];
   /** Mutable objects copied under `mutable/` (damaged-blocks list, gc state). */
   mutableObjectsCopied: number;
+  /**
+   * Immutable repositories: objects given retain-until dates (`RepositoryBackend.retain`), since
+   * version 2 never lifts version 1's protection: points' manifests and maps their point's date,
+   * packs and index objects the latest point's date.
+   */
+  objectsRetained?: number;
   /** Version 1 objects deleted after the commit (index objects, gc state, health record, old locks). */
   leftoversRemoved: number;
   durationMs: number;
@@ -79,6 +86,7 @@ export async function upgradeRepository(repo: Repository): Promise<UpgradeReport
           report.mutableObjectsCopied++;
         }
       }
+      if (repo.config.immutability) report.objectsRetained = await retainForVersion2(repo, repo.config.immutability.days);
       await lock.assertHeld();
       await commitVersion2(repo);
     }
@@ -150,6 +158,33 @@ async function commitVersion2(repo: Repository): Promise<void> {
   await raw.unprotect?.([REPOSITORY_CONFIG_KEY]);
   await raw.put(REPOSITORY_CONFIG_KEY, Buffer.from(JSON.stringify({ ...config, version: 2 }, null, 2) + '\n'));
   if (repo.config.immutability) await raw.protect?.([REPOSITORY_CONFIG_KEY]);
+}
+
+/**
+ * Version 1 protection is lifted by the core before an allowed delete; version 2 never lifts
+ * anything, the storage does once a date passes. So an immutable repository's protected objects
+ * get dates before the commit: each point's manifest and maps its version 2 date (which may have
+ * passed: the storage then lets them go), packs and the new index objects the latest of those.
+ */
+async function retainForVersion2(repo: Repository, days: number): Promise<number> {
+  const raw = repo.storage;
+  if (!raw.retain) return 0;
+  const byPoint = new Map<string, string[]>();
+  for (const k of await keys(raw, 'points/')) {
+    const m = /^points\/[^/]+\/([^/]+?)(?:\.json|\/disk-\d+\.map)$/.exec(k);
+    if (m) byPoint.set(m[1], [...(byPoint.get(m[1]) ?? []), k]);
+  }
+  let latest = 0;
+  let n = 0;
+  for (const [id, ks] of byPoint) {
+    const until = pointRetainUntil(id, days);
+    latest = Math.max(latest, until.getTime());
+    await raw.retain(ks, until);
+    n += ks.length;
+  }
+  const shared = [...(await keys(raw, 'packs/')), ...(await keys(raw, INDEXES_PREFIX))];
+  if (latest > 0 && shared.length > 0) await raw.retain(shared, new Date(latest));
+  return n + (latest > 0 ? shared.length : 0);
 }
 
 async function keys(backend: RepositoryBackend, prefix: string): Promise<string[]> {

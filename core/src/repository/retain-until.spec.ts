@@ -3,6 +3,7 @@ import type { StorageProtection } from '../contracts/repository-backend.js';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { FerryError } from '../errors.js';
 import { runGc } from '../maintenance/gc.js';
+import { upgradeRepository } from '../maintenance/upgrade.js';
 import { prunePoints } from '../maintenance/prune.js';
 import { MemoryBackend } from '../testing/memory-backend.js';
 import { Prng } from '../testing/vm-image.js';
@@ -43,8 +44,8 @@ function blocks(seed: number, n: number): Buffer[] {
 }
 
 /** A session in miniature whose point id says it started at `at`. */
-async function commit(backend: MemoryBackend, at: Date, data: Buffer[]): Promise<RestorePoint> {
-  const repo = await Repository.open(backend, { create: true, settings: { format: 2, immutabilityDays: 1 } });
+async function commit(backend: MemoryBackend, at: Date, data: Buffer[], format: 1 | 2 = 2): Promise<RestorePoint> {
+  const repo = await Repository.open(backend, { create: true, settings: { format, immutabilityDays: 1 } });
   await repo.blocks.load();
   const map = new BlockMap(data.length * BLOCK, BLOCK);
   for (const [i, raw] of data.entries()) {
@@ -112,5 +113,19 @@ describe('retain-until dates (format 2 immutability)', function () {
     expect(await code((await open(backend)).deletePoint(young))).to.equal('REPO_IMMUTABLE');
     expect(await backend.has(pack)).to.equal(true);
     expect(await backend.has(packKey(pack.slice(pack.lastIndexOf('/') + 1)))).to.equal(true);
+  });
+
+  it('an upgrade of an immutable version 1 repository gives its objects dates instead of liftable protection', async function () {
+    const backend = new RetainingBackend();
+    const old = await commit(backend, new Date(Date.now() - 5 * DAY), blocks(4, 3), 1);
+    const young = await commit(backend, new Date(), blocks(5, 3), 1);
+    const report = await upgradeRepository(await open(backend));
+    expect(report.objectsRetained).to.be.at.least(6);
+    const repo = await open(backend);
+    expect(repo.format).to.equal(2);
+    expect(backend.dates.get(young.disks[0].map)).to.be.greaterThan(Date.now());
+    for (const k of packsOf(backend)) expect(backend.dates.get(k), k).to.be.greaterThan(Date.now());
+    await repo.deletePoint(old); // its date has passed: the storage lets it go
+    expect(await code(repo.deletePoint(young))).to.equal('REPO_IMMUTABLE');
   });
 });
