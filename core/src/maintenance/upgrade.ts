@@ -73,7 +73,7 @@ export async function upgradeRepository(repo: Repository): Promise<UpgradeReport
   let released = false;
   try {
     if (repo.format === 1) {
-      for (const prefix of [INDEXES_PREFIX, MUTABLE_PREFIX]) for (const k of await keys(raw, prefix)) await raw.delete(k);
+      await removeEarlierAttempt(raw);
       const packs = await readVersion1Index(repo, report);
       for (let i = 0; i < packs.length; i += PACKS_PER_OBJECT) {
         await writeIndexObjectV2(raw, packs.slice(i, i + PACKS_PER_OBJECT), repo.cipher);
@@ -105,6 +105,23 @@ export async function upgradeRepository(repo: Repository): Promise<UpgradeReport
   }
   report.durationMs = Math.round(performance.now() - t0);
   return report;
+}
+
+/**
+ * What a killed upgrade left under `indexes/` and `mutable/` (version 1 ignores both). The
+ * filesystem backend's date records (`mutable/retention/`) stay, and so does an index object the
+ * storage retains: a killed immutable upgrade retained it together with every pack, so none of the
+ * packs it lists can have been deleted since.
+ */
+async function removeEarlierAttempt(raw: RepositoryBackend): Promise<void> {
+  for (const prefix of [INDEXES_PREFIX, MUTABLE_PREFIX]) {
+    for (const k of await keys(raw, prefix)) {
+      if (k.startsWith(`${MUTABLE_PREFIX}retention/`)) continue;
+      await raw.delete(k).catch((err) => {
+        if (!isFerryError(err, 'REPO_IMMUTABLE')) throw err;
+      });
+    }
+  }
 }
 
 /**
