@@ -55,6 +55,7 @@ export { comparePointIds, pointIdTime } from './repository/point-id.js';
 export * from './maintenance/verify.js';
 export type * from './maintenance/verify-results.js';
 export * from './maintenance/gc.js';
+export * from './maintenance/upgrade.js';
 export type * from './session/session-upkeep.js';
 export * from './session/repository-runtime.js';
 /** The data pipe's wire layer as a namespace (`wire.connect`, ...); also `@ferry/core/remote/wire`. */

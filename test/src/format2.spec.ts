@@ -1,4 +1,5 @@
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { expect } from 'chai';
 import { initCerts } from '@ferry/core/remote/wire';
@@ -46,7 +47,11 @@ describe('repository format 2 end to end', function () {
       'enc.yaml',
     );
   });
-  after(() => t.cleanup());
+  after(() => {
+    // The immutable attribute (when the platform allows it) stops even root's rm.
+    spawnSync('chattr', ['-R', '-i', t.dir], { stdio: 'ignore' });
+    t.cleanup();
+  });
 
   async function backup(job: string, env: NodeJS.ProcessEnv = V2): Promise<BackupJson> {
     const r = await runFerry(['backup', path.join(t.dir, job), '--json'], { env });
@@ -127,6 +132,30 @@ describe('repository format 2 end to end', function () {
     await expectRestores('enc.yaml', first.disks[0].restorePoint);
     const v = await runFerry(['verify', path.join(t.dir, 'enc.yaml'), '--json']);
     expect(v.code, v.stdout).to.equal(0);
+  });
+
+  it('immutable: retain-until dates on the point\'s objects; forget refused naming the date; gc deletes nothing it needs', async function () {
+    writeJob(
+      t.dir,
+      basicJob({ disks: ['web01.raw'], repo: './imm' }).replace('  path: ./imm\n', '  path: ./imm\n  immutability: { days: 3 }\n'),
+      'imm.yaml',
+    );
+    const r = await backup('imm.yaml');
+    const point = r.disks[0].restorePoint;
+    const repo = path.join(t.dir, 'imm');
+    const manifest = JSON.parse(readFileSync(path.join(repo, 'points', 'web01', `${point}.json`), 'utf8')) as { retainUntil: string };
+    expect(Date.parse(manifest.retainUntil) - Date.now()).to.be.within(2 * 86_400_000, 4 * 86_400_000);
+    const dated = readdirSync(path.join(repo, 'mutable', 'retention'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+    expect(dated.length, 'the filesystem backend records every date under mutable/retention/').to.be.at.least(4);
+    const f = await runFerry(['forget', path.join(t.dir, 'imm.yaml'), '--vm', 'web01', '--point', point, '--json']);
+    expect(f.code).to.not.equal(0);
+    const err = json<{ error: { code: string; message: string } }>(f).error;
+    expect(err.code).to.equal('REPO_IMMUTABLE');
+    expect(err.message).to.include(manifest.retainUntil);
+    const g = await runFerry(['gc', path.join(t.dir, 'imm.yaml'), '--grace', '0s', '--json']);
+    expect(g.code, g.stdout + g.stderr).to.equal(0);
+    expect(json<{ deletedPacks: number }>(g).deletedPacks).to.equal(0);
+    await expectRestores('imm.yaml', point);
   });
 
   it('through the remote repository service', async function () {

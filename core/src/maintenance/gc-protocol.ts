@@ -167,7 +167,14 @@ async function sweepPack(backend: RepositoryBackend, p: GcBatch['packs'][number]
       return;
     }
   }
-  await backend.delete(packKey(p.id));
+  try {
+    await backend.delete(packKey(p.id));
+  } catch (err) {
+    // The storage keeps it until a date the plan did not know: it stays condemned, a later gc retries.
+    if (!isFerryError(err, 'REPO_IMMUTABLE')) throw err;
+    r.stillPending++;
+    return;
+  }
   // Format 2: the copy keeps the pack out of dedup until no index object lists it (`compact`).
   if (format === 1) await backend.delete(copyKey);
   r.deletedIds.add(p.id);

@@ -1,4 +1,5 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
+import { isFerryError } from '../errors.js';
 import { damageIndex, readDamagedBlocks } from '../repository/damaged-blocks.js';
 import { decodeIndexV2, INDEXES_PREFIX, storedIndexObject, type IndexedPack } from '../repository/index-object-v2.js';
 import { encodeIndex, type PackEntry } from '../repository/pack.js';
@@ -81,17 +82,36 @@ export async function writeIndexObjectV2(
  * then deletes the merged objects and the deleted packs' condemned copies, in that order. Runs when
  * something was deleted or more than 64 index objects are listed. Returns how many objects it merged.
  */
-export async function compact(backend: RepositoryBackend, v2: IndexObjectsV2, deleted: Set<string>, cipher?: RepositoryCipher): Promise<number> {
+export async function compact(
+  backend: RepositoryBackend,
+  v2: IndexObjectsV2,
+  deleted: Set<string>,
+  cipher?: RepositoryCipher,
+  /** A key's retain-until date when it has not passed (immutability): such objects are not deleted. */
+  retainedUntil: (key: string) => Date | undefined = () => undefined,
+): Promise<number> {
   if (deleted.size === 0 && v2.objects.size <= 64) return 0;
   const keep = [...v2.listed.values()].filter((p) => !deleted.has(p.id));
   const merged = await writeIndexObjectV2(backend, keep, cipher);
   let removed = 0;
+  let kept = false;
   for (const key of v2.objects.keys()) {
     if (key === merged) continue;
-    await backend.delete(key);
-    removed++;
+    if (retainedUntil(key)) {
+      kept = true;
+      continue;
+    }
+    try {
+      await backend.delete(key);
+      removed++;
+    } catch (err) {
+      if (!isFerryError(err, 'REPO_IMMUTABLE')) throw err;
+      kept = true; // the storage holds a date the core did not know
+    }
   }
-  for (const id of deleted) await backend.delete(condemnedIndexKey(id));
+  // An index object that stays may list deleted packs: their copies keep them out of deduplication
+  // until a later gc merges again.
+  if (!kept) for (const id of deleted) await backend.delete(condemnedIndexKey(id));
   return removed;
 }
 

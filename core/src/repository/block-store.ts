@@ -61,6 +61,8 @@ export class BlockStore {
   useCache = true;
   /** Index objects read from the repository (not the cache) by `load`. */
   indexReads = 0;
+  /** Format 2: index objects listed when the index was loaded, and the ones this process wrote since. */
+  readonly indexObjectKeys: string[] = [];
   /** Format 2: packs stored by this session and not yet in an index object. */
   private unindexed: (IndexedPack & { entries: PackEntry[] })[] = [];
   private indexing: Promise<void> = Promise.resolve();
@@ -266,6 +268,7 @@ export class BlockStore {
     this.indexing = this.indexing.then(async () => {
       const { key, stored } = storedIndexObject(packs, this.cipher && ((n, d) => this.cipher!.sealObject(n, d)));
       await this.timedPutStored(key, stored);
+      this.indexObjectKeys.push(key);
     });
   }
 
@@ -294,6 +297,7 @@ export class BlockStore {
    */
   private async readStateV2(damaged: DamageIndex): Promise<IndexState> {
     const keys = await this.keys(INDEXES_PREFIX);
+    this.indexObjectKeys.push(...keys);
     const condemnedKeys = await this.keys('gc/condemned/');
     const condemnedIds = condemnedKeys.map(packIdOf).sort();
     const condemned = await this.readIndexes(condemnedKeys, damaged, new Set(condemnedIds));

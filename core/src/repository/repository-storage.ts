@@ -87,7 +87,7 @@ export class RepositoryStorage implements RepositoryBackend {
       throw new FerryError('REPO_OBJECT_EXISTS', `${key} exists already in ${this.raw.location}; a committed object is never replaced`, { object: key });
     }
     const name = this.nameOf(key);
-    const protect = this.immutabilityDays !== undefined && isProtected(key);
+    const protect = this.protects && isProtected(key);
     if (protect && (await this.raw.has(key))) await this.raw.unprotect?.([key]);
     await this.raw.put(this.physical(key), name ? this.cipher!.sealObject(name, data) : data);
     if (protect) await this.protectObjects([key]);
@@ -98,7 +98,7 @@ export class RepositoryStorage implements RepositoryBackend {
     const name = this.nameOf(key);
     const stored = name ? this.cipher!.sealObject(name, data) : data;
     const created = await this.raw.putIfAbsent(this.physical(key), stored);
-    if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
+    if (created && this.protects && isProtected(key)) await this.protectObjects([key]);
     if (created) await this.onIndexWritten?.(key, stored);
     return created;
   }
@@ -109,7 +109,7 @@ export class RepositoryStorage implements RepositoryBackend {
    */
   async putStoredIfAbsent(key: string, stored: Uint8Array): Promise<boolean> {
     const created = await this.raw.putIfAbsent(key, stored);
-    if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
+    if (created && this.protects && isProtected(key)) await this.protectObjects([key]);
     if (created) await this.onIndexWritten?.(key, stored);
     return created;
   }
@@ -155,7 +155,8 @@ export class RepositoryStorage implements RepositoryBackend {
       if (until && until.getTime() > Date.now()) {
         throw new FerryError('REPO_IMMUTABLE', `restore point is immutable until ${until.toISOString()}`, { object: key });
       }
-      await this.raw.unprotect?.([key]);
+      // Format 2 never lifts anything: the storage refuses a delete before the key's date.
+      if (this.format === 1) await this.raw.unprotect?.([key]);
     }
     await this.raw.delete(this.physical(key));
   }
@@ -176,6 +177,35 @@ export class RepositoryStorage implements RepositoryBackend {
       throw new FerryError('REPO_PASSPHRASE_REQUIRED', `the repository at ${this.raw.location} is encrypted and was opened without its passphrase`, { object: key });
     }
     return name;
+  }
+
+  /** Format 1 immutability: `protect` after each put, `unprotect` before an allowed delete. */
+  private get protects(): boolean {
+    return this.immutabilityDays !== undefined && this.format === 1;
+  }
+
+  /**
+   * Format 2 immutability: asks the storage to keep `keys` until `until` (`RepositoryBackend.retain`,
+   * never shortened); says once when the storage cannot enforce it.
+   */
+  async retainObjects(keys: string[], until: Date): Promise<void> {
+    if (keys.length === 0) return;
+    if (!this.raw.retain) {
+      this.protection ??= { readOnly: false, immutable: false, note: `the ${this.raw.location} backend offers no retain-until dates` };
+    } else {
+      const got = await this.raw.retain(keys.map((k) => this.physical(k)), until);
+      if (!this.protection || (this.protection.immutable && !got.immutable)) this.protection = got;
+    }
+    this.warnOnce();
+  }
+
+  private warnOnce(): void {
+    if (this.protection?.immutable || this.warned) return;
+    this.warned = true;
+    this.warn(
+      `immutability at ${this.raw.location}: ${this.protection?.note ?? 'the storage cannot make objects immutable'}; ` +
+        'Ferry itself still refuses to delete or replace restore points inside the period',
+    );
   }
 
   /** Protects committed objects (immutability); says once when the storage cannot do all of it. */
@@ -229,7 +259,7 @@ export function objectName(key: string): string | undefined {
  * pack's trailer with the same entries.)
  */
 export function isWriteOnce(key: string): boolean {
-  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('indexes/') || key.startsWith('points/');
+  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('indexes/') || key.startsWith('points/') || key.startsWith('retention/');
 }
 
 /** Objects immutability protects: everything a committed restore point needs, and the config. */

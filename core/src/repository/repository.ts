@@ -10,6 +10,7 @@ import { RepositoryCipher } from './repository-cipher.js';
 import { DEFAULT_SCRYPT, KEYS_PREFIX, newMasterKeys, openKeys, rewrapKeys, writeKeyObject, type ScryptParams } from './repository-keys.js';
 import { RepositoryStorage } from './repository-storage.js';
 import { IndexCache } from './index-cache.js';
+import { pointRetainUntil, RetentionDates } from './retention-dates.js';
 
 export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
 const FORMAT = 'ferry-repository';
@@ -94,6 +95,8 @@ export interface RestorePoint {
   vm: string;
   session: string;
   createdAt: string;
+  /** Format 2 with immutability: the date the storage keeps the point's objects until. */
+  retainUntil?: string;
   disks: RestorePointDisk[];
 }
 
@@ -121,7 +124,11 @@ export class Repository {
   ) {
     this.backend = new RepositoryStorage(storage, cipher, config.immutability?.days, Boolean(config.encryption), undefined, config.version);
     this.blocks = new BlockStore(this.backend, meter, cipher, IndexCache.forRepository(config.id), config.version);
+    if (config.version === 2 && config.immutability) this.retention = new RetentionDates(this.backend);
   }
+
+  /** Format 2 with immutability: the retain-until dates the core knows and extends. */
+  readonly retention?: RetentionDates;
 
   get id(): string {
     return this.config.id;
@@ -222,7 +229,7 @@ export class Repository {
       return undefined;
     }
     const repo = new Repository(backend, config, cipher, opts.writeMeter, keyObject);
-    if (days !== undefined) await repo.backend.protectObjects([REPOSITORY_CONFIG_KEY]);
+    if (days !== undefined && config.version === 1) await repo.backend.protectObjects([REPOSITORY_CONFIG_KEY]);
     return repo;
   }
 
@@ -262,6 +269,10 @@ export class Repository {
   immutableUntil(point: Pick<RestorePoint, 'id'>, now = Date.now()): Date | undefined {
     const days = this.config.immutability?.days;
     if (days === undefined) return undefined;
+    if (this.format === 2) {
+      const until = pointRetainUntil(point.id, days);
+      return until.getTime() > now ? until : undefined;
+    }
     const created = pointIdTime(point.id);
     if (created === undefined) return new Date(8.64e15);
     const until = new Date(created + days * DAY_MS);
@@ -289,15 +300,22 @@ export class Repository {
    */
   async commitPoint(point: Omit<RestorePoint, 'format' | 'version'>, maps: BlockMap[]): Promise<RestorePoint> {
     await this.blocks.flush();
+    // Format 2 immutability: every pack and index object the point needs is retained at least to
+    // its date before its maps exist, so a committed point never depends on an object that ends sooner.
+    const until = this.retention ? pointRetainUntil(point.id, this.config.immutability!.days) : undefined;
+    if (until) await this.retention!.extendForPoint(this.blocks, maps, until);
     const disks: RestorePointDisk[] = [];
     for (let i = 0; i < point.disks.length; i++) {
       const key = Repository.mapKey(point.vm, point.id, i);
       const bytes = maps[i].encode();
       await this.backend.putNew(key, bytes, 'block map');
+      if (until) await this.backend.retainObjects([key], until);
       disks.push({ ...point.disks[i], map: key, mapSha256: sha256(bytes).toString('hex') });
     }
-    const full: RestorePoint = { format: 'ferry-restore-point', version: 1, ...point, disks };
-    await this.backend.putNew(Repository.pointKey(point.vm, point.id), Buffer.from(JSON.stringify(full, null, 2) + '\n'), 'restore point manifest');
+    const full: RestorePoint = { format: 'ferry-restore-point', version: 1, ...point, ...(until && { retainUntil: until.toISOString() }), disks };
+    const manifest = Repository.pointKey(point.vm, point.id);
+    await this.backend.putNew(manifest, Buffer.from(JSON.stringify(full, null, 2) + '\n'), 'restore point manifest');
+    if (until) await this.backend.retainObjects([manifest], until);
     return full;
   }
 
