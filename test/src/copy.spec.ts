@@ -123,4 +123,17 @@ describe('ferry copy: filesystem -> S3 (encrypted) -> filesystem', function () {
     const v = await runFerry(['verify', backJob, '--json'], { env });
     expect(v.code, v.stderr + v.stdout).to.equal(0);
   });
+
+  it('repository upgrade reaches the S3 repository through its repository file', async function () {
+    const target = path.join(t.dir, 's3.yaml');
+    const up = await runFerry(['repository', 'upgrade', '--repository', target, '--json'], { env });
+    expect(up.code, up.stderr + up.stdout).to.equal(0);
+    expect(json<{ fromVersion: number }>(up).fromVersion).to.equal(1);
+    const v = await runFerry(['verify', '--repository', target, '--json'], { env });
+    expect(v.code, v.stderr + v.stdout).to.equal(0);
+    const out = path.join(t.dir, 'restored-upgraded');
+    const r = await runFerry(['restore', job('s3-job.yaml', s3Repo), '--vm', 'web01', '--disk', 'web01.raw', '--point', copies[1].id, '--to', out], { env });
+    expect(r.code, r.stderr).to.equal(0);
+    expect(await firstDifference(copies[1].file, out)).to.equal(-1);
+  });
 });

@@ -1,6 +1,5 @@
-import { existsSync, statSync } from 'node:fs';
 import type { CommandModule } from 'yargs';
-import { FerryError, upgradeRepository, type UpgradeReport } from '@ferry/core';
+import { FerryError, isJobFile, upgradeRepository, type UpgradeReport } from '@ferry/core';
 import { startRepositoryService } from '@ferry/core/remote/services';
 import { EXIT, printJson } from '../output.js';
 import { openTarget, TARGET_OPTIONS } from './repository-target.js';
@@ -44,8 +43,9 @@ export function repositoryServeCommand(setCode: (c: number) => void): CommandMod
 /** `ferry repository upgrade --repository PATH|JOB.yaml`: format 1 to 2 (`docs/cli.md`). */
 async function upgrade(args: Args): Promise<number> {
   const where = args.repository;
-  if (!where) throw new FerryError('CLI_USAGE', 'repository upgrade needs --repository PATH (a filesystem repository folder) or --repository JOB.yaml');
-  const isJob = /\.ya?ml$/i.test(where) && existsSync(where) && statSync(where).isFile();
+  if (!where) throw new FerryError('CLI_USAGE', 'repository upgrade needs --repository PATH (a filesystem repository folder), FILE.yaml (a repository file) or JOB.yaml');
+  // A job file, or a repository file (`repository: { type: s3, ... }`) that openTarget reads.
+  const isJob = isJobFile(where);
   const target = await openTarget(isJob ? { job: where } : { repository: where, passphraseFile: args.passphraseFile });
   let report: UpgradeReport;
   try {

@@ -46,6 +46,20 @@ export function readRepositoryFile(file: string): RepositoryFile {
 }
 
 /**
+ * Whether a `--repository` YAML file is a job file (it has a top-level `job:` key) rather than a
+ * repository file (a `repository:` mapping alone, or the bare backend mapping).
+ */
+export function isJobFile(file: string): boolean {
+  if (!/\.ya?ml$/i.test(file) || !existsSync(file) || !statSync(file).isFile()) return false;
+  try {
+    const doc = parseYaml(readFileSync(file, 'utf8')) as unknown;
+    return typeof doc === 'object' && doc !== null && 'job' in doc;
+  } catch {
+    return true; // the job loader reports the syntax error with its position
+  }
+}
+
+/**
  * What maintenance commands need when they are pointed at a repository instead of a job file
  * (`ferry verify --repository PATH|FILE.yaml`): the backend (a filesystem folder, or the one a
  * repository YAML file names), the repository on it, and the block codec on worker threads. Same
