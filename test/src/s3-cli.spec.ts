@@ -110,6 +110,23 @@ describe('S3 repository end to end through the CLI (s3rver)', function () {
     }
   });
 
+  it('an immutable format 2 repository on a bucket without Object Lock says so and still refuses to forget', async function () {
+    const imm = writeJob(
+      t.dir,
+      ['job: s3-imm', 'source:', '  host: file', '  datastore: ./images', '  vms:', '    - name: web01', '      disks: [web01.raw]', repoYaml(s3, 'site-imm/', ', immutability: { days: 1 }'), 'storage: { blockSize: 256KiB }', ''].join('\n'),
+      'imm.yaml',
+    );
+    const r = await runFerry(['backup', imm, '--json'], { env });
+    expect(r.code, r.stderr + r.stdout).to.equal(0);
+    const rep = json<{ disks: { restorePoint: string }[]; protection: { immutabilityDays?: number; storage?: { immutable: boolean; note?: string } } }>(r);
+    expect(rep.protection.immutabilityDays).to.equal(1);
+    expect(rep.protection.storage?.immutable).to.equal(false);
+    expect(rep.protection.storage?.note).to.match(/Object Lock/);
+    const f = await runFerry(['forget', imm, '--vm', 'web01', '--point', rep.disks[0].restorePoint, '--json'], { env });
+    expect(f.code).to.not.equal(0);
+    expect(f.stdout + f.stderr).to.include('REPO_IMMUTABLE');
+  });
+
   it('prune, forget and gc remove points and their data from the bucket; verify stays clean', async function () {
     await changeVmImage(image, { count: 5, length: 8192, seed: 4 });
     const b = await runFerry(['backup', job, '--json'], { env });
