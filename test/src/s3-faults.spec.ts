@@ -81,6 +81,18 @@ describe('S3 faults: retries with backoff, permanent errors fail fast', function
     }
   });
 
+  it('keeps at most `requests` requests in flight', async function () {
+    const proxy = await startFaultProxy(s3.endpoint, () => undefined);
+    const b = new S3Backend({ ...config(proxy.endpoint, 'faults-c/'), requests: 3 }, { env: s3.env });
+    try {
+      await Promise.all(Array.from({ length: 24 }, (_, i) => b.put(`blocks/k${i}`, randomBytes(64 * 1024))));
+      expect(proxy.maxInFlight()).to.be.at.most(3).and.at.least(2);
+    } finally {
+      await b.close();
+      await proxy.stop();
+    }
+  });
+
   it('a timeout is retried', async function () {
     const proxy = await startFaultProxy(s3.endpoint, (n) => (n === 2 ? 'slow' : undefined));
     const b = new S3Backend(config(proxy.endpoint, 'faults-t/'), { env: s3.env, backoffMs: 5, requestTimeoutMs: 500 });

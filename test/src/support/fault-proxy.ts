@@ -11,16 +11,21 @@ export type Fault = 'slowdown' | 'internal' | 'reset-before' | 'reset-after' | '
  * client cannot know the request landed); `slow` waits 1.5 s before forwarding; `forbidden` answers
  * 403 AccessDenied. The Host header passes unchanged, so SigV4 signatures stay valid.
  */
-export async function startFaultProxy(target: string, pick: (n: number) => Fault | undefined): Promise<{ endpoint: string; faults: Record<string, number>; requests: () => number; stop: () => Promise<void> }> {
+export async function startFaultProxy(target: string, pick: (n: number) => Fault | undefined): Promise<{ endpoint: string; faults: Record<string, number>; requests: () => number; maxInFlight: () => number; stop: () => Promise<void> }> {
   const to = new URL(target);
   const faults: Record<string, number> = {};
   let n = 0;
+  let inFlight = 0;
+  let maxInFlight = 0;
   const xml = (res: http.ServerResponse, status: number, code: string): void => {
     res.writeHead(status, { 'content-type': 'application/xml' });
     res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected ${code}</Message></Error>`);
   };
   const server = http.createServer((req, res) => {
     const fault = pick(n++);
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    res.on('close', () => inFlight--);
     if (fault) faults[fault] = (faults[fault] ?? 0) + 1;
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -53,6 +58,7 @@ export async function startFaultProxy(target: string, pick: (n: number) => Fault
     endpoint: `http://127.0.0.1:${port}`,
     faults,
     requests: () => n,
+    maxInFlight: () => maxInFlight,
     stop: () =>
       new Promise<void>((r) => {
         server.closeAllConnections();
