@@ -2,7 +2,7 @@ import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { isFerryError } from '../errors.js';
 import { damageIndex, readDamagedBlocks } from '../repository/damaged-blocks.js';
 import { decodeIndexV2, INDEXES_PREFIX, storedIndexObject, type IndexedPack } from '../repository/index-object-v2.js';
-import { encodeIndex, type PackEntry } from '../repository/pack.js';
+import { checkPack, encodeIndex, packFormat, type PackEntry } from '../repository/pack.js';
 import { condemnedIndexKey, packIdOf } from '../repository/pack-writer.js';
 import type { RepositoryCipher } from '../repository/repository-cipher.js';
 import { RepositoryStorage } from '../repository/repository-storage.js';
@@ -136,4 +136,51 @@ export async function liveHashesV2(backend: RepositoryBackend, v2: IndexObjectsV
     decoded.forEach((hash, pack) => add(decoded.packs[pack].id, Buffer.from(hash).toString('hex')));
   }
   return out;
+}
+
+/**
+ * Format 2 index rebuild (`ferry verify`, when an index object is damaged): every pack file that no
+ * readable index object lists and gc has not condemned is checked whole (`checkPack`: its id from
+ * header and tail, every block object's CRC-32) and listed by one new index object. Packs that fail
+ * are left out (their blocks stay missing). Returns the new object's key, the packs it lists and
+ * the packs that failed.
+ */
+export async function reindexUnlistedPacks(
+  backend: RepositoryBackend,
+  cipher?: RepositoryCipher,
+  /**
+   * The damaged index objects. The rebuilt object may have the very name of one of them (the same
+   * packs, hence the same bytes): its damaged bytes are then replaced by the bytes its name is the
+   * hash of, a repair rather than a replacement.
+   */
+  damaged: ReadonlySet<string> = new Set(),
+): Promise<{ key?: string; packs: string[]; failed: { pack: string; why: string }[] }> {
+  const listed = new Set<string>();
+  for await (const key of backend.list(INDEXES_PREFIX)) {
+    try {
+      for (const p of decodeIndexV2(await backend.get(key), key).packs) listed.add(p.id);
+    } catch (err) {
+      if (isFerryError(err) && !isFerryError(err, 'REPO_CORRUPT_OBJECT')) throw err;
+    }
+  }
+  for await (const k of backend.list('gc/condemned/')) listed.add(packIdOf(k));
+  const packs: (IndexedPack & { entries: PackEntry[] })[] = [];
+  const failed: { pack: string; why: string }[] = [];
+  for await (const key of backend.list('packs/')) {
+    const id = packIdOf(key);
+    if (listed.has(id)) continue;
+    try {
+      const bytes = await backend.get(key);
+      const entries = checkPack(bytes, id, key, cipher);
+      packs.push({ id, format: packFormat(bytes)!, size: bytes.length, entries });
+    } catch (err) {
+      if (isFerryError(err) && !isFerryError(err, 'REPO_CORRUPT_OBJECT')) throw err;
+      failed.push({ pack: id, why: (err as Error).message });
+    }
+  }
+  if (packs.length === 0) return { packs: [], failed };
+  const { key, stored } = storedIndexObject(packs, cipher && ((n, d) => cipher.sealObject(n, d)));
+  const raw = backend instanceof RepositoryStorage ? backend.raw : backend;
+  if (!(await raw.putIfAbsent(key, stored)) && damaged.has(key)) await raw.put(key, stored);
+  return { key, packs: packs.map((p) => p.id), failed };
 }

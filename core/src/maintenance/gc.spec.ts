@@ -10,6 +10,7 @@ import { sealPack } from '../repository/pack.js';
 import { Repository, type RestorePoint } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import { runGc } from './gc.js';
+import { runVerify } from './verify.js';
 
 const BLOCK = 256 * 1024;
 const none = new NoneCompressor();
@@ -136,6 +137,20 @@ for (const format of [1, 2] as const) describe(`garbage collection (format ${for
       await expectRestorable(backend, pb.point, b);
       const again = await session(backend, 'vm2', a);
       expect(again.stored, 'the deleted blocks are stored anew, never deduplicated against').to.equal(40);
+    });
+    it('verify indexes the packs of a damaged index object again from their trailers, and drops it', async function () {
+      const backend = new MemoryBackend();
+      const a = blocks(9, 12);
+      const pa = await session(backend, 'vm1', a);
+      const [damaged] = keys(backend, 'indexes/');
+      const bytes = Buffer.from(backend.objects.get(damaged)!);
+      bytes[30] ^= 0x10;
+      backend.objects.set(damaged, bytes);
+      const v = await runVerify(await open(backend), codec);
+      expect(v.status, JSON.stringify([v.repairedObjects, v.damagedObjects])).to.equal('ok');
+      expect(v.repairedObjects).to.have.length(1);
+      expect(keys(backend, 'indexes/')).to.deep.equal([v.repairedObjects[0].object]);
+      await expectRestorable(backend, pa.point, a);
     });
   }
 });

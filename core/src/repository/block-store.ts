@@ -118,6 +118,18 @@ export class BlockStore {
     this.state = await this.loading;
   }
 
+  /**
+   * Forgets the loaded index, so the next `load` reads it again (verify, after it wrote a rebuilt
+   * index object). Only between sessions: nothing may be reserved or pending.
+   */
+  unload(): void {
+    if (this.pending.size > 0 || this.unindexed.length > 0) throw new FerryError('INTERNAL', 'BlockStore.unload with blocks in flight');
+    this.state = undefined;
+    this.loading = undefined;
+    this.badIndexes.length = 0;
+    this.indexObjectKeys.length = 0;
+  }
+
   /** True when an undamaged copy is stored or the block is already reserved by this session. */
   async has(hash: Uint8Array): Promise<boolean> {
     await this.load();
