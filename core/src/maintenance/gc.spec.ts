@@ -138,6 +138,22 @@ for (const format of [1, 2] as const) describe(`garbage collection (format ${for
       const again = await session(backend, 'vm2', a);
       expect(again.stored, 'the deleted blocks are stored anew, never deduplicated against').to.equal(40);
     });
+    it('opening lists again when an index object it listed is gone by its GET (merged by a gc meanwhile)', async function () {
+      const backend = new MemoryBackend();
+      const a = blocks(10, 4);
+      const pa = await session(backend, 'vm1', a);
+      let phantom = true;
+      const list = backend.list.bind(backend);
+      backend.list = async function* (prefix: string) {
+        if (prefix === 'indexes/' && phantom) {
+          phantom = false;
+          yield `indexes/${'0'.repeat(64)}`;
+        }
+        yield* list(prefix);
+      };
+      await expectRestorable(backend, pa.point, a);
+      expect(phantom).to.equal(false);
+    });
     it('verify indexes the packs of a damaged index object again from their trailers, and drops it', async function () {
       const backend = new MemoryBackend();
       const a = blocks(9, 12);

@@ -69,6 +69,14 @@ export async function upgradeRepository(repo: Repository): Promise<UpgradeReport
     leftoversRemoved: 0,
     durationMs: 0,
   };
+  if (repo.format === 1 && repo.config.immutability && raw.protect && !raw.retain) {
+    // Version 2 never lifts `protect`; without dates nothing protected could ever be deleted again.
+    throw new FerryError(
+      'REPO_FORMAT_UNSUPPORTED',
+      `the repository at ${raw.location} is immutable and its backend protects objects but offers no retain-until dates (RepositoryBackend.retain): it stays at format 1`,
+      { object: REPOSITORY_CONFIG_KEY },
+    );
+  }
   const lock = await RepositoryLock.acquire(repo.backend, { operation: 'upgrade', command: 'ferry repository upgrade' });
   let released = false;
   try {

@@ -1,5 +1,5 @@
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
-import { FerryError } from '../errors.js';
+import { FerryError, isFerryError } from '../errors.js';
 import type { BlockCodec, BlockSlot } from './block-codec.js';
 import { BlockIndex } from './block-index.js';
 import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-blocks.js';
@@ -308,6 +308,23 @@ export class BlockStore {
    * is found when a block is read from it, not by listing `packs/`.
    */
   private async readStateV2(damaged: DamageIndex): Promise<IndexState> {
+    // gc merges index objects and sweeps condemned copies while sessions open: an object listed a
+    // moment ago may be gone by its GET. Its content is then in an object written before the delete,
+    // so listing again finds it (bounded: a gc per attempt is already unlikely).
+    for (let attempt = 1; ; attempt++) {
+      const bad = this.badIndexes.length;
+      try {
+        return await this.readStateV2Once(damaged);
+      } catch (err) {
+        const gone = isFerryError(err, 'REPO_OBJECT_NOT_FOUND') && /^(mutable\/)?(indexes\/|gc\/condemned\/)/.test(err.where.object ?? '');
+        if (!gone || attempt >= 3) throw err;
+        this.indexObjectKeys.length = 0;
+        this.badIndexes.length = bad;
+      }
+    }
+  }
+
+  private async readStateV2Once(damaged: DamageIndex): Promise<IndexState> {
     const keys = await this.keys(INDEXES_PREFIX);
     this.indexObjectKeys.push(...keys);
     const condemnedKeys = await this.keys('gc/condemned/');
