@@ -13,8 +13,9 @@
  *
  * Knobs (environment): FERRY_BENCH_IMAGE_MIB (2048), FERRY_BENCH_SPARSE_GIB (64),
  * FERRY_BENCH_RUNS (1; the median run is kept), FERRY_BENCH_LEVELS (all),
- * FERRY_BENCH_ONLY (comma list of fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve; default all;
- * `fixed` alone needs no image and runs in seconds), FERRY_BENCH_FIXED_RUNS (15),
+ * FERRY_BENCH_ONLY (comma list of fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve,index; default all;
+ * `fixed` and `index` need no image: either or both alone run in seconds or minutes (`index`: src/index-scale.ts)),
+ * FERRY_BENCH_FIXED_RUNS (15),
  * FERRY_BENCH_FIXED_BASELINE (another built checkout's bin/ferry.js, compared in the same rotation),
  * FERRY_BENCH_NBD_CONNECTIONS (1), FERRY_BENCH_BORG_ENCRYPTION (none), FERRY_BENCH_KEEP=1 keeps the
  * work folder, TMPDIR picks its disk.
@@ -35,6 +36,7 @@ import { ferryLevels, fixedCostRun, peerRuns, sparseRuns, withShas, type Images,
 import { remoteRuns } from './remote-scenario.js';
 import { serveRuns, SERVE_TOOLS } from './serve-scenario.js';
 import { fixedCostCase, fixedCostTable, type FixedCostResult } from './fixed-cost.js';
+import { indexScale, type IndexScaleResult } from './index-scale.js';
 import { changeSet, derivedImage, generateImage, randomBytes, textBytes } from './vm-image.js';
 
 const MiB = 1024 * 1024;
@@ -44,7 +46,7 @@ const SIZE_MIB = Number(env.FERRY_BENCH_IMAGE_MIB ?? 2048);
 const SPARSE_GIB = Number(env.FERRY_BENCH_SPARSE_GIB ?? 64);
 const RUNS = Math.max(1, Number(env.FERRY_BENCH_RUNS ?? 1));
 const LEVELS = (env.FERRY_BENCH_LEVELS ?? COMPRESSION_LEVELS.join(',')).split(',').map((s) => s.trim());
-const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve').split(',').map((s) => s.trim()));
+const ONLY = new Set((env.FERRY_BENCH_ONLY ?? 'fixed,ferry,restic,borg,cbt,sparse,nbd,remote,serve,index').split(',').map((s) => s.trim()));
 const FIXED_RUNS = Math.max(1, Number(env.FERRY_BENCH_FIXED_RUNS ?? 15));
 const NBD_CONNECTIONS = (env.FERRY_BENCH_NBD_CONNECTIONS ?? '1').split(',').map(Number);
 // A diagnostic variant of the NBD read path with the repository in RAM: what the pipe does when the
@@ -146,6 +148,7 @@ async function main(): Promise<void> {
   const work = path.join(os.tmpdir(), `ferry-bench-${process.pid}`);
   mkdirSync(work, { recursive: true });
   let result: object;
+  const noImage = [...ONLY].every((c) => c === 'fixed' || c === 'index');
   try {
     let fixed: FixedCostResult | undefined;
     if (ONLY.has('fixed')) {
@@ -153,9 +156,10 @@ async function main(): Promise<void> {
       fixed = await fixedCostCase(work, FIXED_RUNS, log);
       fixedCostTable(fixed);
     }
-    if (![...ONLY].some((c) => c !== 'fixed')) {
-      // Only the fixed cost asked for: no image, no peers.
-      writeResult(started, { startedAt: started.toISOString(), machine: { ...m, loadAfter: loadNow() }, config: { only: [...ONLY], fixedRuns: FIXED_RUNS }, fixed });
+    if (noImage) {
+      // Only the cases that need no image: no image, no peers.
+      const indexScale = ONLY.has('index') ? await indexCase() : undefined;
+      result = { startedAt: started.toISOString(), machine: { ...m, loadAfter: loadNow() }, config: { only: [...ONLY], fixedRuns: FIXED_RUNS }, fixed, indexScale };
       return;
     }
     const { peers, skipped, versions } = await findPeers(work);
@@ -182,6 +186,7 @@ async function main(): Promise<void> {
     const ts = targets(rows, changedBytes);
     console.log('Targets (issue 7):\n');
     targetTable(ts);
+    const index = ONLY.has('index') ? await indexCase() : undefined;
     console.log(`Load average after the run: ${loadAfter.join(' ')}`);
     result = {
       startedAt: started.toISOString(),
@@ -203,12 +208,31 @@ async function main(): Promise<void> {
       passes,
       targets: ts,
       fixed,
+      indexScale: index,
     };
   } finally {
     if (env.FERRY_BENCH_KEEP === '1') console.log(`Kept ${work}`);
     else rmSync(work, { recursive: true, force: true });
+    if (noImage && result!) writeResult(started, result);
   }
   writeResult(started, result);
+}
+
+/** The index scale case and its targets (issue 14): warm open <= 2 s, <= 40 bytes per block. */
+async function indexCase(): Promise<IndexScaleResult> {
+  console.log('');
+  const r = await indexScale((line) => console.log(line));
+  const warm = r.phases.find((p) => p.phase === 'warm')!;
+  printTable(
+    ['target (issue 14)', 'measured', 'met'],
+    [
+      ['open warm <= 2 s', `${fmt(warm.seconds, 2)} s`, warm.seconds <= 2 ? 'yes' : 'no'],
+      // 40 bytes per entry; the prefix table (256 KiB) and one byte per pack come on top.
+      ['index <= 40 B/block', `${fmt(r.bytesPerBlock, 2)} B/block in typed arrays (peak RSS ${fmt(r.peakRssBytesPerBlockWarm, 0)} B/block)`, r.entryBytes <= 40 ? 'yes (40 B/entry + tables)' : 'no'],
+      ['warm open GETs no index object', `${warm.gets} GETs`, warm.gets === 0 ? 'yes' : 'no'],
+    ],
+  );
+  return r;
 }
 
 function writeResult(started: Date, result: object): void {

@@ -21,6 +21,7 @@ const LOADERS: Record<Verb, () => Promise<CommandFactory>> = {
   verify: async () => (await import('./commands/verify.js')).verifyCommand as CommandFactory,
   prune: async () => (await import('./commands/prune.js')).pruneCommand as CommandFactory,
   forget: async () => (await import('./commands/forget.js')).forgetCommand as CommandFactory,
+  copy: async () => (await import('./commands/copy.js')).copyCommand as CommandFactory,
   gc: async () => (await import('./commands/gc.js')).gcCommand as CommandFactory,
   unlock: async () => (await import('./commands/unlock.js')).unlockCommand as CommandFactory,
   certs: async () => (await import('./commands/certs.js')).certsCommand as CommandFactory,
@@ -64,7 +65,7 @@ export async function main(argv: string[]): Promise<number> {
       .usage('$0 <command> [options]\n\nOpen, plugin-based block-level backup for virtual machines.');
     for (const c of commands) cli.command(c);
     cli
-      .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, guest-proxy serve, serve, instant-recover, mount')
+      .demandCommand(1, 'name a command: backup, list, restore, files, verify, prune, forget, copy, gc, unlock, key, plugins, validate, certs init, proxy serve, repository serve, guest-proxy serve, serve, instant-recover, mount')
       .strict()
       .help()
       .alias('h', 'help')

@@ -42,6 +42,7 @@ export const ERROR_CODES = {
   REPO_WRONG_PASSPHRASE: "the passphrase opens none of the encrypted repository's key objects",
   REPO_SETTINGS_MISMATCH: "the job's encryption or immutability settings differ from what the repository was created with",
   REPO_IMMUTABLE: 'the restore point is inside its immutability period and cannot be deleted or replaced',
+  REPO_OBJECT_LOCK: 'the repository asks for S3 Object Lock (objectLock: required) and the bucket does not have it enabled, or the store does not support it',
   REPO_OBJECT_EXISTS: 'an object that is written once exists already (a committed object is never replaced)',
   // repository maintenance
   VERIFY_DAMAGED: 'the health check found damaged or missing blocks, block maps or manifests',

@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import { makeVmImage } from '@ferry/core/testing';
 import { json, runFerry, tempDir, writeJob } from './support/helpers.js';
 import { gatedJob, startGatedBackup } from './support/gated-backup.js';
+import { repoPath } from './support/repo-inspect.js';
 
 interface LockJson {
   id: string;
@@ -48,7 +49,7 @@ describe('repository locks between sessions', function () {
     }
     const done = await first.done;
     expect(done.code, done.stderr).to.equal(0);
-    expect(readdirSync(path.join(t.dir, 'repo', 'locks'))).to.deep.equal([]);
+    expect(readdirSync(repoPath(path.join(t.dir, 'repo'), 'locks'))).to.deep.equal([]);
   });
 
   it('a lock left by a killed backup is stale: the next backup goes ahead, and `ferry unlock` removes it showing its holder', async function () {
@@ -77,9 +78,9 @@ describe('repository locks between sessions', function () {
         format: 'ferry-lock', version: 1, id, operation: 'backup', vms: ['web01'], job: 'locks',
         holder: { host: 'proxy-7.example', pid: 31337 }, command: 'ferry backup locks.yaml', startedAt: now, heartbeatAt,
       });
-    mkdirSync(path.join(t.dir, 'repo', 'locks'), { recursive: true });
-    writeFileSync(path.join(t.dir, 'repo', 'locks', '20260101T000000Z-0000live.json'), foreign('20260101T000000Z-0000live', now));
-    writeFileSync(path.join(t.dir, 'repo', 'locks', '20260101T000000Z-00000old.json'), foreign('20260101T000000Z-00000old', '2020-01-01T00:00:00.000Z'));
+    mkdirSync(repoPath(path.join(t.dir, 'repo'), 'locks'), { recursive: true });
+    writeFileSync(path.join(repoPath(path.join(t.dir, 'repo'), 'locks'), '20260101T000000Z-0000live.json'), foreign('20260101T000000Z-0000live', now));
+    writeFileSync(path.join(repoPath(path.join(t.dir, 'repo'), 'locks'), '20260101T000000Z-00000old.json'), foreign('20260101T000000Z-00000old', '2020-01-01T00:00:00.000Z'));
     const refused = await runFerry(['backup', job, '--json']);
     expect(refused.code).to.equal(1);
     expect(json<{ error: { message: string } }>(refused).error.message).to.include('proxy-7.example').and.include('pid 31337');

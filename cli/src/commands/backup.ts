@@ -106,6 +106,14 @@ function summary(r: SessionReport): string {
     if (r.retention.error) out += `  retention failed: ${r.retention.error.message}\n`;
   }
   if (r.verify) out += `Health check of the new restore points: ${r.verify.status} (${r.verify.blocksChecked} block(s) read, sample ${r.verify.samplePercent}%)\n`;
+  for (const c of r.copies ?? []) {
+    out += c.error ? `Copy to ${c.to} failed: ${c.error.message}\n` : `Copied ${c.points} restore point(s) to ${c.to}: ${c.blocksTransferred} block(s) sent (${humanSize(c.bytesTransferred)})\n`;
+  }
+  if (r.requests) {
+    const q = r.requests;
+    out += `Repository requests: GET ${q.GET}, PUT ${q.PUT}, LIST ${q.LIST}, DELETE ${q.DELETE}, HEAD ${q.HEAD}${q.retries ? ` (${q.retries} retried)` : ''}; ${humanSize(q.bytesUp)} up, ${humanSize(q.bytesDown)} down\n`;
+    for (const n of q.notes ?? []) out += `  ${n}\n`;
+  }
   if (r.error) out += `  session failed: ${r.error.message}\n`;
   if (r.stages.length) out += `Stages busy: ${r.stages.map((s) => `${s.stage} ${Math.round(s.busyShare * 100)}%`).join(', ')}\n`;
   return out;

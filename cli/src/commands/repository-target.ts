@@ -18,10 +18,10 @@ export interface RepositoryTarget {
   close(): Promise<void>;
 }
 
-/** Opens the job's repository, or a filesystem repository folder (`--repository PATH`). */
+/** Opens the job's repository, a filesystem repository folder or a repository YAML file (`--repository`). */
 export async function openTarget(args: TargetArgs): Promise<RepositoryTarget> {
   if (Boolean(args.job) === Boolean(args.repository)) {
-    throw new FerryError('CLI_USAGE', 'name either a job file or --repository PATH (a filesystem repository), not both or neither');
+    throw new FerryError('CLI_USAGE', 'name either a job file or --repository PATH|FILE.yaml (a filesystem repository folder, or a repository YAML file), not both or neither');
   }
   if (args.job && args.passphraseFile) {
     throw new FerryError('CLI_USAGE', "--passphrase-file is for --repository PATH; a job names its passphrase in repository.encryption");
@@ -29,7 +29,7 @@ export async function openTarget(args: TargetArgs): Promise<RepositoryTarget> {
   const passphrase = args.passphraseFile ? passphraseFile(args.passphraseFile, `--passphrase-file ${args.passphraseFile}`) : undefined;
   const runtime = args.job
     ? await JobRuntime.open(args.job, { sourceMayBeGone: true })
-    : await RepositoryRuntime.openFilesystem(args.repository!, { passphrase, keyless: args.keyless });
+    : await RepositoryRuntime.open(args.repository!, { passphrase, keyless: args.keyless });
   try {
     const repo = args.keyless && runtime instanceof JobRuntime ? await runtime.repository({ create: false, keyless: true }) : await runtime.repository({ create: false });
     return { repo, spec: runtime instanceof JobRuntime ? runtime.spec : undefined, runtime, close: () => runtime.close() };
@@ -39,8 +39,8 @@ export async function openTarget(args: TargetArgs): Promise<RepositoryTarget> {
   }
 }
 
-/** yargs positional + option for commands that take `JOB.yaml` or `--repository PATH`. */
+/** yargs positional + option for commands that take `JOB.yaml` or `--repository PATH|FILE.yaml`. */
 export const TARGET_OPTIONS = {
-  repository: { type: 'string', describe: 'a filesystem repository folder, instead of a job file' },
+  repository: { type: 'string', describe: 'a filesystem repository folder, or a repository YAML file (a repository: mapping, e.g. type: s3), instead of a job file' },
   'passphrase-file': { type: 'string', describe: 'with --repository: file holding the passphrase of an encrypted repository (default: env FERRY_PASSPHRASE)' },
 } as const;

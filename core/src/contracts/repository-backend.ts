@@ -32,6 +32,8 @@
  *   (S3 multipart uploads expire by bucket policy), so garbage collection has nothing to clean.
  * - `protect`/`unprotect` missing: the storage offers no protection of its own; immutability
  *   (`docs/repository-format.md`, "Immutability") is then enforced by the core's code alone.
+ * - `retain`/`retainedUntil` missing (format 2 immutability, `docs/repository-format.md`,
+ *   "Retain-until dates"): the storage keeps no dates; the core's rules alone hold.
  */
 export interface RepositoryBackend {
   /** Where the repository lives, for reports and errors (a path, `s3://bucket/prefix`). */
@@ -62,6 +64,39 @@ export interface RepositoryBackend {
   protect?(keys: string[]): Promise<StorageProtection>;
   /** Lifts `protect` before the core deletes or replaces an object it is allowed to. Idempotent. */
   unprotect?(keys: string[]): Promise<void>;
+  /**
+   * Format 2 immutability: asks the storage to keep each of these existing objects unchanged and
+   * undeleted until `until` (S3: Object Lock retention in compliance mode; filesystem: read-only
+   * mode, the immutable attribute where it can be set, and the date recorded under `mutable/`).
+   * Never shortens a date: a key retained later already keeps its date. There is no way to lift
+   * a date: once a backend offers `retain`, its `delete` of a key before the key's date throws
+   * `REPO_IMMUTABLE` naming the key and the date, and after it removes whatever protection it set.
+   * Best effort like `protect`: says what the storage enforces; throws only for I/O failures.
+   */
+  retain?(keys: string[], until: Date): Promise<StorageProtection>;
+  /** The retain-until date the storage holds for `key`; undefined when it has none. */
+  retainedUntil?(key: string): Promise<Date | undefined>;
+  /**
+   * Object storage: requests sent since the backend was created, by kind, and what the backend found
+   * that a session report should say (S3: `objectLock: auto` on a bucket without Object Lock).
+   */
+  requestStats?(): BackendRequestStats;
+}
+
+/** What `RepositoryBackend.requestStats` reports (the session report's `requests`). */
+export interface BackendRequestStats {
+  GET: number;
+  PUT: number;
+  LIST: number;
+  DELETE: number;
+  HEAD: number;
+  /** Requests sent again after a transient failure (counted in the kinds too). */
+  retries: number;
+  /** Payload bytes sent and received. */
+  bytesUp: number;
+  bytesDown: number;
+  /** Findings for the report, e.g. "bucket b has no Object Lock ...". */
+  notes?: string[];
 }
 
 /** What `RepositoryBackend.protect` achieved. */

@@ -74,6 +74,8 @@ export interface JobSpec {
   filterOptions: Record<string, unknown>[];
   /** Restore points to keep per VM (`retention:`); absent: keep every point. */
   retention?: RetentionPolicy;
+  /** `copyTo:` repository YAML files (absolute) each new restore point is copied to after the session. */
+  copyTo?: string[];
   /** Health check after each successful session (`verify:`), on a sample of the blocks. */
   verify: { afterBackup: boolean; samplePercent: number };
   /**
@@ -243,6 +245,7 @@ export class JobFile {
       filters: (d.filters ?? DEFAULT_FILTERS).map(choiceName),
       filterOptions: (d.filters ?? DEFAULT_FILTERS).map(choiceOptions),
       ...(d.retention && { retention: d.retention as unknown as RetentionPolicy }),
+      ...(d.copyTo && { copyTo: d.copyTo as unknown as string[] }),
       verify: { afterBackup: d.verify?.afterBackup === true, samplePercent: parsePercent(d.verify?.sample) ?? 100 },
       ...this.remote(),
     };

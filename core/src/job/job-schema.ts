@@ -174,6 +174,8 @@ export function coreJobSchema(open: boolean): JsonSchema {
           yearly: { type: 'integer', minimum: 0 },
         },
       },
+      // Repository YAML files each new restore point is copied to after the session (`ferry copy`).
+      copyTo: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1, ferryPath: 'file' } },
       verify: {
         type: 'object',
         additionalProperties: false,

@@ -67,12 +67,13 @@ export interface Condemned {
 }
 
 /** Step 1: takes the packs out of the index and records the batch. */
-export async function condemn(backend: RepositoryBackend, packs: Condemned[], ownLock: string): Promise<StoredBatch | undefined> {
+export async function condemn(backend: RepositoryBackend, packs: Condemned[], ownLock: string, format: 1 | 2 = 1): Promise<StoredBatch | undefined> {
   if (packs.length === 0) return undefined;
   for (const p of packs) {
     if (!p.indexBytes) continue;
     await backend.put(condemnedIndexKey(p.id), p.indexBytes);
-    await backend.delete(indexKey(p.id));
+    // Format 2: the consolidated index objects stay; the condemned copy takes the pack out of dedup.
+    if (format === 1) await backend.delete(indexKey(p.id));
   }
   const live = (await listLocks(backend)).filter((l) => !l.stale && l.record && l.record.id !== ownLock);
   const id = newLockId();
@@ -96,6 +97,8 @@ export interface SweepContext {
   references: () => Promise<Set<string>>;
   /** Hashes in every live index object now. */
   liveHashes: () => Promise<Set<string>>;
+  /** Repository format (default 1); see `gc-v2.ts` for what changes. */
+  format?: 1 | 2;
 }
 
 export interface SweepResult {
@@ -105,11 +108,13 @@ export interface SweepResult {
   stillPending: number;
   /** Who the pending batches wait for. */
   holders: LockRecord[];
+  /** Pack ids whose files were deleted (format 2: their condemned copies go after compaction). */
+  deletedIds: Set<string>;
 }
 
 /** Step 2: sweeps every batch whose holders are gone (nothing, while a restore or health check runs). */
 export async function sweep(ctx: SweepContext, batches: StoredBatch[]): Promise<SweepResult> {
-  const result: SweepResult = { deleted: 0, bytes: 0, resurrected: 0, stillPending: 0, holders: [] };
+  const result: SweepResult = { deleted: 0, bytes: 0, resurrected: 0, stillPending: 0, holders: [], deletedIds: new Set() };
   const live = (await listLocks(ctx.backend)).filter((l) => !l.stale && l.record && l.record.id !== ctx.ownLock).map((l) => l.record!);
   const readers = live.filter((l) => l.operation === 'restore' || l.operation === 'verify');
   const ready = batches.filter((b) => readers.length === 0 && b.batch.waitFor.every((id) => !live.some((l) => l.id === id)));
@@ -130,15 +135,15 @@ export async function sweep(ctx: SweepContext, batches: StoredBatch[]): Promise<
     return result;
   }
   for (const b of ready) {
-    for (const p of b.batch.packs) await sweepPack(ctx.backend, p, refs, liveHashes, result);
+    for (const p of b.batch.packs) await sweepPack(ctx.backend, p, refs, liveHashes, result, ctx.format ?? 1);
     await ctx.backend.delete(b.key);
   }
   return result;
 }
 
-async function sweepPack(backend: RepositoryBackend, p: GcBatch['packs'][number], refs: Set<string>, live: Set<string>, r: SweepResult): Promise<void> {
+async function sweepPack(backend: RepositoryBackend, p: GcBatch['packs'][number], refs: Set<string>, live: Set<string>, r: SweepResult, format: 1 | 2): Promise<void> {
   const copyKey = condemnedIndexKey(p.id);
-  if (await backend.has(indexKey(p.id))) {
+  if (format === 1 && (await backend.has(indexKey(p.id)))) {
     await backend.delete(copyKey); // put back (resurrected, or a crash between copy and delete)
     return;
   }
@@ -155,14 +160,24 @@ async function sweepPack(backend: RepositoryBackend, p: GcBatch['packs'][number]
       return refs.has(hex) && !live.has(hex);
     });
     if (needed && (await backend.has(packKey(p.id)))) {
-      await backend.put(indexKey(p.id), copy);
+      // Format 2: still listed by its index object, so dropping the copy is the put-back.
+      if (format === 1) await backend.put(indexKey(p.id), copy);
       await backend.delete(copyKey);
       r.resurrected++;
       return;
     }
   }
-  await backend.delete(packKey(p.id));
-  await backend.delete(copyKey);
+  try {
+    await backend.delete(packKey(p.id));
+  } catch (err) {
+    // The storage keeps it until a date the plan did not know: it stays condemned, a later gc retries.
+    if (!isFerryError(err, 'REPO_IMMUTABLE')) throw err;
+    r.stillPending++;
+    return;
+  }
+  // Format 2: the copy keeps the pack out of dedup until no index object lists it (`compact`).
+  if (format === 1) await backend.delete(copyKey);
+  r.deletedIds.add(p.id);
   r.deleted++;
   r.bytes += size;
 }

@@ -4,6 +4,8 @@ import { PackWriter, packKey } from '../repository/pack-writer.js';
 import type { PackEntry } from '../repository/pack.js';
 import { checkSealedBlock, type RepositoryCipher } from '../repository/repository-cipher.js';
 import type { PackInfo } from './gc-plan.js';
+import type { IndexedPack } from '../repository/index-object-v2.js';
+import { writeIndexObjectV2 } from './gc-v2.js';
 
 export interface RewriteResult {
   /** Old packs whose used blocks now live in new packs (they can be condemned). */
@@ -24,14 +26,21 @@ export async function rewritePacks(
   backend: RepositoryBackend,
   items: { pack: PackInfo; keep: PackEntry[] }[],
   cipher?: RepositoryCipher,
+  /** Format 2: version 2 packs, indexed by one consolidated index object once all are stored. */
+  format: 1 | 2 = 1,
 ): Promise<RewriteResult> {
   const result: RewriteResult = { done: [], skipped: [], bytesWritten: 0 };
+  const written: (IndexedPack & { entries: PackEntry[] })[] = [];
   const writer = new PackWriter(
     (k, d) => backend.putIfAbsent(k, d),
-    (_id, _entries, bytes) => (result.bytesWritten += bytes),
+    (id, entries, bytes) => {
+      result.bytesWritten += bytes;
+      if (format === 2) written.push({ id, format: 2, size: bytes, entries });
+    },
     undefined,
     undefined,
     cipher,
+    { pack: format, indexObjects: format === 1 },
   );
   for (const { pack, keep } of items) {
     const blocks = await readUsed(backend, pack, keep, Boolean(cipher)).catch((err: Error) => err);
@@ -43,6 +52,7 @@ export async function rewritePacks(
     result.done.push(pack);
   }
   await writer.flush();
+  await writeIndexObjectV2(backend, written, cipher);
   return result;
 }
 

@@ -10,6 +10,7 @@ import { sealPack } from '../repository/pack.js';
 import { Repository, type RestorePoint } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import { runGc } from './gc.js';
+import { runVerify } from './verify.js';
 
 const BLOCK = 256 * 1024;
 const none = new NoneCompressor();
@@ -20,10 +21,15 @@ function blocks(seed: number, n: number): Buffer[] {
   return Array.from({ length: n }, () => rng.fill(Buffer.alloc(BLOCK)));
 }
 
+/** Format of the repositories the tests below create (each `describe` runs once per format). */
+let FORMAT: 1 | 2 = 1;
+const open = (backend: MemoryBackend, create = false): Promise<Repository> => Repository.open(backend, { create, settings: { format: FORMAT } });
+const gcKeys = (b: MemoryBackend): string[] => keys(b, FORMAT === 2 ? 'mutable/gc/' : 'gc/');
+
 /** A backup session in miniature: lock, load the index, dedup or store each block, commit. */
 async function session(backend: MemoryBackend, vm: string, data: Buffer[], hold?: (lock: RepositoryLock, repo: Repository) => Promise<void>): Promise<{ point: RestorePoint; stored: number }> {
-  const repo = await Repository.open(backend, { create: true });
-  const lock = await RepositoryLock.acquire(backend, { operation: 'backup', vms: [vm] });
+  const repo = await open(backend, true);
+  const lock = await RepositoryLock.acquire(repo.backend, { operation: 'backup', vms: [vm] });
   try {
     await repo.blocks.load();
     const map = new BlockMap(data.length * BLOCK, BLOCK);
@@ -55,23 +61,24 @@ async function expectRestorable(backend: MemoryBackend, point: RestorePoint, dat
 
 const keys = (b: MemoryBackend, prefix: string): string[] => [...b.objects.keys()].filter((k) => k.startsWith(prefix));
 
-describe('garbage collection', function () {
+for (const format of [1, 2] as const) describe(`garbage collection (format ${format})`, function () {
   this.timeout(30_000);
+  before(() => (FORMAT = format));
   it('deletes packs nothing needs, rewrites mostly unused ones, and every kept point still restores', async function () {
     const backend = new MemoryBackend();
     const a = blocks(1, 120);
     const b = [...a.slice(0, 10), ...blocks(2, 50)];
     const pa = await session(backend, 'vm1', a);
     const pb = await session(backend, 'vm1', b);
-    const repo = await Repository.open(backend, { create: false });
+    const repo = await open(backend);
     await repo.deletePoint(pa.point);
     const before = keys(backend, 'packs/').length;
-    const r = await runGc(await Repository.open(backend, { create: false }), { graceMs: 0 });
+    const r = await runGc(await open(backend), { graceMs: 0 });
     expect(r.packs.unused + r.packs.rewritten, JSON.stringify(r)).to.be.at.least(1);
     expect(r.deletedPacks).to.equal(r.condemnedPacks);
     expect(r.bytesReclaimed).to.be.greaterThan(60 * BLOCK);
     expect(keys(backend, 'packs/').length).to.be.lessThan(before);
-    expect(keys(backend, 'gc/')).to.deep.equal([]);
+    expect(gcKeys(backend)).to.deep.equal([]);
     await expectRestorable(backend, pb.point, b);
   });
 
@@ -79,20 +86,20 @@ describe('garbage collection', function () {
     const backend = new MemoryBackend();
     const data = blocks(3, 30);
     const first = await session(backend, 'vm1', data);
-    await (await Repository.open(backend, { create: false })).deletePoint(first.point); // all 30 blocks are now garbage
+    await (await open(backend)).deletePoint(first.point); // all 30 blocks are now garbage
     let gcWhileRunning: Awaited<ReturnType<typeof runGc>> | undefined;
     const second = await session(backend, 'vm2', data, async () => {
-      gcWhileRunning = await runGc(await Repository.open(backend, { create: false }), { graceMs: 0 });
+      gcWhileRunning = await runGc(await open(backend), { graceMs: 0 });
     });
     expect(second.stored, 'the session deduplicated every block').to.equal(0);
     expect(gcWhileRunning!.condemnedPacks).to.be.at.least(1);
     expect(gcWhileRunning!.deletedPacks, 'nothing is deleted while the session runs').to.equal(0);
     expect(gcWhileRunning!.pending.waitingFor[0]).to.include('backup of vm vm2');
     await expectRestorable(backend, second.point, data); // read from the condemned packs meanwhile
-    const after = await runGc(await Repository.open(backend, { create: false }), { graceMs: 0 });
+    const after = await runGc(await open(backend), { graceMs: 0 });
     expect(after.resurrectedPacks).to.equal(gcWhileRunning!.condemnedPacks);
     expect(after.deletedPacks).to.equal(0);
-    expect(keys(backend, 'gc/')).to.deep.equal([]);
+    expect(gcKeys(backend)).to.deep.equal([]);
     await expectRestorable(backend, second.point, data);
   });
 
@@ -100,18 +107,73 @@ describe('garbage collection', function () {
     const backend = new MemoryBackend();
     const data = blocks(4, 20);
     const first = await session(backend, 'vm1', data);
-    await (await Repository.open(backend, { create: false })).deletePoint(first.point);
-    const reader = await RepositoryLock.acquire(backend, { operation: 'restore', vms: ['other'] });
-    const g1 = await runGc(await Repository.open(backend, { create: false }), { graceMs: 0 });
+    await (await open(backend)).deletePoint(first.point);
+    const reader = await RepositoryLock.acquire((await open(backend)).backend, { operation: 'restore', vms: ['other'] });
+    const g1 = await runGc(await open(backend), { graceMs: 0 });
     expect(g1.pending.packs).to.equal(g1.condemnedPacks); // a restore runs: nothing is swept
     const late = await session(backend, 'vm2', data);
     expect(late.stored, 'condemned packs are never deduplicated against').to.equal(20);
     await reader.release();
-    const g2 = await runGc(await Repository.open(backend, { create: false }), { graceMs: 0 });
+    const g2 = await runGc(await open(backend), { graceMs: 0 });
     expect(g2.deletedPacks).to.equal(g1.condemnedPacks);
     await expectRestorable(backend, late.point, data);
   });
 
+  if (format === 2) {
+    it('merges the index objects it read, leaving out the deleted packs, and deletes the merged ones', async function () {
+      const backend = new MemoryBackend();
+      const a = blocks(7, 40);
+      const b = blocks(8, 40);
+      const pa = await session(backend, 'vm1', a);
+      const pb = await session(backend, 'vm1', b);
+      expect(keys(backend, 'indexes/').length).to.equal(2);
+      await (await open(backend)).deletePoint(pa.point);
+      const r = await runGc(await open(backend), { graceMs: 0 });
+      expect(r.deletedPacks).to.be.at.least(1);
+      expect(r.indexObjectsMerged, 'the object of the deleted pack').to.be.at.least(1);
+      expect(keys(backend, 'indexes/').length).to.equal(1);
+      expect(keys(backend, 'index/'), 'no format 1 index object').to.deep.equal([]);
+      expect(gcKeys(backend)).to.deep.equal([]);
+      await expectRestorable(backend, pb.point, b);
+      const again = await session(backend, 'vm2', a);
+      expect(again.stored, 'the deleted blocks are stored anew, never deduplicated against').to.equal(40);
+    });
+    it('opening lists again when an index object it listed is gone by its GET (merged by a gc meanwhile)', async function () {
+      const backend = new MemoryBackend();
+      const a = blocks(10, 4);
+      const pa = await session(backend, 'vm1', a);
+      let phantom = true;
+      const list = backend.list.bind(backend);
+      backend.list = async function* (prefix: string) {
+        if (prefix === 'indexes/' && phantom) {
+          phantom = false;
+          yield `indexes/${'0'.repeat(64)}`;
+        }
+        yield* list(prefix);
+      };
+      await expectRestorable(backend, pa.point, a);
+      expect(phantom).to.equal(false);
+    });
+    it('verify indexes the packs of a damaged index object again from their trailers, and drops it', async function () {
+      const backend = new MemoryBackend();
+      const a = blocks(9, 12);
+      const pa = await session(backend, 'vm1', a);
+      const [damaged] = keys(backend, 'indexes/');
+      const bytes = Buffer.from(backend.objects.get(damaged)!);
+      bytes[30] ^= 0x10;
+      backend.objects.set(damaged, bytes);
+      const v = await runVerify(await open(backend), codec);
+      expect(v.status, JSON.stringify([v.repairedObjects, v.damagedObjects])).to.equal('ok');
+      expect(v.repairedObjects).to.have.length(1);
+      expect(keys(backend, 'indexes/')).to.deep.equal([v.repairedObjects[0].object]);
+      await expectRestorable(backend, pa.point, a);
+    });
+  }
+});
+
+describe('garbage collection (format 1 details)', function () {
+  this.timeout(30_000);
+  before(() => (FORMAT = 1));
   it('a pack whose index object is not written yet is left alone while its session runs', async function () {
     const backend = new MemoryBackend();
     await Repository.open(backend, { create: true });

@@ -2,12 +2,13 @@ import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { damageIndex, readDamagedBlocks } from '../repository/damaged-blocks.js';
 import { describeLock, listLocks } from '../repository/lock-record.js';
 import { decodeIndex } from '../repository/pack.js';
-import { condemnedIndexKey, packIdOf } from '../repository/pack-writer.js';
+import { condemnedIndexKey, packIdOf, packKey } from '../repository/pack-writer.js';
 import type { Repository } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import { loadPackState, planCollection, type GcPlan, type PackState } from './gc-plan.js';
 import { condemn, sweep, type Condemned } from './gc-protocol.js';
 import { rewritePacks } from './gc-rewrite.js';
+import { compact, liveHashesV2, loadPackStateV2, type IndexObjectsV2 } from './gc-v2.js';
 import { loadPoints, referencedHashes, type LoadedPoints } from './points-reader.js';
 import { pointIdTime } from '../repository/point-id.js';
 
@@ -42,6 +43,13 @@ export interface GcReport {
   wasteBytesLeft: number;
   uncommittedMapsRemoved: number;
   temporaryFilesRemoved: number;
+  /**
+   * Format 2 with immutability: packs gc would have removed or rewritten but left alone because
+   * their retain-until date has not passed, and the latest such date (a later gc takes them).
+   */
+  retainedUntil?: { packs: number; until: string };
+  /** Format 2: index objects replaced by one merged object this run (deleted once it was durable). */
+  indexObjectsMerged?: number;
   durationMs: number;
 }
 
@@ -59,11 +67,13 @@ export async function runGc(repo: Repository, opts: GcOptions = {}): Promise<GcR
   const threshold = opts.rewriteThresholdPercent ?? 20;
   const lock = opts.dryRun ? undefined : await RepositoryLock.acquire(repo.backend, { operation: 'gc' });
   try {
-    const state = await loadPackState(repo.backend);
+    const state: PackState & { v2?: IndexObjectsV2 } = repo.format === 2 ? await loadPackStateV2(repo.backend) : await loadPackState(repo.backend);
     const loaded = await loadPoints(repo);
     const referenced = await referencedHashes(repo, loaded, true);
     const plan = planCollection(state, referenced, damageIndex(await readDamagedBlocks(repo.backend)), threshold / 100);
+    const retained = await holdRetained(repo, state, plan);
     const report = planReport(repo, state, plan, loaded.points.length, referenced.size, graceMs, threshold);
+    if (retained) report.retainedUntil = retained;
     report.dryRun = !lock;
     if (lock) await collect({ repo, lock, state, plan, loaded, referenced, graceMs }, report);
     report.durationMs = Math.round(performance.now() - t0);
@@ -77,7 +87,7 @@ export async function runGc(repo: Repository, opts: GcOptions = {}): Promise<GcR
 interface GcRun {
   repo: Repository;
   lock: RepositoryLock;
-  state: PackState;
+  state: PackState & { v2?: IndexObjectsV2 };
   plan: GcPlan;
   loaded: LoadedPoints;
   referenced: Set<string>;
@@ -88,7 +98,7 @@ interface GcRun {
 async function collect(run: GcRun, report: GcReport): Promise<void> {
   const { repo, lock, state, plan } = run;
   const backend = repo.backend;
-  const rewritten = await rewritePacks(backend, plan.rewrite, repo.cipher);
+  const rewritten = await rewritePacks(backend, plan.rewrite, repo.cipher, repo.format);
   report.rewriteSkipped = rewritten.skipped;
   report.packs.rewritten = rewritten.done.length;
   report.bytesRewritten = rewritten.bytesWritten;
@@ -100,17 +110,22 @@ async function collect(run: GcRun, report: GcReport): Promise<void> {
     ...plan.adopt.map((id): Condemned => ({ id, reason: 'adopted', bytes: null })),
   ];
   await lock.assertHeld();
-  const batch = await condemn(backend, packs, lock.id);
+  const batch = await condemn(backend, packs, lock.id, repo.format);
   report.condemnedPacks = packs.length;
   const swept = await sweep(
     {
       backend,
       ownLock: lock.id,
       references: async () => union(run.referenced, await referencedHashes(repo, await loadPoints(repo, run.loaded.keys), true)),
-      liveHashes: () => liveHashes(backend, state),
+      liveHashes: () => (state.v2 ? liveHashesV2(backend, state.v2) : liveHashes(backend, state)),
+      format: repo.format,
     },
     [...state.batches, ...(batch ? [batch] : [])],
   );
+  if (state.v2) {
+    await lock.assertHeld();
+    report.indexObjectsMerged = await compact(backend, state.v2, swept.deletedIds, repo.cipher, (k) => retainedAfterNow(repo, state.v2!, k));
+  }
   for (const key of state.brokenBatches) await backend.delete(key);
   report.deletedPacks = swept.deleted;
   report.resurrectedPacks = swept.resurrected;
@@ -199,6 +214,35 @@ async function removeUncommittedMaps(repo: Repository, graceMs: number): Promise
     removed += keys.length;
   }
   return removed;
+}
+
+/** A key's retain-until date when it has not passed: from its index row or an extension record. */
+function retainedAfterNow(repo: Repository, v2: IndexObjectsV2, key: string): Date | undefined {
+  const fromIndex = key.startsWith('packs/') ? v2.listed.get(packIdOf(key))?.retainUntil : undefined;
+  const fromRecords = repo.retention?.get(key);
+  const t = Math.max(fromIndex?.getTime() ?? 0, fromRecords?.getTime() ?? 0);
+  return t > Date.now() ? new Date(t) : undefined;
+}
+
+/**
+ * Format 2 with immutability: gc never deletes or rewrites a pack before its date. Such packs leave
+ * the plan (they stay live, untouched); returns how many and until when, for the report.
+ */
+async function holdRetained(repo: Repository, state: PackState & { v2?: IndexObjectsV2 }, plan: GcPlan): Promise<GcReport['retainedUntil']> {
+  if (!state.v2 || !repo.retention) return undefined;
+  await repo.retention.load();
+  let latest = 0;
+  let held = 0;
+  const hold = (id: string): boolean => {
+    const until = retainedAfterNow(repo, state.v2!, packKey(id));
+    if (!until) return false;
+    held++;
+    latest = Math.max(latest, until.getTime());
+    return true;
+  };
+  plan.unused = plan.unused.filter((p) => !hold(p.id));
+  plan.rewrite = plan.rewrite.filter((r) => !hold(r.pack.id));
+  return held ? { packs: held, until: new Date(latest).toISOString() } : undefined;
 }
 
 function union(a: Set<string>, b: Set<string>): Set<string> {

@@ -1,10 +1,11 @@
 import { randomInt } from 'node:crypto';
-import { FerryError } from '../errors.js';
+import { FerryError, isFerryError } from '../errors.js';
 import type { BlockCodec } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { encodeIndex } from '../repository/pack.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import type { ReportedError } from '../errors.js';
+import { reindexUnlistedPacks } from './gc-v2.js';
 import { checkBlocks, type BlockFinding, type BlockToCheck, type CheckCounters } from './block-check.js';
 import { eachMap, forEachHash, loadPoints, type PointProblem } from './points-reader.js';
 import { affectedPoints, recordFindings, whoNeeds, type AffectedPoint, type DamagedBlockReport } from './verify-results.js';
@@ -60,6 +61,7 @@ export async function runVerify(repo: Repository, codec: BlockCodec, opts: Verif
     report.restorePoints.checked = points.length;
     report.blockMaps.checked = points.reduce((n, p) => n + p.disks.length, 0);
     const sample = pick(needed, report.samplePercent);
+    if (repo.format === 2) await rebuildIndexV2(repo, report);
     const { findings, counters, scanMs } = await scan(repo, codec, sample, opts);
     const refs = findings.length ? await whoNeeds(repo, points, new Set(findings.map((f) => f.hash))) : new Map();
     Object.assign(report, summarise(findings, counters, scanMs, needed.size));
@@ -83,6 +85,8 @@ async function scan(
   sample: string[],
   opts: VerifyOptions,
 ): Promise<{ findings: BlockFinding[]; counters: CheckCounters; scanMs: number }> {
+  // A health check reads the repository's index objects, not the local cache's copies.
+  repo.blocks.useCache = false;
   await repo.blocks.load();
   const byPack = new Map<string, BlockToCheck[]>();
   const findings: BlockFinding[] = [];
@@ -149,6 +153,7 @@ function emptyReport(repo: Repository, samplePercent: number): VerifyReport {
  */
 async function repairIndexes(repo: Repository, report: VerifyReport): Promise<void> {
   for (const bad of repo.blocks.badIndexes) {
+    if (repo.format === 2) continue; // `rebuildIndexV2` dealt with them before the scan
     if (bad.rebuilt) {
       await repo.backend.put(bad.key, encodeIndex(bad.packId, bad.rebuilt));
       report.repairedObjects.push({ object: bad.key, message: `rebuilt from the trailer of its pack (${bad.detail})` });
@@ -156,6 +161,36 @@ async function repairIndexes(repo: Repository, report: VerifyReport): Promise<vo
       report.damagedObjects.push({ object: bad.key, kind: 'index', code: 'REPO_CORRUPT_OBJECT', message: `${bad.detail}; its pack is damaged or gone too, so its blocks count as missing` });
     }
   }
+}
+
+/**
+ * Format 2: when an index object fails its checks, the packs no readable index object lists are
+ * indexed again from their own trailers (`reindexUnlistedPacks`), the damaged objects are deleted
+ * (unless the storage retains them) and the index is loaded again, so the scan finds their blocks.
+ * Reported under `repairedObjects`; packs that fail their checks and damaged objects left in place
+ * under `damagedObjects`.
+ */
+async function rebuildIndexV2(repo: Repository, report: VerifyReport): Promise<void> {
+  repo.blocks.useCache = false;
+  await repo.blocks.load();
+  const bad = [...repo.blocks.badIndexes];
+  if (bad.length === 0) return;
+  const r = await reindexUnlistedPacks(repo.backend, repo.cipher, new Set(bad.map((b) => b.key)));
+  const why = bad.map((b) => `${b.key}: ${b.detail}`).join('; ');
+  if (r.key) report.repairedObjects.push({ object: r.key, message: `${r.packs.length} pack(s) indexed again from their trailers (${why})` });
+  for (const f of r.failed) {
+    report.damagedObjects.push({ object: `packs/${f.pack.slice(0, 2)}/${f.pack}`, kind: 'index', code: 'REPO_CORRUPT_OBJECT', message: `not indexed again: ${f.why}` });
+  }
+  for (const b of bad) {
+    if (b.key === r.key) continue; // repaired in place: the same packs make the same object
+    try {
+      await repo.backend.delete(b.key);
+    } catch (err) {
+      if (!isFerryError(err, 'REPO_IMMUTABLE')) throw err;
+      report.damagedObjects.push({ object: b.key, kind: 'index', code: 'REPO_CORRUPT_OBJECT', message: `${b.detail}; kept until its retain-until date (its packs are indexed again)` });
+    }
+  }
+  repo.blocks.unload();
 }
 
 function finish(report: VerifyReport, t0: number): void {

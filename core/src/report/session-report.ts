@@ -1,3 +1,4 @@
+import type { BackendRequestStats } from '../contracts/repository-backend.js';
 import type { ReportedError } from '../errors.js';
 import type { PrunedPoint } from '../maintenance/prune.js';
 import type { RepositoryProtection } from '../repository/repository.js';
@@ -131,6 +132,10 @@ export interface SessionReport {
   protection?: RepositoryProtection;
   /** The health check after the session (present with `verify: { afterBackup: true }`). */
   verify?: VerifyOutcome;
+  /** `copyTo:`: per target repository, the points copied after the session (or why not). */
+  copies?: CopyOutcome[];
+  /** Object storage (S3): requests sent by kind, retries, bytes, and findings (`notes`). */
+  requests?: BackendRequestStats;
   /** A session-level failure (before or after the disks), if any. */
   error?: ReportedError;
 }
@@ -139,6 +144,15 @@ export type ProgressEvent =
   | { type: 'disk-start'; vm: string; disk: string; sizeBytes: number; transport: string }
   | { type: 'disk-progress'; vm: string; disk: string; doneBytes: number; sizeBytes: number }
   | { type: 'disk-end'; report: DiskReport };
+
+/** A `copyTo:` target after a session: what was copied there, or why it failed (reported, not thrown). */
+export interface CopyOutcome {
+  to: string;
+  points: number;
+  blocksTransferred: number;
+  bytesTransferred: number;
+  error?: ReportedError;
+}
 
 /** Retention after a session: the points it removed, or why it failed (reported, not thrown). */
 export interface RetentionOutcome {

@@ -11,7 +11,7 @@ import { whyGone, type ProcessIdentity } from '../util/process-identity.js';
  */
 export const LOCKS_PREFIX = 'locks/';
 
-export type LockOperation = 'backup' | 'prune' | 'forget' | 'gc' | 'verify' | 'restore' | 'key';
+export type LockOperation = 'backup' | 'prune' | 'forget' | 'gc' | 'verify' | 'restore' | 'key' | 'upgrade';
 
 export interface LockRecord {
   format: 'ferry-lock';
@@ -58,6 +58,7 @@ export function newLockId(now = new Date()): string {
  */
 export function conflicts(a: Pick<LockRecord, 'operation' | 'vms'>, b: Pick<LockRecord, 'operation' | 'vms'>): boolean {
   const pair = [a.operation, b.operation].sort().join('+');
+  if (a.operation === 'upgrade' || b.operation === 'upgrade') return true; // `ferry repository upgrade` excludes everything
   if (pair === 'gc+gc' || pair === 'gc+prune' || pair === 'forget+gc' || pair === 'verify+verify' || pair === 'key+key') return true;
   const chain = (op: LockOperation): boolean => op === 'backup' || op === 'prune' || op === 'forget';
   return chain(a.operation) && chain(b.operation) && a.vms.some((v) => b.vms.includes(v));

@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { encodeIndex, packHeader, packTail, PACK_HEADER, type PackEntry } from './pack.js';
+import { encodeIndex, packHeader, packHeaderV2, packIdV2, packTail, PACK_HEADER, PACK_HEADER_V2, type PackEntry } from './pack.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 
 export const PACK_TARGET_SIZE = 16 * 1024 * 1024;
@@ -28,12 +28,16 @@ export function packIdOf(key: string): string {
   return key.slice(key.lastIndexOf('/') + 1);
 }
 
-/** A pack being filled: its bytes so far in `buf`, the SHA-256 (its id) over them as they arrive. */
+/**
+ * A pack being filled: its bytes so far in `buf`; for a version 1 pack the SHA-256 (its id) over them
+ * as they arrive (a version 2 id hashes only header and tail, when the pack is sealed).
+ */
 interface OpenPack {
   buf: Buffer;
   size: number;
   entries: PackEntry[];
-  hash: Hash;
+  head: Buffer;
+  hash?: Hash;
 }
 
 /**
@@ -63,7 +67,16 @@ export class PackWriter {
     private readonly maxUploads = 2,
     /** Encrypted repositories: the records added are sealed already; the trailer is sealed here. */
     private readonly cipher?: RepositoryCipher,
+    /**
+     * Pack format: 1 (id = SHA-256 of the whole pack) or 2 (id = SHA-256 of header and tail). With
+     * `indexObjects: false` no per-pack index object is written (version 2 consolidates them).
+     */
+    private readonly format: { pack: 1 | 2; indexObjects: boolean } = { pack: 1, indexObjects: true },
   ) {}
+
+  private get headerSize(): number {
+    return this.format.pack === 2 ? PACK_HEADER_V2 : PACK_HEADER;
+  }
 
   /**
    * Queues a block; resolves when it is buffered (it is durable only after the next `flush`). The
@@ -75,12 +88,12 @@ export class PackWriter {
     // the last check and the copy.
     for (;;) {
       if (this.failure) throw this.failure;
-      if (!this.current || this.current.size - PACK_HEADER + encoded.length <= this.targetSize) break;
+      if (!this.current || this.current.size - this.headerSize + encoded.length <= this.targetSize) break;
       await this.seal();
     }
     const p = (this.current ??= this.open(encoded.length));
     p.buf.set(encoded, p.size);
-    p.hash.update(encoded);
+    p.hash?.update(encoded);
     p.entries.push({ hash, offset: p.size, length: encoded.length });
     p.size += encoded.length;
   }
@@ -94,10 +107,11 @@ export class PackWriter {
   /** A pack buffer (a spare one when the first record fits the usual size) with the header in place. */
   private open(firstRecord: number): OpenPack {
     const usual = this.targetSize + PACK_SLACK;
-    const buf = firstRecord + PACK_HEADER <= this.targetSize ? (this.spare.pop() ?? Buffer.allocUnsafe(usual)) : Buffer.allocUnsafe(firstRecord + PACK_SLACK);
-    const head = packHeader(this.cipher);
+    const buf = firstRecord + this.headerSize <= this.targetSize ? (this.spare.pop() ?? Buffer.allocUnsafe(usual)) : Buffer.allocUnsafe(firstRecord + PACK_SLACK);
+    const v2 = this.format.pack === 2;
+    const head = v2 ? packHeaderV2(this.cipher) : packHeader(this.cipher);
     head.copy(buf, 0);
-    return { buf, size: PACK_HEADER, entries: [], hash: createHash('sha256').update(head) };
+    return { buf, size: head.length, entries: [], head, ...(!v2 && { hash: createHash('sha256').update(head) }) };
   }
 
   /** Takes the current pack (synchronously) and stores it once an upload slot is free. */
@@ -122,10 +136,10 @@ export class PackWriter {
       p.buf.copy(bytes, 0, 0, p.size);
     }
     tail.copy(bytes, p.size);
-    const id = p.hash.update(tail).digest('hex');
+    const id = p.hash ? p.hash.update(tail).digest('hex') : packIdV2(p.head, tail);
     const size = p.size + tail.length;
     await this.put(packKey(id), bytes.subarray(0, size));
-    await this.put(indexKey(id), encodeIndex(id, p.entries));
+    if (this.format.indexObjects) await this.put(indexKey(id), encodeIndex(id, p.entries));
     if (p.buf.length === this.targetSize + PACK_SLACK && this.spare.length < this.maxUploads + 1) this.spare.push(p.buf);
     this.onStored(id, p.entries, size);
   }

@@ -1,3 +1,4 @@
+import { RepositoryStorage } from './repository-storage.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import { currentProcess } from '../util/process-identity.js';
@@ -79,6 +80,7 @@ export class RepositoryLock {
       const others = (await listLocks(backend, t.staleAfterMs)).filter((l) => l.key !== lockKey(record.id));
       const live = others.filter((l) => !l.stale && l.record && conflicts(record, l.record)).map((l) => l.record!);
       if (live.length === 0) {
+        await checkFormatUnchanged(backend, record);
         const lock = new RepositoryLock(backend, record, others.filter((l) => l.stale), t);
         lock.startHeartbeat();
         return lock;
@@ -146,6 +148,28 @@ export async function lockForReading(backend: RepositoryBackend, req: LockReques
     if (isFerryError(err, 'REPO_IO')) return undefined;
     throw err;
   }
+}
+
+/**
+ * A process opened the repository (read its config) before it took its lock; an upgrade may have
+ * finished in between. Reading the config again under the lock (one GET) makes sure it never writes
+ * objects of one format into a repository of the other: REPO_FORMAT_UNSUPPORTED, lock removed.
+ */
+async function checkFormatUnchanged(backend: RepositoryBackend, record: LockRecord): Promise<void> {
+  if (!(backend instanceof RepositoryStorage)) return;
+  let version: unknown;
+  try {
+    version = (JSON.parse(Buffer.from(await backend.raw.get('ferry-repository.json')).toString('utf8')) as { version?: unknown }).version;
+  } catch {
+    return; // unreadable or gone: the operation's own reads will say so
+  }
+  if (version === backend.format) return;
+  await backend.delete(lockKey(record.id));
+  throw new FerryError(
+    'REPO_FORMAT_UNSUPPORTED',
+    `the repository at ${backend.location} changed to format version ${String(version)} (upgraded) after this process opened it at version ${backend.format}; run the command again`,
+    { object: 'ferry-repository.json' },
+  );
 }
 
 function encode(r: LockRecord): Buffer {

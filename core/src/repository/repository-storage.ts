@@ -34,6 +34,12 @@ export class RepositoryStorage implements RepositoryBackend {
     readonly immutabilityDays: number | undefined,
     private readonly sealed = Boolean(cipher),
     private readonly warn: (line: string) => void = (l) => process.stderr.write(`ferry: ${l}\n`),
+    /**
+     * Repository format. 2: the objects that change by design (locks, the damaged-blocks list, gc's
+     * state) live under `mutable/` (`mutable/locks/...`), which the rest of the core never sees:
+     * it keeps using `locks/`, `health/` and `gc/` keys, mapped here.
+     */
+    readonly format: 1 | 2 = 1,
   ) {
     if (typeof (raw as Partial<RepositoryBackend>).putIfAbsent !== 'function') {
       throw new FerryError(
@@ -49,9 +55,14 @@ export class RepositoryStorage implements RepositoryBackend {
     return this.raw.location;
   }
 
+  /** The key the backend stores `key` under (format 2: mutable objects under `mutable/`). */
+  physical(key: string): string {
+    return this.format === 2 && isMutable(key) ? MUTABLE_PREFIX + key : key;
+  }
+
   async get(key: string): Promise<Uint8Array> {
     const name = this.nameOf(key);
-    const data = await this.raw.get(key);
+    const data = await this.raw.get(this.physical(key));
     return name ? this.cipher!.openObject(name, data, key) : data;
   }
 
@@ -76,18 +87,45 @@ export class RepositoryStorage implements RepositoryBackend {
       throw new FerryError('REPO_OBJECT_EXISTS', `${key} exists already in ${this.raw.location}; a committed object is never replaced`, { object: key });
     }
     const name = this.nameOf(key);
-    const protect = this.immutabilityDays !== undefined && isProtected(key);
+    const protect = this.protects && isProtected(key);
     if (protect && (await this.raw.has(key))) await this.raw.unprotect?.([key]);
-    await this.raw.put(key, name ? this.cipher!.sealObject(name, data) : data);
+    await this.raw.put(this.physical(key), name ? this.cipher!.sealObject(name, data) : data);
     if (protect) await this.protectObjects([key]);
   }
 
   /** Create-only put (sealed and protected like `put`); `false` when the key exists already. */
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
     const name = this.nameOf(key);
-    const created = await this.raw.putIfAbsent(key, name ? this.cipher!.sealObject(name, data) : data);
-    if (created && this.immutabilityDays !== undefined && isProtected(key)) await this.protectObjects([key]);
+    const stored = name ? this.cipher!.sealObject(name, data) : data;
+    const created = await this.raw.putIfAbsent(this.physical(key), stored);
+    if (created && this.protects && isProtected(key)) await this.protectObjects([key]);
+    if (created) await this.onIndexWritten?.(key, stored);
     return created;
+  }
+
+  /**
+   * Create-only put of an object already in its stored form (sealed by the caller): format 2 index
+   * objects, whose name is the hash of the sealed bytes. Protected like `putIfAbsent`.
+   */
+  async putStoredIfAbsent(key: string, stored: Uint8Array): Promise<boolean> {
+    const created = await this.raw.putIfAbsent(key, stored);
+    if (created && this.protects && isProtected(key)) await this.protectObjects([key]);
+    if (created) await this.onIndexWritten?.(key, stored);
+    return created;
+  }
+
+  /** Told of every index object this process creates, as stored (the local index cache keeps it). */
+  onIndexWritten?: (key: string, stored: Uint8Array) => Promise<void> | void;
+
+  /** An object as the backend stores it (sealed in an encrypted repository): for the index cache. */
+  getStored(key: string): Promise<Uint8Array> {
+    return this.raw.get(this.physical(key));
+  }
+
+  /** Opens an object read by `getStored` (or from the cache), as `get` would. */
+  openStored(key: string, stored: Uint8Array): Uint8Array {
+    const name = this.nameOf(key);
+    return name ? this.cipher!.openObject(name, stored, key) : stored;
   }
 
   /**
@@ -103,11 +141,12 @@ export class RepositoryStorage implements RepositoryBackend {
   }
 
   has(key: string): Promise<boolean> {
-    return this.raw.has(key);
+    return this.raw.has(this.physical(key));
   }
 
   list(prefix: string): AsyncIterable<string> {
-    return this.raw.list(prefix);
+    if (this.format !== 2 || !isMutable(prefix)) return this.raw.list(prefix);
+    return stripMutable(this.raw.list(MUTABLE_PREFIX + prefix));
   }
 
   async delete(key: string): Promise<void> {
@@ -116,9 +155,10 @@ export class RepositoryStorage implements RepositoryBackend {
       if (until && until.getTime() > Date.now()) {
         throw new FerryError('REPO_IMMUTABLE', `restore point is immutable until ${until.toISOString()}`, { object: key });
       }
-      await this.raw.unprotect?.([key]);
+      // Format 2 never lifts anything: the storage refuses a delete before the key's date.
+      if (this.format === 1) await this.raw.unprotect?.([key]);
     }
-    await this.raw.delete(key);
+    await this.raw.delete(this.physical(key));
   }
 
   close(): Promise<void> {
@@ -139,6 +179,35 @@ export class RepositoryStorage implements RepositoryBackend {
     return name;
   }
 
+  /** Format 1 immutability: `protect` after each put, `unprotect` before an allowed delete. */
+  private get protects(): boolean {
+    return this.immutabilityDays !== undefined && this.format === 1;
+  }
+
+  /**
+   * Format 2 immutability: asks the storage to keep `keys` until `until` (`RepositoryBackend.retain`,
+   * never shortened); says once when the storage cannot enforce it.
+   */
+  async retainObjects(keys: string[], until: Date): Promise<void> {
+    if (keys.length === 0) return;
+    if (!this.raw.retain) {
+      this.protection ??= { readOnly: false, immutable: false, note: `the ${this.raw.location} backend offers no retain-until dates` };
+    } else {
+      const got = await this.raw.retain(keys.map((k) => this.physical(k)), until);
+      if (!this.protection || (this.protection.immutable && !got.immutable)) this.protection = got;
+    }
+    this.warnOnce();
+  }
+
+  private warnOnce(): void {
+    if (this.protection?.immutable || this.warned) return;
+    this.warned = true;
+    this.warn(
+      `immutability at ${this.raw.location}: ${this.protection?.note ?? 'the storage cannot make objects immutable'}; ` +
+        'Ferry itself still refuses to delete or replace restore points inside the period',
+    );
+  }
+
   /** Protects committed objects (immutability); says once when the storage cannot do all of it. */
   async protectObjects(keys: string[]): Promise<void> {
     if (!this.raw.protect) {
@@ -157,6 +226,18 @@ export class RepositoryStorage implements RepositoryBackend {
   }
 }
 
+/** Format 2: where objects that change by design live (`docs/repository-format.md`, "Layout"). */
+export const MUTABLE_PREFIX = 'mutable/';
+
+/** Keys the core writes for objects that change by design: locks, the health record, gc's state. */
+function isMutable(key: string): boolean {
+  return key.startsWith('locks/') || key.startsWith('health/') || key.startsWith('gc/');
+}
+
+async function* stripMutable(keys: AsyncIterable<string>): AsyncIterable<string> {
+  for await (const k of keys) yield k.slice(MUTABLE_PREFIX.length);
+}
+
 /**
  * What a sealed object is bound to (its associated data), or undefined for objects that stay
  * plaintext: the config (it says whether the repository is encrypted), key objects (they carry their
@@ -166,6 +247,7 @@ export class RepositoryStorage implements RepositoryBackend {
  */
 export function objectName(key: string): string | undefined {
   if (key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('locks/') || key.startsWith('packs/')) return undefined;
+  if (/^indexes\/[0-9a-f]{64}$/.test(key)) return 'index'; // format 2: named by the hash of the sealed bytes
   const index = /^(?:index|gc\/condemned)\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(key);
   if (index) return `pack-index:${index[1]}`;
   return key;
@@ -177,12 +259,12 @@ export function objectName(key: string): string | undefined {
  * pack's trailer with the same entries.)
  */
 export function isWriteOnce(key: string): boolean {
-  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('points/');
+  return key === 'ferry-repository.json' || key.startsWith('keys/') || key.startsWith('packs/') || key.startsWith('indexes/') || key.startsWith('points/') || key.startsWith('retention/');
 }
 
 /** Objects immutability protects: everything a committed restore point needs, and the config. */
 function isProtected(key: string): boolean {
-  return key === 'ferry-repository.json' || key.startsWith('packs/') || key.startsWith('index/') || key.startsWith('points/');
+  return key === 'ferry-repository.json' || key.startsWith('packs/') || key.startsWith('index/') || key.startsWith('indexes/') || key.startsWith('points/');
 }
 
 /** For a manifest key `points/<vm>/<id>.json`: the session start its id encodes plus the period. */

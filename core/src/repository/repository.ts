@@ -9,16 +9,19 @@ import { BlockStore, type WriteMeter } from './block-store.js';
 import { RepositoryCipher } from './repository-cipher.js';
 import { DEFAULT_SCRYPT, KEYS_PREFIX, newMasterKeys, openKeys, rewrapKeys, writeKeyObject, type ScryptParams } from './repository-keys.js';
 import { RepositoryStorage } from './repository-storage.js';
+import { IndexCache } from './index-cache.js';
+import { pointRetainUntil, RetentionDates } from './retention-dates.js';
 
 export const REPOSITORY_CONFIG_KEY = 'ferry-repository.json';
 const FORMAT = 'ferry-repository';
-const FORMAT_VERSION = 1;
+/** Versions this Ferry opens; new repositories get `newRepositoryFormat()`. */
+const FORMAT_VERSIONS: readonly number[] = [1, 2];
 const DAY_MS = 86_400_000;
 
 /** `ferry-repository.json` (`docs/repository-format.md`, "Repository config"). */
 export interface RepositoryConfig {
   format: 'ferry-repository';
-  version: 1;
+  version: 1 | 2;
   id: string;
   createdAt: string;
   /** Present when the repository is encrypted (chosen at creation). */
@@ -52,7 +55,7 @@ export interface RepositoryOpenOptions {
    * from its config is REPO_SETTINGS_MISMATCH (a job that asks for encryption or immutability must
    * never silently write to a repository without it).
    */
-  settings?: { encrypted?: boolean; immutabilityDays?: number };
+  settings?: { encrypted?: boolean; immutabilityDays?: number; format?: 1 | 2 };
   /** scrypt cost of new key objects (default `DEFAULT_SCRYPT`; tests lower it). */
   scrypt?: ScryptParams;
   /**
@@ -92,6 +95,8 @@ export interface RestorePoint {
   vm: string;
   session: string;
   createdAt: string;
+  /** Format 2 with immutability: the date the storage keeps the point's objects until. */
+  retainUntil?: string;
   disks: RestorePointDisk[];
   /** The VM's definition as the source host gave it (`VmSnapshot.definition`), when it gave one. */
   definition?: VmDefinition;
@@ -119,12 +124,21 @@ export class Repository {
     /** The key object the passphrase opened (encrypted repositories). */
     readonly keyObject?: string,
   ) {
-    this.backend = new RepositoryStorage(storage, cipher, config.immutability?.days, Boolean(config.encryption));
-    this.blocks = new BlockStore(this.backend, meter, cipher);
+    this.backend = new RepositoryStorage(storage, cipher, config.immutability?.days, Boolean(config.encryption), undefined, config.version);
+    this.blocks = new BlockStore(this.backend, meter, cipher, IndexCache.forRepository(config.id), config.version);
+    if (config.version === 2 && config.immutability) this.retention = new RetentionDates(this.backend);
   }
+
+  /** Format 2 with immutability: the retain-until dates the core knows and extends. */
+  readonly retention?: RetentionDates;
 
   get id(): string {
     return this.config.id;
+  }
+
+  /** The repository format version (`ferry-repository.json`). */
+  get format(): 1 | 2 {
+    return this.config.version;
   }
 
   /** The block-id key of an encrypted repository: the block codec must hash with it. */
@@ -174,10 +188,10 @@ export class Repository {
         object: REPOSITORY_CONFIG_KEY,
       });
     }
-    if (config.version !== FORMAT_VERSION) {
+    if (!FORMAT_VERSIONS.includes(config.version)) {
       throw new FerryError(
         'REPO_FORMAT_UNSUPPORTED',
-        `repository format version ${config.version}; this Ferry reads version ${FORMAT_VERSION}`,
+        `repository format version ${config.version}; this Ferry reads versions ${FORMAT_VERSIONS.join(' and ')}`,
         { object: REPOSITORY_CONFIG_KEY },
       );
     }
@@ -198,7 +212,7 @@ export class Repository {
     const days = opts.settings?.immutabilityDays;
     const config: RepositoryConfig = {
       format: FORMAT,
-      version: FORMAT_VERSION,
+      version: opts.settings?.format ?? newRepositoryFormat(),
       id: randomUUID(),
       createdAt: new Date().toISOString(),
       ...(days !== undefined && { immutability: { days } }),
@@ -217,7 +231,7 @@ export class Repository {
       return undefined;
     }
     const repo = new Repository(backend, config, cipher, opts.writeMeter, keyObject);
-    if (days !== undefined) await repo.backend.protectObjects([REPOSITORY_CONFIG_KEY]);
+    if (days !== undefined && config.version === 1) await repo.backend.protectObjects([REPOSITORY_CONFIG_KEY]);
     return repo;
   }
 
@@ -257,6 +271,10 @@ export class Repository {
   immutableUntil(point: Pick<RestorePoint, 'id'>, now = Date.now()): Date | undefined {
     const days = this.config.immutability?.days;
     if (days === undefined) return undefined;
+    if (this.format === 2) {
+      const until = pointRetainUntil(point.id, days);
+      return until.getTime() > now ? until : undefined;
+    }
     const created = pointIdTime(point.id);
     if (created === undefined) return new Date(8.64e15);
     const until = new Date(created + days * DAY_MS);
@@ -284,15 +302,22 @@ export class Repository {
    */
   async commitPoint(point: Omit<RestorePoint, 'format' | 'version'>, maps: BlockMap[]): Promise<RestorePoint> {
     await this.blocks.flush();
+    // Format 2 immutability: every pack and index object the point needs is retained at least to
+    // its date before its maps exist, so a committed point never depends on an object that ends sooner.
+    const until = this.retention ? pointRetainUntil(point.id, this.config.immutability!.days) : undefined;
+    if (until) await this.retention!.extendForPoint(this.blocks, maps, until);
     const disks: RestorePointDisk[] = [];
     for (let i = 0; i < point.disks.length; i++) {
       const key = Repository.mapKey(point.vm, point.id, i);
       const bytes = maps[i].encode();
       await this.backend.putNew(key, bytes, 'block map');
+      if (until) await this.backend.retainObjects([key], until);
       disks.push({ ...point.disks[i], map: key, mapSha256: sha256(bytes).toString('hex') });
     }
-    const full: RestorePoint = { format: 'ferry-restore-point', version: 1, ...point, disks };
-    await this.backend.putNew(Repository.pointKey(point.vm, point.id), Buffer.from(JSON.stringify(full, null, 2) + '\n'), 'restore point manifest');
+    const full: RestorePoint = { format: 'ferry-restore-point', version: 1, ...point, ...(until && { retainUntil: until.toISOString() }), disks };
+    const manifest = Repository.pointKey(point.vm, point.id);
+    await this.backend.putNew(manifest, Buffer.from(JSON.stringify(full, null, 2) + '\n'), 'restore point manifest');
+    if (until) await this.backend.retainObjects([manifest], until);
     return full;
   }
 
@@ -425,6 +450,17 @@ export class Repository {
     }
     return BlockMap.decode(bytes, disk.map);
   }
+}
+
+/**
+ * The format of repositories created without an explicit `settings.format`: `FERRY_REPOSITORY_FORMAT`
+ * (`1` or `2`) when set, else 1. Anything else is CLI_USAGE rather than a silent default.
+ */
+export function newRepositoryFormat(env: NodeJS.ProcessEnv = process.env): 1 | 2 {
+  const v = env.FERRY_REPOSITORY_FORMAT;
+  if (v === undefined || v === '') return 1;
+  if (v === '1' || v === '2') return Number(v) as 1 | 2;
+  throw new FerryError('CLI_USAGE', `FERRY_REPOSITORY_FORMAT is "${v}"; it must be 1 or 2 (the format of new repositories)`, {});
 }
 
 const MANIFEST_KEY = /^points\/[^/]+\/[^/]+\.json$/;

@@ -1,7 +1,8 @@
+import type { BackendRequestStats } from '../contracts/repository-backend.js';
 import type { SourceDisk, VmDefinition } from '../contracts/source-host.js';
 import type { RepositoryProtection, RestorePoint } from '../repository/repository.js';
 import type { DiskReport, ReportedError, SessionReport } from '../report/session-report.js';
-import type { RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
+import type { CopyOutcome, RetentionOutcome, VerifyOutcome } from './session-upkeep.js';
 import type { Stage, StageReport } from '../pipe/stage-meter.js';
 
 /**
@@ -72,6 +73,9 @@ export interface SessionEnd {
   retention?: RetentionOutcome;
   verify?: VerifyOutcome;
   protection?: RepositoryProtection;
+  copies?: CopyOutcome[];
+  /** Object storage backends: requests by kind and bytes (`RepositoryBackend.requestStats`). */
+  requests?: BackendRequestStats;
 }
 
 export interface SessionFigures {

@@ -85,6 +85,8 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
   Object.assign(report, placement.figures(report, report.durationMs));
   report.healedBlocks = report.disks.reduce((n, d) => n + d.blocks.healed, 0);
   if (report.verify?.status === 'damaged') report.error ??= report.verify.error;
+  // A `copyTo:` target the points did not reach fails the session: the job asked for the copy.
+  report.error ??= report.copies?.find((c) => c.error)?.error;
   if (report.error || report.vms.some((v) => v.status === 'failed')) report.status = 'failed';
   return report;
 }

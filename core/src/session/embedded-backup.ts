@@ -13,7 +13,7 @@ import { chooseTransport, planMode, skipContext, skipExtents, type TransportSour
 import type { JobRuntime } from './job-runtime.js';
 import { errorSummary, interrupted } from './session-common.js';
 import type { ProgressEvent, ReportedError, SessionReport } from '../report/session-report.js';
-import { lockSession, retentionAfterSession, verifyAfterSession } from './session-upkeep.js';
+import { copyAfterSession, lockSession, retentionAfterSession, verifyAfterSession } from './session-upkeep.js';
 import { newStageMeters, stageReport, type StageMeters } from '../pipe/stage-meter.js';
 
 interface Opened {
@@ -138,10 +138,12 @@ export class EmbeddedBackup implements BackupPlacement {
     const s = this.parts();
     const retention = await retentionAfterSession(this.rt, s.repo, s.lock, report);
     const protection = s.repo.protection();
+    const requests = s.repo.backend.raw.requestStats?.();
     await this.release();
     // After the release: the health check takes its own lock and must not hold up the next backup.
     const verify = await verifyAfterSession(this.rt, s.repo, s.mover.codec, report);
-    return { ...(retention && { retention }), ...(verify && { verify }), protection };
+    const copies = await copyAfterSession(this.rt, s.repo, s.mover.codec, report);
+    return { ...(retention && { retention }), ...(verify && { verify }), ...(copies && { copies }), protection, ...(requests && { requests }) };
   }
 
   figures(_report: SessionReport, durationMs: number): SessionFigures {

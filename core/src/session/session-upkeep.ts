@@ -5,10 +5,12 @@ import type { BlockCodec } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
+import { copyPoints } from '../maintenance/copy.js';
+import { RepositoryRuntime } from './repository-runtime.js';
 import type { ReportedError } from '../errors.js';
-import type { RetentionOutcome, SessionReport, VerifyOutcome } from '../report/session-report.js';
+import type { CopyOutcome, RetentionOutcome, SessionReport, VerifyOutcome } from '../report/session-report.js';
 
-export type { RetentionOutcome, VerifyOutcome };
+export type { CopyOutcome, RetentionOutcome, VerifyOutcome };
 
 /**
  * What a backup session does around moving data, kept out of `backup-session.ts`: the lock on the
@@ -53,6 +55,35 @@ export async function verifyAfterSession(rt: JobRuntime, repo: Repository, codec
   } catch (err) {
     return { status: 'not run', samplePercent, blocksChecked: 0, damagedBlocks: 0, throughputMiBps: 0, error: summary(err) };
   }
+}
+
+/**
+ * `copyTo:`: copies the points this session committed to each repository file, one after another
+ * (`copyPoints`; the target is created when its location is empty). A failure is reported per
+ * target, not thrown: the backup itself succeeded.
+ */
+export async function copyAfterSession(rt: JobRuntime, repo: Repository, codec: BlockCodec, report: SessionReport): Promise<CopyOutcome[] | undefined> {
+  if (!rt.spec.copyTo?.length) return undefined;
+  const points = report.vms.filter((v) => v.restorePoint).map((v) => ({ vm: v.vm, id: v.restorePoint! }));
+  const out: CopyOutcome[] = [];
+  for (const file of rt.spec.copyTo) {
+    if (points.length === 0) {
+      out.push({ to: file, points: 0, blocksTransferred: 0, bytesTransferred: 0 });
+      continue;
+    }
+    let target: RepositoryRuntime | undefined;
+    try {
+      target = await RepositoryRuntime.open(file);
+      const dst = await target.repository({ create: true });
+      const r = await copyPoints(repo, codec, dst, await target.codec(), { points, compressor: rt.spec.storage.compressor, job: rt.spec.job });
+      out.push({ to: r.to, points: r.points.filter((p) => p.status === 'copied').length, blocksTransferred: r.blocks.transferred, bytesTransferred: r.bytesTransferred });
+    } catch (err) {
+      out.push({ to: file, points: 0, blocksTransferred: 0, bytesTransferred: 0, error: summary(err) });
+    } finally {
+      await target?.close().catch(() => undefined);
+    }
+  }
+  return out;
 }
 
 function summary(err: unknown): ReportedError {

@@ -110,6 +110,31 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
       assert.equal(await b.backend.has('points/vm/p.json'), false);
     });
 
+    it('retain, when offered, keeps a key until its date (never shortened), then lets it be deleted', async function () {
+      if (!b.backend.retain || !b.backend.retainedUntil) skipBecause(this, `${name} offers no retain and retainedUntil`);
+      this.timeout(30_000);
+      const key = 'packs/aa/retained';
+      await b.backend.putIfAbsent(key, Buffer.from('pack'));
+      // Whole seconds: object storage keeps retention dates to the second.
+      const until = new Date(Math.ceil((Date.now() + 2500) / 1000) * 1000);
+      const got = await b.backend.retain!([key], until);
+      assert.equal(typeof got.readOnly, 'boolean');
+      assert.equal(typeof got.immutable, 'boolean');
+      assert.equal((await b.backend.retainedUntil!(key))?.getTime(), until.getTime());
+      await b.backend.retain!([key], new Date(until.getTime() - 60_000)); // earlier: no change
+      assert.equal((await b.backend.retainedUntil!(key))?.getTime(), until.getTime(), 'a retain-until date is never shortened');
+      await assert.rejects(b.backend.delete(key), (err: unknown) => {
+        assert.equal((err as { code?: string }).code, 'REPO_IMMUTABLE');
+        assert.ok(String((err as Error).message).includes(until.toISOString()), 'the refusal names the date');
+        return true;
+      });
+      assert.equal(await b.backend.has(key), true);
+      assert.equal(Buffer.from(await b.backend.get(key)).toString(), 'pack');
+      await new Promise((r) => setTimeout(r, Math.max(0, until.getTime() - Date.now()) + 300));
+      await b.backend.delete(key);
+      assert.equal(await b.backend.has(key), false);
+    });
+
     it('concurrent puts of different keys all land', async function () {
       await Promise.all(Array.from({ length: 32 }, (_, i) => b.backend.put(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`, Buffer.from([i]))));
       for (let i = 0; i < 32; i++) assert.equal((await b.backend.get(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`))[0], i);

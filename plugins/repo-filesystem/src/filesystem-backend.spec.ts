@@ -91,4 +91,32 @@ describe('filesystem backend specifics', function () {
     await b.delete('points/vm/p.json');
     expect(await b.has('points/vm/p.json')).to.equal(false);
   });
+
+  it('retain keeps a key until its date: delete is REPO_IMMUTABLE before it, a date is never shortened', async function () {
+    const b = new FilesystemBackend(dir);
+    await b.put('packs/ab/abc', Buffer.from('pack'));
+    const until = new Date(Date.now() + 86_400_000);
+    const got = await b.retain(['packs/ab/abc'], until);
+    expect(got.readOnly).to.equal(true);
+    expect((await b.retainedUntil('packs/ab/abc'))?.toISOString()).to.equal(until.toISOString());
+    await b.retain(['packs/ab/abc'], new Date(Date.now() + 1000)); // earlier: no change
+    expect((await b.retainedUntil('packs/ab/abc'))?.toISOString()).to.equal(until.toISOString());
+    const later = new Date(until.getTime() + 86_400_000);
+    await b.retain(['packs/ab/abc'], later);
+    expect((await b.retainedUntil('packs/ab/abc'))?.toISOString()).to.equal(later.toISOString());
+    await b.delete('packs/ab/abc').then(
+      () => expect.fail('delete succeeded'),
+      (err: FerryError) => {
+        expect(err.code).to.equal('REPO_IMMUTABLE');
+        expect(err.message).to.include(later.toISOString());
+      },
+    );
+    expect(await b.has('packs/ab/abc')).to.equal(true);
+    // The date passes (written directly: no waiting a day): delete lifts the protection and removes
+    // the object and its record.
+    await writeFile(path.join(dir, 'mutable', 'retention', 'packs', 'ab', 'abc'), new Date(Date.now() - 1000).toISOString());
+    await b.delete('packs/ab/abc');
+    expect(await b.has('packs/ab/abc')).to.equal(false);
+    expect(await b.retainedUntil('packs/ab/abc')).to.equal(undefined);
+  });
 });

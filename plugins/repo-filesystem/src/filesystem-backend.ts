@@ -9,6 +9,11 @@ const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 const MAX_OPEN = 32;
 /** Temporary files live here until renamed into place; never listed as keys. */
 export const TMP_DIR = 'tmp';
+/** Where the filesystem backend records a key's retain-until date (the mutable prefix). */
+function retentionKey(key: string): string {
+  return `mutable/retention/${key}`;
+}
+
 /** Files per `chattr` run. */
 const CHATTR_BATCH = 256;
 
@@ -168,6 +173,11 @@ export class FilesystemBackend implements RepositoryBackend {
   /** Removes the file and fsyncs its folder, so the delete survives a crash. */
   async delete(key: string): Promise<void> {
     const file = this.file(key);
+    const until = await this.retainedUntil(key);
+    if (until && until.getTime() > Date.now()) {
+      throw new FerryError('REPO_IMMUTABLE', `${key} is retained until ${until.toISOString()} and cannot be deleted before then`, { object: key });
+    }
+    if (until) await this.unprotect([key]);
     try {
       const existed = await fs.unlink(file).then(
         () => true,
@@ -177,9 +187,39 @@ export class FilesystemBackend implements RepositoryBackend {
         },
       );
       if (existed) await syncDir(path.dirname(file));
+      if (until) await fs.unlink(this.file(retentionKey(key))).catch(() => undefined);
     } catch (err) {
       throw this.ioError(err, key, 'delete');
     }
+  }
+
+  /**
+   * Format 2 retain-until dates: read-only mode and the immutable attribute as `protect` sets them
+   * (what the filesystem enforces: the attribute stops deletes and writes by everyone, root
+   * included, where it can be set), and the date recorded in `mutable/retention/<key>`, which
+   * `delete` consults: it refuses a key before its date and lifts the attribute only after it. A
+   * later date replaces an earlier one; an earlier one changes nothing.
+   */
+  async retain(keys: string[], until: Date): Promise<StorageProtection> {
+    for (const key of keys) {
+      const had = await this.retainedUntil(key);
+      if (had && had.getTime() >= until.getTime()) continue;
+      await this.put(retentionKey(key), Buffer.from(until.toISOString() + '\n'));
+    }
+    return this.protect(keys);
+  }
+
+  async retainedUntil(key: string): Promise<Date | undefined> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.file(retentionKey(key)), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw this.ioError(err, retentionKey(key), 'read');
+    }
+    const t = Date.parse(text.trim());
+    // An unreadable record keeps the object: never lift protection on a date that cannot be read.
+    return new Date(Number.isNaN(t) ? 8.64e15 : t);
   }
 
   /**

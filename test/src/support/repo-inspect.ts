@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { BlockMap, decodeIndex } from '@ferry/core';
+import { BlockMap, decodeIndex, decodeIndexV2 } from '@ferry/core';
 import type { Prng } from '@ferry/core/testing';
 
 /** One stored block as the repository's index objects list it. */
@@ -38,13 +38,38 @@ function files(dir: string): string[] {
   return out.sort();
 }
 
-/** Every block the repository's index objects list. */
+/** The repository's format version, from its config. */
+export function repoFormat(repo: string): number {
+  return (JSON.parse(readFileSync(path.join(repo, 'ferry-repository.json'), 'utf8')) as { version: number }).version;
+}
+
+/** The file of a key: format 2 keeps locks, the health record and gc's state under `mutable/`. */
+export function repoPath(repo: string, key: string): string {
+  const mutable = /^(locks|health|gc)(\/|$)/.test(key) && repoFormat(repo) === 2;
+  return path.join(repo, mutable ? 'mutable' : '', key);
+}
+
+/** Every block the repository's index objects list (format 1 `index/`, format 2 `indexes/`). */
 export function storedBlocks(repo: string): StoredBlock[] {
-  return files(path.join(repo, 'index')).flatMap((f) => {
+  const packFile = (id: string): string => path.join(repo, 'packs', id.slice(0, 2), id);
+  const v1 = files(path.join(repo, 'index')).flatMap((f) => {
     const { packId, entries } = decodeIndex(readFileSync(f), f);
-    const file = path.join(repo, 'packs', packId.slice(0, 2), packId);
+    const file = packFile(packId);
     return entries.map((e) => ({ hash: e.hash.toString('hex'), pack: packId, file, offset: e.offset, length: e.length }));
   });
+  const seen = new Set<string>();
+  const v2: StoredBlock[] = [];
+  for (const f of files(path.join(repo, 'indexes'))) {
+    const decoded = decodeIndexV2(readFileSync(f), f);
+    decoded.forEach((hash, n, offset, length) => {
+      const pack = decoded.packs[n].id;
+      const hex = Buffer.from(hash).toString('hex');
+      if (seen.has(`${hex}${pack}`)) return; // listed again by a merged object
+      seen.add(`${hex}${pack}`);
+      v2.push({ hash: hex, pack, file: packFile(pack), offset, length });
+    });
+  }
+  return [...v1, ...v2].sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset));
 }
 
 /** Every disk of every committed restore point, read straight from the files. */

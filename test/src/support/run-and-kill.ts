@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
 import { FERRY_BIN, ROOT } from './helpers.js';
 
 /**
@@ -26,12 +27,18 @@ export interface KillRun {
 /** Safety net: a run that hangs is killed after this long, whatever the moment said. */
 const HANG_MS = 180_000;
 
+/** Lock files in `locks` (`<repo>/locks`) and, for a format 2 repository, `<repo>/mutable/locks`. */
 function lockFiles(locks: string): string[] {
-  try {
-    return existsSync(locks) ? readdirSync(locks) : [];
-  } catch {
-    return []; // the folder changed under us; the next poll sees it
+  const v2 = path.join(path.dirname(locks), 'mutable', path.basename(locks));
+  const out: string[] = [];
+  for (const dir of [locks, v2]) {
+    try {
+      if (existsSync(dir)) out.push(...readdirSync(dir));
+    } catch {
+      // the folder changed under us; the next poll sees it
+    }
   }
+  return out;
 }
 
 /**
