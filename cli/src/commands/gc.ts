@@ -54,6 +54,8 @@ function summary(r: GcReport): string {
   else out += `  would reclaim about ${humanSize(r.bytesReclaimed)}\n`;
   if (r.pending.packs) out += `  ${r.pending.packs} condemned pack(s) wait for: ${r.pending.waitingFor.join('; ') || 'a later run'}; the next gc removes them\n`;
   if (r.packs.partlyUsedKept) out += `  kept ${r.packs.partlyUsedKept} partly used pack(s): ${humanSize(r.wasteBytesLeft)} unused, below the ${r.rewriteThresholdPercent}% rewrite threshold\n`;
+  if (r.retainedUntil) out += `  left ${r.retainedUntil.packs} pack(s) alone: retained until ${r.retainedUntil.until} (immutability); a gc after that removes them\n`;
+  if (r.indexObjectsMerged) out += `  merged ${r.indexObjectsMerged} index object(s) into one\n`;
   for (const s of r.rewriteSkipped) out += `  not rewritten: pack ${s.pack}: ${s.why}\n`;
   out += `  removed ${r.uncommittedMapsRemoved} map(s) of uncommitted restore points and ${r.temporaryFilesRemoved} temporary file(s)\n`;
   return out;

@@ -4,6 +4,7 @@ import { FerryError } from '../errors.js';
 import { MemoryBackend } from '../testing/memory-backend.js';
 import { conflicts, listLocks, lockKey, staleness, type LockRecord } from './lock-record.js';
 import { RepositoryLock } from './repository-lock.js';
+import { Repository } from './repository.js';
 
 function foreignLock(over: Partial<LockRecord> = {}): LockRecord {
   const now = new Date().toISOString();
@@ -37,6 +38,19 @@ describe('repository locks', function () {
     expect(conflicts(l('gc'), l('backup', ['a']))).to.equal(false); // the condemn/sweep protocol makes this safe
     expect(conflicts(l('verify'), l('verify'))).to.equal(true);
     expect(conflicts(l('restore', ['a']), l('prune', ['a']))).to.equal(false);
+    for (const op of ['backup', 'prune', 'forget', 'gc', 'verify', 'restore', 'key', 'upgrade'] as const) {
+      expect(conflicts(l('upgrade'), l(op, ['a'])), `upgrade against ${op}`).to.equal(true);
+    }
+  });
+
+  it('a process that opened the repository before an upgrade stops when it takes its lock', async function () {
+    const b = new MemoryBackend();
+    const repo = await Repository.open(b, { create: true, settings: { format: 1 } });
+    const config = JSON.parse(Buffer.from(await b.get('ferry-repository.json')).toString('utf8'));
+    await b.put('ferry-repository.json', Buffer.from(JSON.stringify({ ...config, version: 2 }))); // what an upgrade commits
+    const err = await RepositoryLock.acquire(repo.backend, { operation: 'backup', vms: ['a'] }).catch((e: FerryError) => e);
+    expect((err as FerryError).code).to.equal('REPO_FORMAT_UNSUPPORTED');
+    expect([...b.objects.keys()].filter((k) => k.startsWith('locks/')), 'its lock object is removed').to.deep.equal([]);
   });
 
   it('a second backup of the same VM is refused with REPO_LOCKED naming host, pid and start time', async function () {

@@ -151,7 +151,7 @@ export class RepositoryStorage implements RepositoryBackend {
 
   async delete(key: string): Promise<void> {
     if (this.immutabilityDays !== undefined && isProtected(key)) {
-      const until = manifestImmutableUntil(key, this.immutabilityDays);
+      const until = manifestImmutableUntil(key, this.immutabilityDays, this.format);
       if (until && until.getTime() > Date.now()) {
         throw new FerryError('REPO_IMMUTABLE', `restore point is immutable until ${until.toISOString()}`, { object: key });
       }
@@ -268,8 +268,10 @@ function isProtected(key: string): boolean {
 }
 
 /** For a manifest key `points/<vm>/<id>.json`: the session start its id encodes plus the period. */
-function manifestImmutableUntil(key: string, days: number): Date | undefined {
+function manifestImmutableUntil(key: string, days: number, format: 1 | 2): Date | undefined {
   const m = /^points\/[^/]+\/([^/]+)\.json$/.exec(key);
   const t = m ? pointIdTime(m[1]) : undefined;
-  return t === undefined ? undefined : new Date(t + days * 86_400_000);
+  if (t === undefined) return undefined;
+  // Format 2: the point's retain-until date (`retention-dates.ts`), rounded up to a UTC midnight.
+  return format === 2 ? new Date(Math.ceil((t + days * 86_400_000) / 86_400_000) * 86_400_000) : new Date(t + days * 86_400_000);
 }
