@@ -107,8 +107,11 @@ describe('repository format 2 end to end', function () {
     expect(again.code, again.stdout).to.equal(0);
   });
 
-  it('keeps creating version 1 without the variable, and reads an existing repository at its own version', async function () {
-    const r = await backup('v1.yaml', { FERRY_REPOSITORY_FORMAT: '' });
+  it('creates version 2 without the variable and version 1 on request, and reads an existing repository at its own version', async function () {
+    writeJob(t.dir, basicJob({ disks: ['web01.raw'], repo: './default' }), 'default.yaml');
+    await backup('default.yaml', { FERRY_REPOSITORY_FORMAT: '' });
+    expect(JSON.parse(readFileSync(path.join(t.dir, 'default', 'ferry-repository.json'), 'utf8')).version).to.equal(2);
+    const r = await backup('v1.yaml', { FERRY_REPOSITORY_FORMAT: '1' });
     expect(JSON.parse(readFileSync(path.join(t.dir, 'v1', 'ferry-repository.json'), 'utf8')).version).to.equal(1);
     const again = await backup('v1.yaml', V2); // the variable only chooses the format of new repositories
     expect(again.disks[0].blocks.new).to.equal(0);

@@ -172,6 +172,16 @@ for (const format of [1, 2] as const) describe(`garbage collection (format ${for
 });
 
 describe('garbage collection (format 1 details)', function () {
+  // These cases check format 1's own layout (per-pack index objects, protect/unprotect); format 2's
+  // counterparts are in block-store-v2.spec, retain-until.spec and test/src/format2.spec.
+  const formatBefore = process.env.FERRY_REPOSITORY_FORMAT;
+  before(() => {
+    process.env.FERRY_REPOSITORY_FORMAT = '1';
+  });
+  after(() => {
+    if (formatBefore === undefined) delete process.env.FERRY_REPOSITORY_FORMAT;
+    else process.env.FERRY_REPOSITORY_FORMAT = formatBefore;
+  });
   this.timeout(30_000);
   before(() => (FORMAT = 1));
   it('a pack whose index object is not written yet is left alone while its session runs', async function () {

@@ -40,6 +40,16 @@ async function backup(repo: Repository, blocks: Buffer[], id = Repository.newPoi
 }
 
 describe('encryption at rest (repository layer)', function () {
+  // These cases check format 1's own layout (per-pack index objects, protect/unprotect); format 2's
+  // counterparts are in block-store-v2.spec, retain-until.spec and test/src/format2.spec.
+  const formatBefore = process.env.FERRY_REPOSITORY_FORMAT;
+  before(() => {
+    process.env.FERRY_REPOSITORY_FORMAT = '1';
+  });
+  after(() => {
+    if (formatBefore === undefined) delete process.env.FERRY_REPOSITORY_FORMAT;
+    else process.env.FERRY_REPOSITORY_FORMAT = formatBefore;
+  });
   const rng = new Prng(11);
   const none = new NoneCompressor();
   const blocks = Array.from({ length: 12 }, (_, i) => (i === 3 ? Buffer.alloc(65536, 0x07) : rng.fill(Buffer.alloc(65536))));

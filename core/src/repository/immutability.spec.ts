@@ -43,6 +43,16 @@ async function code(p: Promise<unknown>): Promise<string> {
 }
 
 describe('immutability (repository layer)', function () {
+  // These cases check format 1's own layout (per-pack index objects, protect/unprotect); format 2's
+  // counterparts are in block-store-v2.spec, retain-until.spec and test/src/format2.spec.
+  const formatBefore = process.env.FERRY_REPOSITORY_FORMAT;
+  before(() => {
+    process.env.FERRY_REPOSITORY_FORMAT = '1';
+  });
+  after(() => {
+    if (formatBefore === undefined) delete process.env.FERRY_REPOSITORY_FORMAT;
+    else process.env.FERRY_REPOSITORY_FORMAT = formatBefore;
+  });
   it('records the period in the config and refuses a job that asks for another one', async function () {
     const backend = new ProtectingBackend();
     const repo = await Repository.open(backend, { create: true, settings: { immutabilityDays: 7 } });

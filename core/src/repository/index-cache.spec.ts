@@ -42,6 +42,16 @@ async function backup(repo: Repository, blocks: Buffer[]): Promise<void> {
 }
 
 describe('local index cache', function () {
+  // These cases check format 1's own layout (per-pack index objects, protect/unprotect); format 2's
+  // counterparts are in block-store-v2.spec, retain-until.spec and test/src/format2.spec.
+  const formatBefore = process.env.FERRY_REPOSITORY_FORMAT;
+  before(() => {
+    process.env.FERRY_REPOSITORY_FORMAT = '1';
+  });
+  after(() => {
+    if (formatBefore === undefined) delete process.env.FERRY_REPOSITORY_FORMAT;
+    else process.env.FERRY_REPOSITORY_FORMAT = formatBefore;
+  });
   let saved: string | undefined;
   let dir: string;
   beforeEach(function () {

@@ -454,11 +454,11 @@ export class Repository {
 
 /**
  * The format of repositories created without an explicit `settings.format`: `FERRY_REPOSITORY_FORMAT`
- * (`1` or `2`) when set, else 1. Anything else is CLI_USAGE rather than a silent default.
+ * (`1` or `2`) when set, else 2. Anything else is CLI_USAGE rather than a silent default.
  */
 export function newRepositoryFormat(env: NodeJS.ProcessEnv = process.env): 1 | 2 {
   const v = env.FERRY_REPOSITORY_FORMAT;
-  if (v === undefined || v === '') return 1;
+  if (v === undefined || v === '') return 2;
   if (v === '1' || v === '2') return Number(v) as 1 | 2;
   throw new FerryError('CLI_USAGE', `FERRY_REPOSITORY_FORMAT is "${v}"; it must be 1 or 2 (the format of new repositories)`, {});
 }
