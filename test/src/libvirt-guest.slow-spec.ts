@@ -153,6 +153,15 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
       const err = await host.agentCommand('guest', 'guest-no-such-command').then(() => undefined, (e: unknown) => e as { code?: string; message: string });
       expect(err?.code).to.equal('SOURCE_COMMAND_FAILED');
       expect(err?.message).to.include('guest-no-such-command');
+      // the channel the session gets for `via: qga` without `agent:`
+      const ch = await host.guestAgent('guest');
+      expect(ch).to.not.be.a('string');
+      const channel = ch as Exclude<typeof ch, string | undefined>;
+      expect(channel.label).to.equal(`qga libvirt:${d!.uri} domain guest`);
+      expect(await channel.execute('guest-ping', undefined, 10_000)).to.deep.equal({});
+      const refused = await channel.execute('guest-no-such-command').then(() => undefined, (e: unknown) => e as { code?: string; message: string });
+      expect(refused?.code).to.equal('GUEST_STEP_FAILED');
+      expect(refused?.message).to.include('domain guest').and.to.include('guest-no-such-command');
     } finally {
       await rt.close();
     }
@@ -176,6 +185,60 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
       expect(Math.max(...rounds), `${p.id}: the newest round in the point`).to.be.within(p.frozenAt, p.frozenAt + 1);
     }
   });
+
+  it('guest processing through libvirt (via: qga, no agent:): frozen around the checkpoint, thawed after, clean ext4', async function () {
+    this.timeout(240_000);
+    const qgaJob = writeJob(
+      t.dir,
+      [
+        'job: lvguest-qga',
+        'source:',
+        '  host: libvirt',
+        `  uri: "${d!.uri}"`,
+        `  scratchDir: ${t.dir}`,
+        '  vms:',
+        '    - name: guest',
+        // no agent: libvirtd holds the agent's socket; the source host hands over its channel
+        '      guest: { os: linux, via: qga, timeoutSeconds: 60 }',
+        'repository: { type: filesystem, path: ./repo-qga }',
+        'storage: { blockSize: 256KiB }',
+      ].join('\n'),
+      'qga.yaml',
+    );
+    const r = await runFerry(['backup', qgaJob, '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const out = json<{ vms: { status: string; restorePoint: string; guest: { consistency: string; runtime: string; freezeWindowMs: number | null; steps: { step: string; status: string; detail?: string }[] } }[] }>(r);
+    const g = out.vms[0].guest;
+    expect(g.runtime).to.equal(`qga libvirt:${d!.uri} domain guest`);
+    expect(g.steps.filter((s) => s.status !== 'success' && s.status !== 'skipped'), JSON.stringify(g.steps)).to.deep.equal([]);
+    expect(g.steps.map((s) => s.step)).to.include.members(['deploy', 'freeze', 'snapshot', 'thaw', 'remove']);
+    expect(g.steps.find((s) => s.step === 'freeze')!.detail).to.match(/guest-fsfreeze-freeze: 1 file system/);
+    expect(g.consistency).to.equal('application');
+    expect(g.freezeWindowMs).to.be.a('number').and.to.be.greaterThan(0);
+    globalThis.console.log(`      freeze window ${g.freezeWindowMs} ms; steps ${g.steps.map((s) => s.step).join(', ')}`);
+    // thawed: the agent says so, and a write in the guest through the agent finishes
+    expect(JSON.parse(d!.virsh('qemu-agent-command', 'guest', '{"execute":"guest-fsfreeze-status"}')).return).to.equal('thawed');
+    const wrote = await guestExec(['sh', '-c', 'echo after the backup > /mnt/ferry-after-thaw && sync && cat /mnt/ferry-after-thaw && ls /tmp']);
+    expect(wrote.code, wrote.out).to.equal(0);
+    expect(wrote.out).to.include('after the backup').and.not.match(/ferry-guest-/);
+    const raw = path.join(t.dir, 'restored-qga.raw');
+    const rr = await runFerry(['restore', qgaJob, '--vm', 'guest', '--disk', 'vda', '--point', out.vms[0].restorePoint, '--to', raw]);
+    expect(rr.code, rr.stdout + rr.stderr).to.equal(0);
+    const fsck = await hostTool('e2fsck', ['-fn', raw]);
+    expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
+  });
+
+  /** Runs `argv` in the guest through libvirt's agent channel, waiting (bounded) for it to exit. */
+  async function guestExec(argv: string[]): Promise<{ code: number; out: string }> {
+    const agent = <T>(execute: string, args: object): T => (JSON.parse(d!.virsh('qemu-agent-command', 'guest', JSON.stringify({ execute, arguments: args }))) as { return: T }).return;
+    const { pid } = agent<{ pid: number }>('guest-exec', { path: argv[0], arg: argv.slice(1), 'capture-output': true });
+    for (let i = 0; i < 300; i++) {
+      const st = agent<{ exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid });
+      if (st.exited) return { code: st.exitcode ?? -1, out: Buffer.from(st['out-data'] ?? '', 'base64').toString() + Buffer.from(st['err-data'] ?? '', 'base64').toString() };
+      await sleep(100);
+    }
+    throw new Error(`${argv.join(' ')} did not finish in the guest within 30 s`);
+  }
 });
 
 function sleep(ms: number): Promise<void> {

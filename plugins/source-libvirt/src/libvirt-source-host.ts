@@ -3,6 +3,7 @@ import {
   FerryError,
   type DefinedVm,
   type DefineTarget,
+  type GuestAgentChannel,
   type JobContext,
   type SessionInfo,
   type SourceHost,
@@ -11,6 +12,7 @@ import {
   type VmSelection,
   type VmSnapshot,
 } from '@ferry/core/plugin';
+import { LibvirtAgentChannel } from './agent-channel.js';
 import { DOMAIN_XML_FORMAT, redefine } from './domain-definition.js';
 import { Domain } from './domain.js';
 import { unusableReason, type DomainDisk, type DomainInfo } from './libvirt-xml.js';
@@ -112,6 +114,18 @@ export class LibvirtSourceHost implements SourceHost {
    */
   agentChannel(vm: string): DomainInfo['agent'] {
     return this.known.get(vm)?.info.agent;
+  }
+
+  /**
+   * For guest processing with `via: qga` (or `freeze: agent`) and no `agent:` in the job: the
+   * domain's agent through libvirt (`LibvirtAgentChannel`, `virsh qemu-agent-command`), when its
+   * definition has the `org.qemu.guest_agent.0` channel. A domain without one: undefined (the job
+   * must name a socket).
+   */
+  async guestAgent(vm: string): Promise<GuestAgentChannel | undefined> {
+    const k = this.known.get(vm);
+    if (!k?.info.agent) return undefined;
+    return new LibvirtAgentChannel(this.virsh, k.domain.ref, vm);
   }
 
   /**
