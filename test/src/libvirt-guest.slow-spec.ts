@@ -207,7 +207,7 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
     );
     const r = await runFerry(['backup', qgaJob, '--json']);
     expect(r.code, r.stdout + r.stderr).to.equal(0);
-    const out = json<{ vms: { status: string; restorePoint: string; guest: { consistency: string; runtime: string; freezeWindowMs: number | null; steps: { step: string; status: string; detail?: string }[] } }[] }>(r);
+    const out = json<{ vms: { status: string; restorePoint: string; guest: { consistency: string; runtime: string; freezeWindowMs: number | null; steps: { step: string; status: string; durationMs: number; detail?: string }[] } }[] }>(r);
     const g = out.vms[0].guest;
     expect(g.runtime).to.equal(`qga libvirt:${d!.uri} domain guest`);
     expect(g.steps.filter((s) => s.status !== 'success' && s.status !== 'skipped'), JSON.stringify(g.steps)).to.deep.equal([]);
@@ -215,7 +215,7 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
     expect(g.steps.find((s) => s.step === 'freeze')!.detail).to.match(/guest-fsfreeze-freeze: 1 file system/);
     expect(g.consistency).to.equal('application');
     expect(g.freezeWindowMs).to.be.a('number').and.to.be.greaterThan(0);
-    globalThis.console.log(`      freeze window ${g.freezeWindowMs} ms; steps ${g.steps.map((s) => s.step).join(', ')}`);
+    globalThis.console.log(`      freeze window ${g.freezeWindowMs} ms (${g.steps.filter((s) => ['freeze', 'snapshot', 'thaw'].includes(s.step)).map((s) => `${s.step} ${s.durationMs}`).join(', ')})`);
     // thawed: the agent says so, and a write in the guest through the agent finishes
     expect(JSON.parse(d!.virsh('qemu-agent-command', 'guest', '{"execute":"guest-fsfreeze-status"}')).return).to.equal('thawed');
     const wrote = await guestExec(['sh', '-c', 'echo after the backup > /mnt/ferry-after-thaw && sync && cat /mnt/ferry-after-thaw && ls /tmp']);
