@@ -186,7 +186,7 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
     }
   });
 
-  it('guest processing through libvirt (via: qga, no agent:): frozen around the checkpoint, thawed after, clean ext4', async function () {
+  it('guest processing through libvirt (via: qga, no agent:): frozen around the checkpoint, thawed after, full then incremental, clean ext4', async function () {
     this.timeout(240_000);
     const qgaJob = writeJob(
       t.dir,
@@ -205,27 +205,42 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
       ].join('\n'),
       'qga.yaml',
     );
-    const r = await runFerry(['backup', qgaJob, '--json']);
-    expect(r.code, r.stdout + r.stderr).to.equal(0);
-    const out = json<{ vms: { status: string; restorePoint: string; guest: { consistency: string; runtime: string; freezeWindowMs: number | null; steps: { step: string; status: string; durationMs: number; detail?: string }[] } }[] }>(r);
-    const g = out.vms[0].guest;
-    expect(g.runtime).to.equal(`qga libvirt:${d!.uri} domain guest`);
-    expect(g.steps.filter((s) => s.status !== 'success' && s.status !== 'skipped'), JSON.stringify(g.steps)).to.deep.equal([]);
-    expect(g.steps.map((s) => s.step)).to.include.members(['deploy', 'freeze', 'snapshot', 'thaw', 'remove']);
-    expect(g.steps.find((s) => s.step === 'freeze')!.detail).to.match(/guest-fsfreeze-freeze: 1 file system/);
-    expect(g.consistency).to.equal('application');
-    expect(g.freezeWindowMs).to.be.a('number').and.to.be.greaterThan(0);
-    globalThis.console.log(`      freeze window ${g.freezeWindowMs} ms (${g.steps.filter((s) => ['freeze', 'snapshot', 'thaw'].includes(s.step)).map((s) => `${s.step} ${s.durationMs}`).join(', ')})`);
-    // thawed: the agent says so, and a write in the guest through the agent finishes
-    expect(JSON.parse(d!.virsh('qemu-agent-command', 'guest', '{"execute":"guest-fsfreeze-status"}')).return).to.equal('thawed');
+    type GuestJson = { consistency: string; runtime: string; freezeWindowMs: number | null; steps: { step: string; status: string; durationMs: number; detail?: string }[] };
+    /** One backup with guest processing; its point, disk and guest reports, the guest checked thawed. */
+    const backup = async (): Promise<{ point: string; disk: DiskJson; g: GuestJson }> => {
+      const r = await runFerry(['backup', qgaJob, '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
+      const out = json<{ vms: { restorePoint: string; guest: GuestJson }[]; disks: DiskJson[] }>(r);
+      const g = out.vms[0].guest;
+      expect(g.runtime).to.equal(`qga libvirt:${d!.uri} domain guest`);
+      expect(g.steps.filter((s) => s.status !== 'success' && s.status !== 'skipped'), JSON.stringify(g.steps)).to.deep.equal([]);
+      expect(g.steps.map((s) => s.step)).to.include.members(['deploy', 'freeze', 'snapshot', 'thaw', 'remove']);
+      expect(g.steps.find((s) => s.step === 'freeze')!.detail).to.match(/guest-fsfreeze-freeze: 1 file system/);
+      expect(g.consistency).to.equal('application');
+      expect(g.freezeWindowMs).to.be.a('number').and.to.be.greaterThan(0);
+      globalThis.console.log(`      ${out.disks[0].mode}: freeze window ${g.freezeWindowMs} ms (${g.steps.filter((s) => ['freeze', 'snapshot', 'thaw'].includes(s.step)).map((s) => `${s.step} ${s.durationMs}`).join(', ')})`);
+      // thawed: the agent says so
+      expect(JSON.parse(d!.virsh('qemu-agent-command', 'guest', '{"execute":"guest-fsfreeze-status"}')).return).to.equal('thawed');
+      return { point: out.vms[0].restorePoint, disk: out.disks[0], g };
+    };
+    const first = await backup();
+    expect(first.disk.mode).to.equal('full');
+    // a write in the guest through the agent finishes (nothing frozen), and the runtime is gone
     const wrote = await guestExec(['sh', '-c', 'echo after the backup > /mnt/ferry-after-thaw && sync && cat /mnt/ferry-after-thaw && ls /tmp']);
     expect(wrote.code, wrote.out).to.equal(0);
     expect(wrote.out).to.include('after the backup').and.not.match(/ferry-guest-/);
-    const raw = path.join(t.dir, 'restored-qga.raw');
-    const rr = await runFerry(['restore', qgaJob, '--vm', 'guest', '--disk', 'vda', '--point', out.vms[0].restorePoint, '--to', raw]);
-    expect(rr.code, rr.stdout + rr.stderr).to.equal(0);
-    const fsck = await hostTool('e2fsck', ['-fn', raw]);
-    expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
+    // the prepared snapshot keeps the job's checkpoint chain: the next run is incremental
+    const second = await backup();
+    expect(second.disk.mode, second.disk.modeReason).to.equal('incremental');
+    for (const p of [first, second]) {
+      const raw = path.join(t.dir, `restored-qga-${p.point}.raw`);
+      const rr = await runFerry(['restore', qgaJob, '--vm', 'guest', '--disk', 'vda', '--point', p.point, '--to', raw]);
+      expect(rr.code, rr.stdout + rr.stderr).to.equal(0);
+      const fsck = await hostTool('e2fsck', ['-fn', raw]);
+      expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
+      // written and synced after the first point: in the second
+      if (p === second) expect((await hostTool('debugfs', ['-R', 'cat /ferry-after-thaw', raw])).stdout).to.include('after the backup');
+    }
   });
 
   /** Runs `argv` in the guest through libvirt's agent channel, waiting (bounded) for it to exit. */
