@@ -1,9 +1,9 @@
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { FerryError } from '@ferry/core/plugin';
-import { agentErrorCode, LibvirtAgentChannel } from './agent-channel.js';
+import { agentErrorCode, LibvirtAgentChannel, MAX_AGENT_COMMAND } from './agent-channel.js';
 import { Virsh } from './virsh.js';
 
 /** The guest agent through `virsh qemu-agent-command`, with virsh stand-ins printing what libvirt prints. */
@@ -63,6 +63,15 @@ describe('libvirt guest agent channel', () => {
     expect(err.code).to.equal('GUEST_STEP_FAILED');
     expect(err.detail).to.include('refused guest-fsfreeze-freeze').and.to.include('Device or resource busy');
     expect((await failure(channel('echo not json').execute('guest-ping'))).code).to.equal('GUEST_STEP_FAILED');
+  });
+
+  it('a command longer than one process argument may be is refused before virsh runs', async () => {
+    const c = channel(`touch ${dir}/ran; echo '{"return":{}}'`);
+    const err = await failure(c.execute('guest-exec', { path: 'x', 'input-data': 'A'.repeat(MAX_AGENT_COMMAND) }));
+    expect(err.code).to.equal('GUEST_STEP_FAILED');
+    expect(err.detail).to.include('guest-exec').and.to.include('domain web1').and.to.include('at most 131071');
+    expect(existsSync(path.join(dir, 'ran'))).to.equal(false);
+    expect(await c.execute('guest-exec', { path: 'x', 'input-data': 'A'.repeat(MAX_AGENT_COMMAND - 100) })).to.deep.equal({});
   });
 
   it('no answer within --timeout is GUEST_TIMEOUT; "not responding" sooner is GUEST_UNREACHABLE', async () => {

@@ -5,6 +5,13 @@ import { firstLines, type Virsh } from './virsh.js';
 const VIRSH_GRACE_MS = 15_000;
 
 /**
+ * The longest command virsh can take: it is one argument of the virsh process, and Linux limits one
+ * argument to 32 pages (MAX_ARG_STRLEN, 128 KiB with its NUL). guest-linux writes files in 48 KiB
+ * chunks (64 KiB as base64); a larger payload (a big user script as `guest-exec` input) is refused.
+ */
+export const MAX_AGENT_COMMAND = 128 * 1024 - 1;
+
+/**
  * A running domain's QEMU guest agent through libvirt, for the guest runtimes (`via: qga`): libvirtd
  * holds the agent's socket, so each command goes through `virsh qemu-agent-command --timeout S
  * DOMAIN JSON` (libvirt syncs the channel itself). The freeze commands (`guest-fsfreeze-freeze`,
@@ -29,6 +36,13 @@ export class LibvirtAgentChannel implements GuestAgentChannel {
     const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
     const call = { domain: this.vm, timeoutMs: seconds * 1000 + VIRSH_GRACE_MS };
     const text = JSON.stringify({ execute: command, ...(args && { arguments: args }) });
+    if (Buffer.byteLength(text) > MAX_AGENT_COMMAND) {
+      throw new FerryError(
+        'GUEST_STEP_FAILED',
+        `the guest agent command ${command} for domain ${this.vm} is ${Buffer.byteLength(text)} bytes; virsh qemu-agent-command takes at most ${MAX_AGENT_COMMAND} (one process argument): use smaller scripts or via: ssh`,
+        this.virsh.context(call),
+      );
+    }
     const started = Date.now();
     const r = await this.virsh.tryRun(['qemu-agent-command', '--timeout', String(seconds), this.ref, text], call);
     if (!r.ok) {
