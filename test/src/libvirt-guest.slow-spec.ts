@@ -243,6 +243,39 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
     }
   });
 
+  it("an agent that stopped: GUEST_UNREACHABLE naming the domain; with onGuestFailure: continue a crash-consistent point", async function () {
+    this.timeout(180_000);
+    // last in this suite: qemu-ga is not started again in the test guest
+    const killed = await guestExec(['sh', '-c', '(sleep 1; kill $(cat /var/run/qemu-ga.pid)) </dev/null >/dev/null 2>&1 &']);
+    expect(killed.code, killed.out).to.equal(0);
+    await waitFor(() => d!.tryVirsh('qemu-agent-command', 'guest', '{"execute":"guest-ping"}').status !== 0, 30_000, 'the guest agent to stop');
+    const job = (onGuestFailure: string, name: string): string =>
+      writeJob(
+        t.dir,
+        [
+          `job: lvguest-${name}`,
+          `source: { host: libvirt, uri: "${d!.uri}", scratchDir: ${t.dir}, vms: [ { name: guest, guest: { os: linux, via: qga, timeoutSeconds: 20, onGuestFailure: ${onGuestFailure} } } ] }`,
+          `repository: { type: filesystem, path: ./repo-${name} }`,
+          'storage: { blockSize: 256KiB }',
+        ].join('\n'),
+        `${name}.yaml`,
+      );
+    type VmJson = { status: string; error?: { code: string; message: string }; restorePoint?: string; guest: { consistency: string; steps: { step: string; status: string; error?: { code: string; message: string } }[] } };
+    const failed = json<{ vms: VmJson[] }>(await runFerry(['backup', job('fail', 'gone-fail'), '--json'])).vms[0];
+    expect(failed.status).to.equal('failed');
+    expect(failed.error?.code).to.equal('GUEST_UNREACHABLE');
+    expect(failed.error?.message).to.include('domain guest');
+    const r = await runFerry(['backup', job('continue', 'gone-continue'), '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const v = json<{ vms: VmJson[] }>(r).vms[0];
+    expect(v.status).to.not.equal('failed');
+    expect(v.restorePoint).to.be.a('string');
+    expect(v.guest.consistency).to.equal('crash');
+    const deploy = v.guest.steps.find((s) => s.step === 'deploy')!;
+    expect(deploy.status).to.equal('failed');
+    expect(deploy.error?.code).to.equal('GUEST_UNREACHABLE');
+  });
+
   /** Runs `argv` in the guest through libvirt's agent channel, waiting (bounded) for it to exit. */
   async function guestExec(argv: string[]): Promise<{ code: number; out: string }> {
     const agent = <T>(execute: string, args: object): T => (JSON.parse(d!.virsh('qemu-agent-command', 'guest', JSON.stringify({ execute, arguments: args }))) as { return: T }).return;
