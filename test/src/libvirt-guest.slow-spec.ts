@@ -22,7 +22,9 @@ interface DiskJson {
  * snapshot the guest's file systems are frozen through libvirt (`virsh domfsfreeze`, its agent
  * channel): the frozen, flushed image is the oracle, copied with `qemu-img convert -U`; the freeze
  * ends as soon as the backup job runs, so the guest writes while Ferry reads. Each point must
- * restore byte for byte to its oracle, and the restored ext4 must pass e2fsck.
+ * restore byte for byte to its oracle, and the restored ext4 must pass e2fsck. Then Ferry's own
+ * guest processing (`guest: { via: qga }`, no `agent:`) through libvirt's agent channel: frozen
+ * around `backup-begin`, thawed after, full then incremental; last, a stopped agent.
  */
 describe('libvirt: a booted guest backed up while it writes (slow)', function () {
   this.timeout(600_000);
