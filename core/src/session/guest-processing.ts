@@ -242,7 +242,7 @@ export class GuestProcessing {
     const needsAgent = g.via === 'qga' || g.freeze === 'agent';
     const agent = g.agent ?? (needsAgent ? await this.c.hostAgent?.() : undefined);
     if (needsAgent && !agent) {
-      throw new FerryError('JOB_INVALID', `missing key "agent": the source host does not know the QEMU guest agent socket of vm ${this.c.vm}; name it (agent: unix:/path/to/qga.sock)`, {
+      throw new FerryError('JOB_INVALID', `missing key "agent": the source host knows no QEMU guest agent socket or channel of vm ${this.c.vm}; name it (agent: unix:/path/to/qga.sock)`, {
         ...this.c.where([...g.at, 'agent']),
         vm: this.c.vm,
       });
