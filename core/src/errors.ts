@@ -17,7 +17,7 @@ export const ERROR_CODES = {
   PLUGIN_CONTRACT: 'a plugin registered something other than what its package.json declares, an implementation lacks a member its kind requires (a transport without open, a disk handle without read), or a hook returned what its contract does not allow (a block filter verdict other than keep or zero)',
   PLUGIN_FAILED: 'a plugin hook threw an error while a job ran',
   // guest processing
-  GUEST_UNREACHABLE: 'the guest (over SSH or its QEMU guest agent socket) cannot be reached or refused the credentials',
+  GUEST_UNREACHABLE: "the guest (over SSH, its QEMU guest agent socket, or the source host's agent channel) cannot be reached or refused the credentials",
   GUEST_HOST_KEY: "the guest's SSH host key is not in the job's knownHosts file or differs from it: the connection was refused",
   GUEST_STEP_FAILED: 'a guest processing step failed (a script exited non-zero, quiescing or freezing failed), naming the VM and the step',
   GUEST_TIMEOUT: "a guest processing step took longer than the VM's guest.timeoutSeconds and was stopped",

@@ -22,7 +22,9 @@ interface DiskJson {
  * snapshot the guest's file systems are frozen through libvirt (`virsh domfsfreeze`, its agent
  * channel): the frozen, flushed image is the oracle, copied with `qemu-img convert -U`; the freeze
  * ends as soon as the backup job runs, so the guest writes while Ferry reads. Each point must
- * restore byte for byte to its oracle, and the restored ext4 must pass e2fsck.
+ * restore byte for byte to its oracle, and the restored ext4 must pass e2fsck. Then Ferry's own
+ * guest processing (`guest: { via: qga }`, no `agent:`) through libvirt's agent channel: frozen
+ * around `backup-begin`, thawed after, full then incremental; last, a stopped agent.
  */
 describe('libvirt: a booted guest backed up while it writes (slow)', function () {
   this.timeout(600_000);
@@ -153,6 +155,15 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
       const err = await host.agentCommand('guest', 'guest-no-such-command').then(() => undefined, (e: unknown) => e as { code?: string; message: string });
       expect(err?.code).to.equal('SOURCE_COMMAND_FAILED');
       expect(err?.message).to.include('guest-no-such-command');
+      // the channel the session gets for `via: qga` without `agent:`
+      const ch = await host.guestAgent('guest');
+      expect(ch).to.not.be.a('string');
+      const channel = ch as Exclude<typeof ch, string | undefined>;
+      expect(channel.label).to.equal(`qga libvirt:${d!.uri} domain guest`);
+      expect(await channel.execute('guest-ping', undefined, 10_000)).to.deep.equal({});
+      const refused = await channel.execute('guest-no-such-command').then(() => undefined, (e: unknown) => e as { code?: string; message: string });
+      expect(refused?.code).to.equal('GUEST_STEP_FAILED');
+      expect(refused?.message).to.include('domain guest').and.to.include('guest-no-such-command');
     } finally {
       await rt.close();
     }
@@ -176,6 +187,108 @@ describe('libvirt: a booted guest backed up while it writes (slow)', function ()
       expect(Math.max(...rounds), `${p.id}: the newest round in the point`).to.be.within(p.frozenAt, p.frozenAt + 1);
     }
   });
+
+  it('guest processing through libvirt (via: qga, no agent:): frozen around the checkpoint, thawed after, full then incremental, clean ext4', async function () {
+    this.timeout(240_000);
+    const qgaJob = writeJob(
+      t.dir,
+      [
+        'job: lvguest-qga',
+        'source:',
+        '  host: libvirt',
+        `  uri: "${d!.uri}"`,
+        `  scratchDir: ${t.dir}`,
+        '  vms:',
+        '    - name: guest',
+        // no agent: libvirtd holds the agent's socket; the source host hands over its channel
+        '      guest: { os: linux, via: qga, timeoutSeconds: 60 }',
+        'repository: { type: filesystem, path: ./repo-qga }',
+        'storage: { blockSize: 256KiB }',
+      ].join('\n'),
+      'qga.yaml',
+    );
+    type GuestJson = { consistency: string; runtime: string; freezeWindowMs: number | null; steps: { step: string; status: string; durationMs: number; detail?: string }[] };
+    /** One backup with guest processing; its point, disk and guest reports, the guest checked thawed. */
+    const backup = async (): Promise<{ point: string; disk: DiskJson; g: GuestJson }> => {
+      const r = await runFerry(['backup', qgaJob, '--json']);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
+      const out = json<{ vms: { restorePoint: string; guest: GuestJson }[]; disks: DiskJson[] }>(r);
+      const g = out.vms[0].guest;
+      expect(g.runtime).to.equal(`qga libvirt:${d!.uri} domain guest`);
+      expect(g.steps.filter((s) => s.status !== 'success' && s.status !== 'skipped'), JSON.stringify(g.steps)).to.deep.equal([]);
+      expect(g.steps.map((s) => s.step)).to.include.members(['deploy', 'freeze', 'snapshot', 'thaw', 'remove']);
+      expect(g.steps.find((s) => s.step === 'freeze')!.detail).to.match(/guest-fsfreeze-freeze: 1 file system/);
+      expect(g.consistency).to.equal('application');
+      expect(g.freezeWindowMs).to.be.a('number').and.to.be.greaterThan(0);
+      globalThis.console.log(`      ${out.disks[0].mode}: freeze window ${g.freezeWindowMs} ms (${g.steps.filter((s) => ['freeze', 'snapshot', 'thaw'].includes(s.step)).map((s) => `${s.step} ${s.durationMs}`).join(', ')})`);
+      // thawed: the agent says so
+      expect(JSON.parse(d!.virsh('qemu-agent-command', 'guest', '{"execute":"guest-fsfreeze-status"}')).return).to.equal('thawed');
+      return { point: out.vms[0].restorePoint, disk: out.disks[0], g };
+    };
+    const first = await backup();
+    expect(first.disk.mode).to.equal('full');
+    // a write in the guest through the agent finishes (nothing frozen), and the runtime is gone
+    const wrote = await guestExec(['sh', '-c', 'echo after the backup > /mnt/ferry-after-thaw && sync && cat /mnt/ferry-after-thaw && ls /tmp']);
+    expect(wrote.code, wrote.out).to.equal(0);
+    expect(wrote.out).to.include('after the backup').and.not.match(/ferry-guest-/);
+    // the prepared snapshot keeps the job's checkpoint chain: the next run is incremental
+    const second = await backup();
+    expect(second.disk.mode, second.disk.modeReason).to.equal('incremental');
+    for (const p of [first, second]) {
+      const raw = path.join(t.dir, `restored-qga-${p.point}.raw`);
+      const rr = await runFerry(['restore', qgaJob, '--vm', 'guest', '--disk', 'vda', '--point', p.point, '--to', raw]);
+      expect(rr.code, rr.stdout + rr.stderr).to.equal(0);
+      const fsck = await hostTool('e2fsck', ['-fn', raw]);
+      expect(fsck.code, fsck.stdout + fsck.stderr).to.equal(0);
+      // written and synced after the first point: in the second
+      if (p === second) expect((await hostTool('debugfs', ['-R', 'cat /ferry-after-thaw', raw])).stdout).to.include('after the backup');
+    }
+  });
+
+  it("an agent that stopped: GUEST_UNREACHABLE naming the domain; with onGuestFailure: continue a crash-consistent point", async function () {
+    this.timeout(180_000);
+    // last in this suite: qemu-ga is not started again in the test guest
+    const killed = await guestExec(['sh', '-c', '(sleep 1; kill $(cat /var/run/qemu-ga.pid)) </dev/null >/dev/null 2>&1 &']);
+    expect(killed.code, killed.out).to.equal(0);
+    await waitFor(() => d!.tryVirsh('qemu-agent-command', 'guest', '{"execute":"guest-ping"}').status !== 0, 30_000, 'the guest agent to stop');
+    const job = (onGuestFailure: string, name: string): string =>
+      writeJob(
+        t.dir,
+        [
+          `job: lvguest-${name}`,
+          `source: { host: libvirt, uri: "${d!.uri}", scratchDir: ${t.dir}, vms: [ { name: guest, guest: { os: linux, via: qga, timeoutSeconds: 20, onGuestFailure: ${onGuestFailure} } } ] }`,
+          `repository: { type: filesystem, path: ./repo-${name} }`,
+          'storage: { blockSize: 256KiB }',
+        ].join('\n'),
+        `${name}.yaml`,
+      );
+    type VmJson = { status: string; error?: { code: string; message: string }; restorePoint?: string; guest: { consistency: string; steps: { step: string; status: string; error?: { code: string; message: string } }[] } };
+    const failed = json<{ vms: VmJson[] }>(await runFerry(['backup', job('fail', 'gone-fail'), '--json'])).vms[0];
+    expect(failed.status).to.equal('failed');
+    expect(failed.error?.code).to.equal('GUEST_UNREACHABLE');
+    expect(failed.error?.message).to.include('domain guest');
+    const r = await runFerry(['backup', job('continue', 'gone-continue'), '--json']);
+    expect(r.code, r.stdout + r.stderr).to.equal(0);
+    const v = json<{ vms: VmJson[] }>(r).vms[0];
+    expect(v.status).to.not.equal('failed');
+    expect(v.restorePoint).to.be.a('string');
+    expect(v.guest.consistency).to.equal('crash');
+    const deploy = v.guest.steps.find((s) => s.step === 'deploy')!;
+    expect(deploy.status).to.equal('failed');
+    expect(deploy.error?.code).to.equal('GUEST_UNREACHABLE');
+  });
+
+  /** Runs `argv` in the guest through libvirt's agent channel, waiting (bounded) for it to exit. */
+  async function guestExec(argv: string[]): Promise<{ code: number; out: string }> {
+    const agent = <T>(execute: string, args: object): T => (JSON.parse(d!.virsh('qemu-agent-command', 'guest', JSON.stringify({ execute, arguments: args }))) as { return: T }).return;
+    const { pid } = agent<{ pid: number }>('guest-exec', { path: argv[0], arg: argv.slice(1), 'capture-output': true });
+    for (let i = 0; i < 300; i++) {
+      const st = agent<{ exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid });
+      if (st.exited) return { code: st.exitcode ?? -1, out: Buffer.from(st['out-data'] ?? '', 'base64').toString() + Buffer.from(st['err-data'] ?? '', 'base64').toString() };
+      await sleep(100);
+    }
+    throw new Error(`${argv.join(' ')} did not finish in the guest within 30 s`);
+  }
 });
 
 function sleep(ms: number): Promise<void> {

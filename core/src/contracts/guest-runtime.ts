@@ -63,8 +63,12 @@ export interface GuestOptions {
   os: string;
   /** `ssh` or `qga` (the QEMU guest agent's JSON protocol on a unix socket). */
   via: 'ssh' | 'qga' | string;
-  /** The agent's socket, `unix:PATH` (for `via: qga`, or `freeze: agent` over `ssh`). */
-  agent?: string;
+  /**
+   * The guest agent (for `via: qga`, or `freeze: agent` over `ssh`): its socket, `unix:PATH` (the
+   * job's `agent:`, or one the source host knows), or since core API 1.2 a `GuestAgentChannel` the
+   * source host hands over when it alone holds the socket (libvirt). A runtime accepts both.
+   */
+  agent?: string | GuestAgentChannel;
   host?: string;
   port?: number;
   user?: string;
@@ -80,6 +84,24 @@ export interface GuestOptions {
   vssMode?: 'full' | 'copy';
   /** Upper bound of each step, and the watchdog's delay before it thaws by itself. */
   timeoutSeconds: number;
+}
+
+/**
+ * Since core API 1.2: a QEMU guest agent reached through the source host (`SourceHost.guestAgent`)
+ * instead of a socket, e.g. libvirt's `virsh qemu-agent-command`, for a VM whose agent socket the
+ * host's own daemon holds. The host keeps the agent's protocol state (it syncs the channel
+ * itself): `execute` sends one command and resolves with the agent's `return` value.
+ *
+ * Invariants a host keeps: `execute` is bounded by `timeoutMs` (default 30 s); it rejects with a
+ * `FerryError` naming the VM and the command: `GUEST_UNREACHABLE` when the agent is not connected or
+ * not running, `GUEST_TIMEOUT` when it did not answer in time, `GUEST_STEP_FAILED` for the agent's
+ * own error reply. Calls may run one after another; the runtime never sends two at once. The
+ * channel needs no closing (the host releases it with the session).
+ */
+export interface GuestAgentChannel {
+  /** For the report, e.g. `qga libvirt:qemu:///system domain web01`. */
+  readonly label: string;
+  execute(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<unknown>;
 }
 
 export interface GuestCredentials {

@@ -1,4 +1,5 @@
 import type { Extent } from './extent.js';
+import type { GuestAgentChannel } from './guest-runtime.js';
 
 /**
  * Source host contract: a hypervisor host and its datastores.
@@ -35,11 +36,12 @@ export interface SourceHost {
   inventory(vms: readonly VmSelection[]): Promise<VmInventory[]>;
   snapshot?(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot>;
   /**
-   * Since core API 1.2: the VM's QEMU guest agent socket (`unix:PATH`) when the host knows it, for a
-   * `guest:` with `via: qga` (or `freeze: agent`) that names no `agent:`. Missing or undefined: the
-   * job must name it.
+   * Since core API 1.2: the VM's QEMU guest agent when the host knows it, for a `guest:` with
+   * `via: qga` (or `freeze: agent`) that names no `agent:`: its socket (`unix:PATH`), or a
+   * `GuestAgentChannel` when only the host can talk to the agent (libvirt holds the socket of a
+   * running domain). Missing or undefined: the job must name it.
    */
-  guestAgent?(vm: string): Promise<string | undefined>;
+  guestAgent?(vm: string): Promise<string | GuestAgentChannel | undefined>;
   /** Since core API 1.2: the snapshot in three steps, so only `take` runs inside the guest's freeze window. */
   prepareSnapshot?(vm: VmInventory, session: SessionInfo): Promise<PreparedSnapshot>;
   /**

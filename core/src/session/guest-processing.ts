@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { GuestCredentials, GuestOptions, GuestRuntime, GuestSession, GuestStepResult } from '../contracts/guest-runtime.js';
+import type { GuestAgentChannel, GuestCredentials, GuestOptions, GuestRuntime, GuestSession, GuestStepResult } from '../contracts/guest-runtime.js';
 import type { SourceDisk } from '../contracts/source-host.js';
 import { FerryError, isFerryError, pluginError, type ErrorLocation } from '../errors.js';
 import type { GuestSpec } from '../job/guest-spec.js';
@@ -12,8 +12,8 @@ export interface GuestContext {
   spec: GuestSpec;
   /** The runtime registered for `spec.os` (built on first use). */
   runtime: () => Promise<GuestRuntime>;
-  /** The source host's idea of the VM's agent socket (`SourceHost.guestAgent`), for a spec without `agent`. */
-  hostAgent?: () => Promise<string | undefined>;
+  /** The source host's idea of the VM's agent (`SourceHost.guestAgent`: a socket or a channel), for a spec without `agent`. */
+  hostAgent?: () => Promise<string | GuestAgentChannel | undefined>;
   /** The plugin package providing it, for stamping its errors. */
   plugin: string;
   where: (p: (string | number)[]) => ErrorLocation;
@@ -242,7 +242,7 @@ export class GuestProcessing {
     const needsAgent = g.via === 'qga' || g.freeze === 'agent';
     const agent = g.agent ?? (needsAgent ? await this.c.hostAgent?.() : undefined);
     if (needsAgent && !agent) {
-      throw new FerryError('JOB_INVALID', `missing key "agent": the source host does not know the QEMU guest agent socket of vm ${this.c.vm}; name it (agent: unix:/path/to/qga.sock)`, {
+      throw new FerryError('JOB_INVALID', `missing key "agent": the source host knows no QEMU guest agent socket or channel of vm ${this.c.vm}; name it (agent: unix:/path/to/qga.sock)`, {
         ...this.c.where([...g.at, 'agent']),
         vm: this.c.vm,
       });

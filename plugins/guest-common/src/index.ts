@@ -7,4 +7,4 @@
 export { MAX_OUTPUT, OutputTail, shellLine, type ExecOptions, type ExecResult, type GuestChannel, type HeldCommand } from './guest-channel.js';
 export { checkHostKey, keysFor } from './known-hosts.js';
 export { SshChannel, type SshTarget } from './ssh-channel.js';
-export { QgaClient } from './qga-client.js';
+export { openQga, QgaClient, type QgaConnection } from './qga-client.js';

@@ -1,5 +1,57 @@
 import { connect, type Socket } from 'node:net';
-import { FerryError } from '@ferry/core/plugin';
+import { FerryError, type GuestAgentChannel } from '@ferry/core/plugin';
+
+/**
+ * A QEMU guest agent the runtimes talk to, whatever carries it: the agent's unix socket
+ * (`QgaClient`) or a channel the source host hands over (`GuestOptions.agent` as a
+ * `GuestAgentChannel`, e.g. libvirt's `qemu-agent-command`). Open one with `openQga`.
+ */
+export interface QgaConnection {
+  /** For the report: `qga unix:PATH`, or the channel's label. */
+  readonly label: string;
+  /** Sends one command and resolves with its `return`; an `error` reply is `GUEST_STEP_FAILED`. */
+  execute(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the guest agent `GuestOptions.agent` names: a `unix:PATH` socket (synced with `guest-sync`),
+ * or a source host's channel (checked with `guest-ping`, so an agent that is not running fails here
+ * rather than in the freeze).
+ */
+export async function openQga(agent: string | GuestAgentChannel, timeoutMs: number): Promise<QgaConnection> {
+  if (typeof agent === 'string') return QgaClient.connect(agent.replace(/^unix:/, ''), timeoutMs);
+  const c = new HostAgentConnection(agent);
+  await c.execute('guest-ping', undefined, timeoutMs);
+  return c;
+}
+
+/** A `GuestAgentChannel` as a `QgaConnection`: one command at a time, none after `close`. */
+class HostAgentConnection implements QgaConnection {
+  private closed = false;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly channel: GuestAgentChannel) {}
+
+  get label(): string {
+    return this.channel.label;
+  }
+
+  execute(command: string, args?: Record<string, unknown>, timeoutMs = 30_000): Promise<unknown> {
+    const run = (): Promise<unknown> => {
+      if (this.closed) return Promise.reject(new FerryError('GUEST_UNREACHABLE', `the guest agent channel ${this.channel.label} is closed`));
+      return this.channel.execute(command, args, timeoutMs);
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return Promise.resolve();
+  }
+}
 
 /**
  * A client of the QEMU guest agent's JSON protocol (`qemu-ga`, docs: QEMU's "QEMU Guest Agent
@@ -8,7 +60,7 @@ import { FerryError } from '@ferry/core/plugin';
  * left unread could be taken for ours: `connect` first sends `guest-sync` with a random id and
  * skips everything up to its reply.
  */
-export class QgaClient {
+export class QgaClient implements QgaConnection {
   private buffer = '';
   private readonly waiting: { resolve: (v: unknown) => void; reject: (e: Error) => void }[] = [];
   private closed = false;
@@ -22,6 +74,10 @@ export class QgaClient {
     socket.on('data', (d: string) => this.onData(d));
     socket.on('close', () => this.fail(new FerryError('GUEST_UNREACHABLE', `the guest agent socket ${path} closed`)));
     socket.on('error', (err) => this.fail(new FerryError('GUEST_UNREACHABLE', `the guest agent socket ${path} failed: ${err.message}`)));
+  }
+
+  get label(): string {
+    return `qga unix:${this.path}`;
   }
 
   static async connect(path: string, timeoutMs: number): Promise<QgaClient> {

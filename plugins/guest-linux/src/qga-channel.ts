@@ -1,5 +1,5 @@
-import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, QgaClient, type ExecOptions, type ExecResult, type GuestChannel } from '@ferry/guest-common';
+import { FerryError, type GuestAgentChannel } from '@ferry/core/plugin';
+import { MAX_OUTPUT, openQga, type ExecOptions, type ExecResult, type GuestChannel, type QgaConnection } from '@ferry/guest-common';
 
 /** Bytes per `guest-file-write` (base64 grows them by a third; the agent reads lines of up to 4 MiB). */
 const WRITE_CHUNK = 48 * 1024;
@@ -12,12 +12,13 @@ const WRITE_CHUNK = 48 * 1024;
 export class QgaChannel implements GuestChannel {
   readonly label: string;
 
-  private constructor(readonly client: QgaClient) {
-    this.label = `qga unix:${client.path}`;
+  private constructor(readonly client: QgaConnection) {
+    this.label = client.label;
   }
 
-  static async connect(agent: string, timeoutMs: number): Promise<QgaChannel> {
-    return new QgaChannel(await QgaClient.connect(agent.replace(/^unix:/, ''), timeoutMs));
+  /** `agent`: the socket (`unix:PATH`) or the source host's channel (`GuestOptions.agent`). */
+  static async connect(agent: string | GuestAgentChannel, timeoutMs: number): Promise<QgaChannel> {
+    return new QgaChannel(await openQga(agent, timeoutMs));
   }
 
   async exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {

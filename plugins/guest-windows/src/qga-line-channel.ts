@@ -1,5 +1,5 @@
 import { FerryError } from '@ferry/core/plugin';
-import { MAX_OUTPUT, type ExecOptions, type ExecResult, type QgaClient } from '@ferry/guest-common';
+import { MAX_OUTPUT, type ExecOptions, type ExecResult, type QgaConnection } from '@ferry/guest-common';
 import type { LineChannel } from './powershell.js';
 
 /**
@@ -12,8 +12,8 @@ import type { LineChannel } from './powershell.js';
 export class QgaLineChannel implements LineChannel {
   readonly label: string;
 
-  constructor(readonly client: QgaClient) {
-    this.label = `qga unix:${client.path}`;
+  constructor(readonly client: QgaConnection) {
+    this.label = client.label;
   }
 
   async execLine(line: string, opts: ExecOptions = {}): Promise<ExecResult> {

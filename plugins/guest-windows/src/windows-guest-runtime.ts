@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { FerryError, type GuestOptions, type GuestRuntime, type GuestSession } from '@ferry/core/plugin';
-import { QgaClient, SshChannel } from '@ferry/guest-common';
+import { openQga, SshChannel, type QgaConnection } from '@ferry/guest-common';
 import { PowerShell, psQuote, type LineChannel } from './powershell.js';
 import { QgaLineChannel } from './qga-line-channel.js';
 import { RUNTIME_PS1 } from './runtime-script.js';
@@ -27,9 +27,9 @@ export class WindowsGuestRuntime implements GuestRuntime {
     if ((useAgent || o.via === 'qga') && !o.agent) throw new FerryError('INTERNAL', `guest of vm ${vm}: the agent socket is missing but passed the job checks`, { vm });
     windowsApplications(o.applications);
     let channel: LineChannel;
-    let agent: QgaClient | undefined;
+    let agent: QgaConnection | undefined;
     if (o.via === 'qga') {
-      agent = await QgaClient.connect(o.agent!.replace(/^unix:/, ''), Math.min(o.timeoutSeconds * 1000, 10_000));
+      agent = await openQga(o.agent!, Math.min(o.timeoutSeconds * 1000, 10_000));
       channel = new QgaLineChannel(agent);
     } else {
       if (!o.host || !o.credentials.knownHosts) throw new FerryError('INTERNAL', `guest of vm ${vm}: ssh without host or knownHosts passed the job checks`, { vm });
@@ -47,7 +47,7 @@ export class WindowsGuestRuntime implements GuestRuntime {
       );
       channel = ssh;
       if (useAgent) {
-        agent = await QgaClient.connect(o.agent!.replace(/^unix:/, ''), Math.min(o.timeoutSeconds * 1000, 10_000)).catch(async (err: unknown) => {
+        agent = await openQga(o.agent!, Math.min(o.timeoutSeconds * 1000, 10_000)).catch(async (err: unknown) => {
           await ssh.close().catch(() => undefined);
           throw err;
         });

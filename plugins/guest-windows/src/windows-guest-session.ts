@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { QgaClient } from '@ferry/guest-common';
+import type { QgaConnection } from '@ferry/guest-common';
 import { FerryError, type ApplicationOutcome, type Extent, type GuestOptions, type GuestSession, type GuestStepResult, type ScriptOutcome } from '@ferry/core/plugin';
 import { diskExtents, extentsScript, LAYOUT_SCRIPT, parseLayout, type GuestLayout } from './extents.js';
 import { commandLimit, LISTING_BYTES, psQuote, tail, type PowerShell } from './powershell.js';
@@ -34,7 +34,7 @@ export class WindowsGuestSession implements GuestSession {
     private readonly ps: PowerShell,
     private readonly o: GuestOptions,
     private readonly dir: string,
-    private readonly agent?: QgaClient,
+    private readonly agent?: QgaConnection,
   ) {
     windowsApplications(o.applications);
   }
@@ -157,7 +157,7 @@ export class WindowsGuestSession implements GuestSession {
    * type set in the registry (`VssOption`, read at each freeze), then `guest-fsfreeze-freeze`
    * (`-freeze-list` of `mounts`). A refusal names the writers that failed.
    */
-  private async agentFreeze(agent: QgaClient, signal?: AbortSignal): Promise<GuestStepResult & { frozen: number }> {
+  private async agentFreeze(agent: QgaConnection, signal?: AbortSignal): Promise<GuestStepResult & { frozen: number }> {
     const before = (await this.writers(signal)).filter(writerFailed);
     if (before.length) throw new FerryError('GUEST_STEP_FAILED', `VSS writers failed before the freeze: ${before.map(describeWriter).join('; ')}`);
     await this.ps.check(
@@ -183,7 +183,7 @@ export class WindowsGuestSession implements GuestSession {
   }
 
   /** `guest-fsfreeze-thaw`: an error means VSS let go before it (over 10 s): a crash-consistent point, said so. */
-  private async agentThaw(agent: QgaClient, signal?: AbortSignal): Promise<GuestStepResult> {
+  private async agentThaw(agent: QgaConnection, signal?: AbortSignal): Promise<GuestStepResult> {
     try {
       const n = (await agent.execute('guest-fsfreeze-thaw', undefined, this.o.timeoutSeconds * 1000)) as number;
       const failed = (await this.writers(signal)).filter(writerFailed);

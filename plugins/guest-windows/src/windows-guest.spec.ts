@@ -3,7 +3,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import os from 'node:os';
 import path from 'node:path';
 import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
-import type { GuestOptions } from '@ferry/core/plugin';
+import type { GuestAgentChannel, GuestOptions } from '@ferry/core/plugin';
+import { QgaClient } from '@ferry/guest-common';
 import { SSHD } from '@ferry/guest-common/testing';
 import { defaultSimConfig, startWindowsSimGuest, type WindowsSimGuest } from './testing/windows-sim-guest.js';
 import { WindowsGuestRuntime } from './windows-guest-runtime.js';
@@ -250,5 +251,32 @@ describe('guest-windows (the Windows simulator behind sshd on loopback, and a fa
     ]);
     assert.deepEqual(sessionFolders(), []);
     await qga.close();
+  });
+
+  it("via: qga through a source host's agent channel (libvirt's qemu-agent-command) instead of a socket", async function () {
+    const qga = await guest.startAgent();
+    // what a source host hands over: here a socket client behind the channel, as libvirtd keeps one
+    const client = await QgaClient.connect(qga.agent.replace(/^unix:/, ''), 5000);
+    const commands: string[] = [];
+    const channel: GuestAgentChannel = {
+      label: 'qga libvirt:test domain vm1',
+      execute: (command, args, timeoutMs) => (commands.push(command), client.execute(command, args, timeoutMs)),
+    };
+    try {
+      const s = await new WindowsGuestRuntime().connect('vm1', { ...options(), via: 'qga', agent: channel, host: undefined, credentials: {} });
+      assert.equal(s.label, 'qga libvirt:test domain vm1');
+      assert.equal((await s.freeze()).frozen, 1);
+      assert.equal(qga.status(), 'frozen');
+      await s.thaw();
+      assert.equal(qga.status(), 'thawed');
+      await s.close();
+      assert.deepEqual(sessionFolders(), []);
+      assert.equal(commands[0], 'guest-ping');
+      assert.ok(commands.includes('guest-exec') && commands.includes('guest-fsfreeze-freeze-list') && commands.includes('guest-fsfreeze-thaw'), commands.join(' '));
+      assert.ok(!commands.includes('guest-sync'), 'the host syncs its channel itself');
+    } finally {
+      await client.close();
+      await qga.close();
+    }
   });
 });

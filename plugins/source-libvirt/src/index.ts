@@ -3,6 +3,7 @@ import { LibvirtSourceHost, type LibvirtSourceConfig } from './libvirt-source-ho
 
 export { LibvirtSourceHost, DEFAULT_URI, type LibvirtSourceConfig } from './libvirt-source-host.js';
 export { Virsh } from './virsh.js';
+export { LibvirtAgentChannel } from './agent-channel.js';
 export { sessionFiles } from './chain.js';
 export { parseDomain, parseCheckpoint, parseBackupJob, type DomainInfo, type DomainDisk } from './libvirt-xml.js';
 

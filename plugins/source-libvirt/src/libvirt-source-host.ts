@@ -3,7 +3,9 @@ import {
   FerryError,
   type DefinedVm,
   type DefineTarget,
+  type GuestAgentChannel,
   type JobContext,
+  type PreparedSnapshot,
   type SessionInfo,
   type SourceHost,
   type VmDefinition,
@@ -11,6 +13,7 @@ import {
   type VmSelection,
   type VmSnapshot,
 } from '@ferry/core/plugin';
+import { LibvirtAgentChannel } from './agent-channel.js';
 import { DOMAIN_XML_FORMAT, redefine } from './domain-definition.js';
 import { Domain } from './domain.js';
 import { unusableReason, type DomainDisk, type DomainInfo } from './libvirt-xml.js';
@@ -115,6 +118,18 @@ export class LibvirtSourceHost implements SourceHost {
   }
 
   /**
+   * For guest processing with `via: qga` (or `freeze: agent`) and no `agent:` in the job: the
+   * domain's agent through libvirt (`LibvirtAgentChannel`, `virsh qemu-agent-command`), when its
+   * definition has the `org.qemu.guest_agent.0` channel. A domain without one: undefined (the job
+   * must name a socket).
+   */
+  async guestAgent(vm: string): Promise<GuestAgentChannel | undefined> {
+    const k = this.known.get(vm);
+    if (!k?.info.agent) return undefined;
+    return new LibvirtAgentChannel(this.virsh, k.domain.ref, vm);
+  }
+
+  /**
    * One QEMU guest agent command through libvirt (`virsh qemu-agent-command --timeout`), e.g.
    * `guest-fsfreeze-freeze`: its `return` value. The agent's own errors and a guest that does not
    * answer within `timeoutSec` are SOURCE_COMMAND_FAILED naming the command and the domain.
@@ -132,6 +147,48 @@ export class LibvirtSourceHost implements SourceHost {
   }
 
   async snapshot(vm: VmInventory, session: SessionInfo): Promise<VmSnapshot> {
+    const plan = await this.plan(vm, session);
+    if (plan.read) {
+      const read = plan.read;
+      await read.start().catch(async (err: unknown) => {
+        await read.release();
+        throw err;
+      });
+      return read;
+    }
+    const live = plan.live!;
+    // A snapshot that fails half-way is never handed to the core, which would release it: undo here.
+    await live.start().catch((err: unknown) => this.undo(live, err));
+    return live;
+  }
+
+  /**
+   * The snapshot around the guest's freeze (guest processing): of a running domain, the leftover
+   * clean-up, the checkpoint chain's checks and the choice of full or incremental per disk happen
+   * before the freeze; only `backup-begin` (the checkpoint and the point-in-time view) runs in the
+   * freeze window (`take`); the export is checked and described after the thaw (`open`). A domain
+   * at rest has nothing to freeze: its images are opened in `take`, as `snapshot` does.
+   */
+  async prepareSnapshot(vm: VmInventory, session: SessionInfo): Promise<PreparedSnapshot> {
+    const plan = await this.plan(vm, session);
+    if (plan.read) {
+      const read = plan.read;
+      return { take: () => read.start(), open: () => Promise.resolve(read), abandon: () => read.release() };
+    }
+    const live = plan.live!;
+    await live.prepare().catch((err: unknown) => this.undo(live, err));
+    return {
+      take: () => live.take(),
+      open: async () => {
+        await live.open();
+        return live;
+      },
+      abandon: () => live.release('failed'),
+    };
+  }
+
+  /** The domain's disks and state now, and the snapshot that fits them (not started). */
+  private async plan(vm: VmInventory, session: SessionInfo): Promise<{ read?: OfflineRead; live?: LiveBackup }> {
     const k = this.known.get(vm.name);
     if (!k) throw new FerryError('INTERNAL', `snapshot of domain ${vm.name} before its inventory`, { vm: vm.name });
     const info = await k.domain.info();
@@ -143,23 +200,18 @@ export class LibvirtSourceHost implements SourceHost {
     }
     const state = await k.domain.state();
     if (AT_REST.has(state)) {
-      const read = new OfflineRead({ domain: k.domain, info, disks: disks.map((p) => ({ ...p, source: info.disks.find((x) => x.dev === p.dev)! })), session, state, scratchDir: this.scratchDir });
-      await read.start().catch(async (err: unknown) => {
-        await read.release();
-        throw err;
-      });
-      return read;
+      return { read: new OfflineRead({ domain: k.domain, info, disks: disks.map((p) => ({ ...p, source: info.disks.find((x) => x.dev === p.dev)! })), session, state, scratchDir: this.scratchDir }) };
     }
     const tcp = this.nbd && { host: this.nbd.host, port: this.nbd.port + k.index, tls: this.nbd.tls === true };
-    const live = new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir, ...(tcp && { tcp }) });
-    // A snapshot that fails half-way is never handed to the core, which would release it: undo here.
-    await live.start().catch(async (err: unknown) => {
-      await live.release('failed').catch((e: unknown) => {
-        if (err instanceof FerryError) throw new FerryError(err.code, `${err.detail}; undoing the backup also failed: ${e instanceof Error ? e.message : String(e)}`, err.where, { cause: err });
-      });
-      throw err;
+    return { live: new LiveBackup({ domain: k.domain, info, disks, session, scratchDir: this.scratchDir, ...(tcp && { tcp }) }) };
+  }
+
+  /** Undoes a live backup that failed before the core got it, and rethrows its error. */
+  private async undo(live: LiveBackup, err: unknown): Promise<never> {
+    await live.release('failed').catch((e: unknown) => {
+      if (err instanceof FerryError) throw new FerryError(err.code, `${err.detail}; undoing the backup also failed: ${e instanceof Error ? e.message : String(e)}`, err.where, { cause: err });
     });
-    return live;
+    throw err;
   }
 
   async defineVm(definition: VmDefinition, target: DefineTarget): Promise<DefinedVm> {

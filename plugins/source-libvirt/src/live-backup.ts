@@ -47,6 +47,9 @@ export class LiveBackup implements VmSnapshot {
   private readonly checkpoint: string;
   private created = false;
   private released = false;
+  private taken = false;
+  /** Full or incremental per disk, chosen by `prepare` (and `take`, when libvirt refuses an incremental). */
+  private choices?: DiskChoice[];
 
   constructor(private readonly input: LiveBackupInput) {
     this.files = sessionFiles(input.scratchDir, input.session.job, input.info.uuid, input.session.sessionId);
@@ -57,17 +60,32 @@ export class LiveBackup implements VmSnapshot {
     return this.input.info.name;
   }
 
+  /** The whole snapshot: `prepare`, `take`, `open`. */
   async start(): Promise<void> {
-    const { domain, session } = this.input;
+    await this.prepare();
+    await this.take();
+    await this.open();
+  }
+
+  /** Before the guest's freeze: leftovers cleaned, the chain checked, full or incremental chosen per disk. */
+  async prepare(): Promise<void> {
+    const { session } = this.input;
     const cleaned = await this.cleanLeftovers();
     const checkpoints = await this.jobCheckpoints();
-    let choices = this.input.disks.map((disk): DiskChoice => {
+    this.choices = this.input.disks.map((disk): DiskChoice => {
       const reason =
         whyFull({ job: session.job, domain: this.input.info, disk, previous: session.previous, checkpoints }) ??
         (cleaned.length ? `an earlier session's leftovers were cleaned (${cleaned.join('; ')}): a full read starts the chain afresh` : undefined);
       if (reason) return { disk, fullReason: reason };
       return { disk, incremental: session.previous!.disks.find((d) => d.name === disk.dev)!.changeTracking!.id };
     });
+  }
+
+  /** The point in time (inside the guest's freeze): `backup-begin` with this session's checkpoint. */
+  async take(): Promise<void> {
+    const { domain } = this.input;
+    if (!this.choices) throw new FerryError('INTERNAL', `backup of domain ${this.name} taken before it was prepared`, domain.virsh.context({ domain: this.name }));
+    let choices = this.choices;
     let r = await this.begin(choices);
     if (!r.ok && choices.some((c) => c.incremental)) {
       // A checkpoint libvirt knows but whose bitmap QEMU cannot use (not saved when QEMU stopped,
@@ -83,6 +101,15 @@ export class LiveBackup implements VmSnapshot {
       throw new FerryError('SOURCE_COMMAND_FAILED', `virsh backup-begin ${this.name} failed: ${firstLines(r.stderr)}`, domain.virsh.context({ domain: this.name }));
     }
     this.created = this.tracked(choices).size > 0;
+    this.choices = choices;
+    this.taken = true;
+  }
+
+  /** After the thaw: the backup job checked to be this session's, its exports described. */
+  async open(): Promise<void> {
+    const { domain, session } = this.input;
+    const choices = this.choices;
+    if (!choices || !this.taken) throw new FerryError('INTERNAL', `backup of domain ${this.name} opened before it was taken`, domain.virsh.context({ domain: this.name }));
     const job = await domain.backupJob();
     if (!job || !this.isOurs(job)) {
       throw new FerryError('SOURCE_COMMAND_FAILED', `the backup job of domain ${this.name} did not start as asked (its export is at ${job ? exportOf(job) : 'nowhere'})`, domain.virsh.context({ domain: this.name }));

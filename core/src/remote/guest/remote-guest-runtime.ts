@@ -19,6 +19,10 @@ export class RemoteGuestRuntime implements GuestRuntime {
   ) {}
 
   async connect(vm: string, options: GuestOptions, signal?: AbortSignal): Promise<GuestSession> {
+    if (options.agent !== undefined && typeof options.agent !== 'string') {
+      // a source host's channel (libvirt's qemu-agent-command) lives in this process only
+      throw new FerryError('JOB_INVALID', `guest of vm ${vm}: the guest agent is reached through the source host (${options.agent.label}), which a guest proxy cannot use; name agent: unix:PATH on the proxy's host, or use via: ssh`, { vm });
+    }
     let lastErr: unknown;
     for (const address of this.proxies) {
       let conn: Connection;

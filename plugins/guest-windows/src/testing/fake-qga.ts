@@ -7,7 +7,7 @@ import type { SimConfig } from './windows-sim.js';
 
 /**
  * A QEMU guest agent socket answering as qemu-ga on Windows does (QEMU's qga/commands-win32.c and
- * qga/vss-win32/requester.cpp): `guest-sync`, `guest-fsfreeze-freeze` through the VSS provider
+ * qga/vss-win32/requester.cpp): `guest-sync`, `guest-ping`, `guest-fsfreeze-freeze` through the VSS provider
  * (backup type from the registry value `VssOption` of `HKLM\SYSTEM\CurrentControlSet\Services\QEMU
  * Guest Agent VSS Provider`, default VSS_BT_FULL), `guest-fsfreeze-status`, `guest-fsfreeze-thaw`
  * (BackupComplete; `couldn't hold writes: fsfreeze is limited up to 10 seconds` when VSS let go of
@@ -64,6 +64,8 @@ export async function startFakeQga(sim: string, opts: { holdLimitMs?: number } =
     switch (cmd.execute) {
       case 'guest-sync':
         return { return: cmd.arguments?.id };
+      case 'guest-ping':
+        return { return: {} };
       case 'guest-exec':
         return { return: { pid: exec(cmd.arguments ?? {}) } };
       case 'guest-exec-status': {
