@@ -46,7 +46,9 @@ describe('ferry copy: filesystem -> S3 (encrypted) -> filesystem', function () {
       copies.push({ id: json<{ disks: { restorePoint: string }[] }>(r).disks[0].restorePoint, file });
     }
     const target = writeJob(t.dir, s3Repo + '\n', 's3.yaml');
-    const first = await runFerry(['copy', local, '--to', target, '--point', 'all', '--json'], { env });
+    // The copy creates the S3 repository as format 1 (the local one is format 2): a copy across
+    // formats, and a repository for the upgrade case below.
+    const first = await runFerry(['copy', local, '--to', target, '--point', 'all', '--json'], { env: { ...env, FERRY_REPOSITORY_FORMAT: '1' } });
     expect(first.code, first.stderr + first.stdout).to.equal(0);
     const a = json<CopyJson>(first);
     expect(a.points.map((p) => [p.restorePoint, p.status])).to.deep.equal(copies.map((c) => [c.id, 'copied']));

@@ -134,9 +134,13 @@ export class JobRuntime {
   /**
    * Hashing and (de)compression on worker threads, up to one per core, started as the work needs
    * them; the first few MiB on this thread, so a small job starts none. Created on first use.
+   * Only Ferry's own compressors run on this thread: with a third-party compressor installed every
+   * block goes to the threads, where a compressor that crashes or exits takes down one worker
+   * (WORKER_FAILED), not the session.
    */
   codec(): Promise<BlockCodec> {
-    const inline = { compressor: (name: string) => this.plugins.create('compressor', name, this.plugins.container), bytes: INLINE_CODEC_BYTES };
+    const ours = this.plugins.available('compressor').every((c) => c.plugin.startsWith('@ferry/'));
+    const inline = ours ? { compressor: (name: string) => this.plugins.create('compressor', name, this.plugins.container), bytes: INLINE_CODEC_BYTES } : undefined;
     this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey, inline));
     return this.codecPromise;
   }

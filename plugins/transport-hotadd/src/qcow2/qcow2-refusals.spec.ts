@@ -221,7 +221,16 @@ describe('qcow2 through hot-add: corrupt and unsupported images', function () {
       patchFile(image, 32, Buffer.from([0, 0, 0, 1]));
       await refused(image, 'encryption');
       const luks = file('luks.qcow2');
-      qemuImg('create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=ferry', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', luks, '1M');
+      // qemu-img times its PBKDF2 iterations by the thread's CPU time, which the kernel counts in
+      // ticks: a round that got none is "Unable to get accurate CPU usage". Bounded retries.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          qemuImg('create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=ferry', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', luks, '1M');
+          break;
+        } catch (err) {
+          if (attempt === 5 || !String(err).includes('Unable to get accurate CPU usage')) throw err;
+        }
+      }
       await refused(luks, 'LUKS');
     });
 
