@@ -5,7 +5,7 @@ import type { GuestOptions, GuestRuntime, GuestSession } from '../../contracts/g
 import { FerryError } from '../../errors.js';
 import type { PluginHost } from '../../plugins/plugin-host.js';
 import { createPluginHost } from '../../plugins/create-plugin-host.js';
-import { listen, type Connection, type WireMessage } from '../wire/index.js';
+import { servePeers, type Connection, type WireMessage } from '../wire/index.js';
 import { errorToWire, guestRequestProblem, type GuestMethod, type WireGuestOptions } from './guest-wire.js';
 
 /** How long a lost connection's step in flight may take to stop before the clean-up runs anyway. */
@@ -221,20 +221,13 @@ export async function startGuestProxyService(c: GuestProxyConfig, log: (line: st
   if (!c.certs) throw new FerryError('CLI_USAGE', 'name --certs DIR (made by `ferry certs init DIR`)');
   const plugins: PluginHost = await createPluginHost();
   const service = new GuestProxyService({ runtimeFor: (os, vm) => plugins.create('guest-runtime', os, plugins.container, {}, { vm }), log });
-  const listener = await listen({
+  return servePeers({
     listen: c.listen,
     auth: { kind: 'certs', dir: path.resolve(c.certs), role: 'proxy' },
-    allow: { roles: ['server'], ...(c.allow?.names && { names: c.allow.names }) },
+    accept: 'server',
+    names: c.allow?.names,
     heartbeatMs: c.heartbeatMs,
-    onConnection: (conn) => void service.serve(conn),
-    onRefused: (err, remote) => log(`refused ${remote}: ${err.message}`),
+    service,
+    log,
   });
-  return {
-    host: listener.host,
-    port: listener.port,
-    close: async () => {
-      await listener.close();
-      await service.close();
-    },
-  };
 }

@@ -8,7 +8,7 @@ import type { PluginHost } from '../../plugins/plugin-host.js';
 import { jobPassphrase } from '../../repository/passphrase.js';
 import { Repository } from '../../repository/repository.js';
 import { createPluginHost } from '../../plugins/create-plugin-host.js';
-import { listen, type Connection, type PeerAuth, type PeerRole } from '../wire/index.js';
+import { servePeers, type PeerAuth, type PeerRole, type PeerService } from '../wire/index.js';
 import { ProxyService } from './proxy-service.js';
 import { RepositoryService } from './repository-service.js';
 
@@ -163,28 +163,12 @@ export async function startRepositoryService(c: ServiceConfig, log: (line: strin
 }
 
 /** Listens for the one peer role a service accepts; closing stops listening, then the service, then its workers. */
-async function serveOn(
+function serveOn(
   c: ServiceConfig,
-  parts: { auth: PeerAuth; accept: PeerRole; service: { serve(conn: Connection): Promise<void>; close(): Promise<void> }; pool: { close(): Promise<void> }; log: (line: string) => void },
+  parts: { auth: PeerAuth; accept: PeerRole; service: PeerService; pool: { close(): Promise<void> }; log: (line: string) => void },
 ): Promise<RunningService> {
-  const { service, pool, log } = parts;
-  const listener = await listen({
-    listen: need(c.listen, '--listen HOST:PORT'),
-    auth: parts.auth,
-    allow: { roles: [parts.accept], ...(c.allow?.names && { names: c.allow.names }) },
-    heartbeatMs: c.heartbeatMs,
-    onConnection: (conn) => void service.serve(conn),
-    onRefused: (err, remote) => log(`refused ${remote}: ${err.message}`),
-  });
-  return {
-    host: listener.host,
-    port: listener.port,
-    close: async () => {
-      await listener.close();
-      await service.close();
-      await pool.close();
-    },
-  };
+  const { pool, ...rest } = parts;
+  return servePeers({ ...rest, listen: need(c.listen, '--listen HOST:PORT'), names: c.allow?.names, heartbeatMs: c.heartbeatMs, after: () => pool.close() });
 }
 
 /**

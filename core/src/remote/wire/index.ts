@@ -9,6 +9,7 @@ export type {
 } from './types.js';
 export { PEER_ROLES, isPeerRole, DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, MISSED_HEARTBEATS } from './types.js';
 export { connect, listen } from './transport.js';
+export { servePeers, type PeerService } from './serve-peers.js';
 export { connectionPair, type ConnectionPairOptions } from './memory-pair.js';
 export { initCerts, CERT_FILES, DEFAULT_CERT_DAYS, type InitCertsOptions } from './certs.js';
 export { parseAddress, formatAddress } from './address.js';
