@@ -29,21 +29,6 @@ async function guestExec(vm: TestVm, argv: string[]): Promise<{ code: number; ou
   throw new Error(`${argv.join(' ')} did not finish in the guest`);
 }
 
-/**
- * `ferry backup` of a job whose guest runs through the agent socket the test itself just let go of
- * (`releaseAgent`): QEMU takes the next client only once it has seen the last one leave, and a
- * backup that starts in that moment can find the agent unreachable. One more run (logged) then; a
- * second GUEST_UNREACHABLE is a failure of the case.
- */
-async function backupAfterRelease(job: string): Promise<Awaited<ReturnType<typeof runFerry>>> {
-  const r = await runFerry(['backup', job, '--json']);
-  const err = (JSON.parse(r.stdout || '{}') as { vms?: { error?: { code: string; message: string } }[] }).vms?.[0]?.error;
-  if (err?.code !== 'GUEST_UNREACHABLE') return r;
-  console.log(`      agent not free yet (${err.message}); running the backup once more`);
-  await new Promise((res) => setTimeout(res, 3000));
-  return runFerry(['backup', job, '--json']);
-}
-
 describe('guest processing through the QEMU guest agent of a live guest (slow)', function () {
   const t = tempDir('ferry-qga-');
   let vm: TestVm | undefined;
@@ -137,7 +122,7 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
       ].join('\n'),
       'fail.yaml',
     );
-    const r = await backupAfterRelease(job);
+    const r = await runFerry(['backup', job, '--json']);
     const v = json<{ vms: { status: string; error?: { code: string; message: string }; guest: GuestOut }[] }>(r).vms[0];
     expect(v.status).to.equal('failed');
     expect(v.error?.code, v.error?.message).to.equal('GUEST_STEP_FAILED');
@@ -188,7 +173,7 @@ describe('guest processing through the QEMU guest agent of a live guest (slow)',
       ].join('\n'),
       'swap.yaml',
     );
-    const r = await backupAfterRelease(job);
+    const r = await runFerry(['backup', job, '--json']);
     expect(r.code, r.stdout + r.stderr).to.equal(0);
     const out = json<{ vms: { restorePoint: string; guest: GuestOut }[]; disks: { blocks: { filtered?: Record<string, number> }; swapBytesSkipped: number }[] }>(r);
     const step = out.vms[0].guest.steps.find((st) => st.step === 'skipExtents')!;

@@ -47,3 +47,45 @@ describe('openQga with a source host channel', () => {
     expect(err?.detail).to.include('domain vm1');
   });
 });
+
+/** `openQga` on a unix socket whose agent still holds replies an earlier client never read. */
+describe('openQga on an agent socket with an earlier client leftovers', () => {
+  it('drops every stale reply before its own guest-sync reply, then pairs commands and replies', async () => {
+    const { createServer } = await import('node:net');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-qga-stale-'));
+    const sock = path.join(dir, 'qga.sock');
+    const server = createServer((c) => {
+      // The agent is still working through what an earlier client asked and left unread: those
+      // replies come one by one (an error among them), and every answer to us only after them.
+      const stale = ['{"return": 11}', '{"return": {}}', '{"error": {"class": "GenericError", "desc": "bad"}}', '{"return": 12}'];
+      let out: Promise<unknown> = Promise.resolve();
+      const send = (line: string, delayMs: number): void => {
+        out = out.then(() => new Promise((res) => setTimeout(res, delayMs))).then(() => void c.write(line + '\n'));
+      };
+      for (const line of stale) send(line, 30);
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d.toString('latin1').replace(/\xff/g, '');
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const req = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: { id?: number } };
+          buf = buf.slice(nl + 1);
+          send(JSON.stringify({ return: req.execute === 'guest-sync' ? req.arguments!.id : `ran ${req.execute}` }), 0);
+        }
+      });
+    });
+    await new Promise<void>((res) => server.listen(sock, res));
+    try {
+      const q = await openQga(`unix:${sock}`, 2000);
+      expect(await q.execute('guest-ping')).to.equal('ran guest-ping');
+      expect(await q.execute('guest-info')).to.equal('ran guest-info');
+      await q.close();
+    } finally {
+      await new Promise((res) => server.close(res));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

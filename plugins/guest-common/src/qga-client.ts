@@ -65,6 +65,8 @@ export class QgaClient implements QgaConnection {
   private readonly waiting: { resolve: (v: unknown) => void; reject: (e: Error) => void }[] = [];
   private closed = false;
   private queue: Promise<unknown> = Promise.resolve();
+  /** While `connect` syncs: the id whose reply ends the replies an earlier client left. */
+  private syncing?: { id: number; resolve: () => void; reject: (e: Error) => void };
 
   private constructor(
     private readonly socket: Socket,
@@ -89,23 +91,32 @@ export class QgaClient implements QgaConnection {
     const c = new QgaClient(socket, path);
     // 0xFF makes the agent drop any half-read command an earlier client left behind
     socket.write(Buffer.from([0xff]));
-    // Replies of an earlier client may come first: read until the one with our id.
-    for (let i = 0; i < 8; i++) {
-      const id = Math.floor(Math.random() * 2 ** 31);
-      const got = await c.execute('guest-sync', { id }, timeoutMs).catch(async (err: unknown) => {
-        // the agent answers the 0xFF (or an earlier client's leftovers) with an error: read on
-        if (err instanceof FerryError && err.code === 'GUEST_STEP_FAILED') return undefined;
-        if (err instanceof FerryError && err.code === 'GUEST_TIMEOUT') {
-          await c.close();
-          throw new FerryError('GUEST_UNREACHABLE', `the guest agent on ${path} did not answer guest-sync within ${timeoutMs} ms (is qemu-ga running in the guest?)`);
-        }
-        await c.close();
-        throw err;
-      });
-      if (got === id) return c;
+    // Replies an earlier client left unread come first: one guest-sync, then every reply up to the
+    // one carrying our id is dropped (QEMU's guest agent protocol reference, "guest-sync").
+    const id = Math.floor(Math.random() * 2 ** 31);
+    try {
+      await c.sync(id, timeoutMs);
+    } catch (err) {
+      await c.close();
+      if (err instanceof FerryError && err.code === 'GUEST_TIMEOUT') {
+        throw new FerryError('GUEST_UNREACHABLE', `the guest agent on ${path} did not answer guest-sync within ${timeoutMs} ms (is qemu-ga running in the guest?)`);
+      }
+      throw err;
     }
-    await c.close();
-    throw new FerryError('GUEST_UNREACHABLE', `the guest agent on ${path} answered guest-sync with other ids eight times`);
+    return c;
+  }
+
+  /** Sends `guest-sync` with `id` and resolves when its reply comes, skipping every reply before it. */
+  private sync(id: number, timeoutMs: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new FerryError('GUEST_TIMEOUT', `the guest agent did not answer guest-sync within ${timeoutMs} ms`)), timeoutMs);
+      this.syncing = {
+        id,
+        resolve: () => (clearTimeout(timer), resolve()),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+      };
+      this.socket.write(JSON.stringify({ execute: 'guest-sync', arguments: { id } }) + '\n');
+    });
   }
 
   /** Sends one command and resolves with its `return`; an `error` reply is `GUEST_STEP_FAILED`. */
@@ -153,6 +164,14 @@ export class QgaClient implements QgaConnection {
       } catch {
         continue; // a partial line of an earlier client
       }
+      if (this.syncing) {
+        if (msg.return === this.syncing.id) {
+          const done = this.syncing;
+          this.syncing = undefined;
+          done.resolve();
+        }
+        continue; // an earlier client's reply (or the agent's answer to the 0xFF reset)
+      }
       const w = this.waiting.shift();
       if (!w) continue;
       if (msg.error) w.reject(new FerryError('GUEST_STEP_FAILED', `the guest agent refused: ${msg.error.class ?? 'Error'}: ${msg.error.desc ?? ''}`));
@@ -161,8 +180,11 @@ export class QgaClient implements QgaConnection {
   }
 
   private fail(err: FerryError): void {
-    if (this.closed && this.waiting.length === 0) return;
+    if (this.closed && this.waiting.length === 0 && !this.syncing) return;
     this.closed = true;
+    const sync = this.syncing;
+    this.syncing = undefined;
+    sync?.reject(err);
     for (const w of this.waiting.splice(0)) w.reject(err);
     this.socket.destroy();
   }
