@@ -74,7 +74,7 @@ describe('key change is crash-safe (kill -9 at random moments)', function () {
     expect(full.code).to.equal(0);
     expect(await opening()).to.deep.equal([1]);
     let current = 1;
-    for (let i = 0; i < 8; i++) {
+    for (let i = 0; i < 5; i++) {
       const r = await keyChange(current, randomInt(Math.floor(full.ms * 0.3), full.ms + 1));
       const open = await opening();
       expect(open.length, `attempt ${i}: ${JSON.stringify(r)}`).to.be.at.least(1);
