@@ -125,6 +125,10 @@ export class NbdClient {
     const address = formatNbdEndpoint(endpoint);
     const exportName = opts.exportName ?? endpoint.exportName ?? '';
     if (endpoint.tls && !opts.tls) throw unreachable(address, exportName, `${opts.address} asks for TLS but no TLS credentials were given`);
+    const readRequestBytes = opts.readRequestBytes ?? READ_REQUEST_BYTES;
+    if (!Number.isSafeInteger(readRequestBytes) || readRequestBytes < 1) {
+      throw unreachable(address, exportName, `readRequestBytes must be a positive integer, not ${readRequestBytes}`);
+    }
     const hs = await handshakeWithin(endpoint, address, exportName, opts);
     const conn = new NbdConnection(hs.socket, hs.feed, hs.leftover, {
       address,
@@ -133,7 +137,7 @@ export class NbdClient {
       maxInFlight: opts.maxInFlight ?? 16,
       replyTimeoutMs: opts.replyTimeoutMs ?? 30_000,
     });
-    return new NbdClient(conn, address, exportName, hs, opts.maxRequestBytes ?? NBD_DEFAULT_MAX_BLOCK, opts.readRequestBytes ?? READ_REQUEST_BYTES);
+    return new NbdClient(conn, address, exportName, hs, opts.maxRequestBytes ?? NBD_DEFAULT_MAX_BLOCK, readRequestBytes);
   }
 
   get readOnly(): boolean {

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
+import { FerryError } from '@ferry/core/plugin';
 import { ByteFeed, type ByteConsumer } from './byte-feed.js';
 import { NbdClient, READ_REQUEST_BYTES } from './nbd-client.js';
 import { NBD_CMD_READ } from './nbd-protocol.js';
@@ -147,6 +148,13 @@ describe('NBD read path', function () {
       client = await NbdClient.connect({ address: t.address, readRequestBytes: 4 * MiB, maxRequestBytes: 128 * KiB });
       expect((await client.read(0, 256 * KiB)).equals(pattern(0, 256 * KiB))).to.equal(true);
       expect(t.requests.map((r) => r.length)).to.deep.equal([128 * KiB, 128 * KiB]);
+      for (const bad of [0, -1, 1.5, Number.NaN]) {
+        const err = await NbdClient.connect({ address: t.address, readRequestBytes: bad }).catch((e: unknown) => e as FerryError);
+        expect(err).to.be.instanceOf(FerryError);
+        expect((err as FerryError).code).to.equal('SOURCE_UNREACHABLE');
+        expect((err as FerryError).message).to.contain('readRequestBytes must be a positive integer');
+      }
+      expect(t.connections()).to.equal(1);
     });
   });
 });
