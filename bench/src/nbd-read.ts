@@ -1,8 +1,10 @@
 /**
  * Ferry's NBD read path alone, for the bench's comparison with nbdcopy (which copies to `null:`):
  * opens the export through the NBD transport plugin exactly as a backup does (base:allocation,
- * `connections` extra readers), walks the allocation and reads every data extent in 1 MiB requests
- * with `inFlight` of them outstanding into reused buffers, then discards them, like nbdcopy's
+ * `connections` readers in all), walks the allocation (one block status query answers the whole
+ * disk here) and reads every data extent in 1 MiB reads (the transport sends each as NBD requests of
+ * its read request size, 512 KiB) with `inFlight` of them outstanding into reused buffers, then
+ * discards them, like nbdcopy's
  * `null:` target. No hashing, compression or repository: the transport stage of a backup.
  *
  *   node bench/dist/nbd-read.js NBD_URI [connections] [inFlight]   prints JSON { bytesRead, ms, cpuMs }
