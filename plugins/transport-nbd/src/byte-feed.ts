@@ -11,6 +11,12 @@ export interface ByteConsumer {
   directRegion?(): Buffer | undefined;
   /** `n` bytes were read into the region `directRegion` returned last. */
   advanceDirect?(n: number): void;
+  /**
+   * When there is no direct region: how many bytes to read before the consumer may know one (a
+   * reply header). Reading no further keeps the data that follows out of the scratch buffer, so it
+   * lands in place uncopied. 0 or absent: read as much as the scratch buffer takes.
+   */
+  readLimit?(): number;
 }
 
 /** Smaller regions go through the scratch buffer: one syscall per few KiB costs more than a copy. */
@@ -19,8 +25,9 @@ const SCRATCH_SIZE = 256 * 1024;
 
 /**
  * The receive side of one connection, handed from the handshake to the reply parser. On a plain
- * socket (`net.connect` with `onread`) the kernel reads into one reusable scratch buffer, or, while a
- * READ reply's data is due, directly into the caller's buffer: no allocation per chunk and no copy.
+ * socket (`net.connect` with `onread`) the kernel reads into one reusable scratch buffer, no further
+ * than the consumer's `readLimit` (the end of a reply header), or, while a READ reply's data is due,
+ * directly into the caller's buffer: no allocation per chunk and no copy of the data.
  * Other streams (TLS) feed their 'data' chunks through the same interface.
  */
 export class ByteFeed {
@@ -71,9 +78,13 @@ export class ByteFeed {
   }
 
   private nextBuffer(): Buffer {
-    const r = this.consumer?.directRegion?.();
+    const consumer = this.consumer;
+    const r = consumer?.directRegion?.();
     this.region = r && r.length >= MIN_DIRECT ? r : undefined;
-    return this.region ?? (this.scratch ??= Buffer.allocUnsafe(SCRATCH_SIZE));
+    if (this.region) return this.region;
+    const scratch = (this.scratch ??= Buffer.allocUnsafe(SCRATCH_SIZE));
+    const limit = consumer?.readLimit?.() ?? 0;
+    return limit > 0 && limit < SCRATCH_SIZE ? scratch.subarray(0, limit) : scratch;
   }
 
   private deliver(n: number, buf: Buffer): void {

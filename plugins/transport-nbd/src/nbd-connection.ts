@@ -1,5 +1,5 @@
 import type { Duplex } from 'node:stream';
-import type { FerryError } from '@ferry/core/plugin';
+import type { ErrorLocation, FerryError } from '@ferry/core/plugin';
 import type { ByteFeed } from './byte-feed.js';
 import { exportLabel, NbdServerError, readFailed } from './nbd-errors.js';
 import { NBD_CMD_DISC, NBD_CMD_READ, NBD_REQUEST_HEADER_SIZE, NBD_REQUEST_MAGIC, nbdCommandName, nbdErrnoName, writeU64 } from './nbd-protocol.js';
@@ -66,6 +66,7 @@ export class NbdConnection implements ReplySink {
         parser.push(chunk);
       },
       directRegion: () => parser.directRegion(),
+      readLimit: () => parser.readLimit(),
       advanceDirect: (n) => {
         this.lastActivity = Date.now();
         parser.advanceDirect(n);
@@ -145,15 +146,16 @@ export class NbdConnection implements ReplySink {
 
   private requestError(p: Pending): FerryError | undefined {
     const e = p.serverError;
-    const what = `${nbdCommandName(p.command)} ${p.offset}+${p.length} of ${exportLabel(this.opts.exportName)}`;
-    const where = { host: this.opts.address, offset: e?.offset ?? p.offset };
+    const what = (): string => `${nbdCommandName(p.command)} ${p.offset}+${p.length} of ${exportLabel(this.opts.exportName)}`;
+    const where = (): ErrorLocation => ({ host: this.opts.address, offset: e?.offset ?? p.offset });
     if (e) {
       const cause = new NbdServerError(e.errno, p.command, e.message);
-      return readFailed(`server error ${nbdErrnoName(e.errno)} on ${what}${e.message ? `: ${e.message}` : ''}`, where, cause);
+      return readFailed(`server error ${nbdErrnoName(e.errno)} on ${what()}${e.message ? `: ${e.message}` : ''}`, where(), cause);
     }
     if (p.command === NBD_CMD_READ) {
-      const got = p.covered.reduce((n, [s, t]) => n + t - s, 0);
-      if (got !== p.length) return readFailed(`the server reported success but sent ${got} of ${p.length} bytes for ${what}`, where);
+      let got = 0;
+      for (const [s, t] of p.covered) got += t - s;
+      if (got !== p.length) return readFailed(`the server reported success but sent ${got} of ${p.length} bytes for ${what()}`, where());
     }
     return undefined;
   }

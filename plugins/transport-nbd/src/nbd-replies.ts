@@ -71,11 +71,20 @@ export class ReplyParser {
   private fillBuf: Buffer = this.head;
   private fillPos = 0;
   private fillEnd = 4;
-  private then: () => void = () => this.onMagic();
   private dead = false;
   private chunkFlags = 0;
   private chunkType = 0;
   private chunkLength = 0;
+  /** The request whose reply is being read (set at its header). */
+  private req: InFlight | undefined;
+  // The steps, bound once: a reply costs no closure allocations.
+  private readonly magicStep = (): void => this.onMagic();
+  private readonly simpleStep = (): void => this.onSimple();
+  private readonly chunkHeaderStep = (): void => this.onChunkHeader();
+  private readonly dataOffsetStep = (): void => this.onDataOffset(this.req!);
+  private readonly endChunkStep = (): void => this.endChunk(this.req!);
+  private readonly finishStep = (): void => this.finish(this.req!);
+  private then: () => void = this.magicStep;
 
   constructor(
     private readonly sink: ReplySink,
@@ -102,6 +111,20 @@ export class ReplyParser {
   directRegion(): Buffer | undefined {
     if (this.dead || this.fillBuf === this.head || this.fillPos === this.fillEnd) return undefined;
     return this.fillBuf.subarray(this.fillPos, this.fillEnd);
+  }
+
+  /**
+   * How far to read while no direct region is due: to the end of the header (or small payload)
+   * being filled. A reply's first read takes the longest header that can come before data (a
+   * structured chunk header and an OFFSET_DATA offset, 28 bytes; a simple reply's 16), so a READ
+   * reply's data is read straight into its buffer, not through the scratch buffer and a copy.
+   */
+  readLimit(): number {
+    if (this.dead) return 0;
+    const rest = this.fillEnd - this.fillPos;
+    if (this.fillBuf !== this.head) return rest;
+    if (this.fillPos === 0 && this.fillEnd === 4) return this.structured ? NBD_STRUCTURED_REPLY_SIZE + 8 : NBD_SIMPLE_REPLY_SIZE;
+    return this.fillEnd === NBD_STRUCTURED_REPLY_SIZE ? rest + 8 : rest;
   }
 
   /** `n` bytes landed in the region `directRegion` returned, without passing through `push`. */
@@ -131,7 +154,8 @@ export class ReplyParser {
   }
 
   private nextReply(): void {
-    this.want(this.head, 0, 4, () => this.onMagic());
+    this.req = undefined;
+    this.want(this.head, 0, 4, this.magicStep);
   }
 
   private fail(reason: string): void {
@@ -142,10 +166,10 @@ export class ReplyParser {
 
   private onMagic(): void {
     const magic = this.head.readUInt32BE(0);
-    if (magic === NBD_SIMPLE_REPLY_MAGIC) this.want(this.head, 4, NBD_SIMPLE_REPLY_SIZE - 4, () => this.onSimple());
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) this.want(this.head, 4, NBD_SIMPLE_REPLY_SIZE - 4, this.simpleStep);
     else if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
       if (!this.structured) throw new Error('structured reply chunk although structured replies were not agreed');
-      this.want(this.head, 4, NBD_STRUCTURED_REPLY_SIZE - 4, () => this.onChunkHeader());
+      this.want(this.head, 4, NBD_STRUCTURED_REPLY_SIZE - 4, this.chunkHeaderStep);
     } else throw new Error(`bad reply magic 0x${magic.toString(16).padStart(8, '0')}`);
   }
 
@@ -154,6 +178,7 @@ export class ReplyParser {
     const lo = this.head.readUInt32BE(at + 4);
     const req = hi === 0 ? this.sink.lookup(lo) : undefined;
     if (!req) throw new Error(`reply for cookie 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')}, which no request in flight has`);
+    this.req = req;
     return req;
   }
 
@@ -172,7 +197,7 @@ export class ReplyParser {
     }
     if (req.command === NBD_CMD_READ && req.length > 0) {
       req.covered.push([0, req.length]);
-      this.want(req.target!, 0, req.length, () => this.finish(req));
+      this.want(req.target!, 0, req.length, this.finishStep);
     } else this.finish(req);
   }
 
@@ -183,28 +208,28 @@ export class ReplyParser {
     this.chunkLength = this.head.readUInt32BE(16);
     const type = this.chunkType;
     const len = this.chunkLength;
-    const what = `${chunkName(type)} chunk of ${len} bytes for ${nbdCommandName(req.command)} ${req.offset}+${req.length}`;
+    const what = (): string => `${chunkName(type)} chunk of ${len} bytes for ${nbdCommandName(req.command)} ${req.offset}+${req.length}`;
     if (type === NBD_REPLY_TYPE_NONE) {
-      if (len !== 0 || !(this.chunkFlags & NBD_REPLY_FLAG_DONE)) throw new Error(`malformed ${what}`);
+      if (len !== 0 || !(this.chunkFlags & NBD_REPLY_FLAG_DONE)) throw new Error(`malformed ${what()}`);
       return this.finish(req);
     }
     if (type & NBD_REPLY_TYPE_FLAG_ERROR) {
-      if (len < 6 || len > MAX_ERROR_CHUNK) throw new Error(`oversize or truncated ${what}`);
+      if (len < 6 || len > MAX_ERROR_CHUNK) throw new Error(`oversize or truncated ${what()}`);
       return this.wantPayload(len, (p) => this.onError(req, p));
     }
     if (type === NBD_REPLY_TYPE_OFFSET_DATA && req.command === NBD_CMD_READ) {
-      if (len < 9 || len - 8 > req.length) throw new Error(`oversize or empty ${what}`);
-      return this.want(this.head, 0, 8, () => this.onDataOffset(req));
+      if (len < 9 || len - 8 > req.length) throw new Error(`oversize or empty ${what()}`);
+      return this.want(this.head, 0, 8, this.dataOffsetStep);
     }
     if (type === NBD_REPLY_TYPE_OFFSET_HOLE && req.command === NBD_CMD_READ) {
-      if (len !== 12) throw new Error(`malformed ${what}`);
+      if (len !== 12) throw new Error(`malformed ${what()}`);
       return this.wantPayload(len, (p) => this.onHole(req, p));
     }
     if (type === NBD_REPLY_TYPE_BLOCK_STATUS && req.command === NBD_CMD_BLOCK_STATUS) {
-      if (len < 12 || (len - 4) % 8 !== 0 || (len - 4) / 8 > MAX_STATUS_DESCRIPTORS) throw new Error(`oversize or malformed ${what}`);
+      if (len < 12 || (len - 4) % 8 !== 0 || (len - 4) / 8 > MAX_STATUS_DESCRIPTORS) throw new Error(`oversize or malformed ${what()}`);
       return this.wantPayload(len, (p) => this.onStatus(req, p));
     }
-    throw new Error(`unexpected ${what}`);
+    throw new Error(`unexpected ${what()}`);
   }
 
   private wantPayload(length: number, then: (payload: Buffer) => void): void {
@@ -215,7 +240,7 @@ export class ReplyParser {
   private onDataOffset(req: InFlight): void {
     const dataLength = this.chunkLength - 8;
     const start = this.relative(req, readU64(this.head, 0), dataLength);
-    this.want(req.target!, start, dataLength, () => this.endChunk(req));
+    this.want(req.target!, start, dataLength, this.endChunkStep);
   }
 
   private onHole(req: InFlight, p: Buffer): void {
