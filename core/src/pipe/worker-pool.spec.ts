@@ -4,7 +4,7 @@ import { createPluginHost } from '../session/job-runtime.js';
 import { Prng } from '../testing/vm-image.js';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
-import { WorkerBlockCodec } from './worker-block-codec.js';
+import { INLINE_PLANNED_BYTES, WorkerBlockCodec } from './worker-block-codec.js';
 
 const BLOCK = 64 * 1024;
 
@@ -87,5 +87,22 @@ describe('WorkerBlockCodec with an inline budget: a small job starts no thread',
     await codec.decode(encoded, Buffer.alloc(32), 'block 7').catch((e: unknown) => (err = e));
     expect((err as { code?: string }).code).to.equal('REPO_CORRUPT_OBJECT');
     expect(codec.workerThreads).to.equal(0);
+  });
+
+  it('keeps work announced as small on the calling thread; work announced as large goes to the threads past the start budget', async function () {
+    const host = await createPluginHost();
+    codec = new WorkerBlockCodec(host.options, 2, undefined, inline(BLOCK));
+    codec.expectWork(2 * BLOCK);
+    codec.expectWork(BLOCK);
+    for (let i = 0; i < 3; i++) await codec.encode(block(20 + i), 'none', 0);
+    expect(codec.workerThreads, 'three announced blocks, budget one').to.equal(0);
+    await codec.close();
+    codec = new WorkerBlockCodec(host.options, 2, undefined, inline(BLOCK));
+    codec.expectWork(INLINE_PLANNED_BYTES);
+    codec.expectWork(BLOCK);
+    await codec.encode(block(30), 'none', 0);
+    expect(codec.workerThreads, 'the start budget still runs inline').to.equal(0);
+    await codec.encode(block(31), 'none', 0);
+    expect(codec.workerThreads, 'more than INLINE_PLANNED_BYTES announced').to.equal(1);
   });
 });
