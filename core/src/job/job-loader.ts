@@ -1,8 +1,9 @@
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
-import type { Ajv, ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
-import { ajvLib, yamlLib } from './yaml-lib.js';
+import { yamlLib } from './yaml-lib.js';
+import { compileSchema, type ContextKeyword, type KeywordFunction } from './schema-cache.js';
 import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
@@ -22,7 +23,7 @@ import { formatSize, parsePercent, parseSize } from './size.js';
 import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, readJobText } from './yaml-limits.js';
 
 import type { DocPath } from './job-context.js';
-import { addFerryPathKeyword, pathExists } from './ferry-path.js';
+import { pathExists } from './ferry-path.js';
 import { guestSpec, type GuestSpec } from './guest-spec.js';
 export type { DocPath };
 
@@ -342,52 +343,44 @@ export class JobFile {
 
   /** Problems the path keywords found during the current `validate` call. */
   private pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
-  /**
-   * One Ajv for both passes (core keys, then plugin sections): Ajv compiles the JSON Schema
-   * meta-schema once per instance to check each schema it compiles (~55 ms of CPU), so a second
-   * instance cost that again on every job load.
-   */
-  private ajvInstance?: Ajv;
-
   private validate(schema: JsonSchema): void {
     this.pathErrors = [];
-    const ajv = (this.ajvInstance ??= this.newAjv());
-    const validate = ajv.compile(schema);
-    try {
-      if (!validate(this.data)) throw this.schemaError(validate.errors![0]);
-    } finally {
-      ajv.removeSchema(schema);
-    }
+    const validate = compileSchema(schema, JOB_KEYWORDS);
+    if (!validate.call((this.keywordFns ??= this.keywordFunctions()), this.data)) throw this.schemaError(validate.errors![0]);
     if (this.pathErrors.length) {
       const e = this.pathErrors[0];
       throw new FerryError(e.code, e.message, this.where(e.docPath));
     }
   }
 
-  private newAjv(): Ajv {
-    // `optimize: false`: the validator runs once per schema, so Ajv's pass over the generated code
-    // cost more than it saved (~70 ms of CPU per job load); what it checks is the same.
-    const ajv = new (ajvLib().Ajv)({ allErrors: false, strict: false, useDefaults: false, verbose: true, code: { optimize: false } });
+  private keywordFns?: Record<string, KeywordFunction>;
+
+  /** The functions behind `JOB_KEYWORDS`, for this file (its folder, its options, its path problems). */
+  private keywordFunctions(): Record<string, KeywordFunction> {
     const baseDir = this.dir;
-    addFerryPathKeyword(ajv, baseDir, (kind, resolved, pointer) => {
-      // read when called: `remote` is known from the first pass's data
-      const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
-      const docPath = pointerToPath(pointer);
-      // With a repository service the transport and filters run on the proxies: their paths are
-      // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
-      const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
-      const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
-      if (!skip && (kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
-        this.pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
-      }
-    });
-    // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
-    // symbolic links followed unless the source may be gone. The value is left as written.
-    ajv.addKeyword({
-      keyword: 'ferryPathIn',
-      schemaType: 'string',
-      validate: (basePointer: string, value: unknown, _s: unknown, ctx?: { instancePath: string; rootData: unknown }) => {
-        if (typeof value !== 'string' || !ctx) return true;
+    return {
+      // The `ferryPath` keyword (`docs/plugin-guide.md`): a string value is a path, made absolute
+      // against the job file's folder in place, and checked for what its kind says.
+      ferryPath: (kind, value, _s, ctx) => {
+        if (typeof value !== 'string' || typeof kind !== 'string') return true;
+        const resolved = path.resolve(baseDir, value);
+        (ctx.parentData as Record<string | number, unknown>)[ctx.parentDataProperty] = resolved;
+        // read when called: `remote` is known from the first pass's data
+        const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
+        const docPath = pointerToPath(ctx.instancePath);
+        // With a repository service the transport and filters run on the proxies: their paths are
+        // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
+        const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
+        const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
+        if (!skip && (kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
+          this.pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
+        }
+        return true;
+      },
+      // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
+      // symbolic links followed unless the source may be gone. The value is left as written.
+      ferryPathIn: (basePointer, value, _s, ctx) => {
+        if (typeof value !== 'string' || typeof basePointer !== 'string') return true;
         const basePath = pointerToPath(basePointer);
         const base = basePath.reduce<unknown>((o, k) => (o as Record<string | number, unknown> | undefined)?.[k], ctx.rootData);
         if (typeof base !== 'string') return true;
@@ -404,28 +397,11 @@ export class JobFile {
         }
         return true;
       },
-    });
-    ajv.addKeyword({
-      keyword: 'ferryPercent',
-      validate: (_k: boolean, value: unknown) => parsePercent(value) !== undefined,
-      error: { message: 'must be a share of the blocks such as 5%, 25% or 100%' },
-    });
-    ajv.addKeyword({
-      keyword: 'ferryAddress',
-      validate: (_k: boolean, value: unknown) => typeof value === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$/.test(value),
-      error: { message: 'must be an address host:port (or [v6 address]:port)' },
-    });
-    ajv.addKeyword({
-      keyword: 'ferryVms',
-      validate: (_k: boolean, value: unknown) => Array.isArray(value) || value === 'all' || (typeof value === 'object' && value !== null),
-      error: { message: 'must be a list of VMs (- name: web01), all, or { match: "web*" }' },
-    });
-    ajv.addKeyword({
-      keyword: 'ferrySize',
-      validate: (_k: boolean, value: unknown) => parseSize(value) !== undefined,
-      error: { message: 'must be a size such as 256KiB, 1MiB or 4MiB' },
-    });
-    return ajv;
+      ferryPercent: (_k, value) => parsePercent(value) !== undefined,
+      ferryAddress: (_k, value) => typeof value === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$/.test(value),
+      ferryVms: (_k, value) => Array.isArray(value) || value === 'all' || (typeof value === 'object' && value !== null),
+      ferrySize: (_k, value) => parseSize(value) !== undefined,
+    };
   }
 
   private schemaError(e: ErrorObject): FerryError {
@@ -448,6 +424,16 @@ export class JobFile {
     }
   }
 }
+
+/** Ferry's own schema keywords in job files (the functions: `JobFile.keywordFunctions`). */
+const JOB_KEYWORDS: readonly ContextKeyword[] = [
+  { keyword: 'ferryPath', schemaType: 'string', modifying: true },
+  { keyword: 'ferryPathIn', schemaType: 'string' },
+  { keyword: 'ferryPercent', error: { message: 'must be a share of the blocks such as 5%, 25% or 100%' } },
+  { keyword: 'ferryAddress', error: { message: 'must be an address host:port (or [v6 address]:port)' } },
+  { keyword: 'ferryVms', error: { message: 'must be a list of VMs (- name: web01), all, or { match: "web*" }' } },
+  { keyword: 'ferrySize', error: { message: 'must be a size such as 256KiB, 1MiB or 4MiB' } },
+];
 
 /** The block filters of a job without `filters:`: zero blocks, then swap and pagefile areas found on the disk. */
 export const DEFAULT_FILTERS: readonly PluginChoice[] = ['zero', 'swap'];
