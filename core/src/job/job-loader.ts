@@ -4,6 +4,7 @@ import type { ErrorObject } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
 import { yamlLib } from './yaml-lib.js';
 import { compileSchema, type ContextKeyword, type KeywordFunction } from './schema-cache.js';
+import { cachedJobValues, keepJobValues } from './job-values-cache.js';
 import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
@@ -99,11 +100,24 @@ export interface JobSpec {
 export class JobFile {
   private constructor(
     readonly file: string,
-    private readonly doc: Document,
-    private readonly lines: LineCounter,
+    private readonly text: string,
+    private parsed: { doc: Document; lines: LineCounter } | undefined,
     private data: Record<string, unknown>,
     private readonly opts: JobLoadOptions,
+    /** From the values cache: the positions `where`/`whereKey` give, without parsing the text again. */
+    private readonly positions?: JobPositions,
   ) {}
+
+  /** The YAML document with its positions; parsed again on first use when the values came from the cache. */
+  private get yaml(): { doc: Document; lines: LineCounter } {
+    return (this.parsed ??= JobFile.parseText(this.text, this.file));
+  }
+  private get doc(): Document {
+    return this.yaml.doc;
+  }
+  private get lines(): LineCounter {
+    return this.yaml.lines;
+  }
 
   /** Reads and parses the file and checks the core's keys. */
   static load(file: string, opts: JobLoadOptions = {}): JobFile {
@@ -115,6 +129,27 @@ export class JobFile {
   static parse(text: string, file: string, opts: JobLoadOptions = {}): JobFile {
     const bytes = Buffer.byteLength(text);
     if (bytes > MAX_JOB_FILE_BYTES) throw jobFileTooLarge(file, `${bytes} bytes`);
+    const cached = cachedJobValues(text) as { values: unknown; positions: JobPositions } | undefined;
+    let data = cached?.values;
+    let parsed: { doc: Document; lines: LineCounter } | undefined;
+    if (!cached) {
+      parsed = JobFile.parseText(text, file);
+      data = JobFile.toValues(parsed.doc, parsed.lines, file);
+      const positions = positionsOf(parsed.doc, parsed.lines);
+      if (positions) keepJobValues(text, data, positions);
+    }
+    const job = new JobFile(file, text, parsed, (data ?? {}) as Record<string, unknown>, opts, cached?.positions);
+    if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+      throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
+    }
+    job.validate(coreJobSchema(true));
+    job.checkRemote();
+    job.checkVmsListedOnce();
+    return job;
+  }
+
+  /** The YAML document of `text`; a syntax error is JOB_YAML_SYNTAX at its position. */
+  private static parseText(text: string, file: string): { doc: Document; lines: LineCounter } {
     const { LineCounter, parseDocument } = yamlLib();
     const lines = new LineCounter();
     // `uniqueKeys` is checked by `toValues`, in linear time
@@ -125,15 +160,7 @@ export class JobFile {
       const msg = e.message.split('\n')[0];
       throw new FerryError('JOB_YAML_SYNTAX', msg, { file, line: pos.line, column: pos.col });
     }
-    const data = JobFile.toValues(doc, lines, file);
-    const job = new JobFile(file, doc, lines, (data ?? {}) as Record<string, unknown>, opts);
-    if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-      throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
-    }
-    job.validate(coreJobSchema(true));
-    job.checkRemote();
-    job.checkVmsListedOnce();
-    return job;
+    return { doc, lines };
   }
 
   /**
@@ -174,6 +201,13 @@ export class JobFile {
   /** Location of the node at `docPath` (or of its nearest existing parent). */
   where(docPath: DocPath): ErrorLocation {
     const loc: ErrorLocation = { file: this.file, path: formatPath(docPath) };
+    if (this.positions && !this.parsed) {
+      for (let n = docPath.length; n >= 0; n--) {
+        const p = this.positions.at[JSON.stringify(docPath.slice(0, n))];
+        if (p) return { ...loc, line: p[0], column: p[1] };
+      }
+      return loc;
+    }
     for (let n = docPath.length; n >= 0; n--) {
       const node = this.doc.getIn(docPath.slice(0, n), true) as Node | undefined;
       const range = node && (node as { range?: [number, number, number] }).range;
@@ -187,6 +221,10 @@ export class JobFile {
 
   /** Location of the key (not the value) `key` inside the mapping at `docPath`. */
   whereKey(docPath: DocPath, key: string): ErrorLocation {
+    if (this.positions && !this.parsed) {
+      const p = this.positions.keys[JSON.stringify([...docPath, key])];
+      return p ? { file: this.file, path: formatPath([...docPath, key]), line: p[0], column: p[1] } : this.where([...docPath, key]);
+    }
     const map = this.doc.getIn(docPath, true);
     const coll = docPath.length === 0 ? this.doc.contents : map;
     const { isMap, isPair, isScalar } = yamlLib();
@@ -423,6 +461,48 @@ export class JobFile {
         return new FerryError('JOB_INVALID', `${formatPath(at) || 'document'} ${e.message ?? 'is invalid'}`, this.where(at));
     }
   }
+}
+
+/**
+ * Where each node of a job file is, as `where` and `whereKey` find it in the document: `at` by the
+ * node's path (the value's position), `keys` by the path of a mapping's key (the key's position),
+ * both keyed by `JSON.stringify(path)`, as `[line, column]`. Kept with the values in the cache.
+ */
+interface JobPositions {
+  at: Record<string, [number, number]>;
+  keys: Record<string, [number, number]>;
+}
+
+/** Nodes a job file may have for its positions to be kept (a larger file is parsed on every run). */
+const MAX_POSITIONS = 20_000;
+
+/** The positions of every node `doc.getIn` can reach (aliases are not followed, as there). */
+function positionsOf(doc: Document, lines: LineCounter): JobPositions | undefined {
+  const { isMap, isPair, isScalar, isSeq } = yamlLib();
+  const out: JobPositions = { at: {}, keys: {} };
+  let count = 0;
+  const pos = (offset: number): [number, number] => {
+    const p = lines.linePos(offset);
+    return [p.line, p.col];
+  };
+  const walk = (node: unknown, p: DocPath): boolean => {
+    if (++count > MAX_POSITIONS) return false;
+    const range = (node as { range?: [number, number, number] } | null)?.range;
+    if (range) out.at[JSON.stringify(p)] = pos(range[0]);
+    if (isMap(node)) {
+      for (const item of node.items) {
+        if (!isPair(item) || !isScalar(item.key)) continue;
+        const k = item.key.value;
+        if (typeof k !== 'string' && typeof k !== 'number') continue;
+        if (item.key.range) out.keys[JSON.stringify([...p, k])] = pos(item.key.range[0]);
+        if (!walk(item.value, [...p, k])) return false;
+      }
+    } else if (isSeq(node)) {
+      for (const [i, item] of node.items.entries()) if (!walk(item, [...p, i])) return false;
+    }
+    return true;
+  };
+  return walk(doc.contents, []) ? out : undefined;
 }
 
 /** Ferry's own schema keywords in job files (the functions: `JobFile.keywordFunctions`). */
