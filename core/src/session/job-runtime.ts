@@ -139,7 +139,7 @@ export class JobRuntime {
    * (WORKER_FAILED), not the session.
    */
   codec(): Promise<BlockCodec> {
-    const ours = this.plugins.available('compressor').every((c) => c.plugin.startsWith('@ferry/'));
+    const ours = [...this.plugins.providers('compressor')].every((p) => p.startsWith('@ferry/'));
     const inline = ours ? { compressor: (name: string) => this.plugins.create('compressor', name, this.plugins.container), bytes: INLINE_CODEC_BYTES } : undefined;
     this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey, inline));
     return this.codecPromise;
