@@ -22,10 +22,15 @@ export const INLINE_CODEC_BYTES = 4 * 1024 * 1024;
 
 /**
  * Work known to be this small in all (`expectWork`: an incremental's changed blocks, a small disk)
- * runs wholly on the calling thread: 48 MiB is ~0.1 s of hashing and LZ4 on one core, less than
- * starting two threads costs (~0.2 core-s each, ~0.2 s before the first answers).
+ * runs wholly on the calling thread: 48 MiB is ~0.1-0.2 s of hashing and LZ4 on one core, less than
+ * starting two threads costs (~0.2 core-s each, ~0.2 s before the first answers)...
  */
 export const INLINE_PLANNED_BYTES = 48 * 1024 * 1024;
+/**
+ * ...as long as the rest of it, at the rate this thread managed on the start budget, takes no
+ * longer than this: a slow codec (zstd at a high level) goes to the threads after the start budget.
+ */
+export const INLINE_PLANNED_MS = 250;
 
 /**
  * Runs hashing, compression, decompression and verification on a pool of worker threads (one per
@@ -83,8 +88,14 @@ export class WorkerBlockCodec implements BlockCodec {
     this.inlineBudget = this.planned <= INLINE_PLANNED_BYTES ? Math.max(this.inlineStart, this.planned) : this.inlineStart;
   }
 
+  /** Within the start budget always; past it, while the announced rest fits `INLINE_PLANNED_MS` at the measured rate. */
+  private inlineKeepsUp(): boolean {
+    if (this.inlineUsed < this.inlineStart || this.inlineUsed === 0) return true;
+    return (this.inlineBusyMs / this.inlineUsed) * (this.inlineBudget - this.inlineUsed) <= INLINE_PLANNED_MS;
+  }
+
   private run(task: BlockTask, bytes: number, transfer: ArrayBuffer[] = []): Promise<unknown> {
-    if (this.inline && !this.threaded && this.inlineUsed + bytes <= this.inlineBudget) {
+    if (this.inline && !this.threaded && this.inlineUsed + bytes <= this.inlineBudget && this.inlineKeepsUp()) {
       this.inlineUsed += bytes;
       const t0 = performance.now();
       return this.inline.handle(task).then(({ result }) => {

@@ -4,7 +4,7 @@ import { createPluginHost } from '../session/job-runtime.js';
 import { Prng } from '../testing/vm-image.js';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
-import { INLINE_PLANNED_BYTES, WorkerBlockCodec } from './worker-block-codec.js';
+import { INLINE_PLANNED_BYTES, INLINE_PLANNED_MS, WorkerBlockCodec } from './worker-block-codec.js';
 
 const BLOCK = 64 * 1024;
 
@@ -104,5 +104,25 @@ describe('WorkerBlockCodec with an inline budget: a small job starts no thread',
     expect(codec.workerThreads, 'the start budget still runs inline').to.equal(0);
     await codec.encode(block(31), 'none', 0);
     expect(codec.workerThreads, 'more than INLINE_PLANNED_BYTES announced').to.equal(1);
+  });
+
+  it('sends announced work to the threads after the start budget when this thread is too slow for the rest', async function () {
+    const host = await createPluginHost();
+    // a compressor that takes INLINE_PLANNED_MS per block: the announced rest would take far longer inline
+    const none = new NoneCompressor();
+    const slow = async () => ({
+      compress: (data: Uint8Array) => {
+        const until = performance.now() + INLINE_PLANNED_MS / 2;
+        while (performance.now() < until);
+        return none.compress(data);
+      },
+      decompress: (data: Uint8Array, rawLength: number) => none.decompress(data, rawLength),
+    });
+    codec = new WorkerBlockCodec(host.options, 2, undefined, { compressor: slow as never, bytes: BLOCK });
+    codec.expectWork(8 * BLOCK);
+    await codec.encode(block(40), 'none', 0);
+    expect(codec.workerThreads, 'the start budget runs inline').to.equal(0);
+    await codec.encode(block(41), 'none', 0);
+    expect(codec.workerThreads, 'seven more blocks at that rate exceed INLINE_PLANNED_MS').to.equal(1);
   });
 });
