@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import type cliProgressT from 'cli-progress';
-import { humanSize, type ProgressEvent } from '@ferry/core';
+import { humanSize, type ProgressEvent } from '@ferry/core/backup';
 
 /**
  * A progress bar per disk on stderr when it is a terminal; silent otherwise (CI logs, --json).

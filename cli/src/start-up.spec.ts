@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -11,7 +11,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BIN = path.join(ROOT, 'bin', 'ferry.js');
 
 /** Runs `ferry ARGS` and returns what it printed and every module URL it loaded (ESM loader hooks). */
-function runLogged(args: string[], dir: string): Promise<{ stdout: string; code: number; modules: string[] }> {
+function runLogged(args: string[], dir: string): Promise<{ stdout: string; stderr: string; code: number; modules: string[] }> {
   const log = path.join(dir, `modules-${Math.random().toString(36).slice(2)}.txt`);
   const hooks = path.join(dir, 'hooks.mjs');
   const register = path.join(dir, 'register.mjs');
@@ -20,10 +20,10 @@ function runLogged(args: string[], dir: string): Promise<{ stdout: string; code:
     writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
   }
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', pathToFileURL(register).href, BIN, ...args], { env: { ...process.env, FERRY_TEST_MODULE_LOG: log } }, (err, stdout) => {
+    execFile(process.execPath, ['--import', pathToFileURL(register).href, BIN, ...args], { env: { ...process.env, FERRY_TEST_MODULE_LOG: log } }, (err, stdout, stderr) => {
       if (err && typeof err.code !== 'number') return reject(err);
       const modules = existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
-      resolve({ stdout, code: err ? (err.code as number) : 0, modules });
+      resolve({ stdout, stderr, code: err ? (err.code as number) : 0, modules });
     });
   });
 }
@@ -57,6 +57,42 @@ describe('CLI start-up: only what the command needs is loaded', function () {
     const commands = r.modules.filter((m) => m.includes('/cli/dist/commands/')).map((m) => path.basename(m));
     expect(commands).to.include('plugins.js');
     expect(commands.filter((c) => c !== 'plugins.js' && c !== 'verbs.js')).to.deep.equal([]);
+  });
+});
+
+describe('CLI start-up: `ferry backup JOB [--json]` without yargs', function () {
+  let dir: string;
+  before(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-startup-backup-'))));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const yargsLoaded = (modules: string[]) => modules.some((m) => m.includes('/node_modules/yargs/'));
+
+  it('backs up as through yargs, and a form it does not take goes through yargs', async function () {
+    this.timeout(60_000);
+    const ds = path.join(dir, 'ds');
+    mkdirSync(ds);
+    writeFileSync(path.join(ds, 'd.raw'), Buffer.alloc(64 * 1024, 7));
+    const job = path.join(dir, 'job.yaml');
+    const repo = JSON.stringify(path.join(dir, 'repo'));
+    writeFileSync(job, `job: startup\nsource: { host: file, datastore: ${JSON.stringify(ds)}, vms: [ { name: vm, disks: [d.raw] } ] }\nrepository: { type: filesystem, path: ${repo} }\n`);
+    const plain = await runLogged(['backup', job, '--json'], dir);
+    expect(plain.code).to.equal(0);
+    expect((JSON.parse(plain.stdout) as { status: string }).status).to.equal('success');
+    expect(yargsLoaded(plain.modules), 'yargs loaded for the plain form').to.equal(false);
+    const viaYargs = await runLogged(['backup', '--json=true', job], dir);
+    expect(viaYargs.code).to.equal(0);
+    expect((JSON.parse(viaYargs.stdout) as { status: string }).status).to.equal('success');
+    expect(yargsLoaded(viaYargs.modules), 'yargs loaded for --json=true').to.equal(true);
+  });
+
+  it('reports a missing job file exactly as the yargs path does', async function () {
+    const missing = path.join(dir, 'missing.yaml');
+    const plain = await runLogged(['backup', missing], dir);
+    const viaYargs = await runLogged(['backup', '--json=false', missing], dir);
+    expect(yargsLoaded(plain.modules)).to.equal(false);
+    expect(yargsLoaded(viaYargs.modules)).to.equal(true);
+    expect(plain.code).to.equal(2);
+    expect(plain.stderr).to.include('JOB_FILE_NOT_FOUND');
+    expect({ code: plain.code, stdout: plain.stdout, stderr: plain.stderr }).to.deep.equal({ code: viaYargs.code, stdout: viaYargs.stdout, stderr: viaYargs.stderr });
   });
 });
 

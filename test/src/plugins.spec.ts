@@ -44,6 +44,20 @@ describe('plugin discovery and loading', function () {
     expect(byName['d-bad-kind'].code).to.equal('PLUGIN_MANIFEST_INVALID');
   });
 
+  it('in node_modules: finds a plugin whose "ferry" key is written with escapes, and skips other packages, broken ones too', function () {
+    const root = path.join(t.dir, 'escaped-install');
+    const nm = path.join(root, 'node_modules');
+    const pkg = fakePlugin(nm, 'escaped', { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['escaped-filter'] } });
+    writeFileSync(path.join(pkg, 'package.json'), JSON.stringify({ name: 'escaped', version: '1.0.0', type: 'module', ferry: { apiVersion: '1.0', entry: './index.js', provides: { 'block-filter': ['escaped-filter'] } } }).replace('"ferry"', '"\\u0066erry"'));
+    mkdirSync(path.join(nm, 'not-json'));
+    writeFileSync(path.join(nm, 'not-json', 'package.json'), '{ "name": "not-json", ');
+    mkdirSync(path.join(nm, 'plain'));
+    writeFileSync(path.join(nm, 'plain', 'package.json'), JSON.stringify({ name: 'plain', version: '1.0.0' }));
+    const r = discoverPlugins({ installRoot: root });
+    expect(r.plugins.map((p) => p.packageName)).to.deep.equal(['escaped']);
+    expect(r.refused).to.deep.equal([]);
+  });
+
   it('refuses a plugin that registers something it did not declare', async function () {
     const dir = path.join(t.dir, 'liar');
     fakePlugin(

@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { JobRuntime, humanSize, runBackup, type GuestReport, type SessionReport } from '@ferry/core';
+import { JobRuntime, humanSize, runBackup, type GuestReport, type SessionReport } from '@ferry/core/backup';
 import { EXIT, printJson, table } from '../output.js';
 import { progressReporter } from '../progress.js';
 import { VERBS } from './verbs.js';

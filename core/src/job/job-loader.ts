@@ -1,8 +1,10 @@
 import { realpathSync } from 'node:fs';
 import path from 'node:path';
-import type { Ajv, ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
-import { ajvLib, yamlLib } from './yaml-lib.js';
+import { yamlLib } from './yaml-lib.js';
+import { compileSchema, type ContextKeyword, type KeywordFunction } from './schema-cache.js';
+import { cachedJobValues, keepJobValues } from './job-values-cache.js';
 import type { JsonSchema } from '../contracts/plugin.js';
 import type { VmSelection } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
@@ -22,7 +24,7 @@ import { formatSize, parsePercent, parseSize } from './size.js';
 import { checkAliases, firstDuplicateKey, jobFileTooLarge, MAX_JOB_FILE_BYTES, readJobText } from './yaml-limits.js';
 
 import type { DocPath } from './job-context.js';
-import { addFerryPathKeyword, pathExists } from './ferry-path.js';
+import { pathExists } from './ferry-path.js';
 import { guestSpec, type GuestSpec } from './guest-spec.js';
 export type { DocPath };
 
@@ -98,11 +100,24 @@ export interface JobSpec {
 export class JobFile {
   private constructor(
     readonly file: string,
-    private readonly doc: Document,
-    private readonly lines: LineCounter,
+    private readonly text: string,
+    private parsed: { doc: Document; lines: LineCounter } | undefined,
     private data: Record<string, unknown>,
     private readonly opts: JobLoadOptions,
+    /** From the values cache: the positions `where`/`whereKey` give, without parsing the text again. */
+    private readonly positions?: JobPositions,
   ) {}
+
+  /** The YAML document with its positions; parsed again on first use when the values came from the cache. */
+  private get yaml(): { doc: Document; lines: LineCounter } {
+    return (this.parsed ??= JobFile.parseText(this.text, this.file));
+  }
+  private get doc(): Document {
+    return this.yaml.doc;
+  }
+  private get lines(): LineCounter {
+    return this.yaml.lines;
+  }
 
   /** Reads and parses the file and checks the core's keys. */
   static load(file: string, opts: JobLoadOptions = {}): JobFile {
@@ -114,6 +129,27 @@ export class JobFile {
   static parse(text: string, file: string, opts: JobLoadOptions = {}): JobFile {
     const bytes = Buffer.byteLength(text);
     if (bytes > MAX_JOB_FILE_BYTES) throw jobFileTooLarge(file, `${bytes} bytes`);
+    const cached = cachedJobValues(text) as { values: unknown; positions: JobPositions } | undefined;
+    let data = cached?.values;
+    let parsed: { doc: Document; lines: LineCounter } | undefined;
+    if (!cached) {
+      parsed = JobFile.parseText(text, file);
+      data = JobFile.toValues(parsed.doc, parsed.lines, file);
+      const positions = positionsOf(parsed.doc, parsed.lines);
+      if (positions) keepJobValues(text, data, positions);
+    }
+    const job = new JobFile(file, text, parsed, (data ?? {}) as Record<string, unknown>, opts, cached?.positions);
+    if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+      throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
+    }
+    job.validate(coreJobSchema(true));
+    job.checkRemote();
+    job.checkVmsListedOnce();
+    return job;
+  }
+
+  /** The YAML document of `text`; a syntax error is JOB_YAML_SYNTAX at its position. */
+  private static parseText(text: string, file: string): { doc: Document; lines: LineCounter } {
     const { LineCounter, parseDocument } = yamlLib();
     const lines = new LineCounter();
     // `uniqueKeys` is checked by `toValues`, in linear time
@@ -124,15 +160,7 @@ export class JobFile {
       const msg = e.message.split('\n')[0];
       throw new FerryError('JOB_YAML_SYNTAX', msg, { file, line: pos.line, column: pos.col });
     }
-    const data = JobFile.toValues(doc, lines, file);
-    const job = new JobFile(file, doc, lines, (data ?? {}) as Record<string, unknown>, opts);
-    if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-      throw new FerryError('JOB_INVALID', 'the job file must be a mapping of keys (job, source, repository, ...)', job.where([]));
-    }
-    job.validate(coreJobSchema(true));
-    job.checkRemote();
-    job.checkVmsListedOnce();
-    return job;
+    return { doc, lines };
   }
 
   /**
@@ -173,6 +201,13 @@ export class JobFile {
   /** Location of the node at `docPath` (or of its nearest existing parent). */
   where(docPath: DocPath): ErrorLocation {
     const loc: ErrorLocation = { file: this.file, path: formatPath(docPath) };
+    if (this.positions && !this.parsed) {
+      for (let n = docPath.length; n >= 0; n--) {
+        const p = this.positions.at[JSON.stringify(docPath.slice(0, n))];
+        if (p) return { ...loc, line: p[0], column: p[1] };
+      }
+      return loc;
+    }
     for (let n = docPath.length; n >= 0; n--) {
       const node = this.doc.getIn(docPath.slice(0, n), true) as Node | undefined;
       const range = node && (node as { range?: [number, number, number] }).range;
@@ -186,6 +221,10 @@ export class JobFile {
 
   /** Location of the key (not the value) `key` inside the mapping at `docPath`. */
   whereKey(docPath: DocPath, key: string): ErrorLocation {
+    if (this.positions && !this.parsed) {
+      const p = this.positions.keys[JSON.stringify([...docPath, key])];
+      return p ? { file: this.file, path: formatPath([...docPath, key]), line: p[0], column: p[1] } : this.where([...docPath, key]);
+    }
     const map = this.doc.getIn(docPath, true);
     const coll = docPath.length === 0 ? this.doc.contents : map;
     const { isMap, isPair, isScalar } = yamlLib();
@@ -342,52 +381,44 @@ export class JobFile {
 
   /** Problems the path keywords found during the current `validate` call. */
   private pathErrors: { docPath: DocPath; message: string; code: 'JOB_PATH_NOT_FOUND' | 'JOB_INVALID' }[] = [];
-  /**
-   * One Ajv for both passes (core keys, then plugin sections): Ajv compiles the JSON Schema
-   * meta-schema once per instance to check each schema it compiles (~55 ms of CPU), so a second
-   * instance cost that again on every job load.
-   */
-  private ajvInstance?: Ajv;
-
   private validate(schema: JsonSchema): void {
     this.pathErrors = [];
-    const ajv = (this.ajvInstance ??= this.newAjv());
-    const validate = ajv.compile(schema);
-    try {
-      if (!validate(this.data)) throw this.schemaError(validate.errors![0]);
-    } finally {
-      ajv.removeSchema(schema);
-    }
+    const validate = compileSchema(schema, JOB_KEYWORDS);
+    if (!validate.call((this.keywordFns ??= this.keywordFunctions()), this.data)) throw this.schemaError(validate.errors![0]);
     if (this.pathErrors.length) {
       const e = this.pathErrors[0];
       throw new FerryError(e.code, e.message, this.where(e.docPath));
     }
   }
 
-  private newAjv(): Ajv {
-    // `optimize: false`: the validator runs once per schema, so Ajv's pass over the generated code
-    // cost more than it saved (~70 ms of CPU per job load); what it checks is the same.
-    const ajv = new (ajvLib().Ajv)({ allErrors: false, strict: false, useDefaults: false, verbose: true, code: { optimize: false } });
+  private keywordFns?: Record<string, KeywordFunction>;
+
+  /** The functions behind `JOB_KEYWORDS`, for this file (its folder, its options, its path problems). */
+  private keywordFunctions(): Record<string, KeywordFunction> {
     const baseDir = this.dir;
-    addFerryPathKeyword(ajv, baseDir, (kind, resolved, pointer) => {
-      // read when called: `remote` is known from the first pass's data
-      const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
-      const docPath = pointerToPath(pointer);
-      // With a repository service the transport and filters run on the proxies: their paths are
-      // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
-      const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
-      const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
-      if (!skip && (kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
-        this.pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
-      }
-    });
-    // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
-    // symbolic links followed unless the source may be gone. The value is left as written.
-    ajv.addKeyword({
-      keyword: 'ferryPathIn',
-      schemaType: 'string',
-      validate: (basePointer: string, value: unknown, _s: unknown, ctx?: { instancePath: string; rootData: unknown }) => {
-        if (typeof value !== 'string' || !ctx) return true;
+    return {
+      // The `ferryPath` keyword (`docs/plugin-guide.md`): a string value is a path, made absolute
+      // against the job file's folder in place, and checked for what its kind says.
+      ferryPath: (kind, value, _s, ctx) => {
+        if (typeof value !== 'string' || typeof kind !== 'string') return true;
+        const resolved = path.resolve(baseDir, value);
+        (ctx.parentData as Record<string | number, unknown>)[ctx.parentDataProperty] = resolved;
+        // read when called: `remote` is known from the first pass's data
+        const remote = (this.data.repository as { server?: string } | undefined)?.server !== undefined;
+        const docPath = pointerToPath(ctx.instancePath);
+        // With a repository service the transport and filters run on the proxies: their paths are
+        // made absolute here and must exist on the proxy host, which checks them (REMOTE_PLUGIN_OPTIONS).
+        const onProxy = remote && (docPath[0] === 'transport' || docPath[0] === 'filters');
+        const skip = (this.opts.sourceMayBeGone && docPath[0] === 'source') || onProxy;
+        if (!skip && (kind === 'directory' || kind === 'file') && !pathExists(resolved, kind)) {
+          this.pathErrors.push({ docPath, message: `${kind} not found: ${resolved}`, code: 'JOB_PATH_NOT_FOUND' });
+        }
+        return true;
+      },
+      // A path that must stay inside the folder another key names (a disk inside `source.datastore`),
+      // symbolic links followed unless the source may be gone. The value is left as written.
+      ferryPathIn: (basePointer, value, _s, ctx) => {
+        if (typeof value !== 'string' || typeof basePointer !== 'string') return true;
         const basePath = pointerToPath(basePointer);
         const base = basePath.reduce<unknown>((o, k) => (o as Record<string | number, unknown> | undefined)?.[k], ctx.rootData);
         if (typeof base !== 'string') return true;
@@ -404,28 +435,11 @@ export class JobFile {
         }
         return true;
       },
-    });
-    ajv.addKeyword({
-      keyword: 'ferryPercent',
-      validate: (_k: boolean, value: unknown) => parsePercent(value) !== undefined,
-      error: { message: 'must be a share of the blocks such as 5%, 25% or 100%' },
-    });
-    ajv.addKeyword({
-      keyword: 'ferryAddress',
-      validate: (_k: boolean, value: unknown) => typeof value === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$/.test(value),
-      error: { message: 'must be an address host:port (or [v6 address]:port)' },
-    });
-    ajv.addKeyword({
-      keyword: 'ferryVms',
-      validate: (_k: boolean, value: unknown) => Array.isArray(value) || value === 'all' || (typeof value === 'object' && value !== null),
-      error: { message: 'must be a list of VMs (- name: web01), all, or { match: "web*" }' },
-    });
-    ajv.addKeyword({
-      keyword: 'ferrySize',
-      validate: (_k: boolean, value: unknown) => parseSize(value) !== undefined,
-      error: { message: 'must be a size such as 256KiB, 1MiB or 4MiB' },
-    });
-    return ajv;
+      ferryPercent: (_k, value) => parsePercent(value) !== undefined,
+      ferryAddress: (_k, value) => typeof value === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$/.test(value),
+      ferryVms: (_k, value) => Array.isArray(value) || value === 'all' || (typeof value === 'object' && value !== null),
+      ferrySize: (_k, value) => parseSize(value) !== undefined,
+    };
   }
 
   private schemaError(e: ErrorObject): FerryError {
@@ -448,6 +462,58 @@ export class JobFile {
     }
   }
 }
+
+/**
+ * Where each node of a job file is, as `where` and `whereKey` find it in the document: `at` by the
+ * node's path (the value's position), `keys` by the path of a mapping's key (the key's position),
+ * both keyed by `JSON.stringify(path)`, as `[line, column]`. Kept with the values in the cache.
+ */
+interface JobPositions {
+  at: Record<string, [number, number]>;
+  keys: Record<string, [number, number]>;
+}
+
+/** Nodes a job file may have for its positions to be kept (a larger file is parsed on every run). */
+const MAX_POSITIONS = 20_000;
+
+/** The positions of every node `doc.getIn` can reach (aliases are not followed, as there). */
+function positionsOf(doc: Document, lines: LineCounter): JobPositions | undefined {
+  const { isMap, isPair, isScalar, isSeq } = yamlLib();
+  const out: JobPositions = { at: {}, keys: {} };
+  let count = 0;
+  const pos = (offset: number): [number, number] => {
+    const p = lines.linePos(offset);
+    return [p.line, p.col];
+  };
+  const walk = (node: unknown, p: DocPath): boolean => {
+    if (++count > MAX_POSITIONS) return false;
+    const range = (node as { range?: [number, number, number] } | null)?.range;
+    if (range) out.at[JSON.stringify(p)] = pos(range[0]);
+    if (isMap(node)) {
+      for (const item of node.items) {
+        if (!isPair(item) || !isScalar(item.key)) continue;
+        const k = item.key.value;
+        if (typeof k !== 'string' && typeof k !== 'number') continue;
+        if (item.key.range) out.keys[JSON.stringify([...p, k])] = pos(item.key.range[0]);
+        if (!walk(item.value, [...p, k])) return false;
+      }
+    } else if (isSeq(node)) {
+      for (const [i, item] of node.items.entries()) if (!walk(item, [...p, i])) return false;
+    }
+    return true;
+  };
+  return walk(doc.contents, []) ? out : undefined;
+}
+
+/** Ferry's own schema keywords in job files (the functions: `JobFile.keywordFunctions`). */
+const JOB_KEYWORDS: readonly ContextKeyword[] = [
+  { keyword: 'ferryPath', schemaType: 'string', modifying: true },
+  { keyword: 'ferryPathIn', schemaType: 'string' },
+  { keyword: 'ferryPercent', error: { message: 'must be a share of the blocks such as 5%, 25% or 100%' } },
+  { keyword: 'ferryAddress', error: { message: 'must be an address host:port (or [v6 address]:port)' } },
+  { keyword: 'ferryVms', error: { message: 'must be a list of VMs (- name: web01), all, or { match: "web*" }' } },
+  { keyword: 'ferrySize', error: { message: 'must be a size such as 256KiB, 1MiB or 4MiB' } },
+];
 
 /** The block filters of a job without `filters:`: zero blocks, then swap and pagefile areas found on the disk. */
 export const DEFAULT_FILTERS: readonly PluginChoice[] = ['zero', 'swap'];

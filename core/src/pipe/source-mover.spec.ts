@@ -173,6 +173,41 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
   });
 });
 
+describe('SourceMover: the work it announces to the codec', function () {
+  /** Records `expectWork` and hashes on this thread: the mover's side of the contract only. */
+  async function announced(changed?: Parameters<SourceMover['blocks']>[3], from = 0): Promise<number[]> {
+    const host = await createPluginHost();
+    const codec = new WorkerBlockCodec(host.options, 1, undefined, { compressor: async () => new NoneCompressor(), bytes: 64 * BLOCK });
+    const seen: number[] = [];
+    const spy = Object.assign(Object.create(codec) as WorkerBlockCodec, { expectWork: (n: number) => seen.push(n) });
+    try {
+      const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'none', level: 0 }, codec: spy, filters: [], readAhead: 4 }, newStageMeters());
+      const counters: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+      for await (const _r of mover.blocks(memoryDisk(true).handle, [], counters, changed, from)) void _r;
+    } finally {
+      await codec.close();
+    }
+    return seen;
+  }
+
+  it('a full run announces the disk from its first block on', async function () {
+    expect(await announced()).to.deep.equal([24 * BLOCK]);
+    expect(await announced(undefined, 20)).to.deep.equal([4 * BLOCK]);
+  });
+
+  it('an incremental run announces the whole blocks its changed ranges touch, as each batch is known', async function () {
+    const extents = [
+      { offset: BLOCK + 10, length: 20 },
+      { offset: 3 * BLOCK - 1, length: 2 },
+    ];
+    expect(await announced({ extents })).to.deep.equal([3 * BLOCK]);
+    const asked: number[] = [];
+    const query = async (offset: number, length: number) => (asked.push(offset), offset === 0 ? [{ offset: 2 * BLOCK, length: BLOCK }] : []);
+    expect(await announced({ query })).to.deep.equal([BLOCK]);
+    expect(asked).to.deep.equal([0]);
+  });
+});
+
 describe('defaultReadAhead', function () {
   it('keeps about 8 MiB in flight: more small blocks, at least 4 large ones', function () {
     const KiB = 1024;

@@ -96,7 +96,11 @@ export class SourceMover {
   async *blocks(handle: DiskHandle, skip: Extent[], counters: SourceCounters, changed?: ChangedRanges, from = 0): AsyncGenerator<BlockRecord> {
     const count = Math.ceil(handle.size / this.opts.blockSize);
     const alloc = new AllocationCursor(handle);
-    const changes = changed && new ChangeCursor(changed, handle.size);
+    const bs = this.opts.blockSize;
+    // What this disk will hand the codec, once known: a small job then starts no threads.
+    const expect = (bytes: number): void => this.opts.codec.expectWork?.(bytes);
+    const changes = changed && new ChangeCursor(changed, handle.size, (extents) => expect(blockBytes(extents, bs)));
+    if (!changes) expect(Math.max(0, handle.size - Math.max(0, from) * bs));
     const skipCursor = new SkipCursor(skip);
     const window: Promise<Produced>[] = [];
     let next = Math.max(0, from);
@@ -287,13 +291,16 @@ class ChangeCursor {
   private extents: Extent[] = [];
   private covered = 0;
 
+  /** `found`: each batch of changed ranges as it becomes known. */
   constructor(
     private readonly source: ChangedRanges,
     private readonly size: number,
+    private readonly found: (extents: Extent[]) => void = () => undefined,
   ) {
     if ('extents' in source) {
       this.extents = [...source.extents].sort((a, b) => a.offset - b.offset);
       this.covered = size;
+      found(this.extents);
     }
   }
 
@@ -311,6 +318,7 @@ class ChangeCursor {
       }
       this.extents.push(...got);
       this.covered += ask;
+      this.found(got);
     }
     while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
     return this.extents.some((e) => e.offset < end && e.offset + e.length > start);
@@ -332,6 +340,13 @@ function blockError(plan: BlockPlan, err: unknown): FerryError {
 function countFiltered(counters: SourceCounters, filter: string): void {
   counters.filtered ??= {};
   counters.filtered[filter] = (counters.filtered[filter] ?? 0) + 1;
+}
+
+/** Bytes of the whole blocks the ranges touch (a block two ranges touch counts twice: an upper bound). */
+function blockBytes(extents: readonly Extent[], blockSize: number): number {
+  let n = 0;
+  for (const e of extents) n += Math.ceil((e.offset + e.length) / blockSize) * blockSize - Math.floor(e.offset / blockSize) * blockSize;
+  return n;
 }
 
 /** Ranges sorted and merged where they touch or overlap. */

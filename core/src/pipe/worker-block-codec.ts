@@ -21,6 +21,18 @@ export interface InlineStart {
 export const INLINE_CODEC_BYTES = 4 * 1024 * 1024;
 
 /**
+ * Work known to be this small in all (`expectWork`: an incremental's changed blocks, a small disk)
+ * runs wholly on the calling thread: 48 MiB is ~0.1-0.2 s of hashing and LZ4 on one core, less than
+ * starting two threads costs (~0.2 core-s each, ~0.2 s before the first answers)...
+ */
+export const INLINE_PLANNED_BYTES = 48 * 1024 * 1024;
+/**
+ * ...as long as the rest of it, at the rate this thread managed on the start budget, takes no
+ * longer than this: a slow codec (zstd at a high level) goes to the threads after the start budget.
+ */
+export const INLINE_PLANNED_MS = 250;
+
+/**
  * Runs hashing, compression, decompression and verification on a pool of worker threads (one per
  * core by default). Block memory moves to the worker and back without copies when the buffer owns
  * its memory; otherwise it is copied once.
@@ -30,8 +42,14 @@ export class WorkerBlockCodec implements BlockCodec {
   private readonly freeSlots: BlockSlot[] = [];
   private slotCount = 0;
   private readonly inline?: BlockTasks;
-  private inlineLeft = 0;
+  private inlineStart = 0;
+  private inlineBudget = 0;
+  private inlineUsed = 0;
   private inlineBusyMs = 0;
+  /** Bytes announced by `expectWork` so far. */
+  private planned = 0;
+  /** A task went to the threads: every later one does too. */
+  private threaded = false;
 
   /**
    * `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). `inline`: the
@@ -41,7 +59,7 @@ export class WorkerBlockCodec implements BlockCodec {
     this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), idKey ? { ...discovery, idKey } : discovery, threads, inline ? 0 : 1);
     if (inline) {
       this.inline = new BlockTasks(inline.compressor, idKey);
-      this.inlineLeft = inline.bytes;
+      this.inlineStart = this.inlineBudget = inline.bytes;
     }
   }
 
@@ -60,16 +78,32 @@ export class WorkerBlockCodec implements BlockCodec {
     return this.pool.busyMs + this.inlineBusyMs;
   }
 
+  /**
+   * While everything announced fits in `INLINE_PLANNED_BYTES`, the calling thread's budget covers it;
+   * past that the budget is the inline start again, so large work reaches the threads at once.
+   */
+  expectWork(bytes: number): void {
+    if (!this.inline || this.threaded || !(bytes > 0)) return;
+    this.planned += bytes;
+    this.inlineBudget = this.planned <= INLINE_PLANNED_BYTES ? Math.max(this.inlineStart, this.planned) : this.inlineStart;
+  }
+
+  /** Within the start budget always; past it, while the announced rest fits `INLINE_PLANNED_MS` at the measured rate. */
+  private inlineKeepsUp(): boolean {
+    if (this.inlineUsed < this.inlineStart || this.inlineUsed === 0) return true;
+    return (this.inlineBusyMs / this.inlineUsed) * (this.inlineBudget - this.inlineUsed) <= INLINE_PLANNED_MS;
+  }
+
   private run(task: BlockTask, bytes: number, transfer: ArrayBuffer[] = []): Promise<unknown> {
-    if (this.inline && bytes <= this.inlineLeft) {
-      this.inlineLeft -= bytes;
+    if (this.inline && !this.threaded && this.inlineUsed + bytes <= this.inlineBudget && this.inlineKeepsUp()) {
+      this.inlineUsed += bytes;
       const t0 = performance.now();
       return this.inline.handle(task).then(({ result }) => {
         this.inlineBusyMs += performance.now() - t0;
         return result;
       });
     }
-    this.inlineLeft = 0; // past the budget: the threads from here on
+    this.threaded = true; // past the budget: the threads from here on
     return this.pool.run(task, transfer);
   }
 

@@ -4,7 +4,7 @@ import { createPluginHost } from '../session/job-runtime.js';
 import { Prng } from '../testing/vm-image.js';
 import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
-import { WorkerBlockCodec } from './worker-block-codec.js';
+import { INLINE_PLANNED_BYTES, INLINE_PLANNED_MS, WorkerBlockCodec } from './worker-block-codec.js';
 
 const BLOCK = 64 * 1024;
 
@@ -87,5 +87,42 @@ describe('WorkerBlockCodec with an inline budget: a small job starts no thread',
     await codec.decode(encoded, Buffer.alloc(32), 'block 7').catch((e: unknown) => (err = e));
     expect((err as { code?: string }).code).to.equal('REPO_CORRUPT_OBJECT');
     expect(codec.workerThreads).to.equal(0);
+  });
+
+  it('keeps work announced as small on the calling thread; work announced as large goes to the threads past the start budget', async function () {
+    const host = await createPluginHost();
+    codec = new WorkerBlockCodec(host.options, 2, undefined, inline(BLOCK));
+    codec.expectWork(2 * BLOCK);
+    codec.expectWork(BLOCK);
+    for (let i = 0; i < 3; i++) await codec.encode(block(20 + i), 'none', 0);
+    expect(codec.workerThreads, 'three announced blocks, budget one').to.equal(0);
+    await codec.close();
+    codec = new WorkerBlockCodec(host.options, 2, undefined, inline(BLOCK));
+    codec.expectWork(INLINE_PLANNED_BYTES);
+    codec.expectWork(BLOCK);
+    await codec.encode(block(30), 'none', 0);
+    expect(codec.workerThreads, 'the start budget still runs inline').to.equal(0);
+    await codec.encode(block(31), 'none', 0);
+    expect(codec.workerThreads, 'more than INLINE_PLANNED_BYTES announced').to.equal(1);
+  });
+
+  it('sends announced work to the threads after the start budget when this thread is too slow for the rest', async function () {
+    const host = await createPluginHost();
+    // a compressor that takes INLINE_PLANNED_MS per block: the announced rest would take far longer inline
+    const none = new NoneCompressor();
+    const slow = async () => ({
+      compress: (data: Uint8Array) => {
+        const until = performance.now() + INLINE_PLANNED_MS / 2;
+        while (performance.now() < until);
+        return none.compress(data);
+      },
+      decompress: (data: Uint8Array, rawLength: number) => none.decompress(data, rawLength),
+    });
+    codec = new WorkerBlockCodec(host.options, 2, undefined, { compressor: slow as never, bytes: BLOCK });
+    codec.expectWork(8 * BLOCK);
+    await codec.encode(block(40), 'none', 0);
+    expect(codec.workerThreads, 'the start budget runs inline').to.equal(0);
+    await codec.encode(block(41), 'none', 0);
+    expect(codec.workerThreads, 'seven more blocks at that rate exceed INLINE_PLANNED_MS').to.equal(1);
   });
 });

@@ -177,7 +177,7 @@ interface Read {
 
 function readCandidate(c: { dir: string; source: PluginSource }): Read {
   const base = { dir: c.dir, source: c.source, packageName: path.basename(c.dir), version: '0.0.0' };
-  const pkg = readPackageJson(c.dir);
+  const pkg = readPackageJson(c.dir, c.source === 'node_modules');
   if (pkg.error && looksLikePlugin(c.source, pkg.text)) return { ...base, error: pkg.error };
   if (!pkg.json || pkg.json.ferry === undefined) return { ...base, skip: true };
   const packageName = typeof pkg.json.name === 'string' ? pkg.json.name : base.packageName;
@@ -268,7 +268,7 @@ function parseManifest(raw: unknown, packageName: string, dir: string): PluginMa
  * A folder's package.json: `json` when it parses to an object; `error` (with the file, line and
  * column) when it is there but is not a JSON object; neither when there is none.
  */
-function readPackageJson(dir: string): { json?: Record<string, unknown>; text?: string; error?: FerryError } {
+function readPackageJson(dir: string, onlyFerry = false): { json?: Record<string, unknown>; text?: string; error?: FerryError } {
   const file = path.join(dir, 'package.json');
   let text: string;
   try {
@@ -276,6 +276,9 @@ function readPackageJson(dir: string): { json?: Record<string, unknown>; text?: 
   } catch {
     return {};
   }
+  // `onlyFerry` (the node_modules folders, mostly other packages): a text that can hold no "ferry"
+  // key (neither the word nor a \u escape) is not parsed, as it is neither a plugin nor refused.
+  if (onlyFerry && !text.includes('ferry') && !text.includes('\\u')) return { text };
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -307,7 +310,8 @@ function isDir(p: string): boolean {
 
 function safeRealpath(p: string): string {
   try {
-    return realpathSync(p);
+    // the system call: one per folder instead of an lstat per path component
+    return realpathSync.native(p);
   } catch {
     return path.resolve(p);
   }

@@ -84,3 +84,14 @@ describe('plugin host: required members', function () {
     expect(await h.read(0, 8)).to.have.length(8);
   });
 });
+
+describe('plugin host: providers of a kind', function () {
+  it('names the same packages as `available`, registered and discovered alike', async function () {
+    const { createPluginHost } = await import('./create-plugin-host.js');
+    const host = await createPluginHost();
+    for (const kind of ['compressor', 'transport', 'block-filter', 'source-host'] as PluginKind[]) {
+      expect([...host.providers(kind)].sort(), kind).to.deep.equal([...new Set(host.available(kind).map((a) => a.plugin))].sort());
+    }
+    expect(host.providers('compressor').has('@ferry/core')).to.equal(true);
+  });
+});

@@ -70,6 +70,17 @@ export class PluginHost {
     return [...out].map(([name, plugin]) => ({ name, plugin })).sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /**
+   * The packages that provide an implementation of `kind`, unordered: without `available`'s sort,
+   * whose first `localeCompare` loads ICU's collation (~10-40 ms) into a process that needs none.
+   */
+  providers(kind: PluginKind): Set<string> {
+    const out = new Set<string>();
+    for (const r of this.registrations.values()) if (r.kind === kind) out.add(r.plugin);
+    for (const p of this.discovery.plugins) if (p.manifest.provides[kind]?.length) out.add(p.packageName);
+    return out;
+  }
+
   /** The package that provides `kind` `name` (for error messages); the name itself if unknown. */
   providerOf(kind: PluginKind, name: string): string {
     return this.registrations.get(`${kind}:${name}`)?.plugin ?? name;

@@ -32,6 +32,11 @@ export interface BlockCodec {
   encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
   /** `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory. */
   decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
+  /**
+   * Raw block bytes a data mover now knows it will hand over (a disk's changed blocks, a small disk
+   * whole): a codec that starts threads on demand may keep work this small on the calling thread.
+   */
+  expectWork?(bytes: number): void;
 }
 
 /** What `encodeSlot` does: both, the hash only, or the encoded block only. */

@@ -1,13 +1,12 @@
 import type { SessionInfo, SourceDisk, SourceHost, VmInventory, VmSnapshot } from '../contracts/source-host.js';
 import { FerryError, pluginError } from '../errors.js';
-import { RemoteBackup } from './remote-backup.js';
 import { newDiskReport, type BackupPlacement, type KeptDisk, type MovedDisk } from './backup-placement.js';
 import { previousOf } from '../plan/disk-plan.js';
 import { DiskSlots, mapInOrder } from './disk-slots.js';
 import { EmbeddedBackup } from './embedded-backup.js';
 import type { JobRuntime } from './job-runtime.js';
 import { interrupted, newSessionReport, previousPoint } from './session-common.js';
-import { GuestProcessing } from './guest-processing.js';
+import type { GuestProcessing } from './guest-processing.js';
 import type { DiskReport, ProgressEvent, SessionReport, VmReport } from '../report/session-report.js';
 
 export interface BackupOptions {
@@ -20,14 +19,17 @@ export interface BackupOptions {
  * Where the job's data movers run, chosen once per session: in this process, or (`repository.server`
  * in the job) the proxies and the repository service. Nothing else in a session asks.
  */
-export function backupPlacement(rt: JobRuntime, opts: BackupOptions = {}): BackupPlacement {
+export async function backupPlacement(rt: JobRuntime, opts: BackupOptions = {}): Promise<BackupPlacement> {
   const onProgress = opts.onProgress ?? (() => undefined);
-  return rt.spec.remote ? new RemoteBackup(rt, rt.spec.remote, onProgress, opts.signal) : new EmbeddedBackup(rt, onProgress, opts.signal);
+  if (!rt.spec.remote) return new EmbeddedBackup(rt, onProgress, opts.signal);
+  // The wire and service protocol modules load only for a job that uses them.
+  const { RemoteBackup } = await import('./remote-backup.js');
+  return new RemoteBackup(rt, rt.spec.remote, onProgress, opts.signal);
 }
 
 /** Runs one backup session of a job with the data movers where the job places them. */
-export function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promise<SessionReport> {
-  return runBackupSession(rt, backupPlacement(rt, opts), opts);
+export async function runBackup(rt: JobRuntime, opts: BackupOptions = {}): Promise<SessionReport> {
+  return runBackupSession(rt, await backupPlacement(rt, opts), opts);
 }
 
 interface Session {
@@ -100,7 +102,7 @@ export async function runBackupSession(rt: JobRuntime, placement: BackupPlacemen
 async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmReport; disks: DiskReport[] }> {
   const vmReport: VmReport = { vm: vm.name, status: 'success', restorePoint: null, ...(vm.notes?.length && { notes: [...vm.notes] }) };
   const provider = s.rt.plugins.providerOf('source-host', s.rt.spec.source.host);
-  const guest = guestOf(s, vm.name);
+  const guest = await guestOf(s, vm.name);
   if (guest) vmReport.guest = guest.report;
   let moved: MovedDisk[] = [];
   let snapshot: VmSnapshot | undefined;
@@ -149,9 +151,10 @@ async function backupVm(s: Session, vm: VmInventory): Promise<{ vmReport: VmRepo
   return { vmReport, disks: moved.map((d) => d.report) };
 }
 
-function guestOf(s: Session, vm: string): GuestProcessing | undefined {
+async function guestOf(s: Session, vm: string): Promise<GuestProcessing | undefined> {
   const spec = s.rt.spec.guests[vm];
   if (!spec) return undefined;
+  const { GuestProcessing } = await import('./guest-processing.js');
   return new GuestProcessing({
     vm,
     spec,

@@ -5,7 +5,6 @@ import type { JsonSchema, PluginKind, PluginKindMap } from '../contracts/plugin.
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { SourceHost } from '../contracts/source-host.js';
 import type { GuestRuntime } from '../contracts/guest-runtime.js';
-import { RemoteGuestRuntime } from '../remote/guest/remote-guest-runtime.js';
 import type { Transport } from '../contracts/transport.js';
 import type { JobContext } from '../job/job-context.js';
 import { choiceName, DEFAULT_FILTERS, JobFile, type CompressionChoice, type PluginChoice, type JobSpec } from '../job/job-loader.js';
@@ -19,7 +18,7 @@ import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../repository/block-codec.js';
 import { INLINE_CODEC_BYTES, WorkerBlockCodec } from '../pipe/worker-block-codec.js';
 import { createPluginHost } from '../plugins/create-plugin-host.js';
-import { notHere } from './remote-backup.js';
+import { notHere } from './session-common.js';
 import { autoTransportOrder } from '../plan/disk-plan.js';
 
 export { createPluginHost, findInstallRoot } from '../plugins/create-plugin-host.js';
@@ -127,7 +126,8 @@ export class JobRuntime {
   /** The guest runtime a VM's `guest.os` names (`at`: where the key is). */
   guestRuntime(os: string, at: (string | number)[]): Promise<GuestRuntime> {
     // `guestProxies:`: the steps run there, with that host's guest plugins
-    if (this.spec.guestProxies && this.spec.certs) return Promise.resolve(new RemoteGuestRuntime(this.spec.guestProxies, this.spec.certs));
+    const { guestProxies, certs } = this.spec;
+    if (guestProxies && certs) return import('../remote/guest/remote-guest-runtime.js').then((m) => new m.RemoteGuestRuntime(guestProxies, certs));
     return this.instance('guest-runtime', os, {}, at);
   }
 
@@ -139,7 +139,7 @@ export class JobRuntime {
    * (WORKER_FAILED), not the session.
    */
   codec(): Promise<BlockCodec> {
-    const ours = this.plugins.available('compressor').every((c) => c.plugin.startsWith('@ferry/'));
+    const ours = [...this.plugins.providers('compressor')].every((p) => p.startsWith('@ferry/'));
     const inline = ours ? { compressor: (name: string) => this.plugins.create('compressor', name, this.plugins.container), bytes: INLINE_CODEC_BYTES } : undefined;
     this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey, inline));
     return this.codecPromise;

@@ -18,10 +18,7 @@ export interface RemoteSpec {
   certs: string;
 }
 
-/** For commands that need the repository itself (verify, prune, gc, unlock) on a job with a repository service. */
-export function notHere(server: string, where: ErrorLocation): FerryError {
-  return new FerryError('CLI_USAGE', `the job's repository is the repository service at ${server}; run this command on that host with --repository PATH`, where);
-}
+export { notHere } from './session-common.js';
 
 /** How the backup server authenticates to the repository service. */
 export function serverAuth(remote: RemoteSpec): PeerAuth {

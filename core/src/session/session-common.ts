@@ -1,5 +1,10 @@
 import type { PreviousPoint } from '../contracts/source-host.js';
 import { FerryError, type ErrorLocation } from '../errors.js';
+
+/** For commands that need the repository itself (verify, prune, gc, unlock) on a job with a repository service. */
+export function notHere(server: string, where: ErrorLocation): FerryError {
+  return new FerryError('CLI_USAGE', `the job's repository is the repository service at ${server}; run this command on that host with --repository PATH`, where);
+}
 import { Repository, type RestorePoint } from '../repository/repository.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { ReportedError, SessionReport } from '../report/session-report.js';

@@ -1,16 +1,16 @@
 import { FerryError } from '../errors.js';
-import { prunePoints } from '../maintenance/prune.js';
-import { runVerify } from '../maintenance/verify.js';
 import type { BlockCodec } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { RepositoryLock } from '../repository/repository-lock.js';
 import type { JobRuntime } from './job-runtime.js';
-import { copyPoints } from '../maintenance/copy.js';
-import { RepositoryRuntime } from './repository-runtime.js';
+import type { RepositoryRuntime } from './repository-runtime.js';
 import type { ReportedError } from '../errors.js';
 import type { CopyOutcome, RetentionOutcome, SessionReport, VerifyOutcome } from '../report/session-report.js';
 
 export type { CopyOutcome, RetentionOutcome, VerifyOutcome };
+
+// Retention, the health check and copies load their modules when a job asks for them: most
+// sessions do none of them, and a copy's repository file needs Ajv and yaml.
 
 /**
  * What a backup session does around moving data, kept out of `backup-session.ts`: the lock on the
@@ -29,6 +29,7 @@ export async function retentionAfterSession(rt: JobRuntime, repo: Repository, lo
   const vms = report.vms.filter((v) => v.status === 'success' && v.restorePoint).map((v) => v.vm);
   try {
     await lock.assertHeld();
+    const { prunePoints } = await import('../maintenance/prune.js');
     return { removed: (await prunePoints(repo, { job: rt.spec.job, vms, policy: rt.spec.retention })).removed };
   } catch (err) {
     return { removed: [], error: summary(err) };
@@ -42,6 +43,7 @@ export async function verifyAfterSession(rt: JobRuntime, repo: Repository, codec
   const samplePercent = rt.spec.verify.samplePercent;
   if (points.length === 0) return { status: 'not run', samplePercent, blocksChecked: 0, damagedBlocks: 0, throughputMiBps: 0 };
   try {
+    const { runVerify } = await import('../maintenance/verify.js');
     const v = await runVerify(repo, codec, { points, samplePercent });
     const out: VerifyOutcome = {
       status: v.status,
@@ -66,6 +68,7 @@ export async function copyAfterSession(rt: JobRuntime, repo: Repository, codec: 
   if (!rt.spec.copyTo?.length) return undefined;
   const points = report.vms.filter((v) => v.restorePoint).map((v) => ({ vm: v.vm, id: v.restorePoint! }));
   const out: CopyOutcome[] = [];
+  const [{ copyPoints }, { RepositoryRuntime }] = await Promise.all([import('../maintenance/copy.js'), import('./repository-runtime.js')]);
   for (const file of rt.spec.copyTo) {
     if (points.length === 0) {
       out.push({ to: file, points: 0, blocksTransferred: 0, bytesTransferred: 0 });

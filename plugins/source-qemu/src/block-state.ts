@@ -85,16 +85,22 @@ export class BlockState {
   }
 }
 
-/** Reads the block layer; a QEMU without the debug graph query still works (with less discovery). */
+/**
+ * Reads the block layer; a QEMU without the debug graph query still works (with less discovery).
+ * The five queries are sent together (QEMU answers them in order on the one connection): one round
+ * trip instead of five.
+ */
 export async function readBlockState(qmp: QmpClient): Promise<BlockState> {
-  const nodes = await qmp.execute<RawNode[]>('query-named-block-nodes', { flat: true });
-  const blocks = await qmp.execute<RawBlock[]>('query-block');
-  const exports = await qmp.execute<RawExport[]>('query-block-exports');
-  const jobs = await qmp.execute<RawJob[]>('query-jobs');
-  const graph = await qmp.execute<RawGraph>('x-debug-query-block-graph').catch((err: unknown) => {
-    if (isNotFound(err) || (err as { errorClass?: string }).errorClass === 'CommandNotFound') return undefined;
-    throw err;
-  });
+  const [nodes, blocks, exports, jobs, graph] = await Promise.all([
+    qmp.execute<RawNode[]>('query-named-block-nodes', { flat: true }),
+    qmp.execute<RawBlock[]>('query-block'),
+    qmp.execute<RawExport[]>('query-block-exports'),
+    qmp.execute<RawJob[]>('query-jobs'),
+    qmp.execute<RawGraph>('x-debug-query-block-graph').catch((err: unknown) => {
+      if (isNotFound(err) || (err as { errorClass?: string }).errorClass === 'CommandNotFound') return undefined;
+      throw err;
+    }),
+  ]);
   return new BlockState(
     new Map(nodes.map((n) => [n['node-name'], toNode(n)])),
     blocks.filter((b) => b.inserted?.['node-name']).map((b) => ({ device: b.device, qdev: b.qdev, rootNode: b.inserted!['node-name'] })),

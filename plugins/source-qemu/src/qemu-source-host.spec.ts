@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { FerryError } from '@ferry/core/plugin';
 import { skipUnlessTools } from '@ferry/core/testing';
 import { QemuSourceHost } from './qemu-source-host.js';
+import { QmpClient } from './qmp-client.js';
 import { probeNbd } from './socket-address.js';
 import { fleeceNames } from './ferry-names.js';
 import { KiB, MiB, jobContext, openHost, overlayFiles, qemuObjects, qmpCommand, readDisk, take } from './testing/session-helpers.js';
@@ -65,6 +66,30 @@ describe('qemu source host', function () {
   });
 
   describe('snapshot', function () {
+    it('reads the block state once per step on a VM with nothing to clean up, its five queries sent together', async function () {
+      qsd = await StorageDaemon.start();
+      const host = await openHost(qsd);
+      const inv = await host.inventory([{ name: qsd.vm, options: { qmp: qsd.qmp } }]);
+      const original = QmpClient.prototype.execute;
+      const log: { command: string; inFlight: number }[] = [];
+      let inFlight = 0;
+      QmpClient.prototype.execute = function (this: QmpClient, command: string, ...rest: unknown[]) {
+        log.push({ command, inFlight: inFlight++ });
+        return (original as (...a: unknown[]) => Promise<unknown>).call(this, command, ...rest).finally(() => inFlight--);
+      } as typeof original;
+      let snap;
+      try {
+        snap = await host.snapshot(inv[0], { job: 'j', sessionId: '20260101T000000000Z-aaaaaa' });
+      } finally {
+        QmpClient.prototype.execute = original;
+      }
+      await snap.release('failed');
+      // one state read before the clean-up (nothing to clean: no second read), then the snapshot's steps
+      expect(log.filter((c) => c.command === 'query-named-block-nodes')).to.have.length(1);
+      const read = log.findIndex((c) => c.command === 'query-named-block-nodes');
+      expect(log.slice(read, read + 5).map((c) => c.inFlight)).to.deep.equal([0, 1, 2, 3, 4]);
+    });
+
     it('first run: full with a reason, and the export keeps the point-in-time content while the guest writes', async function () {
       qsd = await StorageDaemon.start({ writableExports: true });
       await qsd.write('disk0', 0, 1 * MiB, 0x11);

@@ -141,9 +141,11 @@ export class QemuSourceHost implements SourceHost {
     const before = await readBlockState(qmp);
     const disks = this.currentDisks(before, vm, qmp.label);
     const folder = overlayFolder(vm.qmp);
+    const sent = qmp.commandsSent;
     const left = await cleanLeftovers(qmp, before, { job: session.job, folder, previous: session.previous, disks });
     left.log.throwIfFailed('leftovers of an interrupted session are in the way', { vm: vm.name, host: qmp.label });
-    const state = await readBlockState(qmp);
+    // Read again only when the clean-up sent QEMU anything (usually there is nothing to clean).
+    const state = qmp.commandsSent === sent ? before : await readBlockState(qmp);
     const plans: DiskPlan[] = [];
     for (const [n, disk] of disks.entries()) {
       const choice = await chooseKind(vm.snapshotMode, state, disk, { ...vm.where(), vm: vm.name, host: qmp.label });

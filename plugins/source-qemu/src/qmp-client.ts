@@ -123,6 +123,11 @@ export class QmpClient extends EventEmitter {
     });
   }
 
+  /** Commands sent on this connection so far (`qmp_capabilities` included). */
+  get commandsSent(): number {
+    return this.nextId - 1;
+  }
+
   /** Sequence number of the newest event so far: pass it as `since` to see only later events. */
   eventMark(): number {
     return this.nextSeq - 1;
