@@ -6,7 +6,7 @@ import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-bloc
 import { createHash } from 'node:crypto';
 import { sha256 } from '../util/checksums.js';
 import { indexEntries, readPackTrailer, type IndexEntries, type PackEntry } from './pack.js';
-import { PackWriter, packIdOf, packKey } from './pack-writer.js';
+import { PackWriter, packIdOf, packKey, STREAMED_UPLOADS } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 import { RepositoryStorage } from './repository-storage.js';
 import { listDigest, type IndexCache } from './index-cache.js';
@@ -118,7 +118,7 @@ export class BlockStore {
       put,
       (id, entries, bytes) => this.stored(id, entries, bytes),
       undefined,
-      undefined,
+      begin ? STREAMED_UPLOADS : undefined,
       cipher,
       { pack: format, indexObjects: format === 1 },
       begin,

@@ -4,6 +4,13 @@ import type { RepositoryCipher } from './repository-cipher.js';
 import type { ObjectWriter } from '../contracts/repository-backend.js';
 
 export const PACK_TARGET_SIZE = 16 * 1024 * 1024;
+/**
+ * Packs being committed at once when they are written as records arrive (`begin`): they hold no
+ * memory then, only an open temporary file each, so more of them may wait for their fsync while the
+ * next pack fills. Measured on the 2 GiB bench image (paired, 12 pairs): the same CPU, wall time
+ * 0.85x / 0.92x (medians of two runs) against 2; the buffered writer keeps 2 (each is a pack buffer).
+ */
+export const STREAMED_UPLOADS = 4;
 /** Room in a pack buffer beyond the target size, so the trailer of a full pack fits without a copy. */
 const PACK_SLACK = 256 * 1024;
 
