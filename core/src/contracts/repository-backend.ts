@@ -34,6 +34,7 @@
  *   (`docs/repository-format.md`, "Immutability") is then enforced by the core's code alone.
  * - `retain`/`retainedUntil` missing (format 2 immutability, `docs/repository-format.md`,
  *   "Retain-until dates"): the storage keeps no dates; the core's rules alone hold.
+ * - `beginObject` missing: the core assembles a pack in memory and stores it with `putIfAbsent`.
  */
 export interface RepositoryBackend {
   /** Where the repository lives, for reports and errors (a path, `s3://bucket/prefix`). */
@@ -77,10 +78,36 @@ export interface RepositoryBackend {
   /** The retain-until date the storage holds for `key`; undefined when it has none. */
   retainedUntil?(key: string): Promise<Date | undefined>;
   /**
+   * A create-only put whose bytes are written as they are produced, and whose key is known only at
+   * the end (a pack: its id hashes its trailer). Nothing is visible under any key until `commitIfAbsent`
+   * resolves `true`, with `putIfAbsent`'s guarantees (atomic, durable, create-only); an object
+   * abandoned before that leaves at most what `removeStaleTemporaries` cleans up. The core calls it
+   * for packs only.
+   */
+  beginObject?(): Promise<ObjectWriter>;
+  /**
    * Object storage: requests sent since the backend was created, by kind, and what the backend found
    * that a session report should say (S3: `objectLock: auto` on a bucket without Object Lock).
    */
   requestStats?(): BackendRequestStats;
+}
+
+/** An object being written (`RepositoryBackend.beginObject`). */
+export interface ObjectWriter {
+  /**
+   * Writes `data` at byte `offset` of the object. Writes may be in flight at once, at distinct
+   * ranges; the object's bytes are what they wrote, with no gaps. The caller may reuse `data` once
+   * this resolves.
+   */
+  write(data: Uint8Array, offset: number): Promise<void>;
+  /**
+   * After every write resolved: stores the object under `key` as `putIfAbsent` would (`true` when
+   * this call created it, `false` when the key existed; nothing written stays behind either way).
+   * Ends the writer.
+   */
+  commitIfAbsent(key: string): Promise<boolean>;
+  /** Drops the object without storing it (after a failure); ends the writer. Never throws. */
+  abort(): Promise<void>;
 }
 
 /** What `RepositoryBackend.requestStats` reports (the session report's `requests`). */

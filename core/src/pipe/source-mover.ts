@@ -2,6 +2,7 @@ import type { BlockFilter } from '../contracts/block-filter.js';
 import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
+import { zeroRange } from '../util/zero.js';
 import type { StageMeters } from './stage-meter.js';
 import type { BlockCodec, BlockSlot, SlotWork } from '../repository/block-codec.js';
 import type { BlockRecord } from './block-record.js';
@@ -187,10 +188,10 @@ export class SourceMover {
     if (only) return readInto(plan.offset, block);
     let at = 0;
     for (const e of plan.data) {
-      block.fill(0, at, e.offset - plan.offset);
+      zeroRange(block, at, e.offset - plan.offset);
       at = e.offset - plan.offset + e.length;
     }
-    block.fill(0, at);
+    zeroRange(block, at, block.length);
     await Promise.all(plan.data.map((e) => readInto(e.offset, block.subarray(e.offset - plan.offset, e.offset - plan.offset + e.length))));
   }
 

@@ -1,8 +1,29 @@
-import type { DiscoveryOptions } from '../plugins/discovery.js';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { DiscoveryOptions, DiscoveryResult } from '../plugins/discovery.js';
 import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from '../repository/block-codec.js';
 import type { Compressor } from '../contracts/compressor.js';
 import { BlockTasks, type BlockTask } from './block-tasks.js';
 import { WorkerPool } from './worker-pool.js';
+import type { CompressorPlugin } from './worker-compressors.js';
+
+/** How block workers find compressors: the discovery options, and what the job's host found. */
+export type WorkerPlugins = DiscoveryOptions & { compressorPlugins?: CompressorPlugin[] };
+
+/**
+ * `WorkerPlugins` from a plugin host (its options and discovery result): the packages that provide
+ * compressors go to the workers, which import them directly instead of discovering plugins again.
+ */
+export function workerPlugins(host: { options: DiscoveryOptions; discovery: DiscoveryResult }): WorkerPlugins {
+  const compressorPlugins = host.discovery.plugins
+    .filter((p) => (p.manifest.provides.compressor ?? []).length > 0)
+    .map((p) => ({
+      plugin: p.packageName,
+      entry: pathToFileURL(path.resolve(p.dir, p.manifest.entry)).href,
+      declares: Object.entries(p.manifest.provides).flatMap(([kind, names]) => (names ?? []).map((n) => `${kind}:${n}`)),
+    }));
+  return { ...host.options, compressorPlugins };
+}
 
 /**
  * Work the calling thread does itself before any worker thread starts: a thread costs ~0.2 core-s
@@ -55,7 +76,7 @@ export class WorkerBlockCodec implements BlockCodec {
    * `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). `inline`: the
    * first tasks run on the calling thread, and the first worker starts with the first task past it.
    */
-  constructor(discovery: DiscoveryOptions, threads?: number, idKey?: Uint8Array, inline?: InlineStart) {
+  constructor(discovery: WorkerPlugins, threads?: number, idKey?: Uint8Array, inline?: InlineStart) {
     this.pool = new WorkerPool(new URL('./block-worker.js', import.meta.url), idKey ? { ...discovery, idKey } : discovery, threads, inline ? 0 : 1);
     if (inline) {
       this.inline = new BlockTasks(inline.compressor, idKey);

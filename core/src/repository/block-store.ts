@@ -1,4 +1,4 @@
-import type { RepositoryBackend } from '../contracts/repository-backend.js';
+import type { ObjectWriter, RepositoryBackend } from '../contracts/repository-backend.js';
 import { FerryError, isFerryError } from '../errors.js';
 import type { BlockCodec, BlockSlot } from './block-codec.js';
 import { BlockIndex } from './block-index.js';
@@ -6,7 +6,7 @@ import { damageIndex, readDamagedBlocks, type DamageIndex } from './damaged-bloc
 import { createHash } from 'node:crypto';
 import { sha256 } from '../util/checksums.js';
 import { indexEntries, readPackTrailer, type IndexEntries, type PackEntry } from './pack.js';
-import { PackWriter, packIdOf, packKey } from './pack-writer.js';
+import { PackWriter, packIdOf, packKey, STREAMED_UPLOADS } from './pack-writer.js';
 import type { RepositoryCipher } from './repository-cipher.js';
 import { RepositoryStorage } from './repository-storage.js';
 import { listDigest, type IndexCache } from './index-cache.js';
@@ -100,10 +100,29 @@ export class BlockStore {
       const op = (): Promise<boolean> => (backend instanceof RepositoryStorage ? backend.putStoredIfAbsent(k, d) : backend.putIfAbsent(k, d));
       return meter ? meter.time(op) : op();
     };
-    this.writer = new PackWriter(put, (id, entries, bytes) => this.stored(id, entries, bytes), undefined, undefined, cipher, {
-      pack: format,
-      indexObjects: format === 1,
-    });
+    // A backend that writes objects as they are produced gets each record straight from the
+    // caller's memory (`PackWriter`); its writes and commits count as `target write` like a put.
+    const timed = <T>(op: () => Promise<T>): Promise<T> => (meter ? meter.time(op) : op());
+    const begin =
+      backend instanceof RepositoryStorage && backend.streamsObjects
+        ? async (): Promise<ObjectWriter> => {
+            const w = await timed(() => backend.beginObject());
+            return {
+              write: (data, offset) => timed(() => w.write(data, offset)),
+              commitIfAbsent: (key) => timed(() => w.commitIfAbsent(key)),
+              abort: () => w.abort(),
+            };
+          }
+        : undefined;
+    this.writer = new PackWriter(
+      put,
+      (id, entries, bytes) => this.stored(id, entries, bytes),
+      undefined,
+      begin ? STREAMED_UPLOADS : undefined,
+      cipher,
+      { pack: format, indexObjects: format === 1 },
+      begin,
+    );
   }
 
   /** Bytes the loaded index holds in its typed arrays (0 before `load`). */

@@ -1,4 +1,4 @@
-import type { RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
+import type { ObjectWriter, RepositoryBackend, StorageProtection } from '../contracts/repository-backend.js';
 import { FerryError } from '../errors.js';
 import { pointIdTime } from './point-id.js';
 import type { RepositoryCipher } from './repository-cipher.js';
@@ -112,6 +112,34 @@ export class RepositoryStorage implements RepositoryBackend {
     if (created && this.protects && isProtected(key)) await this.protectObjects([key]);
     if (created) await this.onIndexWritten?.(key, stored);
     return created;
+  }
+
+  /** Whether the backend writes objects as they are produced (`beginObject`). */
+  get streamsObjects(): boolean {
+    return typeof this.raw.beginObject === 'function';
+  }
+
+  /**
+   * An object written as it is produced (packs: stored as written, never sealed whole), committed
+   * create-only and protected like `putIfAbsent`. Only for keys that are neither sealed objects nor
+   * index objects (the index cache needs those whole).
+   */
+  async beginObject(): Promise<ObjectWriter> {
+    if (!this.raw.beginObject) throw new FerryError('INTERNAL', `the backend at ${this.raw.location} cannot write objects as they are produced`);
+    const w = await this.raw.beginObject();
+    return {
+      write: (data, offset) => w.write(data, offset),
+      abort: () => w.abort(),
+      commitIfAbsent: async (key) => {
+        if (this.nameOf(key) || this.physical(key) !== key || key.startsWith('index/') || key.startsWith('indexes/')) {
+          await w.abort();
+          throw new FerryError('INTERNAL', `${key} cannot be written as it is produced`, { object: key });
+        }
+        const created = await w.commitIfAbsent(key);
+        if (created && this.protects && isProtected(key)) await this.protectObjects([key]);
+        return created;
+      },
+    };
   }
 
   /** Told of every index object this process creates, as stored (the local index cache keeps it). */

@@ -1,7 +1,7 @@
 import { FerryError } from '../errors.js';
 import { BlockMap } from '../repository/block-map.js';
 import type { RestorePoint } from '../repository/repository.js';
-import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import { WorkerBlockCodec, workerPlugins } from '../pipe/worker-block-codec.js';
 import { hex, type ControlChannel } from '../remote/services/protocol.js';
 import type { WireMessage } from '../remote/wire/index.js';
 import { connectRepositoryService, type RemoteSpec } from '../session/remote-backup.js';
@@ -22,7 +22,7 @@ export async function openRemotePointAccess(rt: JobRuntime, remote: RemoteSpec, 
   const control = await connectRepositoryService(remote);
   try {
     const { point, idKey } = await control.request('point.open', { vm: sel.vm, point: sel.point });
-    const codec = new WorkerBlockCodec(rt.plugins.options, undefined, idKey ? Buffer.from(idKey, 'hex') : undefined);
+    const codec = new WorkerBlockCodec(workerPlugins(rt.plugins), undefined, idKey ? Buffer.from(idKey, 'hex') : undefined);
     return new RemotePointAccess(point, control, codec, remote);
   } catch (err) {
     await control.close();

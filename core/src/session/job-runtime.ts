@@ -16,7 +16,7 @@ import { jobPassphrase } from '../repository/passphrase.js';
 import type { WriteMeter } from '../repository/block-store.js';
 import { Tokens } from '../tokens.js';
 import type { BlockCodec } from '../repository/block-codec.js';
-import { INLINE_CODEC_BYTES, WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import { INLINE_CODEC_BYTES, WorkerBlockCodec, workerPlugins } from '../pipe/worker-block-codec.js';
 import { createPluginHost } from '../plugins/create-plugin-host.js';
 import { notHere } from './session-common.js';
 import { autoTransportOrder } from '../plan/disk-plan.js';
@@ -141,7 +141,7 @@ export class JobRuntime {
   codec(): Promise<BlockCodec> {
     const ours = [...this.plugins.providers('compressor')].every((p) => p.startsWith('@ferry/'));
     const inline = ours ? { compressor: (name: string) => this.plugins.create('compressor', name, this.plugins.container), bytes: INLINE_CODEC_BYTES } : undefined;
-    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.plugins.options, undefined, this.idKey, inline));
+    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(workerPlugins(this.plugins), undefined, this.idKey, inline));
     return this.codecPromise;
   }
 

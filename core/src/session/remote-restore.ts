@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { FerryError, type ErrorLocation } from '../errors.js';
 import { BlockMap } from '../repository/block-map.js';
 import type { DamagedPoint, RestorePoint } from '../repository/repository.js';
-import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import { WorkerBlockCodec, workerPlugins } from '../pipe/worker-block-codec.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { RestoreFigures, RestoreSource, RestoreTarget } from './restore-placement.js';
 import type { RestoreOptions } from './restore-session.js';
@@ -132,7 +132,7 @@ export class RemoteRestore implements RestoreSource {
       this.mapDigest = digest;
       this.point = point;
       const idKey = typeof m.header?.idKey === 'string' ? Buffer.from(m.header.idKey, 'hex') : undefined;
-      this.codec = new WorkerBlockCodec(this.rt.plugins.options, undefined, idKey);
+      this.codec = new WorkerBlockCodec(workerPlugins(this.rt.plugins), undefined, idKey);
       await target.open(point, map);
     }
     const resent = Number(m.header?.resent ?? 0);

@@ -5,7 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { FerryError } from '../errors.js';
 import type { RepositoryBackend } from '../contracts/repository-backend.js';
 import type { BlockCodec } from '../repository/block-codec.js';
-import { WorkerBlockCodec } from '../pipe/worker-block-codec.js';
+import { WorkerBlockCodec, workerPlugins } from '../pipe/worker-block-codec.js';
 import type { PluginHost } from '../plugins/plugin-host.js';
 import { Repository, type PassphraseSource } from '../repository/repository.js';
 import { jobPassphrase, passphraseEnv } from '../repository/passphrase.js';
@@ -143,7 +143,7 @@ export class RepositoryRuntime {
   }
 
   codec(): Promise<BlockCodec> {
-    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(this.host.options, undefined, this.idKey));
+    this.codecPromise ??= Promise.resolve(new WorkerBlockCodec(workerPlugins(this.host), undefined, this.idKey));
     return this.codecPromise;
   }
 

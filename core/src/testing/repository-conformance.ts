@@ -135,6 +135,38 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
       assert.equal(await b.backend.has(key), false);
     });
 
+    it('beginObject, when offered: writes in any order land at their offsets; commit is create-only; abort leaves nothing', async function () {
+      const begin = b.backend.beginObject?.bind(b.backend);
+      if (!begin) skipBecause(this, `${name} offers no beginObject`);
+      const parts = [Buffer.alloc(70_000, 1), Buffer.alloc(5, 2), Buffer.alloc(100_000, 3)];
+      const whole = Buffer.concat(parts);
+      const w = await begin();
+      // Out of order and at once, each buffer scribbled over as soon as its write resolved.
+      await Promise.all(
+        [2, 0, 1].map(async (i) => {
+          const lent = Buffer.from(parts[i]);
+          await w.write(lent, parts.slice(0, i).reduce((n, p) => n + p.length, 0));
+          lent.fill(9);
+        }),
+      );
+      assert.equal(await b.backend.has('packs/st/streamed'), false, 'nothing is visible before the commit');
+      assert.equal(await w.commitIfAbsent('packs/st/streamed'), true);
+      assert.deepEqual(Buffer.from(await b.backend.get('packs/st/streamed')), whole);
+
+      const again = await begin();
+      await again.write(Buffer.from('other'), 0);
+      assert.equal(await again.commitIfAbsent('packs/st/streamed'), false, 'an existing key is never replaced');
+      assert.deepEqual(Buffer.from(await b.backend.get('packs/st/streamed')), whole);
+
+      const dropped = await begin();
+      await dropped.write(Buffer.from('dropped'), 0);
+      await dropped.abort();
+      const keys: string[] = [];
+      for await (const k of b.backend.list('')) keys.push(k);
+      assert.deepEqual(keys, ['packs/st/streamed'], 'neither the loser nor the aborted object left a key');
+      assert.equal(await b.backend.removeStaleTemporaries?.(0) ?? 0, 0, 'nor a temporary');
+    });
+
     it('concurrent puts of different keys all land', async function () {
       await Promise.all(Array.from({ length: 32 }, (_, i) => b.backend.put(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`, Buffer.from([i]))));
       for (let i = 0; i < 32; i++) assert.equal((await b.backend.get(`blocks/${String(i % 4).padStart(2, '0')}/k${i}`))[0], i);

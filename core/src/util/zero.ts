@@ -9,3 +9,11 @@ export function isAllZero(data: Uint8Array): boolean {
   }
   return true;
 }
+
+/**
+ * Zeros `buf[start, end)` by copying from a zero buffer: on a `SharedArrayBuffer` (block slots)
+ * `fill(0)` runs V8's element-wise fill, ~10x slower than this copy (measured ~3 vs ~27 GiB/s).
+ */
+export function zeroRange(buf: Uint8Array, start: number, end: number): void {
+  for (let at = start; at < end; at += ZEROS.length) buf.set(ZEROS.subarray(0, Math.min(ZEROS.length, end - at)), at);
+}

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FerryError, type RepositoryBackend, type StorageProtection } from '@ferry/core/plugin';
+import { FerryError, type ObjectWriter, type RepositoryBackend, type StorageProtection } from '@ferry/core/plugin';
 
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 /** Files `getRange` keeps open at most. */
@@ -99,14 +99,66 @@ export class FilesystemBackend implements RepositoryBackend {
     }
   }
 
+  /** Create-only (`linkIfAbsent`). */
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    return this.linkIfAbsent(await this.writeTemporary(key, data), key);
+  }
+
+  /**
+   * A temporary file in `tmp/` written as the bytes come (positional writes); `commitIfAbsent`
+   * fsyncs it and links it under its key exactly as `putIfAbsent` does. A pack then goes to the page
+   * cache straight from the caller's block memory, without being assembled in a buffer first.
+   */
+  async beginObject(): Promise<ObjectWriter> {
+    const tmpDir = path.join(this.root, TMP_DIR);
+    const tmp = path.join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
+    let fh: fs.FileHandle;
+    try {
+      await this.ensureDir(tmpDir);
+      fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    } catch (err) {
+      throw this.ioError(err, TMP_DIR, 'write');
+    }
+    let open = true;
+    const close = async (): Promise<void> => {
+      if (!open) return;
+      open = false;
+      await fh.close();
+    };
+    return {
+      write: async (data, offset) => {
+        try {
+          let done = 0;
+          while (done < data.length) done += (await fh.write(data, done, data.length - done, offset + done)).bytesWritten;
+        } catch (err) {
+          throw this.ioError(err, TMP_DIR, 'write');
+        }
+      },
+      commitIfAbsent: async (key) => {
+        try {
+          await fh.sync();
+          await close();
+        } catch (err) {
+          await close().catch(() => undefined);
+          await fs.rm(tmp, { force: true }).catch(() => undefined);
+          throw this.ioError(err, key, 'write');
+        }
+        return this.linkIfAbsent(tmp, key);
+      },
+      abort: async () => {
+        await close().catch(() => undefined);
+        await fs.rm(tmp, { force: true }).catch(() => undefined);
+      },
+    };
+  }
+
   /**
    * Create-only: the finished, fsynced temporary file is hard-linked under the key. `link()` fails
    * with EEXIST when the key exists, atomically, so of two processes putting one key exactly one
    * wins and the other changes nothing. The temporary name is removed either way.
    */
-  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+  private async linkIfAbsent(tmp: string, key: string): Promise<boolean> {
     const target = this.file(key);
-    const tmp = await this.writeTemporary(key, data);
     try {
       await this.ensureDir(path.dirname(target));
       try {
