@@ -118,6 +118,11 @@ export class WorkerBlockCodec implements BlockCodec {
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    if (encoded.buffer === slot.out.buffer && encoded.byteOffset === slot.out.byteOffset) {
+      // Read into the slot's shared `out` already (BlockStore.read): nothing to move.
+      const task = { op: 'slot-decode', encodedLength: encoded.length, hash: ownHash(hash), object, slot: slot.id } as const;
+      return ((await this.run(task, encoded.length)) as { rawLength: number }).rawLength;
+    }
     const data = movable(encoded);
     const r = (await this.run({ op: 'slot-decode', encoded: data, hash: ownHash(hash), object, slot: slot.id }, data.length, [data.buffer as ArrayBuffer])) as {
       rawLength: number;
