@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, promises as fsp, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { dataRanges, fileSink, MIN_HOLE } from './restore-sink.js';
@@ -42,6 +42,31 @@ describe('restore sinks: zero runs inside data blocks', function () {
     let dir: string;
     beforeEach(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-sink-spec-'))));
     afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+    it('makes a file it created durable with its folder entry (fsync of the file, then of the folder)', async function () {
+      const synced: string[] = [];
+      const open = fsp.open;
+      fsp.open = (async (p: string, flags?: string) => {
+        const fh = await open(p, flags);
+        const sync = fh.sync.bind(fh);
+        fh.sync = async () => (await sync(), void synced.push(path.relative(dir, p) || '.'));
+        return fh;
+      }) as typeof fsp.open;
+      try {
+        const sink = await fileSink(path.join(dir, 'new.raw'), 8192, 'd');
+        await sink.writeFresh(0, Buffer.alloc(4096, 1));
+        await sink.finish(true);
+        expect(synced).to.deep.equal(['new.raw', '.']);
+        // an existing file overwritten with --force keeps its entry: the file's fsync is enough
+        synced.length = 0;
+        writeFileSync(path.join(dir, 'old.raw'), 'x');
+        const forced = await fileSink(path.join(dir, 'old.raw'), 8192, 'd', { force: true });
+        await forced.finish(true);
+        expect(synced).to.deep.equal(['old.raw']);
+      } finally {
+        fsp.open = open;
+      }
+    });
 
     it('leaves long zero runs of a block as holes in a new file and restores the same bytes', async function () {
       const to = path.join(dir, 'disk.raw');

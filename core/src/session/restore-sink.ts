@@ -1,4 +1,5 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import type { WritableDisk } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
 import { openBlockDevice } from './restore-device.js';
@@ -190,7 +191,11 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
       let flushFailed: string | undefined;
       try {
         await syncing;
-        if (ok) await fh.sync();
+        if (ok) {
+          await fh.sync();
+          // A file this restore created is durable only with its name: the folder's entry too.
+          if (target.created) await syncFolder(path.dirname(to));
+        }
       } catch (err) {
         flushFailed = (err as NodeJS.ErrnoException).code ?? String(err);
       }
@@ -208,6 +213,15 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
       return state;
     },
   };
+}
+
+async function syncFolder(dir: string): Promise<void> {
+  const d = await fs.open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
 }
 
 /**
