@@ -1,6 +1,6 @@
 import { mkdirSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { installed, measure, type Usage } from './measure.js';
+import { installed, measure, type Measured, type RunOptions, type Usage } from './measure.js';
 
 /**
  * The peers Ferry is compared with, each with its own repository in the benchmark's temp folder,
@@ -17,9 +17,22 @@ export interface PeerTool {
   init(): Promise<void>;
   /** Backs up `file` (always the same path, so a second run is the same file changed). */
   backup(file: string): Promise<Usage>;
-  /** Restores the newest backup of `file` into `dir`; returns the restored file's path. */
+  /**
+   * Restores the newest backup of `file` into `dir` and makes it durable (`durableRestore`), timed
+   * together; returns the restored file's path.
+   */
   restore(file: string, dir: string): Promise<{ usage: Usage; restored: string }>;
   repo: string;
+}
+
+/**
+ * A peer's restore and then `sync FILE DIR` (fsync of the restored file and of its folder), measured
+ * as one command: neither peer makes its output durable, Ferry's restore does before it reports
+ * success, so the peers are timed to the same point (issue 18: "restic restore followed by sync").
+ */
+export function durableRestore(cmd: string, args: string[], restored: string, opts: RunOptions): Promise<Measured> {
+  const env = { ...opts.env, FERRY_BENCH_RESTORED: restored, FERRY_BENCH_RESTORED_DIR: path.dirname(restored) };
+  return measure('sh', ['-c', '"$0" "$@" && exec sync -- "$FERRY_BENCH_RESTORED" "$FERRY_BENCH_RESTORED_DIR"', cmd, ...args], { ...opts, env });
 }
 
 /** restic: content-defined chunking (~1 MiB average), SHA-256, AES-256 + Poly1305, zstd (`auto`). */
@@ -38,8 +51,9 @@ export function restic(work: string): PeerTool {
     },
     backup: async (file) => measure('restic', ['backup', '-q', '--host', 'bench', file], { env }),
     restore: async (file, dir) => {
-      const usage = await measure('restic', ['restore', 'latest', '-q', '--host', 'bench', '--target', dir], { env });
-      return { usage, restored: path.join(dir, file) };
+      const restored = path.join(dir, file);
+      const usage = await durableRestore('restic', ['restore', 'latest', '-q', '--host', 'bench', '--target', dir], restored, { env });
+      return { usage, restored };
     },
   };
 }
@@ -79,8 +93,9 @@ export function borg(work: string): PeerTool {
       }),
     restore: async (file, dir) => {
       await fs.mkdir(dir, { recursive: true });
-      const usage = await measure('borg', ['extract', '--sparse', `::run${archive}`], { env, cwd: dir });
-      return { usage, restored: path.join(dir, path.basename(file)) };
+      const restored = path.join(dir, path.basename(file));
+      const usage = await durableRestore('borg', ['extract', '--sparse', `::run${archive}`], restored, { env, cwd: dir });
+      return { usage, restored };
     },
   };
 }

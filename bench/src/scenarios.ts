@@ -176,7 +176,7 @@ export async function peerRuns(ctx: PassContext, tool: PeerTool): Promise<Row[]>
     repoBytes: await diskUsage(tool.repo),
     outputBytes,
     verified,
-    note: outputBytes < ctx.images.changed.sizeBytes * 0.9 ? 'sparse output' : 'non-sparse output',
+    note: `${outputBytes < ctx.images.changed.sizeBytes * 0.9 ? 'sparse output' : 'non-sparse output'}; then sync (durable)`,
   });
   ctx.log(`${tool.name}: ${SCENARIOS.restore} ${secs(r.usage)}${verified ? '' : ' — CONTENT MISMATCH'}`);
   await fs.rm(target, { recursive: true, force: true });

@@ -27,6 +27,9 @@
  *
  * Optional members and their defaults:
  * - `getRange` missing: the core calls `get` and slices.
+ * - `getRangeInto` missing: the core calls `getRange` (a restore then reads each block into new
+ *   memory instead of the block buffers it reuses). When offered it fills all of `into` (its length
+ *   is the range's) and keeps no reference to it after resolving; a short object is an error.
  * - `close` missing: nothing to release.
  * - `removeStaleTemporaries` missing: the backend leaves nothing behind when a put is interrupted
  *   (S3 multipart uploads expire by bucket policy), so garbage collection has nothing to clean.
@@ -41,6 +44,7 @@ export interface RepositoryBackend {
   readonly location: string;
   get(key: string): Promise<Uint8Array>;
   getRange?(key: string, offset: number, length: number): Promise<Uint8Array>;
+  getRangeInto?(key: string, offset: number, into: Uint8Array): Promise<void>;
   put(key: string, data: Uint8Array): Promise<void>;
   /**
    * Creates the object only when the key does not exist (filesystem: `link()` of the finished

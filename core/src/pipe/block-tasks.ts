@@ -6,7 +6,8 @@ export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
   | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
-  | { op: 'slot-decode'; encoded: Uint8Array; hash: Uint8Array; object: string; slot: number }
+  /** `encoded` omitted: the block object is the first `encodedLength` bytes of the slot's `out`. */
+  | { op: 'slot-decode'; encoded?: Uint8Array; encodedLength?: number; hash: Uint8Array; object: string; slot: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
 
 /**
@@ -54,8 +55,9 @@ export class BlockTasks {
     if (task.op === 'slot-decode') {
       const s = this.slots.get(task.slot);
       if (!s) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread`);
-      const { name, c } = await this.decompressorOf(task.encoded, task.object);
-      return { result: { rawLength: decodeAndVerifyInto(task.encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
+      const encoded = task.encoded ?? s.out.subarray(0, task.encodedLength);
+      const { name, c } = await this.decompressorOf(encoded, task.object);
+      return { result: { rawLength: decodeAndVerifyInto(encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
     }
     if (task.op === 'slot') throw new FerryError('INTERNAL', 'a slot announcement was sent as a task');
     if (task.op === 'encode') {

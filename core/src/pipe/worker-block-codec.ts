@@ -139,7 +139,7 @@ export class WorkerBlockCodec implements BlockCodec {
 
   async decode(encoded: Uint8Array, hash: Uint8Array, object: string): Promise<Buffer> {
     const data = movable(encoded);
-    const r = (await this.run({ op: 'decode', encoded: data, hash, object }, data.length, [data.buffer as ArrayBuffer])) as { raw: Uint8Array };
+    const r = (await this.run({ op: 'decode', encoded: data, hash: ownHash(hash), object }, data.length, [data.buffer as ArrayBuffer])) as { raw: Uint8Array };
     return asBuffer(r.raw);
   }
 
@@ -173,8 +173,15 @@ export class WorkerBlockCodec implements BlockCodec {
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    if (encoded.buffer === slot.out.buffer && encoded.byteOffset === slot.out.byteOffset) {
+      // Read into the slot's shared `out` already (BlockStore.read): nothing to move.
+      const task = { op: 'slot-decode', encodedLength: encoded.length, hash: ownHash(hash), object, slot: slot.id } as const;
+      return ((await this.run(task, encoded.length)) as { rawLength: number }).rawLength;
+    }
     const data = movable(encoded);
-    const r = (await this.run({ op: 'slot-decode', encoded: data, hash, object, slot: slot.id }, data.length, [data.buffer as ArrayBuffer])) as { rawLength: number };
+    const r = (await this.run({ op: 'slot-decode', encoded: data, hash: ownHash(hash), object, slot: slot.id }, data.length, [data.buffer as ArrayBuffer])) as {
+      rawLength: number;
+    };
     return r.rawLength;
   }
 }
@@ -183,6 +190,14 @@ export class WorkerBlockCodec implements BlockCodec {
 function movable(b: Uint8Array): Uint8Array {
   if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b;
   return new Uint8Array(b);
+}
+
+/**
+ * The 32 bytes of a block id in memory of their own: a message clones a view's whole ArrayBuffer,
+ * and a restore's ids are views of the block map (2 MiB for a 64 GiB disk) — cloned for every block.
+ */
+function ownHash(hash: Uint8Array): Uint8Array {
+  return hash.byteOffset === 0 && hash.byteLength === hash.buffer.byteLength ? hash : new Uint8Array(hash);
 }
 
 function asBuffer(u: Uint8Array): Buffer {

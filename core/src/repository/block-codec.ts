@@ -30,7 +30,10 @@ export interface BlockCodec {
    * written to the start of `slot.out` and its length returned.
    */
   encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
-  /** `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory. */
+  /**
+   * `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory, unless
+   * it is a view of the start of `slot.out` (a block read into the slot), which moves nothing.
+   */
   decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
   /**
    * Raw block bytes a data mover now knows it will hand over (a disk's changed blocks, a small disk

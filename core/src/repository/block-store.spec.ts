@@ -65,6 +65,35 @@ describe('block store (packs, index, dedup)', function () {
     expect((err as FerryError).message).to.include(key);
   });
 
+  it('reads a block into a slot without new memory, as checked as any read: damage names the pack', async function () {
+    const backend = new MemoryBackend();
+    const store = new BlockStore(backend);
+    await store.load();
+    const blocks = [block(), block()];
+    for (const b of blocks) {
+      store.reserve(b.hash);
+      await store.add(b.hash, b.encoded);
+    }
+    await store.flush();
+    const slot = codec.takeSlot(300 * 1024);
+    const reader = new BlockStore(backend);
+    for (const b of blocks) {
+      const got = await reader.read(b.hash, codec, slot);
+      expect(got.equals(b.raw)).to.equal(true);
+      expect(got.buffer).to.equal(slot.raw.buffer);
+    }
+    const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
+    backend.objects.get(key)![5000] ^= 0xff;
+    const err = await new BlockStore(backend).read(blocks[0].hash, codec, slot).catch((e: FerryError) => e);
+    expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+    expect((err as FerryError).message).to.include(key);
+    // a pack cut short: the read fails with the block named
+    backend.objects.set(key, backend.objects.get(key)!.subarray(0, 1000));
+    const short = await new BlockStore(backend).read(blocks[1].hash, codec, slot).catch((e: FerryError) => e);
+    expect((short as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+    expect((short as FerryError).message).to.include(`block ${blocks[1].hash.toString('hex')}`);
+  });
+
   it('self-heal: a hash whose only copy is listed damaged is stored again, counted, and read from the new copy', async function () {
     const backend = new MemoryBackend();
     const first = new BlockStore(backend);

@@ -234,9 +234,21 @@ export class BlockStore {
 
   /**
    * The raw block of `hash`, read out of its pack and checked; `object` names it for errors. With a
-   * `slot` (and a codec that has them) it is decoded into `slot.raw` and the result is a view of it.
+   * `slot` (and a codec that has them) it is decoded into `slot.raw` and the result is a view of it;
+   * in a repository without encryption whose backend reads into buffers, the stored block object is
+   * read into `slot.out` first, so a block costs no new memory.
    */
   async read(hash: Uint8Array, codec: BlockCodec, slot?: BlockSlot): Promise<Buffer> {
+    if (slot && !this.cipher && this.backend.getRangeInto) {
+      const { key, at, object } = await this.place(hash);
+      if (at.length <= slot.out.length) {
+        const encoded = slot.out.subarray(0, at.length);
+        await this.backend.getRangeInto(key, at.offset, encoded).catch((err) => {
+          throw namedBlock(err, object);
+        });
+        return slot.raw.subarray(0, await codec.decodeSlot(encoded, hash, object, slot));
+      }
+    }
     const { record, object } = await this.readRecord(hash);
     if (slot) return slot.raw.subarray(0, await codec.decodeSlot(record, hash, object, slot));
     return codec.decode(record, hash, object);
@@ -248,21 +260,25 @@ export class BlockStore {
    * checks and decodes it.
    */
   async readRecord(hash: Uint8Array): Promise<{ record: Uint8Array; object: string }> {
+    const { key, at, object } = await this.place(hash);
+    const encoded = await (this.backend.getRange
+      ? this.backend.getRange(key, at.offset, at.length)
+      : this.backend.get(key).then((all) => all.subarray(at.offset, at.offset + at.length))
+    ).catch((err) => {
+      throw namedBlock(err, object);
+    });
+    if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
+    return { record: this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded, object };
+  }
+
+  /** Where the block of `hash` is read from, and its name for errors. */
+  private async place(hash: Uint8Array): Promise<{ key: string; at: BlockLocation; object: string }> {
     await this.load();
     const hex = Buffer.from(hash).toString('hex');
     const at = this.locate(hex);
     if (!at) throw new FerryError('REPO_OBJECT_NOT_FOUND', `block ${hex} is in no pack of the repository`, { object: `block ${hex}` });
     const key = packKey(at.pack);
-    const object = `${key}@${at.offset} (block ${hex})`;
-    const encoded = await (this.backend.getRange
-      ? this.backend.getRange(key, at.offset, at.length)
-      : this.backend.get(key).then((all) => all.subarray(at.offset, at.offset + at.length))
-    ).catch((err) => {
-      // Name the block, not only its pack: that is what verify and the self-heal talk about.
-      throw err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
-    });
-    if (encoded.length !== at.length) throw new FerryError('REPO_CORRUPT_OBJECT', 'pack is shorter than its index says', { object });
-    return { record: this.cipher ? await this.cipher.openBlockAsync(hash, encoded, object) : encoded, object };
+    return { key, at, object: `${key}@${at.offset} (block ${hex})` };
   }
 
   private hasGoodCopy(hash: Uint8Array): boolean {
@@ -524,4 +540,9 @@ function stateDigest(damaged: DamageIndex, goneIds: string[]): { state: string }
 /** Format 2 index objects are named by the SHA-256 of their stored bytes; format 1 ones are not. */
 function contentMatches(key: string, stored: Uint8Array): boolean {
   return !key.startsWith(INDEXES_PREFIX) || sha256(stored).toString('hex') === key.slice(INDEXES_PREFIX.length);
+}
+
+/** A backend's error with the block named, not only its pack: what verify and the self-heal talk about. */
+function namedBlock(err: unknown, object: string): unknown {
+  return err instanceof FerryError ? new FerryError(err.code, err.detail, { ...err.where, object }, { cause: err }) : err;
 }

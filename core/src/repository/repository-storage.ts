@@ -78,6 +78,15 @@ export class RepositoryStorage implements RepositoryBackend {
    * own pack. A write-once object (`isWriteOnce`) is only ever created: one that exists already is
    * REPO_IMMUTABLE in an immutable repository and REPO_OBJECT_EXISTS otherwise.
    */
+  /** `getRange` into `into`: without new memory when the backend reads into buffers, else copied. */
+  async getRangeInto(key: string, offset: number, into: Uint8Array): Promise<void> {
+    if (this.nameOf(key)) throw new FerryError('INTERNAL', 'range read of a sealed object', { object: key });
+    if (this.raw.getRangeInto) return this.raw.getRangeInto(key, offset, into);
+    const data = await this.getRange(key, offset, into.length);
+    if (data.length !== into.length) throw new FerryError('REPO_CORRUPT_OBJECT', `object is shorter than ${offset + into.length} bytes`, { object: key });
+    into.set(data);
+  }
+
   async put(key: string, data: Uint8Array): Promise<void> {
     if (isWriteOnce(key)) {
       if (await this.putIfAbsent(key, data)) return;

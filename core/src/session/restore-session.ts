@@ -116,7 +116,7 @@ class DiskTarget implements RestoreTarget {
     if (data.length !== length) {
       throw new FerryError('REPO_CORRUPT_OBJECT', `block holds ${data.length} bytes, the map expects ${length}`, { ...this.where, offset: i * map.blockSize });
     }
-    await sink.write(i * map.blockSize, data);
+    await sink.writeFresh(i * map.blockSize, data);
     this.done[i] = 1;
     this.report.bytesWritten += length;
     this.doneBytes += length;

@@ -1,4 +1,5 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import type { WritableDisk } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
 import { openBlockDevice } from './restore-device.js';
@@ -14,6 +15,12 @@ export interface RestoreSink {
   /** Whether zero blocks stay holes (reported as `sparse`). */
   readonly sparse: boolean;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * `write` for a range nothing was written to yet through this sink (a restore writes each block
+   * once; a block sent again holds the same bytes): on a sparse file, zero runs of at least
+   * `MIN_HOLE` bytes inside `data` stay holes instead of being written.
+   */
+  writeFresh(offset: number, data: Uint8Array): Promise<void>;
   zero(offset: number, length: number): Promise<void>;
   /**
    * Durable on success. `ok: false` removes a partial file only when this restore created it, and
@@ -25,6 +32,41 @@ export interface RestoreSink {
 /** Addresses that name a network target rather than a local path. */
 export function isTargetAddress(to: string): boolean {
   return /^(nbds?(\+unix)?:\/\/|unix:|tcp:)/.test(to);
+}
+
+/**
+ * The shortest zero run inside a data block left as a hole by `writeFresh` (a multiple of the page
+ * size). Shorter runs are written with the data around them: a hole costs a write call of its own.
+ */
+export const MIN_HOLE = 64 * 1024;
+const PAGE = 4096;
+const ZERO_PAGE = new Uint8Array(PAGE);
+
+/**
+ * The ranges of `data` to write when zero runs of at least `minHole` bytes (whole pages, counted
+ * from the start of `data`) may stay holes: [start, end) pairs, in order; none when all is zero.
+ */
+export function dataRanges(data: Uint8Array, minHole = MIN_HOLE): [number, number][] {
+  const out: [number, number][] = [];
+  let start = 0; // start of the data range being collected
+  let zeroFrom = -1; // start of the current run of zero pages, or -1
+  for (let p = 0; p < data.length; p += PAGE) {
+    const end = Math.min(p + PAGE, data.length);
+    // Most data pages differ from zeros in their first or last byte: compare only candidates.
+    const zero = data[p] === 0 && data[end - 1] === 0 && Buffer.compare(data.subarray(p, end), ZERO_PAGE.subarray(0, end - p)) === 0;
+    if (zero) {
+      if (zeroFrom < 0) zeroFrom = p;
+      continue;
+    }
+    if (zeroFrom >= 0 && p - zeroFrom >= minHole) {
+      if (zeroFrom > start) out.push([start, zeroFrom]);
+      start = p;
+    }
+    zeroFrom = -1;
+  }
+  const tail = zeroFrom >= 0 && data.length - zeroFrom >= minHole ? zeroFrom : data.length;
+  if (tail > start) out.push([start, tail]);
+  return out;
 }
 
 /** Bytes written to a file or device between two background datasyncs. */
@@ -137,6 +179,11 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
     label: to,
     sparse: !device,
     write,
+    writeFresh: async (offset, data) => {
+      if (device) return write(offset, data);
+      // The file was created or truncated by this sink: what is not written reads as zeros.
+      for (const [a, b] of dataRanges(data)) await write(offset + a, data.subarray(a, b));
+    },
     zero: async (offset, length) => {
       for (let pos = 0; zeros && pos < length; pos += zeros.length) await write(offset + pos, zeros.subarray(0, Math.min(zeros.length, length - pos)));
     },
@@ -144,7 +191,11 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
       let flushFailed: string | undefined;
       try {
         await syncing;
-        if (ok) await fh.sync();
+        if (ok) {
+          await fh.sync();
+          // A file this restore created is durable only with its name: the folder's entry too.
+          if (target.created) await syncFolder(path.dirname(to));
+        }
       } catch (err) {
         flushFailed = (err as NodeJS.ErrnoException).code ?? String(err);
       }
@@ -162,6 +213,15 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
       return state;
     },
   };
+}
+
+async function syncFolder(dir: string): Promise<void> {
+  const d = await fs.open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
 }
 
 /**
@@ -185,6 +245,7 @@ export function targetSink(target: WritableDisk, size: number, disk: string): Re
     label: target.label,
     sparse: Boolean(target.writeZeroes),
     write: (offset, data) => target.write(offset, data),
+    writeFresh: (offset, data) => target.write(offset, data),
     zero: async (offset, length) => {
       if (target.writeZeroes) return target.writeZeroes(offset, length);
       for (let pos = 0; pos < length; pos += zeros!.length) await target.write(offset + pos, zeros!.subarray(0, Math.min(zeros!.length, length - pos)));

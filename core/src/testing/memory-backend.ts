@@ -21,6 +21,13 @@ export class MemoryBackend implements RepositoryBackend {
     return (await this.get(key)).subarray(offset, offset + length);
   }
 
+  async getRangeInto(key: string, offset: number, into: Uint8Array): Promise<void> {
+    const v = this.objects.get(key);
+    if (!v) throw new FerryError('REPO_OBJECT_NOT_FOUND', `object ${key} not found in memory`, { object: key });
+    if (offset + into.length > v.length) throw new FerryError('REPO_CORRUPT_OBJECT', `object is shorter than ${offset + into.length} bytes`, { object: key });
+    into.set(v.subarray(offset, offset + into.length));
+  }
+
   async put(key: string, data: Uint8Array): Promise<void> {
     this.puts++;
     this.objects.set(key, Buffer.from(data));

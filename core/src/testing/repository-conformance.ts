@@ -94,6 +94,15 @@ export function runRepositoryConformance(name: string, create: () => Promise<Bac
       assert.equal(Buffer.from(await b.backend.getRange!('r', 3, 4)).toString(), '3456');
     });
 
+    it('getRangeInto, when offered, fills the whole buffer with the slice; a range past the end is an error', async function () {
+      if (!b.backend.getRangeInto) skipBecause(this, `${name} offers no getRangeInto`);
+      await b.backend.put('r', Buffer.from('0123456789'));
+      const into = Buffer.alloc(4);
+      await b.backend.getRangeInto!('r', 3, into);
+      assert.equal(into.toString(), '3456');
+      await assert.rejects(b.backend.getRangeInto!('r', 8, Buffer.alloc(4)));
+    });
+
     it('protect, when offered, keeps objects readable and never throws; unprotect then lets them be replaced and deleted', async function () {
       if (!b.backend.protect || !b.backend.unprotect) skipBecause(this, `${name} offers no protect and unprotect`);
       await b.backend.put('points/vm/p.json', Buffer.from('manifest'));

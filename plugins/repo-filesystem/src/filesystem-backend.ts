@@ -49,14 +49,19 @@ export class FilesystemBackend implements RepositoryBackend {
    * few packs. Safe because objects read by range (packs) are immutable and named by their content.
    */
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
+    const buf = Buffer.allocUnsafe(length);
+    await this.getRangeInto(key, offset, buf);
+    return buf;
+  }
+
+  /** `getRange` into the caller's buffer (`into.length` bytes), through the same open files. */
+  async getRangeInto(key: string, offset: number, into: Uint8Array): Promise<void> {
     try {
       const fh = await this.openCached(key);
-      const buf = Buffer.allocUnsafe(length);
-      const { bytesRead } = await fh.read(buf, 0, length, offset);
-      if (bytesRead !== length) {
-        throw new FerryError('REPO_CORRUPT_OBJECT', `object is shorter than ${offset + length} bytes`, { object: key });
+      const { bytesRead } = await fh.read(into, 0, into.length, offset);
+      if (bytesRead !== into.length) {
+        throw new FerryError('REPO_CORRUPT_OBJECT', `object is shorter than ${offset + into.length} bytes`, { object: key });
       }
-      return buf;
     } catch (err) {
       throw this.ioError(err, key, 'read');
     }
