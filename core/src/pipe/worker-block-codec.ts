@@ -118,8 +118,9 @@ export class WorkerBlockCodec implements BlockCodec {
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
-    const data = movable(encoded);
-    const r = (await this.run({ op: 'slot-decode', encoded: data, hash, object, slot: slot.id }, data.length, [data.buffer as ArrayBuffer])) as { rawLength: number };
+    // Shared memory (a slot's `out`) is seen by the thread as it is: no copy, nothing to transfer.
+    const data = encoded.buffer instanceof SharedArrayBuffer ? encoded : movable(encoded);
+    const r = (await this.run({ op: 'slot-decode', encoded: data, hash, object, slot: slot.id }, data.length, data === encoded && data.buffer instanceof SharedArrayBuffer ? [] : [data.buffer as ArrayBuffer])) as { rawLength: number };
     return r.rawLength;
   }
 }

@@ -137,6 +137,9 @@ export class ProxyPipe {
           this.next++;
           done += rec.length;
         }
+        // The target mover asked for the next record: it has stored (copied) this block, and its
+        // check finished before it was yielded, so the frame's memory may take a later block.
+        m.release?.();
         this.opts.onProgress?.(done);
         if (this.next - lastAck >= ackEvery) {
           lastAck = this.next;

@@ -114,6 +114,9 @@ export class ProxyService {
           filters,
           readAhead: task.readAhead,
           isKnown: (hash) => pipe.isKnown(hash, state.meters.network),
+          // `send` copies a block into its frame before it returns, and a resume reads the disk
+          // again: the records need no copies of their own.
+          lendBuffers: true,
         },
         state.meters,
       );

@@ -33,6 +33,8 @@ export interface Frame {
   kind: FrameKind;
   header: Record<string, unknown>;
   body: Buffer;
+  /** The `FrameBuffers` buffer the frame was collected in, if it was (given back once the body is used). */
+  pooled?: Buffer;
 }
 
 /**
@@ -40,14 +42,21 @@ export interface Frame {
  * the frame, and the caller must be free to reuse or transfer its block buffer (to a worker thread)
  * at that moment. One memcpy per block costs a fraction of the TLS encryption that follows.
  */
-export function encodeFrame(kind: FrameKind, header: Record<string, unknown>, body?: Uint8Array, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer {
+export function encodeFrame(
+  kind: FrameKind,
+  header: Record<string, unknown>,
+  body?: Uint8Array,
+  maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+  /** Where the frame goes (`FrameBuffers.take`): a buffer of at least the frame's size; the frame is its start. */
+  alloc: (bytes: number) => Buffer = Buffer.allocUnsafe,
+): Buffer {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const bodyLength = body?.byteLength ?? 0;
   const total = FRAME_PREFIX_BYTES + json.length + bodyLength + FRAME_TRAILER_BYTES;
   if (json.length > MAX_HEADER_BYTES || total > maxFrameBytes) {
     throw new FerryError('PIPE_PROTOCOL', `refusing to send a frame of ${total} bytes (header ${json.length}); the limit is ${maxFrameBytes} bytes (header ${MAX_HEADER_BYTES})`);
   }
-  const f = Buffer.allocUnsafe(total);
+  const f = alloc(total).subarray(0, total);
   FRAME_MAGIC.copy(f, 0);
   f.writeUInt8(FRAME_FORMAT_VERSION, 3);
   f.writeUInt8(kind, 4);
@@ -63,6 +72,38 @@ export function encodeFrame(kind: FrameKind, header: Record<string, unknown>, bo
 }
 
 /**
+ * Reusable memory for large outgoing frames. A fresh buffer per block costs more than the copy into
+ * it: new memory is faulted in page by page and the garbage collector runs for it (on the proxy,
+ * allocating each frame took as long as encrypting it). A buffer comes back with `give` once the
+ * socket has taken the frame (its write callback); one that never comes back is left to the GC.
+ */
+export class FrameBuffers {
+  private readonly free: Buffer[] = [];
+
+  constructor(
+    /** Buffers kept for reuse, at most. */
+    private readonly keep = 4,
+    /** Smaller frames come from Node's own pool (`Buffer.allocUnsafe`). */
+    readonly minBytes = 64 * 1024,
+  ) {}
+
+  /** A buffer of at least `bytes` (its start is what the caller uses). */
+  take(bytes: number): Buffer {
+    if (bytes < this.minBytes) return Buffer.allocUnsafe(bytes);
+    const i = this.free.findIndex((b) => b.length >= bytes);
+    if (i >= 0) return this.free.splice(i, 1)[0];
+    // Round up, so frames of slightly different sizes (compressed blocks) fit one buffer.
+    return Buffer.allocUnsafeSlow(Math.ceil(bytes / 65536) * 65536);
+  }
+
+  /** Returns a buffer `take` gave out (the whole buffer, not the frame's view of it). */
+  give(b: Buffer): void {
+    if (b.length < this.minBytes || this.free.length >= this.keep) return;
+    this.free.push(b);
+  }
+}
+
+/**
  * Turns a byte stream into frames. Chunks are kept as they came until a whole frame is there, then
  * copied once into a buffer of exactly the frame's size: no quadratic concatenation for big blocks.
  */
@@ -72,7 +113,14 @@ export class FrameDecoder {
   /** Total size of the frame being collected, once its prefix was read and checked. */
   private need = 0;
 
-  constructor(private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
+  constructor(
+    private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+    /** Memory for large frames that arrive in pieces (the frame's `pooled`); default: a new buffer each. */
+    private readonly buffers?: FrameBuffers,
+  ) {}
+
+  /** Set by `take` when the frame it returned lives in a `buffers` buffer. */
+  private pooled?: Buffer;
 
   /** Bytes received that do not yet form a whole frame (non-zero at EOF = truncated frame). */
   get pending(): number {
@@ -100,7 +148,10 @@ export class FrameDecoder {
           this.need = checkPrefix(this.peek(FRAME_PREFIX_BYTES), this.maxFrameBytes);
         }
         if (this.buffered < this.need) return out;
-        out.push(parseFrame(this.take(this.need)));
+        this.pooled = undefined;
+        const frame = parseFrame(this.take(this.need));
+        if (this.pooled) frame.pooled = this.pooled;
+        out.push(frame);
         this.need = 0;
       }
     } catch (err) {
@@ -124,7 +175,12 @@ export class FrameDecoder {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
+      if (this.buffers && n >= this.buffers.minBytes) {
+        this.pooled = this.buffers.take(n);
+        out = this.pooled.subarray(0, n);
+      } else {
+        out = Buffer.allocUnsafe(n);
+      }
       for (let copied = 0; copied < n; ) {
         const c = this.chunks[0];
         const k = Math.min(c.length, n - copied);
