@@ -63,6 +63,8 @@ export async function remoteRuns(ctx: PassContext): Promise<Row[]> {
         `storage: { blockSize: 1MiB, compression: ${LEVEL} }`,
       ].join('\n') + '\n',
     );
+    // Resident services: what they do once after starting (worker threads) is not the backup's.
+    await settled([proxy, repository]);
     const before = [proxy.cpuMs(), repository.cpuMs()];
     const remote = await ferryBackup(job);
     const [proxyMs, repositoryMs] = [proxy.cpuMs() - before[0], repository.cpuMs() - before[1]];
@@ -102,6 +104,19 @@ function processCpuMs(pid: number): number {
     return ((Number(f[11]) + Number(f[12])) * 1000) / HZ;
   } catch {
     return 0;
+  }
+}
+
+/** Waits (at most 10 s) until the processes used no CPU for 300 ms: done starting up. */
+async function settled(procs: { cpuMs: () => number }[]): Promise<void> {
+  const total = (): number => procs.reduce((n, p) => n + p.cpuMs(), 0);
+  const end = Date.now() + 10_000;
+  let last = total();
+  while (Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 300));
+    const now = total();
+    if (now === last) return;
+    last = now;
   }
 }
 

@@ -50,6 +50,11 @@ export class WorkerBlockCodec implements BlockCodec {
     return Math.max(1, this.pool.size);
   }
 
+  /** Starts every worker thread now instead of as work arrives (`WorkerPool.startAll`). */
+  startThreads(): void {
+    this.pool.startAll();
+  }
+
   /** Worker threads started so far. */
   get workerThreads(): number {
     return this.pool.size;
