@@ -131,7 +131,7 @@ describe('data pipe connections (mutual TLS on 127.0.0.1)', function () {
     try {
       const c = await connect({ address: l.address, auth: certs(dirs.good, 'repository'), expectRole: 'proxy' });
       expect(c.peer).to.deep.equal({ role: 'proxy', name: 'proxy', address: l.address });
-      expect(c.version).to.equal(1);
+      expect(c.version).to.equal(2);
       const body = randomBytes(4 * 1024 * 1024);
       await c.send({ type: 'blocks', header: { n: 1 }, body });
       const back = await c.receive();

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { FerryError } from '../../errors.js';
 import { crc32 } from '../../util/checksums.js';
 import { parseAddress, formatAddress } from './address.js';
-import { encodeFrame, FRAME_PREFIX_BYTES, FrameBuffers, FrameDecoder, FrameKind, MAX_HEADER_BYTES } from './frame.js';
+import { encodeFrame, FRAME_FLAG_BODY_UNCHECKED, FRAME_PREFIX_BYTES, FrameBuffers, FrameDecoder, FrameKind, MAX_HEADER_BYTES } from './frame.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -61,6 +61,26 @@ describe('data pipe frames', function () {
     expect(small.pooled).to.equal(undefined);
     expect(whole.pooled).to.equal(undefined);
     expect(whole.body.every((x) => x === 5)).to.equal(true);
+  });
+
+  it('a body-unchecked message frame: its CRC-32 covers prefix and header; the flag is refused on other kinds', function () {
+    const body = Buffer.alloc(5000, 3);
+    const f = encodeFrame(FrameKind.MESSAGE, { type: 'block', header: { i: 1 } }, body, undefined, undefined, FRAME_FLAG_BODY_UNCHECKED);
+    const [got] = new FrameDecoder().push(f);
+    expect(got.flags).to.equal(FRAME_FLAG_BODY_UNCHECKED);
+    expect(got.body.equals(body)).to.equal(true);
+    expect(f.readUInt32BE(f.length - 4)).to.equal(crc32(f.subarray(0, f.length - 4 - body.length)));
+    const header = Buffer.from(f);
+    header[FRAME_PREFIX_BYTES + 2] ^= 1;
+    expect(codeOf(() => new FrameDecoder().push(header))).to.equal('PIPE_PROTOCOL');
+    const plain = encodeFrame(FrameKind.MESSAGE, { type: 'block' }, body);
+    expect(new FrameDecoder().push(plain)[0].flags).to.equal(0);
+    const flaggedPlain = Buffer.from(plain);
+    flaggedPlain[5] = FRAME_FLAG_BODY_UNCHECKED; // a full-CRC frame claiming the flag fails its CRC
+    expect(codeOf(() => new FrameDecoder().push(flaggedPlain))).to.equal('PIPE_PROTOCOL');
+    const ping = encodeFrame(FrameKind.PING, { seq: 1 });
+    ping[5] = FRAME_FLAG_BODY_UNCHECKED;
+    expect(codeOf(() => new FrameDecoder().push(ping))).to.equal('PIPE_PROTOCOL');
   });
 
   it('returns the good frames in front of a bad one, then reports the bad one', function () {

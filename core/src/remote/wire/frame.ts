@@ -6,13 +6,18 @@ import { crc32 } from '../../util/checksums.js';
  *
  *   0  magic "FRP" + frame format version (1)   4 bytes
  *   4  kind                                     u8
- *   5  flags, reserved, 0                       u8 + u16
+ *   5  flags                                    u8
+ *   6  reserved, 0                              u16
  *   8  header length H                          u32
  *  12  body length B                            u32
  *  16  header: UTF-8 JSON object                H bytes
  *  ..  body: opaque bytes                       B bytes
  *  ..  CRC-32 (IEEE) of everything before it    u32
+ *      (with flag BODY_UNCHECKED: of bytes 0 .. 16+H-1, prefix and header only)
  *
+ * Flags: 0x01 BODY_UNCHECKED, MESSAGE frames only, and only on a connection that agreed on pipe
+ * protocol version 2 or later in HELLO (`PipeConnection` refuses it before that). Every other bit
+ * is reserved and must be 0.
  * The lengths are checked against the limits before any buffer for the frame is allocated, so a
  * peer cannot make this side reserve memory by claiming a huge frame.
  */
@@ -25,6 +30,14 @@ export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024;
 /** A JSON header is routing and small facts, never bulk data. */
 export const MAX_HEADER_BYTES = 1024 * 1024;
 
+/**
+ * The body is not covered by the frame's CRC-32. Pipe protocol version 2 sends message bodies so:
+ * TLS authenticates every byte of them already (a CRC-32 beside that catches nothing), an
+ * in-memory pair does not corrupt, and what a body holds is checked again by its receiver anyway
+ * (block objects by their own CRC-32 and id). It saves a pass over every block on both ends.
+ */
+export const FRAME_FLAG_BODY_UNCHECKED = 0x01;
+
 export const FrameKind = { HELLO: 1, MESSAGE: 2, PING: 3, PONG: 4, BYE: 5 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 const KINDS = new Set<number>(Object.values(FrameKind));
@@ -35,6 +48,8 @@ export interface Frame {
   body: Buffer;
   /** The `FrameBuffers` buffer the frame was collected in, if it was (given back once the body is used). */
   pooled?: Buffer;
+  /** `FRAME_FLAG_*` bits (0: the CRC-32 covered the whole frame). */
+  flags: number;
 }
 
 /**
@@ -49,6 +64,8 @@ export function encodeFrame(
   maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
   /** Where the frame goes (`FrameBuffers.take`): a buffer of at least the frame's size; the frame is its start. */
   alloc: (bytes: number) => Buffer = Buffer.allocUnsafe,
+  /** `FRAME_FLAG_*` bits: BODY_UNCHECKED for a MESSAGE on a connection of protocol version 2 or later. */
+  flags = 0,
 ): Buffer {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const bodyLength = body?.byteLength ?? 0;
@@ -60,14 +77,15 @@ export function encodeFrame(
   FRAME_MAGIC.copy(f, 0);
   f.writeUInt8(FRAME_FORMAT_VERSION, 3);
   f.writeUInt8(kind, 4);
-  f.writeUInt8(0, 5);
+  f.writeUInt8(flags, 5);
   f.writeUInt16BE(0, 6);
   f.writeUInt32BE(json.length, 8);
   f.writeUInt32BE(bodyLength, 12);
   json.copy(f, FRAME_PREFIX_BYTES);
   if (body) f.set(body, FRAME_PREFIX_BYTES + json.length);
   const crcAt = total - FRAME_TRAILER_BYTES;
-  f.writeUInt32BE(crc32(f.subarray(0, crcAt)), crcAt);
+  const covered = flags & FRAME_FLAG_BODY_UNCHECKED ? FRAME_PREFIX_BYTES + json.length : crcAt;
+  f.writeUInt32BE(crc32(f.subarray(0, covered)), crcAt);
   return f;
 }
 
@@ -206,7 +224,9 @@ function checkPrefix(p: Buffer, maxFrameBytes: number): number {
   }
   const kind = p.readUInt8(4);
   if (!KINDS.has(kind)) throw new FerryError('PIPE_PROTOCOL', `unknown frame kind ${kind}`);
-  if (p.readUInt8(5) !== 0 || p.readUInt16BE(6) !== 0) {
+  const flags = p.readUInt8(5);
+  const allowed = kind === FrameKind.MESSAGE ? FRAME_FLAG_BODY_UNCHECKED : 0;
+  if ((flags & ~allowed) !== 0 || p.readUInt16BE(6) !== 0) {
     throw new FerryError('PIPE_PROTOCOL', `reserved frame bits set (0x${p.subarray(5, 8).toString('hex')})`);
   }
   const headerLength = p.readUInt32BE(8);
@@ -221,13 +241,14 @@ function checkPrefix(p: Buffer, maxFrameBytes: number): number {
 /** Checks the CRC and parses the header of a whole frame whose prefix passed `checkPrefix`. */
 function parseFrame(f: Buffer): Frame {
   const crcAt = f.length - FRAME_TRAILER_BYTES;
+  const flags = f.readUInt8(5);
+  const headerLength = f.readUInt32BE(8);
+  const jsonEnd = FRAME_PREFIX_BYTES + headerLength;
   const want = f.readUInt32BE(crcAt);
-  const got = crc32(f.subarray(0, crcAt));
+  const got = crc32(f.subarray(0, flags & FRAME_FLAG_BODY_UNCHECKED ? jsonEnd : crcAt));
   if (want !== got) {
     throw new FerryError('PIPE_PROTOCOL', `frame CRC-32 mismatch: frame says ${hex32(want)}, content gives ${hex32(got)}`);
   }
-  const headerLength = f.readUInt32BE(8);
-  const jsonEnd = FRAME_PREFIX_BYTES + headerLength;
   let header: unknown;
   try {
     header = headerLength ? JSON.parse(f.toString('utf8', FRAME_PREFIX_BYTES, jsonEnd)) : {};
@@ -237,7 +258,7 @@ function parseFrame(f: Buffer): Frame {
   if (header === null || typeof header !== 'object' || Array.isArray(header)) {
     throw new FerryError('PIPE_PROTOCOL', 'frame header is not a JSON object');
   }
-  return { kind: f.readUInt8(4) as FrameKind, header: header as Record<string, unknown>, body: f.subarray(jsonEnd, crcAt) };
+  return { kind: f.readUInt8(4) as FrameKind, header: header as Record<string, unknown>, body: f.subarray(jsonEnd, crcAt), flags };
 }
 
 function hex32(n: number): string {

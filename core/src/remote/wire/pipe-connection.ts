@@ -1,8 +1,8 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ERROR_CODES, FerryError, type ErrorCode } from '../../errors.js';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameBuffers, FrameDecoder, FrameKind, type Frame } from './frame.js';
-import { acceptHello, makeHello, PIPE_VERSION, type ProvenPeer } from './handshake.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FRAME_FLAG_BODY_UNCHECKED, FrameBuffers, FrameDecoder, FrameKind, type Frame } from './frame.js';
+import { acceptHello, makeHello, PIPE_VERSION, UNCHECKED_BODY_VERSION, type ProvenPeer } from './handshake.js';
 import {
   DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, MISSED_HEARTBEATS,
   type Connection, type PeerInfo, type PeerRole, type WireMessage,
@@ -109,13 +109,14 @@ export class PipeConnection implements Connection {
     const header: Record<string, unknown> = { type: msg.type };
     if (msg.header !== undefined) header.header = msg.header;
     const frames = this.frames;
+    const flags = msg.body?.byteLength && this.version >= UNCHECKED_BODY_VERSION ? FRAME_FLAG_BODY_UNCHECKED : 0;
     if (frames && (msg.body?.byteLength ?? 0) >= frames.minBytes) {
       let taken: Buffer | undefined;
-      const frame = encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes, (n) => (taken = frames.take(n)));
+      const frame = encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes, (n) => (taken = frames.take(n)), flags);
       // Given back only when the write succeeded: after an error the socket may still hold it.
       this.write(frame, (err) => !err && frames.give(taken!));
     } else {
-      this.write(encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes));
+      this.write(encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes, undefined, flags));
     }
     if (this.stream.writableNeedDrain) await this.drain();
   }
@@ -219,6 +220,9 @@ export class PipeConnection implements Connection {
         return;
       case FrameKind.MESSAGE:
         if (this.state === 'hello') return this.protocolError('a message before the HELLO handshake completed');
+        if (f.flags & FRAME_FLAG_BODY_UNCHECKED && this.version < UNCHECKED_BODY_VERSION) {
+          return this.protocolError(`a message whose body the frame's CRC-32 does not cover, on a connection of protocol version ${this.version}`);
+        }
         return this.deliver(f);
       case FrameKind.PING:
         if (this.state === 'open') this.write(encodeFrame(FrameKind.PONG, { seq: f.header.seq ?? null }));
