@@ -89,6 +89,11 @@ export class WorkerBlockCodec implements BlockCodec {
     return Math.max(1, this.pool.size);
   }
 
+  /** Starts every worker thread now instead of as work arrives (`WorkerPool.startAll`). */
+  startThreads(): void {
+    this.pool.startAll();
+  }
+
   /** Worker threads started so far. */
   get workerThreads(): number {
     return this.pool.size;
@@ -178,8 +183,10 @@ export class WorkerBlockCodec implements BlockCodec {
       const task = { op: 'slot-decode', encodedLength: encoded.length, hash: ownHash(hash), object, slot: slot.id } as const;
       return ((await this.run(task, encoded.length)) as { rawLength: number }).rawLength;
     }
-    const data = movable(encoded);
-    const r = (await this.run({ op: 'slot-decode', encoded: data, hash: ownHash(hash), object, slot: slot.id }, data.length, [data.buffer as ArrayBuffer])) as {
+    // Other shared memory is seen by the thread as it is: no copy, nothing to transfer.
+    const shared = encoded.buffer instanceof SharedArrayBuffer;
+    const data = shared ? encoded : movable(encoded);
+    const r = (await this.run({ op: 'slot-decode', encoded: data, hash: ownHash(hash), object, slot: slot.id }, data.length, shared ? [] : [data.buffer as ArrayBuffer])) as {
       rawLength: number;
     };
     return r.rawLength;

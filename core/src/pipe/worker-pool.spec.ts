@@ -42,6 +42,16 @@ describe('WorkerPool: threads start as work needs them', function () {
     expect(c.threads).to.equal(3);
     results.forEach((r, i) => expect(r.hash!.equals(createHash('sha256').update(blocks[i]).digest()), `slot ${i}`).to.equal(true));
   });
+
+  it('starts every thread at once when asked (a resident service), and they work', async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 3);
+    codec.startThreads();
+    expect(codec.workerThreads).to.equal(3);
+    const b = block(7);
+    const r = await codec.encode(Buffer.from(b), 'none', 0);
+    expect(r.hash.equals(createHash('sha256').update(b).digest())).to.equal(true);
+    expect(codec.workerThreads).to.equal(3);
+  });
 });
 
 describe('WorkerBlockCodec with an inline budget: a small job starts no thread', function () {

@@ -79,6 +79,12 @@ export class WorkerPool<T, R> {
     return slot;
   }
 
+  /** Starts threads up to `maxSize` now (a resident service pays their start-up before its first job). */
+  startAll(): void {
+    if (this.failure || this.closed) return;
+    while (this.slots.length < this.maxSize) this.spawn();
+  }
+
   /** Threads started so far (at most `maxSize`). */
   get size(): number {
     return this.slots.length;

@@ -32,10 +32,15 @@ export class BlockVerifier {
     this.running++;
     const slot = this.codec.takeSlot(this.blockSize);
     try {
-      // The worker codec may take the memory it is given: only a view of a larger buffer (a frame,
-      // which is what the wire delivers) is copied there, so copy a buffer that owns all of its own.
-      const owns = encoded.byteOffset === 0 && encoded.byteLength === encoded.buffer.byteLength;
-      const rawLength = await this.codec.decodeSlot(owns ? new Uint8Array(encoded) : encoded, hash, `block ${hash.toString('hex')}`, slot);
+      // The block object goes into the slot's shared `out` buffer (memory the threads already
+      // know, reused block after block) and is decoded from there into `raw`: `encoded` stays the
+      // caller's, and no buffer is allocated or moved per block. One that does not fit `out`
+      // (it cannot decode to a block of this size) goes as its own copy, to fail its check there.
+      const inSlot = encoded.length <= slot.out.length;
+      if (inSlot) encoded.copy(slot.out);
+      const object = inSlot ? slot.out.subarray(0, encoded.length) : new Uint8Array(encoded);
+      // A 32-byte copy: a hash decoded from hex is a view of Node's 8 KiB pool, which would be cloned whole.
+      const rawLength = await this.codec.decodeSlot(object, new Uint8Array(hash), `block ${hash.toString('hex')}`, slot);
       if (rawLength !== length) throw new FerryError('REPO_CORRUPT_OBJECT', `it holds ${rawLength} bytes where the disk has ${length}`);
     } catch (err) {
       // PLUGIN_NOT_FOUND (a compressor this host lacks), WORKER_FAILED: not the proxy's fault.

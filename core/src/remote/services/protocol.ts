@@ -44,7 +44,7 @@ import type { Connection, WireMessage } from '../wire/index.js';
 
 /** What the repository service asks a proxy to read (one disk). */
 export interface ReadTask {
-  /** `PIPE_VERSION` of the repository service; a proxy refuses another with PIPE_VERSION. */
+  /** The pipe protocol version the data pipe's HELLO agreed on; a proxy refuses one it does not speak (PIPE_VERSION). */
   version: number;
   /** Stable over reconnects: the proxy keeps counters and busy times per task. */
   taskId: string;

@@ -137,6 +137,9 @@ export class ProxyPipe {
           this.next++;
           done += rec.length;
         }
+        // The target mover asked for the next record: it has stored (copied) this block, and its
+        // check finished before it was yielded, so the frame's memory may take a later block.
+        m.release?.();
         this.opts.onProgress?.(done);
         if (this.next - lastAck >= ackEvery) {
           lastAck = this.next;
@@ -167,7 +170,8 @@ export class ProxyPipe {
           signal: this.opts.signal,
         });
         try {
-          await conn.send({ type: 'task', header: { ...this.opts.task, resumeFrom: this.next } });
+          // The version this connection agreed on: a proxy of version 1 refuses any other.
+          await conn.send({ type: 'task', header: { ...this.opts.task, version: conn.version, resumeFrom: this.next } });
           const m = await receiveOrFail(conn, 'the answer to the read task', this.where);
           if (m.type === 'error') throw reported(errorFromWire(m.header?.error as never, this.proxyWhere()));
           if (m.type !== 'task.ok') throw unexpected(m, 'task.ok', this.where);

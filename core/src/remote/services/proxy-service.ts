@@ -12,7 +12,7 @@ import type { PluginHost } from '../../plugins/plugin-host.js';
 import { newStageMeters, type StageMeters } from '../../pipe/stage-meter.js';
 import { chooseMode, chooseTransport, skipContext, skipExtents } from '../../plan/disk-plan.js';
 import { Tokens } from '../../tokens.js';
-import { PIPE_VERSION, type Connection, type WireMessage } from '../wire/index.js';
+import { SUPPORTED_VERSIONS, type Connection, type WireMessage } from '../wire/index.js';
 import { errorToWire, hex, pipeMessageProblem, readTaskProblem, unexpected, type PluginOptions, type ReadTask, type TaskInfo, type TaskSummary } from './protocol.js';
 import { proxyPluginOptions } from './proxy-options.js';
 import { Slots } from './slots.js';
@@ -82,8 +82,8 @@ export class ProxyService {
 
   private async runTask(conn: Connection, task: ReadTask): Promise<void> {
     const where: ErrorLocation = { vm: String(task?.vm), disk: String(task?.disk?.name) };
-    if (task?.version !== PIPE_VERSION) {
-      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task?.version}; this proxy speaks ${PIPE_VERSION}`, where)) } });
+    if (!SUPPORTED_VERSIONS.includes(task?.version)) {
+      await conn.send({ type: 'error', header: { error: errorToWire(new FerryError('PIPE_VERSION', `read task version ${task?.version}; this proxy speaks ${SUPPORTED_VERSIONS.join(', ')}`, where)) } });
       return;
     }
     const problem = readTaskProblem(task);
@@ -114,6 +114,9 @@ export class ProxyService {
           filters,
           readAhead: task.readAhead,
           isKnown: (hash) => pipe.isKnown(hash, state.meters.network),
+          // `send` copies a block into its frame before it returns, and a resume reads the disk
+          // again: the records need no copies of their own.
+          lendBuffers: true,
         },
         state.meters,
       );

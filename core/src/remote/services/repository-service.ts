@@ -301,7 +301,11 @@ class ControlSession {
     const header = { vm: order.vm, disk: order.disk.name, sizeBytes: info.sizeBytes, blockSize: order.blockSize };
     let map: BlockMap;
     try {
-      map = await new TargetMover(repo).receiveDisk(header, pipe.records(), counters, info.mode === 'incremental' ? base : undefined);
+      // The pipe checked every new block before the mover sees it (BlockVerifier: the block
+      // object's CRC-32 and raw length, and its id, on the worker threads); the mover's own CRC-32
+      // check on this thread would repeat the first two. A block the repository held already was
+      // not checked, and is not stored either.
+      map = await new TargetMover(repo, { trustedSource: true }).receiveDisk(header, pipe.records(), counters, info.mode === 'incremental' ? base : undefined);
     } catch (err) {
       throw err instanceof FerryError ? err.at(where) : err;
     }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { FerryError } from '../../errors.js';
 import type { BlockCodec } from '../../repository/block-codec.js';
-import { WorkerBlockCodec } from '../../pipe/worker-block-codec.js';
+import { WorkerBlockCodec, workerPlugins } from '../../pipe/worker-block-codec.js';
 import type { PluginHost } from '../../plugins/plugin-host.js';
 import { jobPassphrase } from '../../repository/passphrase.js';
 import { Repository } from '../../repository/repository.js';
@@ -121,15 +121,24 @@ function need<T>(v: T | undefined, what: string): T {
   return v;
 }
 
-/** Codecs by block-id key, created on first use, all closed with the service. */
-function codecs(plugins: PluginHost): { codec: (idKey?: Buffer) => BlockCodec; close: () => Promise<void> } {
+/**
+ * Codecs by block-id key, created on first use, all closed with the service. `warm`: the plain
+ * (unkeyed) codec is made at once with all its threads started, so the service's first disk does
+ * not wait for them (bootstrap and the compressors' import) inside its session.
+ */
+function codecs(plugins: PluginHost, warm: boolean): { codec: (idKey?: Buffer) => BlockCodec; warm: () => void; close: () => Promise<void> } {
   const byKey = new Map<string, WorkerBlockCodec>();
+  const codec = (idKey?: Buffer): WorkerBlockCodec => {
+    const k = idKey ? idKey.toString('hex') : '';
+    let c = byKey.get(k);
+    if (!c) byKey.set(k, (c = new WorkerBlockCodec(workerPlugins(plugins), undefined, idKey)));
+    return c;
+  };
   return {
-    codec: (idKey) => {
-      const k = idKey ? idKey.toString('hex') : '';
-      let c = byKey.get(k);
-      if (!c) byKey.set(k, (c = new WorkerBlockCodec(plugins.options, undefined, idKey)));
-      return c;
+    codec,
+    // Called once the service listens: a service that fails to start leaves no threads behind.
+    warm: () => {
+      if (warm) codec().startThreads();
     },
     close: async () => {
       await Promise.all([...byKey.values()].map((c) => c.close()));
@@ -140,7 +149,8 @@ function codecs(plugins: PluginHost): { codec: (idKey?: Buffer) => BlockCodec; c
 /** `ferry proxy serve`: accepts data pipes from repository services (role `repository`). */
 export async function startProxyService(c: ServiceConfig, log: (line: string) => void = () => undefined): Promise<RunningService> {
   const plugins = await createPluginHost();
-  const pool = codecs(plugins);
+  // Every read task hashes and compresses; a task of an encrypted repository gets a keyed codec.
+  const pool = codecs(plugins, true);
   const service = new ProxyService({ plugins, codec: pool.codec, taskSlots: c.taskSlots ?? 4, log });
   return serveOn(c, { auth: pipeAuth(c, 'proxy'), accept: 'repository', service, pool, log });
 }
@@ -148,8 +158,10 @@ export async function startProxyService(c: ServiceConfig, log: (line: string) =>
 /** `ferry repository serve`: accepts control connections from backup servers (role `server`). */
 export async function startRepositoryService(c: ServiceConfig, log: (line: string) => void = () => undefined): Promise<RunningService> {
   const plugins = await createPluginHost();
-  const pool = codecs(plugins);
-  const openRepository = await repositoryOpener(plugins, need(c.repository, '--repository PATH|YAML'));
+  // The blocks of an unencrypted repository are checked with the plain codec; an encrypted one's
+  // (a repository file with `encryption`) need its id key, known once the repository is opened.
+  const { open: openRepository, encrypted } = await repositoryOpener(plugins, need(c.repository, '--repository PATH|YAML'));
+  const pool = codecs(plugins, !encrypted);
   const service = new RepositoryService({
     openRepository,
     codec: pool.codec,
@@ -163,12 +175,14 @@ export async function startRepositoryService(c: ServiceConfig, log: (line: strin
 }
 
 /** Listens for the one peer role a service accepts; closing stops listening, then the service, then its workers. */
-function serveOn(
+async function serveOn(
   c: ServiceConfig,
-  parts: { auth: PeerAuth; accept: PeerRole; service: PeerService; pool: { close(): Promise<void> }; log: (line: string) => void },
+  parts: { auth: PeerAuth; accept: PeerRole; service: PeerService; pool: { warm(): void; close(): Promise<void> }; log: (line: string) => void },
 ): Promise<RunningService> {
   const { pool, ...rest } = parts;
-  return servePeers({ ...rest, listen: need(c.listen, '--listen HOST:PORT'), names: c.allow?.names, heartbeatMs: c.heartbeatMs, after: () => pool.close() });
+  const running = await servePeers({ ...rest, listen: need(c.listen, '--listen HOST:PORT'), names: c.allow?.names, heartbeatMs: c.heartbeatMs, after: () => pool.close() });
+  pool.warm();
+  return running;
 }
 
 /**
@@ -176,7 +190,7 @@ function serveOn(
  * `{ type, ...config }` (with `encryption: { passphraseFile | passphraseEnv }` and
  * `immutability: { days }` as in a job's repository section; paths relative to the file).
  */
-async function repositoryOpener(plugins: PluginHost, spec: string): Promise<RepositoryService['opts']['openRepository']> {
+async function repositoryOpener(plugins: PluginHost, spec: string): Promise<{ open: RepositoryService['opts']['openRepository']; encrypted: boolean }> {
   const abs = path.resolve(spec);
   let type = 'filesystem';
   let config: Record<string, unknown> = { path: abs };
@@ -195,10 +209,11 @@ async function repositoryOpener(plugins: PluginHost, spec: string): Promise<Repo
     if (encryption?.passphraseFile) encryption = { passphraseFile: path.resolve(path.dirname(abs), encryption.passphraseFile) };
   }
   const backend = await plugins.create('repository-backend', type, plugins.container, config, { file: abs });
-  return (opts) =>
+  const open: RepositoryService['opts']['openRepository'] = (opts) =>
     Repository.open(backend, {
       ...opts,
       passphrase: jobPassphrase(encryption, abs),
       settings: { encrypted: encryption ? true : undefined, immutabilityDays: immutability?.days },
     });
+  return { open, encrypted: encryption !== undefined };
 }

@@ -189,6 +189,23 @@ describe('data-mover services (in memory)', function () {
     }
   });
 
+  it('accepts a read task of either protocol version it speaks (1, 2) and refuses another with PIPE_VERSION', async function () {
+    for (const [version, code] of [[1, undefined], [2, undefined], [3, 'PIPE_VERSION'], [0, 'PIPE_VERSION']] as const) {
+      const [a, b] = connectionPair({ roles: ['repository', 'proxy'] });
+      void proxy.serve(b);
+      const o = order('s1');
+      // A disk the proxy cannot open: a known version gets that far (a read error), another does not.
+      const task = { version, taskId: `v${version}`, vm: o.vm, disk: { name: 'missing.raw' }, transport: 'auto', filters: [], compressor: o.compressor, blockSize: BLOCK, readAhead: 8, window: 4, resumeFrom: 0 };
+      await a.send({ type: 'task', header: task });
+      const m = await a.receive();
+      expect(m?.type).to.equal('error');
+      const got = (m?.header?.error as { code: string; detail: string });
+      if (code) expect(got.code, `version ${version}`).to.equal(code);
+      else expect(got.code, `version ${version}: ${got.detail}`).to.not.equal('PIPE_VERSION');
+      await a.close();
+    }
+  });
+
   it('resumes after the data pipe breaks, sends at most the in-flight window again, and restores byte-identical', async function () {
     plan = (n) => (n < 3 ? 'cut' : 'pass');
     const svc = service();

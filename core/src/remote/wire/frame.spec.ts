@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { FerryError } from '../../errors.js';
 import { crc32 } from '../../util/checksums.js';
 import { parseAddress, formatAddress } from './address.js';
-import { encodeFrame, FRAME_PREFIX_BYTES, FrameDecoder, FrameKind, MAX_HEADER_BYTES } from './frame.js';
+import { encodeFrame, FRAME_FLAG_BODY_UNCHECKED, FRAME_PREFIX_BYTES, FrameBuffers, FrameDecoder, FrameKind, MAX_HEADER_BYTES } from './frame.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -32,6 +32,55 @@ describe('data pipe frames', function () {
     expect(seen.map((f) => f.kind)).to.deep.equal([FrameKind.MESSAGE, FrameKind.PING]);
     expect(seen[0].body.equals(body)).to.equal(true);
     expect(d.pending).to.equal(0);
+  });
+
+  it('collects large frames that arrive in pieces in reusable buffers, reused only once given back', function () {
+    const buffers = new FrameBuffers(2, 64 * 1024);
+    const d = new FrameDecoder(undefined, buffers);
+    const frameOf = (fill: number, size: number): Buffer => encodeFrame(FrameKind.MESSAGE, { type: 'block' }, Buffer.alloc(size, fill));
+    const inPieces = (f: Buffer) => {
+      const out = [];
+      for (let at = 0; at < f.length; at += 16 * 1024) out.push(...d.push(f.subarray(at, at + 16 * 1024)));
+      return out;
+    };
+    const [first] = inPieces(frameOf(1, 200_000));
+    const [second] = inPieces(frameOf(2, 150_000));
+    expect(first.pooled, 'collected in a pooled buffer').to.be.instanceOf(Buffer);
+    expect(second.pooled).to.not.equal(first.pooled);
+    // Nothing given back yet: both bodies are intact.
+    expect(first.body.length === 200_000 && first.body.every((x) => x === 1)).to.equal(true);
+    expect(second.body.length === 150_000 && second.body.every((x) => x === 2)).to.equal(true);
+    buffers.give(first.pooled!);
+    const [third] = inPieces(frameOf(3, 190_000));
+    expect(third.pooled, 'the given-back buffer is used again').to.equal(first.pooled);
+    expect(third.body.every((x) => x === 3)).to.equal(true);
+    expect(second.body.every((x) => x === 2), 'a buffer not given back is never reused').to.equal(true);
+    // A small frame, or one that arrives whole, needs no buffer of its own.
+    const [small] = inPieces(frameOf(4, 1000));
+    const [whole] = d.push(frameOf(5, 100_000));
+    expect(small.pooled).to.equal(undefined);
+    expect(whole.pooled).to.equal(undefined);
+    expect(whole.body.every((x) => x === 5)).to.equal(true);
+  });
+
+  it('a body-unchecked message frame: its CRC-32 covers prefix and header; the flag is refused on other kinds', function () {
+    const body = Buffer.alloc(5000, 3);
+    const f = encodeFrame(FrameKind.MESSAGE, { type: 'block', header: { i: 1 } }, body, undefined, undefined, FRAME_FLAG_BODY_UNCHECKED);
+    const [got] = new FrameDecoder().push(f);
+    expect(got.flags).to.equal(FRAME_FLAG_BODY_UNCHECKED);
+    expect(got.body.equals(body)).to.equal(true);
+    expect(f.readUInt32BE(f.length - 4)).to.equal(crc32(f.subarray(0, f.length - 4 - body.length)));
+    const header = Buffer.from(f);
+    header[FRAME_PREFIX_BYTES + 2] ^= 1;
+    expect(codeOf(() => new FrameDecoder().push(header))).to.equal('PIPE_PROTOCOL');
+    const plain = encodeFrame(FrameKind.MESSAGE, { type: 'block' }, body);
+    expect(new FrameDecoder().push(plain)[0].flags).to.equal(0);
+    const flaggedPlain = Buffer.from(plain);
+    flaggedPlain[5] = FRAME_FLAG_BODY_UNCHECKED; // a full-CRC frame claiming the flag fails its CRC
+    expect(codeOf(() => new FrameDecoder().push(flaggedPlain))).to.equal('PIPE_PROTOCOL');
+    const ping = encodeFrame(FrameKind.PING, { seq: 1 });
+    ping[5] = FRAME_FLAG_BODY_UNCHECKED;
+    expect(codeOf(() => new FrameDecoder().push(ping))).to.equal('PIPE_PROTOCOL');
   });
 
   it('returns the good frames in front of a bad one, then reports the bad one', function () {

@@ -6,13 +6,18 @@ import { crc32 } from '../../util/checksums.js';
  *
  *   0  magic "FRP" + frame format version (1)   4 bytes
  *   4  kind                                     u8
- *   5  flags, reserved, 0                       u8 + u16
+ *   5  flags                                    u8
+ *   6  reserved, 0                              u16
  *   8  header length H                          u32
  *  12  body length B                            u32
  *  16  header: UTF-8 JSON object                H bytes
  *  ..  body: opaque bytes                       B bytes
  *  ..  CRC-32 (IEEE) of everything before it    u32
+ *      (with flag BODY_UNCHECKED: of bytes 0 .. 16+H-1, prefix and header only)
  *
+ * Flags: 0x01 BODY_UNCHECKED, MESSAGE frames only, and only on a connection that agreed on pipe
+ * protocol version 2 or later in HELLO (`PipeConnection` refuses it before that). Every other bit
+ * is reserved and must be 0.
  * The lengths are checked against the limits before any buffer for the frame is allocated, so a
  * peer cannot make this side reserve memory by claiming a huge frame.
  */
@@ -25,6 +30,14 @@ export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024;
 /** A JSON header is routing and small facts, never bulk data. */
 export const MAX_HEADER_BYTES = 1024 * 1024;
 
+/**
+ * The body is not covered by the frame's CRC-32. Pipe protocol version 2 sends message bodies so:
+ * TLS authenticates every byte of them already (a CRC-32 beside that catches nothing), an
+ * in-memory pair does not corrupt, and what a body holds is checked again by its receiver anyway
+ * (block objects by their own CRC-32 and id). It saves a pass over every block on both ends.
+ */
+export const FRAME_FLAG_BODY_UNCHECKED = 0x01;
+
 export const FrameKind = { HELLO: 1, MESSAGE: 2, PING: 3, PONG: 4, BYE: 5 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 const KINDS = new Set<number>(Object.values(FrameKind));
@@ -33,6 +46,10 @@ export interface Frame {
   kind: FrameKind;
   header: Record<string, unknown>;
   body: Buffer;
+  /** The `FrameBuffers` buffer the frame was collected in, if it was (given back once the body is used). */
+  pooled?: Buffer;
+  /** `FRAME_FLAG_*` bits (0: the CRC-32 covered the whole frame). */
+  flags: number;
 }
 
 /**
@@ -40,26 +57,68 @@ export interface Frame {
  * the frame, and the caller must be free to reuse or transfer its block buffer (to a worker thread)
  * at that moment. One memcpy per block costs a fraction of the TLS encryption that follows.
  */
-export function encodeFrame(kind: FrameKind, header: Record<string, unknown>, body?: Uint8Array, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer {
+export function encodeFrame(
+  kind: FrameKind,
+  header: Record<string, unknown>,
+  body?: Uint8Array,
+  maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+  /** Where the frame goes (`FrameBuffers.take`): a buffer of at least the frame's size; the frame is its start. */
+  alloc: (bytes: number) => Buffer = Buffer.allocUnsafe,
+  /** `FRAME_FLAG_*` bits: BODY_UNCHECKED for a MESSAGE on a connection of protocol version 2 or later. */
+  flags = 0,
+): Buffer {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const bodyLength = body?.byteLength ?? 0;
   const total = FRAME_PREFIX_BYTES + json.length + bodyLength + FRAME_TRAILER_BYTES;
   if (json.length > MAX_HEADER_BYTES || total > maxFrameBytes) {
     throw new FerryError('PIPE_PROTOCOL', `refusing to send a frame of ${total} bytes (header ${json.length}); the limit is ${maxFrameBytes} bytes (header ${MAX_HEADER_BYTES})`);
   }
-  const f = Buffer.allocUnsafe(total);
+  const f = alloc(total).subarray(0, total);
   FRAME_MAGIC.copy(f, 0);
   f.writeUInt8(FRAME_FORMAT_VERSION, 3);
   f.writeUInt8(kind, 4);
-  f.writeUInt8(0, 5);
+  f.writeUInt8(flags, 5);
   f.writeUInt16BE(0, 6);
   f.writeUInt32BE(json.length, 8);
   f.writeUInt32BE(bodyLength, 12);
   json.copy(f, FRAME_PREFIX_BYTES);
   if (body) f.set(body, FRAME_PREFIX_BYTES + json.length);
   const crcAt = total - FRAME_TRAILER_BYTES;
-  f.writeUInt32BE(crc32(f.subarray(0, crcAt)), crcAt);
+  const covered = flags & FRAME_FLAG_BODY_UNCHECKED ? FRAME_PREFIX_BYTES + json.length : crcAt;
+  f.writeUInt32BE(crc32(f.subarray(0, covered)), crcAt);
   return f;
+}
+
+/**
+ * Reusable memory for large outgoing frames. A fresh buffer per block costs more than the copy into
+ * it: new memory is faulted in page by page and the garbage collector runs for it (on the proxy,
+ * allocating each frame took as long as encrypting it). A buffer comes back with `give` once the
+ * socket has taken the frame (its write callback); one that never comes back is left to the GC.
+ */
+export class FrameBuffers {
+  private readonly free: Buffer[] = [];
+
+  constructor(
+    /** Buffers kept for reuse, at most. */
+    private readonly keep = 4,
+    /** Smaller frames come from Node's own pool (`Buffer.allocUnsafe`). */
+    readonly minBytes = 64 * 1024,
+  ) {}
+
+  /** A buffer of at least `bytes` (its start is what the caller uses). */
+  take(bytes: number): Buffer {
+    if (bytes < this.minBytes) return Buffer.allocUnsafe(bytes);
+    const i = this.free.findIndex((b) => b.length >= bytes);
+    if (i >= 0) return this.free.splice(i, 1)[0];
+    // Round up, so frames of slightly different sizes (compressed blocks) fit one buffer.
+    return Buffer.allocUnsafeSlow(Math.ceil(bytes / 65536) * 65536);
+  }
+
+  /** Returns a buffer `take` gave out (the whole buffer, not the frame's view of it). */
+  give(b: Buffer): void {
+    if (b.length < this.minBytes || this.free.length >= this.keep) return;
+    this.free.push(b);
+  }
 }
 
 /**
@@ -72,7 +131,14 @@ export class FrameDecoder {
   /** Total size of the frame being collected, once its prefix was read and checked. */
   private need = 0;
 
-  constructor(private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
+  constructor(
+    private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+    /** Memory for large frames that arrive in pieces (the frame's `pooled`); default: a new buffer each. */
+    private readonly buffers?: FrameBuffers,
+  ) {}
+
+  /** Set by `take` when the frame it returned lives in a `buffers` buffer. */
+  private pooled?: Buffer;
 
   /** Bytes received that do not yet form a whole frame (non-zero at EOF = truncated frame). */
   get pending(): number {
@@ -100,7 +166,10 @@ export class FrameDecoder {
           this.need = checkPrefix(this.peek(FRAME_PREFIX_BYTES), this.maxFrameBytes);
         }
         if (this.buffered < this.need) return out;
-        out.push(parseFrame(this.take(this.need)));
+        this.pooled = undefined;
+        const frame = parseFrame(this.take(this.need));
+        if (this.pooled) frame.pooled = this.pooled;
+        out.push(frame);
         this.need = 0;
       }
     } catch (err) {
@@ -124,7 +193,12 @@ export class FrameDecoder {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
+      if (this.buffers && n >= this.buffers.minBytes) {
+        this.pooled = this.buffers.take(n);
+        out = this.pooled.subarray(0, n);
+      } else {
+        out = Buffer.allocUnsafe(n);
+      }
       for (let copied = 0; copied < n; ) {
         const c = this.chunks[0];
         const k = Math.min(c.length, n - copied);
@@ -150,7 +224,9 @@ function checkPrefix(p: Buffer, maxFrameBytes: number): number {
   }
   const kind = p.readUInt8(4);
   if (!KINDS.has(kind)) throw new FerryError('PIPE_PROTOCOL', `unknown frame kind ${kind}`);
-  if (p.readUInt8(5) !== 0 || p.readUInt16BE(6) !== 0) {
+  const flags = p.readUInt8(5);
+  const allowed = kind === FrameKind.MESSAGE ? FRAME_FLAG_BODY_UNCHECKED : 0;
+  if ((flags & ~allowed) !== 0 || p.readUInt16BE(6) !== 0) {
     throw new FerryError('PIPE_PROTOCOL', `reserved frame bits set (0x${p.subarray(5, 8).toString('hex')})`);
   }
   const headerLength = p.readUInt32BE(8);
@@ -165,13 +241,14 @@ function checkPrefix(p: Buffer, maxFrameBytes: number): number {
 /** Checks the CRC and parses the header of a whole frame whose prefix passed `checkPrefix`. */
 function parseFrame(f: Buffer): Frame {
   const crcAt = f.length - FRAME_TRAILER_BYTES;
+  const flags = f.readUInt8(5);
+  const headerLength = f.readUInt32BE(8);
+  const jsonEnd = FRAME_PREFIX_BYTES + headerLength;
   const want = f.readUInt32BE(crcAt);
-  const got = crc32(f.subarray(0, crcAt));
+  const got = crc32(f.subarray(0, flags & FRAME_FLAG_BODY_UNCHECKED ? jsonEnd : crcAt));
   if (want !== got) {
     throw new FerryError('PIPE_PROTOCOL', `frame CRC-32 mismatch: frame says ${hex32(want)}, content gives ${hex32(got)}`);
   }
-  const headerLength = f.readUInt32BE(8);
-  const jsonEnd = FRAME_PREFIX_BYTES + headerLength;
   let header: unknown;
   try {
     header = headerLength ? JSON.parse(f.toString('utf8', FRAME_PREFIX_BYTES, jsonEnd)) : {};
@@ -181,7 +258,7 @@ function parseFrame(f: Buffer): Frame {
   if (header === null || typeof header !== 'object' || Array.isArray(header)) {
     throw new FerryError('PIPE_PROTOCOL', 'frame header is not a JSON object');
   }
-  return { kind: f.readUInt8(4) as FrameKind, header: header as Record<string, unknown>, body: f.subarray(jsonEnd, crcAt) };
+  return { kind: f.readUInt8(4) as FrameKind, header: header as Record<string, unknown>, body: f.subarray(jsonEnd, crcAt), flags };
 }
 
 function hex32(n: number): string {

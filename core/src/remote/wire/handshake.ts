@@ -11,10 +11,17 @@ export const PIPE_PROTOCOL_NAME = 'ferry-pipe';
  * The pipe protocol version: HELLO, and the services' messages over it (read tasks, control
  * requests). The one source of this number; everything that states a version imports it. (The frame
  * layout has its own number, `FRAME_FORMAT_VERSION` in `frame.ts`.)
+ *
+ * 1: every frame's CRC-32 covers its body. 2: message bodies are sent with the frame flag
+ * BODY_UNCHECKED (the CRC-32 covers prefix and header; TLS authenticates the body), and a read task
+ * names the version its connection agreed on. Everything else is the same, so a side of version 2
+ * speaks version 1 with a peer that lists only 1.
  */
-export const PIPE_VERSION = 1;
+export const PIPE_VERSION = 2;
 /** Protocol versions this build speaks; the highest one both sides list is used. */
-export const SUPPORTED_VERSIONS: readonly number[] = [PIPE_VERSION];
+export const SUPPORTED_VERSIONS: readonly number[] = [1, PIPE_VERSION];
+/** The first version whose message frames may carry FRAME_FLAG_BODY_UNCHECKED. */
+export const UNCHECKED_BODY_VERSION = 2;
 
 export interface Hello {
   protocol: string;

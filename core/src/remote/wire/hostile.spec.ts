@@ -1,7 +1,7 @@
 import { connect as tcpConnect } from 'node:net';
 import { expect } from 'chai';
 import { FerryError } from '../../errors.js';
-import { encodeFrame, FRAME_PREFIX_BYTES, FrameKind } from './frame.js';
+import { encodeFrame, FRAME_FLAG_BODY_UNCHECKED, FRAME_PREFIX_BYTES, FrameKind } from './frame.js';
 import { connect } from './transport.js';
 import { assertServes, certs, echoListener, makeCertDirs, RawClient, type CertDirs, type EchoListener } from './testing/wire-fixtures.js';
 
@@ -182,12 +182,45 @@ describe('data pipe against hostile peers', function () {
 
   it('a wrong protocol version in HELLO: PIPE_VERSION on both ends', async function () {
     const raw = await RawClient.open(l.address, good());
-    raw.hello('repository', [2, 3]);
+    raw.hello('repository', [3, 4]);
     const bye = await raw.nextFrame();
     expect(bye.header.error).to.deep.include({ code: 'PIPE_VERSION' });
-    expect(String((bye.header.error as { detail: string }).detail)).to.contain('[2, 3]');
+    expect(String((bye.header.error as { detail: string }).detail)).to.contain('[3, 4]');
     expect(((await l.nextRefusal()) as FerryError).code).to.equal('PIPE_VERSION');
     await raw.ended;
+    await assertServes(l, good());
+  });
+
+  it('a peer of protocol version 1 gets version 1: full-CRC frames, and a body-unchecked frame is PIPE_PROTOCOL', async function () {
+    const raw = await RawClient.open(l.address, good());
+    raw.hello('repository', [1]);
+    expect((await raw.nextFrame()).kind).to.equal(FrameKind.HELLO);
+    const body = Buffer.alloc(3000, 7);
+    raw.write(encodeFrame(FrameKind.MESSAGE, { type: 'block' }, body));
+    const echo = await raw.nextFrame();
+    expect(echo.header.type).to.equal('block');
+    expect(echo.flags, 'the listener sends version 1 frames to a version 1 peer').to.equal(0);
+    expect(echo.body.equals(body)).to.equal(true);
+    raw.write(encodeFrame(FrameKind.MESSAGE, { type: 'block' }, body, undefined, undefined, FRAME_FLAG_BODY_UNCHECKED));
+    const bye = await raw.nextFrame();
+    expect(bye.kind).to.equal(FrameKind.BYE);
+    expect(bye.header.error).to.deep.include({ code: 'PIPE_PROTOCOL' });
+    expect(((await l.nextEnding()) as FerryError).message).to.contain('protocol version 1');
+    await raw.ended;
+    await assertServes(l, good());
+  });
+
+  it('a peer of protocol version 2 gets message bodies outside the frame CRC-32, and may send them so', async function () {
+    const raw = await RawClient.open(l.address, good());
+    raw.hello('repository', [1, 2]);
+    expect((await raw.nextFrame()).kind).to.equal(FrameKind.HELLO);
+    const body = Buffer.alloc(3000, 9);
+    raw.write(encodeFrame(FrameKind.MESSAGE, { type: 'block' }, body, undefined, undefined, FRAME_FLAG_BODY_UNCHECKED));
+    const echo = await raw.nextFrame();
+    expect(echo.flags).to.equal(FRAME_FLAG_BODY_UNCHECKED);
+    expect(echo.body.equals(body)).to.equal(true);
+    expect(l.endings).to.have.length(0);
+    raw.socket.destroy();
     await assertServes(l, good());
   });
 

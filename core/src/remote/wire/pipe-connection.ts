@@ -1,7 +1,8 @@
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ERROR_CODES, FerryError, type ErrorCode } from '../../errors.js';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, FrameKind, type Frame } from './frame.js';
-import { acceptHello, makeHello, PIPE_VERSION, type ProvenPeer } from './handshake.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FRAME_FLAG_BODY_UNCHECKED, FrameBuffers, FrameDecoder, FrameKind, type Frame } from './frame.js';
+import { acceptHello, makeHello, PIPE_VERSION, UNCHECKED_BODY_VERSION, type ProvenPeer } from './handshake.js';
 import {
   DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, MISSED_HEARTBEATS,
   type Connection, type PeerInfo, type PeerRole, type WireMessage,
@@ -57,9 +58,25 @@ export class PipeConnection implements Connection {
   private missed = 0;
   private pingSeq = 0;
   private onHello?: (f: Frame) => void;
+  /**
+   * Outgoing frame memory, reused once the socket took a frame. Only over a socket: it is done with
+   * a frame's bytes when its write completes (TLS has encrypted them by then), whereas the other end
+   * of an in-memory pair keeps the very buffer it was given.
+   */
+  private readonly frames?: FrameBuffers;
+  /**
+   * Incoming frame memory: a large frame arrives in many TLS records and is collected in one buffer,
+   * reused once the receiver calls the message's `release`. Enough for the frames a data pipe's
+   * window and receive queue hold.
+   */
+  private readonly received?: FrameBuffers;
 
   private constructor(private readonly stream: Duplex, private readonly opts: PipeOptions) {
-    this.decoder = new FrameDecoder(opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+    if (stream instanceof Socket) {
+      this.frames = new FrameBuffers();
+      this.received = new FrameBuffers(48);
+    }
+    this.decoder = new FrameDecoder(opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.received);
     this.closed = new Promise((resolve) => (this.settleClosed = resolve));
     stream.on('data', (chunk: Buffer) => this.onData(chunk));
     stream.on('end', () => this.onEnd());
@@ -91,7 +108,16 @@ export class PipeConnection implements Connection {
     this.assertWritable();
     const header: Record<string, unknown> = { type: msg.type };
     if (msg.header !== undefined) header.header = msg.header;
-    this.write(encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes));
+    const frames = this.frames;
+    const flags = msg.body?.byteLength && this.version >= UNCHECKED_BODY_VERSION ? FRAME_FLAG_BODY_UNCHECKED : 0;
+    if (frames && (msg.body?.byteLength ?? 0) >= frames.minBytes) {
+      let taken: Buffer | undefined;
+      const frame = encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes, (n) => (taken = frames.take(n)), flags);
+      // Given back only when the write succeeded: after an error the socket may still hold it.
+      this.write(frame, (err) => !err && frames.give(taken!));
+    } else {
+      this.write(encodeFrame(FrameKind.MESSAGE, header, msg.body, this.opts.maxFrameBytes, undefined, flags));
+    }
     if (this.stream.writableNeedDrain) await this.drain();
   }
 
@@ -194,6 +220,9 @@ export class PipeConnection implements Connection {
         return;
       case FrameKind.MESSAGE:
         if (this.state === 'hello') return this.protocolError('a message before the HELLO handshake completed');
+        if (f.flags & FRAME_FLAG_BODY_UNCHECKED && this.version < UNCHECKED_BODY_VERSION) {
+          return this.protocolError(`a message whose body the frame's CRC-32 does not cover, on a connection of protocol version ${this.version}`);
+        }
         return this.deliver(f);
       case FrameKind.PING:
         if (this.state === 'open') this.write(encodeFrame(FrameKind.PONG, { seq: f.header.seq ?? null }));
@@ -213,6 +242,16 @@ export class PipeConnection implements Connection {
     const msg: WireMessage = { type };
     if (header !== undefined) msg.header = header as Record<string, unknown>;
     if (f.body.length) msg.body = f.body;
+    const pooled = f.pooled;
+    if (pooled && this.received) {
+      const received = this.received;
+      let given = false;
+      msg.release = () => {
+        if (given) return;
+        given = true;
+        received.give(pooled);
+      };
+    }
     const w = this.waiters.shift();
     if (w) return w.resolve(msg);
     if (this.state === 'closing') return; // after this side's goodbye nothing is read: keep the stream flowing
@@ -316,9 +355,9 @@ export class PipeConnection implements Connection {
     }
   }
 
-  private write(frame: Buffer): void {
+  private write(frame: Buffer, done?: (err?: Error | null) => void): void {
     if (!this.stream.writable) return;
-    this.stream.write(frame);
+    this.stream.write(frame, done);
     this.txSinceTick = true;
   }
 

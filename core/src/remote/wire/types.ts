@@ -28,6 +28,12 @@ export interface WireMessage {
   type: string;
   header?: Record<string, unknown>;
   body?: Uint8Array;
+  /**
+   * Received messages with a large body may carry this: the receiver is done with `body` and the
+   * connection may reuse its memory for a later frame. Optional to call (memory never given back is
+   * left to the garbage collector); never call it while anything may still read `body`.
+   */
+  release?: () => void;
 }
 
 /** The authenticated peer of a connection. `address` is `host:port` (or `memory` for a pair). */
