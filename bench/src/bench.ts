@@ -184,7 +184,7 @@ async function main(): Promise<void> {
     console.log('Ferry stage busy shares (session report):\n');
     stageTable(rows);
     const ts = targets(rows, changedBytes);
-    console.log('Targets (issue 7):\n');
+    console.log('Targets (issue 18; repository size: issue 7):\n');
     targetTable(ts);
     const index = ONLY.has('index') ? await indexCase() : undefined;
     console.log(`Load average after the run: ${loadAfter.join(' ')}`);
