@@ -3,6 +3,7 @@ import { FerryError } from '../errors.js';
 import { blockHeaderLength, decodeBlock, decodeBlockInto, encodeBlock, finishBlock, writeBlockHeader } from './block-object.js';
 import { keyedBlockId } from './repository-cipher.js';
 import { sha256 } from '../util/checksums.js';
+import { copyBytes } from '../util/bytes.js';
 
 /**
  * The CPU-heavy per-block work of both data movers: hashing and compressing on the source side,
@@ -93,7 +94,7 @@ export function compressRawBlockInto(block: Uint8Array, name: string, impl: Comp
   } else {
     const payload = impl.compress(block, level);
     if (payload.length < block.length) {
-      out.set(payload, head);
+      copyBytes(payload, out, head);
       n = payload.length;
     }
   }
@@ -101,7 +102,7 @@ export function compressRawBlockInto(block: Uint8Array, name: string, impl: Comp
     writeBlockHeader(out, name, block.length);
   } else {
     head = writeBlockHeader(out, 'none', block.length);
-    out.set(block, head);
+    copyBytes(block, out, head);
     n = block.length;
   }
   finishBlock(out, head + n);

@@ -1,6 +1,7 @@
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { crc32 } from '../util/checksums.js';
+import { copyBytes } from '../util/bytes.js';
 
 /**
  * A stored block (`docs/repository-format.md`, "Block objects"):
@@ -19,7 +20,7 @@ const VERSION = 1;
 export function encodeBlock(compressor: string, rawLength: number, payload: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(blockHeaderLength(compressor) + payload.length);
   const head = writeBlockHeader(out, compressor, rawLength);
-  out.set(payload, head);
+  copyBytes(payload, out, head);
   finishBlock(out, out.length);
   return out;
 }
@@ -102,7 +103,7 @@ export function decodeBlockInto(data: Uint8Array, object: string, compressors: (
     else {
       const raw = c.decompress(h.payload, h.rawLength);
       if (raw.length !== h.rawLength) throw new Error(`decoded to ${raw.length} bytes, the header declares ${h.rawLength}`);
-      into.set(raw);
+      copyBytes(raw, into);
     }
   } catch (err) {
     throw new FerryError('REPO_CORRUPT_OBJECT', `block does not decompress: ${(err as Error).message}`, { object }, { cause: err });
