@@ -1,9 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cacheRoot } from '../repository/index-cache.js';
+import { readCacheFile, writeCacheFile } from './cache-file.js';
 
 /**
  * The values of job files that parsed and passed the YAML checks (unique keys, bounded aliases),
@@ -34,47 +35,23 @@ function fileFor(text: string, env: NodeJS.ProcessEnv): string {
 /** What was kept for `text`: its values and the positions the loader stored with them. */
 export function cachedJobValues(text: string, env: NodeJS.ProcessEnv = process.env): { values: unknown; positions: unknown } | undefined {
   try {
-    const file = fileFor(text, env);
-    const st = statSync(file);
-    if ((process.getuid && st.uid !== process.getuid()) || (st.mode & 0o022) !== 0) return undefined;
-    const stored = readFileSync(file, 'utf8');
-    const nl = stored.indexOf('\n');
-    const body = stored.slice(nl + 1);
-    if (nl < 0 || stored.slice(0, nl) !== `// sha256 ${createHash('sha256').update(body).digest('hex')}`) return undefined;
-    return JSON.parse(body) as { values: unknown; positions: unknown };
+    const body = readCacheFile(fileFor(text, env));
+    return body === undefined ? undefined : (JSON.parse(body) as { values: unknown; positions: unknown });
   } catch {
     return undefined;
-  }
-}
-
-export function keepJobValues(text: string, values: unknown, positions: unknown, env: NodeJS.ProcessEnv = process.env): void {
-  if (!jsonExact(values)) return;
-  let tmp: string | undefined;
-  try {
-    const file = fileFor(text, env);
-    const body = JSON.stringify({ values, positions });
-    tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    writeFileSync(tmp, `// sha256 ${createHash('sha256').update(body).digest('hex')}\n${body}`, { mode: 0o600 });
-    renameSync(tmp, file);
-    prune(path.dirname(file));
-  } catch {
-    try {
-      if (tmp) rmSync(tmp, { force: true });
-    } catch {
-      // nothing was written
-    }
   }
 }
 
 /** Job files kept at most (the oldest go first, only after a new one is written). */
 const KEEP = 200;
 
-function prune(dir: string): void {
-  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
-  if (files.length <= KEEP) return;
-  const dated = files.map((f) => ({ f, t: statSync(path.join(dir, f)).mtimeMs })).sort((a, b) => a.t - b.t);
-  for (const { f } of dated.slice(0, files.length - KEEP)) rmSync(path.join(dir, f), { force: true });
+export function keepJobValues(text: string, values: unknown, positions: unknown, env: NodeJS.ProcessEnv = process.env): void {
+  if (!jsonExact(values)) return;
+  try {
+    writeCacheFile(fileFor(text, env), JSON.stringify({ values, positions }), KEEP);
+  } catch {
+    // a cache root that cannot be found or a value JSON refuses: the next run parses again
+  }
 }
 
 /** Whether JSON gives `v` back exactly (no NaN, infinities or -0; plain objects and arrays only). */

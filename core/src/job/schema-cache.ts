@@ -1,11 +1,12 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { ErrorObject, KeywordCxt } from 'ajv';
 import type { JsonSchema } from '../contracts/plugin.js';
 import { cacheRoot } from '../repository/index-cache.js';
 import { ajvLib } from './yaml-lib.js';
+import { readCacheFile, writeCacheFile } from './cache-file.js';
 
 /**
  * A keyword of Ferry's own (`ferryPath`, `ferrySize`, ...), validated by a function that the
@@ -99,13 +100,9 @@ function generate(schema: JsonSchema, keywords: readonly ContextKeyword[]): { co
 }
 
 function readCached(file: string): SchemaValidator | undefined {
+  const body = readCacheFile(file);
+  if (body === undefined) return undefined;
   try {
-    const st = statSync(file);
-    if ((process.getuid && st.uid !== process.getuid()) || (st.mode & 0o022) !== 0) return undefined;
-    const text = readFileSync(file, 'utf8');
-    const nl = text.indexOf('\n');
-    const body = text.slice(nl + 1);
-    if (nl < 0 || text.slice(0, nl) !== `// sha256 ${createHash('sha256').update(body).digest('hex')}`) return undefined;
     const mod = { exports: {} as unknown };
     // eslint-disable-next-line @typescript-eslint/no-implied-eval -- Ajv's own generated code, as Ajv itself evaluates it
     new Function('module', 'exports', 'require', body)(mod, mod.exports, requireHere);
@@ -118,26 +115,6 @@ function readCached(file: string): SchemaValidator | undefined {
 /** Validators kept at most: each job's set of plugins and each Ferry or Ajv version adds its own. */
 const KEEP = 100;
 
-/** Only after a new file: the oldest beyond `KEEP` go (a later job needing one compiles it again). */
-function prune(dir: string): void {
-  const files = readdirSync(dir).filter((f) => f.endsWith('.cjs'));
-  if (files.length <= KEEP) return;
-  const dated = files.map((f) => ({ f, t: statSync(path.join(dir, f)).mtimeMs })).sort((a, b) => a.t - b.t);
-  for (const { f } of dated.slice(0, files.length - KEEP)) rmSync(path.join(dir, f), { force: true });
-}
-
 function writeCached(file: string, code: string): void {
-  const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    writeFileSync(tmp, `// sha256 ${createHash('sha256').update(code).digest('hex')}\n${code}`, { mode: 0o600 });
-    renameSync(tmp, file);
-    prune(path.dirname(file));
-  } catch {
-    try {
-      rmSync(tmp, { force: true });
-    } catch {
-      // nothing was written
-    }
-  }
+  writeCacheFile(file, code, KEEP);
 }
