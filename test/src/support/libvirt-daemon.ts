@@ -128,14 +128,8 @@ export async function startLibvirtd(dir: string, opts: { qemuConf?: string; read
 }
 
 async function stopDaemon(child: ChildProcess, dir: string, virsh: LibvirtDaemon['tryVirsh']): Promise<void> {
-  if (child.exitCode === null && child.signalCode === null) {
-    const names = virsh('list', '--all', '--name').stdout.split('\n').map((s) => s.trim()).filter(Boolean);
-    for (const name of names) {
-      virsh('destroy', name);
-      virsh('undefine', name, '--checkpoints-metadata', '--nvram');
-    }
-  }
-  // QEMU processes leave libvirtd's process group (they are daemons): kill them by their pid files.
+  // QEMU processes leave libvirtd's process group (they are daemons): kill them by their pid files,
+  // first: `virsh destroy` of a live QEMU waits ~2 s per domain for it to go after SIGTERM.
   const qemuRun = path.join(dir, 'run', 'qemu');
   for (const f of existsSync(qemuRun) ? readdirSync(qemuRun).filter((n) => n.endsWith('.pid')) : []) {
     const pid = Number(readFileSync(path.join(qemuRun, f), 'utf8').trim());
@@ -145,6 +139,13 @@ async function stopDaemon(child: ChildProcess, dir: string, virsh: LibvirtDaemon
       } catch {
         /* already gone */
       }
+    }
+  }
+  if (child.exitCode === null && child.signalCode === null) {
+    const names = virsh('list', '--all', '--name').stdout.split('\n').map((s) => s.trim()).filter(Boolean);
+    for (const name of names) {
+      virsh('destroy', name);
+      virsh('undefine', name, '--checkpoints-metadata', '--nvram');
     }
   }
   if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
