@@ -4,6 +4,7 @@ import type { Extent } from '../../contracts/extent.js';
 import type { GuestOptions, GuestRuntime, GuestSession, GuestStepResult } from '../../contracts/guest-runtime.js';
 import { FerryError, type ReportedError } from '../../errors.js';
 import { connect, type Connection } from '../wire/index.js';
+import { RequestPump } from '../wire/request-pump.js';
 import { errorFromWire, type GuestMethod, type WireGuestOptions } from './guest-wire.js';
 
 /**
@@ -67,56 +68,28 @@ function toWire(o: GuestOptions): WireGuestOptions {
 
 /** Requests and their answers (`guest.res` by id) over one connection. */
 class GuestCalls {
-  private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private failed?: Error;
-  private readonly pump: Promise<void>;
+  private readonly calls: RequestPump;
 
-  constructor(
-    private readonly conn: Connection,
-    private readonly address: string,
-  ) {
-    this.pump = this.run();
-  }
-
-  request(type: string, args: Record<string, unknown>, signal?: AbortSignal): Promise<unknown> {
-    if (this.failed) return Promise.reject(this.failed);
-    const id = this.nextId++;
-    return new Promise<unknown>((resolve, reject) => {
-      const onAbort = (): void => void this.conn.send({ type: 'guest.abort', header: { id } }).catch(() => undefined);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      const done = (): void => signal?.removeEventListener('abort', onAbort);
-      this.waiting.set(id, { resolve: (v) => (done(), resolve(v)), reject: (e) => (done(), reject(e)) });
-      this.conn.send({ type, header: { id, ...args } }).catch((err: Error) => this.fail(err));
+  constructor(conn: Connection, address: string) {
+    this.calls = new RequestPump(conn, {
+      answerType: 'guest.res',
+      closed: () => new FerryError('PIPE_CLOSED', `the guest proxy at ${address} closed the connection`, { host: address }),
+      settle: (w, m) => (m.header?.ok ? w.resolve(m.header.result) : w.reject(errorFromWire(m.header?.error as ReportedError, { host: address }))),
     });
   }
 
-  async close(): Promise<void> {
-    await this.conn.close('done').catch(() => undefined);
-    await this.pump;
+  request(type: string, args: Record<string, unknown>, signal?: AbortSignal): Promise<unknown> {
+    return new Promise<unknown>((resolve, reject) => {
+      let id = 0;
+      const onAbort = (): void => void this.calls.conn.send({ type: 'guest.abort', header: { id } }).catch(() => undefined);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (): void => signal?.removeEventListener('abort', onAbort);
+      id = this.calls.start((i) => ({ type, header: { id: i, ...args } }), { resolve: (v) => (done(), resolve(v)), reject: (e) => (done(), reject(e)) });
+    });
   }
 
-  private async run(): Promise<void> {
-    try {
-      for (;;) {
-        const m = await this.conn.receive();
-        if (!m) throw new FerryError('PIPE_CLOSED', `the guest proxy at ${this.address} closed the connection`, { host: this.address });
-        if (m.type !== 'guest.res') continue;
-        const w = this.waiting.get(Number(m.header?.id));
-        if (!w) continue;
-        this.waiting.delete(Number(m.header?.id));
-        if (m.header?.ok) w.resolve(m.header.result);
-        else w.reject(errorFromWire(m.header?.error as ReportedError, { host: this.address }));
-      }
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  }
-
-  private fail(err: Error): void {
-    this.failed ??= err;
-    for (const w of this.waiting.values()) w.reject(this.failed);
-    this.waiting.clear();
+  close(): Promise<void> {
+    return this.calls.close();
   }
 }
 

@@ -7,6 +7,7 @@ import { FerryError, type ErrorCode, type ErrorLocation, type ReportedError } fr
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../../job/job-schema.js';
 import { STAGES, type Stage, type StageReport } from '../../pipe/stage-meter.js';
 import type { Connection, WireMessage } from '../wire/index.js';
+import { RequestPump, type PendingRequest } from '../wire/request-pump.js';
 
 /**
  * The messages the data-mover services exchange over the wire layer's framed connections
@@ -443,59 +444,37 @@ export async function receiveOrFail(conn: Connection, wanted: string, where: Err
  * answers (`event`, restore streams) go to the handler registered for their request id.
  */
 export class ControlChannel {
-  private nextId = 1;
-  private readonly waiting = new Map<number, { op: string; resolve: (v: unknown) => void; reject: (e: Error) => void; onMessage?: (m: WireMessage) => void }>();
-  private failed?: Error;
-  private readonly pump: Promise<void>;
+  private readonly calls: RequestPump<PendingRequest & { op: string }>;
 
   constructor(
     readonly conn: Connection,
     private readonly where: ErrorLocation = {},
   ) {
-    this.pump = this.run();
-  }
-
-  request<V extends ControlVerb>(op: V, args: ControlRequest<V>, opts: { body?: Uint8Array; onMessage?: (m: WireMessage) => void } = {}): Promise<ControlReply<V>> {
-    if (this.failed) return Promise.reject(this.failed);
-    const id = this.nextId++;
-    return new Promise<ControlReply<V>>((resolve, reject) => {
-      this.waiting.set(id, { op, resolve: resolve as (v: unknown) => void, reject, onMessage: opts.onMessage });
-      this.conn.send({ type: 'req', header: { id, op, ...args }, body: opts.body }).catch((err) => this.fail(err as Error));
+    this.calls = new RequestPump(conn, {
+      answerType: 'res',
+      closed: () => new FerryError('PIPE_CLOSED', `the repository service at ${conn.peer.address} closed the connection`, where),
+      settle: (w, m) => {
+        if (!m.header?.ok) return w.reject(errorFromWire(m.header?.error as ReportedError, this.where));
+        const bad = controlReplyProblem(w.op, m.header.result, this.where);
+        if (bad) w.reject(bad);
+        else w.resolve(m.header.result);
+      },
     });
   }
 
-  async close(): Promise<void> {
-    await this.conn.close('done').catch(() => undefined);
-    await this.pump;
+  request<V extends ControlVerb>(op: V, args: ControlRequest<V>, opts: { body?: Uint8Array; onMessage?: (m: WireMessage) => void } = {}): Promise<ControlReply<V>> {
+    return new Promise<ControlReply<V>>((resolve, reject) => {
+      this.calls.start((id) => ({ type: 'req', header: { id, op, ...args }, body: opts.body }), {
+        op,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+        onMessage: opts.onMessage,
+      });
+    });
   }
 
-  private async run(): Promise<void> {
-    try {
-      for (;;) {
-        const m = await this.conn.receive();
-        if (!m) throw new FerryError('PIPE_CLOSED', `the repository service at ${this.conn.peer.address} closed the connection`, this.where);
-        const id = Number(m.header?.id);
-        const w = this.waiting.get(id);
-        if (!w) continue;
-        if (m.type === 'res') {
-          this.waiting.delete(id);
-          const bad = m.header?.ok ? controlReplyProblem(w.op, m.header.result, this.where) : undefined;
-          if (bad) w.reject(bad);
-          else if (m.header?.ok) w.resolve(m.header.result);
-          else w.reject(errorFromWire(m.header?.error as ReportedError, this.where));
-        } else {
-          w.onMessage?.(m);
-        }
-      }
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  }
-
-  private fail(err: Error): void {
-    this.failed ??= err;
-    for (const w of this.waiting.values()) w.reject(this.failed);
-    this.waiting.clear();
+  close(): Promise<void> {
+    return this.calls.close();
   }
 }
 
