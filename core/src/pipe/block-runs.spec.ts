@@ -163,8 +163,12 @@ describe('block runs: zero and unchanged blocks as one record', function () {
       { offset: 20 * BLOCK, length: 2 * BLOCK },
       { offset: 39 * BLOCK - 1, length: 1 },
     ];
+    // A transport may answer in any order.
     const query = async (offset: number, length: number): Promise<Extent[]> =>
-      changes.filter((e) => e.offset < offset + length && e.offset + e.length > offset).map((e) => ({ offset: Math.max(offset, e.offset), length: Math.min(offset + length, e.offset + e.length) - Math.max(offset, e.offset) }));
+      changes
+        .filter((e) => e.offset < offset + length && e.offset + e.length > offset)
+        .map((e) => ({ offset: Math.max(offset, e.offset), length: Math.min(offset + length, e.offset + e.length) - Math.max(offset, e.offset) }))
+        .reverse();
     for (const changed of [{ extents: changes }, { query }] as ChangedRanges[]) {
       const per = await move(false, { changed });
       const run = await move(true, { changed });

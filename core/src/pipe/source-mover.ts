@@ -402,14 +402,11 @@ class ChangeCursor {
   async nextChange(start: number): Promise<number> {
     for (;;) {
       while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
-      let first = Infinity;
-      for (const e of this.extents) {
-        if (e.offset + e.length <= start) continue;
-        if (e.offset <= start) return start;
-        first = Math.min(first, e.offset);
-      }
+      // Sorted by offset: the first range that ends after `start` begins before every later one.
+      const first = this.extents[0];
+      if (first) return Math.max(start, first.offset);
       // A later query window holds only later ranges.
-      if (first < Infinity || this.covered >= this.size) return Math.min(first, this.size);
+      if (this.covered >= this.size) return this.size;
       await this.load(this.covered + 1);
     }
   }
@@ -427,7 +424,8 @@ class ChangeCursor {
           });
         }
       }
-      this.extents.push(...got);
+      // Each window's answer in offset order; windows come front to back, so all of them are sorted.
+      for (const e of [...got].sort((x, y) => x.offset - y.offset)) this.extents.push(e);
       this.covered += ask;
       this.found(got);
     }
