@@ -5,7 +5,7 @@ import { FerryError } from '../errors.js';
 import { zeroRange } from '../util/zero.js';
 import type { StageMeters } from './stage-meter.js';
 import type { BlockCodec, BlockSlot, SlotWork } from '../repository/block-codec.js';
-import type { BlockRecord } from './block-record.js';
+import type { BlockRecord, UnchangedBlockRecord, ZeroBlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {
   blockSize: number;
@@ -30,6 +30,13 @@ export interface SourceMoverOptions {
    * for resending gets its own copies).
    */
   lendBuffers?: boolean;
+  /**
+   * Yield consecutive blocks without data as one record with a `count` (`BlockRun`): holes and
+   * unchanged ranges are found from block status and the changed ranges without a record per
+   * block, and neighbouring zero blocks (all-zero, dropped by a filter) are joined. Off by default:
+   * a consumer written before runs sees one record per block.
+   */
+  runs?: boolean;
 }
 
 /**
@@ -106,26 +113,79 @@ export class SourceMover {
     const window: Promise<Produced>[] = [];
     let next = Math.max(0, from);
     let lent: BlockSlot | undefined;
+    const runs = this.opts.runs === true;
+    /** With `runs`: a run of records without data, yielded once a record that does not extend it comes. */
+    let pending: ZeroBlockRecord | UnchangedBlockRecord | undefined;
     try {
       while (next < count || window.length > 0) {
         while (next < count && window.length < this.readAhead) {
+          if (runs) {
+            const run = await this.blankRun(next, count, handle.size, alloc, skipCursor, changes, counters);
+            if (run) {
+              window.push(Promise.resolve({ record: run }));
+              next += run.count!;
+              continue;
+            }
+          }
           const plan = await this.plan(next++, handle.size, alloc, skipCursor, changes, counters);
           const p = this.produce(handle, plan, counters);
           p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
           window.push(p);
         }
         const { record, slot } = await window.shift()!;
+        if (runs && (record.kind === 'zero' || record.kind === 'unchanged')) {
+          if (pending && extendsRun(pending, record)) {
+            pending.count! += record.count ?? 1;
+            pending.length += record.length;
+            continue;
+          }
+          if (pending) yield pending;
+          pending = { ...record, count: record.count ?? 1 };
+          continue;
+        }
+        if (pending) {
+          const run = pending;
+          pending = undefined;
+          yield run;
+        }
         lent = slot;
         yield record;
         // The consumer asked for the next record: it is done with this one's lent memory.
         lent = undefined;
         if (slot) this.opts.codec.giveSlot(slot);
       }
+      if (pending) yield pending;
     } finally {
       // Stopped early (a failure, or the consumer gave up): slots come back as their blocks settle.
       if (lent) this.opts.codec.giveSlot(lent);
       for (const p of window) p.then((r) => r.slot && this.opts.codec.giveSlot(r.slot), () => undefined);
     }
+  }
+
+  /**
+   * With `runs`: the blocks from `index` on that need no plan of their own, as one record: in an
+   * incremental run those no changed range touches (`unchanged`), else those wholly in a hole of
+   * the disk's block status that no skip range touches (`zero`, never read). Undefined when block
+   * `index` is not such a block. The disk's last block counts when the run reaches the disk's end.
+   */
+  private async blankRun(
+    index: number,
+    count: number,
+    size: number,
+    alloc: AllocationCursor,
+    skip: SkipCursor,
+    changes: ChangeCursor | undefined,
+    counters: SourceCounters,
+  ): Promise<ZeroBlockRecord | UnchangedBlockRecord | undefined> {
+    const bs = this.opts.blockSize;
+    const start = index * bs;
+    const end = changes ? await changes.nextChange(start) : Math.min(skip.nextFrom(start), await alloc.holeEnd(start));
+    const n = end >= size ? count - index : Math.floor((end - start) / bs);
+    if (n <= 0) return undefined;
+    const length = Math.min(size, (index + n) * bs) - start;
+    if (changes) return { kind: 'unchanged', index, length, count: n };
+    counters.zeroBytesSkipped += length;
+    return { kind: 'zero', index, length, read: false, count: n };
   }
 
   /**
@@ -256,20 +316,8 @@ class AllocationCursor {
 
   async dataIn(start: number, end: number): Promise<Extent[]> {
     if (!this.handle.blockStatus) return [{ offset: start, length: end - start }];
-    while (this.covered < end) {
-      const ask = Math.min(this.handle.size - this.covered, 1024 ** 3);
-      const got = await this.handle.blockStatus(this.covered, ask);
-      const last = got.at(-1);
-      if (!last || got[0].offset !== this.covered || last.offset + last.length <= this.covered) {
-        throw new FerryError('TRANSPORT_READ_FAILED', 'block status reply does not cover the range asked for', {
-          offset: this.covered,
-          hook: 'blockStatus',
-        });
-      }
-      this.extents.push(...got);
-      this.covered = Math.min(this.handle.size, last.offset + last.length);
-    }
-    while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
+    await this.cover(end);
+    this.drop(start);
     const out: Extent[] = [];
     for (const e of this.extents) {
       if (e.offset >= end) break;
@@ -281,6 +329,45 @@ class AllocationCursor {
       else out.push({ offset: s, length: t - s });
     }
     return out;
+  }
+
+  /**
+   * Where the data at or after `start` begins: the end of the hole `start` is in (`start` itself when
+   * it is data), the disk's size when only holes follow. Asks for block status only as far as the
+   * hole reaches. Without `blockStatus`, everything is data.
+   */
+  async holeEnd(start: number): Promise<number> {
+    if (!this.handle.blockStatus) return start;
+    for (let at = start; at < this.handle.size; at = this.covered) {
+      await this.cover(at + 1);
+      this.drop(at);
+      for (const e of this.extents) if (e.kind === 'data') return Math.max(at, e.offset);
+    }
+    return this.handle.size;
+  }
+
+  /** Drops the extents that end at or before `start` (blocks are planned front to back). */
+  private drop(start: number): void {
+    let k = 0;
+    while (k < this.extents.length && this.extents[k].offset + this.extents[k].length <= start) k++;
+    if (k > 0) this.extents.splice(0, k);
+  }
+
+  /** Asks for block status until it covers `[0, end)`. */
+  private async cover(end: number): Promise<void> {
+    while (this.covered < end && this.handle.blockStatus) {
+      const ask = Math.min(this.handle.size - this.covered, 1024 ** 3);
+      const got = await this.handle.blockStatus(this.covered, ask);
+      const last = got.at(-1);
+      if (!last || got[0].offset !== this.covered || last.offset + last.length <= this.covered) {
+        throw new FerryError('TRANSPORT_READ_FAILED', 'block status reply does not cover the range asked for', {
+          offset: this.covered,
+          hook: 'blockStatus',
+        });
+      }
+      for (const e of got) this.extents.push(e);
+      this.covered = Math.min(this.handle.size, last.offset + last.length);
+    }
   }
 }
 
@@ -306,6 +393,26 @@ class ChangeCursor {
   }
 
   async touches(start: number, end: number): Promise<boolean> {
+    await this.load(end);
+    while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
+    return this.extents.some((e) => e.offset < end && e.offset + e.length > start);
+  }
+
+  /** Where the first changed range at or after `start` begins (`start` when it is changed), or the disk's size. */
+  async nextChange(start: number): Promise<number> {
+    for (;;) {
+      while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
+      // Sorted by offset: the first range that ends after `start` begins before every later one.
+      const first = this.extents[0];
+      if (first) return Math.max(start, first.offset);
+      // A later query window holds only later ranges.
+      if (this.covered >= this.size) return this.size;
+      await this.load(this.covered + 1);
+    }
+  }
+
+  /** Queries the changed ranges until they are known for `[0, end)`. */
+  private async load(end: number): Promise<void> {
     while (this.covered < end && 'query' in this.source) {
       const ask = Math.min(this.size - this.covered, 1024 ** 3);
       const got = await this.source.query(this.covered, ask);
@@ -317,12 +424,11 @@ class ChangeCursor {
           });
         }
       }
-      this.extents.push(...got);
+      // Each window's answer in offset order; windows come front to back, so all of them are sorted.
+      for (const e of [...got].sort((x, y) => x.offset - y.offset)) this.extents.push(e);
       this.covered += ask;
       this.found(got);
     }
-    while (this.extents.length && this.extents[0].offset + this.extents[0].length <= start) this.extents.shift();
-    return this.extents.some((e) => e.offset < end && e.offset + e.length > start);
   }
 }
 
@@ -336,6 +442,12 @@ interface Produced {
 function blockError(plan: BlockPlan, err: unknown): FerryError {
   if (!(err instanceof FerryError)) return new FerryError('INTERNAL', `block ${plan.index}: ${(err as Error)?.message ?? String(err)}`, { offset: plan.offset }, { cause: err });
   return new FerryError(err.code, `block ${plan.index}: ${err.detail}`, { offset: plan.offset, ...err.where }, { cause: err });
+}
+
+/** Whether `rec` (a record without data) continues `run`: same kind (and `read`), the next block on. */
+function extendsRun(run: ZeroBlockRecord | UnchangedBlockRecord, rec: ZeroBlockRecord | UnchangedBlockRecord): boolean {
+  if (rec.kind !== run.kind || run.index + run.count! !== rec.index) return false;
+  return rec.kind === 'unchanged' || rec.read === (run as ZeroBlockRecord).read;
 }
 
 function countFiltered(counters: SourceCounters, filter: string): void {
@@ -374,6 +486,12 @@ class SkipCursor {
   constructor(skip: readonly Extent[]) {
     this.sorted = [...skip].sort((a, b) => a.offset - b.offset);
     this.merged = mergeRanges(skip);
+  }
+
+  /** Where the first skip range that reaches past `start` begins (`start` when one covers it), or Infinity. */
+  nextFrom(start: number): number {
+    while (this.m < this.merged.length && this.merged[this.m]!.offset + this.merged[this.m]!.length <= start) this.m++;
+    return this.m < this.merged.length ? Math.max(start, this.merged[this.m]!.offset) : Infinity;
   }
 
   /** The skipped parts of `[start, end)`, and a range of a filter that covers some of it (to name the filter). */

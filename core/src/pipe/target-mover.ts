@@ -2,7 +2,7 @@ import { FerryError } from '../errors.js';
 import { BlockMap } from '../repository/block-map.js';
 import { parseBlock } from '../repository/block-object.js';
 import type { Repository } from '../repository/repository.js';
-import type { BlockRecord, DiskHeader } from './block-record.js';
+import { recordBlocks, type BlockRecord, type DiskHeader } from './block-record.js';
 
 export interface TargetCounters {
   bytesWritten: number;
@@ -34,18 +34,21 @@ export class TargetMover {
     const map = new BlockMap(header.sizeBytes, header.blockSize);
     await this.repo.blocks.load();
     for await (const rec of records) {
-      if (rec.index >= map.blockCount || rec.length !== map.lengthOf(rec.index)) {
-        throw new FerryError('INTERNAL', `block ${rec.index} does not fit the disk`, { vm: header.vm, disk: header.disk });
+      // A run (`count`) stands for its blocks in one step; its length is theirs together.
+      const n = recordBlocks(rec);
+      if (!Number.isInteger(n) || n < 1 || rec.index + n > map.blockCount || rec.length !== map.lengthOf(rec.index, n)) {
+        const what = n === 1 ? `block ${rec.index}` : `blocks ${rec.index}-${rec.index + n - 1}`;
+        throw new FerryError('INTERNAL', `${what} ${n === 1 ? 'does' : 'do'} not fit the disk`, { vm: header.vm, disk: header.disk });
       }
       if (rec.kind === 'zero') {
-        map.setZero(rec.index);
-        counters.blocksZero++;
+        map.setZero(rec.index, n);
+        counters.blocksZero += n;
       } else if (rec.kind === 'unchanged') {
         if (!base || base.blockSize !== map.blockSize || base.diskSize !== map.diskSize) {
           throw new FerryError('INTERNAL', `block ${rec.index} is unchanged but there is no matching base map`, { vm: header.vm, disk: header.disk });
         }
-        map.copyEntry(base, rec.index);
-        counters.blocksUnchanged++;
+        map.copyEntry(base, rec.index, n);
+        counters.blocksUnchanged += n;
       } else if (rec.kind === 'known') {
         if (!(await this.repo.blocks.has(rec.hash))) {
           throw new FerryError('REPO_OBJECT_NOT_FOUND', `block ${rec.hash.toString('hex')} was reported stored but is not`, {

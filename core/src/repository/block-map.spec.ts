@@ -17,6 +17,22 @@ describe('block maps', function () {
     expect(back.get(10)?.equals(sha256(Buffer.from('b')))).to.equal(true);
   });
 
+  it('sets and copies runs of entries, and measures a run up to the short last block', function () {
+    const m = new BlockMap(10 * 1024 * 1024 + 5, 1024 * 1024);
+    const base = new BlockMap(m.diskSize, m.blockSize);
+    for (let i = 0; i < 11; i++) {
+      m.set(i, sha256(Buffer.from(`m${i}`)));
+      base.set(i, sha256(Buffer.from(`b${i}`)));
+    }
+    m.setZero(2, 3);
+    m.copyEntry(base, 7, 4);
+    const want = (i: number): Buffer | undefined => (i >= 2 && i < 5 ? undefined : sha256(Buffer.from(`${i >= 7 ? 'b' : 'm'}${i}`)));
+    for (let i = 0; i < 11; i++) expect(m.get(i)?.toString('hex'), `entry ${i}`).to.equal(want(i)?.toString('hex'));
+    expect(m.lengthOf(8, 3)).to.equal(2 * 1024 * 1024 + 5);
+    expect(m.lengthOf(0, 11)).to.equal(m.diskSize);
+    expect(m.lengthOf(3, 2)).to.equal(2 * 1024 * 1024);
+  });
+
   it('refuses damage with the object named', function () {
     const enc = new BlockMap(4096 * 3, 4096).encode();
     enc[40] ^= 1;

@@ -35,22 +35,23 @@ export class BlockMap {
     return Math.ceil(this.diskSize / this.blockSize);
   }
 
-  /** Byte length of block `i` (the last block may be short). */
-  lengthOf(i: number): number {
-    return Math.min(this.blockSize, this.diskSize - i * this.blockSize);
+  /** Byte length of block `i`, or of the `n` blocks from `i` on (the last block may be short). */
+  lengthOf(i: number, n = 1): number {
+    return Math.min(n * this.blockSize, this.diskSize - i * this.blockSize);
   }
 
   set(i: number, hash: Uint8Array): void {
     this.entries.set(hash, i * HASH_SIZE);
   }
 
-  setZero(i: number): void {
-    this.entries.fill(0, i * HASH_SIZE, (i + 1) * HASH_SIZE);
+  /** Marks block `i` (or the `n` blocks from `i` on) as zero blocks. */
+  setZero(i: number, n = 1): void {
+    this.entries.fill(0, i * HASH_SIZE, (i + n) * HASH_SIZE);
   }
 
-  /** Takes block `i`'s entry from another map of the same disk geometry (incremental runs). */
-  copyEntry(from: BlockMap, i: number): void {
-    this.entries.set(from.entries.subarray(i * HASH_SIZE, (i + 1) * HASH_SIZE), i * HASH_SIZE);
+  /** Takes block `i`'s entry (or those of the `n` blocks from `i` on) from another map of the same disk geometry (incremental runs). */
+  copyEntry(from: BlockMap, i: number, n = 1): void {
+    from.entries.copy(this.entries, i * HASH_SIZE, i * HASH_SIZE, (i + n) * HASH_SIZE);
   }
 
   /** The block's SHA-256, or undefined for a zero block. */

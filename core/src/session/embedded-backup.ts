@@ -55,6 +55,8 @@ export class EmbeddedBackup implements BackupPlacement {
       filters: await rt.filters(),
       // the target mover copies each new block into its pack before asking for the next
       lendBuffers: true,
+      // holes and unchanged ranges as one record each: no record, promise and progress event per block
+      runs: true,
     };
     const poolBusyBefore = (mover.codec as { busyMs?: number }).busyMs ?? 0;
     this.opened = { repo, lock, mover, target: new TargetMover(repo, { trustedSource: true }), poolBusyBefore };

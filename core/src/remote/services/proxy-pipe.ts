@@ -1,5 +1,5 @@
 import { FerryError, type ErrorLocation } from '../../errors.js';
-import type { BlockRecord } from '../../pipe/block-record.js';
+import { recordBlocks, type BlockRecord } from '../../pipe/block-record.js';
 import type { BlockStore } from '../../repository/block-store.js';
 import { BusyMeter } from '../../pipe/stage-meter.js';
 import type { BlockVerifier } from './block-verifier.js';
@@ -75,7 +75,7 @@ export class ProxyPipe {
     const { blockSize } = this.opts.task;
     const size = this.info!.sizeBytes;
     const count = Math.ceil(size / blockSize);
-    const lengthOf = (i: number): number => Math.min(blockSize, size - i * blockSize);
+    const lengthOf = (i: number, n = 1): number => Math.min(n * blockSize, size - i * blockSize);
     const ackEvery = Math.max(1, Math.floor(this.opts.task.window / 4));
     let lastAck = 0;
     let done = 0;
@@ -108,9 +108,8 @@ export class ProxyPipe {
             const i = Number(m.header?.i);
             const n = Number(m.header?.n);
             if (!Number.isInteger(n) || n < 1 || i + n > count) throw unexpected(m, 'a run inside the disk', this.where);
-            for (let k = 0; k < n; k++) {
-              out.push(m.header?.k === 'unchanged' ? { kind: 'unchanged', index: i + k, length: 0 } : { kind: 'zero', index: i + k, length: 0, read: m.header?.read === true });
-            }
+            // One record for the whole run: the target mover fills the map for it in one step.
+            out.push(m.header?.k === 'unchanged' ? { kind: 'unchanged', index: i, length: 0, count: n } : { kind: 'zero', index: i, length: 0, read: m.header?.read === true, count: n });
             break;
           }
           case 'end':
@@ -127,14 +126,15 @@ export class ProxyPipe {
           if (rec.index !== this.next) {
             throw new FerryError('PIPE_PROTOCOL', `the proxy sent block ${rec.index} where block ${this.next} was due`, this.where);
           }
-          rec.length = lengthOf(rec.index);
+          const n = recordBlocks(rec);
+          rec.length = lengthOf(rec.index, n);
           this.targetBusy.start();
           try {
             yield rec;
           } finally {
             this.targetBusy.end();
           }
-          this.next++;
+          this.next += n;
           done += rec.length;
         }
         // The target mover asked for the next record: it has stored (copied) this block, and its

@@ -5,7 +5,7 @@ import type { DiskHandle, Transport } from '../../contracts/transport.js';
 import { FerryError, pluginError, type ErrorLocation } from '../../errors.js';
 import type { JobContext } from '../../job/job-context.js';
 import type { BlockCodec } from '../../repository/block-codec.js';
-import type { BlockRecord } from '../../pipe/block-record.js';
+import { recordBlocks, type BlockRecord } from '../../pipe/block-record.js';
 import { guardHandle } from '../../pipe/guarded-handle.js';
 import { SourceMover, type ChangedRanges, type SourceCounters } from '../../pipe/source-mover.js';
 import type { PluginHost } from '../../plugins/plugin-host.js';
@@ -19,7 +19,12 @@ import { Slots } from './slots.js';
 
 /** How long a finished or broken task's figures are kept for a resume. */
 const TASK_TTL_MS = 10 * 60_000;
-/** Records without data sent as one `run` message, at most. */
+/**
+ * Records without data sent as one `run` message, at most (a longer run of the source mover is sent
+ * as several). Every version of the pipe protocol has `run` messages; a repository service before
+ * runs reached its target mover turns one into a record per block, so keeping this bound keeps
+ * what such a peer holds at once what it always was.
+ */
 const MAX_RUN = 4096;
 /** Hashes asked in one `known?` message, at most. */
 const MAX_QUERY = 64;
@@ -117,6 +122,8 @@ export class ProxyService {
           // `send` copies a block into its frame before it returns, and a resume reads the disk
           // again: the records need no copies of their own.
           lendBuffers: true,
+          // `send` cuts runs into `run` messages of at most MAX_RUN blocks
+          runs: true,
         },
         state.meters,
       );
@@ -166,10 +173,15 @@ export class ProxyService {
       pipe.check();
       if (rec.kind === 'zero' || rec.kind === 'unchanged') {
         const read = rec.kind === 'zero' && rec.read;
-        if (run && run.k === rec.kind && run.read === read && run.i + run.n === rec.index && run.n < MAX_RUN) run.n++;
-        else {
-          await flush();
-          run = { i: rec.index, n: 1, k: rec.kind, read };
+        for (let i = rec.index, left = recordBlocks(rec); left > 0; ) {
+          if (!run || run.k !== rec.kind || run.read !== read || run.i + run.n !== i || run.n >= MAX_RUN) {
+            await flush();
+            run = { i, n: 0, k: rec.kind, read };
+          }
+          const take = Math.min(left, MAX_RUN - run.n);
+          run.n += take;
+          i += take;
+          left -= take;
         }
         continue;
       }

@@ -175,6 +175,69 @@ describe('data-mover services (in memory)', function () {
     expect((await restore(svc, 's1')).equals(await fs.readFile(image))).to.equal(true);
   });
 
+  /**
+   * A sparse disk of 2 GiB and 1000 bytes (8193 blocks): data in blocks 0-3 and 2400-2403, holes
+   * elsewhere; the file takes 2 MiB.
+   */
+  async function sparseDisk(): Promise<{ file: string; count: number; data: number[] }> {
+    const file = path.join(dir, 'sparse.raw');
+    const count = Math.ceil((2 * 1024 ** 3 + 1000) / BLOCK);
+    const fh = await fs.open(file, 'w');
+    try {
+      await fh.truncate(2 * 1024 ** 3 + 1000);
+      const rng = Buffer.alloc(4 * BLOCK);
+      for (let k = 0; k < rng.length; k += 4) rng.writeUInt32LE((k * 2654435761) >>> 0, k);
+      await fh.write(rng, 0, rng.length, 0);
+      await fh.write(rng.reverse(), 0, rng.length, 2400 * BLOCK);
+    } finally {
+      await fh.close();
+    }
+    return { file, count, data: [0, 1, 2, 3, 2400, 2401, 2402, 2403] };
+  }
+
+  it('sends a long hole as run messages of at most 4096 blocks, which a peer of protocol version 1 takes block by block', async function () {
+    const { file, count, data } = await sparseDisk();
+    const [a, b] = connectionPair({ roles: ['repository', 'proxy'] });
+    void proxy.serve(b);
+    const o = order('s1', {}, file);
+    const task = { version: 1, taskId: 'old-peer', vm: o.vm, disk: o.disk, transport: 'auto', filters: ['zero'], compressor: o.compressor, blockSize: BLOCK, readAhead: 8, window: WINDOW, resumeFrom: 0 };
+    await a.send({ type: 'task', header: task });
+    expect((await a.receive())?.type).to.equal('task.ok');
+    // What a repository service before runs did: one record per block, in index order.
+    const perBlock: string[] = [];
+    const runs: number[] = [];
+    for (;;) {
+      const m = await a.receive();
+      const h = m?.header ?? {};
+      if (m?.type === 'known?') await a.send({ type: 'known!', header: { q: h.q, have: (h.hashes as string[]).map(() => false) } });
+      else if (m?.type === 'block' || m?.type === 'known') {
+        perBlock.push(`data ${h.i}`);
+        await a.send({ type: 'ack', header: { upTo: perBlock.length } });
+      } else if (m?.type === 'run') {
+        runs.push(Number(h.n));
+        for (let k = 0; k < Number(h.n); k++) perBlock.push(`${h.k} ${Number(h.i) + k}`);
+      } else {
+        expect(m?.type, JSON.stringify(h)).to.equal('end');
+        await a.send({ type: 'done' });
+        break;
+      }
+    }
+    await a.close();
+    expect(runs).to.deep.equal([2396, 4096, 1693]);
+    expect(perBlock).to.deep.equal([...Array(count).keys()].map((i) => (data.includes(i) ? `data ${i}` : `zero ${i}`)));
+  });
+
+  it('stores a long hole that crossed the pipe as runs: the same block map and zero-block count', async function () {
+    const { file, count, data } = await sparseDisk();
+    const { outcome, point } = await backup(service(), 's1', order('s1', {}, file));
+    expect(outcome.target.blocksZero).to.equal(count - data.length);
+    expect(outcome.target.blocksNew).to.equal(data.length);
+    expect(outcome.summary.zeroBytesSkipped).to.equal(2 * 1024 ** 3 + 1000 - data.length * BLOCK);
+    const map = await (await Repository.open(backend, { create: false })).readMap(point.disks[0]!);
+    expect(map.blockCount).to.equal(count);
+    for (let i = 0; i < count; i++) expect(map.get(i) === undefined, `block ${i}`).to.equal(!data.includes(i));
+  });
+
   it('refuses a read task outside the limits with PIPE_PROTOCOL, before opening anything', async function () {
     for (const bad of [{ blockSize: 3 }, { readAhead: 1_000_000 }, { window: 0 }, { idKey: 'zz' }]) {
       const [a, b] = connectionPair({ roles: ['repository', 'proxy'] });
