@@ -1,11 +1,15 @@
+import { readSync } from 'node:fs';
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
-import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from '../repository/block-codec.js';
+import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotRead, type SlotWork } from '../repository/block-codec.js';
+import { isAllZero, zeroRange } from '../util/zero.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
   | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
+  /** The block is read into the slot here first (`WorkerBlockCodec.readSlot`). */
+  | { op: 'slot-read'; slot: number; length: number; read: SlotRead; work: SlotWork; compressor: string; level: number }
   /** `encoded` omitted: the block object is the first `encodedLength` bytes of the slot's `out`. */
   | { op: 'slot-decode'; encoded?: Uint8Array; encodedLength?: number; hash: Uint8Array; object: string; slot: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
@@ -42,10 +46,20 @@ export class BlockTasks {
 
   async handle(task: BlockTask): Promise<{ result: unknown; transfer: ArrayBuffer[] }> {
     const idKey = this.idKey;
-    if (task.op === 'slot-encode') {
+    if (task.op === 'slot-encode' || task.op === 'slot-read') {
       const s = this.slots.get(task.slot);
       if (!s || task.length > s.raw.length) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread or too small`);
       const block = s.raw.subarray(0, task.length);
+      if (task.op === 'slot-read') {
+        const t0 = performance.now();
+        readBlock(task.read, block);
+        const readMs = performance.now() - t0;
+        if (task.read.zeroCheck && isAllZero(block)) return { result: { zero: true, readMs }, transfer: [] };
+        const hash = task.work === 'compress' ? undefined : new Uint8Array(blockId(block, idKey));
+        if (task.work === 'hash') return { result: { hash, readMs }, transfer: [] };
+        const encodedLength = compressRawBlockInto(block, task.compressor, await this.compressor(task.compressor), task.level, s.out);
+        return { result: { hash, encodedLength, readMs }, transfer: [] };
+      }
       // A fresh 32-byte copy: a digest may be a view of a larger pooled buffer, which would be cloned whole.
       const hash = task.work === 'compress' ? undefined : new Uint8Array(blockId(block, idKey));
       if (task.work === 'hash') return { result: { hash }, transfer: [] };
@@ -76,6 +90,37 @@ export class BlockTasks {
     if (!c) throw new FerryError('PLUGIN_NOT_FOUND', `block was compressed with "${name}", which no loaded plugin provides`, { object });
     return { name, c };
   }
+}
+
+/**
+ * Fills `block` from `read.fd`: each range with positional reads (repeated until complete), the
+ * bytes between them with zeros. Errors are the transport's (`TRANSPORT_READ_FAILED` at the offset;
+ * the session adds VM and disk).
+ */
+function readBlock(read: SlotRead, block: Buffer): void {
+  const r = read.reads;
+  let end = 0;
+  for (let i = 0; i + 2 < r.length; i += 3) {
+    const position = r[i]!;
+    const at = r[i + 1]!;
+    const length = r[i + 2]!;
+    if (!(at >= end && at + length <= block.length)) throw new FerryError('INTERNAL', `read of ${length} bytes at ${at} does not fit a ${block.length}-byte block`);
+    zeroRange(block, end, at);
+    end = at + length;
+    for (let done = 0; done < length; ) {
+      let n: number;
+      try {
+        n = readSync(read.fd, block, at + done, length - done, position + done);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException)?.code ?? (err as Error)?.message;
+        throw new FerryError('TRANSPORT_READ_FAILED', `reading ${length} bytes failed at byte ${position + done}: ${code}`, { offset: position }, { cause: err });
+      }
+      // The size was taken at open; an image that ends early has changed under the snapshot.
+      if (n === 0) throw new FerryError('TRANSPORT_READ_FAILED', `the image ends at byte ${position + done}, inside a read of ${length} bytes`, { offset: position });
+      done += n;
+    }
+  }
+  zeroRange(block, end, block.length);
 }
 
 /** A buffer's memory can move back to the main thread only when it owns all of it. */

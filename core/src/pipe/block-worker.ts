@@ -44,10 +44,11 @@ parentPort!.on('message', ({ id, task }: { id: number; task: BlockTask }) => {
     tasks.addSlot(task.slot, task.raw, task.out);
     return;
   }
-  // `busyMs`: time this thread spent on the task, queueing excluded (the session's `processing` stage).
+  // `busyMs`: time this thread spent on the task, queueing and a block's read (`readMs`, the
+  // `source read` stage) excluded (the session's `processing` stage).
   const t0 = performance.now();
   tasks.handle(task).then(
-    ({ result, transfer }) => parentPort!.postMessage({ id, result, busyMs: performance.now() - t0 }, transfer),
+    ({ result, transfer }) => parentPort!.postMessage({ id, result, busyMs: performance.now() - t0 - ((result as { readMs?: number }).readMs ?? 0) }, transfer),
     (err) => parentPort!.postMessage({ id, error: toWorkerError(err), busyMs: performance.now() - t0 }),
   );
 });

@@ -1,5 +1,8 @@
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { DiskHandle } from '../contracts/transport.js';
 import { newStageMeters } from './stage-meter.js';
 import { createPluginHost } from '../session/job-runtime.js';
@@ -9,6 +12,9 @@ import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
 import type { BlockRecord } from './block-record.js';
 import { WorkerBlockCodec } from './worker-block-codec.js';
+import { ZeroBlockFilter } from '../filters/zero-block-filter.js';
+import { guardFilter } from '../plugins/plugin-guard.js';
+import { FerryError } from '../errors.js';
 import { defaultReadAhead, skipRangeFilter, SourceMover, type SourceCounters } from './source-mover.js';
 
 const BLOCK = 256 * 1024;
@@ -170,6 +176,100 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
     await collect(true, true, false);
     expect((codec as unknown as { slotCount: number }).slotCount).to.equal(after1);
     expect(after1).to.be.at.most(6 + 2);
+  });
+});
+
+describe('SourceMover: blocks read on the block threads from a descriptor (DiskHandle.fd)', function () {
+  let codec: WorkerBlockCodec;
+  let dir: string;
+  before(async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 2);
+    dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-fd-reads-'));
+  });
+  after(async () => {
+    await codec.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** The memory disk as a file, its handle with `fd` and a `readInto` that counts (and poisons) its calls. */
+  function fileDisk(bytes: Buffer, size = bytes.length): { handle: DiskHandle; handleReads: () => number; close: () => void } {
+    const file = path.join(dir, `disk-${Math.random().toString(16).slice(2)}.raw`);
+    writeFileSync(file, bytes);
+    const fd = openSync(file, 'r');
+    const { handle } = memoryDisk(true);
+    let reads = 0;
+    const readInto = handle.readInto!;
+    return {
+      handle: { ...handle, size, fd, readInto: (o, into) => (reads++, readInto(o, into)) },
+      handleReads: () => reads,
+      close: () => closeSync(fd),
+    };
+  }
+
+  async function run(handle: DiskHandle, filters: { name: string; impl: object }[]) {
+    const mover = new SourceMover(
+      { blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec, filters: filters as never, lendBuffers: true, readAhead: 6, isKnown: () => false },
+      newStageMeters(),
+    );
+    const counters: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+    const out = new Map<number, BlockRecord & { raw?: Buffer }>();
+    for await (const r of mover.blocks(handle, [], counters)) {
+      out.set(r.index, r.kind === 'data' ? { ...r, raw: Buffer.from(decodeBlock(r.encoded, `block ${r.index}`, compressors)) } : r);
+    }
+    return { out, counters };
+  }
+
+  it('reads each block on the thread that hashes it, zeros its holes, and runs the zero check there', async function () {
+    const { bytes } = memoryDisk(true);
+    bytes.fill(0, 2 * BLOCK, 3 * BLOCK); // allocated, all zeros: the zero filter's block
+    const disk = fileDisk(bytes);
+    try {
+      const { out, counters } = await run(disk.handle, [{ name: 'zero', impl: guardFilter(new ZeroBlockFilter(), '@ferry/core') }]);
+      expect(disk.handleReads(), 'blocks read through the handle').to.equal(0);
+      expect([...out.keys()]).to.deep.equal([...Array(24).keys()]);
+      expect(out.get(2)!.kind).to.equal('zero');
+      expect(out.get(4)!.kind).to.equal('zero');
+      expect(counters.filtered).to.deep.equal({ zero: 1 });
+      for (const r of out.values()) {
+        if (r.kind !== 'data') continue;
+        const want = bytes.subarray(r.index * BLOCK, (r.index + 1) * BLOCK);
+        expect(r.raw!.equals(want), `block ${r.index}`).to.equal(true);
+        expect(r.hash.equals(createHash('sha256').update(want).digest()), `hash of block ${r.index}`).to.equal(true);
+      }
+      // Block 8's second half is a hole: not read, and zeros in the stored block.
+      expect(counters.bytesRead).to.equal(23 * BLOCK - BLOCK / 2);
+    } finally {
+      disk.close();
+    }
+  });
+
+  it('reads through the handle when a filter of its own looks at the blocks', async function () {
+    const { bytes } = memoryDisk(true);
+    const disk = fileDisk(bytes);
+    try {
+      const { out } = await run(disk.handle, [{ name: 'every-7th', impl: { classify: (_b: Uint8Array, o: number) => ((o / BLOCK) % 7 === 0 ? 'zero' : 'keep') } }]);
+      expect(disk.handleReads()).to.be.greaterThan(0);
+      expect(out.get(7)!.kind).to.equal('zero');
+    } finally {
+      disk.close();
+    }
+  });
+
+  it('a file that ends early fails the block with TRANSPORT_READ_FAILED at its offset', async function () {
+    const { bytes } = memoryDisk(true);
+    const disk = fileDisk(bytes.subarray(0, 20 * BLOCK + 100), bytes.length);
+    try {
+      const err = await run(disk.handle, []).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(FerryError);
+      expect((err as FerryError).code).to.equal('TRANSPORT_READ_FAILED');
+      expect((err as FerryError).where.offset).to.equal(20 * BLOCK);
+      expect((err as FerryError).message).to.match(/the image ends at byte 5242980/);
+    } finally {
+      disk.close();
+    }
   });
 });
 

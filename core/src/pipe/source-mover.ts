@@ -2,9 +2,9 @@ import type { BlockFilter } from '../contracts/block-filter.js';
 import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
-import { zeroRange } from '../util/zero.js';
+import { zeroCheckFilters, zeroRange } from '../util/zero.js';
 import type { StageMeters } from './stage-meter.js';
-import type { BlockCodec, BlockSlot, SlotWork } from '../repository/block-codec.js';
+import type { BlockCodec, BlockSlot, SlotRead, SlotWork } from '../repository/block-codec.js';
 import type { BlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {
@@ -85,12 +85,20 @@ export class SourceMover {
    * only what is new: cheap when most blocks are known). Starts at "new".
    */
   private knownRate = 0;
+  /**
+   * Blocks of a disk with a file descriptor (`DiskHandle.fd`) are read on the block threads, right
+   * before they are hashed and compressed there, when the codec can (`readSlot`) and no filter
+   * but the zero check looks at block contents: `null` then, or the zero filter's name.
+   */
+  private readonly threadReads?: { zeroFilter: string | null };
 
   constructor(
     private readonly opts: SourceMoverOptions,
     private readonly meters: StageMeters,
   ) {
     this.readAhead = Math.max(1, opts.readAhead ?? defaultReadAhead(opts.blockSize));
+    const classifiers = opts.filters.filter((f) => f.impl.classify);
+    if (opts.codec.readSlot && classifiers.every((f) => zeroCheckFilters.has(f.impl))) this.threadReads = { zeroFilter: classifiers[0]?.name ?? null };
   }
 
   /** `from`: the first block to yield (a resumed data pipe starts after the last block the target kept). */
@@ -165,10 +173,15 @@ export class SourceMover {
     const slot = codec.takeSlot(plan.length);
     let lent = false;
     try {
-      const block = slot.raw.subarray(0, plan.length);
-      await this.meters['source read'].time(() => this.readInto(handle, plan, block));
-      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
-      const record = await this.process(plan, slot, counters);
+      let record: BlockRecord;
+      if (this.threadReads && handle.fd !== undefined) {
+        record = await this.process(plan, slot, counters, { fd: handle.fd, plan });
+      } else {
+        const block = slot.raw.subarray(0, plan.length);
+        await this.meters['source read'].time(() => this.readInto(handle, plan, block));
+        counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+        record = await this.process(plan, slot, counters);
+      }
       lent = record.kind === 'data' && record.encoded.buffer === slot.out.buffer;
       return { record, slot: lent ? slot : undefined };
     } finally {
@@ -195,21 +208,38 @@ export class SourceMover {
     await Promise.all(plan.data.map((e) => readInto(e.offset, block.subarray(e.offset - plan.offset, e.offset - plan.offset + e.length))));
   }
 
-  /** Zero check, hash and encode of the block in `slot`; the encoded block object goes to `slot.out`. */
-  private async process(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters): Promise<BlockRecord> {
-    const block = slot.raw.subarray(0, plan.length);
-    for (const f of this.opts.filters) {
-      if (f.impl.classify?.(block, plan.offset) === 'zero') {
-        counters.zeroBytesSkipped += plan.length;
-        countFiltered(counters, f.name);
-        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
-      }
+  /**
+   * Zero check, hash and encode of the block in `slot`; the encoded block object goes to `slot.out`.
+   * `from`: the block is not read yet; the first task reads it from this descriptor on the block
+   * thread (and checks for zeros there, `threadReads`).
+   */
+  private async process(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters, from?: { fd: number; plan: BlockPlan }): Promise<BlockRecord> {
+    const zero = (name: string): BlockRecord => {
+      counters.zeroBytesSkipped += plan.length;
+      countFiltered(counters, name);
+      return { kind: 'zero', index: plan.index, length: plan.length, read: true };
+    };
+    if (!from) {
+      const block = slot.raw.subarray(0, plan.length);
+      for (const f of this.opts.filters) if (f.impl.classify?.(block, plan.offset) === 'zero') return zero(f.name);
     }
     const { name, level } = this.opts.compressor;
     const { codec, isKnown } = this.opts;
     const work = this.meters.processing;
-    const run = (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number }> =>
-      work.time(() => codec.encodeSlot(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+    let read: SlotRead | undefined;
+    if (from) {
+      const reads: number[] = [];
+      for (const e of plan.data) reads.push(e.offset, e.offset - plan.offset, e.length);
+      read = { fd: from.fd, reads, zeroCheck: this.threadReads!.zeroFilter !== null };
+    }
+    const run = async (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number; zero?: boolean }> => {
+      if (!read) return work.time(() => codec.encodeSlot(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+      const r = await work.time(() => codec.readSlot!(slot, plan.length, read!, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+      read = undefined; // read once: a later `compress` works on the slot as it is
+      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+      this.meters['source read'].addMeasured(r.readMs / Math.max(1, (codec as { threads?: number }).threads ?? 1));
+      return r;
+    };
     const data = (hash: Buffer, encodedLength: number): BlockRecord => {
       const view = slot.out.subarray(0, encodedLength);
       counters.bytesTransferred += encodedLength;
@@ -219,11 +249,13 @@ export class SourceMover {
       // Most recent blocks were new (a first backup): hash and compress in one round trip; the
       // encoded block is dropped when the block turns out to be stored already.
       const r = await run('encode');
+      if (r.zero) return zero(this.threadReads!.zeroFilter!);
       if (isKnown && this.sawKnown(await isKnown(r.hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: r.hash! };
       return data(r.hash!, r.encodedLength!);
     }
     // Most recent blocks were stored already (a second run): hash first, compress only new blocks.
-    const { hash } = await run('hash');
+    const { hash, zero: allZero } = await run('hash');
+    if (allZero) return zero(this.threadReads!.zeroFilter!);
     if (this.sawKnown(await isKnown(hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: hash! };
     return data(hash!, (await run('compress')).encodedLength!);
   }

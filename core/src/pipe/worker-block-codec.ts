@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { DiscoveryOptions, DiscoveryResult } from '../plugins/discovery.js';
-import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from '../repository/block-codec.js';
+import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotRead, type SlotReadResult, type SlotWork } from '../repository/block-codec.js';
 import type { Compressor } from '../contracts/compressor.js';
 import { BlockTasks, type BlockTask } from './block-tasks.js';
 import { WorkerPool } from './worker-pool.js';
@@ -125,7 +125,7 @@ export class WorkerBlockCodec implements BlockCodec {
       this.inlineUsed += bytes;
       const t0 = performance.now();
       return this.inline.handle(task).then(({ result }) => {
-        this.inlineBusyMs += performance.now() - t0;
+        this.inlineBusyMs += performance.now() - t0 - ((result as { readMs?: number }).readMs ?? 0);
         return result;
       });
     }
@@ -175,6 +175,11 @@ export class WorkerBlockCodec implements BlockCodec {
   async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }> {
     const r = (await this.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level }, length)) as { hash?: Uint8Array; encodedLength?: number };
     return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength };
+  }
+
+  async readSlot(slot: BlockSlot, length: number, read: SlotRead, work: SlotWork, compressor: string, level: number): Promise<SlotReadResult> {
+    const r = (await this.run({ op: 'slot-read', slot: slot.id, length, read, work, compressor, level }, length)) as Omit<SlotReadResult, 'hash'> & { hash?: Uint8Array };
+    return { zero: r.zero, hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength, readMs: r.readMs };
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
