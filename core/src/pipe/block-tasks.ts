@@ -3,10 +3,13 @@ import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotRead, type SlotWork } from '../repository/block-codec.js';
 import { isAllZero, zeroRange } from '../util/zero.js';
+import { wasSeen } from './seen-hashes.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
   | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
+  /** Announced to every thread (no answer): the session's table of ids met already (`seen-hashes.ts`). */
+  | { op: 'seen'; table: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
   /** The block is read into the slot here first (`WorkerBlockCodec.readSlot`). */
   | { op: 'slot-read'; slot: number; length: number; read: SlotRead; work: SlotWork; compressor: string; level: number }
@@ -31,8 +34,19 @@ export class BlockTasks {
     private readonly idKey?: Uint8Array,
   ) {}
 
+  /** Ids met already: `encode` work on a block found there hashes it only and answers `seen`. */
+  private seen?: Uint8Array;
+
   addSlot(slot: number, raw: SharedArrayBuffer, out: SharedArrayBuffer): void {
     this.slots.set(slot, { raw: Buffer.from(raw), out: Buffer.from(out) });
+  }
+
+  /** Takes an announcement (`slot`, `seen`): true when `task` was one (it has no answer). */
+  announce(task: BlockTask): boolean {
+    if (task.op === 'slot') this.addSlot(task.slot, task.raw, task.out);
+    else if (task.op === 'seen') this.seen = new Uint8Array(task.table);
+    else return false;
+    return true;
   }
 
   private compressor(name: string): Promise<Compressor> {
@@ -57,12 +71,15 @@ export class BlockTasks {
         if (task.read.zeroCheck && isAllZero(block)) return { result: { zero: true, readMs }, transfer: [] };
         const hash = task.work === 'compress' ? undefined : new Uint8Array(blockId(block, idKey));
         if (task.work === 'hash') return { result: { hash, readMs }, transfer: [] };
+        if (task.work === 'encode' && this.seen && wasSeen(this.seen, hash!)) return { result: { hash, seen: true, readMs }, transfer: [] };
         const encodedLength = compressRawBlockInto(block, task.compressor, await this.compressor(task.compressor), task.level, s.out);
         return { result: { hash, encodedLength, readMs }, transfer: [] };
       }
       // A fresh 32-byte copy: a digest may be a view of a larger pooled buffer, which would be cloned whole.
       const hash = task.work === 'compress' ? undefined : new Uint8Array(blockId(block, idKey));
       if (task.work === 'hash') return { result: { hash }, transfer: [] };
+      // A block whose id this session met already is most likely stored: compressed only if it is not.
+      if (task.work === 'encode' && this.seen && wasSeen(this.seen, hash!)) return { result: { hash, seen: true }, transfer: [] };
       const encodedLength = compressRawBlockInto(block, task.compressor, await this.compressor(task.compressor), task.level, s.out);
       return { result: { hash, encodedLength }, transfer: [] };
     }
@@ -73,7 +90,7 @@ export class BlockTasks {
       const { name, c } = await this.decompressorOf(encoded, task.object);
       return { result: { rawLength: decodeAndVerifyInto(encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
     }
-    if (task.op === 'slot') throw new FerryError('INTERNAL', 'a slot announcement was sent as a task');
+    if (task.op === 'slot' || task.op === 'seen') throw new FerryError('INTERNAL', 'an announcement was sent as a task');
     if (task.op === 'encode') {
       const { hash, encoded } = encodeRawBlock(task.block, task.compressor, await this.compressor(task.compressor), task.level, idKey);
       return { result: { hash, encoded }, transfer: owned(encoded) };

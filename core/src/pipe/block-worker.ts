@@ -39,11 +39,8 @@ const tasks = new BlockTasks(
 );
 
 parentPort!.on('message', ({ id, task }: { id: number; task: BlockTask }) => {
-  if (task.op === 'slot') {
-    // Announced to every thread (no answer): the memory a later `slot-encode` names.
-    tasks.addSlot(task.slot, task.raw, task.out);
-    return;
-  }
+  // Announced to every thread (no answer): the memory a later `slot-encode` names, the seen ids.
+  if (tasks.announce(task)) return;
   // `busyMs`: time this thread spent on the task, queueing and a block's read (`readMs`, the
   // `source read` stage) excluded (the session's `processing` stage).
   const t0 = performance.now();

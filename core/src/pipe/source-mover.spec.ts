@@ -273,6 +273,64 @@ describe('SourceMover: blocks read on the block threads from a descriptor (DiskH
   });
 });
 
+describe('SourceMover: blocks met before in the session are not compressed again', function () {
+  let codec: WorkerBlockCodec;
+  before(async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 2);
+  });
+  after(() => codec.close());
+
+  /**
+   * Blocks 3, 10 and 17 of the memory disk are the same bytes; `stored` answers the mover's dedup
+   * question, `onRecord` sees each record as it is yielded. Returns the `encode` answers too.
+   */
+  async function run(stored: (hash: Buffer) => boolean, onRecord: (r: BlockRecord) => void = () => undefined) {
+    const { handle, bytes } = memoryDisk(true);
+    bytes.copy(bytes, 10 * BLOCK, 3 * BLOCK, 4 * BLOCK);
+    bytes.copy(bytes, 17 * BLOCK, 3 * BLOCK, 4 * BLOCK);
+    const answers: { seen?: boolean }[] = [];
+    const spy = Object.assign(Object.create(codec) as WorkerBlockCodec, {
+      encodeSlot: async (...a: Parameters<WorkerBlockCodec['encodeSlot']>) => {
+        const r = await codec.encodeSlot(...a);
+        if (a[2] === 'encode') answers.push(r);
+        return r;
+      },
+    });
+    // One block at a time: a copy is met only after its first sighting was yielded.
+    const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec: spy, filters: [], readAhead: 1, isKnown: (h) => stored(h) }, newStageMeters());
+    const records: BlockRecord[] = [];
+    for await (const r of mover.blocks(handle, [], { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 })) {
+      onRecord(r);
+      records.push(r);
+    }
+    return { records, answers, bytes };
+  }
+
+  it('a copy whose id was met comes back hashed only, and is a known block', async function () {
+    // As the target mover: a block handed over as data is stored (reserved) from then on.
+    const held = new Set<string>();
+    const { records, answers } = await run(
+      (h) => held.has(h.toString('hex')),
+      (r) => r.kind === 'data' && held.add(r.hash.toString('hex')),
+    );
+    expect(records[3]!.kind).to.equal('data');
+    expect(records[10]!.kind).to.equal('known');
+    expect(records[17]!.kind).to.equal('known');
+    expect(answers.filter((a) => a.seen)).to.have.length(2);
+  });
+
+  it('a copy met before but not stored after all is compressed then, with the right bytes', async function () {
+    const { records, answers, bytes } = await run(() => false);
+    expect(answers.filter((a) => a.seen).length, 'copies answered hashed only').to.be.at.least(2);
+    for (const i of [3, 10, 17]) {
+      const r = records[i]!;
+      expect(r.kind).to.equal('data');
+      if (r.kind !== 'data') continue;
+      expect(Buffer.from(decodeBlock(r.encoded, `block ${i}`, compressors)).equals(bytes.subarray(i * BLOCK, (i + 1) * BLOCK)), `block ${i}`).to.equal(true);
+    }
+  });
+});
+
 describe('SourceMover: the work it announces to the codec', function () {
   /** Records `expectWork` and hashes on this thread: the mover's side of the contract only. */
   async function announced(changed?: Parameters<SourceMover['blocks']>[3], from = 0): Promise<number[]> {

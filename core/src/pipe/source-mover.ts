@@ -232,7 +232,7 @@ export class SourceMover {
       for (const e of plan.data) reads.push(e.offset, e.offset - plan.offset, e.length);
       read = { fd: from.fd, reads, zeroCheck: this.threadReads!.zeroFilter !== null };
     }
-    const run = async (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number; zero?: boolean }> => {
+    const run = async (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number; zero?: boolean; seen?: boolean }> => {
       if (!read) return work.time(() => codec.encodeSlot(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
       const r = await work.time(() => codec.readSlot!(slot, plan.length, read!, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
       read = undefined; // read once: a later `compress` works on the slot as it is
@@ -240,23 +240,27 @@ export class SourceMover {
       this.meters['source read'].addMeasured(r.readMs / Math.max(1, (codec as { threads?: number }).threads ?? 1));
       return r;
     };
+    // With dedup, the ids met are noted for the block threads (`BlockCodec.noteSeen`).
+    const met = (hash: Buffer): Buffer => (isKnown && codec.noteSeen?.(hash), hash);
     const data = (hash: Buffer, encodedLength: number): BlockRecord => {
       const view = slot.out.subarray(0, encodedLength);
       counters.bytesTransferred += encodedLength;
-      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded: this.opts.lendBuffers ? view : Buffer.from(view) };
+      return { kind: 'data', index: plan.index, length: plan.length, hash: met(hash), encoded: this.opts.lendBuffers ? view : Buffer.from(view) };
     };
+    const known = (hash: Buffer): BlockRecord => ({ kind: 'known', index: plan.index, length: plan.length, hash: met(hash) });
     if (!isKnown || this.knownRate < 0.5) {
       // Most recent blocks were new (a first backup): hash and compress in one round trip; the
-      // encoded block is dropped when the block turns out to be stored already.
+      // encoded block is dropped when the block turns out to be stored already. A block whose id
+      // this session met before comes back uncompressed (`seen`), compressed only if not stored.
       const r = await run('encode');
       if (r.zero) return zero(this.threadReads!.zeroFilter!);
-      if (isKnown && this.sawKnown(await isKnown(r.hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: r.hash! };
-      return data(r.hash!, r.encodedLength!);
+      if (isKnown && this.sawKnown(await isKnown(r.hash!))) return known(r.hash!);
+      return data(r.hash!, r.seen ? (await run('compress')).encodedLength! : r.encodedLength!);
     }
     // Most recent blocks were stored already (a second run): hash first, compress only new blocks.
     const { hash, zero: allZero } = await run('hash');
     if (allZero) return zero(this.threadReads!.zeroFilter!);
-    if (this.sawKnown(await isKnown(hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: hash! };
+    if (this.sawKnown(await isKnown(hash!))) return known(hash!);
     return data(hash!, (await run('compress')).encodedLength!);
   }
 

@@ -30,7 +30,7 @@ export interface BlockCodec {
    * Hashes and/or encodes (`work`) the first `length` bytes of `slot.raw`; the encoded block object is
    * written to the start of `slot.out` and its length returned.
    */
-  encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
+  encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number; seen?: boolean }>;
   /**
    * `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory, unless
    * it is a view of the start of `slot.out` (a block read into the slot), which moves nothing.
@@ -43,6 +43,12 @@ export interface BlockCodec {
    * Missing: the caller reads the block itself.
    */
   readSlot?(slot: BlockSlot, length: number, read: SlotRead, work: SlotWork, compressor: string, level: number): Promise<SlotReadResult>;
+  /**
+   * Notes the id of a block met in this session. `encode` work (`encodeSlot`, `readSlot`) on a block
+   * whose id was noted may then skip compressing it and answer `seen: true` with the hash only: the
+   * caller checks the repository and asks for `compress` when the block is not stored after all.
+   */
+  noteSeen?(hash: Uint8Array): void;
   /**
    * Raw block bytes a data mover now knows it will hand over (a disk's changed blocks, a small disk
    * whole): a codec that starts threads on demand may keep work this small on the calling thread.
@@ -63,6 +69,8 @@ export interface SlotRead {
 
 export interface SlotReadResult {
   zero?: boolean;
+  /** `encode` stopped after the hash: the id was noted as seen (`BlockCodec.noteSeen`). */
+  seen?: boolean;
   hash?: Buffer;
   encodedLength?: number;
   readMs: number;
