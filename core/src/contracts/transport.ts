@@ -20,6 +20,8 @@ import type { SourceDisk } from './source-host.js';
  * - `DiskHandle.changedBlocks` missing: every block counts as changed (a full read).
  * - `DiskHandle.readInto` missing: the core calls `read` and uses the buffer it returns (a fresh
  *   allocation per block; `readInto` lets the core reuse its block buffers).
+ * - `DiskHandle.fd` missing: blocks are read through the handle's methods (with it, the core's block
+ *   threads may read the descriptor themselves).
  * - `openTarget` missing: the transport cannot be a restore target. When present, it returns
  *   undefined for addresses it does not understand, so the core can ask every transport in turn.
  */
@@ -59,6 +61,15 @@ export interface DiskHandle {
    * buffer is the caller's (reused for later blocks): keep no reference to it after resolving.
    */
   readInto?(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * An open file descriptor whose bytes are the disk's from byte 0 (a raw image or a block device),
+   * valid until `close`. The core's block threads may then read blocks themselves with positional
+   * reads on it (a short read is an error, as for `read`), each right before hashing and
+   * compressing it, instead of one hand-off through the main thread per block. Missing: blocks are
+   * read through `readInto` or `read`. Leave it out when reads do more than a positional read
+   * (a format layer, a network, checks of their own).
+   */
+  readonly fd?: number;
   /**
    * Allocation of `[offset, offset+length)`: extents in order, without gaps, covering at least the
    * first byte of the range (callers ask again for the remainder).

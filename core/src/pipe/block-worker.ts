@@ -39,15 +39,13 @@ const tasks = new BlockTasks(
 );
 
 parentPort!.on('message', ({ id, task }: { id: number; task: BlockTask }) => {
-  if (task.op === 'slot') {
-    // Announced to every thread (no answer): the memory a later `slot-encode` names.
-    tasks.addSlot(task.slot, task.raw, task.out);
-    return;
-  }
-  // `busyMs`: time this thread spent on the task, queueing excluded (the session's `processing` stage).
+  // Announced to every thread (no answer): the memory a later `slot-encode` names, the seen ids.
+  if (tasks.announce(task)) return;
+  // `busyMs`: time this thread spent on the task, queueing and a block's read (`readMs`, the
+  // `source read` stage) excluded (the session's `processing` stage).
   const t0 = performance.now();
   tasks.handle(task).then(
-    ({ result, transfer }) => parentPort!.postMessage({ id, result, busyMs: performance.now() - t0 }, transfer),
+    ({ result, transfer }) => parentPort!.postMessage({ id, result, busyMs: performance.now() - t0 - ((result as { readMs?: number }).readMs ?? 0) }, transfer),
     (err) => parentPort!.postMessage({ id, error: toWorkerError(err), busyMs: performance.now() - t0 }),
   );
 });

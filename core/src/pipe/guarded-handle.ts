@@ -20,6 +20,7 @@ export function guardHandle(h: DiskHandle, plugin: string, where: ErrorLocation)
     };
   return {
     size: h.size,
+    ...(h.fd !== undefined && { fd: h.fd }),
     read: wrap('read', h.read.bind(h)),
     readInto: h.readInto && wrap('readInto', h.readInto.bind(h)),
     blockStatus: h.blockStatus && wrap('blockStatus', h.blockStatus.bind(h)),

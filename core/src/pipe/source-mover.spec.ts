@@ -1,5 +1,8 @@
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { DiskHandle } from '../contracts/transport.js';
 import { newStageMeters } from './stage-meter.js';
 import { createPluginHost } from '../session/job-runtime.js';
@@ -9,6 +12,9 @@ import { NoneCompressor } from '../compression/none-compressor.js';
 import { RleCompressor } from '../compression/rle-compressor.js';
 import type { BlockRecord } from './block-record.js';
 import { WorkerBlockCodec } from './worker-block-codec.js';
+import { ZeroBlockFilter } from '../filters/zero-block-filter.js';
+import { guardFilter } from '../plugins/plugin-guard.js';
+import { FerryError } from '../errors.js';
 import { defaultReadAhead, skipRangeFilter, SourceMover, type SourceCounters } from './source-mover.js';
 
 const BLOCK = 256 * 1024;
@@ -170,6 +176,195 @@ describe('SourceMover with the worker codec: block slots, lending and holes', fu
     await collect(true, true, false);
     expect((codec as unknown as { slotCount: number }).slotCount).to.equal(after1);
     expect(after1).to.be.at.most(6 + 2);
+  });
+});
+
+describe('SourceMover: blocks read on the block threads from a descriptor (DiskHandle.fd)', function () {
+  let codec: WorkerBlockCodec;
+  let dir: string;
+  before(async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 2);
+    dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-fd-reads-'));
+  });
+  after(async () => {
+    await codec.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** The memory disk as a file, its handle with `fd` and a `readInto` that counts (and poisons) its calls. */
+  function fileDisk(bytes: Buffer, size = bytes.length): { handle: DiskHandle; handleReads: () => number; close: () => void } {
+    const file = path.join(dir, `disk-${Math.random().toString(16).slice(2)}.raw`);
+    writeFileSync(file, bytes);
+    const fd = openSync(file, 'r');
+    const { handle } = memoryDisk(true);
+    let reads = 0;
+    const readInto = handle.readInto!;
+    return {
+      handle: { ...handle, size, fd, readInto: (o, into) => (reads++, readInto(o, into)) },
+      handleReads: () => reads,
+      close: () => closeSync(fd),
+    };
+  }
+
+  async function run(handle: DiskHandle, filters: { name: string; impl: object }[]) {
+    const mover = new SourceMover(
+      { blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec, filters: filters as never, lendBuffers: true, readAhead: 6, isKnown: () => false },
+      newStageMeters(),
+    );
+    const counters: SourceCounters = { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 };
+    const out = new Map<number, BlockRecord & { raw?: Buffer }>();
+    for await (const r of mover.blocks(handle, [], counters)) {
+      out.set(r.index, r.kind === 'data' ? { ...r, raw: Buffer.from(decodeBlock(r.encoded, `block ${r.index}`, compressors)) } : r);
+    }
+    return { out, counters };
+  }
+
+  it('reads each block on the thread that hashes it, zeros its holes, and runs the zero check there', async function () {
+    const { bytes } = memoryDisk(true);
+    bytes.fill(0, 2 * BLOCK, 3 * BLOCK); // allocated, all zeros: the zero filter's block
+    const disk = fileDisk(bytes);
+    try {
+      const { out, counters } = await run(disk.handle, [{ name: 'zero', impl: guardFilter(new ZeroBlockFilter(), '@ferry/core') }]);
+      expect(disk.handleReads(), 'blocks read through the handle').to.equal(0);
+      expect([...out.keys()]).to.deep.equal([...Array(24).keys()]);
+      expect(out.get(2)!.kind).to.equal('zero');
+      expect(out.get(4)!.kind).to.equal('zero');
+      expect(counters.filtered).to.deep.equal({ zero: 1 });
+      for (const r of out.values()) {
+        if (r.kind !== 'data') continue;
+        const want = bytes.subarray(r.index * BLOCK, (r.index + 1) * BLOCK);
+        expect(r.raw!.equals(want), `block ${r.index}`).to.equal(true);
+        expect(r.hash.equals(createHash('sha256').update(want).digest()), `hash of block ${r.index}`).to.equal(true);
+      }
+      // Block 8's second half is a hole: not read, and zeros in the stored block.
+      expect(counters.bytesRead).to.equal(23 * BLOCK - BLOCK / 2);
+    } finally {
+      disk.close();
+    }
+  });
+
+  it('reads through the handle when a filter of its own looks at the blocks', async function () {
+    const { bytes } = memoryDisk(true);
+    const disk = fileDisk(bytes);
+    try {
+      const { out } = await run(disk.handle, [{ name: 'every-7th', impl: { classify: (_b: Uint8Array, o: number) => ((o / BLOCK) % 7 === 0 ? 'zero' : 'keep') } }]);
+      expect(disk.handleReads()).to.be.greaterThan(0);
+      expect(out.get(7)!.kind).to.equal('zero');
+    } finally {
+      disk.close();
+    }
+  });
+
+  it('a consumer that stops early gets control back only after every descriptor read has finished', async function () {
+    const { bytes } = memoryDisk(true);
+    const disk = fileDisk(bytes);
+    let reading = 0;
+    // The codec with slow thread reads: several are still running when the consumer stops.
+    const slow = new Proxy(codec, {
+      get(target, key) {
+        const v = Reflect.get(target, key, target) as unknown;
+        if (key === 'readSlot') {
+          return async (...args: Parameters<NonNullable<WorkerBlockCodec['readSlot']>>) => {
+            reading++;
+            try {
+              await new Promise((r) => setTimeout(r, 30));
+              return await target.readSlot!(...args);
+            } finally {
+              reading--;
+            }
+          };
+        }
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    try {
+      const mover = new SourceMover(
+        { blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec: slow, filters: [], lendBuffers: true, readAhead: 6, isKnown: () => false },
+        newStageMeters(),
+      );
+      let seen = 0;
+      for await (const r of mover.blocks(disk.handle, [], { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 })) {
+        if (r.kind === 'data' && ++seen === 2) break;
+      }
+      expect(reading, 'thread reads still running after the mover returned').to.equal(0);
+    } finally {
+      disk.close();
+    }
+  });
+
+  it('a file that ends early fails the block with TRANSPORT_READ_FAILED at its offset', async function () {
+    const { bytes } = memoryDisk(true);
+    const disk = fileDisk(bytes.subarray(0, 20 * BLOCK + 100), bytes.length);
+    try {
+      const err = await run(disk.handle, []).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).to.be.instanceOf(FerryError);
+      expect((err as FerryError).code).to.equal('TRANSPORT_READ_FAILED');
+      expect((err as FerryError).where.offset).to.equal(20 * BLOCK);
+      expect((err as FerryError).message).to.match(/the image ends at byte 5242980/);
+    } finally {
+      disk.close();
+    }
+  });
+});
+
+describe('SourceMover: blocks met before in the session are not compressed again', function () {
+  let codec: WorkerBlockCodec;
+  before(async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 2);
+  });
+  after(() => codec.close());
+
+  /**
+   * Blocks 3, 10 and 17 of the memory disk are the same bytes; `stored` answers the mover's dedup
+   * question, `onRecord` sees each record as it is yielded. Returns the `encode` answers too.
+   */
+  async function run(stored: (hash: Buffer) => boolean, onRecord: (r: BlockRecord) => void = () => undefined) {
+    const { handle, bytes } = memoryDisk(true);
+    bytes.copy(bytes, 10 * BLOCK, 3 * BLOCK, 4 * BLOCK);
+    bytes.copy(bytes, 17 * BLOCK, 3 * BLOCK, 4 * BLOCK);
+    const answers: { seen?: boolean }[] = [];
+    const spy = Object.assign(Object.create(codec) as WorkerBlockCodec, {
+      encodeSlot: async (...a: Parameters<WorkerBlockCodec['encodeSlot']>) => {
+        const r = await codec.encodeSlot(...a);
+        if (a[2] === 'encode') answers.push(r);
+        return r;
+      },
+    });
+    // One block at a time: a copy is met only after its first sighting was yielded.
+    const mover = new SourceMover({ blockSize: BLOCK, compressor: { name: 'rle', level: 1 }, codec: spy, filters: [], readAhead: 1, isKnown: (h) => stored(h) }, newStageMeters());
+    const records: BlockRecord[] = [];
+    for await (const r of mover.blocks(handle, [], { bytesRead: 0, zeroBytesSkipped: 0, bytesTransferred: 0 })) {
+      onRecord(r);
+      records.push(r);
+    }
+    return { records, answers, bytes };
+  }
+
+  it('a copy whose id was met comes back hashed only, and is a known block', async function () {
+    // As the target mover: a block handed over as data is stored (reserved) from then on.
+    const held = new Set<string>();
+    const { records, answers } = await run(
+      (h) => held.has(h.toString('hex')),
+      (r) => r.kind === 'data' && held.add(r.hash.toString('hex')),
+    );
+    expect(records[3]!.kind).to.equal('data');
+    expect(records[10]!.kind).to.equal('known');
+    expect(records[17]!.kind).to.equal('known');
+    expect(answers.filter((a) => a.seen)).to.have.length(2);
+  });
+
+  it('a copy met before but not stored after all is compressed then, with the right bytes', async function () {
+    const { records, answers, bytes } = await run(() => false);
+    expect(answers.filter((a) => a.seen).length, 'copies answered hashed only').to.be.at.least(2);
+    for (const i of [3, 10, 17]) {
+      const r = records[i]!;
+      expect(r.kind).to.equal('data');
+      if (r.kind !== 'data') continue;
+      expect(Buffer.from(decodeBlock(r.encoded, `block ${i}`, compressors)).equals(bytes.subarray(i * BLOCK, (i + 1) * BLOCK)), `block ${i}`).to.equal(true);
+    }
   });
 });
 

@@ -2,9 +2,9 @@ import type { BlockFilter } from '../contracts/block-filter.js';
 import type { AllocationExtent, Extent } from '../contracts/extent.js';
 import type { DiskHandle } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
-import { zeroRange } from '../util/zero.js';
+import { zeroCheckFilters, zeroRange } from '../util/zero.js';
 import type { StageMeters } from './stage-meter.js';
-import type { BlockCodec, BlockSlot, SlotWork } from '../repository/block-codec.js';
+import type { BlockCodec, BlockSlot, SlotRead, SlotWork } from '../repository/block-codec.js';
 import type { BlockRecord, UnchangedBlockRecord, ZeroBlockRecord } from './block-record.js';
 
 export interface SourceMoverOptions {
@@ -92,12 +92,20 @@ export class SourceMover {
    * only what is new: cheap when most blocks are known). Starts at "new".
    */
   private knownRate = 0;
+  /**
+   * Blocks of a disk with a file descriptor (`DiskHandle.fd`) are read on the block threads, right
+   * before they are hashed and compressed there, when the codec can (`readSlot`) and no filter
+   * but the zero check looks at block contents: `null` then, or the zero filter's name.
+   */
+  private readonly threadReads?: { zeroFilter: string | null };
 
   constructor(
     private readonly opts: SourceMoverOptions,
     private readonly meters: StageMeters,
   ) {
     this.readAhead = Math.max(1, opts.readAhead ?? defaultReadAhead(opts.blockSize));
+    const classifiers = opts.filters.filter((f) => f.impl.classify);
+    if (opts.codec.readSlot && classifiers.every((f) => zeroCheckFilters.has(f.impl))) this.threadReads = { zeroFilter: classifiers[0]?.name ?? null };
   }
 
   /** `from`: the first block to yield (a resumed data pipe starts after the last block the target kept). */
@@ -159,6 +167,9 @@ export class SourceMover {
       // Stopped early (a failure, or the consumer gave up): slots come back as their blocks settle.
       if (lent) this.opts.codec.giveSlot(lent);
       for (const p of window) p.then((r) => r.slot && this.opts.codec.giveSlot(r.slot), () => undefined);
+      // Blocks the threads read from the handle's descriptor: finished before the caller may close it
+      // (a read of a closed descriptor's number could reach whatever file opens next under it).
+      if (this.threadReads && handle.fd !== undefined) await Promise.allSettled(window);
     }
   }
 
@@ -225,10 +236,15 @@ export class SourceMover {
     const slot = codec.takeSlot(plan.length);
     let lent = false;
     try {
-      const block = slot.raw.subarray(0, plan.length);
-      await this.meters['source read'].time(() => this.readInto(handle, plan, block));
-      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
-      const record = await this.process(plan, slot, counters);
+      let record: BlockRecord;
+      if (this.threadReads && handle.fd !== undefined) {
+        record = await this.process(plan, slot, counters, { fd: handle.fd, plan });
+      } else {
+        const block = slot.raw.subarray(0, plan.length);
+        await this.meters['source read'].time(() => this.readInto(handle, plan, block));
+        counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+        record = await this.process(plan, slot, counters);
+      }
       lent = record.kind === 'data' && record.encoded.buffer === slot.out.buffer;
       return { record, slot: lent ? slot : undefined };
     } finally {
@@ -255,36 +271,59 @@ export class SourceMover {
     await Promise.all(plan.data.map((e) => readInto(e.offset, block.subarray(e.offset - plan.offset, e.offset - plan.offset + e.length))));
   }
 
-  /** Zero check, hash and encode of the block in `slot`; the encoded block object goes to `slot.out`. */
-  private async process(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters): Promise<BlockRecord> {
-    const block = slot.raw.subarray(0, plan.length);
-    for (const f of this.opts.filters) {
-      if (f.impl.classify?.(block, plan.offset) === 'zero') {
-        counters.zeroBytesSkipped += plan.length;
-        countFiltered(counters, f.name);
-        return { kind: 'zero', index: plan.index, length: plan.length, read: true };
-      }
+  /**
+   * Zero check, hash and encode of the block in `slot`; the encoded block object goes to `slot.out`.
+   * `from`: the block is not read yet; the first task reads it from this descriptor on the block
+   * thread (and checks for zeros there, `threadReads`).
+   */
+  private async process(plan: BlockPlan, slot: BlockSlot, counters: SourceCounters, from?: { fd: number; plan: BlockPlan }): Promise<BlockRecord> {
+    const zero = (name: string): BlockRecord => {
+      counters.zeroBytesSkipped += plan.length;
+      countFiltered(counters, name);
+      return { kind: 'zero', index: plan.index, length: plan.length, read: true };
+    };
+    if (!from) {
+      const block = slot.raw.subarray(0, plan.length);
+      for (const f of this.opts.filters) if (f.impl.classify?.(block, plan.offset) === 'zero') return zero(f.name);
     }
     const { name, level } = this.opts.compressor;
     const { codec, isKnown } = this.opts;
     const work = this.meters.processing;
-    const run = (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number }> =>
-      work.time(() => codec.encodeSlot(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+    let read: SlotRead | undefined;
+    if (from) {
+      const reads: number[] = [];
+      for (const e of plan.data) reads.push(e.offset, e.offset - plan.offset, e.length);
+      read = { fd: from.fd, reads, zeroCheck: this.threadReads!.zeroFilter !== null };
+    }
+    const run = async (what: SlotWork): Promise<{ hash?: Buffer; encodedLength?: number; zero?: boolean; seen?: boolean }> => {
+      if (!read) return work.time(() => codec.encodeSlot(slot, plan.length, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+      const r = await work.time(() => codec.readSlot!(slot, plan.length, read!, what, name, level)).catch((err) => Promise.reject(blockError(plan, err)));
+      read = undefined; // read once: a later `compress` works on the slot as it is
+      counters.bytesRead += plan.data.reduce((n, e) => n + e.length, 0);
+      this.meters['source read'].addMeasured(r.readMs / Math.max(1, (codec as { threads?: number }).threads ?? 1));
+      return r;
+    };
+    // With dedup, the ids met are noted for the block threads (`BlockCodec.noteSeen`).
+    const met = (hash: Buffer): Buffer => (isKnown && codec.noteSeen?.(hash), hash);
     const data = (hash: Buffer, encodedLength: number): BlockRecord => {
       const view = slot.out.subarray(0, encodedLength);
       counters.bytesTransferred += encodedLength;
-      return { kind: 'data', index: plan.index, length: plan.length, hash, encoded: this.opts.lendBuffers ? view : Buffer.from(view) };
+      return { kind: 'data', index: plan.index, length: plan.length, hash: met(hash), encoded: this.opts.lendBuffers ? view : Buffer.from(view) };
     };
+    const known = (hash: Buffer): BlockRecord => ({ kind: 'known', index: plan.index, length: plan.length, hash: met(hash) });
     if (!isKnown || this.knownRate < 0.5) {
       // Most recent blocks were new (a first backup): hash and compress in one round trip; the
-      // encoded block is dropped when the block turns out to be stored already.
+      // encoded block is dropped when the block turns out to be stored already. A block whose id
+      // this session met before comes back uncompressed (`seen`), compressed only if not stored.
       const r = await run('encode');
-      if (isKnown && this.sawKnown(await isKnown(r.hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: r.hash! };
-      return data(r.hash!, r.encodedLength!);
+      if (r.zero) return zero(this.threadReads!.zeroFilter!);
+      if (isKnown && this.sawKnown(await isKnown(r.hash!))) return known(r.hash!);
+      return data(r.hash!, r.seen ? (await run('compress')).encodedLength! : r.encodedLength!);
     }
     // Most recent blocks were stored already (a second run): hash first, compress only new blocks.
-    const { hash } = await run('hash');
-    if (this.sawKnown(await isKnown(hash!))) return { kind: 'known', index: plan.index, length: plan.length, hash: hash! };
+    const { hash, zero: allZero } = await run('hash');
+    if (allZero) return zero(this.threadReads!.zeroFilter!);
+    if (this.sawKnown(await isKnown(hash!))) return known(hash!);
     return data(hash!, (await run('compress')).encodedLength!);
   }
 

@@ -40,7 +40,15 @@ export class BusyMeter {
   }
 
   get busyMs(): number {
-    return this.measured ?? this.total + (this.active > 0 ? performance.now() - this.since : 0);
+    return this.measured ?? this.total + this.added + (this.active > 0 ? performance.now() - this.since : 0);
+  }
+
+  private added = 0;
+
+  /** Adds busy time measured where the work ran (a block read on a block thread, `SourceMover`). */
+  addMeasured(ms: number): void {
+    this.used = true;
+    this.added += ms;
   }
 
   private measured?: number;

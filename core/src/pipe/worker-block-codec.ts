@@ -1,10 +1,11 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { DiscoveryOptions, DiscoveryResult } from '../plugins/discovery.js';
-import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotWork } from '../repository/block-codec.js';
+import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotRead, type SlotReadResult, type SlotWork } from '../repository/block-codec.js';
 import type { Compressor } from '../contracts/compressor.js';
 import { BlockTasks, type BlockTask } from './block-tasks.js';
 import { WorkerPool } from './worker-pool.js';
+import { newSeenTable, noteSeen } from './seen-hashes.js';
 import type { CompressorPlugin } from './worker-compressors.js';
 
 /** How block workers find compressors: the discovery options, and what the job's host found. */
@@ -71,6 +72,8 @@ export class WorkerBlockCodec implements BlockCodec {
   private planned = 0;
   /** A task went to the threads: every later one does too. */
   private threaded = false;
+  /** Ids met so far (`noteSeen`), shared with the threads once the first is noted. */
+  private seen?: Uint8Array;
 
   /**
    * `idKey`: the block-id key of an encrypted repository (ids are then HMAC-SHA256). `inline`: the
@@ -125,7 +128,7 @@ export class WorkerBlockCodec implements BlockCodec {
       this.inlineUsed += bytes;
       const t0 = performance.now();
       return this.inline.handle(task).then(({ result }) => {
-        this.inlineBusyMs += performance.now() - t0;
+        this.inlineBusyMs += performance.now() - t0 - ((result as { readMs?: number }).readMs ?? 0);
         return result;
       });
     }
@@ -164,7 +167,7 @@ export class WorkerBlockCodec implements BlockCodec {
     const out = new SharedArrayBuffer(maxEncodedLength(length));
     const id = ++this.slotCount;
     this.pool.broadcast({ op: 'slot', slot: id, raw, out });
-    this.inline?.addSlot(id, raw, out);
+    this.inline?.announce({ op: 'slot', slot: id, raw, out });
     return { id, raw: Buffer.from(raw), out: Buffer.from(out) };
   }
 
@@ -172,9 +175,26 @@ export class WorkerBlockCodec implements BlockCodec {
     this.freeSlots.push(slot);
   }
 
-  async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }> {
-    const r = (await this.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level }, length)) as { hash?: Uint8Array; encodedLength?: number };
-    return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength };
+  async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number; seen?: boolean }> {
+    const r = (await this.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level }, length)) as { hash?: Uint8Array; encodedLength?: number; seen?: boolean };
+    return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength, seen: r.seen };
+  }
+
+  /** The table is announced like a slot, so every task sent after the first note sees it. */
+  noteSeen(hash: Uint8Array): void {
+    if (!this.seen) {
+      const table = newSeenTable();
+      const task = { op: 'seen', table } as const;
+      this.pool.broadcast(task);
+      this.inline?.announce(task);
+      this.seen = new Uint8Array(table);
+    }
+    noteSeen(this.seen, hash);
+  }
+
+  async readSlot(slot: BlockSlot, length: number, read: SlotRead, work: SlotWork, compressor: string, level: number): Promise<SlotReadResult> {
+    const r = (await this.run({ op: 'slot-read', slot: slot.id, length, read, work, compressor, level }, length)) as Omit<SlotReadResult, 'hash'> & { hash?: Uint8Array };
+    return { zero: r.zero, seen: r.seen, hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength, readMs: r.readMs };
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {

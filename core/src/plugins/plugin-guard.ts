@@ -4,6 +4,7 @@ import type { PluginKind, PluginKindMap } from '../contracts/plugin.js';
 import type { DiskHandle, Transport } from '../contracts/transport.js';
 import type { GuestRuntime, GuestSession } from '../contracts/guest-runtime.js';
 import { FerryError, pluginError, type ErrorLocation } from '../errors.js';
+import { zeroCheckFilters } from '../util/zero.js';
 
 /**
  * `fn` with anything it throws, or any promise it returns rejecting, stamped with the plugin and
@@ -157,6 +158,7 @@ export function guardFilter(impl: BlockFilter, plugin: string): BlockFilter {
         { plugin, hook: 'classify', offset },
       );
     };
+    if (zeroCheckFilters.has(impl)) zeroCheckFilters.add(out);
   }
   return out;
 }

@@ -30,17 +30,50 @@ export interface BlockCodec {
    * Hashes and/or encodes (`work`) the first `length` bytes of `slot.raw`; the encoded block object is
    * written to the start of `slot.out` and its length returned.
    */
-  encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }>;
+  encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number; seen?: boolean }>;
   /**
    * `decode` into the start of `slot.raw`; returns the raw length. May take `encoded`'s memory, unless
    * it is a view of the start of `slot.out` (a block read into the slot), which moves nothing.
    */
   decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
   /**
+   * Reads a block into `slot.raw` from `read.fd` on the thread that then works on it (`length`
+   * bytes: the `read.reads` ranges, the rest zeros), and with `read.zeroCheck` reports an all-zero
+   * block instead of working on it; otherwise as `encodeSlot`. `readMs`: the time the read took.
+   * Missing: the caller reads the block itself.
+   */
+  readSlot?(slot: BlockSlot, length: number, read: SlotRead, work: SlotWork, compressor: string, level: number): Promise<SlotReadResult>;
+  /**
+   * Notes the id of a block met in this session. `encode` work (`encodeSlot`, `readSlot`) on a block
+   * whose id was noted may then skip compressing it and answer `seen: true` with the hash only: the
+   * caller checks the repository and asks for `compress` when the block is not stored after all.
+   */
+  noteSeen?(hash: Uint8Array): void;
+  /**
    * Raw block bytes a data mover now knows it will hand over (a disk's changed blocks, a small disk
    * whole): a codec that starts threads on demand may keep work this small on the calling thread.
    */
   expectWork?(bytes: number): void;
+}
+
+/**
+ * A block's bytes in an open file (`DiskHandle.fd`): `reads` holds triples of file position, offset in
+ * the block and length; the block's other bytes are zeros.
+ */
+export interface SlotRead {
+  fd: number;
+  reads: number[];
+  /** Report an all-zero block (`zero: true`) instead of hashing it (the `zero` filter's check). */
+  zeroCheck: boolean;
+}
+
+export interface SlotReadResult {
+  zero?: boolean;
+  /** `encode` stopped after the hash: the id was noted as seen (`BlockCodec.noteSeen`). */
+  seen?: boolean;
+  hash?: Buffer;
+  encodedLength?: number;
+  readMs: number;
 }
 
 /** What `encodeSlot` does: both, the hash only, or the encoded block only. */

@@ -2,6 +2,12 @@ import { copyBytes } from './bytes.js';
 
 const ZEROS = Buffer.alloc(1024 * 1024);
 
+/**
+ * Block filters whose `classify` is exactly `isAllZero` (the built-in `zero` filter, and its guarded
+ * wrapper): the core may run that check wherever the block is, on a block thread that read it.
+ */
+export const zeroCheckFilters = new WeakSet<object>();
+
 /** True when every byte is zero; compares against a zero buffer with memcmp speed. */
 export function isAllZero(data: Uint8Array): boolean {
   const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);

@@ -22,6 +22,11 @@ export interface HotaddIo {
 export class HotaddDiskHandle implements DiskHandle {
   /** Present only with the seek addon: the contract's default (all data) is the honest answer without it. */
   readonly blockStatus?: (offset: number, length: number) => Promise<AllocationExtent[]>;
+  /**
+   * The image's descriptor, for the core's block threads to read blocks themselves (`DiskHandle.fd`):
+   * only when reads are the plain positional reads of `readAtFile`.
+   */
+  readonly fd?: number;
   private closed = false;
 
   constructor(
@@ -30,6 +35,7 @@ export class HotaddDiskHandle implements DiskHandle {
     private readonly diskName: string,
     private readonly io: HotaddIo,
   ) {
+    if (io.readAt === readAtFile) this.fd = fh.fd;
     const seek = io.seek;
     if (seek) this.blockStatus = async (offset, length) => this.allocation(seek, offset, length);
   }

@@ -129,6 +129,17 @@ describe('HotaddTransport', () => {
     expect(loadSeekAddon(), 'build/Release/ferry_seek.node did not load').to.not.equal(undefined);
   });
 
+  it("offers a raw image's descriptor for the block threads, only when reads are plain positional reads", async () => {
+    const file = sparseFile(dir, 'a.raw', MiB, [[0, pattern(BLOCK, 1)]]);
+    const h = await open(new HotaddTransport(), disk(file));
+    expect(h.fd).to.be.a('number');
+    const got = Buffer.alloc(BLOCK);
+    expect(fs.readSync(h.fd!, got, 0, BLOCK, 0)).to.equal(BLOCK);
+    expect(got.equals(pattern(BLOCK, 1))).to.equal(true);
+    const counted = await open(new HotaddTransport({ readAt: countingReadAt().readAt }), disk(file));
+    expect(counted.fd, 'a readAt of its own sees every read').to.equal(undefined);
+  });
+
   describe('blockStatus', () => {
     const writes: Writes = [
       [0, pattern(BLOCK, 1)],
