@@ -4,7 +4,8 @@ import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAnd
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
-  | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
+  /** `raw` a view: a piece of a larger shared memory (`AlignedArena`). */
+  | { op: 'slot'; slot: number; raw: SharedArrayBuffer | Uint8Array; out: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
   /** `encoded` omitted: the block object is the first `encodedLength` bytes of the slot's `out`. */
   | { op: 'slot-decode'; encoded?: Uint8Array; encodedLength?: number; hash: Uint8Array; object: string; slot: number }
@@ -27,8 +28,9 @@ export class BlockTasks {
     private readonly idKey?: Uint8Array,
   ) {}
 
-  addSlot(slot: number, raw: SharedArrayBuffer, out: SharedArrayBuffer): void {
-    this.slots.set(slot, { raw: Buffer.from(raw), out: Buffer.from(out) });
+  addSlot(slot: number, raw: SharedArrayBuffer | Uint8Array, out: SharedArrayBuffer): void {
+    const rawBuf = raw instanceof SharedArrayBuffer ? Buffer.from(raw) : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+    this.slots.set(slot, { raw: rawBuf, out: Buffer.from(out) });
   }
 
   private compressor(name: string): Promise<Compressor> {

@@ -24,7 +24,7 @@ export interface BlockCodec {
    * block is read, hashed, compressed and encoded without allocating or moving memory per block. The
    * caller owns the slot until `giveSlot`.
    */
-  takeSlot(length: number): BlockSlot;
+  takeSlot(length: number, opts?: SlotOptions): BlockSlot;
   giveSlot(slot: BlockSlot): void;
   /**
    * Hashes and/or encodes (`work`) the first `length` bytes of `slot.raw`; the encoded block object is
@@ -41,6 +41,8 @@ export interface BlockCodec {
    * whole): a codec that starts threads on demand may keep work this small on the calling thread.
    */
   expectWork?(bytes: number): void;
+  /** Starts every thread the codec would start for large work now, instead of as tasks arrive. */
+  startThreads?(): void;
 }
 
 /** What `encodeSlot` does: both, the hash only, or the encoded block only. */
@@ -51,6 +53,17 @@ export interface BlockSlot {
   readonly id: number;
   readonly raw: Buffer;
   readonly out: Buffer;
+  /** `raw` starts on a page boundary (`SlotOptions.aligned`, when the codec could give it). */
+  readonly aligned?: boolean;
+}
+
+export interface SlotOptions {
+  /**
+   * `raw` page-aligned, so that a block decoded into it can be written with `O_DIRECT` (a restore
+   * into a file). Best effort: a codec that cannot align memory gives a plain slot, and a direct
+   * write from it fails with EINVAL, which the writer handles.
+   */
+  aligned?: boolean;
 }
 
 /** The largest block object a raw block of `length` bytes encodes to (stored as `none` at worst). */

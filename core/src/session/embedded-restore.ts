@@ -2,6 +2,7 @@ import { FerryError } from '../errors.js';
 import type { BlockCodec, BlockSlot } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { lockForReading, type RepositoryLock } from '../repository/repository-lock.js';
+import { INLINE_PLANNED_BYTES } from '../pipe/worker-block-codec.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { RestoreFigures, RestoreSource, RestoreTarget } from './restore-placement.js';
 import type { RestoreOptions } from './restore-session.js';
@@ -29,6 +30,12 @@ export class EmbeddedRestore implements RestoreSource {
     const { point, disk } = await repo.getPointDisk(opts.vm, opts.point, opts.disk);
     const map = await repo.readMap(disk);
     const codec = await this.rt.codec();
+    // What the map holds tells the codec how much work comes: a small disk stays on this thread,
+    // a large one starts its threads now, while the target opens and the first blocks are read.
+    let dataBytes = 0;
+    for (let i = 0; i < map.blockCount; i++) if (map.get(i)) dataBytes += map.lengthOf(i);
+    codec.expectWork?.(dataBytes);
+    if (dataBytes > INLINE_PLANNED_BYTES) codec.startThreads?.();
     await target.open(point.id, map);
     // After one lane fails the others stop at their next block, and all have settled before the
     // target is finished: no write may land after finish reports what the target holds.
@@ -44,7 +51,8 @@ export class EmbeddedRestore implements RestoreSource {
       }
     };
     const worker = async (): Promise<void> => {
-      const slot = codec.takeSlot(map.blockSize);
+      // Page-aligned: a file target writes the decoded block with O_DIRECT (`fileSink`).
+      const slot = codec.takeSlot(map.blockSize, { aligned: true });
       try {
         await lane(slot);
       } finally {
