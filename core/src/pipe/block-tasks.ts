@@ -1,6 +1,6 @@
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
-import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotWork } from '../repository/block-codec.js';
+import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, readFileRange, type FileRange, type SlotWork } from '../repository/block-codec.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
@@ -9,6 +9,8 @@ export type BlockTask =
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
   /** `encoded` omitted: the block object is the first `encodedLength` bytes of the slot's `out`. */
   | { op: 'slot-decode'; encoded?: Uint8Array; encodedLength?: number; hash: Uint8Array; object: string; slot: number }
+  /** `slot-decode` of a block object this thread first reads from a local file into the slot's `out`. */
+  | { op: 'slot-read-decode'; range: FileRange; hash: Uint8Array; object: string; slot: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
 
 /**
@@ -54,10 +56,10 @@ export class BlockTasks {
       const encodedLength = compressRawBlockInto(block, task.compressor, await this.compressor(task.compressor), task.level, s.out);
       return { result: { hash, encodedLength }, transfer: [] };
     }
-    if (task.op === 'slot-decode') {
+    if (task.op === 'slot-decode' || task.op === 'slot-read-decode') {
       const s = this.slots.get(task.slot);
       if (!s) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread`);
-      const encoded = task.encoded ?? s.out.subarray(0, task.encodedLength);
+      const encoded = task.op === 'slot-read-decode' ? readFileRange(task.range, s.out) : (task.encoded ?? s.out.subarray(0, task.encodedLength));
       const { name, c } = await this.decompressorOf(encoded, task.object);
       return { result: { rawLength: decodeAndVerifyInto(encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
     }

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { DiscoveryOptions, DiscoveryResult } from '../plugins/discovery.js';
-import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotOptions, type SlotWork } from '../repository/block-codec.js';
+import { maxEncodedLength, type BlockCodec, type BlockSlot, type FileRange, type SlotOptions, type SlotWork } from '../repository/block-codec.js';
 import { AlignedArena } from '../util/aligned-memory.js';
 import type { Compressor } from '../contracts/compressor.js';
 import { BlockTasks, type BlockTask } from './block-tasks.js';
@@ -180,6 +180,11 @@ export class WorkerBlockCodec implements BlockCodec {
   async encodeSlot(slot: BlockSlot, length: number, work: SlotWork, compressor: string, level: number): Promise<{ hash?: Buffer; encodedLength?: number }> {
     const r = (await this.run({ op: 'slot-encode', slot: slot.id, length, work, compressor, level }, length)) as { hash?: Uint8Array; encodedLength?: number };
     return { hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength };
+  }
+
+  async readDecodeSlot(range: FileRange, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    const task = { op: 'slot-read-decode', range, hash: ownHash(hash), object, slot: slot.id } as const;
+    return ((await this.run(task, range.length)) as { rawLength: number }).rawLength;
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
