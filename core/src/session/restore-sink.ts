@@ -164,9 +164,11 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
     syncing = fh.datasync().catch(() => undefined).finally(() => (syncing = undefined)); // errors surface in the final fsync
   };
   // Whole pages of fresh data go through a second descriptor with O_DIRECT when the file system
-  // takes it: from the block slot straight to the device, without copying 1+ GiB into the page
-  // cache and writing it back from there (~0.3 s of kernel time per GiB here). The first EINVAL (a
-  // buffer or file system that does not allow it) turns it off; the rest is written as before.
+  // takes it: from the block slot straight to the device, without copying the data into the page
+  // cache and writing it back from there (0.5-2.5 s of kernel time per GiB here, the most when ext4
+  // allocates at write-back in a folder of large fresh files). The first EINVAL (a buffer or file
+  // system that does not allow it) turns it off, and that range and the rest go as before. A write
+  // in flight when another lane closes the descriptor completes first (FileHandle.close waits).
   let direct = device ? undefined : await openDirect(fh);
   const write = async (offset: number, data: Uint8Array, fresh = false): Promise<void> => {
     reached = Math.max(reached, offset + data.length);
