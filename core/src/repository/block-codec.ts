@@ -49,8 +49,6 @@ export interface BlockCodec {
    * whole): a codec that starts threads on demand may keep work this small on the calling thread.
    */
   expectWork?(bytes: number): void;
-  /** Starts every thread the codec would start for large work now, instead of as tasks arrive. */
-  startThreads?(): void;
 }
 
 /** A block object's place in a local file (`RepositoryBackend.localFile`); `key` names the object for errors. */

@@ -2,7 +2,6 @@ import { FerryError } from '../errors.js';
 import type { BlockCodec, BlockSlot } from '../repository/block-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { lockForReading, type RepositoryLock } from '../repository/repository-lock.js';
-import { INLINE_PLANNED_BYTES } from '../pipe/worker-block-codec.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { RestoreFigures, RestoreSource, RestoreTarget } from './restore-placement.js';
 import type { RestoreOptions } from './restore-session.js';
@@ -30,12 +29,12 @@ export class EmbeddedRestore implements RestoreSource {
     const { point, disk } = await repo.getPointDisk(opts.vm, opts.point, opts.disk);
     const map = await repo.readMap(disk);
     const codec = await this.rt.codec();
-    // What the map holds tells the codec how much work comes: a small disk stays on this thread,
-    // a large one starts its threads now, while the target opens and the first blocks are read.
+    // What the map holds tells the codec how much work comes: a small disk stays on this thread;
+    // for a large one the threads start as the lanes' tasks arrive (at most one per lane in flight,
+    // not one per core of a large machine).
     let dataBytes = 0;
     for (let i = 0; i < map.blockCount; i++) if (map.get(i)) dataBytes += map.lengthOf(i);
     codec.expectWork?.(dataBytes);
-    if (dataBytes > INLINE_PLANNED_BYTES) codec.startThreads?.();
     await target.open(point.id, map);
     // After one lane fails the others stop at their next block, and all have settled before the
     // target is finished: no write may land after finish reports what the target holds.
