@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { FerryError } from '@ferry/core/errors';
 import { reportError } from './output.js';
 import { VERBS, type Verb } from './commands/verbs.js';
+import type { RestoreArgs } from './commands/restore.js';
 
 type SetCode = (c: number) => void;
 type CommandFactory = (setCode: SetCode) => CommandModule<object, never>;
@@ -70,6 +71,39 @@ function plainBackup(argv: string[]): { job: string; json: boolean } | undefined
   return { job, json: rest.length === 2 };
 }
 
+/**
+ * `ferry restore JOB --vm VM --disk DISK --to TARGET`, with `--point ID`, `--force` and `--json` in
+ * any order, likewise without yargs: each option once, in the two-word form (`--vm VM`), values that
+ * do not start with a dash. Anything else (`--define`, `--opt=value`, `-h`, a word too many) goes
+ * through yargs, which reports usage errors as it always did.
+ */
+export function plainRestore(argv: string[]): RestoreArgs | undefined {
+  if (argv[0] !== 'restore') return undefined;
+  const values: Record<string, string> = {};
+  const flags = new Set<string>();
+  let job: string | undefined;
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--force' || a === '--json') {
+      if (flags.has(a)) return undefined;
+      flags.add(a);
+    } else if (a === '--vm' || a === '--disk' || a === '--to' || a === '--point') {
+      const v = argv[++i];
+      if (v === undefined || v === '' || v.startsWith('-') || a in values) return undefined;
+      values[a] = v;
+    } else if (job === undefined && a !== '' && !a.startsWith('-') && a !== 'help' && a !== 'completion') {
+      job = a;
+    } else {
+      return undefined;
+    }
+  }
+  const vm = values['--vm'];
+  const disk = values['--disk'];
+  const to = values['--to'];
+  if (job === undefined || vm === undefined || disk === undefined || to === undefined) return undefined;
+  return { job, vm, disk, to, point: values['--point'] ?? 'latest', force: flags.has('--force'), json: flags.has('--json') };
+}
+
 /** Runs the CLI and returns its exit code (tests call this in-process). */
 export async function main(argv: string[]): Promise<number> {
   let code = 0;
@@ -78,6 +112,11 @@ export async function main(argv: string[]): Promise<number> {
     const plain = plainBackup(argv);
     if (plain) {
       await (await LOADERS.backup())((c) => (code = c)).handler({ ...plain, _: ['backup'], $0: 'ferry' } as never);
+      return code;
+    }
+    const restore = plainRestore(argv);
+    if (restore) {
+      await (await LOADERS.restore())((c) => (code = c)).handler({ ...restore, _: ['restore'], $0: 'ferry' } as never);
       return code;
     }
     const commands = await commandsFor(argv, (c) => (code = c));

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { compileCacheDir, enableCompileCache } from './compile-cache.js';
 import { VERBS } from './commands/verbs.js';
+import { plainRestore } from './main.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'bin', 'ferry.js');
@@ -93,6 +94,67 @@ describe('CLI start-up: `ferry backup JOB [--json]` without yargs', function () 
     expect(plain.code).to.equal(2);
     expect(plain.stderr).to.include('JOB_FILE_NOT_FOUND');
     expect({ code: plain.code, stdout: plain.stdout, stderr: plain.stderr }).to.deep.equal({ code: viaYargs.code, stdout: viaYargs.stdout, stderr: viaYargs.stderr });
+  });
+});
+
+describe('CLI start-up: `ferry restore JOB --vm VM --disk DISK --to FILE` without yargs', function () {
+  let dir: string;
+  before(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-startup-restore-'))));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const loaded = (modules: string[], part: string) => modules.some((m) => m.includes(part));
+
+  it('parses only the plain forms; every other form is left to yargs', function () {
+    const base = { job: 'j.yaml', vm: 'v', disk: 'd.raw', to: 'out.raw', point: 'latest', force: false, json: false };
+    expect(plainRestore(['restore', 'j.yaml', '--vm', 'v', '--disk', 'd.raw', '--to', 'out.raw'])).to.deep.equal(base);
+    expect(plainRestore(['restore', '--json', '--to', 'out.raw', '--point', 'P1', '--disk', 'd.raw', '--force', '--vm', 'v', 'j.yaml'])).to.deep.equal({
+      ...base,
+      point: 'P1',
+      force: true,
+      json: true,
+    });
+    for (const argv of [
+      ['restore', 'j.yaml', '--vm', 'v', '--to', 'o'], // no --disk (yargs says what is missing)
+      ['restore', 'j.yaml', '--vm', 'v', '--define', 'n', '--to', 'o'],
+      ['restore', 'j.yaml', '--vm=v', '--disk', 'd', '--to', 'o'],
+      ['restore', 'j.yaml', '--vm', 'v', '--vm', 'w', '--disk', 'd', '--to', 'o'],
+      ['restore', 'j.yaml', '--vm', 'v', '--disk', 'd', '--to', '-o'],
+      ['restore', 'j.yaml', '--vm', 'v', '--disk', 'd', '--to', 'o', '--json', '--json'],
+      ['restore', 'j.yaml', 'k.yaml', '--vm', 'v', '--disk', 'd', '--to', 'o'],
+      ['restore', 'j.yaml', '--vm', 'v', '--disk', 'd', '--to', 'o', '-h'],
+      ['restore', 'help'],
+      ['backup', 'j.yaml'],
+    ]) {
+      expect(plainRestore(argv), argv.join(' ')).to.equal(undefined);
+    }
+  });
+
+  it('restores as through yargs, loading neither yargs nor the core index', async function () {
+    this.timeout(60_000);
+    const ds = path.join(dir, 'ds');
+    mkdirSync(ds);
+    const disk = Buffer.alloc(256 * 1024);
+    disk.fill(9, 4096, 100_000);
+    writeFileSync(path.join(ds, 'd.raw'), disk);
+    const job = path.join(dir, 'job.yaml');
+    writeFileSync(job, `job: startup\nsource: { host: file, datastore: ${JSON.stringify(ds)}, vms: [ { name: vm, disks: [d.raw] } ] }\nrepository: { type: filesystem, path: ${JSON.stringify(path.join(dir, 'repo'))} }\n`);
+    expect((await runLogged(['backup', job], dir)).code).to.equal(0);
+    const plain = await runLogged(['restore', job, '--vm', 'vm', '--disk', 'd.raw', '--to', path.join(dir, 'a.raw'), '--json'], dir);
+    expect(plain.code, plain.stderr).to.equal(0);
+    expect(readFileSync(path.join(dir, 'a.raw')).equals(disk)).to.equal(true);
+    expect(loaded(plain.modules, '/node_modules/yargs/'), 'yargs loaded for the plain form').to.equal(false);
+    expect(loaded(plain.modules, '/core/dist/index.js'), 'the core index loaded').to.equal(false);
+    expect(loaded(plain.modules, '/core/dist/session/remote-restore.js'), 'the remote restore loaded').to.equal(false);
+    const viaYargs = await runLogged(['restore', job, '--vm=vm', '--disk', 'd.raw', '--to', path.join(dir, 'b.raw'), '--json'], dir);
+    expect(viaYargs.code, viaYargs.stderr).to.equal(0);
+    expect(loaded(viaYargs.modules, '/node_modules/yargs/')).to.equal(true);
+    expect(readFileSync(path.join(dir, 'b.raw')).equals(disk)).to.equal(true);
+    const report = (out: string) => ({ ...(JSON.parse(out) as Record<string, unknown>), to: undefined, durationMs: undefined });
+    expect(report(plain.stdout)).to.deep.equal(report(viaYargs.stdout));
+    // refusing an existing target: the same error, code and output both ways
+    const again = await runLogged(['restore', job, '--vm', 'vm', '--disk', 'd.raw', '--to', path.join(dir, 'a.raw')], dir);
+    const againYargs = await runLogged(['restore', job, '--vm=vm', '--disk', 'd.raw', '--to', path.join(dir, 'a.raw')], dir);
+    expect(again.stderr).to.include('RESTORE_TARGET_EXISTS');
+    expect({ code: again.code, stdout: again.stdout, stderr: again.stderr }).to.deep.equal({ code: againYargs.code, stdout: againYargs.stdout, stderr: againYargs.stderr });
   });
 });
 

@@ -1,10 +1,10 @@
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { FerryError, JobRuntime, humanSize, isTargetAddress, restoreDisk, restoreVm } from '@ferry/core';
+import { FerryError, JobRuntime, humanSize, isTargetAddress, restoreDisk } from '@ferry/core/restore';
 import { EXIT, printJson } from '../output.js';
 import { VERBS } from './verbs.js';
 
-interface Args {
+export interface RestoreArgs {
   job: string;
   vm: string;
   disk?: string;
@@ -15,7 +15,7 @@ interface Args {
   json: boolean;
 }
 
-export function restoreCommand(setCode: (c: number) => void): CommandModule<object, Args> {
+export function restoreCommand(setCode: (c: number) => void): CommandModule<object, RestoreArgs> {
   return {
     ...VERBS.restore,
     builder: (y) =>
@@ -46,6 +46,7 @@ export function restoreCommand(setCode: (c: number) => void): CommandModule<obje
       const rt = await JobRuntime.open(args.job, { sourceMayBeGone: true });
       try {
         if (args.define !== undefined) {
+          const { restoreVm } = await import('@ferry/core');
           const report = await restoreVm(rt, { vm: args.vm, point: args.point, toDir: path.resolve(args.to), define: args.define, force: args.force });
           if (args.json) printJson(report);
           else {

@@ -30,6 +30,10 @@
  * - `getRangeInto` missing: the core calls `getRange` (a restore then reads each block into new
  *   memory instead of the block buffers it reuses). When offered it fills all of `into` (its length
  *   is the range's) and keeps no reference to it after resolving; a short object is an error.
+ * - `localFile` missing: every range read goes through `getRangeInto`/`getRange`. When offered it
+ *   names a plain local file holding exactly the object's bytes, which the core may open and read
+ *   itself (a restore's worker threads read their blocks' ranges there); undefined for a key it
+ *   does not hold that way.
  * - `close` missing: nothing to release.
  * - `removeStaleTemporaries` missing: the backend leaves nothing behind when a put is interrupted
  *   (S3 multipart uploads expire by bucket policy), so garbage collection has nothing to clean.
@@ -45,6 +49,7 @@ export interface RepositoryBackend {
   get(key: string): Promise<Uint8Array>;
   getRange?(key: string, offset: number, length: number): Promise<Uint8Array>;
   getRangeInto?(key: string, offset: number, into: Uint8Array): Promise<void>;
+  localFile?(key: string): string | undefined;
   put(key: string, data: Uint8Array): Promise<void>;
   /**
    * Creates the object only when the key does not exist (filesystem: `link()` of the finished

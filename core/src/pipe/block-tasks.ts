@@ -1,13 +1,14 @@
 import { readSync } from 'node:fs';
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
-import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, type SlotRead, type SlotWork } from '../repository/block-codec.js';
+import { blockId, compressRawBlockInto, compressorOf, decodeAndVerify, decodeAndVerifyInto, encodeRawBlock, readFileRange, type FileRange, type SlotRead, type SlotWork } from '../repository/block-codec.js';
 import { isAllZero, zeroRange } from '../util/zero.js';
 import { wasSeen } from './seen-hashes.js';
 
 export type BlockTask =
   | { op: 'encode'; block: Uint8Array; compressor: string; level: number }
-  | { op: 'slot'; slot: number; raw: SharedArrayBuffer; out: SharedArrayBuffer }
+  /** `raw` a view: a piece of a larger shared memory (`AlignedArena`). */
+  | { op: 'slot'; slot: number; raw: SharedArrayBuffer | Uint8Array; out: SharedArrayBuffer }
   /** Announced to every thread (no answer): the session's table of ids met already (`seen-hashes.ts`). */
   | { op: 'seen'; table: SharedArrayBuffer }
   | { op: 'slot-encode'; slot: number; length: number; work: SlotWork; compressor: string; level: number }
@@ -15,6 +16,8 @@ export type BlockTask =
   | { op: 'slot-read'; slot: number; length: number; read: SlotRead; work: SlotWork; compressor: string; level: number }
   /** `encoded` omitted: the block object is the first `encodedLength` bytes of the slot's `out`. */
   | { op: 'slot-decode'; encoded?: Uint8Array; encodedLength?: number; hash: Uint8Array; object: string; slot: number }
+  /** `slot-decode` of a block object this thread first reads from a local file into the slot's `out`. */
+  | { op: 'slot-read-decode'; range: FileRange; hash: Uint8Array; object: string; slot: number }
   | { op: 'decode'; encoded: Uint8Array; hash: Uint8Array; object: string };
 
 /**
@@ -37,8 +40,9 @@ export class BlockTasks {
   /** Ids met already: `encode` work on a block found there hashes it only and answers `seen`. */
   private seen?: Uint8Array;
 
-  addSlot(slot: number, raw: SharedArrayBuffer, out: SharedArrayBuffer): void {
-    this.slots.set(slot, { raw: Buffer.from(raw), out: Buffer.from(out) });
+  addSlot(slot: number, raw: SharedArrayBuffer | Uint8Array, out: SharedArrayBuffer): void {
+    const rawBuf = raw instanceof SharedArrayBuffer ? Buffer.from(raw) : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+    this.slots.set(slot, { raw: rawBuf, out: Buffer.from(out) });
   }
 
   /** Takes an announcement (`slot`, `seen`): true when `task` was one (it has no answer). */
@@ -83,10 +87,10 @@ export class BlockTasks {
       const encodedLength = compressRawBlockInto(block, task.compressor, await this.compressor(task.compressor), task.level, s.out);
       return { result: { hash, encodedLength }, transfer: [] };
     }
-    if (task.op === 'slot-decode') {
+    if (task.op === 'slot-decode' || task.op === 'slot-read-decode') {
       const s = this.slots.get(task.slot);
       if (!s) throw new FerryError('INTERNAL', `block slot ${task.slot} is unknown to this thread`);
-      const encoded = task.encoded ?? s.out.subarray(0, task.encodedLength);
+      const encoded = task.op === 'slot-read-decode' ? readFileRange(task.range, s.out) : (task.encoded ?? s.out.subarray(0, task.encodedLength));
       const { name, c } = await this.decompressorOf(encoded, task.object);
       return { result: { rawLength: decodeAndVerifyInto(encoded, task.hash, task.object, c, name, s.raw, idKey) }, transfer: [] };
     }

@@ -1,4 +1,8 @@
 import { expect } from 'chai';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { FerryError } from '../errors.js';
 import { createPluginHost } from '../session/job-runtime.js';
 import { Prng } from '../testing/vm-image.js';
 import type { BlockTask } from './block-tasks.js';
@@ -52,5 +56,33 @@ describe('WorkerBlockCodec: what a decode sends to a thread', function () {
     slot.out[encoded.length - 10] ^= 1;
     const err = await codec.decodeSlot(slot.out.subarray(0, encoded.length), hash, 'block', slot).catch((e: { code?: string }) => e);
     expect((err as { code?: string }).code).to.equal('REPO_CORRUPT_OBJECT');
+  });
+
+  it('reads a block object from a local file on the thread that decodes it: into an aligned slot, checked, errors coded as a backend read', async function () {
+    codec = new WorkerBlockCodec((await createPluginHost()).options, 1);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-codec-read-'));
+    try {
+      const raw = Buffer.alloc(BLOCK);
+      new Prng(9).fill(raw);
+      const { hash, encoded } = await codec.encode(Buffer.from(raw), 'none', 0);
+      const file = path.join(dir, 'pack');
+      writeFileSync(file, Buffer.concat([Buffer.alloc(100, 1), encoded, Buffer.alloc(50, 2)]));
+      const slot = codec.takeSlot(BLOCK, { aligned: true });
+      expect(slot.aligned).to.equal(true);
+      const range = { file, key: 'packs/x', offset: 100, length: encoded.length };
+      const n = await codec.readDecodeSlot(range, hash, 'block x', slot);
+      expect(slot.raw.subarray(0, n).equals(raw)).to.equal(true);
+      const fails = (r: typeof range) => codec!.readDecodeSlot(r, hash, 'block x', slot).then(() => undefined, (e: FerryError) => e);
+      expect((await fails({ ...range, file: path.join(dir, 'gone') }))?.code).to.equal('REPO_OBJECT_NOT_FOUND');
+      const short = await fails({ ...range, offset: 200 });
+      expect(short?.code).to.equal('REPO_CORRUPT_OBJECT');
+      expect(short?.message).to.include('packs/x');
+      const damaged = readFileSync(file);
+      damaged[100 + 40] ^= 0xff;
+      writeFileSync(file, damaged);
+      expect((await fails(range))?.code).to.equal('REPO_CORRUPT_OBJECT');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

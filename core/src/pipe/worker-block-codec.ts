@@ -1,7 +1,8 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { DiscoveryOptions, DiscoveryResult } from '../plugins/discovery.js';
-import { maxEncodedLength, type BlockCodec, type BlockSlot, type SlotRead, type SlotReadResult, type SlotWork } from '../repository/block-codec.js';
+import { maxEncodedLength, type BlockCodec, type BlockSlot, type FileRange, type SlotOptions, type SlotRead, type SlotReadResult, type SlotWork } from '../repository/block-codec.js';
+import { AlignedArena } from '../util/aligned-memory.js';
 import type { Compressor } from '../contracts/compressor.js';
 import { BlockTasks, type BlockTask } from './block-tasks.js';
 import { WorkerPool } from './worker-pool.js';
@@ -63,6 +64,7 @@ export class WorkerBlockCodec implements BlockCodec {
   private readonly pool: WorkerPool<BlockTask, unknown>;
   private readonly freeSlots: BlockSlot[] = [];
   private slotCount = 0;
+  private arena?: AlignedArena;
   private readonly inline?: BlockTasks;
   private inlineStart = 0;
   private inlineBudget = 0;
@@ -160,15 +162,18 @@ export class WorkerBlockCodec implements BlockCodec {
    * thread once (messages to a thread arrive in order, so before any task names the slot). A session
    * uses about as many slots as it has blocks in flight.
    */
-  takeSlot(length: number): BlockSlot {
-    const i = this.freeSlots.findIndex((s) => s.raw.length >= length);
+  takeSlot(length: number, opts: SlotOptions = {}): BlockSlot {
+    const aligned = Boolean(opts.aligned);
+    const i = this.freeSlots.findIndex((s) => s.raw.length >= length && Boolean(s.aligned) === aligned);
     if (i >= 0) return this.freeSlots.splice(i, 1)[0];
-    const raw = new SharedArrayBuffer(length);
+    // `aligned`: page-aligned memory from the arena (a view of its shared memory), for direct writes.
+    const raw = aligned ? (this.arena ??= new AlignedArena()).take(length).view : new SharedArrayBuffer(length);
     const out = new SharedArrayBuffer(maxEncodedLength(length));
     const id = ++this.slotCount;
     this.pool.broadcast({ op: 'slot', slot: id, raw, out });
     this.inline?.announce({ op: 'slot', slot: id, raw, out });
-    return { id, raw: Buffer.from(raw), out: Buffer.from(out) };
+    const rawBuf = raw instanceof SharedArrayBuffer ? Buffer.from(raw) : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+    return { id, raw: rawBuf, out: Buffer.from(out), ...(aligned && { aligned }) };
   }
 
   giveSlot(slot: BlockSlot): void {
@@ -195,6 +200,11 @@ export class WorkerBlockCodec implements BlockCodec {
   async readSlot(slot: BlockSlot, length: number, read: SlotRead, work: SlotWork, compressor: string, level: number): Promise<SlotReadResult> {
     const r = (await this.run({ op: 'slot-read', slot: slot.id, length, read, work, compressor, level }, length)) as Omit<SlotReadResult, 'hash'> & { hash?: Uint8Array };
     return { zero: r.zero, seen: r.seen, hash: r.hash && asBuffer(r.hash), encodedLength: r.encodedLength, readMs: r.readMs };
+  }
+
+  async readDecodeSlot(range: FileRange, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    const task = { op: 'slot-read-decode', range, hash: ownHash(hash), object, slot: slot.id } as const;
+    return ((await this.run(task, range.length)) as { rawLength: number }).rawLength;
   }
 
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {

@@ -1,3 +1,4 @@
+import { closeSync, openSync, readSync } from 'node:fs';
 import type { Compressor } from '../contracts/compressor.js';
 import { FerryError } from '../errors.js';
 import { blockHeaderLength, decodeBlock, decodeBlockInto, encodeBlock, finishBlock, writeBlockHeader } from './block-object.js';
@@ -24,7 +25,7 @@ export interface BlockCodec {
    * block is read, hashed, compressed and encoded without allocating or moving memory per block. The
    * caller owns the slot until `giveSlot`.
    */
-  takeSlot(length: number): BlockSlot;
+  takeSlot(length: number, opts?: SlotOptions): BlockSlot;
   giveSlot(slot: BlockSlot): void;
   /**
    * Hashes and/or encodes (`work`) the first `length` bytes of `slot.raw`; the encoded block object is
@@ -49,6 +50,13 @@ export interface BlockCodec {
    * caller checks the repository and asks for `compress` when the block is not stored after all.
    */
   noteSeen?(hash: Uint8Array): void;
+  /**
+   * `decodeSlot` of the block object stored at `range` of a local file, read into the start of
+   * `slot.out` by the thread that decodes it (no hand-off to an I/O thread and back). Read errors
+   * are FerryErrors naming `range.key`: REPO_OBJECT_NOT_FOUND, REPO_CORRUPT_OBJECT (a short file),
+   * REPO_IO.
+   */
+  readDecodeSlot?(range: FileRange, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number>;
   /**
    * Raw block bytes a data mover now knows it will hand over (a disk's changed blocks, a small disk
    * whole): a codec that starts threads on demand may keep work this small on the calling thread.
@@ -76,6 +84,40 @@ export interface SlotReadResult {
   readMs: number;
 }
 
+/** A block object's place in a local file (`RepositoryBackend.localFile`); `key` names the object for errors. */
+export interface FileRange {
+  file: string;
+  key: string;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Reads `range` into the start of `into` on the calling thread (a worker's): the file is opened for
+ * this read alone, so no descriptor outlives it whatever happens to the thread.
+ */
+export function readFileRange(range: FileRange, into: Uint8Array): Uint8Array {
+  const { file, key, offset, length } = range;
+  if (length > into.length) throw new FerryError('INTERNAL', `a ${length}-byte block object does not fit a ${into.length}-byte buffer`, { object: key });
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, 'r');
+    for (let got = 0; got < length; ) {
+      const n = readSync(fd, into, got, length - got, offset + got);
+      if (n === 0) throw new FerryError('REPO_CORRUPT_OBJECT', `object is shorter than ${offset + length} bytes`, { object: key });
+      got += n;
+    }
+    return into.subarray(0, length);
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOENT') throw new FerryError('REPO_OBJECT_NOT_FOUND', `object ${key} not found (${file})`, { object: key });
+    throw new FerryError('REPO_IO', `cannot read ${key} (${file}): ${e.code ?? e.message}`, { object: key });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /** What `encodeSlot` does: both, the hash only, or the encoded block only. */
 export type SlotWork = 'encode' | 'hash' | 'compress';
 
@@ -84,6 +126,17 @@ export interface BlockSlot {
   readonly id: number;
   readonly raw: Buffer;
   readonly out: Buffer;
+  /** `raw` starts on a page boundary (`SlotOptions.aligned`, when the codec could give it). */
+  readonly aligned?: boolean;
+}
+
+export interface SlotOptions {
+  /**
+   * `raw` page-aligned, so that a block decoded into it can be written with `O_DIRECT` (a restore
+   * into a file). Best effort: a codec that cannot align memory gives a plain slot, and a direct
+   * write from it fails with EINVAL, which the writer handles.
+   */
+  aligned?: boolean;
 }
 
 /** The largest block object a raw block of `length` bytes encodes to (stored as `none` at worst). */
@@ -202,6 +255,10 @@ export class InlineBlockCodec implements BlockCodec {
   async decodeSlot(encoded: Uint8Array, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
     const name = compressorOf(encoded, object);
     return decodeAndVerifyInto(encoded, hash, object, await this.lookup(name), name, slot.raw, this.idKey);
+  }
+
+  async readDecodeSlot(range: FileRange, hash: Uint8Array, object: string, slot: BlockSlot): Promise<number> {
+    return this.decodeSlot(readFileRange(range, slot.out), hash, object, slot);
   }
 
   async close(): Promise<void> {}

@@ -1,4 +1,7 @@
 import { expect } from 'chai';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { InlineBlockCodec, encodeRawBlock } from './block-codec.js';
 import { NoneCompressor } from '../compression/none-compressor.js';
@@ -92,6 +95,46 @@ describe('block store (packs, index, dedup)', function () {
     const short = await new BlockStore(backend).read(blocks[1].hash, codec, slot).catch((e: FerryError) => e);
     expect((short as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
     expect((short as FerryError).message).to.include(`block ${blocks[1].hash.toString('hex')}`);
+  });
+
+  it('with a backend that names local files, a slot read is the codec\'s own read of the pack file: the same bytes, damage named', async function () {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-local-packs-'));
+    try {
+      const backend = new MemoryBackend();
+      /** Each object as a file of its own, written when asked for (packs only change by damage here). */
+      const local = Object.assign(backend, {
+        localFile: (key: string): string => {
+          const file = path.join(dir, key.replace(/\//g, '_'));
+          writeFileSync(file, backend.objects.get(key) ?? Buffer.alloc(0));
+          return file;
+        },
+      });
+      const store = new BlockStore(local);
+      await store.load();
+      const blocks = [block(), block()];
+      for (const b of blocks) {
+        store.reserve(b.hash);
+        await store.add(b.hash, b.encoded);
+      }
+      await store.flush();
+      const slot = codec.takeSlot(300 * 1024);
+      const viaRange = { getRangeInto: 0 };
+      const getRangeInto = backend.getRangeInto.bind(backend);
+      backend.getRangeInto = (...a) => (viaRange.getRangeInto++, getRangeInto(...a));
+      for (const b of blocks) expect((await new BlockStore(local).read(b.hash, codec, slot)).equals(b.raw)).to.equal(true);
+      expect(viaRange.getRangeInto, 'reads through the backend').to.equal(0);
+      const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
+      backend.objects.get(key)![5000] ^= 0xff;
+      const err = await new BlockStore(local).read(blocks[0].hash, codec, slot).catch((e: FerryError) => e);
+      expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+      expect((err as FerryError).message).to.include(key);
+      backend.objects.set(key, backend.objects.get(key)!.subarray(0, 1000));
+      const short = await new BlockStore(local).read(blocks[1].hash, codec, slot).catch((e: FerryError) => e);
+      expect((short as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+      expect((short as FerryError).message).to.include(`block ${blocks[1].hash.toString('hex')}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('self-heal: a hash whose only copy is listed damaged is stored again, counted, and read from the new copy', async function () {

@@ -239,6 +239,18 @@ export class BlockStore {
    * read into `slot.out` first, so a block costs no new memory.
    */
   async read(hash: Uint8Array, codec: BlockCodec, slot?: BlockSlot): Promise<Buffer> {
+    if (slot && !this.cipher && codec.readDecodeSlot && this.backend.localFile) {
+      // A pack that is a local file: the thread that decodes the block reads it too.
+      const { key, at, object } = await this.place(hash);
+      const file = this.backend.localFile(key);
+      if (file !== undefined && at.length <= slot.out.length) {
+        const range = { file, key, offset: at.offset, length: at.length };
+        const n = await codec.readDecodeSlot(range, hash, object, slot).catch((err) => {
+          throw namedBlock(err, object);
+        });
+        return slot.raw.subarray(0, n);
+      }
+    }
     if (slot && !this.cipher && this.backend.getRangeInto) {
       const { key, at, object } = await this.place(hash);
       if (at.length <= slot.out.length) {

@@ -87,6 +87,12 @@ export class RepositoryStorage implements RepositoryBackend {
     into.set(data);
   }
 
+  /** The backend's local file for a plaintext object (pack files), where it has one. */
+  localFile(key: string): string | undefined {
+    if (this.nameOf(key) || !this.raw.localFile) return undefined;
+    return this.raw.localFile(this.physical(key));
+  }
+
   async put(key: string, data: Uint8Array): Promise<void> {
     if (isWriteOnce(key)) {
       if (await this.putIfAbsent(key, data)) return;

@@ -29,6 +29,12 @@ export class EmbeddedRestore implements RestoreSource {
     const { point, disk } = await repo.getPointDisk(opts.vm, opts.point, opts.disk);
     const map = await repo.readMap(disk);
     const codec = await this.rt.codec();
+    // What the map holds tells the codec how much work comes: a small disk stays on this thread;
+    // for a large one the threads start as the lanes' tasks arrive (at most one per lane in flight,
+    // not one per core of a large machine).
+    let dataBytes = 0;
+    for (let i = 0; i < map.blockCount; i++) if (map.get(i)) dataBytes += map.lengthOf(i);
+    codec.expectWork?.(dataBytes);
     await target.open(point.id, map);
     // After one lane fails the others stop at their next block, and all have settled before the
     // target is finished: no write may land after finish reports what the target holds.
@@ -44,7 +50,8 @@ export class EmbeddedRestore implements RestoreSource {
       }
     };
     const worker = async (): Promise<void> => {
-      const slot = codec.takeSlot(map.blockSize);
+      // Page-aligned: a file target writes the decoded block with O_DIRECT (`fileSink`).
+      const slot = codec.takeSlot(map.blockSize, { aligned: true });
       try {
         await lane(slot);
       } finally {

@@ -1,6 +1,5 @@
 import { FerryError, type ErrorLocation } from '../errors.js';
 import type { BlockMap } from '../repository/block-map.js';
-import { RemoteRestore } from './remote-restore.js';
 import { EmbeddedRestore, RESTORE_CONCURRENCY } from './embedded-restore.js';
 import type { JobRuntime } from './job-runtime.js';
 import type { RestoreSource, RestoreTarget } from './restore-placement.js';
@@ -45,8 +44,10 @@ export interface RestoreReport {
  * Where a restore's blocks come from, chosen once: the job's repository in this process, or
  * (`repository.server` in the job) the repository service.
  */
-export function restoreSource(rt: JobRuntime, opts: RestoreOptions): RestoreSource {
-  return rt.spec.remote ? new RemoteRestore(rt, rt.spec.remote, opts) : new EmbeddedRestore(rt, opts);
+export async function restoreSource(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreSource> {
+  // The remote source (and the pipe's wire and service modules) loads only for a job that uses it.
+  if (rt.spec.remote) return new (await import('./remote-restore.js')).RemoteRestore(rt, rt.spec.remote, opts);
+  return new EmbeddedRestore(rt, opts);
 }
 
 /**
@@ -56,8 +57,8 @@ export function restoreSource(rt: JobRuntime, opts: RestoreOptions): RestoreSour
  * Zero blocks become holes in a regular file, WRITE_ZEROES on a target that has it, and written
  * zeros elsewhere. Success is reported only when every block of the map was written.
  */
-export function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
-  return runRestore(rt, restoreSource(rt, opts), opts);
+export async function restoreDisk(rt: JobRuntime, opts: RestoreOptions): Promise<RestoreReport> {
+  return runRestore(rt, await restoreSource(rt, opts), opts);
 }
 
 /** The one restore loop, whatever the source. */

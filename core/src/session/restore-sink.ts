@@ -1,9 +1,10 @@
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { WritableDisk } from '../contracts/transport.js';
 import { FerryError } from '../errors.js';
 import { openBlockDevice } from './restore-device.js';
 import type { JobRuntime } from './job-runtime.js';
+import { ALIGNMENT } from '../util/aligned-memory.js';
 
 /**
  * Where a restore writes: a regular file (zero blocks become holes), a block device (zeros are
@@ -162,11 +163,31 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
     unsynced = 0;
     syncing = fh.datasync().catch(() => undefined).finally(() => (syncing = undefined)); // errors surface in the final fsync
   };
-  const write = async (offset: number, data: Uint8Array): Promise<void> => {
+  // Whole pages of fresh data go through a second descriptor with O_DIRECT when the file system
+  // takes it: from the block slot straight to the device, without copying the data into the page
+  // cache and writing it back from there (0.5-2.5 s of kernel time per GiB here, the most when ext4
+  // allocates at write-back in a folder of large fresh files). The first EINVAL (a buffer or file
+  // system that does not allow it) turns it off, and that range and the rest go as before. A write
+  // in flight when another lane closes the descriptor completes first (FileHandle.close waits).
+  let direct = device ? undefined : await openDirect(fh);
+  const write = async (offset: number, data: Uint8Array, fresh = false): Promise<void> => {
     reached = Math.max(reached, offset + data.length);
     for (let pos = 0; pos < data.length; ) {
+      const n = data.length - pos;
+      const whole = fresh && direct && (offset + pos) % ALIGNMENT === 0 ? n - (n % ALIGNMENT) : 0;
       try {
-        pos += (await fh.write(data, pos, data.length - pos, offset + pos)).bytesWritten;
+        if (whole > 0) {
+          try {
+            pos += (await direct!.write(data, pos, whole, offset + pos)).bytesWritten;
+            continue;
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+            const d = direct;
+            direct = undefined;
+            await d?.close().catch(() => undefined);
+          }
+        }
+        pos += (await fh.write(data, pos, n, offset + pos)).bytesWritten;
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         const hint = e.code === 'ENOSPC' ? ' (the target disk is full)' : '';
@@ -182,13 +203,16 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
     writeFresh: async (offset, data) => {
       if (device) return write(offset, data);
       // The file was created or truncated by this sink: what is not written reads as zeros.
-      for (const [a, b] of dataRanges(data)) await write(offset + a, data.subarray(a, b));
+      for (const [a, b] of dataRanges(data)) await write(offset + a, data.subarray(a, b), true);
     },
     zero: async (offset, length) => {
       for (let pos = 0; zeros && pos < length; pos += zeros.length) await write(offset + pos, zeros.subarray(0, Math.min(zeros.length, length - pos)));
     },
     finish: async (ok) => {
       let flushFailed: string | undefined;
+      // Every write has settled: the data written through it is in the file, which `fh` syncs.
+      await direct?.close().catch(() => undefined);
+      direct = undefined;
       try {
         await syncing;
         if (ok) {
@@ -213,6 +237,16 @@ export async function fileSink(to: string, size: number, disk: string, opts: Sin
       return state;
     },
   };
+}
+
+/**
+ * The open file again with O_DIRECT (through /proc, so it is the same file whatever its path names
+ * now), or undefined where that is not offered (not Linux, a file system without direct I/O).
+ */
+async function openDirect(fh: fs.FileHandle): Promise<fs.FileHandle | undefined> {
+  const O_DIRECT = fsConstants.O_DIRECT as number | undefined;
+  if (!O_DIRECT || process.env.FERRY_RESTORE_DIRECT === '0') return undefined;
+  return fs.open(`/proc/self/fd/${fh.fd}`, fsConstants.O_WRONLY | O_DIRECT).catch(() => undefined);
 }
 
 async function syncFolder(dir: string): Promise<void> {

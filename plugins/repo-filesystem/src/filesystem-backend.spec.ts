@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -37,6 +37,13 @@ describe('filesystem backend specifics', function () {
     await writeFile(path.join(dir, TMP_DIR, 'young'), 'in flight');
     expect(await b.removeStaleTemporaries(60_000)).to.equal(1);
     expect(await readdir(path.join(dir, TMP_DIR))).to.deep.equal(['young']);
+  });
+
+  it('names the local file of a key (a restore reads pack ranges there), and refuses an escaping key', async function () {
+    const b = new FilesystemBackend(dir);
+    await b.putIfAbsent('packs/ab/pack1', Buffer.from('pack bytes'));
+    expect(await readFile(b.localFile('packs/ab/pack1'), 'utf8')).to.equal('pack bytes');
+    expect(() => b.localFile('../x')).to.throw(FerryError);
   });
 
   it('refuses keys that would escape the repository', async function () {

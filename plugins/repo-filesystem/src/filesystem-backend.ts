@@ -67,6 +67,11 @@ export class FilesystemBackend implements RepositoryBackend {
     }
   }
 
+  /** Every object is the file named by its key (a restore's threads read pack ranges from it). */
+  localFile(key: string): string {
+    return this.file(key);
+  }
+
   async close(): Promise<void> {
     const handles = [...this.open.values()];
     this.open.clear();
