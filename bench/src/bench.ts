@@ -183,7 +183,7 @@ async function main(): Promise<void> {
     mainTable(rows);
     console.log('Ferry stage busy shares (session report):\n');
     stageTable(rows);
-    const ts = targets(rows, changedBytes);
+    const ts = targets(rows, changedBytes, fixed);
     console.log('Targets (issue 18; repository size: issue 7):\n');
     targetTable(ts);
     const index = ONLY.has('index') ? await indexCase() : undefined;

@@ -1,3 +1,4 @@
+import type { FixedCostResult } from './fixed-cost.js';
 import { SCENARIOS, type Row, type Scenario } from './scenarios.js';
 
 const MiB = 1024 * 1024;
@@ -59,8 +60,11 @@ export interface Target {
   met: boolean | null;
 }
 
-/** The issue's targets, evaluated on this run's rows (null: a peer or scenario was missing). */
-export function targets(rows: TableRow[], changedBytes: number): Target[] {
+/**
+ * The issue's targets, evaluated on this run's rows (null: a peer or scenario was missing). `fixed`:
+ * the fixed-cost measurement (many runs after a warm-up), which judges the 1 MiB backup when present.
+ */
+export function targets(rows: TableRow[], changedBytes: number, fixed?: FixedCostResult): Target[] {
   const find = (tool: string, scenario: Scenario, variant?: string): TableRow | undefined =>
     rows.find((r) => r.tool === tool && r.scenario === scenario && (variant === undefined || r.variant === variant));
   const out: Target[] = [];
@@ -148,8 +152,16 @@ export function targets(rows: TableRow[], changedBytes: number): Target[] {
     tputX === undefined || remoteCpuX === undefined ? undefined : tputX >= 0.9 && remoteCpuX <= 1.1,
   );
 
+  // The pass's single run of the 1 MiB backup is the first of its job: with caches of a previous
+  // build it compiles the job schema's validator again. The fixed-cost case's median of repeated runs
+  // is the cost of a run; the single run is shown beside it.
   const tiny = find('ferry', SCENARIOS.tiny, 'optimal');
-  add('fixed cost: full backup of a 1 MiB image', '<= 0.35 s (wall)', fmt(tiny && tiny.wallMs / 1000, ' s'), tiny === undefined ? undefined : tiny.wallMs <= 350);
+  const tinyRuns = fixed?.figures.find((f) => f.name === 'full backup, 1 MiB image');
+  const tinyMs = tinyRuns ? tinyRuns.wallMs.median : tiny?.wallMs;
+  const tinyText = tinyRuns
+    ? `${fmt(tinyRuns.wallMs.median / 1000, ' s')} (median of ${tinyRuns.runs})${tiny ? `; the pass's single run ${fmt(tiny.wallMs / 1000, ' s')}` : ''}`
+    : fmt(tiny && tiny.wallMs / 1000, ' s');
+  add('fixed cost: full backup of a 1 MiB image', '<= 0.35 s (wall)', tinyText, tinyMs === undefined ? undefined : tinyMs <= 350);
 
   // The read path is the transport reading the export (nbdcopy copies to null:): the transport-only
   // row's read time, connect to last byte; the process's wall (Node start-up) and a whole backup
