@@ -34,4 +34,3 @@ export {
 } from './contracts/plugin.js';
 export type { DocPath, JobContext } from './job/job-context.js';
 export { isJobTrackingName, trackingName } from './contracts/tracking-names.js';
-export { ALIGNMENT, AlignedArena } from './util/aligned-memory.js';

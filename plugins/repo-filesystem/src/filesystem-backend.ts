@@ -3,7 +3,6 @@ import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FerryError, type ObjectWriter, type RepositoryBackend, type StorageProtection } from '@ferry/core/plugin';
-import { StagedDirectWriter, StagePool } from './staged-direct.js';
 
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 /** Files `getRange` keeps open at most. */
@@ -30,15 +29,8 @@ export class FilesystemBackend implements RepositoryBackend {
   private readonly open = new Map<string, Promise<fs.FileHandle>>();
   /** Whether `chattr +i` works here: unknown until tried; once it fails, not tried again. */
   private immutableAttr: { ok: boolean; note?: string } | undefined;
-  /** Staging buffers for direct pack writes (`beginObject`), and whether direct writes failed here. */
-  private readonly stages = new StagePool();
-  private directOff = false;
 
-  constructor(
-    readonly root: string,
-    /** Opens the direct descriptor of a temporary file (specs pass one that fails like tmpfs). */
-    private readonly openDirectFile: (file: string, flags: number) => Promise<fs.FileHandle> = (f, flags) => fs.open(f, flags),
-  ) {}
+  constructor(readonly root: string) {}
 
   get location(): string {
     return this.root;
@@ -124,9 +116,8 @@ export class FilesystemBackend implements RepositoryBackend {
 
   /**
    * A temporary file in `tmp/` written as the bytes come (positional writes); `commitIfAbsent`
-   * fsyncs it and links it under its key exactly as `putIfAbsent` does. Appended bytes are staged
-   * in page-aligned buffers and written with O_DIRECT where the file system takes it
-   * (`StagedDirectWriter`), so a pack does not pass through the page cache.
+   * fsyncs it and links it under its key exactly as `putIfAbsent` does. A pack then goes to the page
+   * cache straight from the caller's block memory, without being assembled in a buffer first.
    */
   async beginObject(): Promise<ObjectWriter> {
     const tmpDir = path.join(this.root, TMP_DIR);
@@ -138,25 +129,23 @@ export class FilesystemBackend implements RepositoryBackend {
     } catch (err) {
       throw this.ioError(err, TMP_DIR, 'write');
     }
-    const out = new StagedDirectWriter(fh, await this.openDirect(fh), this.stages, () => (this.directOff = true));
     let open = true;
     const close = async (): Promise<void> => {
       if (!open) return;
       open = false;
-      await out.close();
       await fh.close();
     };
     return {
       write: async (data, offset) => {
         try {
-          await out.write(data, offset);
+          let done = 0;
+          while (done < data.length) done += (await fh.write(data, done, data.length - done, offset + done)).bytesWritten;
         } catch (err) {
           throw this.ioError(err, TMP_DIR, 'write');
         }
       },
       commitIfAbsent: async (key) => {
         try {
-          await out.finish();
           await fh.sync();
           await close();
         } catch (err) {
@@ -171,19 +160,6 @@ export class FilesystemBackend implements RepositoryBackend {
         await fs.rm(tmp, { force: true }).catch(() => undefined);
       },
     };
-  }
-
-  /**
-   * The temporary file again with O_DIRECT (through /proc, so it is the same open file), unless
-   * direct writes were turned off (`FERRY_PACK_DIRECT=0`) or found unsupported here.
-   */
-  private async openDirect(fh: fs.FileHandle): Promise<fs.FileHandle | undefined> {
-    const O_DIRECT = fsc.O_DIRECT as number | undefined;
-    if (!O_DIRECT || this.directOff || process.env.FERRY_PACK_DIRECT === '0') return undefined;
-    return this.openDirectFile(`/proc/self/fd/${fh.fd}`, fsc.O_WRONLY | O_DIRECT).catch(() => {
-      this.directOff = true;
-      return undefined;
-    });
   }
 
   /**
