@@ -20,6 +20,22 @@ describe('block store (packs, index, dedup)', function () {
     return { raw, ...encodeRawBlock(raw, 'none', none, 0) };
   };
 
+  /**
+   * Damages the pack of `blocks` in `backend`, then a slot read through a fresh store on it fails
+   * naming the pack (a flipped byte) and then the block (the pack cut short).
+   */
+  async function expectDamageNamed(backend: MemoryBackend, blocks: { hash: Buffer }[], slot: ReturnType<InlineBlockCodec['takeSlot']>): Promise<void> {
+    const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
+    backend.objects.get(key)![5000] ^= 0xff;
+    const err = await new BlockStore(backend).read(blocks[0].hash, codec, slot).catch((e: FerryError) => e);
+    expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+    expect((err as FerryError).message).to.include(key);
+    backend.objects.set(key, backend.objects.get(key)!.subarray(0, 1000));
+    const short = await new BlockStore(backend).read(blocks[1].hash, codec, slot).catch((e: FerryError) => e);
+    expect((short as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
+    expect((short as FerryError).message).to.include(`block ${blocks[1].hash.toString('hex')}`);
+  }
+
   it('stores blocks in ~16 MiB packs with one index each, and reads every one back after reopening', async function () {
     const backend = new MemoryBackend();
     const store = new BlockStore(backend);
@@ -85,16 +101,7 @@ describe('block store (packs, index, dedup)', function () {
       expect(got.equals(b.raw)).to.equal(true);
       expect(got.buffer).to.equal(slot.raw.buffer);
     }
-    const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
-    backend.objects.get(key)![5000] ^= 0xff;
-    const err = await new BlockStore(backend).read(blocks[0].hash, codec, slot).catch((e: FerryError) => e);
-    expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
-    expect((err as FerryError).message).to.include(key);
-    // a pack cut short: the read fails with the block named
-    backend.objects.set(key, backend.objects.get(key)!.subarray(0, 1000));
-    const short = await new BlockStore(backend).read(blocks[1].hash, codec, slot).catch((e: FerryError) => e);
-    expect((short as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
-    expect((short as FerryError).message).to.include(`block ${blocks[1].hash.toString('hex')}`);
+    await expectDamageNamed(backend, blocks, slot);
   });
 
   it('with a backend that names local files, a slot read is the codec\'s own read of the pack file: the same bytes, damage named', async function () {
@@ -123,15 +130,7 @@ describe('block store (packs, index, dedup)', function () {
       backend.getRangeInto = (...a) => (viaRange.getRangeInto++, getRangeInto(...a));
       for (const b of blocks) expect((await new BlockStore(local).read(b.hash, codec, slot)).equals(b.raw)).to.equal(true);
       expect(viaRange.getRangeInto, 'reads through the backend').to.equal(0);
-      const key = [...backend.objects.keys()].find((k) => k.startsWith('packs/'))!;
-      backend.objects.get(key)![5000] ^= 0xff;
-      const err = await new BlockStore(local).read(blocks[0].hash, codec, slot).catch((e: FerryError) => e);
-      expect((err as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
-      expect((err as FerryError).message).to.include(key);
-      backend.objects.set(key, backend.objects.get(key)!.subarray(0, 1000));
-      const short = await new BlockStore(local).read(blocks[1].hash, codec, slot).catch((e: FerryError) => e);
-      expect((short as FerryError).code).to.equal('REPO_CORRUPT_OBJECT');
-      expect((short as FerryError).message).to.include(`block ${blocks[1].hash.toString('hex')}`);
+      await expectDamageNamed(local, blocks, slot);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
