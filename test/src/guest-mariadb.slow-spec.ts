@@ -4,7 +4,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-common/testing';
-import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { freePort, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 
 const FIXTURE_PLUGINS = path.join(ROOT, 'test', 'fixtures', 'plugins');
 const MARIADBD = '/usr/sbin/mariadbd';
@@ -60,7 +60,7 @@ describe('MariaDB locked over SSH across the snapshot, restored and started from
     disk = makeLoopMount(t.dir, { image: path.join(images, 'db.img'), sizeMiB: 256, mountPoint: path.join(t.dir, 'guest-disk') });
     const data = path.join(disk.mountPoint, 'mysql');
     execFileSync('mariadb-install-db', ['--no-defaults', `--datadir=${data}`, '--user=root', '--auth-root-authentication-method=normal', '--skip-test-db'], { stdio: 'ignore' });
-    port = 30000 + (process.pid % 20000);
+    port = await freePort();
     await startServer(data, port);
     sql(port, 'CREATE DATABASE shop');
     sql(port, 'CREATE TABLE shop.orders (id INT PRIMARY KEY, note VARCHAR(32)) ENGINE=InnoDB');
@@ -137,10 +137,13 @@ describe('MariaDB locked over SSH across the snapshot, restored and started from
     expect(rr.code, rr.stderr).to.equal(0);
     execFileSync('e2fsck', ['-fn', image], { stdio: 'pipe' });
     restored = makeLoopMount(t.dir, { image, existing: true, mountPoint: path.join(t.dir, 'restored-disk') });
-    await startServer(path.join(restored.mountPoint, 'mysql'), port + 1);
-    expect(Number(sql(port + 1, "SELECT count(*) FROM shop.orders WHERE note = 'before the backup'"))).to.equal(5000);
-    expect(Number(sql(port + 1, "SELECT count(*) FROM shop.audit WHERE note = 'before the backup'"))).to.equal(5000);
+    // A port of the kernel's choosing, free now (a fixed neighbour of the first server's port can be
+    // the local port of a client connection the writer loop left in TIME_WAIT or another test's).
+    const restoredPort = await freePort();
+    await startServer(path.join(restored.mountPoint, 'mysql'), restoredPort);
+    expect(Number(sql(restoredPort, "SELECT count(*) FROM shop.orders WHERE note = 'before the backup'"))).to.equal(5000);
+    expect(Number(sql(restoredPort, "SELECT count(*) FROM shop.audit WHERE note = 'before the backup'"))).to.equal(5000);
     // the lock had the MyISAM table flushed and closed when the image was copied: it checks clean
-    expect(sql(port + 1, 'CHECK TABLE shop.audit')).to.match(/status\s+OK/);
+    expect(sql(restoredPort, 'CHECK TABLE shop.audit')).to.match(/status\s+OK/);
   });
 });

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { skipBecause, skipForMissingTools, skipUnlessTools } from '@ferry/core/testing';
 import { makeLoopMount, SSHD, startSshdGuest, type LoopMount, type SshdGuest } from '@ferry/guest-common/testing';
-import { json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
+import { freePort, json, ROOT, runFerry, tempDir, writeJob } from './support/helpers.js';
 
 const FIXTURE_PLUGINS = path.join(ROOT, 'test', 'fixtures', 'plugins');
 
@@ -72,7 +72,7 @@ describe('PostgreSQL quiesced over SSH, restored and started from the point', fu
     mkdirSync(data);
     chownSync(data, uid().uid, uid().gid);
     asPostgres(path.join(bin, 'initdb'), ['--no-sync', '-A', 'trust', '-U', 'postgres', '-D', data]);
-    port = 20000 + (process.pid % 20000);
+    port = await freePort();
     startPg(data, port);
     psql(port, 'CREATE TABLE rows_committed (id integer PRIMARY KEY, note text)');
     psql(port, "INSERT INTO rows_committed SELECT g, 'before the backup' FROM generate_series(1, 5000) g");
@@ -146,8 +146,11 @@ describe('PostgreSQL quiesced over SSH, restored and started from the point', fu
     // the copy still names the running original server in postmaster.pid (same machine, same shared
     // memory key); a restore onto another machine would not: PostgreSQL docs leave it out of backups
     rmSync(path.join(restored.mountPoint, 'pgdata', 'postmaster.pid'));
-    startPg(path.join(restored.mountPoint, 'pgdata'), port + 1);
-    expect(Number(psql(port + 1, "SELECT count(*) FROM rows_committed WHERE note = 'before the backup'"))).to.equal(5000);
-    expect(psql(port + 1, 'SELECT count(*) > 0 FROM rows_committed')).to.equal('t');
+    // A port of the kernel's choosing, free now (a fixed neighbour of the first server's port can be
+    // the local port of a client connection the writer loop left in TIME_WAIT or another test's).
+    const restoredPort = await freePort();
+    startPg(path.join(restored.mountPoint, 'pgdata'), restoredPort);
+    expect(Number(psql(restoredPort, "SELECT count(*) FROM rows_committed WHERE note = 'before the backup'"))).to.equal(5000);
+    expect(psql(restoredPort, 'SELECT count(*) > 0 FROM rows_committed')).to.equal('t');
   });
 });

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -71,4 +72,16 @@ export function basicJob(opts: { datastore?: string; disks: string[]; vm?: strin
     `  compression: ${opts.compression ?? 'optimal'}`,
     opts.extra ?? '',
   ].join('\n');
+}
+
+/** A loopback TCP port free at the moment of asking (the kernel picks it), for a server a test starts. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

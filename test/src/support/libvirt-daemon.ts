@@ -1,10 +1,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { skipBecause, skipUnlessTools } from '@ferry/core/testing';
 import { parseDomain } from '@ferry/source-libvirt';
-import { ROOT } from './helpers.js';
+import { freePort, ROOT } from './helpers.js';
+
+export { freePort };
 
 /**
  * A private libvirtd for one spec, started by the test itself and serving `qemu:///system` on its
@@ -282,13 +283,3 @@ export async function startSshFront(d: LibvirtDaemon, dir: string): Promise<SshF
   return { uri: `qemu+ssh://root@127.0.0.1:${port}/system?keyfile=${dir}/client_key&no_verify=1&proxy=native`, stop };
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
