@@ -20,6 +20,19 @@ describe('block store (packs, index, dedup)', function () {
     return { raw, ...encodeRawBlock(raw, 'none', none, 0) };
   };
 
+  /** Two new blocks stored in one pack of `backend`. */
+  async function storeTwo(backend: MemoryBackend): Promise<ReturnType<typeof block>[]> {
+    const store = new BlockStore(backend);
+    await store.load();
+    const blocks = [block(), block()];
+    for (const b of blocks) {
+      store.reserve(b.hash);
+      await store.add(b.hash, b.encoded);
+    }
+    await store.flush();
+    return blocks;
+  }
+
   /**
    * Damages the pack of `blocks` in `backend`, then a slot read through a fresh store on it fails
    * naming the pack (a flipped byte) and then the block (the pack cut short).
@@ -86,14 +99,7 @@ describe('block store (packs, index, dedup)', function () {
 
   it('reads a block into a slot without new memory, as checked as any read: damage names the pack', async function () {
     const backend = new MemoryBackend();
-    const store = new BlockStore(backend);
-    await store.load();
-    const blocks = [block(), block()];
-    for (const b of blocks) {
-      store.reserve(b.hash);
-      await store.add(b.hash, b.encoded);
-    }
-    await store.flush();
+    const blocks = await storeTwo(backend);
     const slot = codec.takeSlot(300 * 1024);
     const reader = new BlockStore(backend);
     for (const b of blocks) {
@@ -116,14 +122,7 @@ describe('block store (packs, index, dedup)', function () {
           return file;
         },
       });
-      const store = new BlockStore(local);
-      await store.load();
-      const blocks = [block(), block()];
-      for (const b of blocks) {
-        store.reserve(b.hash);
-        await store.add(b.hash, b.encoded);
-      }
-      await store.flush();
+      const blocks = await storeTwo(local);
       const slot = codec.takeSlot(300 * 1024);
       const viaRange = { getRangeInto: 0 };
       const getRangeInto = backend.getRangeInto.bind(backend);
